@@ -1,0 +1,91 @@
+"""The ``sealfleet`` command: one argparse tree, one module per command group.
+
+Command modules are imported lazily by name so that ``sealfleet seal`` never pays for
+(or depends on) the daemon, and nothing on the daemon's path imports the sandbox.
+Every module exposes ``register(subparsers)``, which adds its parsers and sets
+``handler`` (a callable taking the parsed namespace and returning an exit code).
+
+Exit codes: 0 success, 1 the operation found a failure (e.g. a value no key decrypts),
+2 usage or input error, 130 interrupted.  Errors are one line on stderr: no traceback
+(unless ``SEALFLEET_DEBUG=1``), never a plaintext value or key material.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+import traceback
+from collections.abc import Callable, Sequence
+
+from sealfleet import __version__
+from sealfleet.errors import ConfigError, DecryptionError, FleetError, InputError, StoreError
+
+# Modules under sealfleet.app.cli, each contributing one or more subcommands.
+COMMAND_MODULES: tuple[str, ...] = (
+    "sealing",      # seal, unseal, reencrypt, validate
+    "keys",         # keys generate, keys fingerprint
+    "db",           # db migrate, db status
+    "sandbox",      # sandbox
+    "daemon",       # run, status, staleness, demo
+)
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports usage errors in one line with exit code 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="sealfleet",
+                     description="Fleet manager for Bitnami Sealed Secrets.")
+    parser.add_argument("--version", action="version", version=f"sealfleet {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(f"sealfleet.app.cli.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name == f"sealfleet.app.cli.{name}":
+                continue  # command group not built yet
+            raise
+        module.register(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handler: Handler | None = getattr(args, "handler", None)
+    if handler is None:
+        parser.print_help(sys.stderr)
+        return 2
+    try:
+        return handler(args)
+    except (InputError, ConfigError) as exc:
+        return _fail(exc, 2)
+    except DecryptionError as exc:
+        return _fail(exc, 1)
+    except (StoreError, FleetError) as exc:
+        return _fail(exc, 1)
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        # Output piped into `head` and the like: not an error worth a message.
+        sys.stderr.close()
+        return 1
+    except Exception as exc:
+        # An unexpected error: say what kind, never its text (it may quote input).
+        if os.environ.get("SEALFLEET_DEBUG") == "1":
+            traceback.print_exc()
+        return _fail(f"internal error ({type(exc).__name__}); "
+                     "rerun with SEALFLEET_DEBUG=1 for a traceback", 1)
+
+
+def _fail(error: object, code: int) -> int:
+    print(f"sealfleet: error: {error}", file=sys.stderr)
+    return code

@@ -1,0 +1,40 @@
+"""One error hierarchy for the whole project, named by what the caller should do.
+
+Adapters translate their library's errors into these exactly once (chaining with
+``from``), so callers never match library exceptions or message text.  Messages must
+never contain plaintext secret values, private keys or tokens.
+"""
+
+from __future__ import annotations
+
+
+class FleetError(Exception):
+    """Base of every error sealfleet raises on purpose."""
+
+
+class TransientError(FleetError):
+    """Worth retrying later: timeouts, 5xx, 429, refused connections."""
+
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class PermanentError(FleetError):
+    """Retrying will not help: mark the unit unhealthy and carry on with the others."""
+
+
+class ConfigError(FleetError):
+    """The configuration is wrong: the process should exit and name the file and key."""
+
+
+class InputError(PermanentError):
+    """A user-supplied file, flag or document is malformed (CLI exit code 2)."""
+
+
+class DecryptionError(PermanentError):
+    """No available private key could decrypt a sealed value (CLI exit code 1)."""
+
+
+class StoreError(FleetError):
+    """The SQLite store is unusable: bad schema, edited migration, unreadable KEK."""
