@@ -1,0 +1,312 @@
+"""One cluster's API server, spoken to as raw JSON.
+
+kubernetes-asyncio gives us kubeconfig handling (contexts, client certificates, exec
+and token auth) and an aiohttp session per cluster; we bypass its generated models
+(``_preload_content=False``, our own ``json.loads``) because building them costs
+several times the JSON parse on a list of thousands of objects, and the inventory
+needs plain dicts anyway.
+
+Every library error is translated here, exactly once, into our hierarchy:
+
+- :class:`Gone` (HTTP 410 or a watch ERROR event with code 410): the resourceVersion
+  or continue token is too old; the caller relists.
+- :class:`NotFound` (404): a :class:`PermanentError` callers may expect (legacy key
+  Secret absent, controller Service missing).
+- :class:`~sealfleet.errors.TransientError`: timeouts, refused or dropped connections,
+  5xx, 429 (with ``retry_after`` from ``Retry-After`` on 429 and 503).
+- :class:`~sealfleet.errors.PermanentError`: other 4xx (401, 403...), TLS verification
+  failures, kubeconfig problems.
+
+Messages carry the method, path and the server's Status message, never a body.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import ssl
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+from kubernetes_asyncio import config as kube_config
+from kubernetes_asyncio.client import ApiClient
+from kubernetes_asyncio.client.exceptions import OpenApiException
+from kubernetes_asyncio.config.config_exception import ConfigException
+
+from sealfleet.errors import PermanentError, TransientError
+
+DEFAULT_PAGE_SIZE = 500
+_MAX_MESSAGE = 200
+_TRANSIENT_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
+
+
+class Gone(TransientError):
+    """410: the resourceVersion (or list continue token) has expired; relist."""
+
+
+class NotFound(PermanentError):
+    """404: the object does not exist."""
+
+
+@dataclass(frozen=True)
+class ListPage:
+    """One page of a paginated list: its items and the list's resourceVersion."""
+
+    items: list[dict[str, Any]]
+    resource_version: str
+    last: bool
+
+
+@dataclass(frozen=True)
+class WatchEvent:
+    """ADDED, MODIFIED, DELETED or BOOKMARK with the object as a dict."""
+
+    type: str
+    object: dict[str, Any]
+
+    @property
+    def resource_version(self) -> str | None:
+        metadata = self.object.get("metadata") or {}
+        value = metadata.get("resourceVersion")
+        return str(value) if value else None
+
+
+@dataclass(frozen=True)
+class Response:
+    """A completed non-streaming call: status, headers we use, decoded body text."""
+
+    status: int
+    text: str
+    retry_after: float | None
+
+
+def _retry_after(headers: Mapping[str, str]) -> float | None:
+    value = headers.get("Retry-After")
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        return None  # an HTTP-date: rare from kube; fall back to our own backoff
+
+
+def status_message(text: str) -> str:
+    """The ``message`` of a Kubernetes Status body, else a bounded first line."""
+    try:
+        body = json.loads(text)
+    except ValueError:
+        body = None
+    if isinstance(body, dict) and isinstance(body.get("message"), str):
+        message: str = body["message"]
+    else:
+        message = text.strip().splitlines()[0] if text.strip() else ""
+    return message[:_MAX_MESSAGE]
+
+
+def error_for_status(status: int, what: str, message: str,
+                     retry_after: float | None = None) -> TransientError | PermanentError:
+    """Our error for an unsuccessful HTTP status (also used for watch ERROR events)."""
+    text = f"{what}: HTTP {status}" + (f": {message}" if message else "")
+    if status == 410:
+        return Gone(text)
+    if status == 404:
+        return NotFound(text)
+    if status in _TRANSIENT_STATUSES:
+        return TransientError(text, retry_after=retry_after if status in (429, 503) else None)
+    return PermanentError(text)
+
+
+def _translate(exc: BaseException, what: str) -> TransientError | PermanentError:
+    if isinstance(exc, aiohttp.ClientConnectorCertificateError | ssl.SSLCertVerificationError):
+        return PermanentError(f"{what}: TLS verification failed")
+    if isinstance(exc, aiohttp.ClientError | OSError):
+        return TransientError(f"{what}: {type(exc).__name__}: {str(exc)[:_MAX_MESSAGE]}")
+    if isinstance(exc, TimeoutError):
+        return TransientError(f"{what}: timed out")
+    if isinstance(exc, ValueError):  # json.JSONDecodeError and UnicodeDecodeError
+        return TransientError(f"{what}: malformed response")
+    return PermanentError(f"{what}: {type(exc).__name__}")
+
+
+class KubeClient:
+    """Raw JSON calls to one cluster, with errors already translated."""
+
+    def __init__(self, api_client: ApiClient, *, request_timeout: float = 30.0) -> None:
+        self._api = api_client
+        self.request_timeout = request_timeout
+
+    @classmethod
+    @asynccontextmanager
+    async def connect(cls, kubeconfig: str, context: str | None, *,
+                      request_timeout: float = 30.0) -> AsyncIterator[KubeClient]:
+        """An ApiClient for *context* of *kubeconfig*, closed on exit."""
+        try:
+            api = await kube_config.new_client_from_config(
+                config_file=kubeconfig, context=context, persist_config=False)
+        except (ConfigException, OSError, ValueError, TypeError, ssl.SSLError) as exc:
+            raise PermanentError(f"kubeconfig {kubeconfig} context {context}: "
+                                 f"{type(exc).__name__}: {str(exc)[:_MAX_MESSAGE]}") from exc
+        try:
+            yield cls(api, request_timeout=request_timeout)
+        finally:
+            await api.close()
+
+    @property
+    def server(self) -> str:
+        return str(self._api.configuration.host)
+
+    async def _call(self, method: str, path: str, *, query: Mapping[str, str] | None = None,
+                    body: Any = None, accept: str = "application/json",
+                    client_timeout: aiohttp.ClientTimeout | None = None,
+                    ) -> aiohttp.ClientResponse:
+        client_timeout = client_timeout or aiohttp.ClientTimeout(total=self.request_timeout)
+        try:
+            response: aiohttp.ClientResponse = await self._api.call_api(
+                path, method, query_params=list((query or {}).items()),
+                header_params={"Accept": accept}, body=body, auth_settings=["BearerToken"],
+                _preload_content=False, _request_timeout=client_timeout)
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            raise _translate(exc, f"{method} {path}") from exc
+        except (OpenApiException, ConfigException) as exc:  # auth plugin / token refresh
+            raise PermanentError(f"{method} {path}: {type(exc).__name__}") from exc
+        return response
+
+    async def request(self, method: str, path: str, *, query: Mapping[str, str] | None = None,
+                      body: Any = None, accept: str = "application/json") -> Response:
+        """A whole call whatever its status (callers that care about e.g. 409 use this)."""
+        what = f"{method} {path}"
+        response = await self._call(method, path, query=query, body=body, accept=accept)
+        try:
+            raw = await response.read()
+            text = raw.decode("utf-8", errors="replace")
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            raise _translate(exc, what) from exc
+        finally:
+            response.release()
+        return Response(response.status, text, _retry_after(response.headers))
+
+    async def get_json(self, path: str, *, query: Mapping[str, str] | None = None) -> Any:
+        """GET a JSON document; any non-2xx status becomes our error."""
+        response = await self.request("GET", path, query=query)
+        if not 200 <= response.status < 300:
+            raise error_for_status(response.status, f"GET {path}",
+                                   status_message(response.text), response.retry_after)
+        try:
+            return json.loads(response.text)
+        except ValueError as exc:
+            raise _translate(exc, f"GET {path}") from exc
+
+    async def get_text(self, path: str, *, accept: str) -> str:
+        response = await self.request("GET", path, accept=accept)
+        if not 200 <= response.status < 300:
+            raise error_for_status(response.status, f"GET {path}",
+                                   status_message(response.text), response.retry_after)
+        return response.text
+
+    async def list_pages(self, path: str, *, label_selector: str | None = None,
+                         limit: int = DEFAULT_PAGE_SIZE) -> AsyncIterator[ListPage]:
+        """A paginated list (``limit`` + ``continue``), one page at a time.
+
+        An expired continue token raises :class:`Gone`; the caller restarts the list,
+        because the pages already seen may be from an older snapshot.
+        """
+        continue_token: str | None = None
+        while True:
+            query = {"limit": str(limit)}
+            if label_selector:
+                query["labelSelector"] = label_selector
+            if continue_token:
+                query["continue"] = continue_token
+            document = await self.get_json(path, query=query)
+            if not isinstance(document, dict):
+                raise TransientError(f"GET {path}: list response is not an object")
+            metadata = document.get("metadata") or {}
+            continue_token = metadata.get("continue") or None
+            items = document.get("items") or []
+            yield ListPage(items=[item for item in items if isinstance(item, dict)],
+                           resource_version=str(metadata.get("resourceVersion") or ""),
+                           last=continue_token is None)
+            if continue_token is None:
+                return
+
+    async def watch(self, path: str, *, resource_version: str,
+                    label_selector: str | None = None,
+                    timeout_seconds: int = 300) -> AsyncIterator[WatchEvent]:
+        """Stream watch events from *resource_version* until the server ends the watch.
+
+        Bookmarks are requested (they carry only a fresh resourceVersion).  A 410,
+        as a status or as an ERROR event, raises :class:`Gone`.  Use with
+        ``contextlib.aclosing`` so the connection is released when the caller stops.
+        """
+        what = f"WATCH {path}"
+        query = {"watch": "true", "allowWatchBookmarks": "true",
+                 "resourceVersion": resource_version, "timeoutSeconds": str(timeout_seconds)}
+        if label_selector:
+            query["labelSelector"] = label_selector
+        # No total timeout: a watch is long.  A read stall longer than the server's own
+        # timeout means the connection is dead.
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=self.request_timeout,
+                                        sock_read=timeout_seconds + self.request_timeout)
+        response = await self._call("GET", path, query=query, client_timeout=timeout)
+        try:
+            if not 200 <= response.status < 300:
+                try:
+                    text = (await response.read()).decode("utf-8", errors="replace")
+                except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+                    raise _translate(exc, what) from exc
+                raise error_for_status(response.status, what, status_message(text),
+                                       _retry_after(response.headers))
+            async for line in _lines(response, what):
+                event = _parse_event(line, what)
+                if event is not None:
+                    yield event
+        finally:
+            response.release()
+
+
+async def _lines(response: aiohttp.ClientResponse, what: str) -> AsyncIterator[bytes]:
+    """Newline-delimited chunks of the body, whatever their length."""
+    buffer = bytearray()
+    try:
+        async for chunk in response.content.iter_any():
+            buffer.extend(chunk)
+            start = 0
+            while (end := buffer.find(b"\n", start)) != -1:
+                if end > start:
+                    yield bytes(buffer[start:end])
+                start = end + 1
+            del buffer[:start]
+    except (aiohttp.ClientError, OSError, TimeoutError, asyncio.IncompleteReadError) as exc:
+        raise _translate(exc, what) from exc
+    if buffer.strip():
+        yield bytes(buffer)
+
+
+def _parse_event(line: bytes, what: str) -> WatchEvent | None:
+    try:
+        event = json.loads(line)
+    except ValueError as exc:
+        raise _translate(exc, what) from exc
+    if not isinstance(event, dict) or not isinstance(event.get("object"), dict):
+        raise TransientError(f"{what}: malformed watch event")
+    kind = str(event.get("type") or "")
+    obj: dict[str, Any] = event["object"]
+    if kind == "ERROR":
+        code = obj.get("code")
+        status = code if isinstance(code, int) else 500
+        raise error_for_status(status, what, str(obj.get("message") or "")[:_MAX_MESSAGE])
+    if kind not in ("ADDED", "MODIFIED", "DELETED", "BOOKMARK"):
+        return None  # forward compatible: ignore event types we do not know
+    return WatchEvent(kind, obj)
+
+
+def collection_path(*, group: str, version: str, plural: str,
+                    namespace: str | None = None) -> str:
+    """``/api/v1/...`` for the core group, ``/apis/<group>/<version>/...`` otherwise."""
+    prefix = f"/api/{version}" if not group else f"/apis/{group}/{version}"
+    if namespace:
+        return f"{prefix}/namespaces/{namespace}/{plural}"
+    return f"{prefix}/{plural}"

@@ -1,0 +1,99 @@
+"""The sealed-secrets controller of one cluster, reached the way kubeseal reaches it.
+
+kubeseal reads the controller's Service first, takes ``spec.ports[0].name`` and goes
+through the API server's service proxy as ``http:<service>:<portName>`` (a trailing
+colon when the port is unnamed); we do exactly the same, so the RBAC a cluster grants
+kubeseal (``services/proxy`` on those names) is all the daemon needs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from sealfleet.adapters.kube.client import KubeClient, error_for_status, status_message
+from sealfleet.domain.keys import Certificate, load_certificate
+from sealfleet.errors import InputError, PermanentError, TransientError
+
+SEALED_SECRETS_PATH = "/apis/bitnami.com/v1alpha1/sealedsecrets"
+
+
+@dataclass(frozen=True)
+class Deployment:
+    """What we track of the controller's Deployment: does it exist, is it serving."""
+
+    name: str
+    replicas: int
+    ready_replicas: int
+    generation: int
+
+    @property
+    def available(self) -> bool:
+        return self.ready_replicas > 0
+
+
+def secrets_path(namespace: str) -> str:
+    return f"/api/v1/namespaces/{namespace}/secrets"
+
+
+async def read_deployment(client: KubeClient, namespace: str, name: str) -> Deployment:
+    """The controller's Deployment (``NotFound`` when it is not installed)."""
+    document = await client.get_json(f"/apis/apps/v1/namespaces/{namespace}/deployments/{name}")
+    spec = document.get("spec") or {}
+    status = document.get("status") or {}
+    metadata = document.get("metadata") or {}
+    return Deployment(name=name, replicas=_int(spec.get("replicas"), 1),
+                      ready_replicas=_int(status.get("readyReplicas"), 0),
+                      generation=_int(metadata.get("generation"), 0))
+
+
+def _int(value: Any, default: int) -> int:
+    return value if isinstance(value, int) else default
+
+
+async def proxy_name(client: KubeClient, namespace: str, name: str) -> str:
+    """``http:<name>:<portName>`` from the Service's first port, as kubeseal builds it."""
+    document = await client.get_json(f"/api/v1/namespaces/{namespace}/services/{name}")
+    ports = (document.get("spec") or {}).get("ports") or []
+    if not ports or not isinstance(ports[0], dict):
+        raise PermanentError(f"service {namespace}/{name} has no ports")
+    port_name = ports[0].get("name") or ""
+    return f"http:{name}:{port_name}"
+
+
+def _proxy_path(namespace: str, proxy: str, endpoint: str) -> str:
+    return f"/api/v1/namespaces/{namespace}/services/{proxy}/proxy/v1/{endpoint}"
+
+
+async def fetch_certificate(client: KubeClient, namespace: str, proxy: str) -> Certificate:
+    """``/v1/cert.pem``: the certificate of the key the controller seals with now."""
+    path = _proxy_path(namespace, proxy, "cert.pem")
+    text = await client.get_text(path, accept="application/x-pem-file, */*")
+    try:
+        return load_certificate(text.encode())
+    except InputError as exc:
+        raise PermanentError(f"GET {path}: not a PEM certificate") from exc
+
+
+async def verify(client: KubeClient, namespace: str, proxy: str,
+                 sealed_secret: dict[str, Any]) -> bool:
+    """``/v1/verify``: can the controller decrypt this SealedSecret with its keys?
+
+    200 means yes and 409 means no.  429 (the controller's rate limit, 2/s by default)
+    becomes a :class:`TransientError` carrying ``Retry-After`` for the retry helper.
+    """
+    path = _proxy_path(namespace, proxy, "verify")
+    body = {key: sealed_secret[key] for key in ("apiVersion", "kind", "metadata", "spec")
+            if key in sealed_secret}
+    body.setdefault("apiVersion", "bitnami.com/v1alpha1")
+    body.setdefault("kind", "SealedSecret")
+    response = await client.request("POST", path, body=body, accept="application/json, */*")
+    if response.status == 200:
+        return True
+    if response.status == 409:
+        return False
+    message = status_message(response.text)
+    if response.status == 429:
+        raise TransientError(f"POST {path}: rate limited", retry_after=response.retry_after)
+    raise error_for_status(response.status, f"POST {path}", message, response.retry_after)
+
