@@ -7,6 +7,7 @@ YAML printer does.
 
 from __future__ import annotations
 
+import datetime as dt
 import io
 import json
 from collections.abc import Iterator, Mapping
@@ -57,8 +58,27 @@ def parse_documents(text: str | bytes, *, source: str = "<stdin>") -> list[dict[
     for index, doc in enumerate(d for d in docs if d is not None):
         if not isinstance(doc, dict):
             raise InputError(f"{source}: document {index}: expected a mapping (an object)")
-        result.append(doc)
+        result.append(_plain(doc))
     return result
+
+
+def _plain(value: Any) -> Any:
+    """Turn YAML timestamps back into the RFC 3339 strings Kubernetes uses.
+
+    An unquoted ``creationTimestamp: 2021-01-25T11:11:20Z`` loads as a datetime, which
+    JSON cannot carry; Go's YAML-to-JSON step keeps it a string, and so do we.
+    """
+    if isinstance(value, dict):
+        return {str(k) if isinstance(k, dt.date) else k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    if isinstance(value, dt.datetime):
+        if value.tzinfo is not None and value.utcoffset() == dt.timedelta(0):
+            return value.replace(tzinfo=None).isoformat() + "Z"
+        return value.isoformat()
+    if isinstance(value, dt.date):
+        return value.isoformat()
+    return value
 
 
 def _iter_json_values(text: str, source: str) -> Iterator[Any]:

@@ -12,6 +12,7 @@ each candidate on the RSA part; that is what :func:`unwrap_session_key` is for.
 
 from __future__ import annotations
 
+import functools
 import os
 import struct
 from collections.abc import Iterable
@@ -28,8 +29,11 @@ ZERO_NONCE = bytes(12)
 _GCM_TAG_BYTES = 16
 
 
+@functools.lru_cache(maxsize=4096)
 def _oaep(label: bytes) -> padding.OAEP:
     # cryptography treats label=None and b"" alike; the cluster-wide label is empty.
+    # Cached: a reseal or inventory pass reuses one label for every item of a secret,
+    # and building the padding and hash objects costs as much as the AES part.
     return padding.OAEP(mgf=padding.MGF1(hashes.SHA256()), algorithm=hashes.SHA256(),
                         label=label or None)
 

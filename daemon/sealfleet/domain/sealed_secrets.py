@@ -86,12 +86,18 @@ def secret_values(secret: Mapping[str, Any]) -> dict[str, bytes]:
     if not isinstance(data, Mapping) or not isinstance(string_data, Mapping):
         raise InputError("data and stringData must be mappings")
     for item, encoded in data.items():
+        if encoded is not None and not isinstance(encoded, str):
+            raise InputError(f"item {item!r}: data value must be a base64 string")
         try:
-            values[str(item)] = base64.b64decode(str(encoded or ""), validate=True)
+            values[str(item)] = base64.b64decode(encoded or "", validate=True)
         except (binascii.Error, ValueError):
             raise InputError(f"item {item!r}: data value is not valid base64") from None
     for item, text in string_data.items():
-        values[str(item)] = str("" if text is None else text).encode()
+        # The API server (and kubeseal's Go types) reject non-string values; guessing
+        # how a YAML boolean or number should be spelled would change the secret.
+        if text is not None and not isinstance(text, str):
+            raise InputError(f"item {item!r}: stringData value must be a string (quote it)")
+        values[str(item)] = (text or "").encode()
     return values
 
 
@@ -200,14 +206,51 @@ def decrypt_items(sealed: Mapping[str, Any],
         return _decrypt_legacy(identity, str(legacy), private_keys)
     values: dict[str, bytes] = {}
     failed: list[str] = []
+    # Items of one SealedSecret are nearly always sealed by the same key: trying the
+    # key that opened the previous item first keeps the common case at one RSA decrypt.
+    order = list(private_keys)
     for item, value in encrypted.items():
         try:
-            values[item] = hybrid.decrypt(private_keys, decode_item(item, value), identity.label)
+            index, values[item] = hybrid.decrypt_with_index(order, decode_item(item, value),
+                                                            identity.label)
         except DecryptionError:
             failed.append(item)
+            continue
+        if index:
+            order.insert(0, order.pop(index))
     if failed:
         raise ItemsDecryptionError(identity.display, failed)
     return values
+
+
+def failing_items(sealed: Mapping[str, Any],
+                  private_keys: Sequence[rsa.RSAPrivateKey]) -> dict[str, str]:
+    """Every item that does not decrypt, with the reason (never a value): for ``validate``.
+
+    Unlike :func:`decrypt_items` this keeps going past a malformed item, so one run
+    names every problem in the document.
+    """
+    identity = identity_of(sealed)
+    spec = sealed.get("spec") or {}
+    legacy = spec.get("data") if isinstance(spec, Mapping) else None
+    items = dict(encrypted_items(sealed))
+    if legacy:
+        items["spec.data"] = str(legacy)
+    problems: dict[str, str] = {}
+    order = list(private_keys)
+    for item, value in items.items():
+        try:
+            index, _ = hybrid.decrypt_with_index(order, decode_item(item, value), identity.label)
+        except InputError:
+            problems[item] = "not valid base64"
+        except hybrid.MalformedCiphertextError:
+            problems[item] = "too short to be a sealed value"
+        except DecryptionError:
+            problems[item] = "no key could decrypt it"
+        else:
+            if index:
+                order.insert(0, order.pop(index))
+    return problems
 
 
 def _decrypt_legacy(identity: SealedIdentity, blob: str,
