@@ -1,0 +1,145 @@
+"""How records become rows and rows become records.
+
+Times are stored as ISO 8601 UTC text with a fixed width (microseconds always
+present), so SQL text comparison is time comparison.  A SealedSecret's items are one
+compact JSON column ``[[item, item_hash, fingerprint-or-null], ...]``: one value to
+write per row instead of one row per item, and still readable by SQLite's JSON
+functions (the triggers that maintain the by-key link table use them).
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import json
+from collections.abc import Sequence
+from typing import Any
+
+from sealfleet.adapters.store.records import ItemFact, KeyHolding, KeyRecord, SealedSecretRecord
+from sealfleet.domain.scopes import Scope
+from sealfleet.domain.staleness import SecretState
+from sealfleet.errors import StoreError
+
+_json_compact = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+_json_decode = json.JSONDecoder().decode
+
+
+def timestamp(value: dt.datetime) -> str:
+    """Fixed-width UTC text for a timezone-aware datetime (naive ones are refused)."""
+    if value.tzinfo is None:
+        raise StoreError("naive datetime given to the store; use timezone-aware UTC times")
+    return value.astimezone(dt.UTC).isoformat(timespec="microseconds")
+
+
+def optional_timestamp(value: dt.datetime | None) -> str | None:
+    return None if value is None else timestamp(value)
+
+
+def parse_timestamp(text: str | None) -> dt.datetime | None:
+    return None if text is None else dt.datetime.fromisoformat(text)
+
+
+def now() -> str:
+    return timestamp(dt.datetime.now(dt.UTC))
+
+
+def encode_items(items: Sequence[ItemFact]) -> str:
+    return _json_compact([[i.item, i.item_hash, i.fingerprint] for i in items])
+
+
+def decode_items(text: str) -> tuple[ItemFact, ...]:
+    return tuple(ItemFact(item, item_hash, fingerprint)
+                 for item, item_hash, fingerprint in _json_decode(text))
+
+
+def encode_json(value: Any) -> str:
+    try:
+        return _json_compact(value)
+    except (TypeError, ValueError) as exc:
+        raise StoreError(f"value is not JSON-serialisable: {type(exc).__name__}") from exc
+
+
+def decode_json(text: str) -> Any:
+    return _json_decode(text)
+
+
+# Column order shared by the upsert statement and sealed_secret_row().
+SEALED_SECRET_COLUMNS = (
+    "cluster", "namespace", "name", "uid", "resource_version", "generation", "scope",
+    "item_count", "ciphertext_fingerprint", "items", "state", "synced", "synced_message",
+    "malformed_reason", "last_seen",
+)
+
+
+def sealed_secret_rows(records: Sequence[SealedSecretRecord]) -> list[tuple[Any, ...]]:
+    """Rows for the upsert; the observed_at text is cached since a batch shares it."""
+    rows: list[tuple[Any, ...]] = []
+    append = rows.append
+    last_time: dt.datetime | None = None
+    last_text = ""
+    for r in records:
+        if r.observed_at is not last_time:
+            last_time, last_text = r.observed_at, timestamp(r.observed_at)
+        append((r.cluster, r.namespace, r.name, r.uid, r.resource_version, r.generation,
+                int(r.scope), len(r.items), r.ciphertext_fingerprint, encode_items(r.items),
+                str(r.state), None if r.synced is None else int(r.synced), r.synced_message,
+                r.malformed_reason, last_text))
+    return rows
+
+
+SEALED_SECRET_SELECT = (
+    "SELECT cluster, namespace, name, uid, resource_version, generation, scope, "  # noqa: S105
+    "ciphertext_fingerprint, items, state, synced, synced_message, last_seen, "
+    "malformed_reason FROM sealed_secrets"
+)
+
+
+def sealed_secret_record(row: Sequence[Any]) -> SealedSecretRecord:
+    (cluster, namespace, name, uid, resource_version, generation, scope, fingerprint,
+     items, state, synced, synced_message, last_seen, malformed_reason) = row
+    return SealedSecretRecord(
+        cluster=cluster, namespace=namespace, name=name, uid=uid,
+        resource_version=resource_version, generation=generation, scope=Scope(scope),
+        ciphertext_fingerprint=fingerprint, items=decode_items(items),
+        state=SecretState(state), synced=None if synced is None else bool(synced),
+        synced_message=synced_message, observed_at=dt.datetime.fromisoformat(last_seen),
+        malformed_reason=malformed_reason)
+
+
+KEY_SELECT = (
+    "SELECT fingerprint, not_before, not_after, source, state, fleet_master, "
+    "private_key_ciphertext IS NOT NULL, certificate_pem FROM sealing_keys"
+)
+
+
+def key_record(row: Sequence[Any]) -> KeyRecord:
+    fingerprint, not_before, not_after, source, state, master, has_private, cert = row
+    return KeyRecord(fingerprint=fingerprint, not_before=dt.datetime.fromisoformat(not_before),
+                     not_after=dt.datetime.fromisoformat(not_after), source=source,
+                     state=state, fleet_master=bool(master),
+                     has_private_key=bool(has_private), certificate_pem=cert)
+
+
+def key_holding(row: Sequence[Any]) -> KeyHolding:
+    fingerprint, secret_name, label, rv, created, observed = row
+    return KeyHolding(fingerprint=fingerprint, secret_name=secret_name, label_value=label,
+                      resource_version=rv, creation_timestamp=parse_timestamp(created),
+                      observed_at=dt.datetime.fromisoformat(observed))
+
+
+def encode_cursor(cluster: str, namespace: str, name: str) -> str:
+    """An opaque keyset cursor: the last (cluster, namespace, name) of a page."""
+    raw = _json_compact([cluster, namespace, name]).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[str, str, str]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        value = _json_decode(raw.decode())
+    except (ValueError, UnicodeDecodeError):
+        raise ValueError("malformed cursor") from None
+    if (not isinstance(value, list) or len(value) != 3
+            or not all(isinstance(part, str) for part in value)):
+        raise ValueError("malformed cursor")
+    return value[0], value[1], value[2]

@@ -1,0 +1,118 @@
+"""The key-encryption key (KEK): private sealing keys are stored only under it.
+
+Private keys are the one thing in the inventory that is not rebuildable and must not
+leak, so the database holds them as AES-256-GCM ciphertext:
+
+* the KEK is 32 random bytes in a file readable by its owner only (mode 0600 or
+  stricter); a group- or other-accessible file is refused, naming the file;
+* under systemd the file arrives through ``LoadCredential=``: a bare file name is
+  looked up in ``$CREDENTIALS_DIRECTORY`` first;
+* every ciphertext uses a fresh random 96-bit nonce and binds the key's fingerprint as
+  associated data, so a ciphertext moved to another key's row does not decrypt;
+* each row records the KEK id (a hash prefix of the KEK, not the KEK) so that a wrong
+  KEK is reported as such instead of as a corrupt database.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import secrets
+import stat
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from sealfleet.errors import StoreError
+
+KEK_BYTES = 32
+NONCE_BYTES = 12
+_KEK_ID_CONTEXT = b"sealfleet kek id v1\0"
+
+
+def resolve_credential_path(path: str | os.PathLike[str]) -> Path:
+    """Where a credential file really is.
+
+    A bare file name (no directory part) resolves to ``$CREDENTIALS_DIRECTORY/name``
+    when that variable is set and the file exists there (systemd ``LoadCredential=``);
+    anything else is taken as given.
+    """
+    candidate = Path(path)
+    credentials_dir = os.environ.get("CREDENTIALS_DIRECTORY")
+    if credentials_dir and len(candidate.parts) == 1:
+        in_credentials = Path(credentials_dir) / candidate
+        if in_credentials.exists():
+            return in_credentials
+    return candidate
+
+
+@dataclass(frozen=True)
+class KeyEncryptionKey:
+    """An AES-256-GCM key and its public id.  ``repr`` never shows the key."""
+
+    key: bytes = field(repr=False)
+    source: str = "<memory>"
+    id: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        if len(self.key) != KEK_BYTES:
+            raise StoreError(f"key-encryption key {self.source}: expected {KEK_BYTES} bytes, "
+                             f"found {len(self.key)}")
+        object.__setattr__(self, "id",
+                           hashlib.sha256(_KEK_ID_CONTEXT + self.key).hexdigest()[:16])
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike[str]) -> KeyEncryptionKey:
+        """Read a KEK file, refusing one that anybody but its owner may access."""
+        resolved = resolve_credential_path(path)
+        try:
+            with open(resolved, "rb") as handle:
+                mode = os.fstat(handle.fileno()).st_mode
+                if mode & (stat.S_IRWXG | stat.S_IRWXO):
+                    raise StoreError(
+                        f"key-encryption key {resolved}: mode {stat.S_IMODE(mode):04o} lets "
+                        "group or others access it; run: chmod 600 " + str(resolved))
+                data = handle.read(KEK_BYTES + 1)
+        except OSError as exc:
+            raise StoreError(f"key-encryption key {resolved}: cannot read "
+                             f"({exc.strerror or type(exc).__name__})") from exc
+        return cls(data, source=str(resolved))
+
+    def encrypt(self, plaintext: bytes, *, fingerprint: str) -> bytes:
+        """``nonce || ciphertext+tag`` with the key's fingerprint as associated data."""
+        nonce = secrets.token_bytes(NONCE_BYTES)
+        return nonce + AESGCM(self.key).encrypt(nonce, plaintext, fingerprint.encode())
+
+    def decrypt(self, blob: bytes, *, fingerprint: str, kek_id: str) -> bytes:
+        if kek_id != self.id:
+            raise StoreError(
+                f"private key {fingerprint} is encrypted under key-encryption key id {kek_id}, "
+                f"but {self.source} has id {self.id}: wrong KEK file?")
+        try:
+            return AESGCM(self.key).decrypt(blob[:NONCE_BYTES], blob[NONCE_BYTES:],
+                                            fingerprint.encode())
+        except InvalidTag:
+            raise StoreError(f"private key {fingerprint}: ciphertext does not authenticate "
+                             "under the key-encryption key (tampered or misplaced row)") from None
+
+
+def generate_kek_file(path: str | os.PathLike[str]) -> Path:
+    """Write 32 random bytes to *path* with mode 0600; refuse to overwrite anything."""
+    target = Path(path)
+    try:
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        raise StoreError(f"{target} already exists; refusing to overwrite a "
+                         "key-encryption key") from None
+    except OSError as exc:
+        raise StoreError(f"{target}: cannot create ({exc.strerror or type(exc).__name__})"
+                         ) from exc
+    try:
+        os.fchmod(fd, 0o600)  # the umask may have narrowed it; never widen beyond 0600
+        os.write(fd, secrets.token_bytes(KEK_BYTES))
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return target

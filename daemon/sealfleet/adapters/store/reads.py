@@ -1,0 +1,205 @@
+"""The store's queries, as plain synchronous functions run on reader connections.
+
+Every query here is shaped by an index of the first migration: sealed secrets are
+paged by keyset over the ``UNIQUE (cluster, namespace, name)`` index (or the
+``(state, cluster, namespace, name)`` index when filtering by state), never by
+OFFSET, so page N costs the same as page 1 with 100k rows.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections import defaultdict
+from collections.abc import Sequence
+from typing import Any
+
+from sealfleet.adapters.store import codec
+from sealfleet.adapters.store.kek import KeyEncryptionKey
+from sealfleet.adapters.store.records import KeyHolding, KeyRecord, SealedSecretRecord
+from sealfleet.domain.keys import Certificate, SealingKey, load_certificate
+from sealfleet.domain.staleness import SecretState
+from sealfleet.errors import InputError, StoreError
+
+# SQLite's default limit on host parameters is 32766 (3.32+); stay far below it.
+_CHUNK = 900
+
+
+def get_attributions(conn: sqlite3.Connection, item_hashes: Sequence[str],
+                     known_keys_epoch: int | None) -> dict[str, str | None]:
+    result: dict[str, str | None] = {}
+    unique = list(dict.fromkeys(item_hashes))
+    for start in range(0, len(unique), _CHUNK):
+        chunk = unique[start:start + _CHUNK]
+        rows = conn.execute(
+            "SELECT item_hash, fingerprint, known_keys_epoch FROM attributions "  # noqa: S608
+            f"WHERE item_hash IN ({', '.join('?' * len(chunk))})",  # only placeholders
+            chunk)
+        for item_hash, fingerprint, epoch in rows:
+            # A cached "unknown" is only trusted for the key set it was computed with.
+            if fingerprint is None and known_keys_epoch is not None and epoch != known_keys_epoch:
+                continue
+            result[item_hash] = fingerprint
+    return result
+
+
+def get_watch_resource_version(conn: sqlite3.Connection, cluster: str,
+                               resource: str) -> str | None:
+    row = conn.execute("SELECT resource_version FROM watch_resource_versions "
+                       "WHERE cluster = ? AND resource = ?", (cluster, resource)).fetchone()
+    return None if row is None else str(row[0])
+
+
+def load_private_keys(conn: sqlite3.Connection,
+                      kek: KeyEncryptionKey | None) -> list[SealingKey]:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    rows = conn.execute(
+        "SELECT fingerprint, not_before, not_after, certificate_pem, private_key_ciphertext, "
+        "kek_id FROM sealing_keys WHERE private_key_ciphertext IS NOT NULL "
+        "ORDER BY not_before, fingerprint").fetchall()
+    if rows and kek is None:
+        raise StoreError("the store holds private keys but no key-encryption key is configured")
+    keys: list[SealingKey] = []
+    for fingerprint, not_before, not_after, cert_pem, blob, kek_id in rows:
+        assert kek is not None
+        der = kek.decrypt(blob, fingerprint=fingerprint, kek_id=kek_id)
+        private_key = serialization.load_der_private_key(der, password=None)
+        if not isinstance(private_key, rsa.RSAPrivateKey):
+            raise StoreError(f"private key {fingerprint} in the store is not RSA")
+        if cert_pem:
+            certificate = load_certificate(cert_pem.encode())
+        else:
+            certificate = Certificate(public_key=private_key.public_key(),
+                                      not_before=codec.parse_timestamp(not_before),  # type: ignore[arg-type]
+                                      not_after=codec.parse_timestamp(not_after),  # type: ignore[arg-type]
+                                      pem=b"")
+        key = SealingKey(private_key, certificate)
+        if key.fingerprint != fingerprint:
+            raise StoreError(f"private key stored under {fingerprint} has fingerprint "
+                             f"{key.fingerprint}: the store is inconsistent")
+        keys.append(key)
+    return keys
+
+
+def list_keys(conn: sqlite3.Connection) -> list[KeyRecord]:
+    rows = conn.execute(codec.KEY_SELECT + " ORDER BY not_before, fingerprint")
+    return [codec.key_record(row) for row in rows]
+
+
+def key_usage(conn: sqlite3.Connection) -> dict[str, dict[str, Any]]:
+    usage: dict[str, dict[str, Any]] = {}
+
+    def entry(fingerprint: str) -> dict[str, Any]:
+        return usage.setdefault(fingerprint, {"clusters": [], "items": 0, "sealed_secrets": 0})
+
+    for (fingerprint,) in conn.execute("SELECT fingerprint FROM sealing_keys"):
+        entry(fingerprint)
+    for fingerprint, cluster in conn.execute(
+            "SELECT DISTINCT fingerprint, cluster FROM cluster_keys ORDER BY fingerprint, cluster"):
+        entry(fingerprint)["clusters"].append(cluster)
+    for fingerprint, items, secrets in conn.execute(
+            "SELECT fingerprint, sum(items), count(*) FROM sealed_secret_keys "
+            "GROUP BY fingerprint"):
+        usage_entry = entry(fingerprint)
+        usage_entry["items"] = items
+        usage_entry["sealed_secrets"] = secrets
+    return usage
+
+
+_CLUSTER_FIELDS = ("name", "server", "controller_namespace", "controller_name", "reachable",
+                   "last_error", "last_scan_at", "scan_duration_ms", "sealing_key",
+                   "sealing_key_source", "removed_at")
+
+
+def list_clusters(conn: sqlite3.Connection) -> list[dict[str, Any]]:
+    clusters = []
+    # Column names are module constants, never input.
+    sql = f"SELECT {', '.join(_CLUSTER_FIELDS)} FROM clusters ORDER BY name"  # noqa: S608
+    for row in conn.execute(sql):
+        cluster = dict(zip(_CLUSTER_FIELDS, row, strict=True))
+        cluster["reachable"] = None if cluster["reachable"] is None else bool(cluster["reachable"])
+        cluster["last_scan_at"] = codec.parse_timestamp(cluster["last_scan_at"])
+        cluster["removed_at"] = codec.parse_timestamp(cluster["removed_at"])
+        cluster["removed"] = cluster["removed_at"] is not None
+        clusters.append(cluster)
+    return clusters
+
+
+def cluster_key_holdings(conn: sqlite3.Connection, cluster: str) -> list[KeyHolding]:
+    rows = conn.execute(
+        "SELECT fingerprint, secret_name, label_value, resource_version, creation_timestamp, "
+        "observed_at FROM cluster_keys WHERE cluster = ? ORDER BY secret_name", (cluster,))
+    return [codec.key_holding(row) for row in rows]
+
+
+def state_counts(conn: sqlite3.Connection) -> dict[str, dict[SecretState, int]]:
+    counts: dict[str, dict[SecretState, int]] = defaultdict(dict)
+    for state, cluster, count in conn.execute(
+            "SELECT state, cluster, count(*) FROM sealed_secrets GROUP BY state, cluster"):
+        counts[cluster][SecretState(state)] = count
+    return dict(counts)
+
+
+def list_sealed_secrets(conn: sqlite3.Connection, *, cluster: str | None,
+                        namespace: str | None, state: SecretState | str | None, limit: int,
+                        cursor: str | None) -> tuple[list[SealedSecretRecord], str | None]:
+    if limit < 1:
+        raise InputError(f"limit must be at least 1, got {limit}")
+    where: list[str] = []
+    params: list[Any] = []
+    if state is not None:
+        where.append("state = ?")
+        params.append(str(SecretState(state)))
+    if cluster is not None:
+        where.append("cluster = ?")
+        params.append(cluster)
+    if namespace is not None:
+        where.append("namespace = ?")
+        params.append(namespace)
+    if cursor is not None:
+        try:
+            after = codec.decode_cursor(cursor)
+        except ValueError:
+            raise InputError("malformed cursor") from None
+        where.append("(cluster, namespace, name) > (?, ?, ?)")
+        params.extend(after)
+    index = "sealed_secrets_by_state" if state is not None else \
+        "sqlite_autoindex_sealed_secrets_1"
+    sql = (codec.SEALED_SECRET_SELECT + f" INDEXED BY {index}"
+           + (" WHERE " + " AND ".join(where) if where else "")
+           + " ORDER BY cluster, namespace, name LIMIT ?")
+    rows = conn.execute(sql, [*params, limit + 1]).fetchall()
+    records = [codec.sealed_secret_record(row) for row in rows[:limit]]
+    next_cursor = None
+    if len(rows) > limit:
+        last = records[-1]
+        next_cursor = codec.encode_cursor(last.cluster, last.namespace, last.name)
+    return records, next_cursor
+
+
+def sealed_secrets_of_cluster(conn: sqlite3.Connection,
+                              cluster: str) -> list[SealedSecretRecord]:
+    rows = conn.execute(codec.SEALED_SECRET_SELECT + " WHERE cluster = ? "
+                        "ORDER BY namespace, name", (cluster,))
+    return [codec.sealed_secret_record(row) for row in rows]
+
+
+def sealed_secrets_using_key(conn: sqlite3.Connection, fingerprint: str, *,
+                             cluster: str | None = None) -> list[tuple[str, str, str]]:
+    """(cluster, namespace, name) of the SealedSecrets with an item sealed by the key."""
+    sql = ("SELECT s.cluster, s.namespace, s.name FROM sealed_secret_keys k "
+           "JOIN sealed_secrets s ON s.id = k.secret_id WHERE k.fingerprint = ?")
+    params: list[Any] = [fingerprint]
+    if cluster is not None:
+        sql += " AND s.cluster = ?"
+        params.append(cluster)
+    return [tuple(row) for row in conn.execute(sql + " ORDER BY 1, 2, 3", params)]
+
+
+def audit_entries(conn: sqlite3.Connection, *, after_id: int,
+                  limit: int) -> list[dict[str, Any]]:
+    rows = conn.execute("SELECT id, at, event, actor, details FROM audit_log WHERE id > ? "
+                        "ORDER BY id LIMIT ?", (after_id, limit))
+    return [{"id": row[0], "at": codec.parse_timestamp(row[1]), "event": row[2],
+             "actor": row[3], "details": codec.decode_json(row[4])} for row in rows]
