@@ -6,8 +6,11 @@ workers store per SealedSecret; the fleet report is built from those states.
 
 from __future__ import annotations
 
+import datetime as dt
 import enum
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 
 class SecretState(enum.StrEnum):
@@ -38,3 +41,203 @@ def classify(item_keys: Sequence[str | None], *, sealing_key: str | None,
     if sealing_key is not None and any(key != sealing_key for key in item_keys):
         return SecretState.STALE
     return SecretState.CURRENT
+
+
+# --------------------------------------------------------------------------------------
+# The fleet report: what GET /api/v1/staleness, /metrics, the status page and the CLI show.
+# --------------------------------------------------------------------------------------
+
+STATE_KEYS: tuple[str, ...] = ("total", *(s.value for s in (
+    SecretState.CURRENT, SecretState.STALE, SecretState.COMPROMISED,
+    SecretState.UNKNOWN, SecretState.FAILING)))
+FINDINGS: tuple[str, ...] = ("stale", "drift", "compromised", "unknown")
+
+
+@dataclass(frozen=True)
+class StalenessPolicy:
+    """When a sealing key counts as stale (``[policy]`` of the config)."""
+
+    key_renew_period: dt.timedelta
+    cert_expiry_warning: dt.timedelta
+
+
+class KeyFacts(Protocol):
+    """What the report needs of a known key (``KeyRecord`` satisfies it)."""
+
+    @property
+    def fingerprint(self) -> str: ...
+    @property
+    def not_before(self) -> dt.datetime: ...
+    @property
+    def not_after(self) -> dt.datetime: ...
+    @property
+    def state(self) -> str: ...
+
+
+@dataclass(frozen=True)
+class ClusterFacts:
+    """What the inventory knows about one cluster."""
+
+    name: str
+    reachable: bool | None
+    last_scan_at: dt.datetime | None = None
+    last_error: str | None = None
+    sealing_key: str | None = None          # fingerprint of the cert served at /v1/cert.pem
+    sealing_key_source: str | None = None   # "cert.pem" | "newest-active" | None
+    active_keys: tuple[str, ...] = ()       # fingerprints the controller loads (label active)
+    held_keys: tuple[str, ...] = ()         # every key Secret in the controller namespace
+    scan_duration_ms: int | None = None
+
+
+def iso(moment: dt.datetime | None) -> str | None:
+    """ISO 8601 UTC with a ``Z``, second precision."""
+    if moment is None:
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=dt.UTC)
+    return moment.astimezone(dt.UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+
+
+def resolve_sealing_key(cluster: ClusterFacts,
+                        keys: Mapping[str, KeyFacts]) -> tuple[str | None, str | None]:
+    """(fingerprint, source): the served certificate, else the newest active NotBefore."""
+    if cluster.sealing_key:
+        return cluster.sealing_key, cluster.sealing_key_source or "cert.pem"
+    candidates = [keys[f] for f in cluster.active_keys if f in keys]
+    if not candidates:
+        return None, None
+    newest = max(candidates, key=lambda k: (k.not_before, k.fingerprint))
+    return newest.fingerprint, "newest-active"
+
+
+def sealing_key_verdict(key: KeyFacts, policy: StalenessPolicy,
+                        now: dt.datetime) -> tuple[bool, list[str]]:
+    """Whether a sealing key is stale, and why (stable reason codes)."""
+    reasons = []
+    if now - key.not_before > policy.key_renew_period:
+        reasons.append("older_than_renew_period")
+    if now >= key.not_after:
+        reasons.append("certificate_expired")
+    elif key.not_after - now <= policy.cert_expiry_warning:
+        reasons.append("certificate_expiring")
+    return bool(reasons), reasons
+
+
+def _counts(states: Mapping[SecretState, int] | Mapping[str, int] | None) -> dict[str, int]:
+    out = dict.fromkeys(STATE_KEYS, 0)
+    for state, n in (states or {}).items():
+        name = state.value if isinstance(state, SecretState) else str(state)
+        if name in out and name != "total":
+            out[name] += int(n)
+            out["total"] += int(n)
+    return out
+
+
+def _cluster_report(cluster: ClusterFacts, policy: StalenessPolicy, now: dt.datetime,
+                    keys: Mapping[str, KeyFacts], counts: dict[str, int],
+                    master: frozenset[str]) -> dict[str, Any]:
+    fingerprint, source = resolve_sealing_key(cluster, keys)
+    sealing: dict[str, Any] | None = None
+    if fingerprint is not None:
+        key = keys.get(fingerprint)
+        sealing = {"fingerprint": fingerprint, "source": source, "not_before": None,
+                   "not_after": None, "age_seconds": None, "stale": None, "reasons": [],
+                   "state": None}
+        if key is not None:
+            stale, reasons = sealing_key_verdict(key, policy, now)
+            sealing.update(not_before=iso(key.not_before), not_after=iso(key.not_after),
+                           age_seconds=max(0, int((now - key.not_before).total_seconds())),
+                           stale=stale, reasons=reasons, state=key.state)
+    held = sorted(set(cluster.held_keys) | set(cluster.active_keys))
+    active = set(cluster.active_keys)
+    key_list = []
+    for fp in held:
+        known = keys.get(fp)
+        key_list.append({
+            "fingerprint": fp,
+            "active": fp in active,
+            "sealing": fp == fingerprint,
+            "state": known.state if known else None,
+            "not_before": iso(known.not_before) if known else None,
+            "not_after": iso(known.not_after) if known else None,
+        })
+    drift: bool | None = None
+    drift_detail: dict[str, Any] | None = None
+    if master and (active or fingerprint is not None):  # never observed: unknown, not drift
+        missing = sorted(master - active)
+        extra = sorted(active - master)
+        sealing_outside = fingerprint is not None and fingerprint not in master
+        drift = bool(missing or extra or sealing_outside)
+        drift_detail = {"missing": missing, "extra": extra,
+                        "sealing_key_outside_master_set": sealing_outside}
+    return {
+        "name": cluster.name,
+        "reachable": cluster.reachable,
+        "last_scan_at": iso(cluster.last_scan_at),
+        "last_error": cluster.last_error,
+        "scan_duration_ms": cluster.scan_duration_ms,
+        "sealing_key": sealing,
+        "keys": key_list,
+        "drift": drift,
+        "drift_detail": drift_detail,
+        "sealed_secrets": counts,
+    }
+
+
+def build_report(policy: StalenessPolicy, now: dt.datetime,
+                 clusters: Iterable[ClusterFacts], keys: Iterable[KeyFacts],
+                 counts: Mapping[str, Mapping[SecretState, int] | Mapping[str, int]],
+                 master_keys: Collection[str]) -> dict[str, Any]:
+    """The staleness report, JSON-ready (the exact shape of ``GET /api/v1/staleness``)."""
+    key_map = {k.fingerprint: k for k in keys}
+    master = frozenset(master_keys)
+    cluster_reports = [
+        _cluster_report(c, policy, now, key_map, _counts(counts.get(c.name)), master)
+        for c in sorted(clusters, key=lambda c: c.name)]
+    fleet_counts = dict.fromkeys(STATE_KEYS, 0)
+    for report in cluster_reports:
+        for name, n in report["sealed_secrets"].items():
+            fleet_counts[name] += n
+    return {
+        "generated_at": iso(now),
+        "policy": {
+            "key_renew_period_seconds": int(policy.key_renew_period.total_seconds()),
+            "cert_expiry_warning_seconds": int(policy.cert_expiry_warning.total_seconds()),
+            "master_keys": sorted(master),
+        },
+        "fleet": {
+            "clusters": len(cluster_reports),
+            "reachable": sum(1 for r in cluster_reports if r["reachable"]),
+            "stale_sealing_keys": sum(1 for r in cluster_reports
+                                      if r["sealing_key"] and r["sealing_key"]["stale"]),
+            "drifting": sum(1 for r in cluster_reports if r["drift"]),
+            "sealed_secrets": fleet_counts,
+        },
+        "clusters": cluster_reports,
+    }
+
+
+def findings(report: Mapping[str, Any]) -> set[str]:
+    """Which of :data:`FINDINGS` a report contains (for ``staleness --fail-on``).
+
+    stale: a sealing key is stale or a SealedSecret uses an older key; drift: a cluster
+    drifts from the master key set; compromised: a SealedSecret or a sealing key uses a
+    compromised key; unknown: a SealedSecret opens with no known key.
+    """
+    found: set[str] = set()
+    totals = report["fleet"]["sealed_secrets"]
+    if totals["stale"]:
+        found.add("stale")
+    if totals["compromised"]:
+        found.add("compromised")
+    if totals["unknown"]:
+        found.add("unknown")
+    for cluster in report["clusters"]:
+        sealing = cluster.get("sealing_key")
+        if sealing and sealing.get("stale"):
+            found.add("stale")
+        if sealing and sealing.get("state") == "compromised":
+            found.add("compromised")
+        if cluster.get("drift"):
+            found.add("drift")
+    return found

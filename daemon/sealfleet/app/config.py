@@ -1,0 +1,411 @@
+"""The daemon's configuration: one TOML file, validated once into a frozen settings tree.
+
+Why a typed tree rather than a dict: a bad value must stop the daemon at start with one
+line naming the file and the key path (``sealfleet.toml: clusters[1].kubeconfig: field
+required``), never surface as a KeyError minutes later in a worker.  Unknown keys are
+errors too, so a typo cannot silently fall back to a default.
+
+Paths are resolved against the directory of the config file, so a config and its
+kubeconfig/KEK/token files can move together.  Defaults follow systemd's directories:
+``$STATE_DIRECTORY`` for the database, ``$RUNTIME_DIRECTORY`` for the API socket, and
+``$CREDENTIALS_DIRECTORY`` (``LoadCredential=``) for the KEK and tokens.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from sealfleet.errors import ConfigError
+
+DEFAULT_CONFIG_PATH = Path("/etc/sealfleet/sealfleet.toml")
+_FALLBACK_STATE_DIR = "sealfleet-state"  # next to the config file when not under systemd
+
+_DURATION_PART = re.compile(r"(\d+)([dhms])")
+_DURATION_UNITS = {"d": 86400, "h": 3600, "m": 60, "s": 1}
+_FINGERPRINT = re.compile(r"^SHA256:[A-Za-z0-9+/]{43}$")
+# Cluster names appear in URLs, metric labels and log context: keep them DNS-label-like.
+_CLUSTER_NAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._-]{0,61}[A-Za-z0-9])?$")
+
+
+def parse_duration(value: object) -> dt.timedelta:
+    """Parse "30d", "720h", "15m", "90s" or a combination such as "1h30m"."""
+    if isinstance(value, dt.timedelta):
+        return value
+    if not isinstance(value, str) or not value:
+        raise ValueError('expected a duration string such as "30d", "720h", "15m" or "90s"')
+    text = value.strip()
+    parts = _DURATION_PART.findall(text)
+    if not parts or "".join(n + u for n, u in parts) != text:
+        raise ValueError(f'invalid duration "{value}": use digits with d, h, m or s '
+                         '(e.g. "30d", "720h", "15m", "90s")')
+    return dt.timedelta(seconds=sum(int(n) * _DURATION_UNITS[u] for n, u in parts))
+
+
+Duration = Annotated[dt.timedelta, BeforeValidator(parse_duration)]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _context(info: ValidationInfo) -> Mapping[str, Any]:
+    return info.context or {}
+
+
+def _base_dir(info: ValidationInfo) -> Path:
+    return Path(_context(info).get("base_dir", "."))
+
+
+def _env(info: ValidationInfo, name: str) -> str | None:
+    env: Mapping[str, str] = _context(info).get("env", {})
+    value = env.get(name)
+    return value or None
+
+
+def _resolve(value: str | Path, info: ValidationInfo) -> Path:
+    path = Path(os.path.expanduser(str(value)))
+    return path if path.is_absolute() else (_base_dir(info) / path).resolve()
+
+
+def _resolve_credential(value: str | Path, info: ValidationInfo) -> Path:
+    """A bare file name is looked up in $CREDENTIALS_DIRECTORY first (systemd LoadCredential)."""
+    text = str(value)
+    credentials = _env(info, "CREDENTIALS_DIRECTORY")
+    if credentials and "/" not in text:
+        candidate = Path(credentials) / text
+        if candidate.exists():
+            return candidate
+    return _resolve(text, info)
+
+
+class StoreSettings(_Section):
+    """``[store]``: where the inventory lives and the key that encrypts private keys in it."""
+
+    database: Path = Field(default=None, validate_default=True)
+    """SQLite file.  Default ``$STATE_DIRECTORY/inventory.db`` (systemd ``StateDirectory=``),
+    else ``sealfleet-state/inventory.db`` next to the config file."""
+
+    kek_file: Path = Field(default=Path("kek"), validate_default=True)
+    """Key-encryption key: 32 random bytes, mode 0600 enforced by the store.  Default
+    ``kek``: ``$CREDENTIALS_DIRECTORY/kek`` under systemd ``LoadCredential=``, else next to
+    the config file."""
+
+    @field_validator("database", mode="before")
+    @classmethod
+    def _database(cls, value: str | Path | None, info: ValidationInfo) -> Path:
+        if value is None:
+            state = _env(info, "STATE_DIRECTORY")
+            # systemd may pass several colon-separated directories; the first is ours.
+            base = Path(state.split(":")[0]) if state else _base_dir(info) / _FALLBACK_STATE_DIR
+            return (base / "inventory.db").resolve()
+        if str(value) == "":
+            raise ValueError("must not be empty")
+        return _resolve(value, info)
+
+    @field_validator("kek_file", mode="before")
+    @classmethod
+    def _kek(cls, value: str | Path, info: ValidationInfo) -> Path:
+        if str(value) == "":
+            raise ValueError("must not be empty")
+        return _resolve_credential(value, info)
+
+
+class ApiSettings(_Section):
+    """``[api]``: where the read API listens and which tokens guard TCP access."""
+
+    socket: Path | None = Field(default=None, validate_default=True)
+    """Unix socket (mode 0660, no token: file permissions are the access control).
+    Default ``$RUNTIME_DIRECTORY/api.sock`` (systemd ``RuntimeDirectory=``), else
+    ``sealfleet-state/api.sock`` next to the config file.  ``""`` disables it."""
+
+    listen: str | None = None
+    """Optional TCP listener ``host:port`` (``[::1]:8780`` for IPv6).  Off by default:
+    TCP is reachable by every local user, so it requires ``read_token_file``."""
+
+    read_token_file: Path | None = None
+    """Bearer token for GET requests over TCP.  A bare name is looked up in
+    ``$CREDENTIALS_DIRECTORY`` first."""
+
+    admin_token_file: Path | None = None
+    """Bearer token reserved for mutating endpoints (later releases)."""
+
+    @field_validator("socket", mode="before")
+    @classmethod
+    def _socket(cls, value: str | Path | None, info: ValidationInfo) -> Path | None:
+        if value is None:
+            runtime = _env(info, "RUNTIME_DIRECTORY")
+            base = (Path(runtime.split(":")[0]) if runtime
+                    else _base_dir(info) / _FALLBACK_STATE_DIR)
+            return (base / "api.sock").resolve()
+        if str(value) == "":
+            return None
+        return _resolve(value, info)
+
+    @field_validator("read_token_file", "admin_token_file", mode="before")
+    @classmethod
+    def _token(cls, value: str | Path | None, info: ValidationInfo) -> Path | None:
+        if value is None or str(value) == "":
+            return None
+        return _resolve_credential(value, info)
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, value: str | None) -> str | None:
+        if value is None or value == "":
+            return None
+        split_listen(value)
+        return value
+
+    @model_validator(mode="after")
+    def _tcp_needs_token(self) -> ApiSettings:
+        if self.listen is not None and self.read_token_file is None:
+            raise ValueError("listen is set but read_token_file is not: "
+                             "a TCP listener requires a bearer token")
+        return self
+
+    @property
+    def listen_address(self) -> tuple[str, int] | None:
+        return split_listen(self.listen) if self.listen else None
+
+
+def split_listen(value: str) -> tuple[str, int]:
+    """``"127.0.0.1:8780"`` / ``"[::1]:8780"`` / ``"localhost:8780"`` -> (host, port)."""
+    host, sep, port_text = value.rpartition(":")
+    if not sep or not host or not port_text.isdigit():
+        raise ValueError(f'invalid listen address "{value}": expected host:port')
+    port = int(port_text)
+    if not 0 <= port <= 65535:
+        raise ValueError(f'invalid port in "{value}"')
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError as exc:
+            raise ValueError(f'invalid IPv6 address in "{value}"') from exc
+    return host, port
+
+
+class PolicySettings(_Section):
+    """``[policy]``: when a key counts as stale."""
+
+    key_renew_period: Duration = dt.timedelta(days=30)
+    """A sealing key older than this is stale.  Default 30d: the controller's own
+    ``--key-renew-period`` default (720h)."""
+
+    cert_expiry_warning: Duration = dt.timedelta(days=30)
+    """A sealing certificate expiring within this window is stale.  Default 30d: enough
+    time to renew and reseal before kubeseal starts refusing the certificate."""
+
+    @field_validator("key_renew_period")
+    @classmethod
+    def _positive(cls, value: dt.timedelta) -> dt.timedelta:
+        if value <= dt.timedelta(0):
+            raise ValueError("must be longer than 0s")
+        return value
+
+
+class FleetSettings(_Section):
+    """``[fleet]``: the key set every cluster should hold, and how workers pace themselves."""
+
+    master_keys: tuple[str, ...] = ()
+    """Fingerprints (``SHA256:...``) of the fleet master key set.  Empty (default) turns
+    the drift check off: without a declared set there is nothing to drift from."""
+
+    resync_interval: Duration = dt.timedelta(minutes=10)
+    """Full relist period on top of watches, seconds-precision.  Default 10m: cheap with
+    the attribution cache and bounds how long a missed watch event can hide."""
+
+    backoff_initial: Duration = dt.timedelta(seconds=1)
+    """First retry delay after a cluster fails.  Default 1s."""
+
+    backoff_max: Duration = dt.timedelta(minutes=5)
+    """Cap of the exponential backoff.  Default 5m: a dead cluster is retried often
+    enough to notice recovery, rarely enough not to flood logs or the apiserver."""
+
+    request_timeout: Duration = dt.timedelta(seconds=30)
+    """Per-request timeout towards an apiserver (not watches).  Default 30s."""
+
+    @field_validator("master_keys")
+    @classmethod
+    def _fingerprints(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for item in value:
+            if not _FINGERPRINT.match(item):
+                raise ValueError(f'"{item}" is not a key fingerprint (SHA256:<43 base64 chars>)')
+        return value
+
+
+class LoggingSettings(_Section):
+    """``[logging]``."""
+
+    format: Literal["auto", "json", "console"] = "auto"
+    """``auto`` (default): JSON lines when stdout is not a terminal or under systemd
+    (journald), the console renderer on a terminal."""
+
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    """Minimum level.  Default info: one line per state change and per scan summary."""
+
+
+class ServiceSettings(_Section):
+    """``[service]``: lifecycle bounds."""
+
+    shutdown_timeout: Duration = dt.timedelta(seconds=20)
+    """Total budget of the staged shutdown.  Default 20s: under systemd's
+    ``TimeoutStopSec=30`` in the shipped unit, leaving room before SIGKILL."""
+
+
+class ClusterSettings(_Section):
+    """One ``[[clusters]]`` entry."""
+
+    name: str
+    """Unique name; used in URLs, metric labels and logs."""
+
+    kubeconfig: Path
+    """Kubeconfig file (relative to the config file)."""
+
+    context: str | None = None
+    """Kubeconfig context; default: the file's current-context."""
+
+    controller_namespace: str = "kube-system"
+    """Namespace of the sealed-secrets controller.  Default: the upstream manifest's."""
+
+    controller_name: str = "sealed-secrets-controller"
+    """Deployment and Service name of the controller.  Default: the upstream manifest's."""
+
+    read_key_secrets: bool = True
+    """False = least-privilege mode: never read key Secrets; ask ``/v1/verify`` instead."""
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not _CLUSTER_NAME.match(value):
+            raise ValueError(f'invalid cluster name "{value}": use letters, digits, ".", "_" '
+                             'and "-" (at most 63 characters)')
+        return value
+
+    @field_validator("kubeconfig", mode="before")
+    @classmethod
+    def _kubeconfig(cls, value: str | Path, info: ValidationInfo) -> Path:
+        if str(value) == "":
+            raise ValueError("must not be empty")
+        return _resolve(value, info)
+
+
+class Settings(_Section):
+    """The whole validated configuration."""
+
+    config_path: Path | None = None
+    """The file these settings came from (set by :func:`load_settings`)."""
+
+    store: StoreSettings = Field(default_factory=lambda: StoreSettings())
+    api: ApiSettings = Field(default_factory=lambda: ApiSettings())
+    policy: PolicySettings = Field(default_factory=PolicySettings)
+    fleet: FleetSettings = Field(default_factory=FleetSettings)
+    logging: LoggingSettings = Field(default_factory=LoggingSettings)
+    service: ServiceSettings = Field(default_factory=ServiceSettings)
+    clusters: tuple[ClusterSettings, ...] = ()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _sections_see_context(cls, data: Any) -> Any:
+        # Default factories do not see the validation context; give every section an
+        # explicit (possibly empty) table so its env-dependent defaults are validated.
+        if isinstance(data, dict):
+            data = dict(data)
+            for section in ("store", "api"):
+                data.setdefault(section, {})
+        return data
+
+    @field_validator("clusters")
+    @classmethod
+    def _unique(cls, value: tuple[ClusterSettings, ...]) -> tuple[ClusterSettings, ...]:
+        seen: set[str] = set()
+        for cluster in value:
+            if cluster.name in seen:
+                raise ValueError(f'duplicate cluster name "{cluster.name}"')
+            seen.add(cluster.name)
+        return value
+
+    def cluster(self, name: str) -> ClusterSettings | None:
+        return next((c for c in self.clusters if c.name == name), None)
+
+
+def load_settings(path: str | Path, *, env: Mapping[str, str] | None = None) -> Settings:
+    """Read and validate *path*.  Raises :class:`ConfigError` with one line on any problem."""
+    path = Path(path)
+    label = str(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{label}: cannot read config: {exc.strerror or exc}") from exc
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{label}: not UTF-8 text") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{label}: invalid TOML: {exc}") from exc
+    return settings_from_mapping(data, base_dir=path.resolve().parent, env=env,
+                                 label=label, config_path=path.resolve())
+
+
+def settings_from_mapping(data: Mapping[str, Any], *, base_dir: Path,
+                          env: Mapping[str, str] | None = None, label: str = "<config>",
+                          config_path: Path | None = None) -> Settings:
+    """Validate an already-parsed TOML table (used by tests and by the demo)."""
+    if "config_path" in data:
+        raise ConfigError(f"{label}: config_path: unknown key")
+    context = {"base_dir": base_dir, "env": dict(os.environ if env is None else env)}
+    try:
+        return Settings.model_validate({**data, "config_path": config_path}, context=context)
+    except ValidationError as exc:
+        raise ConfigError(f"{label}: {format_validation_error(exc)}") from None
+
+
+def format_validation_error(exc: ValidationError) -> str:
+    """All problems on one line: ``clusters[1].kubeconfig: field required; ...``."""
+    problems = []
+    for error in exc.errors(include_url=False, include_input=False):
+        key = _key_path(error["loc"])
+        problems.append(f"{key}: {_message(error['type'], error['msg'])}" if key
+                        else _message(error["type"], error["msg"]))
+    return "; ".join(problems)
+
+
+def _key_path(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part.startswith(("function-", "literal[")) or part in {"is-instance[Path]"}:
+            continue  # pydantic's internal branch names, not config keys
+        else:
+            out += f".{part}" if out else part
+    return out
+
+
+def _message(kind: str, msg: str) -> str:
+    if kind == "extra_forbidden":
+        return "unknown key"
+    if kind == "missing":
+        return "field required"
+    for prefix in ("Value error, ", "Assertion failed, "):
+        if msg.startswith(prefix):
+            return msg[len(prefix):]
+    return msg[:1].lower() + msg[1:]
