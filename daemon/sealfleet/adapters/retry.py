@@ -36,16 +36,14 @@ class BackoffPolicy:
 
     @classmethod
     def from_settings(cls, settings: Any) -> BackoffPolicy:
-        """Read ``settings.retry.{initial_backoff,max_backoff}`` when the tree has them.
+        """``[fleet] backoff_initial`` and ``backoff_max`` of the settings tree.
 
         Durations may be ``datetime.timedelta`` or seconds; missing fields keep the
         defaults above.
         """
-        retry = getattr(settings, "retry", None)
-        if retry is None:
-            return cls()
-        initial = _seconds(getattr(retry, "initial_backoff", None), cls.initial)
-        cap = _seconds(getattr(retry, "max_backoff", None), cls.cap)
+        fleet = getattr(settings, "fleet", None)
+        initial = _seconds(getattr(fleet, "backoff_initial", None), cls.initial)
+        cap = _seconds(getattr(fleet, "backoff_max", None), cls.cap)
         return cls(initial=initial, cap=max(cap, initial))
 
     def step(self, attempt: int) -> float:

@@ -25,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import json
 import ssl
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -207,7 +207,7 @@ class KubeClient:
         return response.text
 
     async def list_pages(self, path: str, *, label_selector: str | None = None,
-                         limit: int = DEFAULT_PAGE_SIZE) -> AsyncIterator[ListPage]:
+                         limit: int = DEFAULT_PAGE_SIZE) -> AsyncGenerator[ListPage, None]:
         """A paginated list (``limit`` + ``continue``), one page at a time.
 
         An expired continue token raises :class:`Gone`; the caller restarts the list,
@@ -234,7 +234,7 @@ class KubeClient:
 
     async def watch(self, path: str, *, resource_version: str,
                     label_selector: str | None = None,
-                    timeout_seconds: int = 300) -> AsyncIterator[WatchEvent]:
+                    timeout_seconds: int = 300) -> AsyncGenerator[WatchEvent, None]:
         """Stream watch events from *resource_version* until the server ends the watch.
 
         Bookmarks are requested (they carry only a fresh resourceVersion).  A 410,

@@ -1,0 +1,214 @@
+"""Attribution as a service: which known private key sealed each item, paid for once.
+
+RSA is the only expensive thing the inventory does, so every answer is remembered
+twice: in memory (by item hash) and in the store, which makes an unchanged item free
+forever, across restarts too.  Items that no known key opens are cached as "unknown"
+together with the *known-keys epoch* (a digest of the set of private keys known when
+the answer was computed); when a new key arrives the epoch changes and those answers
+stop counting, so the items are tried again with the new key.
+
+The RSA work itself runs on the executor ``service.run`` hands us (threads = cores),
+in chunks of whole SealedSecrets, so the loop never stalls and a chunk reuses what it
+learns: the items of one SealedSecret are nearly always sealed with the same key, so
+the key that opened the first item is tried first for the rest.  Candidates are
+otherwise ordered likeliest first: the cluster's sealing key, then keys by how many
+items they have sealed so far.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from concurrent.futures import Executor
+from dataclasses import dataclass
+
+from sealfleet.adapters.store import Store
+from sealfleet.domain.attribution import attribute_item
+from sealfleet.domain.keys import SealingKey
+
+# SealedSecrets per executor job: big enough that scheduling is noise next to RSA,
+# small enough that twenty clusters share the threads fairly.
+_CHUNK_GROUPS = 16
+
+
+@dataclass(frozen=True)
+class ItemRequest:
+    """One item to attribute: its cache key, base64 ciphertext and OAEP label."""
+
+    item_hash: str
+    ciphertext: str
+    label: bytes
+
+
+def keys_epoch(fingerprints: Iterable[str]) -> int:
+    """A stable number naming a set of keys (fits SQLite's signed 64-bit integers)."""
+    digest = hashlib.sha256("\n".join(sorted(set(fingerprints))).encode()).digest()
+    return int.from_bytes(digest[:7], "big")
+
+
+class Keyring:
+    """Every private key the daemon knows, fleet-wide, the epoch of that set, and the
+    fingerprints marked compromised; workers subscribe to hear when either changes."""
+
+    def __init__(self) -> None:
+        self._keys: dict[str, SealingKey] = {}
+        self.epoch = keys_epoch(())
+        self.compromised: frozenset[str] = frozenset()
+        self._subscribers: list[asyncio.Event] = []
+
+    def subscribe(self) -> asyncio.Event:
+        """An event set whenever the key set or the compromised set changes."""
+        event = asyncio.Event()
+        self._subscribers.append(event)
+        return event
+
+    def unsubscribe(self, event: asyncio.Event) -> None:
+        if event in self._subscribers:
+            self._subscribers.remove(event)
+
+    def _notify(self) -> None:
+        for event in self._subscribers:
+            event.set()
+
+    def add(self, keys: Iterable[SealingKey]) -> list[SealingKey]:
+        """Add keys; returns those that were new (the epoch changes when any were)."""
+        new = [key for key in keys if key.fingerprint not in self._keys]
+        for key in new:
+            self._keys[key.fingerprint] = key
+        if new:
+            self.epoch = keys_epoch(self._keys)
+            self._notify()
+        return new
+
+    def set_compromised(self, fingerprints: Iterable[str]) -> bool:
+        """Replace the compromised set; True (and subscribers told) when it changed."""
+        compromised = frozenset(fingerprints)
+        if compromised == self.compromised:
+            return False
+        self.compromised = compromised
+        self._notify()
+        return True
+
+    def __contains__(self, fingerprint: object) -> bool:
+        return fingerprint in self._keys
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def get(self, fingerprint: str) -> SealingKey | None:
+        return self._keys.get(fingerprint)
+
+    def keys(self) -> list[SealingKey]:
+        return list(self._keys.values())
+
+
+def _attribute_chunk(groups: Sequence[Sequence[ItemRequest]],
+                     candidates: Sequence[SealingKey]) -> tuple[list[tuple[str, str | None]], int]:
+    """Executor job: attribute whole SealedSecrets; returns answers and RSA attempts."""
+    answers: list[tuple[str, str | None]] = []
+    attempts = 0
+    for group in groups:
+        order = list(candidates)
+        for request in group:
+            result = attribute_item(request.ciphertext, request.label, order)
+            attempts += result.rsa_attempts
+            answers.append((request.item_hash, result.fingerprint))
+            if result.fingerprint is not None and order[0].fingerprint != result.fingerprint:
+                hit = next(k for k in order if k.fingerprint == result.fingerprint)
+                order.remove(hit)
+                order.insert(0, hit)
+    return answers, attempts
+
+
+class Attributor:
+    """Answers "which key sealed this item" from memory, then the store, then RSA."""
+
+    def __init__(self, store: Store, executor: Executor, keyring: Keyring) -> None:
+        self._store = store
+        self._executor = executor
+        self.keyring = keyring
+        self._known: dict[bytes, str] = {}      # item hash -> fingerprint (never invalid)
+        self._unknown: dict[bytes, int] = {}    # item hash -> epoch it was unknown at
+        self._usage: Counter[str] = Counter()   # fingerprint -> items it sealed so far
+        self.backlog = 0                        # items waiting for RSA right now
+        self.rsa_operations = 0                 # RSA decrypts done since start
+
+    def _cached(self, item_hash: str) -> tuple[bool, str | None]:
+        raw = bytes.fromhex(item_hash)
+        fingerprint = self._known.get(raw)
+        if fingerprint is not None:
+            return True, fingerprint
+        if self._unknown.get(raw) == self.keyring.epoch:
+            return True, None
+        return False, None
+
+    def _remember(self, item_hash: str, fingerprint: str | None, epoch: int) -> None:
+        raw = bytes.fromhex(item_hash)
+        if fingerprint is None:
+            self._unknown[raw] = epoch
+        else:
+            # Interned so that 100k cached items share a handful of fingerprint strings.
+            key = self.keyring.get(fingerprint)
+            self._known[raw] = key.fingerprint if key is not None else fingerprint
+            self._unknown.pop(raw, None)
+            self._usage[fingerprint] += 1
+
+    def candidates(self, preferred: Sequence[str]) -> list[SealingKey]:
+        """Likeliest first: *preferred* (the sealing key), then by items sealed so far."""
+        keys = self.keyring.keys()
+        rank = {fingerprint: index for index, fingerprint in enumerate(preferred)}
+        return sorted(keys, key=lambda k: (rank.get(k.fingerprint, len(rank)),
+                                           -self._usage[k.fingerprint],
+                                           -k.not_before.timestamp()))
+
+    async def attribute(self, groups: Sequence[Sequence[ItemRequest]], *,
+                        preferred: Sequence[str] = ()) -> dict[str, str | None]:
+        """Attribute every item of *groups* (one group per SealedSecret)."""
+        result: dict[str, str | None] = {}
+        missing: list[str] = []
+        for group in groups:
+            for request in group:
+                hit, fingerprint = self._cached(request.item_hash)
+                if hit:
+                    result[request.item_hash] = fingerprint
+                else:
+                    missing.append(request.item_hash)
+        if not missing:
+            return result
+        epoch = self.keyring.epoch
+        stored = await self._store.get_attributions(missing, known_keys_epoch=epoch)
+        for item_hash, fingerprint in stored.items():
+            result[item_hash] = fingerprint
+            self._remember(item_hash, fingerprint, epoch)
+        todo = [[r for r in group if r.item_hash not in result] for group in groups]
+        todo = [group for group in todo if group]
+        if not todo:
+            return result
+        computed = await self._run_rsa(todo, self.candidates(preferred))
+        # The epoch of the keys actually tried, not whatever it is by now.
+        await self._store.put_attributions(computed, known_keys_epoch=epoch)
+        for item_hash, fingerprint in computed:
+            result[item_hash] = fingerprint
+            self._remember(item_hash, fingerprint, epoch)
+        return result
+
+    async def _run_rsa(self, groups: list[list[ItemRequest]],
+                       candidates: list[SealingKey]) -> list[tuple[str, str | None]]:
+        if not candidates:
+            return [(r.item_hash, None) for group in groups for r in group]
+        loop = asyncio.get_running_loop()
+        count = sum(len(group) for group in groups)
+        self.backlog += count
+        try:
+            jobs = [loop.run_in_executor(self._executor, _attribute_chunk,
+                                         groups[start:start + _CHUNK_GROUPS], candidates)
+                    for start in range(0, len(groups), _CHUNK_GROUPS)]
+            answers: list[tuple[str, str | None]] = []
+            for answer, attempts in await asyncio.gather(*jobs):
+                answers.extend(answer)
+                self.rsa_operations += attempts
+            return answers
+        finally:
+            self.backlog -= count
