@@ -1,0 +1,105 @@
+"""The attribution service: right key per item, RSA paid once (memory, then the store)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from sealfleet.adapters.store import KeyEncryptionKey, Store
+from sealfleet.app.attributing import Attributor, ItemRequest, Keyring
+from sealfleet.domain.attribution import item_hash
+from sealfleet.domain.keys import SealingKey
+from sealfleet.domain.scopes import Scope
+from sealfleet.domain.sealed_secrets import SealedIdentity, seal_value
+
+
+@pytest.fixture
+def executor() -> Iterator[ThreadPoolExecutor]:
+    with ThreadPoolExecutor(2) as pool:
+        yield pool
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[Store]:
+    async with Store.open(tmp_path / "inventory.db", kek=KeyEncryptionKey(b"k" * 32)) as opened:
+        yield opened
+
+
+def sealed_group(key: SealingKey, name: str, count: int) -> list[ItemRequest]:
+    identity = SealedIdentity(namespace="apps", name=name, scope=Scope.STRICT)
+    requests = []
+    for index in range(count):
+        ciphertext = seal_value(key.public_key, f"value-{index}".encode(), identity)
+        requests.append(ItemRequest(item_hash(ciphertext, identity.label), ciphertext,
+                                    identity.label))
+    return requests
+
+
+async def test_each_item_is_attributed_to_the_key_that_sealed_it(
+        store: Store, executor: ThreadPoolExecutor, rsa2048_keys: list[SealingKey]) -> None:
+    old, new, foreign = rsa2048_keys
+    keyring = Keyring()
+    keyring.add([old, new])
+    attributor = Attributor(store, executor, keyring)
+    groups = [sealed_group(old, "a", 2), sealed_group(new, "b", 3), sealed_group(foreign, "c", 1)]
+    answers = await attributor.attribute(groups, preferred=[new.fingerprint])
+    assert [answers[r.item_hash] for r in groups[0]] == [old.fingerprint] * 2
+    assert [answers[r.item_hash] for r in groups[1]] == [new.fingerprint] * 3
+    assert [answers[r.item_hash] for r in groups[2]] == [None]
+    # Likeliest first: the sealing key costs one RSA per item; the old SealedSecret pays
+    # one miss on its first item only; the foreign item tries both keys.
+    assert attributor.rsa_operations == 3 + (1 + 2) + 2
+    assert attributor.backlog == 0
+
+
+async def test_unchanged_items_cost_no_rsa_again_even_after_a_restart(
+        store: Store, executor: ThreadPoolExecutor, rsa2048_keys: list[SealingKey]) -> None:
+    key = rsa2048_keys[0]
+    keyring = Keyring()
+    keyring.add([key])
+    groups = [sealed_group(key, f"s{i}", 2) for i in range(3)]
+    first = Attributor(store, executor, keyring)
+    expected = await first.attribute(groups)
+    spent = first.rsa_operations
+    assert spent == 6
+    assert await first.attribute(groups) == expected
+    assert first.rsa_operations == spent  # memory cache
+    restarted = Attributor(store, executor, keyring)
+    assert await restarted.attribute(groups) == expected
+    assert restarted.rsa_operations == 0  # store cache
+
+
+async def test_unknown_items_are_retried_when_a_new_key_arrives(
+        store: Store, executor: ThreadPoolExecutor, rsa2048_keys: list[SealingKey]) -> None:
+    known, late = rsa2048_keys[:2]
+    keyring = Keyring()
+    keyring.add([known])
+    changed = keyring.subscribe()
+    attributor = Attributor(store, executor, keyring)
+    group = sealed_group(late, "late", 1)
+    assert (await attributor.attribute([group]))[group[0].item_hash] is None
+    before = attributor.rsa_operations
+    assert (await attributor.attribute([group]))[group[0].item_hash] is None
+    assert attributor.rsa_operations == before  # "unknown" is cached for this key set
+    keyring.add([late])
+    assert changed.is_set()
+    assert (await attributor.attribute([group]))[group[0].item_hash] == late.fingerprint
+    # And across a restart, the stored "unknown" of the old key set is not trusted.
+    fresh_keyring = Keyring()
+    fresh_keyring.add([known, late])
+    restarted = Attributor(store, executor, fresh_keyring)
+    assert (await restarted.attribute([group]))[group[0].item_hash] == late.fingerprint
+    assert restarted.rsa_operations == 0
+
+
+def test_compromised_set_changes_notify_subscribers() -> None:
+    keyring = Keyring()
+    event = keyring.subscribe()
+    assert keyring.set_compromised(["SHA256:x"])
+    assert event.is_set()
+    event.clear()
+    assert not keyring.set_compromised(["SHA256:x"])
+    assert not event.is_set()
