@@ -1,0 +1,62 @@
+"""A small client of the daemon's read API, for the CLI (``status``, ``staleness``).
+
+It prefers the unix socket (no token needed) and falls back to the TCP listener with
+the read token.  Connection problems become one-line :class:`TransientError` messages
+that say where it looked.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from sealfleet.errors import FleetError, TransientError
+
+
+class ApiClient:
+    def __init__(self, *, socket_path: Path | None = None, base_url: str | None = None,
+                 token: str | None = None, timeout: float = 10.0) -> None:
+        if socket_path is None and base_url is None:
+            raise FleetError("the config enables neither api.socket nor api.listen")
+        self._socket_path = socket_path
+        self._base_url = base_url
+        self._token = token
+        self._timeout = aiohttp.ClientTimeout(total=timeout)
+
+    @property
+    def where(self) -> str:
+        return f"unix:{self._socket_path}" if self._use_socket() else str(self._base_url)
+
+    def _use_socket(self) -> bool:
+        return self._socket_path is not None and (self._base_url is None
+                                                  or self._socket_path.exists())
+
+    async def get_json(self, path: str) -> Any:
+        if self._use_socket():
+            connector: aiohttp.BaseConnector = aiohttp.UnixConnector(path=str(self._socket_path))
+            url = "http://sealfleet" + path
+            headers = {}
+        else:
+            connector = aiohttp.TCPConnector()
+            url = str(self._base_url).rstrip("/") + path
+            headers = {"Authorization": f"Bearer {self._token}"} if self._token else {}
+        try:
+            async with aiohttp.ClientSession(connector=connector, timeout=self._timeout) as http, \
+                    http.get(url, headers=headers) as response:
+                body = await response.read()
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            raise TransientError(f"cannot reach the sealfleet daemon at {self.where} "
+                                 f"({type(exc).__name__}); is it running?") from exc
+        try:
+            document = json.loads(body)
+        except ValueError:
+            raise FleetError(f"{self.where}{path}: answered HTTP {response.status} "
+                             "without JSON") from None
+        if response.status >= 400:
+            error = document.get("error", {}) if isinstance(document, dict) else {}
+            raise FleetError(f"{self.where}{path}: HTTP {response.status} "
+                             f"{error.get('code', '')}: {error.get('message', '')}")
+        return document

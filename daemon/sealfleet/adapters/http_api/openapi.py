@@ -1,0 +1,187 @@
+"""The OpenAPI 3.1 description of the read API (served at ``/api/v1/openapi.json``).
+
+Written by hand next to the handlers and kept honest by a test that validates real
+responses against these schemas.  Objects allow extra properties: later releases may
+add fields without breaking clients.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+_STR_OR_NULL = {"type": ["string", "null"]}
+_TIME = {"type": "string", "format": "date-time"}
+_TIME_OR_NULL = {"type": ["string", "null"], "format": "date-time"}
+_STATES = ["current", "stale", "compromised", "unknown", "failing"]
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _obj(props: dict[str, Any], required: list[str] | None = None) -> dict[str, Any]:
+    return {"type": "object", "properties": props,
+            "required": list(props) if required is None else required}
+
+
+def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+_ERRORS = {
+    "400": _json(_ref("Error"), "Bad query parameter"),
+    "401": _json(_ref("Error"), "Missing or wrong bearer token (TCP listener only)"),
+    "503": _json(_ref("Error"), "Inventory not available"),
+}
+
+SCHEMAS: dict[str, Any] = {
+    "Error": _obj({"error": _obj({"code": {"type": "string"}, "message": {"type": "string"}})}),
+    "Counts": _obj({k: {"type": "integer", "minimum": 0} for k in ["total", *_STATES]}),
+    "SealingKey": _obj({
+        "fingerprint": {"type": "string", "pattern": "^SHA256:"},
+        "source": {"enum": ["cert.pem", "newest-active"]},
+        "not_before": _TIME_OR_NULL, "not_after": _TIME_OR_NULL,
+        "age_seconds": {"type": ["integer", "null"], "minimum": 0},
+        "stale": {"type": ["boolean", "null"]},
+        "reasons": {"type": "array", "items": {"enum": [
+            "older_than_renew_period", "certificate_expired", "certificate_expiring"]}},
+        "state": _STR_OR_NULL,
+    }),
+    "ClusterKey": _obj({
+        "fingerprint": {"type": "string"}, "active": {"type": "boolean"},
+        "sealing": {"type": "boolean"}, "state": _STR_OR_NULL,
+        "not_before": _TIME_OR_NULL, "not_after": _TIME_OR_NULL,
+    }),
+    "ClusterReport": _obj({
+        "name": {"type": "string"},
+        "reachable": {"type": ["boolean", "null"]},
+        "last_scan_at": _TIME_OR_NULL,
+        "last_error": _STR_OR_NULL,
+        "scan_duration_ms": {"type": ["integer", "null"]},
+        "sealing_key": {"oneOf": [{"type": "null"}, _ref("SealingKey")]},
+        "keys": {"type": "array", "items": _ref("ClusterKey")},
+        "drift": {"type": ["boolean", "null"],
+                  "description": "null when no fleet master key set is configured"},
+        "drift_detail": {"oneOf": [{"type": "null"}, _obj({
+            "missing": {"type": "array", "items": {"type": "string"}},
+            "extra": {"type": "array", "items": {"type": "string"}},
+            "sealing_key_outside_master_set": {"type": "boolean"}})]},
+        "sealed_secrets": _ref("Counts"),
+    }),
+    "ClusterDetail": {"allOf": [_ref("ClusterReport"), _obj({
+        "server": _STR_OR_NULL, "controller_namespace": _STR_OR_NULL,
+        "controller_name": _STR_OR_NULL})]},
+    "StalenessReport": _obj({
+        "generated_at": _TIME,
+        "policy": _obj({"key_renew_period_seconds": {"type": "integer"},
+                        "cert_expiry_warning_seconds": {"type": "integer"},
+                        "master_keys": {"type": "array", "items": {"type": "string"}}}),
+        "fleet": _obj({"clusters": {"type": "integer"}, "reachable": {"type": "integer"},
+                       "stale_sealing_keys": {"type": "integer"},
+                       "drifting": {"type": "integer"}, "sealed_secrets": _ref("Counts")}),
+        "clusters": {"type": "array", "items": _ref("ClusterReport")},
+    }),
+    "ClusterList": _obj({"generated_at": _TIME,
+                         "clusters": {"type": "array", "items": _ref("ClusterDetail")}}),
+    "Key": _obj({
+        "fingerprint": {"type": "string", "pattern": "^SHA256:"},
+        "not_before": _TIME, "not_after": _TIME,
+        "state": {"enum": ["active", "retired", "compromised"]},
+        "source": {"type": "string"}, "fleet_master": {"type": "boolean"},
+        "has_private_key": {"type": "boolean"},
+        "clusters": {"type": "array", "items": {"type": "string"}},
+        "items": {"type": "integer", "minimum": 0},
+        "sealed_secrets": {"type": "integer", "minimum": 0},
+    }),
+    "KeyList": _obj({"generated_at": _TIME, "keys": {"type": "array", "items": _ref("Key")}}),
+    "SealedSecret": _obj({
+        "cluster": {"type": "string"}, "namespace": {"type": "string"},
+        "name": {"type": "string"}, "uid": {"type": "string"},
+        "resource_version": {"type": "string"}, "generation": {"type": "integer"},
+        "scope": {"enum": ["strict", "namespace-wide", "cluster-wide"]},
+        "state": {"enum": _STATES}, "synced": {"type": ["boolean", "null"]},
+        "synced_message": _STR_OR_NULL, "observed_at": _TIME,
+        "malformed_reason": _STR_OR_NULL,
+        "ciphertext_fingerprint": {"type": "string"},
+        "items": {"type": "array", "items": _obj({
+            "item": {"type": "string"}, "fingerprint": _STR_OR_NULL})},
+    }),
+    "SealedSecretPage": _obj({
+        "items": {"type": "array", "items": _ref("SealedSecret")},
+        "next_cursor": {"type": ["string", "null"],
+                        "description": "pass as ?cursor= for the next page; null on the last"},
+    }),
+    "Health": _obj({"status": {"const": "ok"}}),
+    "Ready": _obj({"ready": {"type": "boolean"},
+                   "checks": {"type": "object",
+                              "additionalProperties": {"type": "boolean"}}}),
+}
+
+
+def _get(summary: str, ok: dict[str, Any], *, errors: tuple[str, ...] = ("401", "503"),
+         parameters: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    op: dict[str, Any] = {"summary": summary, "responses": {"200": ok}}
+    for code in errors:
+        op["responses"][code] = _ERRORS[code]
+    if parameters:
+        op["parameters"] = parameters
+    return {"get": op}
+
+
+def _query(name: str, schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"name": name, "in": "query", "required": False, "schema": schema,
+            "description": description}
+
+
+def document() -> dict[str, Any]:
+    """The whole OpenAPI document."""
+    not_ready = _json(_ref("Error"), "Not ready yet (code not_ready)")
+    ready = _get("Ready: migrations applied and every cluster scanned once or marked "
+                 "unreachable", _json(_ref("Ready"), "Ready"), errors=("401",))
+    ready["get"]["responses"]["503"] = not_ready
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "sealfleet", "version": "1",
+                 "description": "Read API of the sealfleet daemon.  Over the unix socket no "
+                                "token is needed; over TCP send `Authorization: Bearer "
+                                "<read token>`."},
+        "components": {
+            "schemas": SCHEMAS,
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        },
+        "security": [{"bearer": []}, {}],
+        "paths": {
+            "/healthz": _get("Liveness", _json(_ref("Health"), "Alive"), errors=("401",)),
+            "/readyz": ready,
+            "/metrics": _get("Prometheus metrics", {
+                "description": "Prometheus text exposition format",
+                "content": {"text/plain": {"schema": {"type": "string"}}}}, errors=("401",)),
+            "/": _get("Status page", {"description": "HTML status page",
+                                       "content": {"text/html": {"schema": {"type": "string"}}}}),
+            "/api/v1/staleness": _get("Fleet staleness report",
+                                      _json(_ref("StalenessReport"), "The report")),
+            "/api/v1/clusters": _get("Clusters", _json(_ref("ClusterList"), "All clusters")),
+            "/api/v1/clusters/{name}": {
+                **_get("One cluster", _json(_ref("ClusterDetail"), "The cluster"),
+                       parameters=[{"name": "name", "in": "path", "required": True,
+                                    "schema": {"type": "string"}}]),
+            },
+            "/api/v1/keys": _get("Keys known to the fleet (public facts only)",
+                                 _json(_ref("KeyList"), "All keys")),
+            "/api/v1/sealed-secrets": _get(
+                "SealedSecrets, keyset-paginated in (cluster, namespace, name) order",
+                _json(_ref("SealedSecretPage"), "One page"),
+                errors=("400", "401", "503"),
+                parameters=[
+                    _query("cluster", {"type": "string"}, "only this cluster"),
+                    _query("namespace", {"type": "string"}, "only this namespace"),
+                    _query("state", {"enum": _STATES}, "only this state"),
+                    _query("limit", {"type": "integer", "minimum": 1, "maximum": 1000,
+                                     "default": 100}, "page size"),
+                    _query("cursor", {"type": "string"}, "next_cursor of the previous page"),
+                ]),
+            "/api/v1/openapi.json": _get("This document", {
+                "description": "OpenAPI 3.1", "content": {"application/json": {
+                    "schema": {"type": "object"}}}}, errors=("401",)),
+        },
+    }

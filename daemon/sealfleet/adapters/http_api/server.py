@@ -1,0 +1,139 @@
+"""Running the API: an aiohttp AppRunner with a unix-socket site and/or a TCP site.
+
+Startup and shutdown are explicit phases so the service can stop intake first
+(``stop_intake``: no new connections) and close later (``close``: in-flight requests
+get ``shutdown_timeout`` to finish).  The unix socket is created mode 0660; a stale
+socket left by a crashed daemon is replaced, a live one is an error.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import stat
+from pathlib import Path
+from types import TracebackType
+
+import structlog
+from aiohttp import web
+
+from sealfleet.errors import PermanentError
+
+log = structlog.get_logger(__name__)
+
+_SUN_PATH_MAX = 107  # sizeof(sockaddr_un.sun_path) - 1 on Linux
+
+
+def _short_path(path: Path) -> tuple[str, int | None]:
+    """A bindable/connectable spelling of *path*; long paths go through /proc/self/fd."""
+    if len(os.fsencode(path)) <= _SUN_PATH_MAX:
+        return str(path), None
+    dirfd = os.open(path.parent, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    return f"/proc/self/fd/{dirfd}/{path.name}", dirfd
+
+
+def _socket_is_live(path: Path) -> bool:
+    spelled, dirfd = _short_path(path)
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+            probe.settimeout(1)
+            probe.connect(spelled)
+        return True
+    except OSError:
+        return False
+    finally:
+        if dirfd is not None:
+            os.close(dirfd)
+
+
+def bind_unix_socket(path: Path, mode: int = 0o660) -> socket.socket:
+    """A listening-ready unix stream socket at *path* with *mode*."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        st = path.lstat()
+    except FileNotFoundError:
+        pass
+    else:
+        if not stat.S_ISSOCK(st.st_mode):
+            raise PermanentError(f"{path}: exists and is not a socket")
+        if _socket_is_live(path):
+            raise PermanentError(f"{path}: another daemon is already listening")
+        path.unlink()
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    spelled, dirfd = _short_path(path)
+    try:
+        sock.bind(spelled)
+        os.chmod(path, mode)
+    except OSError as exc:
+        sock.close()
+        raise PermanentError(f"{path}: cannot bind API socket: {exc.strerror}") from exc
+    finally:
+        if dirfd is not None:
+            os.close(dirfd)
+    return sock
+
+
+class ApiServer:
+    """Owns the runner and its sites.  Use as an async context manager."""
+
+    def __init__(self, app: web.Application, *, socket_path: Path | None,
+                 listen: tuple[str, int] | None, shutdown_timeout: float = 5.0) -> None:
+        self._app = app
+        self._socket_path = socket_path
+        self._listen = listen
+        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=shutdown_timeout,
+                                     handle_signals=False)
+        self._sites: list[web.BaseSite] = []
+        self.addresses: list[str] = []
+        self.tcp_port: int | None = None
+
+    async def start(self) -> None:
+        await self._runner.setup()
+        if self._socket_path is not None:
+            sock = bind_unix_socket(self._socket_path)
+            site: web.BaseSite = web.SockSite(self._runner, sock)
+            await site.start()
+            self._sites.append(site)
+            self.addresses.append(f"unix:{self._socket_path}")
+        if self._listen is not None:
+            host, port = self._listen
+            tcp = web.TCPSite(self._runner, host, port, reuse_address=True)
+            try:
+                await tcp.start()
+            except OSError as exc:
+                raise PermanentError(f"cannot listen on {host}:{port}: {exc.strerror}") from exc
+            self._sites.append(tcp)
+            # The bound port (when port 0 was asked for): the runner's TCP addresses.
+            ports = [a[1] for a in self._runner.addresses if isinstance(a, tuple)]
+            self.tcp_port = ports[0] if ports else port
+            shown = f"[{host}]" if ":" in host else host
+            self.addresses.append(f"http://{shown}:{self.tcp_port or port}/")
+        log.info("api_listening", addresses=self.addresses)
+
+    async def stop_intake(self) -> None:
+        """Stop accepting new connections; requests in flight continue."""
+        for site in self._sites:
+            with contextlib.suppress(Exception):
+                await site.stop()
+        self._sites.clear()
+
+    async def close(self) -> None:
+        await self.stop_intake()
+        await self._runner.cleanup()
+        if self._socket_path is not None:
+            with contextlib.suppress(FileNotFoundError):
+                if stat.S_ISSOCK(self._socket_path.lstat().st_mode):
+                    self._socket_path.unlink()
+
+    async def __aenter__(self) -> ApiServer:
+        try:
+            await self.start()
+        except BaseException:
+            await self.close()
+            raise
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None,
+                        exc: BaseException | None, tb: TracebackType | None) -> None:
+        await self.close()

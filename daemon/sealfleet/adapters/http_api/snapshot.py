@@ -1,0 +1,192 @@
+"""The API's view of the inventory: one consistent snapshot, pre-serialised, rebuilt on change.
+
+The staleness report is read far more often than the inventory changes (dashboards,
+Prometheus every 15 s, CI gates), so the JSON bodies of ``/api/v1/staleness``,
+``/api/v1/clusters``, ``/api/v1/keys`` and the status page are built together from one
+set of store reads, serialised once, and served as bytes.  The metrics collector reads
+the same snapshot, so every surface tells the same story at any moment.
+
+A background refresher rebuilds the snapshot when the fleet's change counter moves
+(at most every ``min_interval`` seconds, coalescing bursts of writes) and at least every
+``max_age`` seconds (ages and expiry windows move with the clock).  Without the
+refresher (tests, one-shot tools), a request that finds the snapshot outdated rebuilds
+it inline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+
+from sealfleet.adapters.store import Store
+from sealfleet.adapters.store.records import KeyRecord
+from sealfleet.domain.staleness import ClusterFacts, StalenessPolicy, build_report, iso
+
+log = structlog.get_logger(__name__)
+
+ACTIVE_LABELS = (None, "active")   # legacy-named Secrets carry no label and are loaded too
+
+
+def dumps(value: Any) -> bytes:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """One consistent view: the report plus the serialised bodies derived from it."""
+
+    report: dict[str, Any]
+    keys: list[dict[str, Any]]
+    staleness_body: bytes
+    clusters_body: bytes
+    cluster_bodies: dict[str, bytes]
+    keys_body: bytes
+    built_at_monotonic: float
+    changes: int
+    status_page: bytes = b""
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+def key_entry(record: KeyRecord, usage: dict[str, Any] | None) -> dict[str, Any]:
+    """Public facts about one key: never the private key, nor even the certificate."""
+    usage = usage or {}
+    return {
+        "fingerprint": record.fingerprint,
+        "not_before": iso(record.not_before),
+        "not_after": iso(record.not_after),
+        "state": record.state,
+        "source": record.source,
+        "fleet_master": record.fleet_master,
+        "has_private_key": record.has_private_key,
+        "clusters": list(usage.get("clusters", [])),
+        "items": int(usage.get("items", 0) or 0),
+        "sealed_secrets": int(usage.get("sealed_secrets", 0) or 0),
+    }
+
+
+class InventoryView:
+    """Builds and caches :class:`Snapshot` objects from the store."""
+
+    def __init__(self, store: Store, *, policy: StalenessPolicy, master_keys: Sequence[str],
+                 changes: Callable[[], int] = lambda: 0,
+                 render_status_page: Callable[[dict[str, Any]], bytes] | None = None,
+                 max_age: float = 10.0, min_interval: float = 0.5,
+                 clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC)) -> None:
+        self._store = store
+        self.policy = policy
+        self.master_keys = tuple(master_keys)
+        self._changes = changes
+        self._render = render_status_page
+        self._max_age = max_age
+        self._min_interval = min_interval
+        self._clock = clock
+        self._snapshot: Snapshot | None = None
+        self._lock = asyncio.Lock()
+        self._refresher_running = False
+        self._forced = False
+        self._wakeup = asyncio.Event()
+
+    @property
+    def snapshot(self) -> Snapshot | None:
+        """The latest snapshot without waiting (None before the first build)."""
+        return self._snapshot
+
+    def set_policy(self, policy: StalenessPolicy, master_keys: Sequence[str]) -> None:
+        """Apply a reloaded policy; the next rebuild uses it."""
+        self.policy = policy
+        self.master_keys = tuple(master_keys)
+        self._forced = True
+        self._wakeup.set()
+
+    def _outdated(self, snap: Snapshot) -> bool:
+        return (self._forced or snap.changes != self._changes()
+                or time.monotonic() - snap.built_at_monotonic > self._max_age)
+
+    async def current(self) -> Snapshot:
+        snap = self._snapshot
+        if snap is not None and (self._refresher_running or not self._outdated(snap)):
+            return snap
+        return await self.rebuild(only_if_outdated=True)
+
+    async def rebuild(self, *, only_if_outdated: bool = False) -> Snapshot:
+        async with self._lock:  # concurrent callers share one rebuild
+            snap = self._snapshot
+            if only_if_outdated and snap is not None and not self._outdated(snap):
+                return snap
+            changes = self._changes()
+            self._forced = False
+            snap = await self._build(changes)
+            self._snapshot = snap
+            return snap
+
+    async def _build(self, changes: int) -> Snapshot:
+        started = time.perf_counter()
+        store = self._store
+        clusters = [c for c in await store.list_clusters() if not c.get("removed")]
+        records = await store.list_keys()
+        usage = await store.key_usage()
+        counts = await store.state_counts()
+        facts = []
+        details: dict[str, dict[str, Any]] = {}
+        for row in clusters:
+            holdings = await store.cluster_key_holdings(row["name"])
+            facts.append(ClusterFacts(
+                name=row["name"], reachable=row["reachable"], last_scan_at=row["last_scan_at"],
+                last_error=row["last_error"], sealing_key=row["sealing_key"],
+                sealing_key_source=row["sealing_key_source"],
+                active_keys=tuple(h.fingerprint for h in holdings
+                                  if h.label_value in ACTIVE_LABELS),
+                held_keys=tuple(h.fingerprint for h in holdings),
+                scan_duration_ms=row["scan_duration_ms"]))
+            details[row["name"]] = {"server": row.get("server"),
+                                    "controller_namespace": row.get("controller_namespace"),
+                                    "controller_name": row.get("controller_name")}
+        report = build_report(self.policy, self._clock(), facts, records, counts,
+                              self.master_keys)
+        clusters_out = [{**c, **details.get(c["name"], {})} for c in report["clusters"]]
+        keys = [key_entry(r, usage.get(r.fingerprint)) for r in records]
+        snap = Snapshot(
+            report=report,
+            keys=keys,
+            staleness_body=dumps(report),
+            clusters_body=dumps({"generated_at": report["generated_at"],
+                                 "clusters": clusters_out}),
+            cluster_bodies={c["name"]: dumps(c) for c in clusters_out},
+            keys_body=dumps({"generated_at": report["generated_at"], "keys": keys}),
+            built_at_monotonic=time.monotonic(),
+            changes=changes,
+            status_page=self._render(report) if self._render else b"",
+        )
+        log.debug("snapshot_built", clusters=len(facts), keys=len(keys),
+                  duration_ms=round((time.perf_counter() - started) * 1000, 1))
+        return snap
+
+    async def run_refresher(self, *, poll_interval: float = 0.25) -> None:
+        """Keep the snapshot fresh until cancelled (run as a named task by the service)."""
+        self._refresher_running = True
+        try:
+            while True:
+                snap = self._snapshot
+                if snap is None or self._outdated(snap):
+                    try:
+                        await self.rebuild()
+                    except Exception as exc:  # keep serving the last good snapshot
+                        log.warning("snapshot_rebuild_failed", error=str(exc),
+                                    error_type=type(exc).__name__)
+                    await asyncio.sleep(self._min_interval)
+                    continue
+                self._wakeup.clear()
+                try:
+                    async with asyncio.timeout(poll_interval):
+                        await self._wakeup.wait()
+                except TimeoutError:
+                    pass
+        finally:
+            self._refresher_running = False

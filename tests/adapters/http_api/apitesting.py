@@ -1,0 +1,149 @@
+"""A populated temp-file store and the real API served on a unix socket and TCP."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from sealfleet.adapters.http_api import ApiDeps, ApiServer, InventoryView, build_app, status_page
+from sealfleet.adapters.store import KeyEncryptionKey, Store, generate_kek_file
+from sealfleet.adapters.store.records import (
+    ItemFact,
+    KeyHolding,
+    KeyMaterial,
+    KeyRecord,
+    SealedSecretRecord,
+)
+from sealfleet.domain.keys import SealingKey
+from sealfleet.domain.scopes import Scope
+from sealfleet.domain.staleness import SecretState, StalenessPolicy
+
+NOW = dt.datetime.now(dt.UTC).replace(microsecond=0)
+DAY = dt.timedelta(days=1)
+READ_TOKEN = "read-token-0123456789abcdef"
+ADMIN_TOKEN = "admin-token-0123456789abcdef"
+POLICY = StalenessPolicy(key_renew_period=30 * DAY, cert_expiry_warning=30 * DAY)
+
+
+@dataclass
+class Fleet:
+    """The truth the store was populated with."""
+
+    old: str
+    new: str
+    extra: str
+    states: dict[str, dict[str, int]] = field(default_factory=dict)
+
+
+@dataclass
+class Api:
+    store: Store
+    view: InventoryView
+    server: ApiServer
+    socket_path: Path
+    base_url: str
+    fleet: Fleet
+    counter: list[int]
+    ready: dict[str, bool]
+
+    def bump(self) -> None:
+        self.counter[0] += 1
+
+    async def get(self, path: str, *, token: str | None = None, via: str = "unix",
+                  method: str = "GET") -> tuple[int, Any, aiohttp.ClientResponse]:
+        if via == "unix":
+            connector: aiohttp.BaseConnector = aiohttp.UnixConnector(path=str(self.socket_path))
+            url = "http://sealfleet" + path
+        else:
+            connector = aiohttp.TCPConnector()
+            url = self.base_url + path
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        async with aiohttp.ClientSession(connector=connector) as http, \
+                http.request(method, url, headers=headers) as response:
+            body = await response.read()
+        content_type = response.headers.get("Content-Type", "")
+        parsed: Any = body
+        if content_type.startswith("application/json"):
+            import json
+            parsed = json.loads(body)
+        return response.status, parsed, response
+
+
+def secret(cluster: str, ns: str, name: str, state: SecretState,
+           fingerprints: list[str | None]) -> SealedSecretRecord:
+    return SealedSecretRecord(
+        cluster=cluster, namespace=ns, name=name, uid=f"uid-{cluster}-{ns}-{name}",
+        resource_version="1", generation=1, scope=Scope.STRICT,
+        ciphertext_fingerprint=f"ct-{cluster}-{ns}-{name}",
+        items=tuple(ItemFact(item=f"k{i}", item_hash=f"h-{cluster}-{ns}-{name}-{i}",
+                             fingerprint=fp) for i, fp in enumerate(fingerprints)),
+        state=state, synced=state is not SecretState.FAILING,
+        synced_message=None, observed_at=NOW)
+
+
+async def populate(store: Store, keys: list[SealingKey]) -> Fleet:
+    old, new, extra = (k.fingerprint for k in keys)
+    fleet = Fleet(old=old, new=new, extra=extra)
+    await store.upsert_keys([
+        KeyRecord(old, NOW - 90 * DAY, NOW + 3000 * DAY, source="cluster"),
+        KeyRecord(new, NOW - 2 * DAY, NOW + 3000 * DAY, source="cluster"),
+        KeyRecord(extra, NOW - 5 * DAY, NOW + 3000 * DAY, source="generated"),
+    ])
+    await store.store_key_material([KeyMaterial(keys[2], source="generated")])
+    for name in ("alpha", "beta"):
+        await store.upsert_cluster(name, server=f"https://{name}.example:6443")
+    await store.upsert_cluster("gamma", server="https://gamma.example:6443")
+    await store.record_cluster_status("alpha", reachable=True, last_scan_at=NOW,
+                                      scan_duration_ms=1500, sealing_key=new,
+                                      sealing_key_source="cert.pem")
+    await store.record_cluster_status("beta", reachable=True, last_scan_at=NOW,
+                                      scan_duration_ms=800, sealing_key=old,
+                                      sealing_key_source="cert.pem")
+    await store.record_cluster_status("gamma", reachable=False,
+                                      last_error="connect <b>refused</b>")
+
+    def holding(fp: str, name: str) -> KeyHolding:
+        return KeyHolding(fingerprint=fp, secret_name=name, label_value="active",
+                          resource_version="1", creation_timestamp=NOW, observed_at=NOW)
+
+    await store.replace_cluster_keys("alpha", [holding(old, "k-old"), holding(new, "k-new")])
+    await store.replace_cluster_keys("beta", [holding(old, "k-old")])
+    records = [
+        secret("alpha", "apps", "db", SecretState.CURRENT, [new, new]),
+        secret("alpha", "apps", "web", SecretState.STALE, [old]),
+        secret("alpha", "ops", "x", SecretState.UNKNOWN, [None]),
+        secret("alpha", "ops", "y", SecretState.CURRENT, [new]),
+        secret("beta", "apps", "db", SecretState.CURRENT, [old]),
+        secret("beta", "apps", "bad", SecretState.FAILING, [old]),
+    ]
+    await store.upsert_sealed_secrets(records)
+    for r in records:
+        fleet.states.setdefault(r.cluster, {}).setdefault(str(r.state), 0)
+        fleet.states[r.cluster][str(r.state)] += 1
+    return fleet
+
+
+@pytest.fixture
+async def api(tmp_path: Path, rsa2048_keys: list[SealingKey]) -> AsyncIterator[Api]:
+    kek = KeyEncryptionKey.from_file(generate_kek_file(tmp_path / "kek"))
+    async with Store.open(tmp_path / "inventory.db", kek=kek) as store:
+        fleet = await populate(store, rsa2048_keys)
+        counter = [0]
+        ready = {"migrations": True, "first_pass": True}
+        view = InventoryView(store, policy=POLICY, master_keys=[fleet.old, fleet.new],
+                             changes=lambda: counter[0], render_status_page=status_page.render,
+                             max_age=3600)
+        deps = ApiDeps(view=view, store=store, readiness=lambda: ready,
+                       read_token=READ_TOKEN.encode(), admin_token=ADMIN_TOKEN.encode(),
+                       attribution_backlog=lambda: 7)
+        socket_path = tmp_path / "api.sock"
+        async with ApiServer(build_app(deps), socket_path=socket_path,
+                             listen=("127.0.0.1", 0)) as server:
+            yield Api(store, view, server, socket_path,
+                      f"http://127.0.0.1:{server.tcp_port}", fleet, counter, ready)
