@@ -104,6 +104,7 @@ class ClusterWorker:
         self._flush_lock = asyncio.Lock()
         self._pending_rv: dict[str, str] = {}
         self._verify_queue: asyncio.Queue[tuple[str, str]] = asyncio.Queue()
+        self._resume = False  # may the next session resume from the stored resourceVersion?
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -119,6 +120,7 @@ class ClusterWorker:
                         await self._session()
                     except _ResyncDue:
                         backoff.reset()
+                        self._resume = False  # the point of a resync is a fresh list
                         continue
                     except FleetError as error:
                         await self._mark_failed(error)
@@ -126,6 +128,8 @@ class ClusterWorker:
                             delay = backoff.delay_for(error)
                         else:
                             delay = backoff.next_delay(self._options.backoff.cap / 2)
+                        # Next session: try to resume the watch where it stopped.
+                        self._resume = True
                         await asyncio.sleep(delay)
             finally:
                 self._keyring.unsubscribe(self._keys_event)
@@ -134,6 +138,7 @@ class ClusterWorker:
         """The stored inventory, so that unchanged objects cost nothing after a restart."""
         records = await self._store.sealed_secrets_of_cluster(self.name)
         self.inventory.load(records)
+        self._resume = bool(records)
         self._progress()
 
     async def _session(self) -> None:
@@ -194,9 +199,8 @@ class ClusterWorker:
     async def _mark_ok(self, duration_ms: int) -> None:
         if self.reachable is False:
             log.info("cluster_recovered", previous_error=self.last_error)
-        elif self.reachable is None:
-            log.info("cluster_scanned", duration_ms=duration_ms,
-                     sealed_secrets=len(self.inventory))
+        log.info("cluster_scanned", duration_ms=duration_ms, sealed_secrets=len(self.inventory),
+                 sealing_key=self.sealing_key, sealing_key_source=self.sealing_key_source)
         self.reachable, self.last_error = True, None
         await self._record_status(scan_duration_ms=duration_ms)
         self.first_pass.set()
@@ -358,8 +362,7 @@ class ClusterWorker:
     async def _scan_sealed(self, client: KubeClient) -> str:
         """Resume from the stored resourceVersion when there is one, else list."""
         stored = await self._store.get_watch_resource_version(self.name, SEALED_RESOURCE)
-        if stored and self.inventory.loaded_from_store:
-            self.inventory.loaded_from_store = False
+        if stored and self._resume:
             log.info("watch_resuming", resource=SEALED_RESOURCE, resource_version=stored)
             return stored
         return await self._relist_sealed(client)
@@ -386,6 +389,7 @@ class ClusterWorker:
 
     async def _follow_sealed(self, client: KubeClient, resource_version: str) -> None:
         while True:
+            started = time.monotonic()
             try:
                 async with contextlib.aclosing(client.watch(
                         controller.SEALED_SECRETS_PATH, resource_version=resource_version,
@@ -405,6 +409,10 @@ class ClusterWorker:
                 await self._flush()
                 resource_version = await self._relist_sealed(client)
                 await self._flush()
+                continue
+            # The server ended the watch (its timeout): go on from where it stopped, but
+            # never spin if it keeps closing at once.
+            await asyncio.sleep(max(0.0, 1.0 - (time.monotonic() - started)))
 
     async def _observe_sealed(self, objects: list[dict[str, Any]], *,
                               relist: bool = False, force: bool = False) -> None:
@@ -432,6 +440,8 @@ class ClusterWorker:
                 self._verify_queue.put_nowait(entry.ref)
 
     def _state_of(self, entry: inventory.Entry) -> SecretState:
+        if entry.malformed:
+            return SecretState.UNKNOWN
         state = classify(entry.item_keys, sealing_key=self.sealing_key,
                          compromised=self._keyring.compromised, synced=entry.synced)
         if state is SecretState.UNKNOWN and entry.verified is False:
@@ -456,16 +466,24 @@ class ClusterWorker:
                 await self._retry_unknown(client)
 
     async def _retry_unknown(self, client: KubeClient) -> None:
+        """Fetch the SealedSecrets with unattributed items again and re-attribute them.
+
+        Only objects still at the version the inventory holds are re-attributed: a newer
+        one is the watch's to handle, and applying an older one would regress it.
+        """
         objects = []
         for entry in [e for e in self.inventory.entries() if e.has_unknown]:
             namespace, name = entry.ref
             path = f"/apis/bitnami.com/v1alpha1/namespaces/{namespace}/sealedsecrets/{name}"
             try:
-                objects.append(await client.get_json(path))
+                obj = await client.get_json(path)
             except NotFound:
                 continue
-        if objects:
-            await self._observe_sealed(objects, force=True)
+            self._progress()
+            objects.append(obj)
+        current = [obj for obj in objects if self.inventory.unchanged(obj)]
+        if current:
+            await self._observe_sealed(current, force=True)
 
     async def _verifier(self, client: KubeClient) -> None:
         """Least-privilege mode: ask ``/v1/verify`` about unattributed SealedSecrets."""
@@ -485,7 +503,15 @@ class ClusterWorker:
             async def ask(obj: dict[str, Any] = obj, proxy: str = proxy) -> bool:
                 return await controller.verify(client, namespace, proxy, obj)
 
-            decryptable = await retry.retry_call(ask, policy=self._options.backoff, attempts=8)
+            try:
+                decryptable = await retry.retry_call(ask, policy=self._options.backoff,
+                                                     attempts=8)
+            except FleetError as error:
+                # The controller is busy or down: ask again later, keep the session.
+                log.info("verify_deferred", namespace=ref[0], name=ref[1], error=str(error))
+                self._verify_queue.put_nowait(ref)
+                await asyncio.sleep(self._options.backoff.cap / 10)
+                continue
             self._progress()
             entry.verified = decryptable
             self.inventory.set_state(entry, self._state_of(entry))

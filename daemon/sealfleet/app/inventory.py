@@ -164,7 +164,6 @@ class ClusterInventory:
     def __init__(self, cluster: str) -> None:
         self.cluster = cluster
         self._entries: dict[Ref, Entry] = {}
-        self.loaded_from_store = False
         self.pending_upserts: dict[Ref, SealedSecretRecord] = {}
         self.pending_deletes: set[Ref] = set()
         self.pending_states: dict[Ref, SecretState] = {}
@@ -180,7 +179,6 @@ class ClusterInventory:
                 item_keys=tuple(item.fingerprint for item in record.items),
                 synced=record.synced, state=record.state,
                 malformed=record.malformed_reason is not None)
-        self.loaded_from_store = bool(records)
 
     def get(self, ref: Ref) -> Entry | None:
         return self._entries.get(ref)
