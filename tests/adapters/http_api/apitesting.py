@@ -138,7 +138,7 @@ async def api(tmp_path: Path, rsa2048_keys: list[SealingKey]) -> AsyncIterator[A
         ready = {"migrations": True, "first_pass": True}
         view = InventoryView(store, policy=POLICY, master_keys=[fleet.old, fleet.new],
                              changes=lambda: counter[0], render_status_page=status_page.render,
-                             max_age=3600)
+                             max_age=3600, clock=lambda: NOW)
         deps = ApiDeps(view=view, store=store, readiness=lambda: ready,
                        read_token=READ_TOKEN.encode(), admin_token=ADMIN_TOKEN.encode(),
                        attribution_backlog=lambda: 7)
