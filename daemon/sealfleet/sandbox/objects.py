@@ -40,7 +40,7 @@ import json
 import random
 import re
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import structlog
@@ -239,6 +239,15 @@ def dump(obj: Obj) -> bytes:
     return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
 
 
+def _kind_first(obj: Obj) -> None:
+    """The apiserver writes kind and apiVersion first; keep stored bytes comparable."""
+    if next(iter(obj)) != "kind":
+        ordered = {"kind": obj.pop("kind"), "apiVersion": obj.pop("apiVersion")}
+        ordered.update(obj)
+        obj.clear()
+        obj.update(ordered)
+
+
 def now_rfc3339() -> str:
     return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -417,7 +426,7 @@ class ObjectStore:
 
     def entries(
         self, resource: str, namespace: str | None, *, after: tuple[str, str] | None = None
-    ) -> Iterable[Entry]:
+    ) -> list[Entry]:
         """Stored entries sorted by (namespace, name), optionally only after a key."""
         rtype = resource_type(resource)
         keys = self._sorted[resource]
@@ -574,6 +583,7 @@ class ObjectStore:
             if rtype.generation != "none" and self._generation_changes(rtype, new, old):
                 new_meta["generation"] = int(old_meta.get("generation", 0)) + 1
         new["metadata"]["resourceVersion"] = old_meta["resourceVersion"]
+        _kind_first(new)
         if dump(new) == old_entry.raw:
             return new  # a no-op: etcd is not written, no event, same resourceVersion
         if dry_run:
@@ -645,11 +655,7 @@ class ObjectStore:
     def _store(
         self, resource: str, ns: str, obj: Obj, event_type: str, old: Entry | None = None
     ) -> None:
-        if next(iter(obj)) != "kind":  # the apiserver writes kind and apiVersion first
-            ordered = {"kind": obj.pop("kind"), "apiVersion": obj.pop("apiVersion")}
-            ordered.update(obj)
-            obj.clear()
-            obj.update(ordered)
+        _kind_first(obj)
         raw = dump(obj)
         entry = Entry(obj, raw)
         key = (ns, entry.name)

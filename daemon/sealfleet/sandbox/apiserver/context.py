@@ -1,0 +1,36 @@
+"""The state one emulated apiserver's handlers share, passed to them explicitly.
+
+Kept apart from the server (which owns sockets and lifecycles) so that request handlers
+depend on data, not on the object that starts and stops them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import random
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+
+from sealfleet.sandbox.apiserver.auth import Tokens
+from sealfleet.sandbox.apiserver.faults import Faults
+from sealfleet.sandbox.objects import ObjectStore
+
+ServiceHandler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@dataclasses.dataclass
+class ClusterContext:
+    store: ObjectStore
+    tokens: Tokens
+    controller_namespace: str = "kube-system"
+    bookmark_interval: float = 5.0
+    faults: Faults = dataclasses.field(default_factory=Faults)
+    rng: random.Random = dataclasses.field(default_factory=random.Random)
+    service_handlers: dict[tuple[str, str], ServiceHandler] = dataclasses.field(
+        default_factory=dict
+    )
+    # Set when the server stops or goes into outage: open watch streams end at once.
+    watch_stop: asyncio.Event = dataclasses.field(default_factory=asyncio.Event)
+    server_address: str = "127.0.0.1:0"
