@@ -422,7 +422,7 @@ class ClusterWorker:
             if not force and self.inventory.unchanged(obj, recheck_unknown=relist):
                 continue
             result = inventory.parse(obj)
-            if result.malformed_reason is not None:
+            if result.malformed_reason is not None and not result.items:
                 self.inventory.note_malformed(result, dt.datetime.now(dt.UTC))
                 continue
             parsed.append(result)

@@ -116,22 +116,27 @@ def _parse_spec(obj: Mapping[str, Any], result: Parsed) -> None:
         if not isinstance(legacy, str):
             raise ValueError("spec.data is not a string")
         values[LEGACY_ITEM] = legacy
-    for item, value in values.items():
-        _check_ciphertext(item, value)
     result.ciphertext_fingerprint = ciphertext_fingerprint(values)
     result.items = [(item, item_hash(value, result.label), value)
                     for item, value in sorted(values.items())]
+    # A bad item does not hide the good ones: they are still attributed, and the
+    # reason names every bad item (no key can open those; attribution skips them).
+    problems = [problem for item, value in sorted(values.items())
+                if (problem := _ciphertext_problem(item, value)) is not None]
+    if problems:
+        result.malformed_reason = "; ".join(problems)[:_MAX_MESSAGE]
 
 
-def _check_ciphertext(item: str, value: str) -> None:
+def _ciphertext_problem(item: str, value: str) -> str | None:
     try:
         raw = base64.b64decode(value, validate=True)
     except (binascii.Error, ValueError):
-        raise ValueError(f"item {item!r}: not valid base64") from None
+        return f"item {item!r}: not valid base64"
     try:
         hybrid.split(raw)
     except FleetError:
-        raise ValueError(f"item {item!r}: not a sealed value (too short)") from None
+        return f"item {item!r}: not a sealed value (too short)"
+    return None
 
 
 @dataclass(slots=True)
@@ -148,7 +153,7 @@ class Entry:
 
     @property
     def has_unknown(self) -> bool:
-        return not self.malformed and any(key is None for key in self.item_keys)
+        return any(key is None for key in self.item_keys)
 
 
 @dataclass(frozen=True)
@@ -216,7 +221,11 @@ class ClusterInventory:
         """Remember a parsed, attributed object and queue its record."""
         entry = Entry(ref=parsed.ref, resource_version=parsed.resource_version,
                       item_keys=tuple(item.fingerprint for item in items),
-                      synced=parsed.synced, state=SecretState.UNKNOWN)
+                      synced=parsed.synced, state=SecretState.UNKNOWN,
+                      malformed=parsed.malformed_reason is not None)
+        if entry.malformed:
+            log.warning("sealed_secret_malformed", namespace=parsed.ref[0],
+                        name=parsed.ref[1], reason=parsed.malformed_reason)
         previous = self._entries.get(parsed.ref)
         if previous is not None and previous.item_keys == entry.item_keys:
             entry.verified = previous.verified
@@ -226,7 +235,7 @@ class ClusterInventory:
         return entry
 
     def note_malformed(self, parsed: Parsed, now: dt.datetime) -> None:
-        """Record a malformed object once per resourceVersion, logging it once."""
+        """Record an object too malformed to have items, logging it once per version."""
         log.warning("sealed_secret_malformed", namespace=parsed.ref[0], name=parsed.ref[1],
                     reason=parsed.malformed_reason)
         self._entries[parsed.ref] = Entry(ref=parsed.ref,
