@@ -24,7 +24,7 @@ from sealfleet.sandbox.tls import ServerCertificate
 _log = structlog.get_logger(__name__)
 
 FAULTS_PATH = "/_sandbox/faults"
-_UNAUTHENTICATED_HEALTH = ("/healthz", "/livez", "/readyz")
+_HEALTH_PATHS = ("/healthz", "/livez", "/readyz")
 
 
 def error_response(exc: ApiError) -> web.Response:
@@ -200,9 +200,10 @@ class ApiServer:
         if injected is not None:
             raise injected
         user = self.ctx.tokens.user_for(request.headers.get("Authorization"))
-        if path in _UNAUTHENTICATED_HEALTH:
+        bare = path.rstrip("/")  # clients ask for /version/ as well as /version
+        if bare in _HEALTH_PATHS:
             return web.Response(text="ok")
-        if path == "/version":
+        if bare == "/version":
             return rest.json_response(discovery.KUBE_VERSION)
         if path.startswith("/openapi/"):
             return openapi.serve(request)
