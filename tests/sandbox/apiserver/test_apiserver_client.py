@@ -9,15 +9,13 @@ from __future__ import annotations
 
 import base64
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from aiohttp import web
 from kubernetes_asyncio import client
 from kubernetes_asyncio.client.exceptions import ApiException
 from kubernetes_asyncio.watch import Watch
-
-from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from tests.sandbox.conftest import SandboxApi
@@ -27,7 +25,8 @@ GROUP, VERSION, PLURAL = "bitnami.com", "v1alpha1", "sealedsecrets"
 
 def status_of(exc: ApiException) -> dict[str, Any]:
     body: dict[str, Any] = json.loads(exc.body)
-    assert body["kind"] == "Status" and body["code"] == exc.status
+    assert body["kind"] == "Status"
+    assert body["code"] == exc.status
     return body
 
 
@@ -56,11 +55,13 @@ async def test_secret_crud_with_models(sandbox_api: SandboxApi) -> None:
             ),
         )
         name = created.metadata.name
-        assert name.startswith("db-") and created.data == {
+        assert name.startswith("db-")
+        assert created.data == {
             "password": base64.b64encode(b"hunter2").decode()
         }
         read = await core.read_namespaced_secret(name, "default")
-        assert read.metadata.uid == created.metadata.uid and read.type == "Opaque"
+        assert read.metadata.uid == created.metadata.uid
+        assert read.type == "Opaque"
 
         patched = await core.patch_namespaced_secret(
             name,
@@ -81,7 +82,8 @@ async def test_secret_crud_with_models(sandbox_api: SandboxApi) -> None:
             )
         assert precondition.value.status == 409
         deleted = await core.delete_namespaced_secret(name, "default")
-        assert deleted.status == "Success" and deleted.details.uid == created.metadata.uid
+        assert deleted.status == "Success"
+        assert deleted.details.uid == created.metadata.uid
         with pytest.raises(ApiException) as gone:
             await core.read_namespaced_secret(name, "default")
         assert status_of(gone.value)["reason"] == "NotFound"
@@ -253,7 +255,8 @@ async def test_pagination_and_expired_continue(sandbox_api: SandboxApi) -> None:
                 first_token = token
             if not token:
                 break
-        assert pages == 3 and seen == [f"s{n:02d}" for n in range(25)]
+        assert pages == 3
+        assert seen == [f"s{n:02d}" for n in range(25)]
 
         for n in range(250):  # more changes than the fixture's 200-event history
             store.create("secrets", "default", {"metadata": {"name": f"churn{n}"}})
@@ -271,7 +274,8 @@ async def test_authentication_and_least_privilege(sandbox_api: SandboxApi) -> No
         with pytest.raises(ApiException) as forbidden:
             await core.read_namespaced_secret("key", "kube-system")
         body = status_of(forbidden.value)
-        assert body["reason"] == "Forbidden" and body["details"] == {
+        assert body["reason"] == "Forbidden"
+        assert body["details"] == {
             "name": "key",
             "kind": "secrets",
         }
@@ -320,7 +324,8 @@ async def test_watch_events_bookmarks_and_expiry(sandbox_api: SandboxApi) -> Non
         async with response:
             assert response.headers["Content-Type"] == "application/json"
             lines = [json.loads(line) for line in (await response.read()).splitlines()]
-        assert lines and all(line["type"] == "BOOKMARK" for line in lines)
+        assert lines
+        assert all(line["type"] == "BOOKMARK" for line in lines)
         assert lines[-1]["object"]["metadata"]["resourceVersion"] == str(store.resource_version)
 
         for n in range(250):
@@ -331,8 +336,10 @@ async def test_watch_events_bookmarks_and_expiry(sandbox_api: SandboxApi) -> Non
         async with response:
             assert response.status == 200
             lines = [json.loads(line) for line in (await response.read()).splitlines()]
-        assert len(lines) == 1 and lines[0]["type"] == "ERROR"
-        assert lines[0]["object"]["code"] == 410 and lines[0]["object"]["reason"] == "Expired"
+        assert len(lines) == 1
+        assert lines[0]["type"] == "ERROR"
+        assert lines[0]["object"]["code"] == 410
+        assert lines[0]["object"]["reason"] == "Expired"
 
 
 async def test_watch_initial_events_then_changes(sandbox_api: SandboxApi) -> None:
@@ -421,7 +428,8 @@ async def test_service_proxy_reaches_the_registered_handler(sandbox_api: Sandbox
             )
         assert missing.value.status == 404
     assert [(m, p) for m, p, _, _, _ in seen] == [("GET", "/v1/cert.pem"), ("POST", "/v1/verify")]
-    assert json.loads(seen[1][3]) == {"kind": "SealedSecret"} and seen[1][2] == "x=1"
+    assert json.loads(seen[1][3]) == {"kind": "SealedSecret"}
+    assert seen[1][2] == "x=1"
     assert all(auth is None for *_, auth in seen)  # the caller's token is not forwarded
 
 

@@ -46,7 +46,8 @@ def test_bootstrap_namespaces_and_monotonic_resource_version() -> None:
     assert int(b["metadata"]["resourceVersion"]) == before + 2
     assert store.resource_version == before + 2
     assert a["metadata"]["uid"] != b["metadata"]["uid"]
-    assert a["kind"] == "Secret" and a["apiVersion"] == "v1"
+    assert a["kind"] == "Secret"
+    assert a["apiVersion"] == "v1"
 
 
 def test_get_returns_independent_copies() -> None:
@@ -67,7 +68,8 @@ def test_generate_name_uses_the_vowel_free_alphabet() -> None:
     }
     assert len(names) == 30
     for name in names:
-        assert name.startswith("gen-") and len(name) == len("gen-") + 5
+        assert name.startswith("gen-")
+        assert len(name) == len("gen-") + 5
         assert set(name[4:]) <= set(GENERATE_NAME_ALPHABET)
 
 
@@ -147,7 +149,8 @@ def test_secret_string_data_base64_and_immutability() -> None:
         "secrets", "default", {"metadata": {"name": "s"}, "stringData": {"user": "admin"}}
     )
     assert secret["data"] == {"user": base64.b64encode(b"admin").decode()}
-    assert "stringData" not in secret and secret["type"] == "Opaque"
+    assert "stringData" not in secret
+    assert secret["type"] == "Opaque"
     with pytest.raises(ApiError) as bad:
         store.create("secrets", "default", {"metadata": {"name": "b"}, "data": {"k": "%%%"}})
     assert bad.value.code == 400
