@@ -1,0 +1,261 @@
+"""Daemon commands: ``run`` (the service), ``status`` and ``staleness`` (its clients), ``demo``.
+
+The client commands read the same config file as the daemon to find its API: the unix
+socket when it exists (no token needed), else the TCP listener with the read token.
+``staleness --fail-on`` turns the report into an exit code for CI gates.  ``demo`` starts
+an emulated fleet (the sandbox, imported lazily: the daemon's runtime never imports it)
+plus the daemon in this process, so ``sealfleet demo --once`` shows the whole product on
+a fresh install.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from sealfleet.app.config import DEFAULT_CONFIG_PATH, Settings, load_settings
+from sealfleet.domain.staleness import FINDINGS, findings
+from sealfleet.errors import FleetError, InputError
+
+_STATES = ("current", "stale", "compromised", "unknown", "failing")
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    def config_arg(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("-c", "--config", type=Path, default=DEFAULT_CONFIG_PATH,
+                            help=f"daemon config file (default {DEFAULT_CONFIG_PATH})")
+
+    run = subparsers.add_parser("run", help="run the sealfleet daemon (systemd Type=notify)")
+    config_arg(run)
+    run.set_defaults(handler=_run)
+
+    status = subparsers.add_parser("status", help="show the fleet staleness report as a table")
+    config_arg(status)
+    status.add_argument("-o", "--output", choices=("table", "json"), default="table")
+    status.set_defaults(handler=_status)
+
+    staleness = subparsers.add_parser(
+        "staleness", help="report staleness; exit 1 when --fail-on findings are present")
+    config_arg(staleness)
+    staleness.add_argument("--fail-on", action="append", default=[], metavar="FINDING",
+                           help=f"exit 1 when found: {', '.join(FINDINGS)} "
+                                "(repeat or comma-separate)")
+    staleness.add_argument("-o", "--output", choices=("table", "json"), default="table")
+    staleness.set_defaults(handler=_staleness)
+
+    demo = subparsers.add_parser(
+        "demo", help="start an emulated fleet plus the daemon and show the status page")
+    demo.add_argument("--once", action="store_true",
+                      help="print the report after the first scan and exit")
+    demo.add_argument("--clusters", type=int, default=3, help="emulated clusters (default 3)")
+    demo.add_argument("--state-dir", type=Path, default=None,
+                      help="where the sandbox writes its files (default: a temp dir)")
+    demo.set_defaults(handler=_demo)
+
+
+# ----------------------------------------------------------------------- run
+
+
+def _run(args: argparse.Namespace) -> int:
+    from sealfleet.app import service
+    from sealfleet.app.logging import configure_logging
+
+    settings = load_settings(args.config)
+    configure_logging(level=settings.logging.level, fmt=settings.logging.format)
+    try:
+        asyncio.run(service.run(settings, hard_exit=True))
+    except BaseExceptionGroup as group:
+        raise _first_fleet_error(group) from None
+    return 0
+
+
+def _first_fleet_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    for error in group.exceptions:
+        if isinstance(error, BaseExceptionGroup):
+            return _first_fleet_error(error)
+        if isinstance(error, FleetError):
+            return error
+    return group.exceptions[0]
+
+
+# ----------------------------------------------------------------------- clients
+
+
+def _client(settings: Settings) -> Any:
+    from sealfleet.adapters.http_api.client import ApiClient
+
+    socket_path = settings.api.socket
+    address = settings.api.listen_address
+    base_url = None
+    token = None
+    if address is not None:
+        host, port = address
+        base_url = f"http://{'[' + host + ']' if ':' in host else host}:{port}"
+        if socket_path is None or not socket_path.exists():
+            token_file = settings.api.read_token_file
+            if token_file is not None:
+                try:
+                    token = token_file.read_text().strip()
+                except OSError as exc:
+                    raise FleetError(f"{token_file}: cannot read the read token: "
+                                     f"{exc.strerror}") from exc
+    return ApiClient(socket_path=socket_path, base_url=base_url, token=token)
+
+
+def fetch_report(settings: Settings) -> dict[str, Any]:
+    report: dict[str, Any] = asyncio.run(_client(settings).get_json("/api/v1/staleness"))
+    return report
+
+
+def _fail_on(values: list[str]) -> set[str]:
+    wanted = {v.strip() for value in values for v in value.split(",") if v.strip()}
+    unknown = sorted(wanted - set(FINDINGS))
+    if unknown:
+        raise InputError(f"--fail-on: unknown finding {unknown[0]!r}; "
+                         f"choose from {', '.join(FINDINGS)}")
+    return wanted
+
+
+def _status(args: argparse.Namespace) -> int:
+    report = fetch_report(load_settings(args.config))
+    _print_report(report, args.output)
+    return 0
+
+
+def _staleness(args: argparse.Namespace) -> int:
+    fail_on = _fail_on(args.fail_on)
+    report = fetch_report(load_settings(args.config))
+    _print_report(report, args.output)
+    found = findings(report) & fail_on
+    if found:
+        print(f"sealfleet: found {', '.join(sorted(found))}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _print_report(report: dict[str, Any], output: str) -> None:
+    if output == "json":
+        print(json.dumps(report, indent=2))
+    else:
+        render_table(report)
+
+
+def _days(seconds: int | None) -> str:
+    return "-" if seconds is None else f"{seconds / 86400:.1f}d"
+
+
+def render_table(report: dict[str, Any], *, file: Any = None) -> None:
+    """The staleness report as a rich table (colour only on a terminal)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(file=file or sys.stdout, highlight=False)
+    period = report["policy"]["key_renew_period_seconds"]
+    table = Table(title=f"sealfleet staleness (key renew period {_days(period)})",
+                  title_justify="left")
+    for column in ("cluster", "reachable", "sealing key", "age", "key", "drift", "total",
+                   *_STATES):
+        table.add_column(column, justify="right" if column in ("age", "total", *_STATES)
+                         else "left", no_wrap=column == "cluster")
+    for cluster in report["clusters"]:
+        sealing = cluster.get("sealing_key") or {}
+        reachable = cluster["reachable"]
+        reach = ("[green]yes[/]" if reachable else "[red]no[/]" if reachable is False
+                 else "[yellow]not yet[/]")
+        stale = sealing.get("stale")
+        key_state = ("[red]stale[/]" if stale else "[green]ok[/]" if stale is False else "-")
+        drift = cluster.get("drift")
+        drift_text = "[red]drift[/]" if drift else "[green]in sync[/]" if drift is False else "-"
+        counts = cluster["sealed_secrets"]
+
+        def cell(state: str, colour: str, counts: dict[str, int] = counts) -> str:
+            n = counts[state]
+            return f"[{colour}]{n}[/]" if n else "0"
+
+        fingerprint = sealing.get("fingerprint") or "-"
+        table.add_row(
+            cluster["name"], reach, fingerprint[:19] + ("…" if len(fingerprint) > 19 else ""),
+            _days(sealing.get("age_seconds")), key_state, drift_text, str(counts["total"]),
+            cell("current", "green"), cell("stale", "yellow"), cell("compromised", "red"),
+            cell("unknown", "magenta"), cell("failing", "red"))
+    console.print(table)
+    fleet = report["fleet"]
+    totals = fleet["sealed_secrets"]
+    console.print(f"{fleet['reachable']}/{fleet['clusters']} clusters reachable; "
+                  f"{totals['total']} SealedSecrets: "
+                  + ", ".join(f"{totals[s]} {s}" for s in _STATES)
+                  + f" (report {report['generated_at']})")
+    errors = [(c["name"], c["last_error"]) for c in report["clusters"] if c.get("last_error")]
+    for name, error in errors:
+        console.print(f"[red]{name}[/]: {error}", markup=True, highlight=False)
+
+
+# ----------------------------------------------------------------------- demo
+
+
+def _demo(args: argparse.Namespace) -> int:
+    if not 1 <= args.clusters <= 20:
+        raise InputError("--clusters must be from 1 to 20")
+    from sealfleet.app.logging import configure_logging
+
+    configure_logging(level="warning", fmt="console", stream=sys.stderr)
+    with contextlib.ExitStack() as stack:
+        state_dir = args.state_dir
+        if state_dir is None:
+            state_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(
+                prefix="sealfleet-demo-")))
+        state_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            return asyncio.run(_demo_async(state_dir, args.clusters, once=args.once))
+        except BaseExceptionGroup as group:
+            raise _first_fleet_error(group) from None
+
+
+async def _demo_async(state_dir: Path, clusters: int, *, once: bool) -> int:
+    import importlib
+
+    from sealfleet.app import service
+
+    # Imported lazily and by name: only the demo needs the sandbox, never the daemon.
+    sandbox_module = importlib.import_module("sealfleet.sandbox")
+    async with sandbox_module.Sandbox(state_dir, clusters=clusters) as sandbox:
+        config_path = Path(getattr(sandbox, "config_path", state_dir / "sealfleet.toml"))
+        settings = load_settings(config_path)
+        if settings.api.listen is None:
+            # The status page needs a browser-reachable address: loopback, with a token.
+            settings = settings.model_copy(update={"api": settings.api.model_copy(
+                update={"listen": "127.0.0.1:0"})})
+        daemon = service.Service(settings, install_signal_handlers=not once)
+        task = asyncio.create_task(daemon.run(), name="demo:daemon")
+        try:
+            ready = asyncio.create_task(daemon.ready.wait())
+            done, _ = await asyncio.wait({task, ready}, return_when=asyncio.FIRST_COMPLETED)
+            if task in done:
+                ready.cancel()
+                await task  # raises what stopped the daemon
+                return 1
+            if daemon.api is not None:
+                for address in daemon.api.addresses:
+                    if address.startswith("http"):
+                        print(f"Status page: {address}  (read token: "
+                              f"{settings.api.read_token_file})")
+                    else:
+                        print(f"API socket:  {address}")
+            view = daemon.view
+            if view is not None:
+                render_table((await view.current()).report)
+            if once:
+                return 0
+            print("Running; press Ctrl-C to stop.")
+            await daemon.stop_requested.wait()
+            return 0
+        finally:
+            daemon.request_stop()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task

@@ -1,0 +1,352 @@
+"""The daemon's lifecycle: open resources in order, run the eternal tasks, stop in stages.
+
+``run(settings)`` is what ``sealfleet run`` calls.  Resources are opened with an
+``AsyncExitStack`` (store with its migrations, the RSA thread pool, the API server) and
+closed in reverse.  The eternal work lives in one ``TaskGroup`` of named, guarded tasks:
+the fleet manager, the API snapshot refresher, readiness/watchdog/status reporting,
+config reload and the stop watcher.  A guard logs each task's start and failure and turns
+an unexpected return into an error, so a dead task can never go unnoticed.
+
+Signal handlers only set events.  SIGTERM/SIGINT start the staged shutdown, each stage
+bounded by the ``[service] shutdown_timeout`` budget: (1) stop intake - the API stops
+accepting connections, systemd is told STOPPING=1; (2) drain - the fleet manager is
+cancelled so watches stop, and the store's writer finishes the transactions in flight;
+(3) close - API runner, thread pool, database.  SIGHUP reloads the config: an invalid
+file is logged and the running config kept; a valid one is handed to the fleet (clusters
+added/removed without a restart) and to the API view (policy, master keys).
+
+systemd: READY=1 only once migrations are applied and the fleet's first pass is done;
+WATCHDOG=1 only while the fleet's progress counter moves and the event loop is
+responsive - a wedged loop or a stalled fleet stops the pings and systemd restarts us.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import os
+import signal
+import threading
+import time
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Protocol
+
+import structlog
+
+from sealfleet.adapters.http_api import ApiDeps, ApiServer, InventoryView, build_app, status_page
+from sealfleet.adapters.store import KeyEncryptionKey, Store
+from sealfleet.adapters.systemd import Notifier
+from sealfleet.app.config import Settings, load_settings
+from sealfleet.domain.staleness import StalenessPolicy
+from sealfleet.errors import ConfigError, FleetError
+
+log = structlog.get_logger(__name__)
+
+_STATUS_INTERVAL = 5.0      # seconds between STATUS= refreshes (sent only when changed)
+_HARD_EXIT_GRACE = 5.0      # seconds past the shutdown budget before os._exit
+
+
+class Fleet(Protocol):
+    """What the service needs of the fleet manager (contracts §3)."""
+
+    first_pass_done: asyncio.Event
+    progress: int
+    changes: int
+
+    async def run(self) -> None: ...
+    def apply_settings(self, settings: Any) -> Any: ...
+
+
+FleetFactory = Callable[[Settings, Store, ThreadPoolExecutor], Fleet]
+
+
+def default_fleet_factory(settings: Settings, store: Store,
+                          executor: ThreadPoolExecutor) -> Fleet:
+    from sealfleet.app.fleet import FleetManager
+
+    return FleetManager(settings, store, executor=executor)
+
+
+def policy_of(settings: Settings) -> StalenessPolicy:
+    return StalenessPolicy(key_renew_period=settings.policy.key_renew_period,
+                           cert_expiry_warning=settings.policy.cert_expiry_warning)
+
+
+def read_token(path: Path | None) -> bytes | None:
+    """A bearer token from its file (surrounding whitespace stripped); None when unset."""
+    if path is None:
+        return None
+    try:
+        token = path.read_bytes().strip()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read token file: {exc.strerror}") from exc
+    if len(token) < 16:
+        raise ConfigError(f"{path}: token is shorter than 16 characters")
+    return token
+
+
+def _backlog(fleet: Fleet) -> Callable[[], int | None]:
+    def read() -> int | None:
+        value = getattr(fleet, "attribution_backlog", None)
+        if callable(value):
+            value = value()
+        return value if isinstance(value, int) else None
+    return read
+
+
+class Service:
+    """One daemon run.  Build it, then ``await service.run()``."""
+
+    def __init__(self, settings: Settings, *, fleet_factory: FleetFactory | None = None,
+                 notifier: Notifier | None = None, environ: Mapping[str, str] | None = None,
+                 install_signal_handlers: bool = True, hard_exit: bool = False,
+                 watchdog_stall_limit: float | None = None) -> None:
+        self.settings = settings
+        self._fleet_factory = fleet_factory or default_fleet_factory
+        self._notifier = notifier or Notifier(environ)
+        self._install_signals = install_signal_handlers
+        self._hard_exit = hard_exit
+        self._stall_limit = watchdog_stall_limit
+        self.stop_requested = asyncio.Event()
+        self.reload_requested = asyncio.Event()
+        self.ready = asyncio.Event()
+        self.api: ApiServer | None = None
+        self.fleet: Fleet | None = None
+        self.view: InventoryView | None = None
+        self.migrations_applied = False
+        self.reloads = 0
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+
+    # ----------------------------------------------------------------- control
+
+    def request_stop(self) -> None:
+        self.stop_requested.set()
+
+    def request_reload(self) -> None:
+        self.reload_requested.set()
+
+    def readiness(self) -> dict[str, bool]:
+        first_pass = self.fleet is not None and self.fleet.first_pass_done.is_set()
+        return {"migrations": self.migrations_applied, "first_pass": first_pass}
+
+    # ----------------------------------------------------------------- run
+
+    async def run(self) -> None:
+        settings = self.settings
+        notify = self._notifier
+        notify.status("starting: opening the inventory")
+        log.info("service_starting", clusters=len(settings.clusters),
+                 database=str(settings.store.database), pid=os.getpid())
+        loop = asyncio.get_running_loop()
+        if self._install_signals:
+            loop.add_signal_handler(signal.SIGTERM, self.request_stop)
+            loop.add_signal_handler(signal.SIGINT, self.request_stop)
+            loop.add_signal_handler(signal.SIGHUP, self.request_reload)
+        try:
+            async with contextlib.AsyncExitStack() as stack:
+                kek = await asyncio.to_thread(KeyEncryptionKey.from_file,
+                                              settings.store.kek_file)
+                await asyncio.to_thread(settings.store.database.parent.mkdir,
+                                        parents=True, exist_ok=True)
+                store = await stack.enter_async_context(
+                    Store.open(settings.store.database, kek=kek))
+                self.migrations_applied = True
+                await store.set_fleet_master(list(settings.fleet.master_keys))
+                executor = ThreadPoolExecutor(os.cpu_count() or 1, thread_name_prefix="rsa")
+                stack.callback(executor.shutdown, wait=True, cancel_futures=True)
+                fleet = self.fleet = self._fleet_factory(settings, store, executor)
+                view = self.view = InventoryView(
+                    store, policy=policy_of(settings), master_keys=settings.fleet.master_keys,
+                    changes=lambda: fleet.changes, render_status_page=status_page.render)
+                deps = ApiDeps(view=view, store=store, readiness=self.readiness,
+                               read_token=read_token(settings.api.read_token_file),
+                               admin_token=read_token(settings.api.admin_token_file),
+                               attribution_backlog=_backlog(fleet))
+                budget = settings.service.shutdown_timeout.total_seconds()
+                self.api = await stack.enter_async_context(ApiServer(
+                    build_app(deps), socket_path=settings.api.socket,
+                    listen=settings.api.listen_address, shutdown_timeout=budget / 4))
+                notify.status("scanning clusters")
+                await self._run_tasks(store)
+        finally:
+            if self._install_signals:
+                for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                    loop.remove_signal_handler(sig)
+            log.info("service_stopped")
+
+    def _parts(self) -> tuple[Fleet, InventoryView]:
+        if self.fleet is None or self.view is None:
+            raise FleetError("service is not running")
+        return self.fleet, self.view
+
+    async def _run_tasks(self, store: Store) -> None:
+        fleet, view = self._parts()
+        async with asyncio.TaskGroup() as group:
+            def spawn(name: str, coro: Coroutine[Any, Any, None], *, eternal: bool = True,
+                      ) -> None:
+                self._tasks[name] = group.create_task(self._guard(name, coro, eternal),
+                                                      name=name)
+
+            spawn("fleet", fleet.run())
+            spawn("api-snapshot", view.run_refresher())
+            spawn("readiness", self._readiness(), eternal=False)
+            spawn("watchdog", self._watchdog())
+            spawn("reload", self._reload_loop(store))
+            spawn("stop-watcher", self._stop_watcher(), eternal=False)
+
+    async def _guard(self, name: str, coro: Awaitable[None], eternal: bool) -> None:
+        log.debug("task_started", task=name)
+        try:
+            await coro
+        except asyncio.CancelledError:
+            log.debug("task_cancelled", task=name)
+            raise
+        except Exception:
+            log.exception("task_failed", task=name)
+            self.request_stop()
+            raise
+        if eternal:
+            log.error("task_returned_unexpectedly", task=name)
+            self.request_stop()
+            raise FleetError(f"task {name} returned unexpectedly")
+        log.debug("task_finished", task=name)
+
+    # ----------------------------------------------------------------- tasks
+
+    async def _readiness(self) -> None:
+        fleet, view = self._parts()
+        await fleet.first_pass_done.wait()
+        await view.rebuild()
+        self.ready.set()
+        status = self._status_line()
+        self._notifier.ready(status)
+        log.info("service_ready", status=status, api=self.api.addresses if self.api else [])
+
+    def _status_line(self) -> str:
+        snap = self.view.snapshot if self.view else None
+        if snap is None or not self.ready.is_set():
+            return f"scanning {len(self.settings.clusters)} clusters"
+        fleet = snap.report["fleet"]
+        counts = fleet["sealed_secrets"]
+        return (f"{fleet['reachable']}/{fleet['clusters']} clusters reachable; "
+                f"{counts['total']} SealedSecrets, {counts['stale']} stale, "
+                f"{counts['compromised']} compromised, {counts['unknown']} unknown; "
+                f"{fleet['stale_sealing_keys']} stale sealing keys")
+
+    async def _watchdog(self) -> None:
+        """WATCHDOG=1 from progress; STATUS= when it changes."""
+        fleet, _ = self._parts()
+        interval = self._notifier.watchdog_interval
+        tick = min(interval, _STATUS_INTERVAL) if interval else _STATUS_INTERVAL
+        # The fleet's heartbeat bumps progress every second; allow a few missed beats.
+        stall_limit = self._stall_limit or max(3 * tick, 10.0)
+        last_progress, last_moved = fleet.progress, time.monotonic()
+        last_status = ""
+        withheld = False
+        while True:
+            before = time.monotonic()
+            await asyncio.sleep(tick)
+            now = time.monotonic()
+            lag = now - before - tick
+            if fleet.progress != last_progress:
+                last_progress, last_moved = fleet.progress, now
+            stalled = now - last_moved > stall_limit
+            if interval and not stalled and lag < interval:
+                self._notifier.watchdog()
+                if withheld:
+                    log.info("watchdog_resumed")
+                    withheld = False
+            elif interval and not withheld:
+                log.error("watchdog_withheld", fleet_stalled=stalled, loop_lag_s=round(lag, 3))
+                withheld = True
+            status = self._status_line()
+            if status != last_status:
+                self._notifier.status(status)
+                last_status = status
+
+    async def _reload_loop(self, store: Store) -> None:
+        while True:
+            await self.reload_requested.wait()
+            self.reload_requested.clear()
+            await self._reload(store)
+
+    async def _reload(self, store: Store) -> None:
+        fleet, view = self._parts()
+        path = self.settings.config_path
+        if path is None:
+            log.warning("config_reload_skipped", reason="settings did not come from a file")
+            return
+        self._notifier.reloading("reloading configuration")
+        try:
+            new = await asyncio.to_thread(load_settings, path)
+        except ConfigError as exc:
+            log.error("config_reload_rejected", error=str(exc))
+            self._notifier.ready(self._status_line())
+            return
+        old = self.settings
+        for section in ("store", "api", "service"):
+            if getattr(old, section) != getattr(new, section):
+                log.warning("config_change_needs_restart", section=section)
+        result = fleet.apply_settings(new)
+        if inspect.isawaitable(result):
+            await result
+        view.set_policy(policy_of(new), new.fleet.master_keys)
+        if old.fleet.master_keys != new.fleet.master_keys:
+            await store.set_fleet_master(list(new.fleet.master_keys))
+        self.settings = new
+        self.reloads += 1
+        added = sorted({c.name for c in new.clusters} - {c.name for c in old.clusters})
+        removed = sorted({c.name for c in old.clusters} - {c.name for c in new.clusters})
+        log.info("config_reloaded", clusters=len(new.clusters), added=added, removed=removed)
+        self._notifier.ready(self._status_line())
+
+    async def _stop_watcher(self) -> None:
+        await self.stop_requested.wait()
+        await self._shutdown()
+
+    async def _shutdown(self) -> None:
+        """Staged, bounded: stop intake, drain the fleet, cancel the rest."""
+        budget = self.settings.service.shutdown_timeout.total_seconds()
+        deadline = time.monotonic() + budget
+        log.info("shutdown_started", budget_s=budget)
+        self._notifier.stopping("stopping")
+        if self._hard_exit:
+            self._arm_hard_exit(budget + _HARD_EXIT_GRACE)
+        if self.api is not None:                                   # 1. stop intake
+            try:
+                async with asyncio.timeout(budget / 4):
+                    await self.api.stop_intake()
+            except TimeoutError:
+                log.warning("shutdown_stage_timeout", stage="stop_intake")
+        await self._cancel(["fleet"], deadline - budget / 4)       # 2. drain the fleet
+        others = [n for n in self._tasks if n not in ("fleet", "stop-watcher")]
+        await self._cancel(others, deadline - budget / 4)          # 3. the rest
+        log.info("shutdown_tasks_stopped", remaining_s=round(deadline - time.monotonic(), 2))
+
+    async def _cancel(self, names: list[str], until: float) -> None:
+        tasks = {self._tasks[n] for n in names if n in self._tasks and not self._tasks[n].done()}
+        for task in tasks:
+            task.cancel()
+        if not tasks:
+            return
+        _, pending = await asyncio.wait(tasks, timeout=max(0.1, until - time.monotonic()))
+        if pending:
+            log.warning("shutdown_tasks_pending", tasks=sorted(t.get_name() for t in pending))
+
+    @staticmethod
+    def _arm_hard_exit(after: float) -> None:
+        def fire() -> None:
+            log.critical("shutdown_hard_exit", after_s=after)
+            os._exit(70)
+        timer = threading.Timer(after, fire)
+        timer.daemon = True
+        timer.start()
+
+
+async def run(settings: Settings, *, fleet_factory: FleetFactory | None = None,
+              hard_exit: bool = False) -> None:
+    """Run the daemon until SIGTERM/SIGINT (the entry point of ``sealfleet run``)."""
+    await Service(settings, fleet_factory=fleet_factory, hard_exit=hard_exit).run()
