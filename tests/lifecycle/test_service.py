@@ -80,9 +80,9 @@ class Running:
         return self.fleets[0]
 
     async def message(self, predicate: Callable[[list[str]], bool],
-                      timeout: float = 5.0) -> list[str]:
+                      wait: float = 5.0) -> list[str]:
         loop = asyncio.get_running_loop()
-        async with asyncio.timeout(timeout):
+        async with asyncio.timeout(wait):
             while True:
                 lines = (await loop.sock_recv(self.notify, 4096)).decode().split("\n")
                 if predicate(lines):
@@ -154,7 +154,7 @@ async def test_watchdog_follows_fleet_progress(running: Running) -> None:
     running.drain()
     loop = asyncio.get_running_loop()
     with pytest.raises(TimeoutError):
-        await running.message(lambda lines: "WATCHDOG=1" in lines, timeout=0.5)
+        await running.message(lambda lines: "WATCHDOG=1" in lines, wait=0.5)
     running.fleet.beating = True
     await running.message(lambda lines: "WATCHDOG=1" in lines)
     assert loop.is_running()
