@@ -309,11 +309,19 @@ def reencrypt(sealed: Mapping[str, Any], private_keys: Sequence[rsa.RSAPrivateKe
     """
     identity = identity_of(sealed)
     values = decrypt_items(sealed, private_keys)
-    result: dict[str, Any] = copy.deepcopy(dict(sealed))
-    spec = result.setdefault("spec", {})
-    spec.pop("data", None)
-    spec["encryptedData"] = {item: seal_value(new_public_key, values[item], identity)
-                             for item in sorted(values)}
+    # Item order is kept (GitOps diffs stay minimal); the old ciphertext is not copied,
+    # only replaced, which matters when resealing a whole fleet.
+    resealed = {item: seal_value(new_public_key, values[item], identity) for item in values}
+    spec: dict[str, Any] = {}
+    for key, value in (sealed.get("spec") or {}).items():
+        if key in ("encryptedData", "data"):
+            spec["encryptedData"] = resealed
+        else:
+            spec[key] = copy.deepcopy(value)
+    spec.setdefault("encryptedData", resealed)
+    result = {key: spec if key == "spec" else copy.deepcopy(value)
+              for key, value in sealed.items()}
+    result.setdefault("spec", spec)
     return result
 
 
