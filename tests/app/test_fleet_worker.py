@@ -1,0 +1,313 @@
+"""FleetManager and its cluster worker against an emulated apiserver over HTTPS.
+
+The cluster holds real key Secrets and real SealedSecrets (2048-bit keys); a small
+stand-in for the controller's HTTP API answers ``/v1/cert.pem`` and ``/v1/verify``
+through the apiserver's service proxy.  Every assertion reads the store, as the API does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import dataclasses
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+from structlog.testing import capture_logs
+
+from sealfleet.adapters import retry
+from sealfleet.adapters.store import KeyEncryptionKey, Store
+from sealfleet.app import config
+from sealfleet.app.cluster_worker import WorkerOptions
+from sealfleet.app.fleet import FleetManager
+from sealfleet.domain.keys import SealingKey, key_secret_manifest
+from sealfleet.domain.scopes import Scope
+from sealfleet.domain.sealed_secrets import seal_secret
+from sealfleet.domain.staleness import SecretState
+from sealfleet.sandbox.apiserver import ApiServer
+from sealfleet.sandbox.kubeconfig import KubeconfigContext, write_kubeconfig
+from sealfleet.sandbox.objects import ObjectStore
+from sealfleet.sandbox.tls import CertificateAuthority
+
+SEALED = "sealedsecrets.bitnami.com"
+NS, CONTROLLER = "kube-system", "sealed-secrets-controller"
+OPTIONS = WorkerOptions(backoff=retry.BackoffPolicy(initial=0.05, cap=0.3),
+                        resync_interval=600, request_timeout=3, watch_timeout=1)
+
+
+@dataclasses.dataclass
+class Harness:
+    server: ApiServer
+    objects: ObjectStore
+    kubeconfig: Path
+    database: Path
+    old: SealingKey
+    new: SealingKey
+    foreign: SealingKey
+    executor: ThreadPoolExecutor
+    verify_answers: dict[str, int] = dataclasses.field(default_factory=dict)
+
+    def settings(self, *, read_key_secrets: bool = True) -> Any:
+        return config.settings_from_mapping({"clusters": [{
+            "name": "c1", "kubeconfig": str(self.kubeconfig),
+            "context": "admin" if read_key_secrets else "restricted",
+            "read_key_secrets": read_key_secrets}]}, base_dir=self.kubeconfig.parent)
+
+    def seal(self, key: SealingKey, namespace: str, name: str, items: dict[str, str],
+             scope: Scope = Scope.STRICT) -> dict[str, Any]:
+        secret = {"metadata": {"name": name, "namespace": namespace}, "stringData": items}
+        return self.objects.create(SEALED, namespace,
+                                   seal_secret(secret, key.public_key, scope=scope))
+
+    @contextlib.asynccontextmanager
+    async def fleet(self, settings: Any = None) -> AsyncIterator[FleetManager]:
+        async with Store.open(self.database, kek=KeyEncryptionKey(b"k" * 32)) as store:
+            manager = FleetManager(settings or self.settings(), store, executor=self.executor,
+                                   options=OPTIONS)
+            task = asyncio.create_task(manager.run())
+            try:
+                async with asyncio.timeout(20):
+                    await manager.first_pass_done.wait()
+                yield manager
+            finally:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+
+
+@pytest.fixture(scope="module")
+def ca() -> CertificateAuthority:
+    return CertificateAuthority.create()
+
+
+@pytest.fixture
+def executor() -> Iterator[ThreadPoolExecutor]:
+    with ThreadPoolExecutor(2) as pool:
+        yield pool
+
+
+@pytest.fixture
+async def harness(ca: CertificateAuthority, tmp_path: Path, executor: ThreadPoolExecutor,
+                  rsa2048_keys: list[SealingKey]) -> AsyncIterator[Harness]:
+    objects = ObjectStore(history=60)
+    old, new, foreign = rsa2048_keys
+    for namespace in ("apps", "web"):
+        objects.create("namespaces", None, {"metadata": {"name": namespace}})
+    for key in (old, new):
+        objects.create("secrets", NS, key_secret_manifest(key, namespace=NS))
+    objects.create("services", NS, {"metadata": {"name": CONTROLLER},
+                                    "spec": {"ports": [{"port": 8080}]}})
+    deployment = objects.create("deployments.apps", NS, {"metadata": {"name": CONTROLLER},
+                                                         "spec": {"replicas": 1}})
+    deployment["status"] = {"readyReplicas": 1}
+    objects.update("deployments.apps", NS, CONTROLLER, deployment, subresource="status")
+    async with ApiServer(objects, ca.issue_server(), bookmark_interval=0.2) as server:
+        kubeconfig = write_kubeconfig(tmp_path / "kubeconfig", [
+            KubeconfigContext("admin", server.url, server.ca_pem, server.tokens.admin),
+            KubeconfigContext("restricted", server.url, server.ca_pem, server.tokens.restricted),
+        ], current="admin")
+        h = Harness(server, objects, kubeconfig, tmp_path / "inventory.db", old, new, foreign,
+                    executor)
+
+        async def controller(request: web.Request) -> web.StreamResponse:
+            if request.path == "/v1/cert.pem":
+                return web.Response(body=new.certificate.pem)
+            body = json.loads(await request.read())
+            return web.Response(status=h.verify_answers.get(body["metadata"]["name"], 200))
+
+        server.register_service_handler(NS, CONTROLLER, controller)
+        h.seal(new, "apps", "current", {"user": "u", "password": "p"})
+        h.seal(old, "apps", "stale", {"token": "t"})
+        h.seal(new, "web", "wide", {"dsn": "d"}, scope=Scope.CLUSTER_WIDE)
+        h.seal(foreign, "web", "foreign", {"key": "k"})
+        broken = h.seal(new, "web", "broken", {"good": "g"})
+        broken["spec"]["encryptedData"]["bad"] = base64.b64encode(b"not sealed").decode()
+        objects.update(SEALED, "web", "broken", broken)
+        yield h
+
+
+async def until(check: Callable[[], Awaitable[bool]], seconds: float = 10.0) -> None:
+    """Poll the store (as an API client would) until *check* holds."""
+    for _ in range(int(seconds / 0.05)):
+        if await check():
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("condition not reached")
+
+
+async def inventory(manager: FleetManager) -> dict[str, Any]:
+    store = manager.attributor._store
+    return {(r.namespace, r.name): r for r in await store.sealed_secrets_of_cluster("c1")}
+
+
+def states(records: dict[Any, Any]) -> dict[str, SecretState]:
+    return {name: record.state for (_, name), record in records.items()}
+
+
+async def test_first_pass_attributes_every_item_and_classifies(harness: Harness) -> None:
+    async with harness.fleet() as manager:
+        records = await inventory(manager)
+        store = manager.attributor._store
+        clusters = {c["name"]: c for c in await store.list_clusters()}
+        holdings = await store.cluster_key_holdings("c1")
+    assert states(records) == {"current": SecretState.CURRENT, "stale": SecretState.STALE,
+                               "wide": SecretState.CURRENT, "foreign": SecretState.UNKNOWN,
+                               "broken": SecretState.UNKNOWN}
+    new, old = harness.new.fingerprint, harness.old.fingerprint
+    assert {i.item: i.fingerprint for i in records[("apps", "current")].items} == {
+        "password": new, "user": new}
+    assert [i.fingerprint for i in records[("apps", "stale")].items] == [old]
+    assert [i.fingerprint for i in records[("web", "foreign")].items] == [None]
+    broken = records[("web", "broken")]
+    assert {i.item: i.fingerprint for i in broken.items} == {"bad": None, "good": new}
+    assert broken.malformed_reason == "item 'bad': not a sealed value (too short)"
+    assert clusters["c1"]["reachable"] is True
+    assert clusters["c1"]["sealing_key"] == new
+    assert clusters["c1"]["sealing_key_source"] == "cert.pem"
+    assert {h.fingerprint for h in holdings} == {old, new}
+    assert manager.changes > 0
+    assert manager.attributor.rsa_operations >= 6
+
+
+async def test_watch_keeps_the_inventory_current(harness: Harness) -> None:
+    async with harness.fleet() as manager:
+        harness.seal(harness.old, "apps", "later", {"a": "1"})
+        harness.objects.delete(SEALED, "web", "foreign")
+        resealed = harness.seal(harness.new, "apps", "tmp", {"b": "2"})
+        harness.objects.delete(SEALED, "apps", "tmp", uid=resealed["metadata"]["uid"])
+
+        async def changed() -> bool:
+            found = states(await inventory(manager))
+            return found.get("later") is SecretState.STALE and "foreign" not in found \
+                and "tmp" not in found
+
+        await until(changed)
+
+
+async def test_compromised_key_reclassifies_the_cluster(harness: Harness) -> None:
+    async with harness.fleet() as manager:
+        store = manager.attributor._store
+        await store.set_key_state(harness.old.fingerprint, "compromised", actor="test",
+                                  reason="leaked")
+        await manager.refresh_keys()
+
+        async def compromised() -> bool:
+            return states(await inventory(manager))["stale"] is SecretState.COMPROMISED
+
+        await until(compromised)
+        assert states(await inventory(manager))["current"] is SecretState.CURRENT
+
+
+async def test_cluster_down_at_start_is_marked_then_recovers(harness: Harness) -> None:
+    await harness.server.set_faults(outage=True)
+    with capture_logs() as logs:
+        async with harness.fleet() as manager:
+            worker = manager.workers["c1"]
+            assert worker.reachable is False
+            store = manager.attributor._store
+            (cluster,) = await store.list_clusters()
+            assert cluster["reachable"] is False
+            assert cluster["last_error"]
+            await harness.server.set_faults(outage=False)
+
+            async def recovered() -> bool:
+                return len(await inventory(manager)) == 5 and worker.reachable is True
+
+            await until(recovered)
+    events = [e["event"] for e in logs]
+    assert events.count("cluster_unreachable") == 1  # logged once however many retries
+    assert events.count("cluster_recovered") == 1
+
+
+async def test_cluster_dying_mid_watch_catches_up_after_recovery(harness: Harness) -> None:
+    async with harness.fleet() as manager:
+        worker = manager.workers["c1"]
+        await harness.server.set_faults(outage=True)
+        await until(lambda: _is(worker.reachable, False))
+        harness.seal(harness.new, "apps", "during-outage", {"x": "1"})
+        harness.objects.delete(SEALED, "apps", "stale")
+        await harness.server.set_faults(outage=False)
+
+        async def caught_up() -> bool:
+            found = states(await inventory(manager))
+            return found.get("during-outage") is SecretState.CURRENT and "stale" not in found
+
+        await until(caught_up)
+        assert worker.reachable is True
+
+
+async def test_410_on_watch_relists_and_misses_nothing(harness: Harness) -> None:
+    with capture_logs() as logs:
+        async with harness.fleet() as manager:
+            await harness.server.set_faults(gone_next_watch=True)
+            harness.seal(harness.old, "apps", "after-gone", {"x": "1"})
+
+            async def relisted() -> bool:
+                found = states(await inventory(manager))
+                return found.get("after-gone") is SecretState.STALE
+
+            await until(relisted)
+            assert manager.workers["c1"].reachable is True
+    assert any(e["event"] == "watch_expired" for e in logs)
+
+
+async def test_429s_back_off_with_retry_after_and_then_succeed(harness: Harness) -> None:
+    await harness.server.set_faults(error_rate=1.0, error_code=429, retry_after_seconds=0)
+    async with harness.fleet() as manager:
+        worker = manager.workers["c1"]
+        assert worker.reachable is False
+        assert "429" in (worker.last_error or "")
+        await harness.server.set_faults(error_rate=0.0)
+
+        async def recovered() -> bool:
+            return worker.reachable is True and len(await inventory(manager)) == 5
+
+        await until(recovered)
+
+
+async def test_a_restart_resumes_the_watch_with_zero_rsa(harness: Harness) -> None:
+    async with harness.fleet() as manager:
+        first = states(await inventory(manager))
+        assert manager.attributor.rsa_operations > 0
+    harness.seal(harness.new, "apps", "while-stopped", {"y": "2"})
+    with capture_logs() as logs:
+        async with harness.fleet() as manager:
+            async def seen() -> bool:
+                return "while-stopped" in states(await inventory(manager))
+
+            await until(seen)
+            found = states(await inventory(manager))
+            # Only the new object cost RSA (one item, sealing key first); the unknown
+            # item's answer is cached for this key set too.
+            assert manager.attributor.rsa_operations == 1
+    assert {k: v for k, v in found.items() if k != "while-stopped"} == first
+    assert any(e["event"] == "watch_resuming" for e in logs)
+
+
+async def test_least_privilege_mode_asks_the_controller(harness: Harness) -> None:
+    harness.verify_answers["foreign"] = 409
+    async with harness.fleet(harness.settings(read_key_secrets=False)) as manager:
+        async def verified() -> bool:
+            return states(await inventory(manager))["foreign"] is SecretState.FAILING
+
+        await until(verified)
+        records = await inventory(manager)
+        store = manager.attributor._store
+        (cluster,) = await store.list_clusters()
+        assert await store.cluster_key_holdings("c1") == []  # no key Secret was read
+    assert cluster["sealing_key"] == harness.new.fingerprint
+    assert cluster["sealing_key_source"] == "cert.pem"
+    # Items no known key opens stay unattributed ("unknown but verified").
+    assert states(records)["current"] is SecretState.UNKNOWN
+    assert all(i.fingerprint is None for i in records[("apps", "current")].items)
+    assert manager.attributor.rsa_operations == 0
+
+
+async def _is(value: object, expected: object) -> bool:
+    return value is expected
