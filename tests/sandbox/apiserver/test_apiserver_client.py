@@ -56,9 +56,7 @@ async def test_secret_crud_with_models(sandbox_api: SandboxApi) -> None:
         )
         name = created.metadata.name
         assert name.startswith("db-")
-        assert created.data == {
-            "password": base64.b64encode(b"hunter2").decode()
-        }
+        assert created.data == {"password": base64.b64encode(b"hunter2").decode()}
         read = await core.read_namespaced_secret(name, "default")
         assert read.metadata.uid == created.metadata.uid
         assert read.type == "Opaque"
