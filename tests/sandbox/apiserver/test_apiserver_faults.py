@@ -1,0 +1,148 @@
+"""Fault injection: each fault as a client sees it, set over HTTP and from Python."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import ssl
+import time
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any
+
+import aiohttp
+import pytest
+from kubernetes_asyncio import client
+from kubernetes_asyncio.client.exceptions import ApiException
+
+if TYPE_CHECKING:
+    from tests.sandbox.conftest import SandboxApi
+
+
+@pytest.fixture
+async def http(sandbox_api: SandboxApi) -> AsyncIterator[aiohttp.ClientSession]:
+    context = ssl.create_default_context(cadata=sandbox_api.server.ca_pem.decode())
+    connector = aiohttp.TCPConnector(ssl=context)
+    headers = {"Authorization": f"Bearer {sandbox_api.tokens.admin}"}
+    async with aiohttp.ClientSession(
+        base_url=sandbox_api.url, connector=connector, headers=headers
+    ) as session:
+        yield session
+
+
+async def set_faults(http: aiohttp.ClientSession, **changes: Any) -> dict[str, Any]:
+    async with http.post("/_sandbox/faults", json=changes) as response:
+        assert response.status == 200, await response.text()
+        body: dict[str, Any] = await response.json()
+        return body
+
+
+async def test_fault_endpoint_reads_validates_and_requires_admin(
+    sandbox_api: SandboxApi, http: aiohttp.ClientSession
+) -> None:
+    async with http.get("/_sandbox/faults") as response:
+        assert (await response.json())["error_rate"] == 0.0
+    async with http.post("/_sandbox/faults", json={"error_rate": 2}) as response:
+        assert response.status == 400
+        assert "error_rate" in (await response.json())["message"]
+    async with http.post("/_sandbox/faults", json={"nonsense": 1}) as response:
+        assert response.status == 400
+    restricted = {"Authorization": f"Bearer {sandbox_api.tokens.restricted}"}
+    async with http.post("/_sandbox/faults", json={}, headers=restricted) as response:
+        assert response.status == 403
+    async with http.get("/_sandbox/faults", headers={"Authorization": "Bearer nope"}) as response:
+        assert response.status == 401
+    assert (await set_faults(http, latency_ms=5))["latency_ms"] == 5
+    assert sandbox_api.server.faults.latency_ms == 5
+
+
+async def test_latency_is_added(sandbox_api: SandboxApi, http: aiohttp.ClientSession) -> None:
+    await set_faults(http, latency_ms=150)
+    started = time.monotonic()
+    async with http.get("/api/v1/namespaces") as response:
+        assert response.status == 200
+    assert time.monotonic() - started >= 0.15  # a lower bound: sleeping cannot be shorter
+
+
+@pytest.mark.parametrize(
+    ("code", "reason"),
+    [(500, "InternalError"), (503, "ServiceUnavailable"), (429, "TooManyRequests")],
+)
+async def test_error_rate_answers_status_objects(
+    sandbox_api: SandboxApi, code: int, reason: str
+) -> None:
+    await sandbox_api.server.set_faults(error_rate=1.0, error_code=code, retry_after_seconds=7)
+    async with sandbox_api.api_client() as api:
+        with pytest.raises(ApiException) as failed:
+            await client.CoreV1Api(api).list_namespace()
+    body = json.loads(failed.value.body)
+    assert (failed.value.status, body["reason"], body["code"]) == (code, reason, code)
+    if code == 429:
+        assert failed.value.headers["Retry-After"] == "7"
+        assert body["details"]["retryAfterSeconds"] == 7
+    else:
+        assert "Retry-After" not in failed.value.headers
+    await sandbox_api.server.clear_faults()
+    async with sandbox_api.api_client() as api:
+        assert (await client.CoreV1Api(api).list_namespace()).items
+
+
+async def test_dropped_connections(sandbox_api: SandboxApi, http: aiohttp.ClientSession) -> None:
+    await set_faults(http, drop_rate=1.0)
+    with pytest.raises(aiohttp.ClientError):
+        async with http.get("/api/v1/namespaces") as response:
+            await response.read()
+    await set_faults(http, drop_rate=0.0)  # the fault endpoint itself is never dropped
+    async with http.get("/api/v1/namespaces") as response:
+        assert response.status == 200
+
+
+async def test_watch_cut_after_n_events(
+    sandbox_api: SandboxApi, http: aiohttp.ClientSession
+) -> None:
+    start = sandbox_api.store.resource_version
+    for n in range(3):
+        sandbox_api.store.create("secrets", "default", {"metadata": {"name": f"s{n}"}})
+    await set_faults(http, watch_cut_after=2)
+    lines: list[dict[str, Any]] = []
+    with pytest.raises(aiohttp.ClientPayloadError):
+        async with http.get(
+            "/api/v1/namespaces/default/secrets",
+            params={"watch": "1", "resourceVersion": str(start), "timeoutSeconds": "5"},
+        ) as response:
+            async for line in response.content:
+                lines.append(json.loads(line))
+    assert [line["object"]["metadata"]["name"] for line in lines] == ["s0", "s1"]
+
+
+async def test_gone_on_next_watch_only(
+    sandbox_api: SandboxApi, http: aiohttp.ClientSession
+) -> None:
+    await set_faults(http, gone_next_watch=True)
+    params = {"watch": "true", "resourceVersion": str(sandbox_api.store.resource_version)}
+    async with http.get("/api/v1/secrets", params={**params, "timeoutSeconds": "1"}) as response:
+        events = [json.loads(line) for line in (await response.read()).splitlines()]
+    assert [(e["type"], e["object"]["code"]) for e in events] == [("ERROR", 410)]
+    assert sandbox_api.server.faults.gone_next_watch is False
+    async with http.get("/api/v1/secrets", params={**params, "timeoutSeconds": "1"}) as response:
+        assert (await response.read()) == b""  # no changes, no error: a plain timeout
+
+
+async def test_outage_refuses_connections_and_recovers_on_the_same_port(
+    sandbox_api: SandboxApi, http: aiohttp.ClientSession
+) -> None:
+    port = sandbox_api.server.port
+    watch = await http.get("/api/v1/secrets", params={"watch": "1", "timeoutSeconds": "30"})
+    await set_faults(http, outage=True)
+    with pytest.raises(aiohttp.ClientPayloadError):  # the open watch is dropped too
+        async with asyncio.timeout(5):
+            await watch.read()
+    watch.release()
+    with pytest.raises(aiohttp.ClientConnectorError):
+        async with http.get("/version"):
+            pass
+    await sandbox_api.server.set_faults(outage=False)
+    assert sandbox_api.server.port == port
+    async with http.get("/version") as response:
+        assert response.status == 200
+    async with sandbox_api.api_client() as api:
+        assert (await client.CoreV1Api(api).read_namespace("default")).metadata.name == "default"
