@@ -205,3 +205,32 @@ def test_reencrypt_in_place_needs_a_file(cli: Cli, key_files: list[KeyFiles]) ->
               key_files[0].private_key, "--in-place", stdin="{}")
     assert run.code == 2
     assert "--in-place needs -f FILE" in run.stderr
+
+
+def test_namespace_flag_places_manifests_without_one(cli: Cli, key_files: list[KeyFiles],
+                                                     tmp_path: Path) -> None:
+    """A kustomize-style manifest has no namespace; -n supplies it for the label."""
+    old, new = key_files[0], key_files[1]
+    sealed = _seal(old.key, "app", {"x": "1"})
+    del sealed["metadata"]["namespace"]
+    path = tmp_path / "base.yaml"
+    path.write_text(documents.dump_yaml(sealed))
+    unplaced = cli("unseal", "--recovery-private-key", old.private_key, "-f", path)
+    assert unplaced.code == 2
+    assert "has no metadata.namespace: pass -n NAMESPACE" in unplaced.stderr
+    wrong = cli("validate", "--recovery-private-key", old.private_key, "-n", "other", "-f", path)
+    assert wrong.code == 1
+    run = cli("unseal", "--recovery-private-key", old.private_key, "-n", "ns", "-f", path)
+    assert run.code == 0, run.stderr
+    assert json.loads(run.stdout)["metadata"]["namespace"] == "ns"
+    moved = cli("reencrypt", "--cert", new.cert, "--recovery-private-key", old.private_key,
+                "-n", "ns", "-f", path, "--in-place")
+    assert moved.code == 0, moved.stderr
+    (after,) = documents.parse_documents(path.read_text())
+    assert "namespace" not in after["metadata"]  # the manifest stays namespace-free
+    check = cli("validate", "--recovery-private-key", new.private_key, "-n", "ns", "-f", path)
+    assert check.code == 0, check.stderr
+    mismatch = cli("unseal", "--recovery-private-key", old.private_key, "-n", "x",
+                   stdin=json.dumps(_seal(old.key, "a", {"x": "1"})))
+    assert mismatch.code == 2
+    assert "namespace mismatch" in mismatch.stderr

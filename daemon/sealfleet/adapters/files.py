@@ -38,6 +38,9 @@ class Input:
 def read_input(path: str | None) -> Input:
     """Read ``-f PATH`` (``-`` or None means stdin)."""
     if path is None or path == "-":
+        if sys.stdin.isatty():
+            # As kubeseal does: a silent wait on a terminal looks like a hang.
+            print("(tty detected: expecting input on stdin, end with Ctrl-D)", file=sys.stderr)
         try:
             return Input(STDIN_NAME, sys.stdin.buffer.read())
         except OSError as exc:

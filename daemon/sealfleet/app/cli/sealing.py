@@ -114,6 +114,9 @@ def _recovery_flag(parser: argparse.ArgumentParser) -> None:
                         metavar="FILE[,FILE...]",
                         help="private keys: PEM (PKCS#1/PKCS#8), key Secret(s) or a v1 List "
                              "of Secrets; comma-separated or repeated")
+    parser.add_argument("-n", "--namespace",
+                        help="namespace of SealedSecrets whose manifest has none (e.g. set "
+                             "later by kustomize); a different one on the manifest is an error")
 
 
 # --------------------------------------------------------------------------- helpers
@@ -203,6 +206,32 @@ def is_sealed_secret(doc: Mapping[str, Any]) -> bool:
 def require_sealed_secret(doc: Mapping[str, Any]) -> None:
     if not is_sealed_secret(doc):
         raise InputError(f"expected kind SealedSecret, got {doc.get('kind')!r}")
+
+
+@contextlib.contextmanager
+def placed(doc: dict[str, Any], namespace: str | None) -> Iterator[dict[str, Any]]:
+    """*doc* as the controller would see it once applied to *namespace*.
+
+    The strict and namespace-wide labels include the namespace, so a manifest without
+    one cannot be opened until it is known.  Yields the document to work on.
+    """
+    metadata = doc.get("metadata")
+    current = metadata.get("namespace") if isinstance(metadata, Mapping) else None
+    if namespace and current and namespace != current:
+        raise InputError(f"namespace mismatch: the manifest says {current!r}, "
+                         f"--namespace is {namespace!r}")
+    if current or sealed_secrets.identity_of(doc).scope is Scope.CLUSTER_WIDE:
+        yield doc
+        return
+    if not namespace:
+        raise InputError("the SealedSecret has no metadata.namespace: pass -n NAMESPACE")
+    yield {**doc, "metadata": {**(metadata if isinstance(metadata, Mapping) else {}),
+                               "namespace": namespace}}
+
+
+def without_namespace(doc: dict[str, Any]) -> dict[str, Any]:
+    metadata = {k: v for k, v in doc["metadata"].items() if k != "namespace"}
+    return {**doc, "metadata": metadata}
 
 
 def private_keys_of(found: Sequence[keys.SealingKey]) -> list[rsa.RSAPrivateKey]:
@@ -341,7 +370,8 @@ def run_unseal(args: argparse.Namespace) -> int:
     for index, doc in enumerate(docs):
         with in_document(source.name, index, doc):
             require_sealed_secret(doc)
-            secrets_out.append(sealed_secrets.unseal(doc, private_keys))
+            with placed(doc, args.namespace) as located:
+                secrets_out.append(sealed_secrets.unseal(located, private_keys))
     text = documents.dump_all(secrets_out, output_format(args.format, args.output))
     if args.output and args.output != "-":
         files.atomic_write(args.output, text, mode=0o600)  # plaintext: owner only
@@ -368,12 +398,13 @@ def run_reencrypt(args: argparse.Namespace) -> int:
         if not is_sealed_secret(doc):
             result.append(doc)  # a multi-document GitOps file may bundle other objects
             continue
-        with in_document(source.name, index, doc):
-            if target_key is not None and _sealed_only_with(doc, target_key):
+        with in_document(source.name, index, doc), placed(doc, args.namespace) as located:
+            if target_key is not None and _sealed_only_with(located, target_key):
                 result.append(doc)  # already sealed for the new key: keep the git diff empty
                 unchanged += 1
                 continue
-            result.append(sealed_secrets.reencrypt(doc, private_keys, cert.public_key))
+            updated = sealed_secrets.reencrypt(located, private_keys, cert.public_key)
+            result.append(updated if located is doc else without_namespace(updated))
             resealed += 1
     if resealed + unchanged == 0:
         raise InputError(f"{source.name}: no SealedSecret found")
@@ -410,9 +441,9 @@ def run_validate(args: argparse.Namespace) -> int:
         if not is_sealed_secret(doc):
             continue
         checked += 1
-        with in_document(source.name, index, doc):
-            problems = sealed_secrets.failing_items(doc, private_keys)
-            items += len(sealed_secrets.encrypted_items(doc))
+        with in_document(source.name, index, doc), placed(doc, args.namespace) as located:
+            problems = sealed_secrets.failing_items(located, private_keys)
+            items += len(sealed_secrets.encrypted_items(located))
         if problems:
             failing_docs += 1
             shown = "; ".join(f"item {item!r}: {reason}" for item, reason in problems.items())
