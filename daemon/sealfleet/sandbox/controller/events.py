@@ -32,8 +32,9 @@ class EventRecorder:
         # (namespace, uid, type, reason, message) -> (event name, count, first seen)
         self._recent: dict[tuple[str, str, str, str, str], tuple[str, int, float]] = {}
 
-    def record(self, involved: Mapping[str, Any], event_type: str, reason: str,
-               message: str) -> None:
+    def record(
+        self, involved: Mapping[str, Any], event_type: str, reason: str, message: str
+    ) -> None:
         metadata = involved.get("metadata") or {}
         namespace = str(metadata.get("namespace") or "default")
         uid = str(metadata.get("uid", ""))

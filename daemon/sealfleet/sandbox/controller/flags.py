@@ -28,8 +28,7 @@ ORDER_BY_NOT_BEFORE = "CertNotBefore"
 ORDER_BY_CREATION = "SecretCreationTimestamp"
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
-_UNIT_SECONDS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0,
-                 "h": 3600.0}
+_UNIT_SECONDS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
 _PREFIX_PATTERN = re.compile(r"^[a-z0-9-]{1,245}$")
 
 
@@ -153,31 +152,53 @@ class _Flag:
         return str(value)
 
 
-_FLAGS: dict[str, _Flag] = {f.name: f for f in (
-    _Flag("key-renew-period", "key_renew_period", "duration"),
-    _Flag("rotate-period", "key_renew_period", "duration"),  # deprecated alias
-    _Flag("key-cutoff-time", "key_cutoff_time", "time"),
-    _Flag("key-prefix", "key_prefix", "str"),
-    _Flag("key-size", "key_size", "int"),
-    _Flag("key-ttl", "key_ttl", "duration"),
-    _Flag("my-cn", "my_cn", "str"),
-    _Flag("key-order-priority", "key_order_priority", "str"),
-    _Flag("watch-for-secrets", "watch_for_secrets", "bool"),
-    _Flag("update-status", "update_status", "bool"),
-    _Flag("skip-recreate", "skip_recreate", "bool"),
-    _Flag("rate-limit", "rate_limit", "float"),
-    _Flag("rate-limit-burst", "rate_limit_burst", "int"),
-)}
+_FLAGS: dict[str, _Flag] = {
+    f.name: f
+    for f in (
+        _Flag("key-renew-period", "key_renew_period", "duration"),
+        _Flag("rotate-period", "key_renew_period", "duration"),  # deprecated alias
+        _Flag("key-cutoff-time", "key_cutoff_time", "time"),
+        _Flag("key-prefix", "key_prefix", "str"),
+        _Flag("key-size", "key_size", "int"),
+        _Flag("key-ttl", "key_ttl", "duration"),
+        _Flag("my-cn", "my_cn", "str"),
+        _Flag("key-order-priority", "key_order_priority", "str"),
+        _Flag("watch-for-secrets", "watch_for_secrets", "bool"),
+        _Flag("update-status", "update_status", "bool"),
+        _Flag("skip-recreate", "skip_recreate", "bool"),
+        _Flag("rate-limit", "rate_limit", "float"),
+        _Flag("rate-limit-burst", "rate_limit_burst", "int"),
+    )
+}
 # Flags the real controller accepts that the emulation takes but does not act on.
-_ACCEPTED_IGNORED = frozenset((
-    "accept-deprecated-v1-data", "all-namespaces", "additional-namespaces", "label-selector",
-    "old-gc-behavior", "max-unseal-retries", "kubeclient-qps", "kubeclient-burst",
-    "listen-addr", "listen-metrics-addr", "read-timeout", "write-timeout", "log-level",
-    "log-format", "log-info-stdout", "privatekey-labels", "privatekey-annotations",
-    "update-status-interval",
-))
+_ACCEPTED_IGNORED = frozenset(
+    (
+        "accept-deprecated-v1-data",
+        "all-namespaces",
+        "additional-namespaces",
+        "label-selector",
+        "old-gc-behavior",
+        "max-unseal-retries",
+        "kubeclient-qps",
+        "kubeclient-burst",
+        "listen-addr",
+        "listen-metrics-addr",
+        "read-timeout",
+        "write-timeout",
+        "log-level",
+        "log-format",
+        "log-info-stdout",
+        "privatekey-labels",
+        "privatekey-annotations",
+        "update-status-interval",
+    )
+)
 _BOOL_FLAGS = frozenset(name for name, f in _FLAGS.items() if f.kind == "bool") | {
-    "accept-deprecated-v1-data", "all-namespaces", "old-gc-behavior", "log-info-stdout"}
+    "accept-deprecated-v1-data",
+    "all-namespaces",
+    "old-gc-behavior",
+    "log-info-stdout",
+}
 
 
 def parse_flags(args: Sequence[str], env: Mapping[str, str] | None = None) -> ControllerFlags:
@@ -217,12 +238,18 @@ def parse_flags(args: Sequence[str], env: Mapping[str, str] | None = None) -> Co
 
 def flags_from_deployment(deployment: Mapping[str, Any]) -> ControllerFlags:
     """Parse the controller container's args and literal env from a Deployment."""
-    containers = (((deployment.get("spec") or {}).get("template") or {}).get("spec")
-                  or {}).get("containers") or []
-    container = next((c for c in containers if c.get("name") == CONTAINER_NAME),
-                     containers[0] if containers else {})
+    containers = (((deployment.get("spec") or {}).get("template") or {}).get("spec") or {}).get(
+        "containers"
+    ) or []
+    container = next(
+        (c for c in containers if c.get("name") == CONTAINER_NAME),
+        containers[0] if containers else {},
+    )
     args = [str(a) for a in (container.get("command") or [])[1:]]
     args += [str(a) for a in container.get("args") or []]
-    env = {str(e.get("name")): str(e.get("value", "")) for e in container.get("env") or []
-           if isinstance(e, Mapping) and "value" in e}
+    env = {
+        str(e.get("name")): str(e.get("value", ""))
+        for e in container.get("env") or []
+        if isinstance(e, Mapping) and "value" in e
+    }
     return parse_flags(args, env)

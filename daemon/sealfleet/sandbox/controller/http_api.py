@@ -76,14 +76,16 @@ def _decode_sealed(body: bytes) -> dict[str, Any]:
     if len(docs) != 1:
         raise InputError("expected exactly one document")
     doc = docs[0]
-    if not isinstance(doc, dict) or doc.get("kind") != sealing.KIND or \
-            doc.get("apiVersion") != sealing.API_VERSION:
-        raise InputError("no kind \"SealedSecret\" is registered for the request body")
+    if (
+        not isinstance(doc, dict)
+        or doc.get("kind") != sealing.KIND
+        or doc.get("apiVersion") != sealing.API_VERSION
+    ):
+        raise InputError('no kind "SealedSecret" is registered for the request body')
     return doc
 
 
-def rotate_document(sealed: Mapping[str, Any], keys: list[SealingKey],
-                    newest: SealingKey) -> bytes:
+def rotate_document(sealed: Mapping[str, Any], keys: list[SealingKey], newest: SealingKey) -> bytes:
     """``/v1/rotate`` (v0.36): unseal with any key, reseal every item with the newest."""
     sealed = dict(sealed)
     top = dict(sealed.get("metadata") or {})
@@ -93,8 +95,9 @@ def rotate_document(sealed: Mapping[str, Any], keys: list[SealingKey],
     # Since v0.36 (#1885/#1886) top-level labels and annotations that the template lacks
     # are copied into it before resealing, so that the scope survives.
     for field in ("labels", "annotations"):
-        top_values = {k: v for k, v in (top.get(field) or {}).items()
-                      if k not in _MISMATCH_ANNOTATIONS}
+        top_values = {
+            k: v for k, v in (top.get(field) or {}).items() if k not in _MISMATCH_ANNOTATIONS
+        }
         merged = {**(template_meta.get(field) or {}), **top_values}
         if merged:
             template_meta[field] = merged
@@ -112,21 +115,31 @@ def rotate_document(sealed: Mapping[str, Any], keys: list[SealingKey],
 class ControllerHttp:
     """One controller process's handlers; they see that process's key registry."""
 
-    def __init__(self, *, registry: KeyRegistry, flags: ControllerFlags,
-                 metrics: ControllerMetrics, executor: Executor) -> None:
+    def __init__(
+        self,
+        *,
+        registry: KeyRegistry,
+        flags: ControllerFlags,
+        metrics: ControllerMetrics,
+        executor: Executor,
+    ) -> None:
         self._registry = registry
         self._metrics = metrics
         self._executor = executor
         self._limiter = GcraLimiter(flags.rate_limit, flags.rate_limit_burst)
 
-    async def handle_main(self, method: str, path: str, headers: Mapping[str, str],
-                          body: bytes) -> Reply:
+    async def handle_main(
+        self, method: str, path: str, headers: Mapping[str, str], body: bytes
+    ) -> Reply:
         """The ``:8080`` server (healthz, cert.pem, verify, rotate)."""
         path = "/" + path.lstrip("/")
         if path == "/healthz":
             return Reply.text(200, "ok\n")
-        routes = {"/v1/cert.pem": ("GET", self._cert), "/v1/verify": ("POST", self._verify),
-                  "/v1/rotate": ("POST", self._rotate)}
+        routes = {
+            "/v1/cert.pem": ("GET", self._cert),
+            "/v1/verify": ("POST", self._verify),
+            "/v1/rotate": ("POST", self._rotate),
+        }
         route = routes.get(path)
         if route is None:
             return Reply.text(404, "404 page not found\n")
@@ -143,8 +156,7 @@ class ControllerHttp:
         """The ``:8081`` server: only ``/metrics``."""
         if "/" + path.lstrip("/") != "/metrics":
             return Reply.text(404, "404 page not found\n")
-        body = await asyncio.get_running_loop().run_in_executor(
-            None, self._metrics.exposition)
+        body = await asyncio.get_running_loop().run_in_executor(None, self._metrics.exposition)
         return Reply(200, body, {"Content-Type": METRICS_CONTENT_TYPE})
 
     async def _cert(self, path: str, headers: Mapping[str, str], body: bytes) -> Reply:
@@ -158,17 +170,24 @@ class ControllerHttp:
         allowed, wait = self._limiter.allow(f"{path}\0{forwarded}", time.monotonic())
         if not allowed:
             retry_after = max(1, int(wait + 0.999))
-            return Reply.text(429, "limit exceeded\n", **{
-                "Retry-After": str(retry_after), "X-Ratelimit-Limit": "3",
-                "X-Ratelimit-Remaining": "0"})
+            return Reply.text(
+                429,
+                "limit exceeded\n",
+                **{
+                    "Retry-After": str(retry_after),
+                    "X-Ratelimit-Limit": "3",
+                    "X-Ratelimit-Remaining": "0",
+                },
+            )
         try:
             sealed = _decode_sealed(body)
         except InputError as exc:
             return Reply.text(500, f"{exc}\n")
         loop = asyncio.get_running_loop()
         try:
-            await loop.run_in_executor(self._executor, unseal_attributed, sealed,
-                                       self._registry.keys)
+            await loop.run_in_executor(
+                self._executor, unseal_attributed, sealed, self._registry.keys
+            )
         except (DecryptionError, InputError):
             return Reply.text(409, "Conflict\n")
         return Reply.text(200, "OK\n")
@@ -180,8 +199,9 @@ class ControllerHttp:
             if newest is None:
                 raise InputError("no key available")
             loop = asyncio.get_running_loop()
-            payload = await loop.run_in_executor(self._executor, rotate_document, sealed,
-                                                 self._registry.keys, newest.key)
+            payload = await loop.run_in_executor(
+                self._executor, rotate_document, sealed, self._registry.keys, newest.key
+            )
         except (DecryptionError, InputError) as exc:
             return Reply.text(500, f"Error rotating secret: {exc}\n")
         return Reply(200, payload, {"Content-Type": TEXT})

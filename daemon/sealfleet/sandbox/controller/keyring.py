@@ -45,8 +45,10 @@ def key_secret_selected(secret: Mapping[str, Any], prefix: str) -> bool:
     """Would the controller load this Secret at start?"""
     metadata = secret.get("metadata") or {}
     labels = metadata.get("labels") or {}
-    return bool(labels.get(keys_domain.KEY_LABEL) == keys_domain.KEY_LABEL_ACTIVE
-                or metadata.get("name") == prefix)
+    return bool(
+        labels.get(keys_domain.KEY_LABEL) == keys_domain.KEY_LABEL_ACTIVE
+        or metadata.get("name") == prefix
+    )
 
 
 def parse_key_secret(secret: Mapping[str, Any]) -> keys_domain.SealingKey:
@@ -54,13 +56,15 @@ def parse_key_secret(secret: Mapping[str, Any]) -> keys_domain.SealingKey:
     name = (secret.get("metadata") or {}).get("name", "?")
     data = secret.get("data") or {}
     if not data.get("tls.crt"):
-        raise ControllerCrash(f"panic: index out of range [0] with length 0 "
-                              f"(key Secret {name!r} has no certificate)")
+        raise ControllerCrash(
+            f"panic: index out of range [0] with length 0 (key Secret {name!r} has no certificate)"
+        )
     try:
         key = keys_domain.key_from_secret(secret)
     except InputError as exc:
-        raise ControllerCrash(f"panic: index out of range [0] with length 0 "
-                              f"(key Secret {name!r}: {exc})") from None
+        raise ControllerCrash(
+            f"panic: index out of range [0] with length 0 (key Secret {name!r}: {exc})"
+        ) from None
     return key
 
 
@@ -93,8 +97,9 @@ class KeyRegistry:
             ordering = key.not_before
         return self.register(key, ordering, str(metadata.get("name", "")))
 
-    def register(self, key: keys_domain.SealingKey, ordering_time: dt.datetime,
-                 secret_name: str) -> RegisteredKey:
+    def register(
+        self, key: keys_domain.SealingKey, ordering_time: dt.datetime, secret_name: str
+    ) -> RegisteredKey:
         registered = RegisteredKey(key, ordering_time, secret_name)
         self._keys[key.fingerprint] = registered
         if self._most_recent is None or ordering_time > self._most_recent.ordering_time:
@@ -119,8 +124,9 @@ class KeyRegistry:
         return max(period - age, dt.timedelta(0))
 
 
-def write_new_key(store: ObjectStore, namespace: str, flags: ControllerFlags,
-                  key: keys_domain.SealingKey) -> str:
+def write_new_key(
+    store: ObjectStore, namespace: str, flags: ControllerFlags, key: keys_domain.SealingKey
+) -> str:
     """Create the key Secret exactly as ``writeKey`` does (generateName = prefix)."""
     manifest = keys_domain.key_secret_manifest(key, namespace=namespace, prefix=flags.key_prefix)
     try:

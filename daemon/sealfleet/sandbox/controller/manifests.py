@@ -29,51 +29,70 @@ def crd() -> dict[str, Any]:
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",
-        "metadata": {"name": "sealedsecrets.bitnami.com",
-                     "annotations": {"controller-gen.kubebuilder.io/version": "v0.16.5"}},
+        "metadata": {
+            "name": "sealedsecrets.bitnami.com",
+            "annotations": {"controller-gen.kubebuilder.io/version": "v0.16.5"},
+        },
         "spec": {
             "group": "bitnami.com",
-            "names": {"kind": "SealedSecret", "listKind": "SealedSecretList",
-                      "plural": "sealedsecrets", "singular": "sealedsecret"},
+            "names": {
+                "kind": "SealedSecret",
+                "listKind": "SealedSecretList",
+                "plural": "sealedsecrets",
+                "singular": "sealedsecret",
+            },
             "scope": "Namespaced",
-            "versions": [{
-                "name": "v1alpha1",
-                "served": True,
-                "storage": True,
-                "subresources": {"status": {}},
-                "additionalPrinterColumns": [
-                    {"jsonPath": ".status.conditions[0].message", "name": "Status",
-                     "type": "string"},
-                    {"jsonPath": ".status.conditions[0].status", "name": "Synced",
-                     "type": "string"},
-                    {"jsonPath": ".metadata.creationTimestamp", "name": "Age",
-                     "type": "date"},
-                ],
-                "schema": {"openAPIV3Schema": {
-                    "description": "SealedSecret is the K8s representation of a "
-                                   "\"sealed Secret\" - a regular k8s Secret that has been "
-                                   "sealed (encrypted) using the controller's key.",
-                    "type": "object",
-                    "required": ["spec"],
-                    "properties": {
-                        "apiVersion": {"type": "string"},
-                        "kind": {"type": "string"},
-                        "metadata": {"type": "object"},
-                        "spec": {"type": "object",
-                                 "required": ["encryptedData"],
-                                 "properties": {
-                                     "data": {"format": "byte", "type": "string"},
-                                     "encryptedData": {
-                                         "type": "object",
-                                         "x-kubernetes-preserve-unknown-fields": True},
-                                     "template": {
-                                         "type": "object",
-                                         "x-kubernetes-preserve-unknown-fields": True},
-                                 }},
-                        "status": _STATUS_SCHEMA,
+            "versions": [
+                {
+                    "name": "v1alpha1",
+                    "served": True,
+                    "storage": True,
+                    "subresources": {"status": {}},
+                    "additionalPrinterColumns": [
+                        {
+                            "jsonPath": ".status.conditions[0].message",
+                            "name": "Status",
+                            "type": "string",
+                        },
+                        {
+                            "jsonPath": ".status.conditions[0].status",
+                            "name": "Synced",
+                            "type": "string",
+                        },
+                        {"jsonPath": ".metadata.creationTimestamp", "name": "Age", "type": "date"},
+                    ],
+                    "schema": {
+                        "openAPIV3Schema": {
+                            "description": "SealedSecret is the K8s representation of a "
+                            '"sealed Secret" - a regular k8s Secret that has been '
+                            "sealed (encrypted) using the controller's key.",
+                            "type": "object",
+                            "required": ["spec"],
+                            "properties": {
+                                "apiVersion": {"type": "string"},
+                                "kind": {"type": "string"},
+                                "metadata": {"type": "object"},
+                                "spec": {
+                                    "type": "object",
+                                    "required": ["encryptedData"],
+                                    "properties": {
+                                        "data": {"format": "byte", "type": "string"},
+                                        "encryptedData": {
+                                            "type": "object",
+                                            "x-kubernetes-preserve-unknown-fields": True,
+                                        },
+                                        "template": {
+                                            "type": "object",
+                                            "x-kubernetes-preserve-unknown-fields": True,
+                                        },
+                                    },
+                                },
+                                "status": _STATUS_SCHEMA,
+                            },
+                        }
                     },
-                }},
-            }],
+                }
+            ],
         },
     }
 
@@ -83,32 +102,40 @@ def deployment(name: str, namespace: str, flags: ControllerFlags) -> dict[str, A
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
-        "metadata": {"name": name, "namespace": namespace, "labels": labels,
-                     "annotations": {}},
+        "metadata": {"name": name, "namespace": namespace, "labels": labels, "annotations": {}},
         "spec": {
             "replicas": 1,
             "revisionHistoryLimit": 10,
             "selector": {"matchLabels": labels},
-            "strategy": {"type": "RollingUpdate",
-                         "rollingUpdate": {"maxSurge": "25%", "maxUnavailable": "25%"}},
+            "strategy": {
+                "type": "RollingUpdate",
+                "rollingUpdate": {"maxSurge": "25%", "maxUnavailable": "25%"},
+            },
             "template": {
                 "metadata": {"labels": labels},
                 "spec": {
                     "serviceAccountName": name,
-                    "containers": [{
-                        "name": CONTAINER_NAME,
-                        "image": IMAGE,
-                        "imagePullPolicy": "IfNotPresent",
-                        "command": ["controller"],
-                        "args": flags.to_args(),
-                        "ports": [{"containerPort": 8080, "name": "http"},
-                                  {"containerPort": 8081, "name": "metrics"}],
-                        "livenessProbe": {"httpGet": {"path": "/healthz", "port": "http"}},
-                        "readinessProbe": {"httpGet": {"path": "/healthz", "port": "http"}},
-                        "securityContext": {"readOnlyRootFilesystem": True,
-                                            "runAsNonRoot": True, "runAsUser": 1001},
-                        "volumeMounts": [{"mountPath": "/tmp", "name": "tmp"}],  # noqa: S108 - in the Pod
-                    }],
+                    "containers": [
+                        {
+                            "name": CONTAINER_NAME,
+                            "image": IMAGE,
+                            "imagePullPolicy": "IfNotPresent",
+                            "command": ["controller"],
+                            "args": flags.to_args(),
+                            "ports": [
+                                {"containerPort": 8080, "name": "http"},
+                                {"containerPort": 8081, "name": "metrics"},
+                            ],
+                            "livenessProbe": {"httpGet": {"path": "/healthz", "port": "http"}},
+                            "readinessProbe": {"httpGet": {"path": "/healthz", "port": "http"}},
+                            "securityContext": {
+                                "readOnlyRootFilesystem": True,
+                                "runAsNonRoot": True,
+                                "runAsUser": 1001,
+                            },
+                            "volumeMounts": [{"mountPath": "/tmp", "name": "tmp"}],  # noqa: S108 - in the Pod
+                        }
+                    ],
                     "volumes": [{"name": "tmp", "emptyDir": {}}],
                 },
             },
@@ -121,9 +148,12 @@ def service(name: str, namespace: str) -> dict[str, Any]:
         "apiVersion": "v1",
         "kind": "Service",
         "metadata": {"name": name, "namespace": namespace, "labels": {APP_LABEL: name}},
-        "spec": {"ports": [{"port": 8080, "targetPort": 8080, "protocol": "TCP"}],
-                 "selector": {APP_LABEL: name}, "type": "ClusterIP",
-                 "clusterIP": "10.96.0.80"},
+        "spec": {
+            "ports": [{"port": 8080, "targetPort": 8080, "protocol": "TCP"}],
+            "selector": {APP_LABEL: name},
+            "type": "ClusterIP",
+            "clusterIP": "10.96.0.80",
+        },
     }
 
 
@@ -131,11 +161,17 @@ def metrics_service(name: str, namespace: str) -> dict[str, Any]:
     return {
         "apiVersion": "v1",
         "kind": "Service",
-        "metadata": {"name": f"{name}-metrics", "namespace": namespace,
-                     "labels": {APP_LABEL: name}},
-        "spec": {"ports": [{"port": 8081, "targetPort": 8081, "protocol": "TCP"}],
-                 "selector": {APP_LABEL: name}, "type": "ClusterIP",
-                 "clusterIP": "10.96.0.81"},
+        "metadata": {
+            "name": f"{name}-metrics",
+            "namespace": namespace,
+            "labels": {APP_LABEL: name},
+        },
+        "spec": {
+            "ports": [{"port": 8081, "targetPort": 8081, "protocol": "TCP"}],
+            "selector": {APP_LABEL: name},
+            "type": "ClusterIP",
+            "clusterIP": "10.96.0.81",
+        },
     }
 
 
@@ -151,20 +187,31 @@ def pod(deploy: Mapping[str, Any], rng: random.Random) -> dict[str, Any]:
     template = deploy["spec"]["template"]
     pod_hash = template_hash(template)
     suffix = "".join(rng.choices(GENERATE_ALPHABET, k=5))
-    labels = {**(template.get("metadata") or {}).get("labels", {}),
-              "pod-template-hash": pod_hash}
+    labels = {**(template.get("metadata") or {}).get("labels", {}), "pod-template-hash": pod_hash}
     annotations = (template.get("metadata") or {}).get("annotations") or {}
     metadata: dict[str, Any] = {
         "name": f"{meta['name']}-{pod_hash}-{suffix}",
         "namespace": meta["namespace"],
         "labels": labels,
-        "ownerReferences": [{"apiVersion": "apps/v1", "kind": "Deployment",
-                             "name": meta["name"], "uid": meta["uid"], "controller": True,
-                             "blockOwnerDeletion": True}],
+        "ownerReferences": [
+            {
+                "apiVersion": "apps/v1",
+                "kind": "Deployment",
+                "name": meta["name"],
+                "uid": meta["uid"],
+                "controller": True,
+                "blockOwnerDeletion": True,
+            }
+        ],
     }
     if annotations:
         metadata["annotations"] = dict(annotations)
     spec = json.loads(json.dumps(template.get("spec") or {}))
     spec["nodeName"] = "sandbox-node"
-    return {"apiVersion": "v1", "kind": "Pod", "metadata": metadata, "spec": spec,
-            "status": {"phase": "Pending", "qosClass": "BestEffort"}}
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": metadata,
+        "spec": spec,
+        "status": {"phase": "Pending", "qosClass": "BestEffort"},
+    }

@@ -34,7 +34,8 @@ class _ConditionCollector(Collector):
             f"{PREFIX}_condition_info",
             "Current SealedSecret condition status. Values are -1 (false), 0 (unknown or "
             "absent), 1 (true)",
-            labels=["namespace", "name", "condition", "ss_app_kubernetes_io_instance"])
+            labels=["namespace", "name", "condition", "ss_app_kubernetes_io_instance"],
+        )
         for entry in self._store.entries("sealedsecrets.bitnami.com", None):
             obj = entry.obj()
             conditions = (obj.get("status") or {}).get("conditions") or []
@@ -42,7 +43,8 @@ class _ConditionCollector(Collector):
             for condition in conditions:
                 family.add_metric(
                     [entry.namespace, entry.name, str(condition.get("type", "")), instance],
-                    _CONDITION_VALUES.get(str(condition.get("status")), 0.0))
+                    _CONDITION_VALUES.get(str(condition.get("status")), 0.0),
+                )
         yield family
 
 
@@ -55,21 +57,33 @@ class ControllerMetrics:
         self._build()
 
     def _build(self) -> None:
-        self.build_info = Gauge(f"{PREFIX}_build_info", "Build information.", ["revision"],
-                                registry=self.registry)
+        self.build_info = Gauge(
+            f"{PREFIX}_build_info", "Build information.", ["revision"], registry=self.registry
+        )
         self.build_info.labels(revision="0.36.6").set(1)
-        self.unseal_requests = Counter(f"{PREFIX}_unseal_requests_total",
-                                       "Total number of sealed secret unseal requests",
-                                       registry=self.registry)
-        self.unseal_errors = Counter(f"{PREFIX}_unseal_errors_total",
-                                     "Total number of sealed secret unseal errors by reason",
-                                     ["reason", "namespace"], registry=self.registry)
-        self.http_requests = Counter(f"{PREFIX}_http_requests_total",
-                                     "Total number of HTTP requests by status code.",
-                                     ["path", "code", "method"], registry=self.registry)
-        self.http_duration = Histogram(f"{PREFIX}_http_request_duration_seconds",
-                                       "A histogram of latencies for requests.",
-                                       ["path", "method"], registry=self.registry)
+        self.unseal_requests = Counter(
+            f"{PREFIX}_unseal_requests_total",
+            "Total number of sealed secret unseal requests",
+            registry=self.registry,
+        )
+        self.unseal_errors = Counter(
+            f"{PREFIX}_unseal_errors_total",
+            "Total number of sealed secret unseal errors by reason",
+            ["reason", "namespace"],
+            registry=self.registry,
+        )
+        self.http_requests = Counter(
+            f"{PREFIX}_http_requests_total",
+            "Total number of HTTP requests by status code.",
+            ["path", "code", "method"],
+            registry=self.registry,
+        )
+        self.http_duration = Histogram(
+            f"{PREFIX}_http_request_duration_seconds",
+            "A histogram of latencies for requests.",
+            ["path", "method"],
+            registry=self.registry,
+        )
         self.registry.register(_ConditionCollector(self._store))
 
     def reset(self) -> None:
@@ -83,4 +97,13 @@ class ControllerMetrics:
         self.http_duration.labels(path=path, method=method.lower()).observe(seconds)
 
     def exposition(self) -> bytes:
-        return generate_latest(self.registry)
+        # The Go client exports no ``*_created`` series; drop prometheus_client's.
+        lines = generate_latest(self.registry).split(b"\n")
+        return b"\n".join(line for line in lines if not _is_created_series(line))
+
+
+def _is_created_series(line: bytes) -> bool:
+    if line.startswith(b"# "):
+        parts = line.split(b" ", 3)
+        return len(parts) > 2 and parts[2].endswith(b"_created")
+    return line.split(b"{", 1)[0].split(b" ", 1)[0].endswith(b"_created")

@@ -43,20 +43,35 @@ def utcnow() -> dt.datetime:
 class ControllerProcess:
     """The emulated ``controller`` binary, started by the workload's kubelet loop."""
 
-    def __init__(self, *, store: ObjectStore, namespace: str, flags: ControllerFlags,
-                 metrics: ControllerMetrics, knowledge: SyncKnowledge,
-                 executor: Executor, cluster: str) -> None:
+    def __init__(
+        self,
+        *,
+        store: ObjectStore,
+        namespace: str,
+        flags: ControllerFlags,
+        metrics: ControllerMetrics,
+        knowledge: SyncKnowledge,
+        executor: Executor,
+        cluster: str,
+    ) -> None:
         self._store = store
         self._namespace = namespace
         self._flags = flags
         self._cluster = cluster
         self._executor = executor
         self.registry = KeyRegistry(flags)
-        self.unsealer = Unsealer(store=store, registry=self.registry, flags=flags,
-                                 metrics=metrics, recorder=events.EventRecorder(store),
-                                 knowledge=knowledge, executor=executor)
-        self.http = ControllerHttp(registry=self.registry, flags=flags, metrics=metrics,
-                                   executor=executor)
+        self.unsealer = Unsealer(
+            store=store,
+            registry=self.registry,
+            flags=flags,
+            metrics=metrics,
+            recorder=events.EventRecorder(store),
+            knowledge=knowledge,
+            executor=executor,
+        )
+        self.http = ControllerHttp(
+            registry=self.registry, flags=flags, metrics=metrics, executor=executor
+        )
         self.serving = asyncio.Event()
         self._crash: ControllerCrash | None = None
         self._crashed = asyncio.Event()
@@ -69,8 +84,12 @@ class ControllerProcess:
         self._store.add_listener(self._on_store_event)
         try:
             queued = self.unsealer.initial_sync()
-            _log.info("sandbox_controller_started", cluster=self._cluster,
-                      keys=len(self.registry.keys), queued=queued)
+            _log.info(
+                "sandbox_controller_started",
+                cluster=self._cluster,
+                keys=len(self.registry.keys),
+                queued=queued,
+            )
             self.serving.set()
             async with asyncio.TaskGroup() as group:
                 group.create_task(self.unsealer.run(), name=f"{self._cluster}-unseal")
@@ -87,16 +106,15 @@ class ControllerProcess:
         selected = [s for s in secrets if key_secret_selected(s, prefix)]
         # PEM parsing of 4096-bit keys is not free: parse on a thread, register here.
         parsed = await asyncio.get_running_loop().run_in_executor(
-            self._executor, _parse_all, selected)
+            self._executor, _parse_all, selected
+        )
         selected.sort(key=lambda s: s["metadata"].get("creationTimestamp") or "")
         by_name = {str(s["metadata"]["name"]): key for s, key in parsed}
         for secret in selected:
             name = str(secret["metadata"]["name"])
-            self.registry.register(by_name[name], self._ordering_time(secret, by_name[name]),
-                                   name)
+            self.registry.register(by_name[name], self._ordering_time(secret, by_name[name]), name)
 
-    def _ordering_time(self, secret: Mapping[str, Any], key: keys_domain.SealingKey
-                       ) -> dt.datetime:
+    def _ordering_time(self, secret: Mapping[str, Any], key: keys_domain.SealingKey) -> dt.datetime:
         if self._flags.key_order_priority == ORDER_BY_CREATION:
             return parse_timestamp(secret["metadata"].get("creationTimestamp"))
         return key.not_before
@@ -105,12 +123,19 @@ class ControllerProcess:
         """``GeneratePrivateKeyAndCert`` + ``writeKey``; ordering time is now."""
         flags = self._flags
         key = await asyncio.get_running_loop().run_in_executor(
-            None, lambda: keys_domain.generate_sealing_key(
-                bits=flags.key_size, common_name=flags.my_cn, ttl=flags.key_ttl))
+            None,
+            lambda: keys_domain.generate_sealing_key(
+                bits=flags.key_size, common_name=flags.my_cn, ttl=flags.key_ttl
+            ),
+        )
         name = write_new_key(self._store, self._namespace, flags, key)
         self.registry.register(key, utcnow(), name)
-        _log.info("sandbox_controller_key_generated", cluster=self._cluster, secret=name,
-                  fingerprint=key.fingerprint)
+        _log.info(
+            "sandbox_controller_key_generated",
+            cluster=self._cluster,
+            secret=name,
+            fingerprint=key.fingerprint,
+        )
         return name
 
     async def _renew_forever(self) -> None:
@@ -124,8 +149,9 @@ class ControllerProcess:
                 await self.generate_key()
             except ControllerCrash as exc:
                 # At runtime a failed renewal is logged, not fatal.
-                _log.warning("sandbox_controller_renewal_failed", cluster=self._cluster,
-                             error=str(exc))
+                _log.warning(
+                    "sandbox_controller_renewal_failed", cluster=self._cluster, error=str(exc)
+                )
             delay = self._flags.key_renew_period
 
     async def _die_on_crash(self) -> None:
@@ -134,10 +160,14 @@ class ControllerProcess:
         raise self._crash
 
     def _on_store_event(self, event_type: str, resource: str, obj: Mapping[str, Any]) -> None:
-        if (self._flags.watch_for_secrets and resource == "secrets" and event_type == "ADDED"
-                and (obj.get("metadata") or {}).get("namespace") == self._namespace
-                and ((obj.get("metadata") or {}).get("labels") or {}).get(
-                    keys_domain.KEY_LABEL) == keys_domain.KEY_LABEL_ACTIVE):
+        if (
+            self._flags.watch_for_secrets
+            and resource == "secrets"
+            and event_type == "ADDED"
+            and (obj.get("metadata") or {}).get("namespace") == self._namespace
+            and ((obj.get("metadata") or {}).get("labels") or {}).get(keys_domain.KEY_LABEL)
+            == keys_domain.KEY_LABEL_ACTIVE
+        ):
             try:
                 self.registry.register_secret(obj)
             except ControllerCrash as exc:
@@ -146,6 +176,7 @@ class ControllerProcess:
         self.unsealer.on_store_event(event_type, resource, obj)
 
 
-def _parse_all(secrets: list[dict[str, Any]]
-               ) -> list[tuple[dict[str, Any], keys_domain.SealingKey]]:
+def _parse_all(
+    secrets: list[dict[str, Any]],
+) -> list[tuple[dict[str, Any], keys_domain.SealingKey]]:
     return [(secret, parse_key_secret(secret)) for secret in secrets]

@@ -94,17 +94,19 @@ def unseal_attributed(sealed: Mapping[str, Any], keys: Sequence[SealingKey]) -> 
     for item, value in encrypted.items():
         try:
             index, values[item] = hybrid.decrypt_with_index(
-                private_keys, sealing.decode_item(item, value), identity.label)
+                private_keys, sealing.decode_item(item, value), identity.label
+            )
             used.add(keys[index].fingerprint)
         except DecryptionError:
             failed.append(item)
     if failed:
         raise DecryptionError("no key could decrypt secret (" + ", ".join(sorted(failed)) + ")")
-    return UnsealResult(_build_secret(sealed, identity, values), frozenset(used))
+    return UnsealResult(build_secret(sealed, identity, values), frozenset(used))
 
 
-def _build_secret(sealed: Mapping[str, Any], identity: sealing.SealedIdentity,
-                  values: Mapping[str, bytes]) -> dict[str, Any]:
+def build_secret(
+    sealed: Mapping[str, Any], identity: sealing.SealedIdentity, values: Mapping[str, bytes]
+) -> dict[str, Any]:
     template = (sealed.get("spec") or {}).get("template") or {}
     metadata: dict[str, Any] = copy.deepcopy(dict(template.get("metadata") or {}))
     metadata.pop("creationTimestamp", None)
@@ -113,9 +115,15 @@ def _build_secret(sealed: Mapping[str, Any], identity: sealing.SealedIdentity,
     annotations = metadata.get("annotations") or {}
     top = sealed.get("metadata") or {}
     if annotations.get("sealedsecrets.bitnami.com/skip-set-owner-references") != "true":
-        metadata["ownerReferences"] = [{"apiVersion": sealing.API_VERSION, "kind": sealing.KIND,
-                                        "name": identity.name, "uid": top.get("uid", ""),
-                                        "controller": True}]
+        metadata["ownerReferences"] = [
+            {
+                "apiVersion": sealing.API_VERSION,
+                "kind": sealing.KIND,
+                "name": identity.name,
+                "uid": top.get("uid", ""),
+                "controller": True,
+            }
+        ]
     secret: dict[str, Any] = {"apiVersion": "v1", "kind": "Secret", "metadata": metadata}
     if template.get("type"):
         secret["type"] = template["type"]
@@ -124,16 +132,20 @@ def _build_secret(sealed: Mapping[str, Any], identity: sealing.SealedIdentity,
     data = {item: base64.b64encode(value).decode() for item, value in sorted(values.items())}
     for item, text in (template.get("data") or {}).items():
         if "{{" in str(text):
-            raise InputError(f"template data {item!r} uses Go templates, which the sandbox "
-                             "controller does not render")
+            raise InputError(
+                f"template data {item!r} uses Go templates, which the sandbox "
+                "controller does not render"
+            )
         data[item] = base64.b64encode(str(text).encode()).decode()
     secret["data"] = data
     return secret
 
 
 def controlled_by(obj: Mapping[str, Any], owner_uid: str) -> bool:
-    return any(ref.get("controller") and ref.get("uid") == owner_uid
-               for ref in (obj.get("metadata") or {}).get("ownerReferences") or ())
+    return any(
+        ref.get("controller") and ref.get("uid") == owner_uid
+        for ref in (obj.get("metadata") or {}).get("ownerReferences") or ()
+    )
 
 
 def owner_sealed_secret(secret: Mapping[str, Any]) -> str | None:
@@ -147,9 +159,17 @@ def owner_sealed_secret(secret: Mapping[str, Any]) -> str | None:
 class Unsealer:
     """The SealedSecret work queue of one running controller process."""
 
-    def __init__(self, *, store: ObjectStore, registry: KeyRegistry, flags: ControllerFlags,
-                 metrics: ControllerMetrics, recorder: events.EventRecorder,
-                 knowledge: SyncKnowledge, executor: Executor) -> None:
+    def __init__(
+        self,
+        *,
+        store: ObjectStore,
+        registry: KeyRegistry,
+        flags: ControllerFlags,
+        metrics: ControllerMetrics,
+        recorder: events.EventRecorder,
+        knowledge: SyncKnowledge,
+        executor: Executor,
+    ) -> None:
         self._store = store
         self._registry = registry
         self._flags = flags
@@ -198,12 +218,15 @@ class Unsealer:
             queued += 1
         return queued
 
-    def _already_synced(self, obj: Mapping[str, Any], generation: int,
-                        loaded: frozenset[str]) -> bool:
+    def _already_synced(
+        self, obj: Mapping[str, Any], generation: int, loaded: frozenset[str]
+    ) -> bool:
         metadata = obj["metadata"]
         status = obj.get("status") or {}
-        synced = any(c.get("type") == CONDITION_SYNCED and c.get("status") == "True"
-                     for c in status.get("conditions") or ())
+        synced = any(
+            c.get("type") == CONDITION_SYNCED and c.get("status") == "True"
+            for c in status.get("conditions") or ()
+        )
         if not (synced and status.get("observedGeneration") == generation):
             return False
         if not self._knowledge.still_valid(str(metadata["uid"]), generation, loaded):
@@ -213,7 +236,8 @@ class Unsealer:
         except ApiError:
             return False
         return controlled_by(secret, str(metadata["uid"])) or bool(
-            (secret["metadata"].get("annotations") or {}).get(ANNOTATION_PATCH) == "true")
+            (secret["metadata"].get("annotations") or {}).get(ANNOTATION_PATCH) == "true"
+        )
 
     # ----------------------------------------------------------------- workers
 
@@ -230,8 +254,7 @@ class Unsealer:
                 await self.reconcile(*key)
             except ApiError as exc:
                 # A conflicting write raced us: the informer would requeue it.
-                _log.debug("sandbox_unseal_requeued", namespace=key[0], name=key[1],
-                           code=exc.code)
+                _log.debug("sandbox_unseal_requeued", namespace=key[0], name=key[1], code=exc.code)
                 self.enqueue(*key)
                 await asyncio.sleep(0.05)
             finally:
@@ -249,12 +272,14 @@ class Unsealer:
         generation = int(sealed["metadata"].get("generation", 0))
         loop = asyncio.get_running_loop()
         try:
-            result = await loop.run_in_executor(self._executor, unseal_attributed, sealed,
-                                                self._registry.keys)
+            result = await loop.run_in_executor(
+                self._executor, unseal_attributed, sealed, self._registry.keys
+            )
         except (DecryptionError, InputError) as exc:
             self._metrics.unseal_errors.labels(reason="unseal", namespace=namespace).inc()
-            self._recorder.record(sealed, events.WARNING, events.REASON_UNSEAL_FAILED,
-                                  f"Failed to unseal: {exc}")
+            self._recorder.record(
+                sealed, events.WARNING, events.REASON_UNSEAL_FAILED, f"Failed to unseal: {exc}"
+            )
             self._set_status(namespace, name, generation, error=str(exc))
             return
         try:
@@ -268,15 +293,15 @@ class Unsealer:
         except ApiError as exc:
             if exc.code == 409:
                 raise  # requeue
-            self._recorder.record(sealed, events.WARNING, events.REASON_UPDATE_FAILED,
-                                  exc.message)
+            self._recorder.record(sealed, events.WARNING, events.REASON_UPDATE_FAILED, exc.message)
             self._metrics.unseal_errors.labels(reason="update", namespace=namespace).inc()
             self._set_status(namespace, name, generation, error=exc.message)
             return
         if result.fingerprints is not None:
             self._knowledge.remember(uid, generation, result.fingerprints)
-        self._recorder.record(sealed, events.NORMAL, events.REASON_UNSEALED,
-                              events.MESSAGE_UNSEALED)
+        self._recorder.record(
+            sealed, events.NORMAL, events.REASON_UNSEALED, events.MESSAGE_UNSEALED
+        )
         self._set_status(namespace, name, generation, error=None)
 
     def _apply_secret(self, sealed: Mapping[str, Any], new: dict[str, Any]) -> None:
@@ -294,8 +319,9 @@ class Unsealer:
         managed = annotations.get(ANNOTATION_MANAGED) == "true"
         patch = annotations.get(ANNOTATION_PATCH) == "true"
         if not controlled_by(existing, uid) and not managed and not patch:
-            raise NotManagedError(f'Resource "{name}" already exists and is not managed by '
-                                  "SealedSecret")
+            raise NotManagedError(
+                f'Resource "{name}" already exists and is not managed by SealedSecret'
+            )
         original = copy.deepcopy(existing)
         meta = existing["metadata"]
         new_meta = new["metadata"]
@@ -320,8 +346,7 @@ class Unsealer:
         if existing != original:
             self._store.update("secrets", namespace, name, existing)
 
-    def _set_status(self, namespace: str, name: str, generation: int, *,
-                    error: str | None) -> None:
+    def _set_status(self, namespace: str, name: str, generation: int, *, error: str | None) -> None:
         if not self._flags.update_status:
             return
         try:
@@ -338,15 +363,18 @@ class Unsealer:
         flipped = current is None or current.get("status") != wanted
         if not flipped and status.get("observedGeneration") == generation:
             return
-        condition: dict[str, Any] = {"type": CONDITION_SYNCED, "status": wanted,
-                                     "lastUpdateTime": now,
-                                     "lastTransitionTime": now if flipped else
-                                     (current or {}).get("lastTransitionTime", now)}
+        condition: dict[str, Any] = {
+            "type": CONDITION_SYNCED,
+            "status": wanted,
+            "lastUpdateTime": now,
+            "lastTransitionTime": now
+            if flipped
+            else (current or {}).get("lastTransitionTime", now),
+        }
         if error is not None:
             condition["message"] = error
         conditions = [c for c in conditions if c.get("type") != CONDITION_SYNCED] + [condition]
-        sealed["status"] = {**status, "conditions": conditions,
-                            "observedGeneration": generation}
+        sealed["status"] = {**status, "conditions": conditions, "observedGeneration": generation}
         self._writing_status = True
         try:
             self._store.update(SEALED, namespace, name, sealed, subresource="status")

@@ -51,10 +51,18 @@ DEFAULT_NAME = "sealed-secrets-controller"
 class ControllerWorkload:
     """One cluster's sealed-secrets install and the loop that keeps its Pod running."""
 
-    def __init__(self, store: ObjectStore, *, executor: Executor, cluster: str,
-                 flags: ControllerFlags | None = None, namespace: str = DEFAULT_NAMESPACE,
-                 name: str = DEFAULT_NAME, crash_backoff: tuple[float, float] = (10.0, 300.0),
-                 rng: random.Random | None = None) -> None:
+    def __init__(
+        self,
+        store: ObjectStore,
+        *,
+        executor: Executor,
+        cluster: str,
+        flags: ControllerFlags | None = None,
+        namespace: str = DEFAULT_NAMESPACE,
+        name: str = DEFAULT_NAME,
+        crash_backoff: tuple[float, float] = (10.0, 300.0),
+        rng: random.Random | None = None,
+    ) -> None:
         self.store = store
         self.namespace = namespace
         self.name = name
@@ -78,13 +86,17 @@ class ControllerWorkload:
     def install(self) -> None:
         """Create CRD, Deployment and Services (idempotent)."""
         with contextlib.suppress(ApiError):
-            self.store.create("customresourcedefinitions.apiextensions.k8s.io", None,
-                              manifests.crd())
+            self.store.create(
+                "customresourcedefinitions.apiextensions.k8s.io", None, manifests.crd()
+            )
         for resource, obj in (
-                ("deployments.apps", manifests.deployment(self.name, self.namespace,
-                                                          self._initial_flags)),
-                ("services", manifests.service(self.name, self.namespace)),
-                ("services", manifests.metrics_service(self.name, self.namespace))):
+            (
+                "deployments.apps",
+                manifests.deployment(self.name, self.namespace, self._initial_flags),
+            ),
+            ("services", manifests.service(self.name, self.namespace)),
+            ("services", manifests.metrics_service(self.name, self.namespace)),
+        ):
             with contextlib.suppress(ApiError):
                 self.store.create(resource, self.namespace, obj)
 
@@ -111,8 +123,7 @@ class ControllerWorkload:
                     continue  # restart requested: new Pod already there or coming
                 restarts += 1
                 self._set_pod_waiting(crashed, restarts)
-                backoff = min(self._crash_backoff[0] * 2 ** (restarts - 1),
-                              self._crash_backoff[1])
+                backoff = min(self._crash_backoff[0] * 2 ** (restarts - 1), self._crash_backoff[1])
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._restart.wait(), backoff)
         finally:
@@ -125,9 +136,15 @@ class ControllerWorkload:
             flags = flags_from_deployment(deployment)
         except FlagError as exc:
             return str(exc)
-        process = ControllerProcess(store=self.store, namespace=self.namespace, flags=flags,
-                                    metrics=self.metrics, knowledge=self.knowledge,
-                                    executor=self._executor, cluster=self.cluster)
+        process = ControllerProcess(
+            store=self.store,
+            namespace=self.namespace,
+            flags=flags,
+            metrics=self.metrics,
+            knowledge=self.knowledge,
+            executor=self._executor,
+            cluster=self.cluster,
+        )
         self.metrics.reset()
         self.starts += 1
         task = asyncio.create_task(process.run(), name=f"{self.cluster}-controller")
@@ -153,8 +170,7 @@ class ControllerWorkload:
                     raise
             except ControllerCrash as exc:
                 self.last_crash = str(exc)
-                _log.warning("sandbox_controller_crashed", cluster=self.cluster,
-                             error=str(exc))
+                _log.warning("sandbox_controller_crashed", cluster=self.cluster, error=str(exc))
                 return str(exc)
         return None
 
@@ -186,8 +202,13 @@ class ControllerWorkload:
             with contextlib.suppress(ApiError):
                 self.store.delete("pods", self.namespace, old)
 
-    def _pod_status(self, state: dict[str, Any], ready: bool, restarts: int,
-                    last_state: dict[str, Any] | None = None) -> None:
+    def _pod_status(
+        self,
+        state: dict[str, Any],
+        ready: bool,
+        restarts: int,
+        last_state: dict[str, Any] | None = None,
+    ) -> None:
         if self.pod_name is None:
             return
         try:
@@ -198,19 +219,31 @@ class ControllerWorkload:
         ready_text = "True" if ready else "False"
         pod["status"] = {
             "phase": "Running",
-            "conditions": [{"type": t, "status": s, "lastTransitionTime": now}
-                           for t, s in (("Initialized", "True"), ("Ready", ready_text),
-                                        ("ContainersReady", ready_text),
-                                        ("PodScheduled", "True"))],
+            "conditions": [
+                {"type": t, "status": s, "lastTransitionTime": now}
+                for t, s in (
+                    ("Initialized", "True"),
+                    ("Ready", ready_text),
+                    ("ContainersReady", ready_text),
+                    ("PodScheduled", "True"),
+                )
+            ],
             "hostIP": "10.0.0.10",
             "podIP": "10.244.0.10",
             "startTime": pod["metadata"].get("creationTimestamp", now),
             "qosClass": "BestEffort",
-            "containerStatuses": [{
-                "name": CONTAINER_NAME, "image": IMAGE, "imageID": IMAGE,
-                "ready": ready, "started": ready, "restartCount": restarts,
-                "state": state, "lastState": last_state or {},
-            }],
+            "containerStatuses": [
+                {
+                    "name": CONTAINER_NAME,
+                    "image": IMAGE,
+                    "imageID": IMAGE,
+                    "ready": ready,
+                    "started": ready,
+                    "restartCount": restarts,
+                    "state": state,
+                    "lastState": last_state or {},
+                }
+            ],
         }
         with contextlib.suppress(ApiError):
             self.store.update("pods", self.namespace, self.pod_name, pod, subresource="status")
@@ -222,11 +255,24 @@ class ControllerWorkload:
     def _set_pod_waiting(self, error: str, restarts: int) -> None:
         now = now_rfc3339()
         self._pod_status(
-            {"waiting": {"reason": "CrashLoopBackOff",
-                         "message": f"back-off restarting failed container {CONTAINER_NAME}"}},
-            False, restarts,
-            {"terminated": {"exitCode": 2, "reason": "Error", "message": error[:1024],
-                            "startedAt": now, "finishedAt": now}})
+            {
+                "waiting": {
+                    "reason": "CrashLoopBackOff",
+                    "message": f"back-off restarting failed container {CONTAINER_NAME}",
+                }
+            },
+            False,
+            restarts,
+            {
+                "terminated": {
+                    "exitCode": 2,
+                    "reason": "Error",
+                    "message": error[:1024],
+                    "startedAt": now,
+                    "finishedAt": now,
+                }
+            },
+        )
 
     def _update_deployment_status(self, *, ready: bool) -> None:
         deployment = self._deployment()
@@ -236,22 +282,35 @@ class ControllerWorkload:
         now = now_rfc3339()
         deployment["status"] = {
             "observedGeneration": deployment["metadata"].get("generation", 1),
-            "replicas": 1, "updatedReplicas": 1, "readyReplicas": count,
-            "availableReplicas": count, "unavailableReplicas": 1 - count,
+            "replicas": 1,
+            "updatedReplicas": 1,
+            "readyReplicas": count,
+            "availableReplicas": count,
+            "unavailableReplicas": 1 - count,
             "conditions": [
-                {"type": "Available", "status": "True" if ready else "False",
-                 "reason": "MinimumReplicasAvailable" if ready else "MinimumReplicasUnavailable",
-                 "lastUpdateTime": now, "lastTransitionTime": now},
-                {"type": "Progressing", "status": "True", "reason": "NewReplicaSetAvailable",
-                 "lastUpdateTime": now, "lastTransitionTime": now},
+                {
+                    "type": "Available",
+                    "status": "True" if ready else "False",
+                    "reason": "MinimumReplicasAvailable" if ready else "MinimumReplicasUnavailable",
+                    "lastUpdateTime": now,
+                    "lastTransitionTime": now,
+                },
+                {
+                    "type": "Progressing",
+                    "status": "True",
+                    "reason": "NewReplicaSetAvailable",
+                    "lastUpdateTime": now,
+                    "lastTransitionTime": now,
+                },
             ],
         }
         if not ready:
             del deployment["status"]["readyReplicas"]
             del deployment["status"]["availableReplicas"]
         with contextlib.suppress(ApiError):
-            self.store.update("deployments.apps", self.namespace, self.name, deployment,
-                              subresource="status")
+            self.store.update(
+                "deployments.apps", self.namespace, self.name, deployment, subresource="status"
+            )
 
     # --------------------------------------------------------- store listener
 
@@ -259,8 +318,7 @@ class ControllerWorkload:
         metadata = obj.get("metadata") or {}
         if metadata.get("namespace") != self.namespace:
             return
-        if resource == "pods" and event_type == "DELETED" and metadata.get("name") == \
-                self.pod_name:
+        if resource == "pods" and event_type == "DELETED" and metadata.get("name") == self.pod_name:
             self.pod_name = None
             self._restart.set()
         elif resource == "deployments.apps" and metadata.get("name") == self.name:
@@ -275,8 +333,9 @@ class ControllerWorkload:
 
     # ------------------------------------------------------------ service proxy
 
-    async def proxy(self, service: str, method: str, path: str, headers: Mapping[str, str],
-                    body: bytes) -> Reply:
+    async def proxy(
+        self, service: str, method: str, path: str, headers: Mapping[str, str], body: bytes
+    ) -> Reply:
         """What the Service's endpoint answers; 503 while no Pod is ready."""
         process = self.process
         if process is None:
@@ -287,7 +346,13 @@ class ControllerWorkload:
 
 
 def _no_endpoints(service: str) -> Reply:
-    status = {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
-              "message": f'no endpoints available for service "{service}"',
-              "reason": "ServiceUnavailable", "code": 503}
+    status = {
+        "kind": "Status",
+        "apiVersion": "v1",
+        "metadata": {},
+        "status": "Failure",
+        "message": f'no endpoints available for service "{service}"',
+        "reason": "ServiceUnavailable",
+        "code": 503,
+    }
     return Reply(503, json.dumps(status).encode(), {"Content-Type": "application/json"})

@@ -1,0 +1,97 @@
+"""``sealfleet sandbox``: emulated clusters with a sealed-secrets controller, in the foreground.
+
+Runs until SIGINT or SIGTERM.  ``DIR/ready`` appears once every cluster serves and is
+removed on exit; ``DIR/kubeconfig`` (contexts ``sandbox-1`` ...) works with kubectl and
+kubeseal, ``DIR/sealfleet.toml`` with ``sealfleet run -c``.  The sandbox package is
+imported inside the handler only, so no other command (and never the daemon) loads it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import signal
+import sys
+from pathlib import Path
+
+from sealfleet.errors import InputError
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = subparsers.add_parser(
+        "sandbox", help="run emulated clusters with a sealed-secrets controller",
+        description="Run N emulated kube-apiservers on 127.0.0.1, each with an emulated "
+                    "sealed-secrets controller, seeded with SealedSecrets, until SIGINT or "
+                    "SIGTERM. Point kubectl at DIR/kubeconfig.")
+    parser.add_argument("--clusters", type=int, default=1, metavar="N",
+                        help="number of clusters (default 1)")
+    parser.add_argument("--state-dir", required=True, metavar="DIR",
+                        help="where kubeconfig, sealfleet.toml, seed.json and ready go")
+    parser.add_argument("--namespaces", type=int, default=3, metavar="K",
+                        help="namespaces per cluster for seeded SealedSecrets (default 3)")
+    parser.add_argument("--sealed-secrets", type=int, default=20, metavar="M",
+                        help="SealedSecrets seeded per cluster (default 20; 0 for none)")
+    parser.add_argument("--keys", type=int, default=2, metavar="R",
+                        help="sealing keys per cluster, NotBefore 5, 35, 65 ... days ago "
+                             "(default 2)")
+    parser.add_argument("--seed", type=int, default=0, metavar="S",
+                        help="seed for names, scopes, plaintexts and key choice (default 0)")
+    parser.add_argument("--shared-key", action="store_true",
+                        help="the newest key is one identical key in every cluster")
+    parser.add_argument("--key-renew-period", default="720h", metavar="D",
+                        help="controllers' --key-renew-period, Go syntax (720h, 90s) or "
+                             "days (30d); 0 disables renewal (default 720h)")
+    parser.add_argument("--key-bits", type=int, default=4096, choices=(2048, 3072, 4096),
+                        help="RSA size of seeded and controller-generated keys (default 4096)")
+    parser.add_argument("--malformed", type=int, default=0, metavar="COUNT",
+                        help="per cluster, extra SealedSecrets no key can unseal (default 0)")
+    parser.add_argument("--watch-for-secrets", action="store_true",
+                        help="start the controllers with --watch-for-secrets")
+    parser.set_defaults(handler=run_sandbox)
+
+
+def _renew_period(text: str) -> dt.timedelta:
+    from sealfleet.sandbox.controller.flags import FlagError, parse_go_duration
+
+    if text.endswith("d") and text[:-1].isdigit():
+        return dt.timedelta(days=int(text[:-1]))
+    try:
+        return parse_go_duration(text)
+    except FlagError:
+        raise InputError(f"--key-renew-period: invalid duration {text!r}") from None
+
+
+def run_sandbox(args: argparse.Namespace) -> int:
+    from sealfleet.sandbox import Sandbox, SeedSpec
+    from sealfleet.sandbox.controller import ControllerFlags
+
+    for flag in ("clusters", "keys"):
+        if getattr(args, flag) < 1:
+            raise InputError(f"--{flag} must be at least 1")
+    for flag in ("namespaces", "sealed_secrets", "malformed"):
+        if getattr(args, flag) < 0 or (flag == "namespaces" and args.namespaces < 1):
+            raise InputError(f"--{flag.replace('_', '-')} is out of range")
+    flags = ControllerFlags(key_renew_period=_renew_period(args.key_renew_period),
+                            key_size=args.key_bits, watch_for_secrets=args.watch_for_secrets)
+    spec = SeedSpec(namespaces=args.namespaces, sealed_secrets=args.sealed_secrets,
+                    keys=args.keys, seed=args.seed, shared_key=args.shared_key,
+                    key_bits=args.key_bits, malformed=args.malformed)
+    state_dir = Path(args.state_dir)
+
+    async def serve() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stop.set)
+        async with Sandbox(state_dir, clusters=args.clusters, seed=spec, flags=flags) as sandbox:
+            print(f"sandbox ready: {len(sandbox.clusters)} cluster(s) in "
+                  f"{sandbox.timings['start_seconds']:.1f}s; "
+                  f"export KUBECONFIG={sandbox.kubeconfig}", file=sys.stderr, flush=True)
+            await stop.wait()
+
+    from sealfleet.app.logging import configure_logging
+
+    configure_logging(level="info", stream=sys.stderr)
+    asyncio.run(serve())
+    return 0

@@ -1,0 +1,237 @@
+"""Starting and stopping a whole sandbox, and the files it leaves in its state directory.
+
+Order matters and is what a real fleet looks like when a client arrives: the objects
+(install manifests, key Secrets, seeded SealedSecrets with their Secrets) exist first,
+then the apiservers listen, then the controllers start and load their keys, and only
+when every controller serves is ``DIR/ready`` written.  On exit ``ready`` goes first,
+then the controllers and apiservers stop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from sealfleet.sandbox.cluster import SandboxCluster
+from sealfleet.sandbox.controller import ControllerFlags
+from sealfleet.sandbox.kubeconfig import KubeconfigContext, write_kubeconfig
+from sealfleet.sandbox.seeding import Seeder, SeedSpec
+from sealfleet.sandbox.tls import CertificateAuthority
+
+_log = structlog.get_logger(__name__)
+
+RSA_THREADS = 2
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    """Create (or replace) a file readable by its owner only, never wider in between."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(data)
+    os.chmod(tmp, 0o600)
+    os.replace(tmp, path)
+
+
+def daemon_config(cluster_names: Sequence[str], *, master_keys: Sequence[str] = (),
+                  key_renew_period: str = "30d") -> str:
+    """``sealfleet.toml`` (contracts.md §1) for these clusters, paths relative to DIR."""
+    lines = [
+        "# Written by `sealfleet sandbox`: a daemon config for the sandbox clusters.",
+        "# Paths are relative to this file's directory.",
+        "[store]",
+        'database = "inventory.db"',
+        'kek_file = "kek"',
+        "",
+        "[api]",
+        'socket = "api.sock"',
+        'read_token_file = "read-token"',
+        'admin_token_file = "admin-token"',
+        "",
+        "[policy]",
+        f'key_renew_period = "{key_renew_period}"',
+        'cert_expiry_warning = "30d"',
+        "",
+        "[fleet]",
+        "master_keys = [" + ", ".join(json.dumps(k) for k in master_keys) + "]",
+        "",
+        "[logging]",
+        'format = "auto"',
+        'level = "info"',
+    ]
+    for name in cluster_names:
+        lines += ["", "[[clusters]]", f'name = "{name}"', 'kubeconfig = "kubeconfig"',
+                  f'context = "{name}"', 'controller_namespace = "kube-system"',
+                  'controller_name = "sealed-secrets-controller"', "read_key_secrets = true"]
+    return "\n".join(lines) + "\n"
+
+
+class Sandbox:
+    """N emulated clusters in this event loop; an async context manager."""
+
+    def __init__(self, state_dir: str | os.PathLike[str], *, clusters: int = 1,
+                 seed: SeedSpec | None = None, flags: ControllerFlags | None = None,
+                 cluster_flags: dict[str, ControllerFlags] | None = None,
+                 crash_backoff: tuple[float, float] = (10.0, 300.0),
+                 seed_processes: int | None = None, bookmark_interval: float = 5.0) -> None:
+        if clusters < 1:
+            raise ValueError("a sandbox needs at least one cluster")
+        self.state_dir = Path(state_dir)
+        self.names = [f"sandbox-{i + 1}" for i in range(clusters)]
+        self._seed = seed
+        self._flags = flags
+        self._cluster_flags = cluster_flags or {}
+        self._crash_backoff = crash_backoff
+        self._seed_processes = seed_processes
+        self._bookmark_interval = bookmark_interval
+        self.clusters: dict[str, SandboxCluster] = {}
+        self.seed_record: dict[str, Any] | None = None
+        self.timings: dict[str, float] = {}
+        self._executor: ThreadPoolExecutor | None = None
+        self._stack = contextlib.AsyncExitStack()
+
+    # ------------------------------------------------------------- file paths
+
+    @property
+    def kubeconfig(self) -> Path:
+        return self.state_dir / "kubeconfig"
+
+    @property
+    def config(self) -> Path:
+        return self.state_dir / "sealfleet.toml"
+
+    @property
+    def ready_file(self) -> Path:
+        return self.state_dir / "ready"
+
+    @property
+    def seed_file(self) -> Path:
+        return self.state_dir / "seed.json"
+
+    def cluster(self, name: str) -> SandboxCluster:
+        return self.clusters[name]
+
+    # --------------------------------------------------------------- lifecycle
+
+    async def __aenter__(self) -> Sandbox:
+        started = time.perf_counter()
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.ready_file.unlink(missing_ok=True)
+        try:
+            await self._start()
+        except BaseException:
+            await self._stack.aclose()
+            raise
+        self.timings["start_seconds"] = time.perf_counter() - started
+        self.ready_file.write_text(f"{os.getpid()}\n")
+        _log.info("sandbox_ready", clusters=len(self.clusters), state_dir=str(self.state_dir),
+                  seconds=round(self.timings["start_seconds"], 2))
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.ready_file.unlink(missing_ok=True)
+        await self._stack.aclose()
+
+    async def _start(self) -> None:
+        self._executor = ThreadPoolExecutor(max_workers=RSA_THREADS,
+                                            thread_name_prefix="sandbox-rsa")
+        self._stack.callback(self._executor.shutdown, wait=False, cancel_futures=True)
+        ca = await asyncio.to_thread(CertificateAuthority.create)
+        for name in self.names:
+            self.clusters[name] = SandboxCluster(
+                name, ca=ca, executor=self._executor,
+                flags=self._cluster_flags.get(name, self._flags),
+                crash_backoff=self._crash_backoff, bookmark_interval=self._bookmark_interval)
+        if self._seed is not None:
+            seeding_started = time.perf_counter()
+            seeder = Seeder(self._seed, processes=self._seed_processes)
+            self.seed_record = await seeder.seed([c.seed_target for c in self.clusters.values()])
+            self.timings["seed_seconds"] = time.perf_counter() - seeding_started
+            payload = json.dumps(self.seed_record, separators=(",", ":")).encode()
+            await asyncio.to_thread(self.seed_file.write_bytes, payload)
+        for cluster in self.clusters.values():
+            await self._stack.enter_async_context(cluster)
+        await asyncio.gather(*(c.wait_serving() for c in self.clusters.values()))
+        await asyncio.to_thread(self._write_files, ca)
+
+    def _write_files(self, ca: CertificateAuthority) -> None:
+        contexts = []
+        for name, cluster in self.clusters.items():
+            contexts.append(KubeconfigContext(name, cluster.url, ca.cert_pem,
+                                              cluster.tokens.admin))
+        for name, cluster in self.clusters.items():
+            contexts.append(KubeconfigContext(f"{name}-restricted", cluster.url, ca.cert_pem,
+                                              cluster.tokens.restricted))
+        write_kubeconfig(self.kubeconfig, contexts, current=self.names[0])
+        for credential, size in (("kek", 32), ("read-token", 0), ("admin-token", 0)):
+            path = self.state_dir / credential
+            if not path.exists():
+                data = os.urandom(32) if size else secrets.token_urlsafe(32).encode()
+                _write_private(path, data)
+        master = []
+        if self._seed is not None and self._seed.shared_key and self.seed_record:
+            first = next(iter(self.seed_record["clusters"].values()))
+            master = [first["sealing_key"]]
+        self.config.write_text(daemon_config(self.names, master_keys=master))
+
+
+class SandboxProcess:
+    """``sealfleet sandbox`` in a child process; a (sync) context manager for benchmarks."""
+
+    def __init__(self, state_dir: str | os.PathLike[str], args: Sequence[str] = (),
+                 *, timeout: float = 300.0) -> None:
+        self.state_dir = Path(state_dir)
+        self._args = list(args)
+        self._timeout = timeout
+        self.process: subprocess.Popen[bytes] | None = None
+        self.ready_after: float | None = None
+        self._log: Any = None
+
+    def __enter__(self) -> SandboxProcess:
+        (self.state_dir / "ready").unlink(missing_ok=True)
+        command = [sys.executable, "-m", "sealfleet", "sandbox", "--state-dir",
+                   str(self.state_dir), *self._args]
+        started = time.perf_counter()
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self._log = (self.state_dir / "sandbox.log").open("wb")
+        self.process = subprocess.Popen(command, stdout=self._log, stderr=subprocess.STDOUT)
+        while not (self.state_dir / "ready").exists():
+            if self.process.poll() is not None:
+                self._log.close()
+                error = (self.state_dir / "sandbox.log").read_text(errors="replace")[-2000:]
+                raise RuntimeError(f"sandbox exited with {self.process.returncode}: {error}")
+            if time.perf_counter() - started > self._timeout:
+                self.__exit__()
+                raise TimeoutError("sandbox did not become ready")
+            time.sleep(0.05)
+        self.ready_after = time.perf_counter() - started
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        if self._log is not None:
+            self._log.close()
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid

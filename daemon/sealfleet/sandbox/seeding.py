@@ -1,0 +1,293 @@
+"""Deterministic fleets of SealedSecrets for the sandbox, made fast.
+
+``--seed S`` fixes everything a test can reason about: namespaces, names, scopes, item
+names, plaintexts, which key seals which item.  (RSA keys and ciphertexts are random
+as the real ones are; ``seed.json`` records the fingerprints they came out with.)
+
+Why it is fast: seeding 20 clusters x 5,000 SealedSecrets means ~300k RSA-OAEP
+encryptions and ~80 RSA-4096 key generations.  Key generation runs on a thread pool
+(OpenSSL releases the GIL), encryption on a process pool fed in chunks, and the main
+thread only assembles objects and stores them as chunks arrive.  The seed knows the
+plaintexts, so it creates each SealedSecret's Secret and ``Synced=True`` status itself
+and tells the controller which keys sealed what (its restart then trusts those without
+decrypting 15k items); anything created or changed later is really unsealed.
+
+Keys are backdated: with R keys their certificates' NotBefore are 5, 35, 65, 95 ... days
+ago (the newest is the sealing key).  ``shared_key`` makes that newest key one identical
+key in every cluster.  ``malformed`` adds, per cluster, SealedSecrets that cannot be
+unsealed (half with an invalid ciphertext, half sealed to a key the cluster does not
+have), left for the controller to fail on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import dataclasses
+import datetime as dt
+import hashlib
+import multiprocessing
+import os
+import random
+from collections.abc import Sequence
+from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
+from typing import Any
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from sealfleet.domain import hybrid
+from sealfleet.domain import keys as keys_domain
+from sealfleet.domain import sealed_secrets as sealing
+from sealfleet.domain.scopes import Scope, encryption_label, with_scope_annotations
+from sealfleet.sandbox.controller.unsealing import SyncKnowledge, build_secret
+from sealfleet.sandbox.objects import ObjectStore, now_rfc3339
+
+SEALED = "sealedsecrets.bitnami.com"
+KEY_AGE_STEP_DAYS = 30
+NEWEST_KEY_AGE_DAYS = 5
+CHUNK_SECRETS = 400
+_WORDS = ("payments", "billing", "checkout", "search", "ledger", "identity", "mailer",
+          "catalog", "reports", "gateway", "orders", "storage", "metrics", "notify",
+          "profile", "pricing", "auth", "backup", "ingest", "scheduler")
+_ITEMS = ("password", "username", "token", "api-key", "database-url", "client-secret",
+          "tls.key", "webhook-secret", "dsn", "private-key")
+
+
+@dataclasses.dataclass(frozen=True)
+class SeedSpec:
+    namespaces: int = 3
+    sealed_secrets: int = 20
+    keys: int = 2
+    seed: int = 0
+    shared_key: bool = False
+    key_bits: int = 4096
+    malformed: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class SeedTarget:
+    """Where one cluster's seed goes: its store and its controller's sync knowledge."""
+
+    name: str
+    store: ObjectStore
+    knowledge: SyncKnowledge
+    namespace: str = "kube-system"
+
+
+@dataclasses.dataclass
+class _Item:
+    name: str
+    key_index: int  # into the cluster's key list; -1: the foreign key; -2: garbage
+    plaintext: bytes
+
+
+@dataclasses.dataclass
+class _Planned:
+    namespace: str
+    name: str
+    scope: Scope
+    items: list[_Item]
+    broken: bool = False
+
+    @property
+    def label(self) -> bytes:
+        return encryption_label(self.scope, self.namespace, self.name)
+
+
+def namespace_names(count: int) -> list[str]:
+    return [f"{_WORDS[i % len(_WORDS)]}-{i // len(_WORDS) + 1}" for i in range(count)]
+
+
+def key_ages(count: int) -> list[int]:
+    """Ages in days of R seeded keys, oldest first: e.g. 95, 65, 35, 5."""
+    return [NEWEST_KEY_AGE_DAYS + KEY_AGE_STEP_DAYS * i for i in reversed(range(count))]
+
+
+def plan_cluster(spec: SeedSpec, rng: random.Random) -> list[_Planned]:
+    """The SealedSecrets of one cluster (no crypto): names, scopes, items, keys."""
+    namespaces = namespace_names(spec.namespaces)
+    newest = spec.keys - 1
+    planned: list[_Planned] = []
+    for index in range(spec.sealed_secrets + spec.malformed):
+        broken = index >= spec.sealed_secrets
+        roll = rng.random()
+        scope = (Scope.STRICT if roll < 0.7 else
+                 Scope.NAMESPACE_WIDE if roll < 0.9 else Scope.CLUSTER_WIDE)
+        name = f"{rng.choice(_WORDS)}-{'broken' if broken else 'secret'}-{index:05d}"
+        # Most SealedSecrets were sealed with the newest key, the rest with older ones;
+        # a few mix keys between items (a later --merge-into after a renewal).
+        key_index = newest if rng.random() < 0.55 or newest == 0 else rng.randrange(newest)
+        mixed = rng.random() < 0.1
+        items = []
+        for item_name in sorted(rng.sample(_ITEMS, rng.randint(1, 5))):
+            item_key = rng.randrange(spec.keys) if mixed else key_index
+            if broken:
+                item_key = -2 if index % 2 == 0 else -1
+            value = f"{item_name}-{rng.getrandbits(96):024x}".encode()
+            items.append(_Item(item_name, item_key, value))
+        planned.append(_Planned(rng.choice(namespaces), name, scope, items, broken))
+    return planned
+
+
+# ------------------------------------------------------------------ worker side
+
+_PUBLIC_KEYS: dict[bytes, rsa.RSAPublicKey] = {}
+
+
+def _public_key(der: bytes) -> rsa.RSAPublicKey:
+    key = _PUBLIC_KEYS.get(der)
+    if key is None:
+        loaded = serialization.load_der_public_key(der)
+        assert isinstance(loaded, rsa.RSAPublicKey)
+        key = _PUBLIC_KEYS[der] = loaded
+    return key
+
+
+def encrypt_chunk(public_keys: Sequence[bytes],
+                  work: Sequence[tuple[int, bytes, bytes]]) -> list[str]:
+    """Seal (key index, label, plaintext) triples; runs in a worker process."""
+    keys = [_public_key(der) for der in public_keys]
+    return [base64.b64encode(hybrid.encrypt(keys[index], plaintext, label)).decode()
+            for index, label, plaintext in work]
+
+
+def _der(key: keys_domain.SealingKey) -> bytes:
+    return key.public_key.public_bytes(serialization.Encoding.DER,
+                                       serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
+# ------------------------------------------------------------------- seeding
+
+
+class Seeder:
+    """Seeds a set of clusters; returns the ``seed.json`` document."""
+
+    def __init__(self, spec: SeedSpec, *, processes: int | None = None) -> None:
+        self.spec = spec
+        self._processes = processes or os.cpu_count() or 2
+        self._now = dt.datetime.now(dt.UTC).replace(microsecond=0)
+
+    async def seed(self, targets: Sequence[SeedTarget]) -> dict[str, Any]:
+        spec = self.spec
+        rng = random.Random(spec.seed)
+        plans = {target.name: plan_cluster(spec, rng) for target in targets}
+        loop = asyncio.get_running_loop()
+        context = multiprocessing.get_context("spawn")
+        with ThreadPoolExecutor(max_workers=self._processes,
+                                thread_name_prefix="seed-keygen") as key_pool, \
+                ProcessPoolExecutor(max_workers=self._processes, mp_context=context) as pool:
+            key_futures = self._key_futures(loop, key_pool, [t.name for t in targets])
+            foreign = (loop.run_in_executor(key_pool, self._generate, 0)
+                       if spec.malformed else None)
+            records = await asyncio.gather(*(
+                self._seed_cluster(loop, pool, target, plans[target.name],
+                                   key_futures[target.name], foreign)
+                for target in targets))
+        return {"seed": spec.seed, "generated_at": self._now.strftime("%Y-%m-%dT%H:%M:%SZ"),
+                "spec": dataclasses.asdict(spec),
+                "clusters": {t.name: r[0] for t, r in zip(targets, records, strict=True)},
+                "sealed_secrets": [entry for r in records for entry in r[1]]}
+
+    def _generate(self, age_days: int) -> keys_domain.SealingKey:
+        return keys_domain.generate_sealing_key(
+            bits=self.spec.key_bits, now=self._now - dt.timedelta(days=age_days))
+
+    def _key_futures(self, loop: asyncio.AbstractEventLoop, pool: Executor,
+                     names: Sequence[str]) -> dict[str, list[asyncio.Future[Any]]]:
+        ages = key_ages(self.spec.keys)
+        shared = (loop.run_in_executor(pool, self._generate, ages[-1])
+                  if self.spec.shared_key else None)
+        futures: dict[str, list[asyncio.Future[Any]]] = {}
+        for name in names:
+            own = [loop.run_in_executor(pool, self._generate, age) for age in
+                   (ages[:-1] if shared is not None else ages)]
+            futures[name] = own + ([shared] if shared is not None else [])
+        return futures
+
+    async def _seed_cluster(self, loop: asyncio.AbstractEventLoop, pool: Executor,
+                            target: SeedTarget, planned: list[_Planned],
+                            key_futures: list[asyncio.Future[Any]],
+                            foreign_future: asyncio.Future[Any] | None,
+                            ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        keys: list[keys_domain.SealingKey] = list(await asyncio.gather(*key_futures))
+        foreign = await foreign_future if foreign_future is not None else None
+        key_records = self._write_keys(target, keys)
+        ders = [_der(k) for k in keys] + ([_der(foreign)] if foreign is not None else [])
+        fingerprints = [k.fingerprint for k in keys]
+        chunks = [planned[i:i + CHUNK_SECRETS] for i in range(0, len(planned), CHUNK_SECRETS)]
+        futures = []
+        for chunk in chunks:
+            work = [(item.key_index if item.key_index >= 0 else len(keys), s.label,
+                     item.plaintext)
+                    for s in chunk for item in s.items if item.key_index != -2]
+            futures.append(loop.run_in_executor(pool, encrypt_chunk, ders, work))
+        entries: list[dict[str, Any]] = []
+        for chunk, future in zip(chunks, futures, strict=True):
+            ciphertexts = iter(await future)
+            for planned_secret in chunk:
+                entries.append(self._store_secret(target, planned_secret, ciphertexts,
+                                                  fingerprints))
+            await asyncio.sleep(0)  # let the servers breathe between chunks
+        newest = keys_domain.newest_key(keys)
+        cluster_record = {"keys": key_records,
+                          "sealing_key": newest.fingerprint if newest else None}
+        return cluster_record, entries
+
+    def _write_keys(self, target: SeedTarget, keys: list[keys_domain.SealingKey]
+                    ) -> list[dict[str, Any]]:
+        newest = keys_domain.newest_key(keys)
+        records = []
+        for key in keys:  # oldest first, as they would have been created
+            created = target.store.create(
+                "secrets", target.namespace,
+                keys_domain.key_secret_manifest(key, namespace=target.namespace))
+            records.append({"fingerprint": key.fingerprint,
+                            "not_before": key.not_before.strftime("%Y-%m-%dT%H:%M:%SZ"),
+                            "not_after": key.not_after.strftime("%Y-%m-%dT%H:%M:%SZ"),
+                            "secret": created["metadata"]["name"],
+                            "sealing": key is newest})
+        return records
+
+    def _store_secret(self, target: SeedTarget, planned: _Planned, ciphertexts: Any,
+                      fingerprints: list[str]) -> dict[str, Any]:
+        encrypted: dict[str, str] = {}
+        for item in planned.items:
+            encrypted[item.name] = ("bm90IGEgc2VhbGVkIHZhbHVl" if item.key_index == -2
+                                    else next(ciphertexts))
+        annotations = with_scope_annotations(None, planned.scope)
+        template_meta: dict[str, Any] = {
+            "name": planned.name, "namespace": planned.namespace, "creationTimestamp": None,
+            "labels": {"app.kubernetes.io/instance": planned.namespace}}
+        top: dict[str, Any] = {"name": planned.name, "namespace": planned.namespace,
+                               "labels": {"app.kubernetes.io/instance": planned.namespace}}
+        if annotations:
+            template_meta["annotations"] = dict(annotations)
+            top["annotations"] = dict(annotations)
+        sealed = {"apiVersion": sealing.API_VERSION, "kind": sealing.KIND, "metadata": top,
+                  "spec": {"template": {"metadata": template_meta, "type": "Opaque"},
+                           "encryptedData": encrypted}}
+        created = target.store.create(SEALED, planned.namespace, sealed)
+        used = frozenset(fingerprints[i.key_index] for i in planned.items if i.key_index >= 0)
+        if not planned.broken:
+            # What the controller would have done with it, minus the decryption.
+            identity = sealing.identity_of(created)
+            secret = build_secret(created, identity,
+                                   {i.name: i.plaintext for i in planned.items})
+            target.store.create("secrets", planned.namespace, secret)
+            now = now_rfc3339()
+            created["status"] = {"conditions": [{"type": "Synced", "status": "True",
+                                                 "lastUpdateTime": now,
+                                                 "lastTransitionTime": now}],
+                                 "observedGeneration": 1}
+            target.store.update(SEALED, planned.namespace, planned.name, created,
+                                subresource="status")
+            target.knowledge.remember(created["metadata"]["uid"], 1, used)
+        return {
+            "cluster": target.name, "namespace": planned.namespace, "name": planned.name,
+            "scope": planned.scope.cli_name, "broken": planned.broken,
+            "items": [{"name": i.name,
+                       "key": fingerprints[i.key_index] if i.key_index >= 0 else None,
+                       "sha256": hashlib.sha256(i.plaintext).hexdigest()}
+                      for i in planned.items],
+        }
