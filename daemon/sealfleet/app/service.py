@@ -97,6 +97,15 @@ def _backlog(fleet: Fleet) -> Callable[[], int | None]:
     return read
 
 
+async def _forget_unconfigured(store: Store, settings: Settings) -> None:
+    """Clusters dropped from the config while the daemon was down leave the report."""
+    configured = {c.name for c in settings.clusters}
+    for row in await store.list_clusters():
+        if not row.get("removed") and row["name"] not in configured:
+            await store.mark_cluster_removed(row["name"])
+            log.info("cluster_removed", cluster=row["name"], reason="not in config")
+
+
 class Service:
     """One daemon run.  Build it, then ``await service.run()``."""
 
@@ -155,6 +164,7 @@ class Service:
                     Store.open(settings.store.database, kek=kek))
                 self.migrations_applied = True
                 await store.set_fleet_master(list(settings.fleet.master_keys))
+                await _forget_unconfigured(store, settings)
                 executor = ThreadPoolExecutor(os.cpu_count() or 1, thread_name_prefix="rsa")
                 stack.callback(executor.shutdown, wait=True, cancel_futures=True)
                 fleet = self.fleet = self._fleet_factory(settings, store, executor)

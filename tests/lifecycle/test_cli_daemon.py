@@ -1,0 +1,173 @@
+"""`sealfleet run` as a real process (systemd notify socket, SIGTERM), and its clients
+`status` and `staleness --fail-on` reading the daemon's API through the config file."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from sealfleet.adapters.store import KeyEncryptionKey, Store, generate_kek_file
+from sealfleet.adapters.store.records import ItemFact, KeyHolding, KeyRecord, SealedSecretRecord
+from sealfleet.domain.keys import SealingKey
+from sealfleet.domain.scopes import Scope
+from sealfleet.domain.staleness import SecretState
+
+NOW = dt.datetime.now(dt.UTC)
+DAY = dt.timedelta(days=1)
+KUBECONFIG = """apiVersion: v1
+kind: Config
+clusters:
+- name: dead
+  cluster: {server: "https://127.0.0.1:1", insecure-skip-tls-verify: true}
+users:
+- name: u
+  user: {token: not-a-real-token}
+contexts:
+- name: dead
+  context: {cluster: dead, user: u}
+current-context: dead
+"""
+CONFIG = """
+[store]
+database = "inventory.db"
+kek_file = "kek"
+[api]
+socket = "api.sock"
+[fleet]
+backoff_initial = "1s"
+[logging]
+format = "json"
+[[clusters]]
+name = "alpha"
+kubeconfig = "kubeconfig"
+[[clusters]]
+name = "beta"
+kubeconfig = "kubeconfig"
+"""
+
+
+def sealfleet(*args: str, check: bool = False) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "sealfleet", *args], capture_output=True,
+                          text=True, timeout=60, check=check)
+
+
+async def populate(directory: Path, keys: list[SealingKey]) -> None:
+    kek = KeyEncryptionKey.from_file(directory / "kek")
+    old, new = keys[0].fingerprint, keys[1].fingerprint
+    async with Store.open(directory / "inventory.db", kek=kek) as store:
+        await store.upsert_keys([KeyRecord(old, NOW - 90 * DAY, NOW + 900 * DAY, "cluster"),
+                                 KeyRecord(new, NOW - DAY, NOW + 900 * DAY, "cluster")])
+        for cluster, sealing in (("alpha", new), ("beta", old)):
+            await store.upsert_cluster(cluster)
+            await store.record_cluster_status(cluster, reachable=True, last_scan_at=NOW,
+                                              sealing_key=sealing,
+                                              sealing_key_source="cert.pem")
+            await store.replace_cluster_keys(cluster, [KeyHolding(
+                sealing, "k", "active", "1", NOW, NOW)])
+        await store.upsert_sealed_secrets([SealedSecretRecord(
+            cluster="beta", namespace="apps", name="db", uid="u1", resource_version="1",
+            generation=1, scope=Scope.STRICT, ciphertext_fingerprint="c1",
+            items=(ItemFact("password", "h1", old),), state=SecretState.STALE, synced=True,
+            synced_message=None, observed_at=NOW)])
+
+
+def wait_for(notify: socket.socket, line: str, process: subprocess.Popen[str],
+             timeout: float = 40) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            stderr = process.stderr.read() if process.stderr else ""
+            pytest.fail(f"daemon exited {process.returncode}: {stderr}")
+        try:
+            if line in notify.recv(4096).decode().split("\n"):
+                return
+        except TimeoutError:
+            continue
+    pytest.fail(f"no {line} from the daemon within {timeout}s")
+
+
+@pytest.fixture
+def daemon(tmp_path: Path, rsa2048_keys: list[SealingKey],
+           ) -> Iterator[tuple[Path, subprocess.Popen[str], socket.socket]]:
+    generate_kek_file(tmp_path / "kek")
+    (tmp_path / "kubeconfig").write_text(KUBECONFIG)
+    config = tmp_path / "sealfleet.toml"
+    config.write_text(CONFIG)
+    asyncio.run(populate(tmp_path, rsa2048_keys))
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(str(tmp_path / "notify"))
+    notify.settimeout(0.5)
+    env = {**os.environ, "NOTIFY_SOCKET": str(tmp_path / "notify")}
+    process = subprocess.Popen([sys.executable, "-m", "sealfleet", "run", "-c", str(config)],
+                               env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True)
+    try:
+        wait_for(notify, "READY=1", process)
+        yield config, process, notify
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.communicate(timeout=10)
+        notify.close()
+
+
+@pytest.mark.slow
+def test_daemon_serves_clients_and_stops_on_sigterm(
+        daemon: tuple[Path, subprocess.Popen[str], socket.socket]) -> None:
+    config, process, notify = daemon
+    status = sealfleet("status", "-c", str(config))
+    assert status.returncode == 0, status.stderr
+    assert "alpha" in status.stdout
+    assert "beta" in status.stdout
+
+    stale = sealfleet("staleness", "-c", str(config), "--fail-on", "stale")
+    assert stale.returncode == 1
+    assert "found stale" in stale.stderr
+    fine = sealfleet("staleness", "-c", str(config), "--fail-on", "compromised,unknown")
+    assert fine.returncode == 0, fine.stderr
+    as_json = sealfleet("staleness", "-c", str(config), "-o", "json")
+    report = json.loads(as_json.stdout)
+    beta = next(c for c in report["clusters"] if c["name"] == "beta")
+    assert beta["sealing_key"]["stale"] is True
+    assert beta["sealed_secrets"]["stale"] == 1
+    assert {c["reachable"] for c in report["clusters"]} == {False}  # the kubeconfig is dead
+    bad = sealfleet("staleness", "-c", str(config), "--fail-on", "rotten")
+    assert bad.returncode == 2
+
+    process.send_signal(signal.SIGTERM)
+    wait_for(notify, "STOPPING=1", process)
+    assert process.wait(timeout=30) == 0
+    assert not (config.parent / "api.sock").exists()
+    out, _ = process.communicate()
+    events = [json.loads(line)["event"] for line in out.splitlines() if line.startswith("{")]
+    assert "service_ready" in events
+    assert events[-1] == "service_stopped"
+
+
+def test_run_with_a_bad_config_exits_2_with_one_line(tmp_path: Path) -> None:
+    config = tmp_path / "sealfleet.toml"
+    config.write_text('[[clusters]]\nname = "a"\n')
+    result = sealfleet("run", "-c", str(config))
+    assert result.returncode == 2
+    assert result.stderr.strip().count("\n") == 0
+    assert "clusters[0].kubeconfig: field required" in result.stderr
+
+
+def test_client_without_a_daemon_says_where_it_looked(tmp_path: Path) -> None:
+    config = tmp_path / "sealfleet.toml"
+    config.write_text('[api]\nsocket = "api.sock"\n')
+    result = sealfleet("status", "-c", str(config))
+    assert result.returncode == 1
+    assert "cannot reach the sealfleet daemon at unix:" in result.stderr
+    assert "Traceback" not in result.stderr
