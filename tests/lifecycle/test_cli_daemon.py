@@ -171,3 +171,25 @@ def test_client_without_a_daemon_says_where_it_looked(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert "cannot reach the sealfleet daemon at unix:" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.slow
+def test_demo_once_reports_the_seeded_truth(tmp_path: Path) -> None:
+    result = subprocess.run([sys.executable, "-m", "sealfleet", "demo", "--once", "--clusters",
+                             "2", "--state-dir", str(tmp_path), "-o", "json"],
+                            capture_output=True, text=True, timeout=120, check=False)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "Status page: http://127.0.0.1:" in result.stderr
+    report = json.loads(result.stdout)
+    seed = json.loads((tmp_path / "seed.json").read_text())
+    by_name = {c["name"]: c for c in report["clusters"]}
+    assert set(by_name) == set(seed["clusters"])
+    for name, truth in seed["clusters"].items():
+        cluster = by_name[name]
+        assert cluster["reachable"] is True
+        assert cluster["sealing_key"]["fingerprint"] == truth["sealing_key"]
+        mine = [s for s in seed["sealed_secrets"] if s["cluster"] == name]
+        stale = [s for s in mine if any(i["key"] != truth["sealing_key"] for i in s["items"])]
+        assert cluster["sealed_secrets"]["total"] == len(mine)
+        assert cluster["sealed_secrets"]["stale"] == len(stale)
+        assert cluster["sealed_secrets"]["current"] == len(mine) - len(stale)

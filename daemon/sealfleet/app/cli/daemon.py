@@ -56,6 +56,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     demo.add_argument("--clusters", type=int, default=3, help="emulated clusters (default 3)")
     demo.add_argument("--state-dir", type=Path, default=None,
                       help="where the sandbox writes its files (default: a temp dir)")
+    demo.add_argument("-o", "--output", choices=("table", "json"), default="table",
+                      help="how to print the report (json: addresses go to stderr)")
     demo.set_defaults(handler=_demo)
 
 
@@ -156,6 +158,8 @@ def render_table(report: dict[str, Any], *, file: Any = None) -> None:
     from rich.table import Table
 
     console = Console(file=file or sys.stdout, highlight=False)
+    if not console.is_terminal:  # piped or captured: no wrapping into a narrow default
+        console = Console(file=file or sys.stdout, highlight=False, width=160)
     period = report["policy"]["key_renew_period_seconds"]
     table = Table(title=f"sealfleet staleness (key renew period {_days(period)})",
                   title_justify="left")
@@ -180,7 +184,7 @@ def render_table(report: dict[str, Any], *, file: Any = None) -> None:
 
         fingerprint = sealing.get("fingerprint") or "-"
         table.add_row(
-            cluster["name"], reach, fingerprint[:19] + ("…" if len(fingerprint) > 19 else ""),
+            cluster["name"], reach, fingerprint[:15] + ("…" if len(fingerprint) > 15 else ""),
             _days(sealing.get("age_seconds")), key_state, drift_text, str(counts["total"]),
             cell("current", "green"), cell("stale", "yellow"), cell("compromised", "red"),
             cell("unknown", "magenta"), cell("failing", "red"))
@@ -212,21 +216,26 @@ def _demo(args: argparse.Namespace) -> int:
                 prefix="sealfleet-demo-")))
         state_dir.mkdir(parents=True, exist_ok=True)
         try:
-            return asyncio.run(_demo_async(state_dir, args.clusters, once=args.once))
+            return asyncio.run(_demo_async(state_dir, args.clusters, once=args.once,
+                                           output=args.output))
         except BaseExceptionGroup as group:
             raise _first_fleet_error(group) from None
 
 
-async def _demo_async(state_dir: Path, clusters: int, *, once: bool) -> int:
+async def _demo_async(state_dir: Path, clusters: int, *, once: bool, output: str) -> int:
     import importlib
 
     from sealfleet.app import service
 
     # Imported lazily and by name: only the demo needs the sandbox, never the daemon.
     sandbox_module = importlib.import_module("sealfleet.sandbox")
-    async with sandbox_module.Sandbox(state_dir, clusters=clusters) as sandbox:
-        config_path = Path(getattr(sandbox, "config_path", state_dir / "sealfleet.toml"))
-        settings = load_settings(config_path)
+    # Two keys per cluster (NotBefore 35 and 5 days ago): SealedSecrets sealed with the
+    # older one are stale.  2048-bit keys keep the demo's start-up quick.
+    seed = sandbox_module.SeedSpec(namespaces=3, sealed_secrets=20, keys=2, key_bits=2048)
+    info = sys.stderr if output == "json" else sys.stdout
+    print(f"Starting {clusters} emulated clusters in {state_dir} ...", file=info, flush=True)
+    async with sandbox_module.Sandbox(state_dir, clusters=clusters, seed=seed) as sandbox:
+        settings = load_settings(Path(sandbox.config))
         if settings.api.listen is None:
             # The status page needs a browser-reachable address: loopback, with a token.
             settings = settings.model_copy(update={"api": settings.api.model_copy(
@@ -244,15 +253,15 @@ async def _demo_async(state_dir: Path, clusters: int, *, once: bool) -> int:
                 for address in daemon.api.addresses:
                     if address.startswith("http"):
                         print(f"Status page: {address}  (read token: "
-                              f"{settings.api.read_token_file})")
+                              f"{settings.api.read_token_file})", file=info)
                     else:
-                        print(f"API socket:  {address}")
+                        print(f"API socket:  {address}", file=info)
             view = daemon.view
             if view is not None:
-                render_table((await view.current()).report)
+                _print_report((await view.rebuild()).report, output)
             if once:
                 return 0
-            print("Running; press Ctrl-C to stop.")
+            print("Running; press Ctrl-C to stop.", file=info, flush=True)
             await daemon.stop_requested.wait()
             return 0
         finally:
