@@ -24,9 +24,13 @@ from collections.abc import Iterable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
 
+import structlog
+
 from sealfleet.adapters.store import Store
 from sealfleet.domain.attribution import attribute_item
 from sealfleet.domain.keys import SealingKey
+
+log = structlog.get_logger(__name__)
 
 # SealedSecrets per executor job: big enough that scheduling is noise next to RSA,
 # small enough that twenty clusters share the threads fairly.
@@ -50,13 +54,20 @@ def keys_epoch(fingerprints: Iterable[str]) -> int:
 
 class Keyring:
     """Every private key the daemon knows, fleet-wide, the epoch of that set, and the
-    fingerprints marked compromised; workers subscribe to hear when either changes."""
+    fingerprints marked compromised; workers subscribe to hear when either changes.
+
+    A key may be known before it is loaded: the store holds it, and loading costs a
+    checked parse per key.  The epoch covers every known fingerprint; the RSA path calls
+    :meth:`materialize` first, so the keys tried are always the epoch's keys.
+    """
 
     def __init__(self) -> None:
         self._keys: dict[str, SealingKey] = {}
+        self._stored: set[str] = set()
         self.epoch = keys_epoch(())
         self.compromised: frozenset[str] = frozenset()
         self._subscribers: list[asyncio.Event] = []
+        self._lock = asyncio.Lock()
 
     def subscribe(self) -> asyncio.Event:
         """An event set whenever the key set or the compromised set changes."""
@@ -68,19 +79,48 @@ class Keyring:
         if event in self._subscribers:
             self._subscribers.remove(event)
 
-    def _notify(self) -> None:
+    def _changed(self) -> None:
+        self.epoch = keys_epoch(self.fingerprints())
         for event in self._subscribers:
             event.set()
 
+    def fingerprints(self) -> set[str]:
+        return set(self._keys) | self._stored
+
     def add(self, keys: Iterable[SealingKey]) -> list[SealingKey]:
-        """Add keys; returns those that were new (the epoch changes when any were)."""
-        new = [key for key in keys if key.fingerprint not in self._keys]
-        for key in new:
-            self._keys[key.fingerprint] = key
+        """Add loaded keys; returns those that were new (the epoch changes when any were)."""
+        known = self.fingerprints()
+        new = []
+        for key in keys:
+            if key.fingerprint not in self._keys:
+                self._keys[key.fingerprint] = key
+                if key.fingerprint not in known:
+                    new.append(key)
         if new:
-            self.epoch = keys_epoch(self._keys)
-            self._notify()
+            self._changed()
         return new
+
+    def offer_stored(self, fingerprints: Iterable[str]) -> bool:
+        """Fingerprints whose private keys the store holds (loaded on first need)."""
+        new = set(fingerprints) - self.fingerprints()
+        if not new:
+            return False
+        self._stored |= new
+        self._changed()
+        return True
+
+    async def materialize(self, store: Store) -> None:
+        """Load the stored keys not loaded yet (called before any RSA)."""
+        async with self._lock:
+            if not self._stored - set(self._keys):
+                return
+            for key in await store.load_private_keys():
+                self._keys.setdefault(key.fingerprint, key)
+            missing = self._stored - set(self._keys)
+            self._stored.clear()
+            if missing:
+                log.warning("stored_keys_missing", fingerprints=sorted(missing))
+                self._changed()
 
     def set_compromised(self, fingerprints: Iterable[str]) -> bool:
         """Replace the compromised set; True (and subscribers told) when it changed."""
@@ -88,19 +128,22 @@ class Keyring:
         if compromised == self.compromised:
             return False
         self.compromised = compromised
-        self._notify()
+        for event in self._subscribers:
+            event.set()
         return True
 
     def __contains__(self, fingerprint: object) -> bool:
-        return fingerprint in self._keys
+        return fingerprint in self._keys or fingerprint in self._stored
 
     def __len__(self) -> int:
-        return len(self._keys)
+        return len(self.fingerprints())
 
     def get(self, fingerprint: str) -> SealingKey | None:
+        """A loaded key (None when unknown or not loaded yet)."""
         return self._keys.get(fingerprint)
 
     def keys(self) -> list[SealingKey]:
+        """The loaded keys."""
         return list(self._keys.values())
 
 
@@ -186,6 +229,7 @@ class Attributor:
         todo = [group for group in todo if group]
         if not todo:
             return result
+        await self.keyring.materialize(self._store)
         computed = await self._run_rsa(todo, self.candidates(preferred))
         # The epoch of the keys actually tried, not whatever it is by now.
         await self._store.put_attributions(computed, known_keys_epoch=epoch)

@@ -46,7 +46,7 @@ from sealfleet.adapters.kube import controller
 from sealfleet.adapters.kube.client import Gone, KubeClient, NotFound
 from sealfleet.adapters.store import Store
 from sealfleet.adapters.store.records import ItemFact, KeyHolding, KeyMaterial, KeyRecord
-from sealfleet.app import inventory
+from sealfleet.app import inventory, key_secrets
 from sealfleet.app.attributing import Attributor, ItemRequest
 from sealfleet.domain import keys as domain_keys
 from sealfleet.domain.staleness import SecretState, classify
@@ -95,7 +95,7 @@ class ClusterWorker:
         self.inventory = inventory.ClusterInventory(self.name)
         self.sealing_key: str | None = None
         self.sealing_key_source: str | None = None
-        self._holdings: dict[str, tuple[KeyHolding, bool]] = {}  # secret name -> (holding, active)
+        self._holdings: dict[str, key_secrets.KeySecret] = {}  # by Secret name
         self._proxy: str | None = None
         self._controller_ok: bool | None = None
         self._keys_event = asyncio.Event()
@@ -236,47 +236,44 @@ class ClusterWorker:
 
     async def _observe_key_secrets(self, secrets: Iterable[dict[str, Any]],
                                    deleted: Iterable[str] = ()) -> None:
-        now = dt.datetime.now(dt.UTC)
+        """Record the key Secrets seen; parse (slowly) only keys new to the fleet."""
         for name in deleted:
             self._holdings.pop(name, None)
-        parsed: list[tuple[dict[str, Any], domain_keys.SealingKey]] = []
+        observed: list[key_secrets.KeySecret] = []
         for secret in secrets:
             try:
-                # PEM parsing of an RSA key checks it, which is slow: off the loop.
-                key = await asyncio.to_thread(domain_keys.key_from_secret, secret)
+                observed.append(key_secrets.read_key_secret(secret))
             except InputError as error:
                 log.warning("key_secret_unreadable", secret=_name(secret), error=str(error))
                 self._holdings.pop(_name(secret), None)
-                continue
-            parsed.append((secret, key))
-        records, materials = [], []
-        for secret, key in parsed:
-            metadata = secret.get("metadata") or {}
-            label = (metadata.get("labels") or {}).get(domain_keys.KEY_LABEL)
-            holding = KeyHolding(
-                fingerprint=key.fingerprint, secret_name=_name(secret), label_value=label,
-                resource_version=str(metadata.get("resourceVersion") or ""),
-                creation_timestamp=_timestamp(metadata.get("creationTimestamp")),
-                observed_at=now)
-            active = label == domain_keys.KEY_LABEL_ACTIVE or (
-                label is None and _name(secret) == domain_keys.DEFAULT_KEY_PREFIX)
-            self._holdings[holding.secret_name] = (holding, active)
-            state = "compromised" if label == domain_keys.KEY_LABEL_COMPROMISED else "active"
-            records.append(KeyRecord(
-                fingerprint=key.fingerprint, not_before=key.not_before,
-                not_after=key.not_after, source="cluster", state=state, has_private_key=True,
-                certificate_pem=key.certificate.pem.decode() or None))
-            if key.fingerprint not in self._keyring:
-                materials.append(KeyMaterial(key=key, source="cluster"))
-        if records:
-            await self._store.upsert_keys(records)
-        if materials:
-            await self._store.store_key_material(materials)
-        await self._store.replace_cluster_keys(
-            self.name, [holding for holding, _ in self._holdings.values()])
-        new = self._keyring.add(key for _, key in parsed)
-        if new:
-            log.info("keys_learned", fingerprints=[k.fingerprint for k in new])
+        for found in observed:
+            self._holdings[found.name] = found
+        if observed:
+            await self._store.upsert_keys([KeyRecord(
+                fingerprint=k.fingerprint, not_before=k.not_before, not_after=k.not_after,
+                source="cluster", state="compromised" if k.compromised else "active",
+                has_private_key=True,
+                certificate_pem=k.certificate.pem.decode() if k.certificate else None)
+                for k in observed])
+        loaded = []
+        for found in observed:
+            if found.fingerprint in self._keyring:
+                continue  # known already (loaded, offered or in the store): no parse
+            try:
+                loaded.append(await asyncio.to_thread(found.load))
+            except InputError as error:
+                log.warning("key_secret_unreadable", secret=found.name, error=str(error))
+        if loaded:
+            await self._store.store_key_material(
+                [KeyMaterial(key=key, source="cluster") for key in loaded])
+            new = self._keyring.add(loaded)
+            if new:
+                log.info("keys_learned", fingerprints=[k.fingerprint for k in new])
+        now = dt.datetime.now(dt.UTC)
+        await self._store.replace_cluster_keys(self.name, [KeyHolding(
+            fingerprint=k.fingerprint, secret_name=k.name, label_value=k.label,
+            resource_version=k.resource_version, creation_timestamp=k.creation_timestamp,
+            observed_at=now) for k in self._holdings.values()])
         self._on_change()
 
     async def _follow_keys(self, client: KubeClient, resource_version: str) -> None:
@@ -346,9 +343,11 @@ class ClusterWorker:
             self._on_change()
 
     def _newest_active_key(self) -> str | None:
-        keys = [self._keyring.get(holding.fingerprint)
-                for holding, active in self._holdings.values() if active]
-        newest = domain_keys.newest_key([k for k in keys if k is not None])
+        """The controller's ``mostRecentKey``: latest NotBefore, ties kept by first seen."""
+        newest: key_secrets.KeySecret | None = None
+        for held in self._holdings.values():
+            if held.active and (newest is None or held.not_before > newest.not_before):
+                newest = held
         return newest.fingerprint if newest else None
 
     async def _poll_controller(self, client: KubeClient) -> None:
@@ -566,11 +565,4 @@ def _name(obj: dict[str, Any]) -> str:
     return str((obj.get("metadata") or {}).get("name") or "")
 
 
-def _timestamp(value: Any) -> dt.datetime | None:
-    if not isinstance(value, str):
-        return None
-    try:
-        return dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None
 

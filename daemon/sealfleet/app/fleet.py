@@ -89,9 +89,10 @@ class FleetManager:
         self._reconcile.set()
 
     async def refresh_keys(self) -> None:
-        """Re-read the keystore: imported private keys and the compromised set."""
-        self.keyring.add(await self._store.load_private_keys())
+        """Re-read the keystore: which private keys it holds (loaded only when attribution
+        first needs them) and the compromised set."""
         records = await self._store.list_keys()
+        self.keyring.offer_stored(r.fingerprint for r in records if r.has_private_key)
         if self.keyring.set_compromised(r.fingerprint for r in records
                                         if r.state == "compromised"):
             self._bump_changes()

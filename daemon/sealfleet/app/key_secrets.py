@@ -1,0 +1,155 @@
+"""Reading a cluster's key Secrets cheaply: the fingerprint now, the private key on demand.
+
+Loading an RSA-4096 private key with cryptography costs about a quarter of a second,
+because OpenSSL checks the key.  A fleet of twenty clusters holds some eighty keys and
+every session relists them, so parsing them all eagerly would cost tens of CPU-seconds
+per pass, for nothing when the keys are already known.  The fingerprint only needs the
+public half, which sits in plain view at the start of the PEM (modulus and exponent),
+so we read those two integers from the DER ourselves; the full, checked parse happens
+only when a key is new to the fleet (to store it) or when attribution first needs it.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import datetime as dt
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from sealfleet.domain import keys as domain_keys
+from sealfleet.errors import InputError
+
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+
+
+@dataclass(frozen=True)
+class KeySecret:
+    """One key Secret as observed: its fingerprint and public facts, key unparsed."""
+
+    name: str
+    fingerprint: str
+    certificate: domain_keys.Certificate | None
+    label: str | None
+    resource_version: str
+    creation_timestamp: dt.datetime | None
+    secret: Mapping[str, Any]  # kept only to parse the private key on demand
+
+    @property
+    def active(self) -> bool:
+        """Loaded by the controller: label ``active``, or the legacy name without label."""
+        return self.label == domain_keys.KEY_LABEL_ACTIVE or (
+            self.label is None and self.name == domain_keys.DEFAULT_KEY_PREFIX)
+
+    @property
+    def compromised(self) -> bool:
+        return self.label == domain_keys.KEY_LABEL_COMPROMISED
+
+    @property
+    def not_before(self) -> dt.datetime:
+        return self.certificate.not_before if self.certificate else _EPOCH
+
+    @property
+    def not_after(self) -> dt.datetime:
+        return self.certificate.not_after if self.certificate else \
+            _EPOCH + domain_keys.DEFAULT_KEY_TTL
+
+    def load(self) -> domain_keys.SealingKey:
+        """The full, checked private key (slow: run it off the event loop)."""
+        return domain_keys.key_from_secret(self.secret)
+
+
+def read_key_secret(secret: Mapping[str, Any]) -> KeySecret:
+    """Fingerprint and certificate of a key Secret; InputError names what is wrong."""
+    metadata = secret.get("metadata") or {}
+    data = secret.get("data") or {}
+    if not isinstance(metadata, Mapping) or not isinstance(data, Mapping):
+        raise InputError("metadata and data must be mappings")
+    if not data.get("tls.key"):
+        raise InputError("Secret has no data['tls.key']")
+    try:
+        pem = base64.b64decode(str(data["tls.key"]), validate=True)
+    except (binascii.Error, ValueError):
+        raise InputError("data['tls.key'] is not valid base64") from None
+    public_key = public_key_of_private_pem(pem)
+    certificate = None
+    if data.get("tls.crt"):
+        try:
+            certificate = domain_keys.load_certificate(
+                base64.b64decode(str(data["tls.crt"]), validate=True))
+        except (binascii.Error, ValueError):
+            raise InputError("data['tls.crt'] is not valid base64") from None
+    labels = metadata.get("labels") or {}
+    created = metadata.get("creationTimestamp")
+    return KeySecret(
+        name=str(metadata.get("name") or ""),
+        fingerprint=domain_keys.fingerprint(public_key),
+        certificate=certificate,
+        label=labels.get(domain_keys.KEY_LABEL) if isinstance(labels, Mapping) else None,
+        resource_version=str(metadata.get("resourceVersion") or ""),
+        creation_timestamp=_timestamp(created),
+        secret=secret)
+
+
+def public_key_of_private_pem(pem: bytes) -> rsa.RSAPublicKey:
+    """The public half of a PKCS#1 or PKCS#8 RSA private key PEM, without checking it."""
+    try:
+        text = pem.decode("ascii")
+        body = "".join(line for line in text.strip().splitlines()
+                       if line and not line.startswith("-----"))
+        der = base64.b64decode(body, validate=True)
+        modulus, exponent = _rsa_public_numbers(der)
+        return rsa.RSAPublicNumbers(exponent, modulus).public_key()
+    except (UnicodeDecodeError, binascii.Error, ValueError, IndexError):
+        raise InputError("data['tls.key'] is not a PEM RSA private key") from None
+
+
+def _rsa_public_numbers(der: bytes) -> tuple[int, int]:
+    """(n, e) from RSAPrivateKey (PKCS#1) or PrivateKeyInfo (PKCS#8) DER."""
+    tag, start, _ = _tlv(der, 0)
+    if tag != 0x30:
+        raise ValueError("not a DER sequence")
+    tag, _, v_end = _tlv(der, start)          # version INTEGER
+    if tag != 0x02:
+        raise ValueError("no version")
+    tag, next_start, next_end = _tlv(der, v_end)
+    if tag == 0x30:                                  # PKCS#8: AlgorithmIdentifier, key
+        tag, inner_start, inner_end = _tlv(der, next_end)
+        if tag != 0x04:
+            raise ValueError("no private key octet string")
+        return _rsa_public_numbers(der[inner_start:inner_end])
+    if tag != 0x02:
+        raise ValueError("no modulus")
+    modulus = int.from_bytes(der[next_start:next_end], "big")
+    tag, e_start, e_end = _tlv(der, next_end)
+    if tag != 0x02:
+        raise ValueError("no exponent")
+    return modulus, int.from_bytes(der[e_start:e_end], "big")
+
+
+def _tlv(der: bytes, pos: int) -> tuple[int, int, int]:
+    """(tag, content start, content end) of the DER element at *pos*."""
+    tag = der[pos]
+    length = der[pos + 1]
+    pos += 2
+    if length & 0x80:
+        count = length & 0x7F
+        if not 1 <= count <= 4:
+            raise ValueError("bad DER length")
+        length = int.from_bytes(der[pos:pos + count], "big")
+        pos += count
+    if pos + length > len(der):
+        raise ValueError("truncated DER")
+    return tag, pos, pos + length
+
+
+def _timestamp(value: Any) -> dt.datetime | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        return dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
