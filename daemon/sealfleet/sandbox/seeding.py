@@ -47,6 +47,7 @@ SEALED = "sealedsecrets.bitnami.com"
 KEY_AGE_STEP_DAYS = 30
 NEWEST_KEY_AGE_DAYS = 5
 CHUNK_SECRETS = 400
+SMALL_SEED_ITEMS = 3000
 _WORDS = ("payments", "billing", "checkout", "search", "ledger", "identity", "mailer",
           "catalog", "reports", "gateway", "orders", "storage", "metrics", "notify",
           "profile", "pricing", "auth", "backup", "ingest", "scheduler")
@@ -165,7 +166,7 @@ class Seeder:
 
     def __init__(self, spec: SeedSpec, *, processes: int | None = None) -> None:
         self.spec = spec
-        self._processes = processes or os.cpu_count() or 2
+        self._processes = (os.cpu_count() or 2) if processes is None else processes
         self._now = dt.datetime.now(dt.UTC).replace(microsecond=0)
 
     async def seed(self, targets: Sequence[SeedTarget]) -> dict[str, Any]:
@@ -173,10 +174,9 @@ class Seeder:
         rng = random.Random(spec.seed)
         plans = {target.name: plan_cluster(spec, rng) for target in targets}
         loop = asyncio.get_running_loop()
-        context = multiprocessing.get_context("spawn")
-        with ThreadPoolExecutor(max_workers=self._processes,
+        with ThreadPoolExecutor(max_workers=max(self._processes, 1),
                                 thread_name_prefix="seed-keygen") as key_pool, \
-                ProcessPoolExecutor(max_workers=self._processes, mp_context=context) as pool:
+                self._encryption_pool(len(targets)) as pool:
             key_futures = self._key_futures(loop, key_pool, [t.name for t in targets])
             foreign = (loop.run_in_executor(key_pool, self._generate, 0)
                        if spec.malformed else None)
@@ -188,6 +188,15 @@ class Seeder:
                 "spec": dataclasses.asdict(spec),
                 "clusters": {t.name: r[0] for t, r in zip(targets, records, strict=True)},
                 "sealed_secrets": [entry for r in records for entry in r[1]]}
+
+    def _encryption_pool(self, clusters: int) -> Executor:
+        """Worker processes (spawned: safe beside threads), or one thread for small seeds,
+        where starting interpreters would cost more than the encryption."""
+        items = clusters * (self.spec.sealed_secrets + self.spec.malformed) * 3
+        if self._processes == 0 or items < SMALL_SEED_ITEMS:
+            return ThreadPoolExecutor(max_workers=1, thread_name_prefix="seed-encrypt")
+        return ProcessPoolExecutor(max_workers=self._processes,
+                                   mp_context=multiprocessing.get_context("spawn"))
 
     def _generate(self, age_days: int) -> keys_domain.SealingKey:
         return keys_domain.generate_sealing_key(
