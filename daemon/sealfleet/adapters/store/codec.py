@@ -2,9 +2,8 @@
 
 Times are stored as ISO 8601 UTC text with a fixed width (microseconds always
 present), so SQL text comparison is time comparison.  A SealedSecret's items are one
-compact JSON column ``[[item, item_hash, fingerprint-or-null], ...]``: one value to
-write per row instead of one row per item, and still readable by SQLite's JSON
-functions (the triggers that maintain the by-key link table use them).
+compact text column plus the distinct keys that sealed them (layout documented in
+migration 0001): one row write per SealedSecret instead of one per item.
 """
 
 from __future__ import annotations
@@ -43,13 +42,67 @@ def now() -> str:
     return timestamp(dt.datetime.now(dt.UTC))
 
 
-def encode_items(items: Sequence[ItemFact]) -> str:
-    return _json_compact([[i.item, i.item_hash, i.fingerprint] for i in items])
+def encode_items(items: Sequence[ItemFact]) -> tuple[str, str, int]:
+    """(items column, keys column, key_items) for one SealedSecret; see migration 0001.
+
+    Hot path of every upsert (100k rows per full scan), hence plain string building
+    rather than ``json.dumps`` (about seven times slower here), and a fast path for
+    the usual case of every item sealed by the same key.
+    """
+    if not items:
+        return "", "", 0
+    first = items[0].fingerprint
+    lines = []
+    for fact in items:
+        if fact.fingerprint != first or first is None:
+            text, keys, attributed = _encode_items_general(items)
+            break
+        lines.append(f"{fact.item}\t{fact.item_hash}\t0")
+    else:
+        text, keys, attributed = "\n".join(lines), first or "", len(items)
+    # Item names are Secret data keys ([-._a-zA-Z0-9]+); anything else that could make
+    # the text ambiguous (a tab, a newline, a leading "[") is stored as JSON instead.
+    if (text[0] == "[" or text.count("\t") != 2 * len(items)
+            or text.count("\n") != len(items) - 1):
+        return _encode_items_json(items)
+    return text, keys, attributed
 
 
-def decode_items(text: str) -> tuple[ItemFact, ...]:
-    return tuple(ItemFact(item, item_hash, fingerprint)
-                 for item, item_hash, fingerprint in _json_decode(text))
+def _encode_items_general(items: Sequence[ItemFact]) -> tuple[str, str, int]:
+    """Items sealed by several keys, or that no known key opens."""
+    keys: list[str] = []
+    lines = []
+    attributed = 0
+    for fact in items:
+        fingerprint = fact.fingerprint
+        if fingerprint is None:
+            lines.append(f"{fact.item}\t{fact.item_hash}\t-")
+            continue
+        attributed += 1
+        if fingerprint not in keys:
+            keys.append(fingerprint)
+        lines.append(f"{fact.item}\t{fact.item_hash}\t{keys.index(fingerprint)}")
+    return "\n".join(lines), " ".join(keys), attributed
+
+
+def _encode_items_json(items: Sequence[ItemFact]) -> tuple[str, str, int]:
+    keys = list(dict.fromkeys(i.fingerprint for i in items if i.fingerprint is not None))
+    return (_json_compact([[i.item, i.item_hash, i.fingerprint] for i in items]),
+            " ".join(keys), sum(1 for i in items if i.fingerprint is not None))
+
+
+def decode_items(text: str, keys: str) -> tuple[ItemFact, ...]:
+    if text.startswith("["):
+        return tuple(ItemFact(item, item_hash, fingerprint)
+                     for item, item_hash, fingerprint in _json_decode(text))
+    if not text:
+        return ()
+    fingerprints = keys.split(" ")
+    facts = []
+    for line in text.split("\n"):
+        name, item_hash, index = line.split("\t")
+        facts.append(ItemFact(name, item_hash, None if index == "-" else fingerprints[int(index)]))
+    return tuple(facts)
 
 
 def encode_json(value: Any) -> str:
@@ -66,7 +119,8 @@ def decode_json(text: str) -> Any:
 # Column order shared by the upsert statement and sealed_secret_row().
 SEALED_SECRET_COLUMNS = (
     "cluster", "namespace", "name", "uid", "resource_version", "generation", "scope",
-    "item_count", "ciphertext_fingerprint", "items", "state", "synced", "synced_message",
+    "item_count", "ciphertext_fingerprint", "items", "keys", "key_items", "state", "synced",
+    "synced_message",
     "malformed_reason", "last_seen",
 )
 
@@ -80,8 +134,9 @@ def sealed_secret_rows(records: Sequence[SealedSecretRecord]) -> list[tuple[Any,
     for r in records:
         if r.observed_at is not last_time:
             last_time, last_text = r.observed_at, timestamp(r.observed_at)
+        items, keys, key_items = encode_items(r.items)
         append((r.cluster, r.namespace, r.name, r.uid, r.resource_version, r.generation,
-                int(r.scope), len(r.items), r.ciphertext_fingerprint, encode_items(r.items),
+                int(r.scope), len(r.items), r.ciphertext_fingerprint, items, keys, key_items,
                 str(r.state), None if r.synced is None else int(r.synced), r.synced_message,
                 r.malformed_reason, last_text))
     return rows
@@ -89,18 +144,18 @@ def sealed_secret_rows(records: Sequence[SealedSecretRecord]) -> list[tuple[Any,
 
 SEALED_SECRET_SELECT = (
     "SELECT cluster, namespace, name, uid, resource_version, generation, scope, "  # noqa: S105
-    "ciphertext_fingerprint, items, state, synced, synced_message, last_seen, "
+    "ciphertext_fingerprint, items, keys, state, synced, synced_message, last_seen, "
     "malformed_reason FROM sealed_secrets"
 )
 
 
 def sealed_secret_record(row: Sequence[Any]) -> SealedSecretRecord:
     (cluster, namespace, name, uid, resource_version, generation, scope, fingerprint,
-     items, state, synced, synced_message, last_seen, malformed_reason) = row
+     items, keys, state, synced, synced_message, last_seen, malformed_reason) = row
     return SealedSecretRecord(
         cluster=cluster, namespace=namespace, name=name, uid=uid,
         resource_version=resource_version, generation=generation, scope=Scope(scope),
-        ciphertext_fingerprint=fingerprint, items=decode_items(items),
+        ciphertext_fingerprint=fingerprint, items=decode_items(items, keys),
         state=SecretState(state), synced=None if synced is None else bool(synced),
         synced_message=synced_message, observed_at=dt.datetime.fromisoformat(last_seen),
         malformed_reason=malformed_reason)

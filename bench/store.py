@@ -1,0 +1,169 @@
+"""Benchmark: the inventory store at fleet scale (100 clusters x 1,000 SealedSecrets).
+
+Run: ``python bench/store.py [--secrets 100000] [--clusters 100] [--batch 500]``
+
+Prints rows/s for sealfleet's ``Store.upsert_sealed_secrets`` (through the async
+API, batches as the cluster workers send them), beside a raw ``sqlite3`` executemany
+of the same rows into a table with the same columns and unique key, measured in the
+same run, with the ratio.  Then the main read queries the API runs.  Target: the
+upsert reaches >= 100k rows/s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import dataclasses
+import datetime as dt
+import hashlib
+import random
+import sqlite3
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from sealfleet.adapters.store import Store, codec
+from sealfleet.adapters.store.records import ItemFact, SealedSecretRecord
+from sealfleet.domain.scopes import Scope
+from sealfleet.domain.staleness import SecretState
+
+ITEM_NAMES = ("username", "password", "token", "api-key", "ca.crt", "tls.key", "url")
+
+
+def fake_fingerprint(seed: str) -> str:
+    digest = hashlib.sha256(seed.encode()).digest()
+    return "SHA256:" + base64.b64encode(digest).decode().rstrip("=")
+
+
+def make_records(secrets: int, clusters: int, seed: int = 7) -> list[SealedSecretRecord]:
+    rng = random.Random(seed)
+    now = dt.datetime.now(dt.UTC)
+    per_cluster = secrets // clusters
+    records = []
+    for c in range(clusters):
+        cluster = f"cluster-{c:03d}"
+        keys = [fake_fingerprint(f"{cluster}-{k}") for k in range(3)]  # 2 old, 1 current
+        # In (namespace, name) order, as the apiserver lists them (etcd key order).
+        for i in range(per_cluster):
+            namespace = f"team-{i * 40 // per_cluster:02d}"
+            key = keys[2] if rng.random() < 0.7 else rng.choice(keys[:2])
+            items = tuple(
+                ItemFact(name, hashlib.sha256(f"{cluster}/{i}/{name}".encode()).hexdigest(),
+                         key if rng.random() > 0.01 else None)
+                for name in rng.sample(ITEM_NAMES, rng.choice((2, 3, 3, 4))))
+            state = (SecretState.UNKNOWN if any(it.fingerprint is None for it in items)
+                     else SecretState.CURRENT if key == keys[2] else SecretState.STALE)
+            records.append(SealedSecretRecord(
+                cluster=cluster, namespace=namespace, name=f"app-{i:05d}",
+                uid=f"{c:08x}-0000-4000-8000-{i:012x}", resource_version=str(1000 + i),
+                generation=1, scope=Scope.STRICT,
+                ciphertext_fingerprint=hashlib.sha256(f"{cluster}{i}".encode()).hexdigest(),
+                items=items, state=state, synced=True, synced_message=None, observed_at=now))
+    return records
+
+
+def raw_baseline(path: Path, rows: list[tuple[Any, ...]], batch: int) -> float:
+    """Plain executemany of the same rows, same columns and unique key, one tx per batch."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute("PRAGMA synchronous = NORMAL")
+    columns = codec.SEALED_SECRET_COLUMNS
+    conn.execute(f"CREATE TABLE t (id INTEGER PRIMARY KEY, {', '.join(columns)}, "
+                 "UNIQUE (cluster, namespace, name))")
+    sql = f"INSERT INTO t ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})"  # noqa: S608
+    start = time.perf_counter()
+    for offset in range(0, len(rows), batch):
+        conn.execute("BEGIN IMMEDIATE")
+        conn.executemany(sql, rows[offset:offset + batch])
+        conn.execute("COMMIT")
+    elapsed = time.perf_counter() - start
+    conn.close()
+    return elapsed
+
+
+async def timed_upsert(store: Store, records: list[SealedSecretRecord], batch: int) -> float:
+    start = time.perf_counter()
+    for offset in range(0, len(records), batch):
+        await store.upsert_sealed_secrets(records[offset:offset + batch])
+    return time.perf_counter() - start
+
+
+async def query_ms(fn: Callable[[], Awaitable[Any]], repeat: int = 20) -> tuple[float, float]:
+    await fn()  # warm the page cache and the reader threads
+    samples = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        await fn()
+        samples.append((time.perf_counter() - start) * 1000)
+    return statistics.median(samples), max(samples)
+
+
+async def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--secrets", type=int, default=100_000)
+    parser.add_argument("--clusters", type=int, default=100)
+    parser.add_argument("--batch", type=int, default=500)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+
+    records = make_records(args.secrets, args.clusters)
+    items = sum(len(r.items) for r in records)
+    print(f"{len(records):,} SealedSecrets, {items:,} items, {args.clusters} clusters, "
+          f"batches of {args.batch}; SQLite {sqlite3.sqlite_version}")
+    changed = [dataclasses.replace(r, resource_version="9" + r.resource_version,
+                                   items=r.items[::-1]) for r in records]
+    rows = codec.sealed_secret_rows(records)
+    # The machine is shared: alternate baseline and sealfleet, keep each one's best round.
+    best: dict[str, float] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for round_ in range(args.rounds):
+            timings = {"baseline": raw_baseline(Path(tmp) / f"raw{round_}.db", rows, args.batch)}
+            async with Store.open(Path(tmp) / f"inventory{round_}.db") as store:
+                timings["insert (first scan)"] = await timed_upsert(store, records, args.batch)
+                timings["re-upsert unchanged (rescan)"] = await timed_upsert(store, records,
+                                                                             args.batch)
+                timings["update with changed items"] = await timed_upsert(store, changed,
+                                                                          args.batch)
+            for label, seconds in timings.items():
+                best[label] = max(best.get(label, 0.0), len(records) / seconds)
+        base_rate = best.pop("baseline")
+        print(f"\nupsert through Store, rows/s, best of {args.rounds} "
+              f"(raw sqlite3 executemany baseline {base_rate:,.0f} rows/s)")
+        for label, rate in best.items():
+            print(f"  {label:<30} {rate:>10,.0f} rows/s  ratio {rate / base_rate:5.2f}")
+        status = "OK" if best["insert (first scan)"] >= 100_000 else "BELOW TARGET"
+        print(f"  target >= 100,000 rows/s for the insert: {status}")
+
+        async with Store.open(Path(tmp) / f"inventory{args.rounds - 1}.db") as store:
+            some_key = records[0].items[0].fingerprint or ""
+            _, cursor = await store.list_sealed_secrets(limit=100)
+            queries: list[tuple[str, Callable[[], Awaitable[Any]]]] = [
+                ("state_counts (all clusters)", store.state_counts),
+                ("list_clusters", store.list_clusters),
+                ("key_usage (all keys)", store.key_usage),
+                ("list_keys", store.list_keys),
+                ("sealed-secrets page 1 (100)", lambda: store.list_sealed_secrets(limit=100)),
+                ("sealed-secrets page 2 (cursor)",
+                 lambda: store.list_sealed_secrets(limit=100, cursor=cursor)),
+                ("page, cluster filter", lambda: store.list_sealed_secrets(
+                    cluster="cluster-050", limit=100)),
+                ("page, state=stale", lambda: store.list_sealed_secrets(
+                    state=SecretState.STALE, limit=100)),
+                ("secrets using one key", lambda: store.sealed_secrets_using_key(some_key)),
+                ("sealed_secrets_of_cluster", lambda: store.sealed_secrets_of_cluster(
+                    "cluster-050")),
+            ]
+            print("\nreads, ms (median / max of 20)")
+            for label, fn in queries:
+                median, worst = await query_ms(fn)
+                print(f"  {label:<32} {median:8.2f} / {worst:8.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(asyncio.run(main()))
