@@ -23,8 +23,10 @@ def locate_shared_dir() -> Path:
     Missing reference data is a failure, not a skip: the compatibility tests are the
     point of the suite.
     """
-    candidates = [Path(os.environ[SHARED_ENV])] if os.environ.get(SHARED_ENV) else []
-    candidates += [REPO_ROOT / ".." / "shared", REPO_ROOT / "shared"]
+    override = os.environ.get(SHARED_ENV)
+    # An explicit override is the only place looked at: a typo must not pass silently.
+    candidates = ([Path(override)] if override
+                  else [REPO_ROOT / ".." / "shared", REPO_ROOT / "shared"])
     for candidate in candidates:
         if (candidate / "vectors").is_dir():
             return candidate.resolve()
