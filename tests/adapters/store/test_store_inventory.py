@@ -1,0 +1,249 @@
+"""Clusters, SealedSecrets, attribution cache, watch positions and the audit log."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import sqlite3
+from pathlib import Path
+
+import pytest
+from store_builders import T0, sealed
+
+from sealfleet.adapters.store import Store
+from sealfleet.adapters.store.records import ItemFact, KeyHolding
+from sealfleet.domain.staleness import SecretState
+from sealfleet.errors import InputError, StoreError
+
+S = SecretState
+
+
+async def test_clusters_status_and_removal(store: Store) -> None:
+    await store.upsert_cluster("b", server="https://b:6443")
+    await store.upsert_cluster("a", server="https://a:6443", controller_namespace="sealed",
+                               controller_name="ctl")
+    await store.record_cluster_status("a", reachable=False, last_error="connection refused",
+                                      last_scan_at=T0, scan_duration_ms=1234,
+                                      sealing_key="K2", sealing_key_source="newest-active")
+    await store.mark_cluster_removed("b")
+    clusters = await store.list_clusters()
+    assert [c["name"] for c in clusters] == ["a", "b"]
+    a, b = clusters
+    assert (a["server"], a["controller_namespace"], a["controller_name"]) == (
+        "https://a:6443", "sealed", "ctl")
+    assert (a["reachable"], a["last_error"], a["last_scan_at"], a["scan_duration_ms"]) == (
+        False, "connection refused", T0, 1234)
+    assert (a["sealing_key"], a["sealing_key_source"], a["removed"]) == (
+        "K2", "newest-active", False)
+    assert b["removed"] is True
+    assert b["reachable"] is None
+    # Recovery clears the error but keeps what it does not report; re-adding un-removes.
+    await store.record_cluster_status("a", reachable=True)
+    await store.upsert_cluster("b", server="https://b:6443")
+    a, b = await store.list_clusters()
+    assert (a["reachable"], a["last_error"], a["sealing_key"]) == (True, None, "K2")
+    assert b["removed"] is False
+
+
+async def test_upsert_round_trips_records(store: Store) -> None:
+    record = sealed("c1", "ns", "db", ["K1", None, "K2"], state=S.UNKNOWN, synced=None)
+    await store.upsert_sealed_secrets([record])
+    assert await store.sealed_secrets_of_cluster("c1") == [record]
+    # Unusual item names (tabs, a leading bracket) survive too.
+    odd = sealed("c1", "ns", "odd", ["K1", "K1"], item_names=["[x", "tab\there\n"])
+    await store.upsert_sealed_secrets([odd])
+    assert (await store.sealed_secrets_of_cluster("c1"))[1] == odd
+
+
+async def test_upsert_updates_in_place_and_tracks_first_seen(store: Store, db_path: Path) -> None:
+    later = T0 + dt.timedelta(hours=1)
+    await store.upsert_sealed_secrets([sealed("c1", "ns", "a"), sealed("c1", "ns", "b")])
+    await store.upsert_sealed_secrets([
+        sealed("c1", "ns", "a", ["K2"], state=S.STALE, observed_at=later, rv="2"),
+        sealed("c1", "ns", "b", observed_at=later, uid="recreated"),
+    ])
+    records = await store.sealed_secrets_of_cluster("c1")
+    assert [(r.name, r.resource_version, r.state, r.items[0].fingerprint) for r in records] == [
+        ("a", "2", S.STALE, "K2"), ("b", "1", S.CURRENT, "K1")]
+    conn = sqlite3.connect(db_path)
+    seen = {name: (first, last) for name, first, last in conn.execute(
+        "SELECT name, first_seen, last_seen FROM sealed_secrets")}
+    conn.close()
+    # Same uid: first seen at T0.  A new uid under the old name is a new object.
+    assert dt.datetime.fromisoformat(seen["a"][0]) == T0
+    assert dt.datetime.fromisoformat(seen["b"][0]) == later
+    assert dt.datetime.fromisoformat(seen["a"][1]) == later
+
+
+async def test_delete_and_delete_not_seen_since(store: Store) -> None:
+    later = T0 + dt.timedelta(minutes=5)
+    await store.upsert_sealed_secrets([sealed("c1", "ns", n) for n in "abcd"]
+                                      + [sealed("c2", "ns", "a")])
+    await store.delete_sealed_secrets("c1", [("ns", "a"), ("ns", "missing")])
+    # A relist at `later` saw only c and d.
+    await store.upsert_sealed_secrets([sealed("c1", "ns", n, observed_at=later) for n in "cd"])
+    assert await store.delete_sealed_secrets_not_seen_since("c1", later) == 1
+    assert [r.name for r in await store.sealed_secrets_of_cluster("c1")] == ["c", "d"]
+    assert [r.name for r in await store.sealed_secrets_of_cluster("c2")] == ["a"]
+
+
+async def test_state_counts_and_update_states(store: Store) -> None:
+    await store.upsert_sealed_secrets([
+        sealed("c1", "ns", "a"), sealed("c1", "ns", "b", ["K0"], state=S.STALE),
+        sealed("c1", "ns", "c", [None], state=S.UNKNOWN), sealed("c2", "x", "a"),
+    ])
+    assert await store.state_counts() == {
+        "c1": {S.CURRENT: 1, S.STALE: 1, S.UNKNOWN: 1}, "c2": {S.CURRENT: 1}}
+    await store.update_states("c1", [("ns", "a", S.COMPROMISED), ("ns", "b", S.STALE)])
+    assert (await store.state_counts())["c1"] == {S.COMPROMISED: 1, S.STALE: 1, S.UNKNOWN: 1}
+
+
+async def test_keyset_pagination_walks_everything_once_in_order(store: Store) -> None:
+    records = [sealed(c, ns, f"s{i}", state=S.STALE if i % 3 else S.CURRENT)
+               for c in ("c2", "c1") for ns in ("b", "a") for i in range(7)]
+    await store.upsert_sealed_secrets(records)
+    expected = sorted((r.cluster, r.namespace, r.name) for r in records)
+
+    async def walk(**filters: object) -> list[tuple[str, str, str]]:
+        seen: list[tuple[str, str, str]] = []
+        cursor = None
+        while True:
+            page, cursor = await store.list_sealed_secrets(limit=4, cursor=cursor,
+                                                           **filters)  # type: ignore[arg-type]
+            assert len(page) <= 4
+            seen += [(r.cluster, r.namespace, r.name) for r in page]
+            if cursor is None:
+                return seen
+
+    assert await walk() == expected
+    assert await walk(cluster="c1") == [e for e in expected if e[0] == "c1"]
+    assert await walk(cluster="c2", namespace="a") == [e for e in expected if e[:2] == ("c2", "a")]
+    stale = {(r.cluster, r.namespace, r.name) for r in records if r.state is S.STALE}
+    assert await walk(state="stale") == sorted(stale)
+    assert await walk(state=S.STALE, cluster="c1") == sorted(e for e in stale if e[0] == "c1")
+    page, cursor = await store.list_sealed_secrets(limit=len(records))
+    assert len(page) == len(records)
+    assert cursor is None
+
+
+@pytest.mark.parametrize("bad", [{"cursor": "not-a-cursor"}, {"cursor": "WzFd"},
+                                 {"state": "bogus"}, {"limit": 0}])
+async def test_bad_listing_parameters_are_input_errors(store: Store,
+                                                       bad: dict[str, object]) -> None:
+    with pytest.raises(InputError):
+        await store.list_sealed_secrets(**bad)  # type: ignore[arg-type]
+
+
+async def test_key_usage_counts_items_secrets_and_holding_clusters(store: Store) -> None:
+    await store.replace_cluster_keys("c1", [
+        KeyHolding("K1", "sealed-secrets-keyabc", "active", "10", T0, T0),
+        KeyHolding("K2", "sealed-secrets-keydef", "compromised", "11", None, T0)])
+    await store.replace_cluster_keys("c2", [KeyHolding("K1", "legacy", None, "3", None, T0)])
+    await store.upsert_sealed_secrets([
+        sealed("c1", "ns", "one", ["K1", "K1", "K1"]),
+        sealed("c1", "ns", "mixed", ["K1", "K2", None], state=S.UNKNOWN),
+        sealed("c2", "ns", "two", ["K2", "K2"], state=S.STALE),
+        sealed("c2", "ns", "none", [None], state=S.UNKNOWN),
+    ])
+    usage = await store.key_usage()
+    assert usage == {
+        "K1": {"clusters": ["c1", "c2"], "items": 4, "sealed_secrets": 2},
+        "K2": {"clusters": ["c1"], "items": 3, "sealed_secrets": 2},
+    }
+    assert await store.sealed_secrets_using_key("K2") == [("c1", "ns", "mixed"),
+                                                          ("c2", "ns", "two")]
+    assert await store.sealed_secrets_using_key("K2", cluster="c2") == [("c2", "ns", "two")]
+    # Items change: usage follows.
+    await store.upsert_sealed_secrets([sealed("c1", "ns", "mixed", ["K1", "K1", "K1"], rv="2")])
+    await store.delete_sealed_secrets("c2", [("ns", "two")])
+    usage = await store.key_usage()
+    assert (usage["K1"]["items"], usage["K2"]["items"]) == (6, 0)
+    assert await store.sealed_secrets_using_key("K2") == []
+    holdings = await store.cluster_key_holdings("c1")
+    assert [(h.fingerprint, h.secret_name, h.label_value) for h in holdings] == [
+        ("K1", "sealed-secrets-keyabc", "active"), ("K2", "sealed-secrets-keydef", "compromised")]
+    await store.replace_cluster_keys("c1", [])
+    assert await store.cluster_key_holdings("c1") == []
+
+
+async def test_attribution_cache_retries_unknown_under_a_new_epoch(store: Store) -> None:
+    await store.put_attributions([("h1", "K1"), ("h2", None)], known_keys_epoch=1)
+    assert await store.get_attributions(["h1", "h2", "h3"]) == {"h1": "K1", "h2": None}
+    assert await store.get_attributions(["h1", "h2"], known_keys_epoch=1) == {
+        "h1": "K1", "h2": None}
+    # New keys arrived: the cached "unknown" is no longer trusted, a known key still is.
+    assert await store.get_attributions(["h1", "h2"], known_keys_epoch=2) == {"h1": "K1"}
+    await store.put_attributions([("h2", "K9")], known_keys_epoch=2)
+    many = [f"x{i}" for i in range(2500)]  # more than one IN (...) chunk
+    await store.put_attributions([(h, "K1") for h in many], known_keys_epoch=2)
+    assert await store.get_attributions(["h2", *many], known_keys_epoch=2) == {
+        "h2": "K9", **dict.fromkeys(many, "K1")}
+
+
+async def test_watch_resource_versions(store: Store) -> None:
+    assert await store.get_watch_resource_version("c1", "sealedsecrets.bitnami.com") is None
+    await store.set_watch_resource_version("c1", "sealedsecrets.bitnami.com", "100")
+    await store.set_watch_resource_version("c1", "sealedsecrets.bitnami.com", "250")
+    await store.set_watch_resource_version("c1", "secrets", "7")
+    assert await store.get_watch_resource_version("c1", "sealedsecrets.bitnami.com") == "250"
+    await store.set_watch_resource_version("c1", "sealedsecrets.bitnami.com", None)
+    assert await store.get_watch_resource_version("c1", "sealedsecrets.bitnami.com") is None
+    assert await store.get_watch_resource_version("c1", "secrets") == "7"
+
+
+async def test_audit_log_is_append_only(store: Store, db_path: Path) -> None:
+    first = await store.audit("reseal_started", "admin", {"cluster": "c1", "count": 3})
+    second = await store.audit("reseal_done", "daemon", {})
+    entries = await store.audit_entries()
+    assert [(e["id"], e["event"], e["actor"], e["details"]) for e in entries] == [
+        (first, "reseal_started", "admin", {"cluster": "c1", "count": 3}),
+        (second, "reseal_done", "daemon", {})]
+    conn = sqlite3.connect(db_path)
+    try:
+        for statement in ("UPDATE audit_log SET actor = 'mallory'", "DELETE FROM audit_log"):
+            with pytest.raises(sqlite3.IntegrityError, match="append-only"):
+                conn.execute(statement)
+    finally:
+        conn.close()
+    assert len(await store.audit_entries()) == 2
+    with pytest.raises(StoreError, match="JSON"):
+        await store.audit("bad", "x", {"value": object()})
+
+
+async def test_a_failing_write_leaves_nothing_behind(store: Store) -> None:
+    good = sealed("c1", "ns", "good")
+    bad = sealed("c1", "ns", "bad", observed_at=dt.datetime(2026, 1, 1))  # naive: refused
+    with pytest.raises(StoreError):
+        await store.upsert_sealed_secrets([good, bad])
+    assert await store.sealed_secrets_of_cluster("c1") == []
+
+
+async def test_a_cancelled_caller_never_leaves_half_a_batch(store: Store) -> None:
+    batch = [sealed("c1", "ns", f"s{i:05d}") for i in range(5000)]
+    task = asyncio.create_task(store.upsert_sealed_secrets(batch))
+    await asyncio.sleep(0)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    # The transaction already submitted runs to its end on the writer thread: all or none.
+    await store.audit("barrier", "test", {})  # queued behind it on the single writer
+    assert len(await store.sealed_secrets_of_cluster("c1")) in (0, len(batch))
+
+
+async def test_closed_store_raises_store_error(db_path: Path) -> None:
+    async with Store.open(db_path) as store:
+        pass
+    with pytest.raises(StoreError, match="closed"):
+        await store.list_clusters()
+
+
+async def test_reads_see_committed_writes_from_another_store_instance(db_path: Path) -> None:
+    async with Store.open(db_path) as writer, Store.open(db_path) as other:
+        await writer.upsert_sealed_secrets([sealed("c1", "ns", "a")])
+        assert [r.name for r in await other.sealed_secrets_of_cluster("c1")] == ["a"]
+
+
+def test_records_item_count(store: Store) -> None:
+    record = sealed("c", "n", "x", ["K1", None])
+    assert record.item_count == 2
+    assert record.items[1] == ItemFact("item1", record.items[1].item_hash, None)

@@ -1,0 +1,169 @@
+"""The migration runner: ordered, atomic per migration, checksummed, read-only pending()."""
+
+from __future__ import annotations
+
+import shutil
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from sealfleet.adapters.store import Store, migrations
+from sealfleet.adapters.store.store import connect
+from sealfleet.errors import StoreError
+
+SHIPPED = migrations.discover()
+
+
+def schema(path: Path) -> list[tuple[str, str, str]]:
+    """Every schema object except the runner's own bookkeeping, normalised."""
+    conn = sqlite3.connect(path)
+    try:
+        rows = conn.execute("SELECT type, name, sql FROM sqlite_master "
+                            "WHERE name NOT LIKE 'sqlite_%' AND name != 'schema_migrations' "
+                            "ORDER BY type, name").fetchall()
+    finally:
+        conn.close()
+    return [(kind, name, " ".join((sql or "").split())) for kind, name, sql in rows]
+
+
+def copy_first(count: int, target: Path) -> Path:
+    target.mkdir()
+    for migration in SHIPPED[:count]:
+        shutil.copy(migrations.default_migrations_dir() / f"{migration.name}.sql", target)
+    return target
+
+
+def applied_names(path: Path) -> list[str]:
+    conn = sqlite3.connect(path)
+    try:
+        return [row[0] for row in conn.execute("SELECT name FROM schema_migrations ORDER BY name")]
+    finally:
+        conn.close()
+
+
+def test_shipped_migrations_are_numbered_in_order_and_start_with_the_initial_schema() -> None:
+    names = [m.name for m in SHIPPED]
+    assert names[0] == "0001_initial"
+    assert [int(n[:4]) for n in names] == list(range(1, len(names) + 1))
+
+
+async def test_from_empty_applies_everything_and_records_checksums(tmp_path: Path) -> None:
+    path = tmp_path / "inventory.db"
+    async with Store.open(path) as store:
+        assert store.applied_at_open == [m.name for m in SHIPPED]
+        status = await store.migration_status()
+    assert [name for name, _ in status] == [m.name for m in SHIPPED]
+    assert all(applied_at is not None for _, applied_at in status)
+    conn = sqlite3.connect(path)
+    recorded = dict(conn.execute("SELECT name, checksum FROM schema_migrations"))
+    conn.close()
+    assert recorded == {m.name: m.checksum for m in SHIPPED}
+    assert {"clusters", "sealing_keys", "sealed_secrets", "audit_log", "jobs", "job_items",
+            "attributions", "watch_resource_versions", "cluster_keys"} <= {
+        name for kind, name, _ in schema(path) if kind == "table"}
+
+
+async def test_reopening_applies_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "inventory.db"
+    async with Store.open(path):
+        pass
+    async with Store.open(path) as store:
+        assert store.applied_at_open == []
+
+
+@pytest.mark.parametrize("already", range(len(SHIPPED) + 1))
+async def test_from_every_earlier_schema_reaches_the_same_schema(tmp_path: Path,
+                                                                 already: int) -> None:
+    """Apply the first *already* migrations, then open with all of them."""
+    fresh = tmp_path / "fresh.db"
+    async with Store.open(fresh):
+        pass
+    upgraded = tmp_path / "upgraded.db"
+    if already:
+        async with Store.open(upgraded, migrations_dir=copy_first(already, tmp_path / "old")):
+            pass
+        assert applied_names(upgraded) == [m.name for m in SHIPPED[:already]]
+    async with Store.open(upgraded) as store:
+        assert store.applied_at_open == [m.name for m in SHIPPED[already:]]
+    assert schema(upgraded) == schema(fresh)
+    assert applied_names(upgraded) == [m.name for m in SHIPPED]
+
+
+async def test_failing_migration_rolls_back_entirely_and_stays_pending(tmp_path: Path) -> None:
+    folder = copy_first(len(SHIPPED), tmp_path / "migrations")
+    (folder / "9999_broken.sql").write_text(
+        "CREATE TABLE half_done (x INTEGER);\n"
+        "INSERT INTO half_done VALUES (1);\n"
+        "ALTER TABLE clusters ADD COLUMN extra TEXT;\n"
+        "SELECT * FROM no_such_table;\n")
+    path = tmp_path / "inventory.db"
+    with pytest.raises(StoreError, match=r"migration 9999_broken failed and was rolled back"):
+        async with Store.open(path, migrations_dir=folder):
+            pass
+    conn = connect(path)
+    try:
+        assert [m.name for m in migrations.pending(conn, migrations.discover(folder))] == [
+            "9999_broken"]
+        tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
+        columns = {row[1] for row in conn.execute("PRAGMA table_info(clusters)")}
+    finally:
+        conn.close()
+    assert "half_done" not in tables
+    assert "extra" not in columns
+    # The earlier migrations stay applied.
+    assert applied_names(path) == [m.name for m in SHIPPED]
+
+
+async def test_edited_applied_migration_is_an_error_naming_it(tmp_path: Path) -> None:
+    folder = copy_first(len(SHIPPED), tmp_path / "migrations")
+    path = tmp_path / "inventory.db"
+    async with Store.open(path, migrations_dir=folder):
+        pass
+    edited = folder / "0001_initial.sql"
+    edited.write_text(edited.read_text() + "\n-- a harmless-looking comment\n")
+    with pytest.raises(StoreError, match=r"migration 0001_initial was edited after it was applied"):
+        async with Store.open(path, migrations_dir=folder):
+            pass
+
+
+async def test_database_from_a_newer_version_is_refused(tmp_path: Path) -> None:
+    folder = copy_first(len(SHIPPED), tmp_path / "migrations")
+    (folder / "9998_future.sql").write_text("CREATE TABLE future (x INTEGER);\n")
+    path = tmp_path / "inventory.db"
+    async with Store.open(path, migrations_dir=folder):
+        pass
+    with pytest.raises(StoreError, match=r"9998_future .*newer version"):
+        async with Store.open(path):
+            pass
+
+
+def test_pending_is_read_only(tmp_path: Path) -> None:
+    path = tmp_path / "inventory.db"
+    conn = connect(path)
+    try:
+        assert [m.name for m in migrations.pending(conn, SHIPPED)] == [m.name for m in SHIPPED]
+        assert conn.execute("SELECT count(*) FROM sqlite_master").fetchone() == (0,)
+    finally:
+        conn.close()
+
+
+async def test_open_without_migrating_refuses_an_outdated_schema(tmp_path: Path) -> None:
+    with pytest.raises(StoreError, match="sealfleet db migrate"):
+        async with Store.open(tmp_path / "inventory.db", migrate=False):
+            pass
+
+
+@pytest.mark.parametrize("bad_name", ["1_short.sql", "0002-dash.sql", "0002_Upper.sql"])
+def test_badly_named_migration_files_are_refused(tmp_path: Path, bad_name: str) -> None:
+    folder = copy_first(1, tmp_path / "migrations")
+    (folder / bad_name).write_text("SELECT 1;\n")
+    with pytest.raises(StoreError, match=r"NNNN_lowercase_name\.sql"):
+        migrations.discover(folder)
+
+
+def test_two_migrations_with_one_number_are_refused(tmp_path: Path) -> None:
+    folder = copy_first(1, tmp_path / "migrations")
+    (folder / "0001_again.sql").write_text("SELECT 1;\n")
+    with pytest.raises(StoreError, match="share the number 0001"):
+        migrations.discover(folder)
