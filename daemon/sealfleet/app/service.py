@@ -40,6 +40,7 @@ from sealfleet.adapters.http_api import ApiDeps, ApiServer, InventoryView, build
 from sealfleet.adapters.store import KeyEncryptionKey, Store
 from sealfleet.adapters.systemd import Notifier
 from sealfleet.app.config import Settings, load_settings
+from sealfleet.app.logging import redacted_settings
 from sealfleet.domain.staleness import StalenessPolicy
 from sealfleet.errors import ConfigError, FleetError
 
@@ -147,8 +148,8 @@ class Service:
         settings = self.settings
         notify = self._notifier
         notify.status("starting: opening the inventory")
-        log.info("service_starting", clusters=len(settings.clusters),
-                 database=str(settings.store.database), pid=os.getpid())
+        log.info("service_starting", pid=os.getpid(),
+                 config=redacted_settings(settings.model_dump(mode="json")))
         loop = asyncio.get_running_loop()
         if self._install_signals:
             loop.add_signal_handler(signal.SIGTERM, self.request_stop)

@@ -216,3 +216,17 @@ async def test_status_page_shows_the_fleet_and_escapes(api: Api) -> None:
     assert "stale: older than renew period" in html
     assert "drift" in html
     assert "width:100.0%" in html  # beta's key is 90 days old against a 30-day policy
+
+
+async def test_cli_client_over_tcp_with_the_read_token(api: Api) -> None:
+    from sealfleet.adapters.http_api.client import ApiClient
+    from sealfleet.errors import FleetError
+
+    client = ApiClient(base_url=api.base_url, token=READ_TOKEN)
+    report = await client.get_json("/api/v1/staleness")
+    assert report["fleet"]["clusters"] == 3
+    with pytest.raises(FleetError, match="HTTP 401 unauthorized"):
+        await ApiClient(base_url=api.base_url, token="nope").get_json("/api/v1/staleness")
+    via_socket = ApiClient(socket_path=api.socket_path, base_url=api.base_url)
+    assert via_socket.where == f"unix:{api.socket_path}"
+    assert (await via_socket.get_json("/api/v1/clusters/beta"))["name"] == "beta"

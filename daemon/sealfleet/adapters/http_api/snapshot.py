@@ -175,12 +175,16 @@ class InventoryView:
             while True:
                 snap = self._snapshot
                 if snap is None or self._outdated(snap):
+                    started = time.monotonic()
                     try:
                         await self.rebuild()
                     except Exception as exc:  # keep serving the last good snapshot
                         log.warning("snapshot_rebuild_failed", error=str(exc),
                                     error_type=type(exc).__name__)
-                    await asyncio.sleep(self._min_interval)
+                    # While the inventory churns (a first scan), rebuild at most every
+                    # min_interval and never spend more than a third of the time on it.
+                    spent = time.monotonic() - started
+                    await asyncio.sleep(max(self._min_interval, 2 * spent))
                     continue
                 self._wakeup.clear()
                 try:
