@@ -22,9 +22,6 @@ import asyncio
 import contextlib
 import os
 import resource
-import signal
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator
@@ -32,38 +29,15 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import structlog
+
 from sealfleet.adapters.kube import controller
 from sealfleet.adapters.kube.client import KubeClient
 from sealfleet.adapters.store import KeyEncryptionKey, Store
 from sealfleet.app import cluster_worker, config, inventory
 from sealfleet.app.fleet import FleetManager
 from sealfleet.domain.attribution import attribute_item
-
-
-@contextlib.contextmanager
-def sandbox_process(state_dir: Path, clusters: int, sealed_secrets: int, seed: int) -> Any:
-    if (state_dir / "ready").exists():
-        yield None
-        return
-    command = [sys.executable, "-m", "sealfleet", "sandbox", "--clusters", str(clusters),
-               "--state-dir", str(state_dir), "--sealed-secrets", str(sealed_secrets),
-               "--seed", str(seed)]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL)
-    try:
-        started = time.monotonic()
-        while not (state_dir / "ready").exists():
-            if process.poll() is not None:
-                raise SystemExit(f"sandbox exited with {process.returncode}")
-            time.sleep(0.5)
-        print(f"sandbox ready in {time.monotonic() - started:.1f} s "
-              f"({clusters} clusters x {sealed_secrets} SealedSecrets)")
-        yield process
-    finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
+from sealfleet.sandbox import SandboxProcess
 
 
 @contextlib.asynccontextmanager
@@ -163,16 +137,27 @@ async def main_async(args: argparse.Namespace, state_dir: Path) -> None:
 
 
 def main() -> None:
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(30))  # warnings+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clusters", type=int, default=20)
     parser.add_argument("--sealed-secrets", type=int, default=5000)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--keys", type=int, default=3)
+    parser.add_argument("--key-bits", type=int, default=4096, choices=(2048, 3072, 4096))
     parser.add_argument("--rsa-sample", type=int, default=500,
                         help="SealedSecrets whose items measure the RSA decrypt rate")
     parser.add_argument("--state-dir", type=Path, default=None)
     args = parser.parse_args()
     state_dir = args.state_dir or Path(tempfile.mkdtemp(prefix="sealfleet-sandbox-"))
-    with sandbox_process(state_dir, args.clusters, args.sealed_secrets, args.seed):
+    if (state_dir / "ready").exists():  # a sandbox already running there
+        asyncio.run(main_async(args, state_dir))
+        return
+    sandbox_args = ["--clusters", str(args.clusters), "--sealed-secrets",
+                    str(args.sealed_secrets), "--seed", str(args.seed), "--keys", str(args.keys),
+                    "--key-bits", str(args.key_bits), "--namespaces", "10"]
+    with SandboxProcess(state_dir, sandbox_args, timeout=900) as sandbox:
+        print(f"sandbox ready in {sandbox.ready_after:.1f} s ({args.clusters} clusters x "
+              f"{args.sealed_secrets} SealedSecrets, {args.keys} keys of {args.key_bits} bits)")
         asyncio.run(main_async(args, state_dir))
 
 

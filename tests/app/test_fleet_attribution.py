@@ -50,8 +50,9 @@ async def test_each_item_is_attributed_to_the_key_that_sealed_it(
     assert [answers[r.item_hash] for r in groups[1]] == [new.fingerprint] * 3
     assert [answers[r.item_hash] for r in groups[2]] == [None]
     # Likeliest first: the sealing key costs one RSA per item; the old SealedSecret pays
-    # one miss on its first item only; the foreign item tries both keys.
-    assert attributor.rsa_operations == 3 + (1 + 2) + 2
+    # at most one miss, on its first item only; the foreign item tries at most both keys
+    # (a key whose modulus is below the RSA ciphertext is ruled out without a decrypt).
+    assert 3 + 2 <= attributor.rsa_operations <= 3 + (1 + 2) + 2
     assert attributor.backlog == 0
 
 

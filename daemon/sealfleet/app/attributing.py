@@ -18,17 +18,21 @@ items they have sealed so far.
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import hashlib
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
 
 import structlog
 
 from sealfleet.adapters.store import Store
+from sealfleet.domain import hybrid
 from sealfleet.domain.attribution import attribute_item
 from sealfleet.domain.keys import SealingKey
+from sealfleet.errors import FleetError
 
 log = structlog.get_logger(__name__)
 
@@ -147,15 +151,32 @@ class Keyring:
         return list(self._keys.values())
 
 
+def _rsa_value(ciphertext_b64: str) -> int | None:
+    """The RSA ciphertext of an item as an integer (None when the item is not well formed)."""
+    try:
+        rsa_part, _ = hybrid.split(base64.b64decode(ciphertext_b64, validate=True))
+    except (binascii.Error, ValueError, FleetError):
+        return None
+    return int.from_bytes(rsa_part, "big")
+
+
 def _attribute_chunk(groups: Sequence[Sequence[ItemRequest]],
                      candidates: Sequence[SealingKey]) -> tuple[list[tuple[str, str | None]], int]:
-    """Executor job: attribute whole SealedSecrets; returns answers and RSA attempts."""
+    """Executor job: attribute whole SealedSecrets; returns answers and RSA attempts.
+
+    A key whose modulus is not larger than the RSA ciphertext cannot have produced it
+    (RSA ciphertexts are residues modulo n), so it is skipped without a decrypt.
+    """
+    moduli = {key.fingerprint: key.public_key.public_numbers().n for key in candidates}
     answers: list[tuple[str, str | None]] = []
     attempts = 0
     for group in groups:
         order = list(candidates)
         for request in group:
-            result = attribute_item(request.ciphertext, request.label, order)
+            value = _rsa_value(request.ciphertext)
+            possible = order if value is None else [
+                key for key in order if moduli[key.fingerprint] > value]
+            result = attribute_item(request.ciphertext, request.label, possible)
             attempts += result.rsa_attempts
             answers.append((request.item_hash, result.fingerprint))
             if result.fingerprint is not None and order[0].fingerprint != result.fingerprint:
@@ -198,16 +219,20 @@ class Attributor:
             self._unknown.pop(raw, None)
             self._usage[fingerprint] += 1
 
-    def candidates(self, preferred: Sequence[str]) -> list[SealingKey]:
-        """Likeliest first: *preferred* (the sealing key), then by items sealed so far."""
+    def candidates(self, preferred: Sequence[str],
+                   likely: Collection[str] = ()) -> list[SealingKey]:
+        """Likeliest first: *preferred* in order (the cluster's sealing key), then the
+        *likely* keys (those the cluster holds), each group by items sealed so far."""
         keys = self.keyring.keys()
         rank = {fingerprint: index for index, fingerprint in enumerate(preferred)}
         return sorted(keys, key=lambda k: (rank.get(k.fingerprint, len(rank)),
+                                           k.fingerprint not in likely,
                                            -self._usage[k.fingerprint],
                                            -k.not_before.timestamp()))
 
     async def attribute(self, groups: Sequence[Sequence[ItemRequest]], *,
-                        preferred: Sequence[str] = ()) -> dict[str, str | None]:
+                        preferred: Sequence[str] = (),
+                        likely: Collection[str] = ()) -> dict[str, str | None]:
         """Attribute every item of *groups* (one group per SealedSecret)."""
         result: dict[str, str | None] = {}
         missing: list[str] = []
@@ -230,7 +255,7 @@ class Attributor:
         if not todo:
             return result
         await self.keyring.materialize(self._store)
-        computed = await self._run_rsa(todo, self.candidates(preferred))
+        computed = await self._run_rsa(todo, self.candidates(preferred, likely))
         # The epoch of the keys actually tried, not whatever it is by now.
         await self._store.put_attributions(computed, known_keys_epoch=epoch)
         for item_hash, fingerprint in computed:

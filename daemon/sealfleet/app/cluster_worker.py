@@ -376,6 +376,7 @@ class ClusterWorker:
                     self._progress()
                     seen.update(inventory.ref_of(obj) for obj in page.items)
                     await self._observe_sealed(page.items, relist=True)
+                    await self._flush()  # page by page: bounded memory, visible progress
                     resource_version = page.resource_version
             except Gone:
                 log.info("list_expired", resource=SEALED_RESOURCE)
@@ -429,7 +430,8 @@ class ClusterWorker:
             return
         groups = [[ItemRequest(h, c, p.label) for _, h, c in p.items] for p in parsed]
         preferred = [self.sealing_key] if self.sealing_key else []
-        answers = await self._attributor.attribute(groups, preferred=preferred)
+        held = {k.fingerprint for k in self._holdings.values()}
+        answers = await self._attributor.attribute(groups, preferred=preferred, likely=held)
         now = dt.datetime.now(dt.UTC)
         for result in parsed:
             items = tuple(ItemFact(item, h, answers.get(h)) for item, h, _ in result.items)
