@@ -39,10 +39,11 @@ def resolve_credential_path(path: str | os.PathLike[str]) -> Path:
     when that variable is set and the file exists there (systemd ``LoadCredential=``);
     anything else is taken as given.
     """
-    candidate = Path(path)
+    text = os.fspath(path)
+    candidate = Path(text)
     credentials_dir = os.environ.get("CREDENTIALS_DIRECTORY")
-    if credentials_dir and len(candidate.parts) == 1:
-        in_credentials = Path(credentials_dir) / candidate
+    if credentials_dir and text and os.sep not in text and text not in (".", ".."):
+        in_credentials = Path(credentials_dir) / text
         if in_credentials.exists():
             return in_credentials
     return candidate
