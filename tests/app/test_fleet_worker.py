@@ -23,10 +23,10 @@ from structlog.testing import capture_logs
 
 from sealfleet.adapters import retry
 from sealfleet.adapters.store import KeyEncryptionKey, Store
-from sealfleet.app import config
+from sealfleet.app import config, key_secrets
 from sealfleet.app.cluster_worker import WorkerOptions
 from sealfleet.app.fleet import FleetManager
-from sealfleet.domain.keys import SealingKey, key_secret_manifest
+from sealfleet.domain.keys import KEY_LABEL, SealingKey, key_secret_manifest
 from sealfleet.domain.scopes import Scope
 from sealfleet.domain.sealed_secrets import seal_secret
 from sealfleet.domain.staleness import SecretState
@@ -202,6 +202,20 @@ async def test_compromised_key_reclassifies_the_cluster(harness: Harness) -> Non
 
         await until(compromised)
         assert states(await inventory(manager))["current"] is SecretState.CURRENT
+
+
+async def test_a_key_secret_relabelled_compromised_counts_at_once(harness: Harness) -> None:
+    async with harness.fleet() as manager:
+        secrets, _ = harness.objects.list("secrets", NS)
+        (old_secret,) = [s for s in secrets
+                         if key_secrets.read_key_secret(s).fingerprint == harness.old.fingerprint]
+        old_secret["metadata"]["labels"][KEY_LABEL] = "compromised"
+        harness.objects.update("secrets", NS, old_secret["metadata"]["name"], old_secret)
+
+        async def compromised() -> bool:
+            return states(await inventory(manager))["stale"] is SecretState.COMPROMISED
+
+        await until(compromised)
 
 
 async def test_cluster_down_at_start_is_marked_then_recovers(harness: Harness) -> None:

@@ -248,6 +248,10 @@ class ClusterWorker:
                 self._holdings.pop(_name(secret), None)
         for found in observed:
             self._holdings[found.name] = found
+        labelled = {k.fingerprint for k in observed if k.compromised}
+        if labelled - self._keyring.compromised:
+            # The cluster's own "compromised" label counts at once, fleet-wide.
+            self._keyring.set_compromised(self._keyring.compromised | labelled)
         if observed:
             await self._store.upsert_keys([KeyRecord(
                 fingerprint=k.fingerprint, not_before=k.not_before, not_after=k.not_after,
