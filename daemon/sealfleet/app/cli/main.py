@@ -22,14 +22,16 @@ from collections.abc import Callable, Sequence
 from sealfleet import __version__
 from sealfleet.errors import ConfigError, DecryptionError, FleetError, InputError, StoreError
 
-# Modules under sealfleet.app.cli, each contributing one or more subcommands.
-COMMAND_MODULES: tuple[str, ...] = (
-    "sealing",      # seal, unseal, reencrypt, validate
-    "keys",         # keys generate, keys fingerprint
-    "db",           # db migrate, db status
-    "sandbox",      # sandbox
-    "daemon",       # run, status, staleness, demo
-)
+# Modules under sealfleet.app.cli, each contributing the subcommands listed.  Only the
+# module of the command being run is imported: `sealfleet seal` must not pay for pydantic,
+# aiosqlite or aiohttp at start-up.
+COMMAND_MODULES: dict[str, tuple[str, ...]] = {
+    "sealing": ("seal", "unseal", "reencrypt", "validate"),
+    "keys": ("keys",),
+    "db": ("db",),
+    "sandbox": ("sandbox",),
+    "daemon": ("run", "status", "staleness", "demo"),
+}
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -41,24 +43,29 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _modules_for(argv: Sequence[str]) -> list[str]:
+    """The command modules needed to parse *argv*: one when a known command leads, else all."""
+    first = next((arg for arg in argv if not arg.startswith("-")), None)
+    for module, commands in COMMAND_MODULES.items():
+        if first in commands:
+            return [module]
+    return list(COMMAND_MODULES)
+
+
+def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     parser = _Parser(prog="sealfleet",
                      description="Fleet manager for Bitnami Sealed Secrets.")
     parser.add_argument("--version", action="version", version=f"sealfleet {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(f"sealfleet.app.cli.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name == f"sealfleet.app.cli.{name}":
-                continue  # command group not built yet
-            raise
-        module.register(subparsers)
+    for name in _modules_for(argv):
+        importlib.import_module(f"sealfleet.app.cli.{name}").register(subparsers)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    if argv is None:
+        argv = sys.argv[1:]
+    parser = build_parser(argv)
     args = parser.parse_args(argv)
     handler: Handler | None = getattr(args, "handler", None)
     if handler is None:
