@@ -252,10 +252,13 @@ async def _demo_async(state_dir: Path, clusters: int, *, once: bool, output: str
             if daemon.api is not None:
                 for address in daemon.api.addresses:
                     if address.startswith("http"):
-                        print(f"Status page: {address}  (read token: "
-                              f"{settings.api.read_token_file})", file=info)
+                        print(f"Status page: {address}\n  curl -H \"Authorization: Bearer "
+                              f"$(cat {settings.api.read_token_file})\" {address}",
+                              file=info)
                     else:
-                        print(f"API socket:  {address}", file=info)
+                        print(f"API socket:  {address}\n  curl --unix-socket "
+                              f"{address.removeprefix('unix:')} http://sealfleet/"
+                              "api/v1/staleness", file=info)
             view = daemon.view
             if view is not None:
                 _print_report((await view.rebuild()).report, output)
