@@ -438,6 +438,11 @@ class ClusterWorker:
         answers = await self._attributor.attribute(groups, preferred=preferred, likely=held)
         now = dt.datetime.now(dt.UTC)
         for result in parsed:
+            if force:
+                # A retry raced with the watch: never resurrect or regress an object.
+                current = self.inventory.get(result.ref)
+                if current is None or current.resource_version != result.resource_version:
+                    continue
             items = tuple(ItemFact(item, h, answers.get(h)) for item, h, _ in result.items)
             entry = self.inventory.store_parsed(result, items, self._state_of, now)
             if entry.has_unknown and not self.cluster.read_key_secrets \
@@ -445,10 +450,10 @@ class ClusterWorker:
                 self._verify_queue.put_nowait(entry.ref)
 
     def _state_of(self, entry: inventory.Entry) -> SecretState:
-        if entry.malformed:
-            return SecretState.UNKNOWN
         state = classify(entry.item_keys, sealing_key=self.sealing_key,
                          compromised=self._keyring.compromised, synced=entry.synced)
+        if entry.malformed and state is not SecretState.COMPROMISED:
+            return SecretState.UNKNOWN
         if state is SecretState.UNKNOWN and entry.verified is False:
             return SecretState.FAILING  # the controller itself cannot decrypt it
         return state

@@ -223,12 +223,13 @@ class ClusterInventory:
                       item_keys=tuple(item.fingerprint for item in items),
                       synced=parsed.synced, state=SecretState.UNKNOWN,
                       malformed=parsed.malformed_reason is not None)
-        if entry.malformed:
-            log.warning("sealed_secret_malformed", namespace=parsed.ref[0],
-                        name=parsed.ref[1], reason=parsed.malformed_reason)
         previous = self._entries.get(parsed.ref)
         if previous is not None and previous.item_keys == entry.item_keys:
             entry.verified = previous.verified
+        if entry.malformed and (previous is None
+                                or previous.resource_version != entry.resource_version):
+            log.warning("sealed_secret_malformed", namespace=parsed.ref[0],
+                        name=parsed.ref[1], reason=parsed.malformed_reason)
         entry.state = state_of(entry)
         self._entries[parsed.ref] = entry
         self._queue(self._record(parsed, items, entry.state, now))
