@@ -40,7 +40,7 @@ from sealfleet.adapters.http_api import ApiDeps, ApiServer, InventoryView, build
 from sealfleet.adapters.store import KeyEncryptionKey, Store
 from sealfleet.adapters.systemd import Notifier
 from sealfleet.app.config import Settings, load_settings
-from sealfleet.app.logging import redacted_settings
+from sealfleet.app.logging import configure_logging, redacted_settings
 from sealfleet.domain.staleness import StalenessPolicy
 from sealfleet.errors import ConfigError, FleetError
 
@@ -301,6 +301,8 @@ class Service:
         for section in ("store", "api", "service"):
             if getattr(old, section) != getattr(new, section):
                 log.warning("config_change_needs_restart", section=section)
+        if old.logging != new.logging:
+            configure_logging(level=new.logging.level, fmt=new.logging.format)
         result = fleet.apply_settings(new)
         if inspect.isawaitable(result):
             await result
