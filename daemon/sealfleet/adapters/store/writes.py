@@ -188,8 +188,15 @@ _UPSERT_SEALED_SECRET = (
 
 def upsert_sealed_secrets(conn: sqlite3.Connection,
                           records: Sequence[SealedSecretRecord]) -> None:
-    ensure_clusters(conn, {r.cluster for r in records})
-    conn.executemany(_UPSERT_SEALED_SECRET, codec.sealed_secret_rows(records))
+    upsert_sealed_secret_rows(conn, {r.cluster for r in records},
+                              codec.sealed_secret_rows(records))
+
+
+def upsert_sealed_secret_rows(conn: sqlite3.Connection, clusters: Iterable[str],
+                              rows: Sequence[tuple[Any, ...]]) -> None:
+    """Rows already encoded by ``codec.sealed_secret_rows`` (see Store.upsert_sealed_secrets)."""
+    ensure_clusters(conn, clusters)
+    conn.executemany(_UPSERT_SEALED_SECRET, rows)
 
 
 def delete_sealed_secrets(conn: sqlite3.Connection, cluster: str,
