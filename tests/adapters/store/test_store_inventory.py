@@ -247,3 +247,16 @@ def test_records_item_count(store: Store) -> None:
     record = sealed("c", "n", "x", ["K1", None])
     assert record.item_count == 2
     assert record.items[1] == ItemFact("item1", record.items[1].item_hash, None)
+
+
+async def test_unusable_database_location_is_a_store_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    with pytest.raises(StoreError, match="cannot create database"):
+        async with Store.open(blocker / "inventory.db"):
+            pass
+    garbage = tmp_path / "garbage.db"
+    garbage.write_bytes(b"this is not a database" * 100)
+    with pytest.raises(StoreError, match=str(garbage)):
+        async with Store.open(garbage):
+            pass

@@ -26,12 +26,13 @@ import functools
 import os
 import sqlite3
 import threading
+import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
-from sealfleet.adapters.store import codec, migrations, reads, writes
+from sealfleet.adapters.store import codec, jobs, migrations, reads, writes
 from sealfleet.adapters.store.kek import KeyEncryptionKey
 from sealfleet.adapters.store.records import KeyHolding, KeyMaterial, KeyRecord, SealedSecretRecord
 from sealfleet.domain.keys import SealingKey
@@ -55,8 +56,12 @@ def connect(path: Path, *, read_only: bool = False) -> sqlite3.Connection:
     else:
         if not path.exists():
             # The file holds encrypted keys and the inventory: owner-only from birth.
-            path.parent.mkdir(parents=True, exist_ok=True)
-            os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
+            except OSError as exc:
+                raise StoreError(f"{path}: cannot create database "
+                                 f"({exc.strerror or type(exc).__name__})") from exc
         conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         # Only takes effect on a new, empty database (before WAL is set).  16 KiB pages
         # hold ~70 SealedSecret rows each: measured ~20% faster bulk upserts than 4 KiB.
@@ -261,6 +266,36 @@ class Store:
     async def audit(self, event: str, actor: str, details: dict[str, Any]) -> int:
         """Append to the audit log (never secrets in *details*); returns the entry id."""
         return await self.write(writes.audit, event, actor, dict(details))
+
+    # ------------------------------------------------------------ jobs
+
+    async def create_job(self, kind: str, params: dict[str, Any], refs: Sequence[str], *,
+                         job_id: str | None = None) -> str:
+        """Journal a job and every object it will touch (all pending); returns its id."""
+        job_id = job_id or uuid.uuid4().hex
+        await self.write(jobs.create_job, job_id, kind, dict(params), list(refs))
+        return job_id
+
+    async def set_job_state(self, job_id: str, state: str, *, error: str | None = None) -> None:
+        await self.write(jobs.set_job_state, job_id, state, error)
+
+    async def update_job_items(self, job_id: str,
+                               updates: Sequence[tuple[str, str, str | None]]) -> None:
+        """(ref, state, error) per object; moving an object to 'running' counts an attempt."""
+        if updates:
+            await self.write(jobs.update_job_items, job_id, list(updates))
+
+    async def get_job(self, job_id: str) -> dict[str, Any] | None:
+        return await self.read(jobs.get_job, job_id)
+
+    async def list_jobs(self, *, state: str | None = None,
+                        limit: int = 100) -> list[dict[str, Any]]:
+        return await self.read(jobs.list_jobs, state, limit)
+
+    async def job_items(self, job_id: str, *,
+                        states: Sequence[str] | None = None) -> list[dict[str, Any]]:
+        """The job's objects in ref order, optionally only those in *states* (to resume)."""
+        return await self.read(jobs.job_items, job_id, None if states is None else list(states))
 
     # ------------------------------------------------------------ reads
 
