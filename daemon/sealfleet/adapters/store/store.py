@@ -1,14 +1,16 @@
 """The inventory store: one SQLite writer thread, a few reader threads, asyncio on top.
 
 Why stdlib ``sqlite3`` on dedicated threads rather than aiosqlite: every awaited
-aiosqlite call is a queue round trip to its thread (about 60 us here), so a write
-made of a BEGIN, a few executemany calls and a COMMIT pays that several times, and
-aiosqlite offers no public way to run a whole function on its thread.  Here a whole
-transaction is one plain function (see ``writes.py``) submitted once to a
-single-thread executor that owns the writer connection: one hop per transaction,
-whatever its size, and the executor's queue serialises writers for free.  Reads go to
-a small pool of threads, each with its own ``query_only`` connection, so API queries
-run beside a long write (WAL) and never queue behind it.
+aiosqlite call is a queue round trip to its thread (30-60 us, ``bench/store.py``
+prints it), so a write made of a BEGIN, a few executemany calls and a COMMIT pays
+that several times, and aiosqlite offers no public way to run a whole function on its
+thread.  Here a whole transaction is one plain function (see ``writes.py``)
+submitted once to a single-thread executor that owns the writer connection: one hop
+per transaction, whatever its size, and the executor's queue serialises writers for
+free.  No await can ever land between BEGIN and COMMIT, so a cancelled caller cannot
+leave a transaction open.  Reads go to a small pool of threads, each with its own
+``query_only`` connection, so API queries run beside a long write (WAL) and never
+queue behind it, which one aiosqlite connection could not do.
 
 Lifecycle: ``Store.open()`` is an async context manager.  It opens the writer
 (WAL, ``synchronous=NORMAL``), verifies the checksums of applied migrations, applies
