@@ -15,9 +15,10 @@ from aiohttp import web
 from apitesting import Api
 
 from sealfleet.adapters.http_api import ApiServer
+from sealfleet.adapters.http_api.client import ApiClient
 from sealfleet.adapters.http_api.server import bind_unix_socket
 from sealfleet.domain.staleness import StalenessPolicy
-from sealfleet.errors import PermanentError
+from sealfleet.errors import FleetError, PermanentError
 
 
 async def until(condition: Callable[[], bool]) -> None:
@@ -80,6 +81,8 @@ async def test_socket_paths_longer_than_sun_path_still_bind(tmp_path: Path) -> N
         with pytest.raises(OSError, match="too long"):
             probe.connect(str(path))  # why the /proc/self/fd spelling is needed
         probe.close()
+        with pytest.raises(FleetError, match="HTTP 404"):  # reached hello_app: no such path
+            await ApiClient(socket_path=path).get_json("/nothing")
 
 
 async def test_refresher_rebuilds_when_the_inventory_changes(api: Api) -> None:

@@ -8,11 +8,13 @@ that say where it looked.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 
+from sealfleet.adapters.http_api.server import short_socket_path
 from sealfleet.errors import FleetError, TransientError
 
 
@@ -35,8 +37,15 @@ class ApiClient:
                                                   or self._socket_path.exists())
 
     async def get_json(self, path: str) -> Any:
-        if self._use_socket():
-            connector: aiohttp.BaseConnector = aiohttp.UnixConnector(path=str(self._socket_path))
+        dirfd = None
+        if self._use_socket() and self._socket_path is not None:
+            # Paths longer than sun_path are reached through /proc/self/fd/<dir fd>/name.
+            try:
+                spelled, dirfd = short_socket_path(self._socket_path)
+            except OSError as exc:
+                raise TransientError(f"cannot reach the sealfleet daemon at {self.where} "
+                                     f"({exc.strerror}); is it running?") from exc
+            connector: aiohttp.BaseConnector = aiohttp.UnixConnector(path=spelled)
             url = "http://sealfleet" + path
             headers = {}
         else:
@@ -50,6 +59,9 @@ class ApiClient:
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             raise TransientError(f"cannot reach the sealfleet daemon at {self.where} "
                                  f"({type(exc).__name__}); is it running?") from exc
+        finally:
+            if dirfd is not None:
+                os.close(dirfd)
         try:
             document = json.loads(body)
         except ValueError:

@@ -25,7 +25,7 @@ log = structlog.get_logger(__name__)
 _SUN_PATH_MAX = 107  # sizeof(sockaddr_un.sun_path) - 1 on Linux
 
 
-def _short_path(path: Path) -> tuple[str, int | None]:
+def short_socket_path(path: Path) -> tuple[str, int | None]:
     """A bindable/connectable spelling of *path*; long paths go through /proc/self/fd."""
     if len(os.fsencode(path)) <= _SUN_PATH_MAX:
         return str(path), None
@@ -34,7 +34,7 @@ def _short_path(path: Path) -> tuple[str, int | None]:
 
 
 def _socket_is_live(path: Path) -> bool:
-    spelled, dirfd = _short_path(path)
+    spelled, dirfd = short_socket_path(path)
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
             probe.settimeout(1)
@@ -61,7 +61,7 @@ def bind_unix_socket(path: Path, mode: int = 0o660) -> socket.socket:
             raise PermanentError(f"{path}: another daemon is already listening")
         path.unlink()
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-    spelled, dirfd = _short_path(path)
+    spelled, dirfd = short_socket_path(path)
     try:
         sock.bind(spelled)
         os.chmod(path, mode)
