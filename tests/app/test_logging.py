@@ -9,8 +9,10 @@ from typing import Any
 
 import pytest
 import structlog
+from hypothesis import given
+from hypothesis import strategies as st
 
-from sealfleet.app.logging import REDACTED, choose_format, configure_logging
+from sealfleet.app.logging import REDACTED, choose_format, configure_logging, redact
 
 PEM = ("-----BEGIN RSA PRIVATE KEY-----\nMIIEowIBAAKCAQEAsecretsecretsecret\n"
        "-----END RSA PRIVATE KEY-----")
@@ -116,3 +118,20 @@ def test_console_renderer_redacts_too() -> None:
     assert "console_line" in stream.getvalue()
     assert SECRET not in stream.getvalue()
     assert "secretsecret" not in stream.getvalue()
+
+
+_SECRET_CHARS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789+/="
+
+
+@given(secret=st.text(alphabet=_SECRET_CHARS, min_size=12, max_size=64),
+       key=st.sampled_from(["token", "password", "private_key", "tls.key", "data",
+                            "stringData", "authorization", "admin_token", "client-key-data"]),
+       wrapper=st.sampled_from(["plain", "nested", "listed"]))
+def test_redaction_never_lets_a_secret_through(secret: str, key: str, wrapper: str) -> None:
+    pem = f"-----BEGIN PRIVATE KEY-----\n{secret}\n-----END PRIVATE KEY-----"
+    value: object = {"plain": secret, "nested": {"inner": {key: secret}},
+                     "listed": [{key: secret}]}[wrapper]
+    event = {"event": "x", key: value, "note": f"Authorization: Bearer {secret}",
+             "pem": f"before {pem} after", "obj": {"spec": {"x": pem}}}
+    out = json.dumps(redact(None, "info", event))
+    assert secret not in out
