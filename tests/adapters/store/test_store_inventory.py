@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from store_builders import T0, sealed
 
-from sealfleet.adapters.store import Store
+from sealfleet.adapters.store import Store, writes
 from sealfleet.adapters.store.records import ItemFact, KeyHolding
 from sealfleet.domain.staleness import SecretState
 from sealfleet.errors import InputError, StoreError
@@ -211,11 +211,20 @@ async def test_audit_log_is_append_only(store: Store, db_path: Path) -> None:
 
 
 async def test_a_failing_write_leaves_nothing_behind(store: Store) -> None:
-    good = sealed("c1", "ns", "good")
-    bad = sealed("c1", "ns", "bad", observed_at=dt.datetime(2026, 1, 1))  # naive: refused
-    with pytest.raises(StoreError):
-        await store.upsert_sealed_secrets([good, bad])
+    def half_then_fail(conn: sqlite3.Connection) -> None:
+        writes.upsert_sealed_secrets(conn, [sealed("c1", "ns", "good")])
+        conn.execute("INSERT INTO no_such_table VALUES (1)")
+
+    with pytest.raises(StoreError, match="no such table"):
+        await store.write(half_then_fail)
     assert await store.sealed_secrets_of_cluster("c1") == []
+    # The writer connection is usable again (not stuck inside the failed transaction).
+    await store.upsert_sealed_secrets([sealed("c1", "ns", "after")])
+    assert [r.name for r in await store.sealed_secrets_of_cluster("c1")] == ["after"]
+    # Bad input is refused before any transaction starts.
+    with pytest.raises(StoreError, match="naive datetime"):
+        await store.upsert_sealed_secrets([sealed("c1", "ns", "naive",
+                                                  observed_at=dt.datetime(2026, 1, 1))])
 
 
 async def test_a_cancelled_caller_never_leaves_half_a_batch(store: Store) -> None:

@@ -124,7 +124,8 @@ class Store:
         # Runs once in each reader thread; a failure surfaces on that thread's first query.
         try:
             conn = connect(self.path, read_only=True)
-        except sqlite3.Error:
+        except sqlite3.Error as exc:
+            self._local.error = f"{type(exc).__name__}: {exc}"
             return
         self._local.conn = conn
         with self._readers_lock:
@@ -148,11 +149,13 @@ class Store:
                    *args: P.args, **kwargs: P.kwargs) -> T:
         loop = asyncio.get_running_loop()
         try:
-            return await loop.run_in_executor(pool, functools.partial(fn, *args, **kwargs))
+            future = loop.run_in_executor(pool, functools.partial(fn, *args, **kwargs))
+        except RuntimeError as exc:  # the executor was shut down
+            raise StoreError(f"{self.path}: store is closed") from exc
+        try:
+            return await future
         except sqlite3.Error as exc:
             raise StoreError(f"{self.path}: {type(exc).__name__}: {exc}") from exc
-        except RuntimeError as exc:  # executor shut down: the store was closed
-            raise StoreError(f"{self.path}: store is closed") from exc
 
     def _transaction(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run *fn(writer, ...)* as one IMMEDIATE transaction on the writer thread."""
@@ -162,17 +165,20 @@ class Store:
         conn.execute("BEGIN IMMEDIATE")
         try:
             result = fn(conn, *args, **kwargs)
+            conn.execute("COMMIT")
         except BaseException:
+            # Also after a failed COMMIT (disk full, I/O error): never leave the single
+            # writer connection inside a transaction, or every later write would fail.
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             raise
-        conn.execute("COMMIT")
         return result
 
     def _query(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is None:
-            raise StoreError(f"{self.path}: cannot open a reader connection")
+            error = getattr(self._local, "error", "unknown error")
+            raise StoreError(f"{self.path}: cannot open a reader connection ({error})")
         # One read transaction per query: a consistent snapshot across its statements.
         conn.execute("BEGIN")
         try:
