@@ -41,6 +41,7 @@ from sealfleet.domain import hybrid
 from sealfleet.domain import keys as keys_domain
 from sealfleet.domain import sealed_secrets as sealing
 from sealfleet.domain.scopes import Scope, encryption_label, with_scope_annotations
+from sealfleet.sandbox.controller.keyring import remember_parsed
 from sealfleet.sandbox.controller.unsealing import SyncKnowledge, build_secret
 from sealfleet.sandbox.objects import ObjectStore
 
@@ -272,9 +273,9 @@ class Seeder:
         newest = keys_domain.newest_key(keys)
         records = []
         for key in keys:  # oldest first, as they would have been created
-            created = target.store.create(
-                "secrets", target.namespace,
-                keys_domain.key_secret_manifest(key, namespace=target.namespace))
+            manifest = keys_domain.key_secret_manifest(key, namespace=target.namespace)
+            created = target.store.create("secrets", target.namespace, manifest)
+            remember_parsed(manifest, key)  # the controller need not parse it again
             records.append({"fingerprint": key.fingerprint,
                             "not_before": key.not_before.strftime("%Y-%m-%dT%H:%M:%SZ"),
                             "not_after": key.not_after.strftime("%Y-%m-%dT%H:%M:%SZ"),
@@ -316,7 +317,8 @@ class Seeder:
                                   {i.name: i.plaintext for i in planned.items})
             _insert(target.store, "secrets", secret, self._created_at)
             used = frozenset(fingerprints[i.key_index] for i in planned.items)
-            target.knowledge.remember(sealed["metadata"]["uid"], 1, used)
+            target.knowledge.remember(sealed["metadata"]["uid"], 1, used,
+                                      int(sealed["metadata"]["resourceVersion"]))
         return {
             "cluster": target.name, "namespace": planned.namespace, "name": planned.name,
             "scope": planned.scope.cli_name, "broken": planned.broken,

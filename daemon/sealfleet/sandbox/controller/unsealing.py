@@ -33,7 +33,7 @@ from sealfleet.sandbox.controller import events
 from sealfleet.sandbox.controller.flags import ControllerFlags
 from sealfleet.sandbox.controller.keyring import KeyRegistry
 from sealfleet.sandbox.controller.metrics import ControllerMetrics
-from sealfleet.sandbox.objects import ApiError, ObjectStore, now_rfc3339
+from sealfleet.sandbox.objects import ApiError, Entry, ObjectStore, now_rfc3339
 
 _log = structlog.get_logger(__name__)
 
@@ -54,22 +54,27 @@ class SyncKnowledge:
     """What a cluster's controller has verified, kept across controller restarts.
 
     Maps a SealedSecret uid to (generation, fingerprints of the keys that sealed its
-    items).  On restart the real controller decrypts everything again; the emulation
-    skips a SealedSecret that is Synced at its current generation, whose Secret exists
-    and whose sealing keys are all still loaded -- the re-decrypt would give the same
-    answer -- and really re-unseals everything else.
+    items, resourceVersion after the sync).  On restart the real controller decrypts
+    everything again; the emulation skips a SealedSecret that is Synced at its current
+    generation, whose Secret it controls and whose sealing keys are all still loaded --
+    the re-decrypt would give the same answer -- and really re-unseals everything else.
+    An unchanged resourceVersion vouches for the stored status without parsing it.
     """
 
     def __init__(self) -> None:
-        self._known: dict[str, tuple[int, frozenset[str]]] = {}
+        self._known: dict[str, tuple[int, frozenset[str], int]] = {}
         self._interned: dict[frozenset[str], frozenset[str]] = {}
 
-    def remember(self, uid: str, generation: int, fingerprints: frozenset[str]) -> None:
+    def remember(self, uid: str, generation: int, fingerprints: frozenset[str],
+                 resource_version: int = 0) -> None:
         fingerprints = self._interned.setdefault(fingerprints, fingerprints)
-        self._known[uid] = (generation, fingerprints)
+        self._known[uid] = (generation, fingerprints, resource_version)
 
     def forget(self, uid: str) -> None:
         self._known.pop(uid, None)
+
+    def get(self, uid: str) -> tuple[int, frozenset[str], int] | None:
+        return self._known.get(uid)
 
     def still_valid(self, uid: str, generation: int, loaded: frozenset[str]) -> bool:
         known = self._known.get(uid)
@@ -209,14 +214,26 @@ class Unsealer:
         loaded = self._registry.fingerprints
         queued = 0
         for entry in self._store.entries(SEALED, None):
+            if self._unchanged_since_sync(entry, loaded):
+                continue
             obj = entry.obj()
-            metadata = obj["metadata"]
-            generation = int(metadata.get("generation", 0))
+            generation = int(obj["metadata"].get("generation", 0))
             if self._already_synced(obj, generation, loaded):
                 continue
             self.enqueue(entry.namespace, entry.name)
             queued += 1
         return queued
+
+    def _unchanged_since_sync(self, entry: Entry, loaded: frozenset[str]) -> bool:
+        """Fast path: not written since we synced it, keys loaded, its Secret still ours."""
+        known = self._knowledge.get(entry.uid)
+        if known is None or known[2] != entry.rv or not known[1] <= loaded:
+            return False
+        try:
+            secret = self._store.entry("secrets", entry.namespace, entry.name)
+        except ApiError:
+            return False
+        return entry.uid in secret.owner_uids
 
     def _already_synced(
         self, obj: Mapping[str, Any], generation: int, loaded: frozenset[str]
