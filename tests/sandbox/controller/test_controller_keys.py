@@ -215,3 +215,38 @@ async def test_unparseable_active_key_crash_loops_until_removed(sandbox: Sandbox
     removed = await sandbox.kubectl("delete", "secret", "-n", "kube-system", "broken-key")
     assert removed.returncode == 0, removed.stderr
     assert await eventually(lambda: _cert_fingerprint(sandbox)) is not None
+
+
+async def test_removing_a_key_in_use_breaks_its_secrets_after_restart(
+        sandbox: SandboxHarness) -> None:
+    cluster = sandbox.seed["clusters"]["sandbox-1"]
+    old = next(k for k in cluster["keys"] if not k["sealing"])
+    victims = [e for e in sandbox.seed["sealed_secrets"]
+               if any(i["key"] == old["fingerprint"] for i in e["items"])]
+    survivors = [e for e in sandbox.seed["sealed_secrets"]
+                 if all(i["key"] != old["fingerprint"] for i in e["items"])]
+    assert victims
+    assert survivors
+    deleted = await sandbox.kubectl("delete", "secret", "-n", "kube-system", old["secret"])
+    assert deleted.returncode == 0, deleted.stderr
+    restarted = await sandbox.kubectl("rollout", "restart", "-n", "kube-system",
+                                      "deployment/sealed-secrets-controller")
+    assert restarted.returncode == 0, restarted.stderr
+
+    async def states() -> dict[str, str] | None:
+        listed = await sandbox.kubectl_json("get", "sealedsecrets", "-A")
+        found = {o["metadata"]["name"]: _synced(o) or "" for o in listed["items"]}
+        if all(found[v["name"]] == "False" for v in victims):
+            return found
+        return None
+
+    found = await eventually(states)
+    assert all(found[s["name"]] == "True" for s in survivors)
+    victim = victims[0]
+    events = await sandbox.kubectl_json("get", "events", "-n", victim["namespace"])
+    assert ("Warning", "ErrUnsealFailed") in {
+        (e["type"], e["reason"]) for e in events["items"]
+        if e["involvedObject"]["name"] == victim["name"]}
+    # Its Secret stays: the controller never deletes what it cannot refresh.
+    secret = await sandbox.kubectl("get", "secret", "-n", victim["namespace"], victim["name"])
+    assert secret.returncode == 0, secret.stderr
