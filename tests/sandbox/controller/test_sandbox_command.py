@@ -47,8 +47,8 @@ def test_sandbox_command_serves_until_sigterm(tmp_path: Path) -> None:
 
 
 def test_sandbox_command_rejects_bad_arguments(tmp_path: Path) -> None:
-    result = subprocess.run([sys.executable, "-m", "sealfleet", "sandbox", "--state-dir", str(tmp_path),
-                             "--clusters", "0"], capture_output=True, text=True, check=False,
-                            timeout=30)
+    command = [sys.executable, "-m", "sealfleet", "sandbox", "--state-dir", str(tmp_path),
+               "--clusters", "0"]
+    result = subprocess.run(command, capture_output=True, text=True, check=False, timeout=30)
     assert result.returncode == 2
     assert result.stderr.strip() == "sealfleet: error: --clusters must be at least 1"
