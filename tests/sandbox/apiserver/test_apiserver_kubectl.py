@@ -221,3 +221,27 @@ async def test_unauthorized_and_forbidden(sandbox_api: SandboxApi) -> None:
     )
     assert allowed.returncode == 0, allowed.stderr
     assert json.loads(allowed.stdout)["items"] == []
+
+
+async def test_imperative_create_commands_send_protobuf(sandbox_api: SandboxApi) -> None:
+    commands = [
+        ("create", "namespace", "team"),
+        ("create", "secret", "generic", "creds", "-n", "team", "--from-literal=user=admin"),
+        ("create", "service", "clusterip", "web", "-n", "team", "--tcp=80:8080"),
+        ("create", "deployment", "web", "-n", "team", "--image=nginx", "--replicas=2"),
+    ]
+    for command in commands:
+        result = await sandbox_api.kubectl(*command)
+        assert result.returncode == 0, result.stderr
+    store = sandbox_api.store
+    assert store.get("namespaces", None, "team")["status"] == {"phase": "Active"}
+    secret = store.get("secrets", "team", "creds")
+    assert secret["data"] == {"user": "YWRtaW4="}
+    assert secret["type"] == "Opaque"
+    assert "generateName" not in secret["metadata"]
+    port = store.get("services", "team", "web")["spec"]["ports"][0]
+    assert (port["port"], port["targetPort"], port["protocol"]) == (80, 8080, "TCP")
+    spec = store.get("deployments.apps", "team", "web")["spec"]
+    assert spec["replicas"] == 2
+    assert spec["template"]["spec"]["containers"] == [{"name": "nginx", "image": "nginx"}]
+    assert "creationTimestamp" not in spec["template"]["metadata"]

@@ -18,7 +18,7 @@ from aiohttp import web
 from ruamel.yaml import YAML
 from ruamel.yaml.error import YAMLError
 
-from sealfleet.sandbox.apiserver import discovery, patching, proxy, tables, watching
+from sealfleet.sandbox.apiserver import discovery, patching, protobuf, proxy, tables, watching
 from sealfleet.sandbox.apiserver.auth import authorize
 from sealfleet.sandbox.apiserver.context import ClusterContext
 from sealfleet.sandbox.apiserver.discovery import Served
@@ -113,9 +113,12 @@ def flag(value: str | None) -> bool:
 
 
 async def read_json(request: web.Request, kind: str) -> Any:
+    """The request body as JSON data (kubectl's protobuf bodies are decoded to the same)."""
     raw = await request.read()
     if not raw:
         raise bad_request("the request body is empty")
+    if request.headers.get("Content-Type", "").startswith(protobuf.PROTOBUF):
+        return protobuf.decode_object(raw)
     try:
         return json.loads(raw)
     except ValueError as exc:

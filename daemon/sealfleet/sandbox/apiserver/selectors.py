@@ -147,14 +147,50 @@ def parse_field_selector(text: str | None, *, allowed: tuple[str, ...]) -> list[
     return result
 
 
+# Selectable fields beyond metadata.name/namespace, per resource, as the real registries
+# declare them (kubectl describe lists Events by involvedObject.*).
+EXTRA_FIELDS: dict[str, tuple[str, ...]] = {
+    "secrets": ("type",),
+    "namespaces": ("status.phase",),
+    "pods": (
+        "spec.nodeName",
+        "spec.restartPolicy",
+        "spec.schedulerName",
+        "spec.serviceAccountName",
+        "status.phase",
+        "status.podIP",
+    ),
+    "events": (
+        "involvedObject.kind",
+        "involvedObject.namespace",
+        "involvedObject.name",
+        "involvedObject.uid",
+        "involvedObject.apiVersion",
+        "involvedObject.resourceVersion",
+        "involvedObject.fieldPath",
+        "reason",
+        "reportingComponent",
+        "source",
+        "type",
+    ),
+}
+
+
 def field_value(entry: Entry, field: str) -> str:
     if field == "metadata.name":
         return entry.name
     if field == "metadata.namespace":
         return entry.namespace
-    if field == "type":
-        return entry.secret_type or ""
-    return ""
+    if field == "type" and entry.secret_type is not None:
+        return entry.secret_type
+    node: object = entry.obj()  # rare fields: read them from the stored object
+    for part in field.split("."):
+        node = node.get(part) if isinstance(node, dict) else None
+    if field == "source" and node is None:
+        return ""
+    if isinstance(node, dict):  # events' "source" selects on source.component
+        node = node.get("component")
+    return "" if node is None else str(node)
 
 
 class Selector:
@@ -178,9 +214,7 @@ class Selector:
     def parse(
         cls, label_selector: str | None, field_selector: str | None, *, resource: str
     ) -> Selector:
-        allowed: tuple[str, ...] = ("metadata.name", "metadata.namespace")
-        if resource == "secrets":
-            allowed += ("type",)
+        allowed = ("metadata.name", "metadata.namespace", *EXTRA_FIELDS.get(resource, ()))
         return cls(
             parse_label_selector(label_selector),
             parse_field_selector(field_selector, allowed=allowed),
