@@ -104,13 +104,17 @@ async def test_watch_cut_after_n_events(
         sandbox_api.store.create("secrets", "default", {"metadata": {"name": f"s{n}"}})
     await set_faults(http, watch_cut_after=2)
     lines: list[dict[str, Any]] = []
-    with pytest.raises(aiohttp.ClientPayloadError):
+
+    async def read_watch() -> None:
         async with http.get(
             "/api/v1/namespaces/default/secrets",
             params={"watch": "1", "resourceVersion": str(start), "timeoutSeconds": "5"},
         ) as response:
             async for line in response.content:
                 lines.append(json.loads(line))
+
+    with pytest.raises(aiohttp.ClientPayloadError):
+        await read_watch()
     assert [line["object"]["metadata"]["name"] for line in lines] == ["s0", "s1"]
 
 

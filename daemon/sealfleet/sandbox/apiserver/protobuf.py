@@ -261,7 +261,7 @@ def decode_object(body: bytes) -> dict[str, Any]:
         raise ApiError(
             400, "BadRequest", "the protobuf request body could not be decoded"
         ) from None
-    obj = _omit_empty(obj)
+    obj = {k: _omit_empty(v, k) for k, v in obj.items() if v not in ("", 0, False, None)}
     obj["kind"] = kind
     obj["apiVersion"] = type_meta.get("apiVersion", "v1")
     return obj
