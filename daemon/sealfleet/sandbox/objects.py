@@ -286,6 +286,7 @@ class WatchEvent:
     name: str
     rv: int
     raw: bytes
+    old_raw: bytes | None = None  # the previous state of a MODIFIED object (selector moves)
 
     @property
     def object(self) -> Obj:
@@ -668,7 +669,12 @@ class ObjectStore:
         self._by_uid[entry.uid] = (resource, ns, entry.name)
         for owner in entry.owner_uids:
             self._dependents[owner].add(entry.uid)
-        self._emit(WatchEvent(event_type, resource, ns, entry.name, entry.rv, raw), obj)
+        self._emit(
+            WatchEvent(
+                event_type, resource, ns, entry.name, entry.rv, raw, old.raw if old else None
+            ),
+            obj,
+        )
 
     def _remove(self, resource: str, entry: Entry) -> None:
         key = (entry.namespace, entry.name)

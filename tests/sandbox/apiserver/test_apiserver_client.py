@@ -442,3 +442,30 @@ async def test_discovery_documents(sandbox_api: SandboxApi) -> None:
         assert version.major == "1"
         groups = await client.ApisApi(api).get_api_versions()
         assert GROUP in [g.name for g in groups.groups]
+
+
+async def test_selector_watch_sees_objects_move_in_and_out(sandbox_api: SandboxApi) -> None:
+    store = sandbox_api.store
+    store.create("secrets", "default", {"metadata": {"name": "m", "labels": {"team": "a"}}})
+    start = store.resource_version
+
+    def relabel(team: str) -> None:
+        obj = store.get("secrets", "default", "m")
+        obj["metadata"]["labels"] = {"team": team}
+        store.update("secrets", "default", "m", obj)
+
+    relabel("b")
+    relabel("a")
+    relabel("a2")
+    async with sandbox_api.api_client() as api:
+        response = await client.CoreV1Api(api).list_namespaced_secret(
+            "default",
+            watch=True,
+            label_selector="team=a",
+            resource_version=str(start),
+            timeout_seconds=1,
+            _preload_content=False,
+        )
+        async with response:
+            lines = [json.loads(line) for line in (await response.read()).splitlines()]
+    assert [line["type"] for line in lines] == ["DELETED", "ADDED", "DELETED"]

@@ -177,9 +177,10 @@ async def serve(ctx: ClusterContext, request: web.Request, target: Target) -> we
                     await writer.bookmark(store.resource_version)
                     next_bookmark = loop.time() + ctx.bookmark_interval
                 continue
-            if not _visible(event, selector):
+            shown = _as_seen_through(event, selector)
+            if shown is None:
                 continue
-            await writer.event(event.type, event.raw)
+            await writer.event(shown, event.raw)
             sent += 1
             if cut_after is not None and sent >= cut_after:
                 return _cut(request, response)
@@ -194,10 +195,21 @@ async def serve(ctx: ClusterContext, request: web.Request, target: Target) -> we
         stop_waiter.cancel()
 
 
-def _visible(event: WatchEvent, selector: Selector) -> bool:
+def _as_seen_through(event: WatchEvent, selector: Selector) -> str | None:
+    """The event type a selector-filtered watcher sees, or None when it sees nothing.
+
+    As the watch cache does: an object modified into the selection is ADDED for the
+    watcher, one modified out of it is DELETED.
+    """
     if selector.empty:
-        return True
-    return selector.matches(Entry(json.loads(event.raw), event.raw))
+        return event.type
+    matches_now = selector.matches(Entry(json.loads(event.raw), event.raw))
+    if event.type != "MODIFIED" or event.old_raw is None:
+        return event.type if matches_now else None
+    matched_before = selector.matches(Entry(json.loads(event.old_raw), event.old_raw))
+    if matches_now:
+        return "MODIFIED" if matched_before else "ADDED"
+    return "DELETED" if matched_before else None
 
 
 def _cut(request: web.Request, response: web.StreamResponse) -> web.StreamResponse:
