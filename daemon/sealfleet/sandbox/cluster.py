@@ -17,6 +17,7 @@ from typing import Any
 from aiohttp import web
 from multidict import CIMultiDict
 
+from sealfleet.errors import PermanentError
 from sealfleet.sandbox.apiserver import ApiServer, Tokens
 from sealfleet.sandbox.apiserver.proxy import unavailable
 from sealfleet.sandbox.controller import ControllerFlags, ControllerWorkload
@@ -75,6 +76,9 @@ class SandboxCluster:
         while self.workload.process is None:
             if self._task is not None and self._task.done():
                 self._task.result()  # surface a kubelet-loop failure
+            if self.workload.last_crash is not None:
+                raise PermanentError(f"{self.name}: the emulated controller crashed at "
+                                     f"start: {self.workload.last_crash}")
             await asyncio.sleep(0.02)
 
     def _handler(self, service: str) -> Any:

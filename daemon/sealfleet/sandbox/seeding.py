@@ -196,19 +196,26 @@ class Seeder:
 
     async def seed(self, targets: Sequence[SeedTarget]) -> dict[str, Any]:
         spec = self.spec
-        rng = random.Random(spec.seed)
-        plans = {target.name: plan_cluster(spec, rng) for target in targets}
         loop = asyncio.get_running_loop()
         with ThreadPoolExecutor(max_workers=max(self._processes, 1),
                                 thread_name_prefix="seed-keygen") as key_pool, \
                 self._encryption_pool(len(targets)) as pool:
+            # Key generation dominates: start it first, and the worker processes too
+            # (spawning takes a while), then plan while they run.
             key_futures = self._key_futures(loop, key_pool, [t.name for t in targets])
             foreign = (loop.run_in_executor(key_pool, self._generate, 0)
                        if spec.malformed else None)
-            records = await asyncio.gather(*(
-                self._seed_cluster(loop, pool, target, plans[target.name],
-                                   key_futures[target.name], foreign)
-                for target in targets))
+            warm = [loop.run_in_executor(pool, encrypt_chunk, (), ())
+                    for _ in range(max(self._processes, 1))]
+            rng = random.Random(spec.seed)
+            plans = {target.name: plan_cluster(spec, rng) for target in targets}
+            await asyncio.gather(*warm)
+            async with asyncio.TaskGroup() as group:
+                tasks = [group.create_task(
+                    self._seed_cluster(loop, pool, target, plans[target.name],
+                                       key_futures[target.name], foreign),
+                    name=f"seed-{target.name}") for target in targets]
+            records = [task.result() for task in tasks]
         return {"seed": spec.seed, "generated_at": self._now.strftime("%Y-%m-%dT%H:%M:%SZ"),
                 "spec": dataclasses.asdict(spec),
                 "clusters": {t.name: r[0] for t, r in zip(targets, records, strict=True)},

@@ -127,6 +127,7 @@ class ControllerHttp:
         self._metrics = metrics
         self._executor = executor
         self._limiter = GcraLimiter(flags.rate_limit, flags.rate_limit_burst)
+        self._limit_header = str(flags.rate_limit_burst + 1)
 
     async def handle_main(
         self, method: str, path: str, headers: Mapping[str, str], body: bytes
@@ -175,7 +176,7 @@ class ControllerHttp:
                 "limit exceeded\n",
                 **{
                     "Retry-After": str(retry_after),
-                    "X-Ratelimit-Limit": "3",
+                    "X-Ratelimit-Limit": self._limit_header,
                     "X-Ratelimit-Remaining": "0",
                 },
             )

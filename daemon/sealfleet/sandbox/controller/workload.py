@@ -135,6 +135,7 @@ class ControllerWorkload:
         try:
             flags = flags_from_deployment(deployment)
         except FlagError as exc:
+            self.last_crash = str(exc)
             return str(exc)
         process = ControllerProcess(
             store=self.store,
@@ -172,6 +173,10 @@ class ControllerWorkload:
                 self.last_crash = str(exc)
                 _log.warning("sandbox_controller_crashed", cluster=self.cluster, error=str(exc))
                 return str(exc)
+            except Exception as exc:  # an emulation bug: show it as a crash, keep going
+                self.last_crash = f"internal error: {type(exc).__name__}"
+                _log.exception("sandbox_controller_failed", cluster=self.cluster)
+                return self.last_crash
         return None
 
     def _stop_serving(self) -> None:
