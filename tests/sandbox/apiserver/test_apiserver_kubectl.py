@@ -245,3 +245,21 @@ async def test_imperative_create_commands_send_protobuf(sandbox_api: SandboxApi)
     assert spec["replicas"] == 2
     assert spec["template"]["spec"]["containers"] == [{"name": "nginx", "image": "nginx"}]
     assert "creationTimestamp" not in spec["template"]["metadata"]
+
+
+async def test_server_dry_run_and_server_side_apply(sandbox_api: SandboxApi) -> None:
+    dry = await sandbox_api.kubectl(
+        "create", "secret", "generic", "dry", "--from-literal=a=b", "--dry-run=server", "-o", "name"
+    )
+    assert dry.returncode == 0, dry.stderr
+    assert dry.stdout.strip() == "secret/dry"
+    assert sandbox_api.store.list("secrets", "default")[0] == []
+    for mode in ("one", "two"):
+        applied = await sandbox_api.kubectl(
+            "apply", "--server-side", "-f", "-", stdin=SECRET_YAML.format(mode=mode)
+        )
+        assert applied.returncode == 0, applied.stderr
+        assert applied.stdout.strip() == "secret/app-config serverside-applied"
+    secret = sandbox_api.store.get("secrets", "default", "app-config")
+    assert secret["data"] == {"mode": "dHdv"}
+    assert secret["metadata"]["labels"] == {"app": "demo"}
