@@ -84,6 +84,30 @@ def test_renewal_schedule_is_period_minus_age_of_newest_key(
     assert stale.first_renewal_delay(now) == dt.timedelta(0)
 
 
+def test_secret_creation_order_can_override_not_before(
+        rsa2048_keys: list[keys_domain.SealingKey]) -> None:
+    """--key-order-priority=SecretCreationTimestamp (issue #1639): a Secret created later
+    wins even when its certificate is older."""
+    now = dt.datetime.now(dt.UTC)
+    older_cert, newer_cert = (
+        keys_domain.SealingKey(key.private_key, keys_domain.self_signed_certificate(
+            key.private_key, now=now - age))
+        for key, age in ((rsa2048_keys[0], 30 * DAY), (rsa2048_keys[1], DAY)))
+    imported = keys_domain.key_secret_manifest(older_cert, name="imported")
+    imported["metadata"]["creationTimestamp"] = "2026-02-01T00:00:00Z"
+    generated = keys_domain.key_secret_manifest(newer_cert, name="generated")
+    generated["metadata"]["creationTimestamp"] = "2026-01-01T00:00:00Z"
+    by_creation = KeyRegistry(ControllerFlags(key_order_priority=ORDER_BY_CREATION))
+    by_not_before = KeyRegistry(ControllerFlags())
+    for registry in (by_creation, by_not_before):
+        registry.register_secret(generated)
+        registry.register_secret(imported)
+    assert by_creation.most_recent is not None
+    assert by_creation.most_recent.secret_name == "imported"
+    assert by_not_before.most_recent is not None
+    assert by_not_before.most_recent.secret_name == "generated"
+
+
 # ------------------------------------------------------------- in the cluster
 
 
