@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import sqlite3
+import threading
 from pathlib import Path
 
 import pytest
@@ -167,3 +168,57 @@ def test_two_migrations_with_one_number_are_refused(tmp_path: Path) -> None:
     (folder / "0001_again.sql").write_text("SELECT 1;\n")
     with pytest.raises(StoreError, match="share the number 0001"):
         migrations.discover(folder)
+
+
+@pytest.mark.parametrize("statement", ["BEGIN;", "COMMIT;", "end transaction;",
+                                       "SAVEPOINT s;"])
+def test_migrations_may_not_control_transactions(tmp_path: Path, statement: str) -> None:
+    folder = copy_first(len(SHIPPED), tmp_path / "migrations")
+    (folder / "9999_sneaky.sql").write_text(f"CREATE TABLE a (x);\n{statement}\n")
+    conn = connect(tmp_path / "inventory.db")
+    try:
+        with pytest.raises(StoreError, match="9999_sneaky: must not contain transaction"):
+            migrations.apply_pending(conn, migrations.discover(folder))
+        assert "a" not in {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
+    finally:
+        conn.close()
+
+
+def test_incomplete_last_statement_is_refused(tmp_path: Path) -> None:
+    folder = copy_first(len(SHIPPED), tmp_path / "migrations")
+    (folder / "9999_cut.sql").write_text("CREATE TABLE a (x);\nCREATE TABLE b (y)\n-- end\n")
+    conn = connect(tmp_path / "inventory.db")
+    try:
+        with pytest.raises(StoreError, match="9999_cut: incomplete last statement"):
+            migrations.apply_pending(conn, migrations.discover(folder))
+    finally:
+        conn.close()
+
+
+def test_two_processes_migrating_at_once_both_succeed(tmp_path: Path) -> None:
+    """Each migration is re-checked under the write lock, so the loser skips it."""
+    path = tmp_path / "inventory.db"
+    connect(path).close()
+    barrier = threading.Barrier(2)
+    results: list[list[str]] = []
+    errors: list[BaseException] = []
+
+    def migrate() -> None:
+        conn = connect(path)
+        try:
+            barrier.wait()
+            results.append(migrations.apply_pending(conn, SHIPPED))
+        except BaseException as exc:
+            errors.append(exc)
+        finally:
+            conn.close()
+
+    threads = [threading.Thread(target=migrate) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert errors == []
+    assert sorted(name for names in results for name in names) == sorted(
+        m.name for m in SHIPPED)
+    assert applied_names(path) == [m.name for m in SHIPPED]

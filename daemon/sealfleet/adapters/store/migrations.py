@@ -121,24 +121,71 @@ def apply_pending(conn: sqlite3.Connection, migrations: list[Migration]) -> list
 
     *conn* must be in autocommit mode (``isolation_level=None``).  Returns the names
     applied.  On failure the failing migration is rolled back entirely (earlier ones
-    stay applied) and a StoreError names it.
+    stay applied) and a StoreError names it.  Another process migrating the same file
+    at the same time is harmless: each migration is re-checked under the write lock.
     """
     verify(conn, migrations)
     applied: list[str] = []
     for migration in pending(conn, migrations):
-        now = dt.datetime.now(dt.UTC).isoformat(timespec="microseconds")
-        # executescript() runs the whole file; BEGIN/COMMIT are part of the script so the
-        # schema change and its record commit together.  Names and checksums are
-        # validated ([0-9a-z_] and hex), so quoting them into the script is safe.
-        script = (f"BEGIN IMMEDIATE;\n{_RECORDS_DDL};\n{migration.sql}\n;\n"
-                  "INSERT INTO schema_migrations (name, checksum, applied_at) VALUES "
-                  f"('{migration.name}', '{migration.checksum}', '{now}');\nCOMMIT;")
+        statements = split_statements(migration)
+        conn.execute("BEGIN IMMEDIATE")
         try:
-            conn.executescript(script)
+            conn.execute(_RECORDS_DDL)
+            if conn.execute("SELECT 1 FROM schema_migrations WHERE name = ?",
+                            (migration.name,)).fetchone():
+                conn.execute("ROLLBACK")  # applied meanwhile by another process
+                continue
+            for statement in statements:
+                conn.execute(statement)
+            conn.execute("INSERT INTO schema_migrations (name, checksum, applied_at) "
+                         "VALUES (?, ?, ?)",
+                         (migration.name, migration.checksum,
+                          dt.datetime.now(dt.UTC).isoformat(timespec="microseconds")))
+            conn.execute("COMMIT")
         except sqlite3.Error as exc:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             raise StoreError(f"migration {migration.name} failed and was rolled back: "
                              f"{exc}") from exc
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
         applied.append(migration.name)
+    verify(conn, migrations)
     return applied
+
+
+_TRANSACTION_CONTROL = re.compile(r"^(BEGIN|COMMIT|END|ROLLBACK|SAVEPOINT|RELEASE)\b",
+                                  re.IGNORECASE)
+
+
+def split_statements(migration: Migration) -> list[str]:
+    """The migration's SQL statements, one by one, so the runner owns the transaction.
+
+    (``executescript`` would commit first; and a migration must not carry its own
+    BEGIN/COMMIT, which would break the one-transaction guarantee.)
+    """
+    statements: list[str] = []
+    buffer = ""
+    for line in migration.sql.splitlines(keepends=True):
+        buffer += line
+        if sqlite3.complete_statement(buffer):
+            statements.append(buffer.strip())
+            buffer = ""
+    if _code(buffer):
+        raise StoreError(f"migration {migration.name}: incomplete last statement "
+                         "(missing ';'?)")
+    statements = [s for s in statements if _code(s)]
+    for statement in statements:
+        if _TRANSACTION_CONTROL.match(_code(statement)):
+            raise StoreError(f"migration {migration.name}: must not contain transaction "
+                             "control (BEGIN/COMMIT/...); the runner wraps each migration "
+                             "in one transaction")
+    return statements
+
+
+def _code(sql: str) -> str:
+    """*sql* without ``--`` comment lines and surrounding whitespace."""
+    return "\n".join(line for line in sql.splitlines()
+                     if line.strip() and not line.lstrip().startswith("--")).strip()
