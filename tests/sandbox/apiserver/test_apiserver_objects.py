@@ -58,6 +58,26 @@ def test_get_returns_independent_copies() -> None:
     assert store.get("secrets", "default", "a")["metadata"]["labels"] == {"x": "1"}
 
 
+def test_writes_never_mutate_the_callers_object() -> None:
+    store = ObjectStore()
+    body = {"metadata": {"name": "a", "labels": {"x": "1"}}, "stringData": {"k": "v"}}
+    snapshot = repr(body)
+    store.create("secrets", "default", body)
+    assert repr(body) == snapshot
+    update = store.get("secrets", "default", "a")
+    update["stringData"] = {"k2": "v2"}
+    snapshot = repr(update)
+    store.update("secrets", "default", "a", update)
+    assert repr(update) == snapshot
+    with pytest.raises(ApiError) as unserializable:
+        store.create("secrets", "default", {"metadata": {"name": "b"}, "data": {"k": object()}})
+    assert unserializable.value.code == 400
+    rv = store.resource_version
+    with pytest.raises(ApiError):
+        store.create("events", "default", {"metadata": {"name": "e"}, "x": object()})
+    assert store.resource_version == rv
+
+
 def test_generate_name_uses_the_vowel_free_alphabet() -> None:
     store = ObjectStore()
     names = {

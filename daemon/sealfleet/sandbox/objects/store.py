@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import bisect
 import collections
-import json
 import random
 import uuid
 from collections.abc import Callable
@@ -151,7 +150,7 @@ class ObjectStore:
         self, resource: str, namespace: str | None, obj: Obj, *, dry_run: bool = False
     ) -> Obj:
         rtype = resource_type(resource)
-        obj = json.loads(dump(obj))  # never keep a reference to the caller's dict
+        obj = _detach(obj)
         ns = self._ns(rtype, namespace)
         meta = obj.setdefault("metadata", {})
         if not isinstance(meta, dict):
@@ -198,9 +197,10 @@ class ObjectStore:
         if dry_run:
             meta["resourceVersion"] = str(self._rv)
             return obj
+        meta["resourceVersion"] = str(self._rv + 1)
+        raw = _serialize(obj)  # before committing: unserializable input changes nothing
         self._rv += 1
-        meta["resourceVersion"] = str(self._rv)
-        self._store(resource, ns, obj, "ADDED")
+        self._store(resource, ns, obj, "ADDED", raw=raw)
         return obj
 
     def update(
@@ -215,7 +215,7 @@ class ObjectStore:
     ) -> Obj:
         rtype = resource_type(resource)
         ns = self._ns(rtype, namespace)
-        obj = json.loads(dump(obj))
+        obj = _detach(obj)
         meta = obj.get("metadata")
         if not isinstance(meta, dict):
             raise bad_request("metadata must be an object")
@@ -283,7 +283,7 @@ class ObjectStore:
                 new_meta["generation"] = int(old_meta.get("generation", 0)) + 1
         new["metadata"]["resourceVersion"] = old_meta["resourceVersion"]
         kind_first(new)
-        if dump(new) == old_entry.raw:
+        if _serialize(new) == old_entry.raw:
             return new  # a no-op: etcd is not written, no event, same resourceVersion
         if dry_run:
             return new
@@ -352,10 +352,18 @@ class ObjectStore:
         raise ApiError(500, "InternalError", "could not generate a unique name")
 
     def _store(
-        self, resource: str, ns: str, obj: Obj, event_type: str, old: Entry | None = None
+        self,
+        resource: str,
+        ns: str,
+        obj: Obj,
+        event_type: str,
+        old: Entry | None = None,
+        *,
+        raw: bytes | None = None,
     ) -> None:
-        kind_first(obj)
-        raw = dump(obj)
+        if raw is None:
+            kind_first(obj)
+            raw = dump(obj)
         entry = Entry(obj, raw)
         key = (ns, entry.name)
         if old is None:
@@ -441,3 +449,33 @@ class ObjectStore:
                 listener(event.type, event.resource, obj)
             except Exception:  # a broken listener must not break the write that happened
                 _log.exception("sandbox_listener_failed", resource=event.resource)
+
+
+def _detach(obj: object) -> Obj:
+    """A copy of the parts of ``obj`` that writes mutate; the rest is serialized unchanged.
+
+    A full deep copy would cost as much as the serialization itself; the stored form is
+    bytes, so sharing untouched nested values with the caller's dict is harmless.
+    """
+    if not isinstance(obj, dict):
+        raise bad_request("the object provided is not a JSON object")
+    copied = dict(obj)
+    meta = copied.get("metadata")
+    if isinstance(meta, dict):
+        meta = dict(meta)
+        for field in ("labels", "annotations"):
+            if isinstance(meta.get(field), dict):
+                meta[field] = dict(meta[field])
+        copied["metadata"] = meta
+    for field in ("data", "stringData"):
+        if isinstance(copied.get(field), dict):
+            copied[field] = dict(copied[field])
+    return copied
+
+
+def _serialize(obj: Obj) -> bytes:
+    kind_first(obj)
+    try:
+        return dump(obj)
+    except (TypeError, ValueError) as exc:
+        raise bad_request(f"the object cannot be serialized as JSON: {exc}") from None
