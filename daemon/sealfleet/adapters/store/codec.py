@@ -135,10 +135,11 @@ def sealed_secret_rows(records: Sequence[SealedSecretRecord]) -> list[tuple[Any,
         if r.observed_at is not last_time:
             last_time, last_text = r.observed_at, timestamp(r.observed_at)
         items, keys, key_items = encode_items(r.items)
+        # sqlite3 binds int and str subclasses as such: Scope (IntEnum) is stored as its
+        # number, SecretState (StrEnum) as its value, a bool as 0/1, with no conversion.
         append((r.cluster, r.namespace, r.name, r.uid, r.resource_version, r.generation,
-                int(r.scope), len(r.items), r.ciphertext_fingerprint, items, keys, key_items,
-                str(r.state), None if r.synced is None else int(r.synced), r.synced_message,
-                r.malformed_reason, last_text))
+                r.scope, len(r.items), r.ciphertext_fingerprint, items, keys, key_items,
+                r.state, r.synced, r.synced_message, r.malformed_reason, last_text))
     return rows
 
 
