@@ -150,3 +150,67 @@ async def test_outage_refuses_connections_and_recovers_on_the_same_port(
         assert response.status == 200
     async with sandbox_api.api_client() as api:
         assert (await client.CoreV1Api(api).read_namespace("default")).metadata.name == "default"
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "content_type"),
+    [
+        ("POST", "/api/v1/namespaces/default/secrets", b"{not json", "application/json"),
+        ("POST", "/api/v1/namespaces/default/secrets", b"[1, 2]", "application/json"),
+        (
+            "POST",
+            "/api/v1/namespaces/default/secrets",
+            b'{"metadata": {"name": 5}}',
+            "application/json",
+        ),
+        ("POST", "/api/v1/namespaces/default/secrets", b'{"metadata": "x"}', "application/json"),
+        (
+            "POST",
+            "/api/v1/namespaces/default/secrets",
+            b'{"metadata": {"name": "a", "labels": [1]}}',
+            "application/json",
+        ),
+        (
+            "POST",
+            "/api/v1/namespaces/default/secrets",
+            b"k8s\x00\x0a\x05junk",
+            "application/vnd.kubernetes.protobuf",
+        ),
+        ("PUT", "/api/v1/namespaces/default/secrets/a", b"{}", "application/json"),
+        (
+            "PATCH",
+            "/api/v1/namespaces/default/secrets/a",
+            b'{"x": 1}',
+            "application/json-patch+json",
+        ),
+        ("PATCH", "/api/v1/namespaces/default/secrets/a", b"[1]", "application/merge-patch+json"),
+        ("PATCH", "/api/v1/namespaces/default/secrets/a", b"{}", "text/plain"),
+        ("GET", "/api/v1/namespaces/default/secrets?limit=x", b"", "application/json"),
+        ("GET", "/api/v1/namespaces/default/secrets?continue=garbage", b"", "application/json"),
+        (
+            "GET",
+            "/api/v1/namespaces/default/secrets?watch=1&resourceVersion=x",
+            b"",
+            "application/json",
+        ),
+        ("GET", "/api/v1/namespaces/default/nothings", b"", "application/json"),
+        ("GET", "/apis/bitnami.com/v9/sealedsecrets", b"", "application/json"),
+        ("DELETE", "/api/v1/namespaces/default/secrets/a", b"{oops", "application/json"),
+    ],
+)
+async def test_bad_requests_get_status_objects_never_crashes(
+    sandbox_api: SandboxApi,
+    http: aiohttp.ClientSession,
+    method: str,
+    path: str,
+    body: bytes,
+    content_type: str,
+) -> None:
+    sandbox_api.store.create("secrets", "default", {"metadata": {"name": "a"}})
+    async with http.request(
+        method, path, data=body, headers={"Content-Type": content_type}
+    ) as response:
+        status = await response.json()
+    assert 400 <= response.status < 500
+    assert status["kind"] == "Status"
+    assert status["code"] == response.status

@@ -41,6 +41,11 @@ async def _errors(request: web.Request, handler: Any) -> web.StreamResponse:
         return response
     except ApiError as exc:
         return error_response(exc)
+    except (web.HTTPException, asyncio.CancelledError):
+        raise
+    except Exception:  # a bug here must look like a real apiserver's 500, not crash a test
+        _log.exception("sandbox_apiserver_handler_failed", method=request.method, path=request.path)
+        return error_response(ApiError(500, "InternalError", "Internal error occurred"))
 
 
 class ApiServer:

@@ -164,6 +164,9 @@ class ObjectStore:
             meta["namespace"] = ns
         else:
             meta.pop("namespace", None)
+        for field in ("name", "generateName"):
+            if field in meta and not isinstance(meta[field], str | None):
+                raise bad_request(f"metadata.{field} must be a string")
         if not meta.get("name"):
             prefix = meta.get("generateName")
             if not prefix:
