@@ -269,3 +269,16 @@ async def test_unusable_database_location_is_a_store_error(tmp_path: Path) -> No
     with pytest.raises(StoreError, match=str(garbage)):
         async with Store.open(garbage):
             pass
+
+
+async def test_prune_attributions_keeps_live_and_recent_entries(store: Store) -> None:
+    live = sealed("c1", "ns", "a", ["K1", None])
+    await store.upsert_sealed_secrets([live])
+    live_hashes = [item.item_hash for item in live.items]
+    await store.put_attributions([(h, "K1") for h in [*live_hashes, "gone"]],
+                                 known_keys_epoch=1)
+    now = dt.datetime.now(dt.UTC)
+    # Too recent to prune: it may belong to a SealedSecret about to be written.
+    assert await store.prune_attributions(older_than=now - dt.timedelta(hours=1)) == 0
+    assert await store.prune_attributions(older_than=now + dt.timedelta(seconds=1)) == 1
+    assert set(await store.get_attributions([*live_hashes, "gone"])) == set(live_hashes)

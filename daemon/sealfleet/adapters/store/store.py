@@ -267,6 +267,13 @@ class Store:
         if attributions:
             await self.write(writes.put_attributions, list(attributions), known_keys_epoch)
 
+    async def prune_attributions(self, *, older_than: dt.datetime) -> int:
+        """Drop cache entries older than *older_than* that no stored item refers to.
+
+        Holds the write lock for about a second per 100k SealedSecrets: run it rarely
+        (e.g. daily), not on the scan path."""
+        return await self.write(writes.prune_attributions, older_than)
+
     async def set_watch_resource_version(self, cluster: str, resource: str,
                                          rv: str | None) -> None:
         await self.write(writes.set_watch_resource_version, cluster, resource, rv)

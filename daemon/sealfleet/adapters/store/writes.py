@@ -237,6 +237,26 @@ def put_attributions(conn: sqlite3.Connection,
          for item_hash, fingerprint in attributions])
 
 
+def prune_attributions(conn: sqlite3.Connection, older_than: dt.datetime) -> int:
+    """Forget cached attributions no stored SealedSecret refers to any more.
+
+    Only entries attributed before *older_than* go, so an item attributed just before
+    its SealedSecret is written is not lost in between.  Returns how many were removed.
+    """
+    conn.execute("CREATE TEMP TABLE IF NOT EXISTS live_item_hashes "
+                 "(item_hash TEXT PRIMARY KEY) WITHOUT ROWID")
+    conn.execute("DELETE FROM temp.live_item_hashes")
+    rows = conn.execute("SELECT items, keys FROM sealed_secrets").fetchall()
+    conn.executemany("INSERT OR IGNORE INTO temp.live_item_hashes VALUES (?)",
+                     ((fact.item_hash,) for items, keys in rows
+                      for fact in codec.decode_items(items, keys)))
+    cursor = conn.execute("DELETE FROM attributions WHERE attributed_at < ? AND item_hash NOT IN "
+                          "(SELECT item_hash FROM temp.live_item_hashes)",
+                          (codec.timestamp(older_than),))
+    conn.execute("DELETE FROM temp.live_item_hashes")
+    return cursor.rowcount
+
+
 def set_watch_resource_version(conn: sqlite3.Connection, cluster: str, resource: str,
                                resource_version: str | None) -> None:
     if resource_version is None:
