@@ -469,3 +469,21 @@ async def test_selector_watch_sees_objects_move_in_and_out(sandbox_api: SandboxA
         async with response:
             lines = [json.loads(line) for line in (await response.read()).splitlines()]
     assert [line["type"] for line in lines] == ["DELETED", "ADDED", "DELETED"]
+
+
+async def test_sealed_secret_spec_is_pruned_to_the_crd_schema(sandbox_api: SandboxApi) -> None:
+    body = sealed_secret("pruned")
+    body["spec"]["encryptedData"]["any-key"] = "kept"
+    body["spec"]["template"] = {"metadata": {"labels": {"x": "y"}}, "unknownInTemplate": 1}
+    body["spec"]["bogus"] = True
+    async with sandbox_api.api_client() as api:
+        response = await client.CustomObjectsApi(api).create_namespaced_custom_object(
+            GROUP, VERSION, "default", PLURAL, body, _preload_content=False
+        )
+        async with response:
+            created = json.loads(await response.read())
+            warnings = response.headers.getall("Warning", [])
+    assert "bogus" not in created["spec"]
+    assert created["spec"]["encryptedData"]["any-key"] == "kept"
+    assert created["spec"]["template"]["unknownInTemplate"] == 1  # preserve-unknown-fields
+    assert warnings == ['299 - "unknown field \\"spec.bogus\\""']

@@ -263,3 +263,16 @@ async def test_server_dry_run_and_server_side_apply(sandbox_api: SandboxApi) -> 
     secret = sandbox_api.store.get("secrets", "default", "app-config")
     assert secret["data"] == {"mode": "dHdv"}
     assert secret["metadata"]["labels"] == {"app": "demo"}
+
+
+async def test_unknown_fields_are_refused_strictly_or_dropped_with_warnings(
+    sandbox_api: SandboxApi,
+) -> None:
+    typo = SECRET_YAML.format(mode="one").replace("stringData", "stringDta")
+    strict = await sandbox_api.kubectl("apply", "-f", "-", stdin=typo)
+    assert strict.returncode != 0
+    assert 'strict decoding error: unknown field "stringDta"' in strict.stderr
+    warned = await sandbox_api.kubectl("apply", "--validate=warn", "-f", "-", stdin=typo)
+    assert warned.returncode == 0, warned.stderr
+    assert 'Warning: unknown field "stringDta"' in warned.stderr
+    assert "data" not in sandbox_api.store.get("secrets", "default", "app-config")

@@ -18,7 +18,15 @@ from aiohttp import web
 from ruamel.yaml import YAML
 from ruamel.yaml.error import YAMLError
 
-from sealfleet.sandbox.apiserver import discovery, patching, protobuf, proxy, tables, watching
+from sealfleet.sandbox.apiserver import (
+    decoding,
+    discovery,
+    patching,
+    protobuf,
+    proxy,
+    tables,
+    watching,
+)
 from sealfleet.sandbox.apiserver.auth import authorize
 from sealfleet.sandbox.apiserver.context import ClusterContext
 from sealfleet.sandbox.apiserver.discovery import Served
@@ -191,14 +199,28 @@ class ResourceHandlers:
     # ------------------------------------------------------------------- reads
 
     def respond_object(
-        self, request: web.Request, target: Target, obj: Obj, status: int = 200
+        self,
+        request: web.Request,
+        target: Target,
+        obj: Obj,
+        status: int = 200,
+        warnings: list[str] | None = None,
     ) -> web.Response:
         accept = request.headers.get("Accept", "")
         if tables.wants_table(accept):
             include = request.query.get("includeObject", "Metadata")
             body = tables.table(target.resource, [obj], include_object=include)
-            return json_response(body, status, tables.TABLE_CONTENT_TYPE)
-        return json_response(obj, status)
+            response = json_response(body, status, tables.TABLE_CONTENT_TYPE)
+        else:
+            response = json_response(obj, status)
+        for name, value in decoding.warning_headers(warnings or []):
+            response.headers.add(name, value)
+        return response
+
+    @staticmethod
+    def _check_fields(request: web.Request, target: Target, obj: Obj) -> list[str]:
+        mode = request.query.get("fieldValidation")
+        return decoding.check_fields(target.served.rtype, obj, mode)
 
     def list(self, request: web.Request, target: Target) -> web.Response:
         query = request.query
@@ -285,15 +307,17 @@ class ResourceHandlers:
                 "the server does not allow this method on the requested resource"
             )
         body = _check_type_meta(target.served, await read_json(request, target.served.rtype.kind))
+        warnings = self._check_fields(request, target, body)
         self._require_namespace(target.namespace)
         created = self.ctx.store.create(
             target.resource, target.namespace, body, dry_run=self._dry_run(request)
         )
-        return self.respond_object(request, target, created, 201)
+        return self.respond_object(request, target, created, 201, warnings)
 
     async def update(self, request: web.Request, target: Target) -> web.Response:
         self._read_only(target)
         body = _check_type_meta(target.served, await read_json(request, target.served.rtype.kind))
+        warnings = self._check_fields(request, target, body)
         updated = self.ctx.store.update(
             target.resource,
             target.namespace,
@@ -302,7 +326,7 @@ class ResourceHandlers:
             subresource=target.subresource,
             dry_run=self._dry_run(request),
         )
-        return self.respond_object(request, target, updated)
+        return self.respond_object(request, target, updated, warnings=warnings)
 
     async def patch(self, request: web.Request, target: Target) -> web.Response:
         self._read_only(target)
@@ -334,12 +358,14 @@ class ResourceHandlers:
                 raise
             body = _check_type_meta(target.served, patch_body)
             body.setdefault("metadata", {})["name"] = name
+            warnings = self._check_fields(request, target, body)
             self._require_namespace(target.namespace)
             created = store.create(target.resource, target.namespace, body, dry_run=dry_run)
-            return self.respond_object(request, target, created, 201)
+            return self.respond_object(request, target, created, 201, warnings)
         patched = patching.apply_patch(content_type, original, patch_body, custom=custom)
         if not isinstance(patched, dict):
             raise ApiError(422, "Invalid", "the patched object is not a JSON object")
+        warnings = self._check_fields(request, target, patched)
         if is_apply:  # apply does not use the caller's resourceVersion as a precondition
             patched.setdefault("metadata", {})["resourceVersion"] = original["metadata"][
                 "resourceVersion"
@@ -352,7 +378,7 @@ class ResourceHandlers:
             subresource=target.subresource,
             dry_run=dry_run,
         )
-        return self.respond_object(request, target, updated)
+        return self.respond_object(request, target, updated, warnings=warnings)
 
     async def _delete_options(self, request: web.Request) -> Obj:
         raw = await request.read()
