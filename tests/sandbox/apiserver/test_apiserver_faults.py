@@ -214,3 +214,25 @@ async def test_bad_requests_get_status_objects_never_crashes(
     assert 400 <= response.status < 500
     assert status["kind"] == "Status"
     assert status["code"] == response.status
+
+
+async def test_legacy_watch_paths(sandbox_api: SandboxApi, http: aiohttp.ClientSession) -> None:
+    store = sandbox_api.store
+    start = str(store.resource_version)
+    store.create("secrets", "default", {"metadata": {"name": "one"}})
+    store.create("secrets", "default", {"metadata": {"name": "two"}})
+    store.create("secrets", "other", {"metadata": {"name": "one"}})
+    params = {"resourceVersion": start, "timeoutSeconds": "10"}
+
+    async def names(path: str, count: int) -> list[str]:
+        """The names in the first ``count`` events."""
+        async with http.get(path, params=params) as response:
+            assert response.status == 200
+            lines = [await response.content.readline() for _ in range(count)]
+        return [json.loads(line)["object"]["metadata"]["name"] for line in lines]
+
+    assert await names("/api/v1/watch/namespaces/default/secrets", 2) == ["one", "two"]
+    assert await names("/api/v1/watch/secrets", 3) == ["one", "two", "one"]
+    # Single-object watches: the first event must be the named object, not "one"/"two" first.
+    assert await names("/api/v1/watch/namespaces/default/secrets/two", 1) == ["two"]
+    assert await names("/api/v1/namespaces/other/secrets/one?watch=true", 1) == ["one"]
