@@ -49,7 +49,17 @@ async def _errors(request: web.Request, handler: Any) -> web.StreamResponse:
 
 
 class ApiServer:
-    """An HTTPS apiserver for one ObjectStore.  Use as ``async with ApiServer(...) as api``."""
+    """An HTTPS apiserver for one ObjectStore.  Use as ``async with ApiServer(...) as api``.
+
+    After start: ``url`` (``https://127.0.0.1:<port>``), ``ca_pem`` and ``tokens`` (admin
+    and restricted) are what a kubeconfig needs.  ``register_service_handler`` routes the
+    service proxy to an in-process aiohttp handler (it receives a clone of the request
+    whose path is the proxied sub-path, without the caller's Authorization header).
+    ``set_faults(**settings)`` / ``clear_faults()`` change fault injection (see
+    ``faults.Faults``); ``set_faults(outage=True)`` closes the listener and drops every
+    connection, ``outage=False`` listens again on the same port.  The SealedSecret CRD is
+    installed into the store on construction.
+    """
 
     def __init__(
         self,
