@@ -102,14 +102,24 @@ class SandboxHarness:
     async def proxy(self, method: str, path: str, body: Any = None
                     ) -> tuple[int, bytes, dict[str, str]]:
         """A call through the service proxy with kubernetes-asyncio, as the daemon makes it."""
+        (result,) = await self.proxy_many(method, path, body, count=1)
+        return result
+
+    async def proxy_many(self, method: str, path: str, body: Any = None, *, count: int
+                         ) -> list[tuple[int, bytes, dict[str, str]]]:
+        """``count`` concurrent identical calls on one client (to meet a rate limit)."""
         async with self.api_client() as api:
-            response = await api.call_api(
-                f"{PROXY}{path}", method, header_params={"Accept": "*/*"}, body=body,
-                auth_settings=["BearerToken"], _preload_content=False)
-            try:
-                return response.status, await response.read(), dict(response.headers)
-            finally:
-                response.release()
+
+            async def call() -> tuple[int, bytes, dict[str, str]]:
+                response = await api.call_api(
+                    f"{PROXY}{path}", method, header_params={"Accept": "*/*"}, body=body,
+                    auth_settings=["BearerToken"], _preload_content=False)
+                try:
+                    return response.status, await response.read(), dict(response.headers)
+                finally:
+                    response.release()
+
+            return list(await asyncio.gather(*(call() for _ in range(count))))
 
     async def key_secrets(self) -> list[dict[str, Any]]:
         listed = await self.kubectl_json("get", "secret", "-n", NAMESPACE, "-l",
