@@ -14,6 +14,7 @@ from controller_harness import SandboxHarness, eventually
 from sealfleet.domain import attribution, keyfiles
 from sealfleet.domain import keys as keys_domain
 from sealfleet.domain.sealed_secrets import identity_of
+from sealfleet.sandbox.controller.http_api import GcraLimiter
 
 SECRET = """\
 apiVersion: v1
@@ -167,3 +168,13 @@ async def test_metrics_use_the_real_names(sandbox: SandboxHarness) -> None:
             f'namespace="{entry["namespace"]}",ss_app_kubernetes_io_instance='
             f'"{entry["namespace"]}"}} 1.0') in text
     assert "_created" not in text
+
+
+def test_gcra_limits_like_throttled() -> None:
+    limiter = GcraLimiter(rate=2.0, burst=2)
+    assert [limiter.allow("/v1/verify\0a", 0.0)[0] for _ in range(4)] == \
+        [True, True, True, False]
+    assert limiter.allow("/v1/verify\0b", 0.0)[0]  # keyed per path + X-Forwarded-For
+    assert not limiter.allow("/v1/verify\0a", 0.4)[0]
+    assert limiter.allow("/v1/verify\0a", 0.5)[0]  # one emission interval later
+    assert not limiter.allow("/v1/verify\0a", 0.5)[0]
