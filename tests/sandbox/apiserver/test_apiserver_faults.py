@@ -236,3 +236,17 @@ async def test_legacy_watch_paths(sandbox_api: SandboxApi, http: aiohttp.ClientS
     # Single-object watches: the first event must be the named object, not "one"/"two" first.
     assert await names("/api/v1/watch/namespaces/default/secrets/two", 1) == ["two"]
     assert await names("/api/v1/namespaces/other/secrets/one?watch=true", 1) == ["one"]
+
+
+async def test_status_subresource_only_allows_get_update_patch(
+    sandbox_api: SandboxApi, http: aiohttp.ClientSession
+) -> None:
+    sandbox_api.store.create(
+        "sealedsecrets.bitnami.com", "default", {"metadata": {"name": "s"}, "spec": {}}
+    )
+    path = "/apis/bitnami.com/v1alpha1/namespaces/default/sealedsecrets/s/status"
+    async with http.delete(path) as response:
+        assert response.status == 405
+    async with http.get(path) as response:
+        assert (await response.json())["metadata"]["name"] == "s"
+    assert sandbox_api.store.get("sealedsecrets.bitnami.com", "default", "s")

@@ -160,8 +160,6 @@ class ResourceHandlers:
         watch = flag(query.get("watch"))
         verb = verb_of(request.method, target, watch)
         rtype = target.served.rtype
-        if target.subresource == "proxy":
-            verb = {"get": "get", "create": "create"}.get(verb, verb)
         authorize(
             user,
             verb=verb,
@@ -171,7 +169,10 @@ class ResourceHandlers:
             name=target.name,
             protected_namespace=self.ctx.controller_namespace,
         )
-        if verb not in target.served.verbs and target.subresource is None:
+        allowed = {sub: verbs for sub, _, verbs in target.served.subresources}.get(
+            target.subresource or "", target.served.verbs
+        )
+        if verb not in allowed:
             raise method_not_allowed(
                 "the server does not allow this method on the requested resource"
             )
