@@ -162,22 +162,25 @@ class ControllerWorkload:
             self._stop_serving()
             for waiter in (serving, restart):
                 waiter.cancel()
-            if not task.done():
-                task.cancel()
-            try:
-                await task
-            except asyncio.CancelledError:
-                if not self._restart.is_set():
-                    raise
-            except ControllerCrash as exc:
-                self.last_crash = str(exc)
-                _log.warning("sandbox_controller_crashed", cluster=self.cluster, error=str(exc))
-                return str(exc)
-            except Exception as exc:  # an emulation bug: show it as a crash, keep going
-                self.last_crash = f"internal error: {type(exc).__name__}"
-                _log.exception("sandbox_controller_failed", cluster=self.cluster)
-                return self.last_crash
-        return None
+            task.cancel()  # no-op when it has already exited
+        return await self._reap(task)
+
+    async def _reap(self, task: asyncio.Task[None]) -> str | None:
+        """Wait for the process task to end; its crash text, or None if it was stopped."""
+        await asyncio.wait({task})  # never raises the task's exception, only our own cancel
+        if task.cancelled():
+            return None
+        error = task.exception()
+        if error is None:
+            return None
+        if isinstance(error, ControllerCrash):
+            self.last_crash = str(error)
+            _log.warning("sandbox_controller_crashed", cluster=self.cluster, error=str(error))
+        else:  # an emulation bug: show it as a crash and keep the cluster going
+            self.last_crash = f"internal error: {type(error).__name__}"
+            _log.error("sandbox_controller_failed", cluster=self.cluster,
+                       exc_info=(type(error), error, error.__traceback__))
+        return self.last_crash
 
     def _stop_serving(self) -> None:
         self.process = None
