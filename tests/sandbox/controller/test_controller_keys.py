@@ -21,7 +21,7 @@ from sealfleet.sandbox.controller.flags import (
     parse_flags,
     parse_go_duration,
 )
-from sealfleet.sandbox.controller.keyring import KeyRegistry
+from sealfleet.sandbox.controller.keyring import KeyRegistry, key_secret_selected
 
 DAY = dt.timedelta(days=1)
 
@@ -106,6 +106,19 @@ def test_secret_creation_order_can_override_not_before(
     assert by_creation.most_recent.secret_name == "imported"
     assert by_not_before.most_recent is not None
     assert by_not_before.most_recent.secret_name == "generated"
+
+
+def test_only_active_keys_and_the_legacy_name_are_loaded(
+        rsa2048_keys: list[keys_domain.SealingKey]) -> None:
+    key = rsa2048_keys[0]
+    active = keys_domain.key_secret_manifest(key, name="sealed-secrets-keyabcde")
+    retired = keys_domain.key_secret_manifest(key, name="sealed-secrets-keyfghij",
+                                              label_value="compromised")
+    legacy = keys_domain.key_secret_manifest(key, name="sealed-secrets-key",
+                                             label_value="compromised")
+    assert key_secret_selected(active, "sealed-secrets-key")
+    assert not key_secret_selected(retired, "sealed-secrets-key")
+    assert key_secret_selected(legacy, "sealed-secrets-key")  # whatever its labels say
 
 
 # ------------------------------------------------------------- in the cluster
