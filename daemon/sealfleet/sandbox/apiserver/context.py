@@ -6,7 +6,6 @@ depend on data, not on the object that starts and stops them.
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import random
 from collections.abc import Awaitable, Callable
@@ -15,7 +14,7 @@ from aiohttp import web
 
 from sealfleet.sandbox.apiserver.auth import Tokens
 from sealfleet.sandbox.apiserver.faults import Faults
-from sealfleet.sandbox.objects import ObjectStore
+from sealfleet.sandbox.objects import ObjectStore, WatchStream
 
 ServiceHandler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -31,6 +30,10 @@ class ClusterContext:
     service_handlers: dict[tuple[str, str], ServiceHandler] = dataclasses.field(
         default_factory=dict
     )
-    # Set when the server stops or goes into outage: open watch streams end at once.
-    watch_stop: asyncio.Event = dataclasses.field(default_factory=asyncio.Event)
+    # Open watch streams: closed when the server stops or goes into outage, which ends them.
+    active_watches: set[WatchStream] = dataclasses.field(default_factory=set)
     server_address: str = "127.0.0.1:0"
+
+    def end_watches(self) -> None:
+        for stream in list(self.active_watches):
+            stream.close()

@@ -145,7 +145,7 @@ class ApiServer:
         _log.info("sandbox_apiserver_started", url=self.url)
 
     async def stop(self) -> None:
-        self.ctx.watch_stop.set()
+        self.ctx.end_watches()
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -177,7 +177,7 @@ class ApiServer:
             if self._site is not None:
                 await self._site.stop()
                 self._site = None
-            self.ctx.watch_stop.set()
+            self.ctx.end_watches()
             server = self._runner.server
             for conn in server.connections if server is not None else []:
                 transport = conn.transport
@@ -185,7 +185,6 @@ class ApiServer:
                     transport.abort()
             _log.info("sandbox_apiserver_outage", url=self.url)
         else:
-            self.ctx.watch_stop = asyncio.Event()
             if self._site is None:
                 await self._listen()
             _log.info("sandbox_apiserver_recovered", url=self.url)

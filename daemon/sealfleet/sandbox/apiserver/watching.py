@@ -12,7 +12,6 @@ bookmark annotated ``k8s.io/initial-events-end``.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 from typing import TYPE_CHECKING
 
@@ -141,7 +140,7 @@ async def serve(ctx: ClusterContext, request: web.Request, target: Target) -> we
     deadline = loop.time() + timeout
     cut_after = ctx.faults.watch_cut_after
     sent = 0
-    stop_waiter = asyncio.ensure_future(ctx.watch_stop.wait())
+    ctx.active_watches.add(stream)
     try:
         for entry in initial:
             await writer.event("ADDED", entry.raw)
@@ -160,18 +159,14 @@ async def serve(ctx: ClusterContext, request: web.Request, target: Target) -> we
                 wait = min(wait, max(next_bookmark - now, 0.0))
             event = stream.get_nowait()
             if event is None:
-                getter = asyncio.ensure_future(anext(stream))
-                done, _ = await asyncio.wait(
-                    {getter, stop_waiter}, timeout=wait, return_when=asyncio.FIRST_COMPLETED
-                )
-                if getter in done:
-                    event = getter.result()
-                else:
-                    getter.cancel()
-                    with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
-                        await getter
-                    if stop_waiter in done:
-                        return _cut(request, response)
+                if stream.closed:  # the server stops or goes into outage
+                    return _cut(request, response)
+                try:
+                    event = await asyncio.wait_for(anext(stream), timeout=wait)
+                except TimeoutError:
+                    event = None
+                except StopAsyncIteration:
+                    return _cut(request, response)
             if event is None:
                 if bookmarks and loop.time() >= next_bookmark:
                     await writer.bookmark(store.resource_version)
@@ -188,11 +183,11 @@ async def serve(ctx: ClusterContext, request: web.Request, target: Target) -> we
             await writer.bookmark(store.resource_version)
         await response.write_eof()
         return response
-    except (ConnectionResetError, ConnectionError):
+    except ConnectionError:  # the client went away
         return response
     finally:
+        ctx.active_watches.discard(stream)
         stream.close()
-        stop_waiter.cancel()
 
 
 def _as_seen_through(event: WatchEvent, selector: Selector) -> str | None:

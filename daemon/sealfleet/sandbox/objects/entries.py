@@ -87,7 +87,8 @@ class WatchStream:
         self._store = store
         self.resource = resource
         self.namespace = namespace
-        self._queue: asyncio.Queue[WatchEvent] = asyncio.Queue()
+        # None is the end-of-stream marker close() queues to wake a blocked reader.
+        self._queue: asyncio.Queue[WatchEvent | None] = asyncio.Queue()
         self.closed = False
 
     def matches(self, event: WatchEvent) -> bool:
@@ -96,12 +97,15 @@ class WatchStream:
         )
 
     def push(self, event: WatchEvent) -> None:
-        self._queue.put_nowait(event)
+        if not self.closed:
+            self._queue.put_nowait(event)
 
     def close(self) -> None:
+        """Unsubscribe; a reader gets the events already queued, then the end."""
         if not self.closed:
             self.closed = True
             self._store._unsubscribe(self)
+            self._queue.put_nowait(None)
 
     def __enter__(self) -> WatchStream:
         return self
@@ -113,12 +117,18 @@ class WatchStream:
         return self
 
     async def __anext__(self) -> WatchEvent:
-        if self.closed and self._queue.empty():
+        event = await self._queue.get()
+        if event is None:
+            self._queue.put_nowait(None)  # every later read ends too
             raise StopAsyncIteration
-        return await self._queue.get()
+        return event
 
     def get_nowait(self) -> WatchEvent | None:
+        """The next queued event, or None when there is none (yet, or ever: see ``closed``)."""
         try:
-            return self._queue.get_nowait()
+            event = self._queue.get_nowait()
         except asyncio.QueueEmpty:
             return None
+        if event is None:
+            self._queue.put_nowait(None)
+        return event
