@@ -13,7 +13,8 @@ and tells the controller which keys sealed what (its restart then trusts those w
 decrypting 15k items); anything created or changed later is really unsealed.
 
 Keys are backdated: with R keys their certificates' NotBefore are 5, 35, 65, 95 ... days
-ago (the newest is the sealing key).  ``shared_key`` makes that newest key one identical
+ago (the newest is the sealing key); their Secrets are created at seeding time, so only
+the certificates carry the age.  ``shared_key`` makes that newest key one identical
 key in every cluster.  ``malformed`` adds, per cluster, SealedSecrets that cannot be
 unsealed (half with an invalid ciphertext, half sealed to a key the cluster does not
 have), left for the controller to fail on.
