@@ -36,6 +36,9 @@ from sealfleet.errors import FleetError
 
 log = structlog.get_logger(__name__)
 
+# Items remembered in memory (the store remembers all of them): enough for every item
+# that changes in a busy minute, a few megabytes however large the fleet.
+MEMORY_CACHE_ITEMS = 65536
 # SealedSecrets per executor job: big enough that scheduling is noise next to RSA,
 # small enough that twenty clusters share the threads fairly.
 _CHUNK_GROUPS = 16
@@ -210,6 +213,9 @@ class Attributor:
 
     def _remember(self, item_hash: str, fingerprint: str | None, epoch: int) -> None:
         raw = bytes.fromhex(item_hash)
+        for cache in (self._known, self._unknown):
+            if len(cache) >= MEMORY_CACHE_ITEMS:  # oldest first: dicts keep insertion order
+                del cache[next(iter(cache))]
         if fingerprint is None:
             self._unknown[raw] = epoch
         else:

@@ -80,8 +80,10 @@ class ClusterWorker:
 
     def __init__(self, cluster: Any, *, store: Store, attributor: Attributor,
                  options: WorkerOptions, on_change: Callable[[], None],
-                 on_progress: Callable[[], None]) -> None:
+                 on_progress: Callable[[], None],
+                 load_gate: asyncio.Semaphore | None = None) -> None:
         self.cluster = cluster
+        self._load_gate = load_gate or asyncio.Semaphore(1)
         self.name: str = cluster.name
         self._store = store
         self._attributor = attributor
@@ -135,10 +137,15 @@ class ClusterWorker:
                 self._keyring.unsubscribe(self._keys_event)
 
     async def _load(self) -> None:
-        """The stored inventory, so that unchanged objects cost nothing after a restart."""
-        records = await self._store.sealed_secrets_of_cluster(self.name)
-        self.inventory.load(records)
-        self._resume = bool(records)
+        """The stored inventory, so that unchanged objects cost nothing after a restart.
+
+        One cluster at a time (the gate): full records are big, the entries kept small.
+        """
+        async with self._load_gate:
+            records = await self._store.sealed_secrets_of_cluster(self.name)
+            self.inventory.load(records)
+            self._resume = bool(records)
+            del records
         self._progress()
 
     async def _session(self) -> None:
@@ -379,9 +386,12 @@ class ClusterWorker:
                 async for page in client.list_pages(controller.SEALED_SECRETS_PATH):
                     self._progress()
                     seen.update(inventory.ref_of(obj) for obj in page.items)
-                    await self._observe_sealed(page.items, relist=True)
-                    await self._flush()  # page by page: bounded memory, visible progress
                     resource_version = page.resource_version
+                    parsed = self._parse_changed(page.items, relist=True)
+                    del page  # only the parsed essentials wait for RSA
+                    await self._attribute_and_store(parsed)
+                    del parsed
+                    await self._flush()  # page by page: bounded memory, visible progress
             except Gone:
                 log.info("list_expired", resource=SEALED_RESOURCE)
                 continue
@@ -421,6 +431,13 @@ class ClusterWorker:
     async def _observe_sealed(self, objects: list[dict[str, Any]], *,
                               relist: bool = False, force: bool = False) -> None:
         """Parse, attribute and classify the objects that changed; queue their records."""
+        await self._attribute_and_store(self._parse_changed(objects, relist=relist,
+                                                            force=force), force=force)
+
+    def _parse_changed(self, objects: list[dict[str, Any]], *, relist: bool = False,
+                       force: bool = False) -> list[inventory.Parsed]:
+        """The objects that changed, reduced to what the inventory needs (the full dicts
+        can be dropped before the slow part: a page of them is megabytes)."""
         parsed: list[inventory.Parsed] = []
         for obj in objects:
             if not force and self.inventory.unchanged(obj, recheck_unknown=relist):
@@ -430,12 +447,17 @@ class ClusterWorker:
                 self.inventory.note_malformed(result, dt.datetime.now(dt.UTC))
                 continue
             parsed.append(result)
+        return parsed
+
+    async def _attribute_and_store(self, parsed: list[inventory.Parsed], *,
+                                   force: bool = False) -> None:
         if not parsed:
             return
         groups = [[ItemRequest(h, c, p.label) for _, h, c in p.items] for p in parsed]
         preferred = [self.sealing_key] if self.sealing_key else []
         held = {k.fingerprint for k in self._holdings.values()}
         answers = await self._attributor.attribute(groups, preferred=preferred, likely=held)
+        del groups
         now = dt.datetime.now(dt.UTC)
         for result in parsed:
             if force:

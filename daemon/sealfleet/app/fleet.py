@@ -72,6 +72,7 @@ class FleetManager:
         self._running: dict[str, _Running] = {}
         self._reconcile = asyncio.Event()
         self._group: asyncio.TaskGroup | None = None
+        self._load_gate = asyncio.Semaphore(1)  # workers load stored inventories one by one
 
     # ------------------------------------------------------------------ seams
 
@@ -151,7 +152,7 @@ class FleetManager:
                 continue
             worker = ClusterWorker(cluster, store=self._store, attributor=self.attributor,
                                    options=options, on_change=self._bump_changes,
-                                   on_progress=self._bump_progress)
+                                   on_progress=self._bump_progress, load_gate=self._load_gate)
             task = self._group.create_task(self._guard(worker), name=f"cluster:{name}")
             self._running[name] = _Running(cluster, worker, task)
         return removed

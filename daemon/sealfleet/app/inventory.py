@@ -17,6 +17,7 @@ import base64
 import binascii
 import dataclasses
 import datetime as dt
+import sys
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -42,7 +43,8 @@ def ref_of(obj: Mapping[str, Any]) -> Ref:
     metadata = obj.get("metadata")
     if not isinstance(metadata, Mapping):
         return ("", "")
-    return (str(metadata.get("namespace") or ""), str(metadata.get("name") or ""))
+    # Namespaces repeat across thousands of objects: one string each in memory.
+    return (sys.intern(str(metadata.get("namespace") or "")), str(metadata.get("name") or ""))
 
 
 @dataclass
@@ -178,7 +180,7 @@ class ClusterInventory:
 
     def load(self, records: Sequence[SealedSecretRecord]) -> None:
         for record in records:
-            ref = (record.namespace, record.name)
+            ref = (sys.intern(record.namespace), record.name)
             self._entries[ref] = Entry(
                 ref=ref, resource_version=record.resource_version,
                 item_keys=tuple(item.fingerprint for item in record.items),

@@ -76,11 +76,15 @@ class WatchEvent:
 
 @dataclass(frozen=True)
 class Response:
-    """A completed non-streaming call: status, headers we use, decoded body text."""
+    """A completed non-streaming call: status, headers we use, the raw body."""
 
     status: int
-    text: str
+    body: bytes
     retry_after: float | None
+
+    @property
+    def text(self) -> str:
+        return self.body.decode("utf-8", errors="replace")
 
 
 def _retry_after(headers: Mapping[str, str]) -> float | None:
@@ -180,13 +184,12 @@ class KubeClient:
         what = f"{method} {path}"
         response = await self._call(method, path, query=query, body=body, accept=accept)
         try:
-            raw = await response.read()
-            text = raw.decode("utf-8", errors="replace")
+            body = await response.read()
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             raise _translate(exc, what) from exc
         finally:
             response.release()
-        return Response(response.status, text, _retry_after(response.headers))
+        return Response(response.status, body, _retry_after(response.headers))
 
     async def get_json(self, path: str, *, query: Mapping[str, str] | None = None) -> Any:
         """GET a JSON document; any non-2xx status becomes our error."""
@@ -195,7 +198,7 @@ class KubeClient:
             raise error_for_status(response.status, f"GET {path}",
                                    status_message(response.text), response.retry_after)
         try:
-            return json.loads(response.text)
+            return json.loads(response.body)  # straight from bytes: no text copy of a page
         except ValueError as exc:
             raise _translate(exc, f"GET {path}") from exc
 
@@ -225,10 +228,13 @@ class KubeClient:
                 raise TransientError(f"GET {path}: list response is not an object")
             metadata = document.get("metadata") or {}
             continue_token = metadata.get("continue") or None
-            items = document.get("items") or []
-            yield ListPage(items=[item for item in items if isinstance(item, dict)],
-                           resource_version=str(metadata.get("resourceVersion") or ""),
-                           last=continue_token is None)
+            page = ListPage(items=[i for i in document.get("items") or [] if isinstance(i, dict)],
+                            resource_version=str(metadata.get("resourceVersion") or ""),
+                            last=continue_token is None)
+            # Hold nothing while suspended: the consumer decides how long a page lives.
+            del document, metadata
+            yield page
+            del page
             if continue_token is None:
                 return
 
