@@ -184,6 +184,8 @@ class Unsealer:
         self._executor = executor
         self._queue: asyncio.Queue[tuple[str, str]] = asyncio.Queue()
         self._pending: set[tuple[str, str]] = set()
+        self._processing: set[tuple[str, str]] = set()
+        self._dirty: set[tuple[str, str]] = set()
         self._writing_status = False
         self.reconciled = 0  # how many reconciles finished (tests wait on progress)
 
@@ -267,15 +269,28 @@ class Unsealer:
         while True:
             key = await self._queue.get()
             self._pending.discard(key)
+            if key in self._processing:
+                # Like client-go's workqueue: never two workers on one key; redo it after.
+                self._dirty.add(key)
+                continue
+            self._processing.add(key)
             try:
                 await self.reconcile(*key)
             except ApiError as exc:
                 # A conflicting write raced us: the informer would requeue it.
-                _log.debug("sandbox_unseal_requeued", namespace=key[0], name=key[1], code=exc.code)
-                self.enqueue(*key)
+                _log.debug("sandbox_unseal_requeued", namespace=key[0], name=key[1],
+                           code=exc.code)
+                self._dirty.add(key)
                 await asyncio.sleep(0.05)
+            except Exception:
+                # handleErr upstream: log and drop the key, keep the worker alive.
+                _log.exception("sandbox_unseal_failed", namespace=key[0], name=key[1])
             finally:
+                self._processing.discard(key)
                 self.reconciled += 1
+            if key in self._dirty:
+                self._dirty.discard(key)
+                self.enqueue(*key)
 
     async def reconcile(self, namespace: str, name: str) -> None:
         self._metrics.unseal_requests.inc()
