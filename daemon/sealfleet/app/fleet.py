@@ -72,7 +72,7 @@ class FleetManager:
         self._running: dict[str, _Running] = {}
         self._reconcile = asyncio.Event()
         self._group: asyncio.TaskGroup | None = None
-        self._load_gate = asyncio.Semaphore(1)  # workers load stored inventories one by one
+        self._load_gate = asyncio.Semaphore(2)  # stored inventories load two at a time
 
     # ------------------------------------------------------------------ seams
 
