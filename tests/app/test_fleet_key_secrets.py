@@ -7,9 +7,10 @@ from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 from sealfleet.app import key_secrets
-from sealfleet.domain.keys import KEY_LABEL, SealingKey, key_secret_manifest
+from sealfleet.domain.keys import KEY_LABEL, SealingKey, key_secret_manifest, private_key_pem
 from sealfleet.errors import InputError
 
 
@@ -38,6 +39,9 @@ def test_pkcs8_keys_and_a_mismatched_certificate(rsa2048_keys: list[SealingKey])
     found = key_secrets.read_key_secret(manifest)
     # As in the controller, the key id comes from the private key, not the certificate.
     assert found.fingerprint == key.fingerprint
+    loaded = found.load()
+    assert loaded.fingerprint == key.fingerprint
+    assert loaded.not_before == other.not_before
     assert found.compromised
     assert not found.active
 
@@ -51,3 +55,17 @@ def test_unreadable_keys_are_input_errors_without_the_value(tls_key: str) -> Non
         key_secrets.read_key_secret(secret)
     if tls_key:
         assert tls_key not in str(caught.value)
+
+
+def test_an_inconsistent_private_key_is_refused_before_any_use(
+        rsa2048_keys: list[SealingKey]) -> None:
+    numbers = rsa2048_keys[0].private_key.private_numbers()
+    broken = rsa.RSAPrivateNumbers(
+        p=numbers.p, q=numbers.q, d=numbers.d, dmp1=numbers.dmp1 + 2, dmq1=numbers.dmq1,
+        iqmp=numbers.iqmp, public_numbers=numbers.public_numbers,
+    ).private_key(unsafe_skip_rsa_key_validation=True)
+    manifest = key_secret_manifest(rsa2048_keys[0], name="bad")
+    manifest["data"]["tls.key"] = base64.b64encode(private_key_pem(broken)).decode()
+    found = key_secrets.read_key_secret(manifest)  # the public half is fine
+    with pytest.raises(InputError, match="not a consistent RSA private key"):
+        found.load()

@@ -266,20 +266,24 @@ class ClusterWorker:
                 has_private_key=True,
                 certificate_pem=k.certificate.pem.decode() if k.certificate else None)
                 for k in observed])
-        loaded = []
+        loaded, new_to_store = [], []
         for found in observed:
-            if found.fingerprint in self._keyring:
-                continue  # known already (loaded, offered or in the store): no parse
+            if self._keyring.get(found.fingerprint) is not None:
+                continue  # loaded already
             try:
-                loaded.append(await asyncio.to_thread(found.load))
+                key = await asyncio.to_thread(found.load)  # milliseconds, off the loop
             except InputError as error:
                 log.warning("key_secret_unreadable", secret=found.name, error=str(error))
-        if loaded:
+                continue
+            loaded.append(key)
+            if found.fingerprint not in self._keyring:
+                new_to_store.append(key)
+        if new_to_store:
             await self._store.store_key_material(
-                [KeyMaterial(key=key, source="cluster") for key in loaded])
-            new = self._keyring.add(loaded)
-            if new:
-                log.info("keys_learned", fingerprints=[k.fingerprint for k in new])
+                [KeyMaterial(key=key, source="cluster") for key in new_to_store])
+        new = self._keyring.add(loaded)
+        if new:
+            log.info("keys_learned", fingerprints=[k.fingerprint for k in new])
         now = dt.datetime.now(dt.UTC)
         await self._store.replace_cluster_keys(self.name, [KeyHolding(
             fingerprint=k.fingerprint, secret_name=k.name, label_value=k.label,

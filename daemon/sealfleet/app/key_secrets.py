@@ -1,12 +1,15 @@
-"""Reading a cluster's key Secrets cheaply: the fingerprint now, the private key on demand.
+"""Reading a cluster's key Secrets cheaply: fingerprint first, private key checked fast.
 
-Loading an RSA-4096 private key with cryptography costs about a quarter of a second,
-because OpenSSL checks the key.  A fleet of twenty clusters holds some eighty keys and
-every session relists them, so parsing them all eagerly would cost tens of CPU-seconds
-per pass, for nothing when the keys are already known.  The fingerprint only needs the
-public half, which sits in plain view at the start of the PEM (modulus and exponent),
-so we read those two integers from the DER ourselves; the full, checked parse happens
-only when a key is new to the fleet (to store it) or when attribution first needs it.
+Loading an RSA-4096 private key with cryptography's default checks costs about a
+quarter of a second *while holding the GIL* (OpenSSL tests p and q for primality): sixty
+keys would freeze the event loop for fifteen seconds at every start.  So:
+
+- the fingerprint only needs the public half, which sits in plain view at the start of
+  the PEM (modulus and exponent): we read those two integers from the DER ourselves;
+- the private key is loaded without OpenSSL's slow checks and then checked for internal
+  consistency here (n = p*q, e*d = 1 modulo p-1 and q-1, the CRT values), which is what
+  keeps an inconsistent key from ever reaching a decrypt.  A key whose p or q is not
+  prime but consistent can only fail to open things; it cannot misbehave.
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from sealfleet.domain import keys as domain_keys
@@ -58,8 +63,39 @@ class KeySecret:
             _EPOCH + domain_keys.DEFAULT_KEY_TTL
 
     def load(self) -> domain_keys.SealingKey:
-        """The full, checked private key (slow: run it off the event loop)."""
-        return domain_keys.key_from_secret(self.secret)
+        """The private key, consistency-checked (milliseconds); InputError when bad."""
+        data = self.secret.get("data") or {}
+        try:
+            pem = base64.b64decode(str(data["tls.key"]), validate=True)
+            private_key = serialization.load_pem_private_key(
+                pem, password=None, unsafe_skip_rsa_key_validation=True)
+        except (KeyError, binascii.Error, ValueError, TypeError, UnsupportedAlgorithm):
+            raise InputError("data['tls.key'] is not a PEM private key") from None
+        if not isinstance(private_key, rsa.RSAPrivateKey):
+            raise InputError("data['tls.key'] is not an RSA private key")
+        check_consistency(private_key)
+        certificate = self.certificate
+        if certificate is not None and certificate.fingerprint != self.fingerprint:
+            # As in the controller, the key id comes from the private key; keep the
+            # certificate's validity (it still decides which key is newest).
+            certificate = domain_keys.Certificate(
+                public_key=private_key.public_key(), not_before=certificate.not_before,
+                not_after=certificate.not_after, pem=certificate.pem)
+        return domain_keys.sealing_key_from_private_key(private_key, certificate)
+
+
+def check_consistency(private_key: rsa.RSAPrivateKey) -> None:
+    """Reject a key whose private numbers do not fit together (cheap big-int checks)."""
+    numbers = private_key.private_numbers()
+    public = numbers.public_numbers
+    p, q, d, e = numbers.p, numbers.q, numbers.d, public.e
+    consistent = (
+        p > 1 and q > 1 and p * q == public.n and public.n.bit_length() >= 1024
+        and e > 1 and (e * d) % (p - 1) == 1 and (e * d) % (q - 1) == 1
+        and numbers.dmp1 == d % (p - 1) and numbers.dmq1 == d % (q - 1)
+        and (numbers.iqmp * q) % p == 1)
+    if not consistent:
+        raise InputError("data['tls.key'] is not a consistent RSA private key")
 
 
 def read_key_secret(secret: Mapping[str, Any]) -> KeySecret:
