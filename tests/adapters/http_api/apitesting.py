@@ -56,7 +56,8 @@ class Api:
         self.counter[0] += 1
 
     async def get(self, path: str, *, token: str | None = None, via: str = "unix",
-                  method: str = "GET") -> tuple[int, Any, aiohttp.ClientResponse]:
+                  method: str = "GET", authorization: str | None = None,
+                  ) -> tuple[int, Any, aiohttp.ClientResponse]:
         if via == "unix":
             connector: aiohttp.BaseConnector = aiohttp.UnixConnector(path=str(self.socket_path))
             url = "http://sealfleet" + path
@@ -64,6 +65,8 @@ class Api:
             connector = aiohttp.TCPConnector()
             url = self.base_url + path
         headers = {"Authorization": f"Bearer {token}"} if token else {}
+        if authorization is not None:
+            headers = {"Authorization": authorization}
         async with aiohttp.ClientSession(connector=connector) as http, \
                 http.request(method, url, headers=headers) as response:
             body = await response.read()

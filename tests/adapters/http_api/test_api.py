@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import stat
 
 import pytest
@@ -140,7 +141,7 @@ async def test_tcp_requires_a_valid_bearer_token(api: Api) -> None:
     status, body, response = await api.get("/api/v1/staleness", via="tcp")
     assert status == 401
     assert body["error"]["code"] == "unauthorized"
-    assert response.headers["WWW-Authenticate"] == "Bearer"
+    assert response.headers.getall("WWW-Authenticate") == ["Bearer", 'Basic realm="sealfleet"']
     status, _, _ = await api.get("/api/v1/staleness", via="tcp", token="wrong")
     assert status == 401
     status, _, _ = await api.get("/api/v1/staleness", via="tcp", token=READ_TOKEN[:-1])
@@ -149,6 +150,20 @@ async def test_tcp_requires_a_valid_bearer_token(api: Api) -> None:
         status, report, _ = await api.get("/api/v1/staleness", via="tcp", token=token)
         assert status == 200
         assert report["fleet"]["clusters"] == 3
+
+
+async def test_browsers_open_the_status_page_with_basic_auth_and_the_read_token(
+        api: Api) -> None:
+    """A browser answers the Basic challenge; the password is the token, the user ignored."""
+    def basic(user: str, password: str) -> str:
+        return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+
+    status, page, _ = await api.get("/", via="tcp", authorization=basic("me", READ_TOKEN))
+    assert status == 200
+    assert b"alpha" in page  # a cluster of the fixture fleet: the real page, not an error
+    for wrong in (basic("me", "wrong"), basic(READ_TOKEN, ""), "Basic !!!", "Basic "):
+        status, _, _ = await api.get("/", via="tcp", authorization=wrong)
+        assert status == 401, wrong
 
 
 async def test_mutations_over_tcp_need_the_admin_token(api: Api) -> None:

@@ -13,6 +13,8 @@ and validity only).
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hmac
 import json
 import socket
@@ -22,6 +24,7 @@ from typing import Any
 
 import structlog
 from aiohttp import web
+from multidict import CIMultiDict
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import CollectorRegistry
 
@@ -72,7 +75,7 @@ class ApiError(Exception):
 
 
 def error_response(status: int, code: str, message: str,
-                   headers: Mapping[str, str] | None = None) -> web.Response:
+                   headers: Mapping[str, str] | CIMultiDict[str] | None = None) -> web.Response:
     return web.Response(status=status, body=dumps({"error": {"code": code, "message": message}}),
                         content_type=_JSON, headers=headers)
 
@@ -83,12 +86,29 @@ def _over_unix_socket(request: web.Request) -> bool:
     return sock is not None and sock.family == socket.AF_UNIX
 
 
-def _check_token(request: web.Request, deps: ApiDeps) -> None:
+def _presented_token(request: web.Request) -> bytes:
+    """The token from ``Bearer <token>``, or from ``Basic`` with the token as password.
+
+    Basic exists so that a browser can open the status page: it prompts for a user name
+    (ignored) and a password (the read token) by itself, with no token in the URL.
+    """
     header = request.headers.get("Authorization", "")
     scheme, _, given = header.partition(" ")
-    if scheme.lower() != "bearer" or not given.strip():
-        raise ApiError(401, "unauthorized", "bearer token required on the TCP listener")
-    presented = given.strip().encode()
+    given = given.strip()
+    if scheme.lower() == "bearer" and given:
+        return given.encode()
+    if scheme.lower() == "basic" and given:
+        try:
+            _, _, password = base64.b64decode(given, validate=True).partition(b":")
+        except (binascii.Error, ValueError):
+            password = b""
+        if password:
+            return password
+    raise ApiError(401, "unauthorized", "bearer token required on the TCP listener")
+
+
+def _check_token(request: web.Request, deps: ApiDeps) -> None:
+    presented = _presented_token(request)
     admin_ok = deps.admin_token is not None and hmac.compare_digest(presented, deps.admin_token)
     if request.method in _READ_METHODS:
         read_ok = deps.read_token is not None and hmac.compare_digest(presented,
@@ -110,7 +130,11 @@ async def guard(request: web.Request,
             _check_token(request, request.app[DEPS])
         return await handler(request)
     except ApiError as exc:
-        headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+        headers: CIMultiDict[str] | None = None
+        if exc.status == 401:
+            # Two challenges: API clients use Bearer; browsers prompt for Basic.
+            headers = CIMultiDict([("WWW-Authenticate", "Bearer"),
+                                   ("WWW-Authenticate", 'Basic realm="sealfleet"')])
         return error_response(exc.status, exc.code, exc.message, headers)
     except web.HTTPException as exc:
         if exc.status < 400:

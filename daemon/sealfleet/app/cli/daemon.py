@@ -252,7 +252,9 @@ async def _demo_async(state_dir: Path, clusters: int, *, once: bool, output: str
             if daemon.api is not None:
                 for address in daemon.api.addresses:
                     if address.startswith("http"):
-                        print(f"Status page: {address}\n  curl -H \"Authorization: Bearer "
+                        print(f"Status page: {address}  (in a browser: any user name, "
+                              f"the password is in {settings.api.read_token_file})\n"
+                              f"  curl -H \"Authorization: Bearer "
                               f"$(cat {settings.api.read_token_file})\" {address}",
                               file=info)
                     else:
