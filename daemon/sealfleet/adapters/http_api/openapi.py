@@ -147,9 +147,13 @@ def document() -> dict[str, Any]:
                                 "<read token>`."},
         "components": {
             "schemas": SCHEMAS,
-            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer"},
+                "basic": {"type": "http", "scheme": "basic",
+                          "description": "For browsers: any user name, the token as password"},
+            },
         },
-        "security": [{"bearer": []}, {}],
+        "security": [{"bearer": []}, {"basic": []}, {}],
         "paths": {
             "/healthz": _get("Liveness", _json(_ref("Health"), "Alive"), errors=("401",)),
             "/readyz": ready,
