@@ -7,10 +7,12 @@ as the real ones are; ``seed.json`` records the fingerprints they came out with.
 Why it is fast: seeding 20 clusters x 5,000 SealedSecrets means ~300k RSA-OAEP
 encryptions and ~80 RSA-4096 key generations.  Key generation runs on a thread pool
 (OpenSSL releases the GIL), encryption on a process pool fed in chunks, and the main
-thread only assembles objects and stores them as chunks arrive.  The seed knows the
-plaintexts, so it creates each SealedSecret's Secret and ``Synced=True`` status itself
-and tells the controller which keys sealed what (its restart then trusts those without
-decrypting 15k items); anything created or changed later is really unsealed.
+thread only assembles objects and bulk-loads them (``ObjectStore.load``: one
+serialization per object, no copies, no validation of what is well-formed by
+construction) as chunks arrive.  The seed knows the plaintexts, so it creates each
+SealedSecret's Secret and ``Synced=True`` status itself and tells the controller which
+keys sealed what (its restart then trusts those without decrypting 15k items); anything
+created or changed later is really unsealed.
 
 Keys are backdated: with R keys their certificates' NotBefore are 5, 35, 65, 95 ... days
 ago (the newest is the sealing key); their Secrets are created at seeding time, so only
@@ -30,7 +32,6 @@ import hashlib
 import multiprocessing
 import os
 import random
-import uuid
 from collections.abc import Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from typing import Any
@@ -164,28 +165,6 @@ def _der(key: keys_domain.SealingKey) -> bytes:
 # ------------------------------------------------------------------- seeding
 
 
-def _insert(store: ObjectStore, resource: str, obj: dict[str, Any], created_at: str, *,
-            generation: int | None = None) -> None:
-    """Commit a complete object (status included) as one write, like an etcd restore.
-
-    ``ObjectStore.create`` copies, validates and serializes an object three times and
-    drops ``.status`` of kinds with a status subresource, so seeding 200k objects
-    through it (plus a status update each) costs more than all the RSA work.  The seed's
-    objects are well-formed by construction, so they go through the store's single
-    commit step instead: same resourceVersion sequence, uid, creationTimestamp and watch
-    event as a create.  (A public bulk-load method on ObjectStore should replace this.)
-    """
-    meta = obj["metadata"]
-    meta["uid"] = str(uuid.uuid4())
-    meta["creationTimestamp"] = created_at
-    if generation is not None:
-        meta["generation"] = generation
-    store._rv += 1
-    meta["resourceVersion"] = str(store._rv)
-    store._store(resource, meta.get("namespace", ""), obj, "ADDED")
-
-
-
 class Seeder:
     """Seeds a set of clusters; returns the ``seed.json`` document."""
 
@@ -266,10 +245,7 @@ class Seeder:
             futures.append(loop.run_in_executor(pool, encrypt_chunk, ders, work))
         entries: list[dict[str, Any]] = []
         for chunk, future in zip(chunks, futures, strict=True):
-            ciphertexts = iter(await future)
-            for planned_secret in chunk:
-                entries.append(self._store_secret(target, planned_secret, ciphertexts,
-                                                  fingerprints))
+            entries += self._store_chunk(target, chunk, iter(await future), fingerprints)
             await asyncio.sleep(0)  # let the servers breathe between chunks
         newest = keys_domain.newest_key(keys)
         cluster_record = {"keys": key_records,
@@ -291,8 +267,35 @@ class Seeder:
                             "sealing": key is newest})
         return records
 
-    def _store_secret(self, target: SeedTarget, planned: _Planned, ciphertexts: Any,
-                      fingerprints: list[str]) -> dict[str, Any]:
+    def _store_chunk(self, target: SeedTarget, chunk: list[_Planned], ciphertexts: Any,
+                     fingerprints: list[str]) -> list[dict[str, Any]]:
+        """Bulk-load one chunk: its SealedSecrets, then the Secrets they own (which need
+        the owners' uids), then the controller's knowledge of which keys sealed what."""
+        sealed_objects = [self._sealed_object(p, ciphertexts) for p in chunk]
+        target.store.load(SEALED, sealed_objects, created_at=self._created_at)
+        owned = [(p, o) for p, o in zip(chunk, sealed_objects, strict=True) if not p.broken]
+        target.store.load("secrets", [
+            build_secret(sealed, sealing.identity_of(sealed),
+                         {i.name: i.plaintext for i in planned.items})
+            for planned, sealed in owned], created_at=self._created_at)
+        for planned, sealed in owned:
+            used = frozenset(fingerprints[i.key_index] for i in planned.items)
+            meta = sealed["metadata"]
+            target.knowledge.remember(meta["uid"], 1, used, int(meta["resourceVersion"]))
+        return [{
+            "cluster": target.name, "namespace": p.namespace, "name": p.name,
+            "scope": p.scope.cli_name, "broken": p.broken,
+            "items": [{"name": i.name,
+                       "key": fingerprints[i.key_index] if i.key_index >= 0 else None,
+                       "sha256": hashlib.sha256(i.plaintext).hexdigest()}
+                      for i in p.items],
+        } for p in chunk]
+
+    def _sealed_object(self, planned: _Planned, ciphertexts: Any) -> dict[str, Any]:
+        """The SealedSecret as ``kubeseal`` would have made it; a good one also carries the
+        status the controller would have set after unsealing it (``Synced=True``): the
+        seed knows the plaintexts, so it writes the Secret itself (see ``_store_chunk``).
+        A broken one is left for the controller to fail on, as a user's would be."""
         encrypted: dict[str, str] = {}
         for item in planned.items:
             encrypted[item.name] = ("bm90IGEgc2VhbGVkIHZhbHVl" if item.key_index == -2
@@ -310,28 +313,9 @@ class Seeder:
             "kind": sealing.KIND, "apiVersion": sealing.API_VERSION, "metadata": top,
             "spec": {"template": {"metadata": template_meta, "type": "Opaque"},
                      "encryptedData": encrypted}}
-        if planned.broken:
-            # Left for the controller to fail on, as a user's bad SealedSecret would be.
-            _insert(target.store, SEALED, sealed, self._created_at, generation=1)
-        else:
-            # What the controller would have done with it, minus the decryption: the Secret
-            # it owns, the Synced condition, and the fact of which keys sealed it.
+        if not planned.broken:
             sealed["status"] = {"conditions": [{"type": "Synced", "status": "True",
                                                 "lastUpdateTime": self._created_at,
                                                 "lastTransitionTime": self._created_at}],
                                 "observedGeneration": 1}
-            _insert(target.store, SEALED, sealed, self._created_at, generation=1)
-            secret = build_secret(sealed, sealing.identity_of(sealed),
-                                  {i.name: i.plaintext for i in planned.items})
-            _insert(target.store, "secrets", secret, self._created_at)
-            used = frozenset(fingerprints[i.key_index] for i in planned.items)
-            target.knowledge.remember(sealed["metadata"]["uid"], 1, used,
-                                      int(sealed["metadata"]["resourceVersion"]))
-        return {
-            "cluster": target.name, "namespace": planned.namespace, "name": planned.name,
-            "scope": planned.scope.cli_name, "broken": planned.broken,
-            "items": [{"name": i.name,
-                       "key": fingerprints[i.key_index] if i.key_index >= 0 else None,
-                       "sha256": hashlib.sha256(i.plaintext).hexdigest()}
-                      for i in planned.items],
-        }
+        return sealed

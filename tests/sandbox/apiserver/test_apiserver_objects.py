@@ -244,3 +244,49 @@ async def test_watch_replays_history_and_expires_old_versions() -> None:
     with pytest.raises(ApiError) as too_old:
         store.watch("secrets", None, start)
     assert (too_old.value.code, too_old.value.reason) == (410, "Expired")
+
+
+async def test_bulk_load_assigns_what_create_does_and_notifies_like_creates() -> None:
+    store = ObjectStore()
+    seen: list[tuple[str, str, str]] = []
+    store.add_listener(lambda kind, resource, obj: seen.append(
+        (kind, resource, obj["metadata"]["name"])))
+    start = store.resource_version
+    batch = [sealed("one"), sealed("two")]
+    batch[0]["status"] = {"observedGeneration": 1}  # kept: a restore, not a create
+    with store.watch(SEALED, None, start) as stream:
+        loaded = store.load(SEALED, ({**o, "metadata": {**o["metadata"], "namespace": "app"}}
+                                     for o in batch), created_at="2026-01-02T03:04:05Z")
+        assert [(e.type, e.name, e.rv) for e in (await anext(stream), await anext(stream))] \
+            == [("ADDED", "one", start + 1), ("ADDED", "two", start + 2)]
+    assert seen == [("ADDED", SEALED, "one"), ("ADDED", SEALED, "two")]
+    assert store.resource_version == start + 2
+    one = store.get(SEALED, "app", "one")
+    assert one == loaded[0]  # the caller's dicts, filled in place, are what is stored
+    meta = one["metadata"]
+    assert (one["kind"], one["apiVersion"]) == ("SealedSecret", "bitnami.com/v1alpha1")
+    assert (meta["resourceVersion"], meta["generation"]) == (str(start + 1), 1)
+    assert meta["creationTimestamp"] == "2026-01-02T03:04:05Z"
+    assert meta["uid"] != store.get(SEALED, "app", "two")["metadata"]["uid"]
+    assert one["status"] == {"observedGeneration": 1}
+    (secret,) = store.load("secrets", [{"metadata": {"name": "s", "namespace": "app"}}])
+    assert "generation" not in secret["metadata"]  # as create: Secrets have none
+
+
+def test_bulk_load_is_all_or_nothing() -> None:
+    store = ObjectStore()
+    store.create("secrets", "default", {"metadata": {"name": "taken"}})
+    before = store.resource_version
+    for batch in (
+        [{"metadata": {"name": "new", "namespace": "default"}},
+         {"metadata": {"name": "taken", "namespace": "default"}}],
+        [{"metadata": {"name": "twice", "namespace": "default"}},
+         {"metadata": {"name": "twice", "namespace": "default"}}],
+        [{"metadata": {"name": "nowhere"}}],  # a namespaced kind needs a namespace
+        [{"metadata": {"namespace": "default"}}],
+    ):
+        with pytest.raises(ApiError) as refused:
+            store.load("secrets", batch)
+        assert refused.value.code in (400, 409)
+        assert store.resource_version == before
+    assert [o["metadata"]["name"] for o in store.list("secrets", None)[0]] == ["taken"]

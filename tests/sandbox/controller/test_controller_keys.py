@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -241,6 +242,15 @@ async def test_unparseable_active_key_crash_loops_until_removed(sandbox: Sandbox
     container = await eventually(crash_looping)
     assert container["ready"] is False
     assert container["lastState"]["terminated"]["reason"] == "Error"
+    # kubectl's table comes from the server-side printer: STATUS is the waiting reason,
+    # RESTARTS the count with the time of the last termination, as on a real cluster.
+    table = await sandbox.kubectl("get", "pods", "-n", "kube-system")
+    assert table.returncode == 0, table.stderr
+    header, row = table.stdout.splitlines()
+    assert header.split() == ["NAME", "READY", "STATUS", "RESTARTS", "AGE"]
+    shown = re.fullmatch(r"(\S+)\s+0/1\s+CrashLoopBackOff\s+(\d+) \((\S+) ago\)\s+\S+", row)
+    assert shown is not None, row
+    assert int(shown.group(2)) >= container["restartCount"]
     proxied = await sandbox.kubectl("get", "--raw", "/api/v1/namespaces/kube-system/services/"
                                     "http:sealed-secrets-controller:/proxy/v1/cert.pem")
     assert proxied.returncode != 0
@@ -252,6 +262,8 @@ async def test_unparseable_active_key_crash_loops_until_removed(sandbox: Sandbox
     removed = await sandbox.kubectl("delete", "secret", "-n", "kube-system", "broken-key")
     assert removed.returncode == 0, removed.stderr
     assert await eventually(lambda: _cert_fingerprint(sandbox)) is not None
+    table = await sandbox.kubectl("get", "pods", "-n", "kube-system", "--no-headers")
+    assert table.stdout.split()[1:3] == ["1/1", "Running"], table.stdout
 
 
 async def test_removing_a_key_in_use_breaks_its_secrets_after_restart(

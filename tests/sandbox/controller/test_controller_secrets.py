@@ -5,6 +5,7 @@ garbage collection with its SealedSecret, re-creation of a deleted Secret; and t
 from __future__ import annotations
 
 import base64
+import datetime as dt
 import hashlib
 import json
 from pathlib import Path
@@ -154,8 +155,13 @@ async def test_seed_json_matches_the_clusters(tmp_path: Path) -> None:
                 source=cluster_name)
             assert sorted(k.fingerprint for k in cluster_keys) == \
                 sorted(k["fingerprint"] for k in cluster["keys"])
-            ages = sorted(k["not_before"] for k in cluster["keys"])
-            assert ages == sorted({k["not_before"] for k in cluster["keys"]})  # distinct
+            # Backdated as --keys R promises: NotBefore 65, 35 and 5 days ago, read from
+            # the certificates in the key Secrets themselves (the newest seals).
+            now = dt.datetime.now(dt.UTC)
+            ages = sorted(round((now - k.not_before) / dt.timedelta(days=1))
+                          for k in cluster_keys)
+            assert ages == [5, 35, 65]
+            assert keys_domain.newest_key(cluster_keys).fingerprint == cluster["sealing_key"]
             _, pem, _ = await harness.proxy("GET", "/v1/cert.pem")
             assert keys_domain.load_certificate(pem).fingerprint == cluster["sealing_key"]
             listed = await harness.kubectl_json("get", "sealedsecrets", "-A")
@@ -184,6 +190,10 @@ async def test_seed_json_matches_the_clusters(tmp_path: Path) -> None:
                     {i["name"]: i["sha256"] for i in entry["items"]}
             keys_used = {i["key"] for e in seeded for i in e["items"] if i["key"]}
             assert len(keys_used) > 1  # a mix of current and old keys
+        # --shared-key shares the sealing key only: the older keys are each cluster's own.
+        older = [{k["fingerprint"] for k in c["keys"] if not k["sealing"]}
+                 for c in record["clusters"].values()]
+        assert not older[0] & older[1]
 
 
 async def test_seeding_is_deterministic(tmp_path: Path) -> None:
@@ -200,3 +210,6 @@ async def test_seeding_is_deterministic(tmp_path: Path) -> None:
                 for e in record["sealed_secrets"]]
 
     assert shape(one) == shape(two)
+    # The seed fixes the secrets, never the keys: those are fresh random RSA keys.
+    assert {k["fingerprint"] for k in one["clusters"]["sandbox-1"]["keys"]}.isdisjoint(
+        k["fingerprint"] for k in two["clusters"]["sandbox-1"]["keys"])

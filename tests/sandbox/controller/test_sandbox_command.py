@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -40,6 +42,10 @@ def test_sandbox_command_serves_until_sigterm(tmp_path: Path) -> None:
         assert "--key-renew-period=0s" in deployment.stdout
         seed = json.loads((state / "seed.json").read_text())
         assert set(seed["clusters"]) == {"sandbox-1", "sandbox-2"}
+        # Without --shared-key every cluster has keys of its own.
+        fingerprints = [{k["fingerprint"] for k in c["keys"]} for c in seed["clusters"].values()]
+        assert not fingerprints[0] & fingerprints[1]
+        assert (state / "kubeconfig").stat().st_mode & 0o777 == 0o600
         process = sandbox.process
     assert process is not None
     assert process.returncode == 0
@@ -52,3 +58,29 @@ def test_sandbox_command_rejects_bad_arguments(tmp_path: Path) -> None:
     result = subprocess.run(command, capture_output=True, text=True, check=False, timeout=30)
     assert result.returncode == 2
     assert result.stderr.strip() == "sealfleet: error: --clusters must be at least 1"
+
+
+def test_sandbox_command_ready_names_the_server_and_sigint_removes_it(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    state.mkdir()
+    ready = state / "ready"
+    ready.write_text("left over from a crashed run\n")
+    command = [sys.executable, "-m", "sealfleet", "sandbox", "--state-dir", str(state),
+               "--sealed-secrets", "1", "--keys", "1", "--key-bits", "2048"]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 60
+        # A stale file from a crashed run is replaced by one naming the serving process.
+        while not (ready.exists() and ready.read_text() == f"{process.pid}\n"):
+            assert process.poll() is None, process.communicate()[1].decode()[-2000:]
+            assert time.monotonic() < deadline, "the sandbox did not become ready"
+            time.sleep(0.05)
+        process.send_signal(signal.SIGINT)
+        _, err = process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert process.returncode == 0, err.decode()[-2000:]
+    assert "Traceback" not in err.decode()
+    assert not ready.exists()

@@ -79,16 +79,55 @@ def _replicas(obj: Obj) -> str:
     return f"{status.get('readyReplicas', 0)}/{(obj.get('spec') or {}).get('replicas', 1)}"
 
 
-def _pod_ready(obj: Obj) -> str:
-    statuses = (obj.get("status") or {}).get("containerStatuses") or []
-    ready = sum(1 for s in statuses if s.get("ready"))
+def _pod_cells(obj: Obj) -> list[Any]:
+    """The pod row as the real server-side printer (``printPod``) derives it.
+
+    STATUS starts from ``status.phase`` (or ``status.reason``) and is overridden by a
+    container's ``state.waiting.reason`` (``CrashLoopBackOff``) or ``state.terminated``
+    reason/exit code; a deleted pod shows ``Terminating``.  RESTARTS sums the containers'
+    ``restartCount`` and, once a container has terminated before, adds "(5m ago)".
+    """
+    status = obj.get("status") or {}
+    reason = str(status.get("reason") or status.get("phase") or "Pending")
+    statuses = [s for s in status.get("containerStatuses") or [] if isinstance(s, dict)]
+    ready = restarts = 0
+    last_restart = ""
+    has_running = False
+    for container in reversed(statuses):
+        restarts += int(container.get("restartCount", 0))
+        finished = ((container.get("lastState") or {}).get("terminated") or {}).get(
+            "finishedAt"
+        )
+        if finished and str(finished) > last_restart:
+            last_restart = str(finished)
+        state = container.get("state") or {}
+        waiting, terminated = state.get("waiting"), state.get("terminated")
+        if isinstance(waiting, dict) and waiting.get("reason"):
+            reason = str(waiting["reason"])
+        elif isinstance(terminated, dict) and terminated.get("reason"):
+            reason = str(terminated["reason"])
+        elif isinstance(terminated, dict):
+            signal = terminated.get("signal")
+            reason = (
+                f"Signal:{signal}" if signal else f"ExitCode:{terminated.get('exitCode', 0)}"
+            )
+        elif container.get("ready") and "running" in state:
+            has_running = True
+            ready += 1
+    if reason == "Completed" and has_running:
+        reason = "Running" if _pod_condition(status, "Ready") == "True" else "NotReady"
+    if obj.get("metadata", {}).get("deletionTimestamp"):
+        reason = "Terminating"
     total = len((obj.get("spec") or {}).get("containers") or []) or len(statuses)
-    return f"{ready}/{total}"
+    shown = f"{restarts} ({human_age(last_restart)} ago)" if last_restart else str(restarts)
+    return [_name(obj), f"{ready}/{total}", reason, shown, _age(obj)]
 
 
-def _restarts(obj: Obj) -> int:
-    statuses = (obj.get("status") or {}).get("containerStatuses") or []
-    return sum(int(s.get("restartCount", 0)) for s in statuses)
+def _pod_condition(status: Obj, kind: str) -> str:
+    for condition in status.get("conditions") or []:
+        if isinstance(condition, dict) and condition.get("type") == kind:
+            return str(condition.get("status", ""))
+    return ""
 
 
 Printer = tuple[list[Obj], Callable[[Obj], list[Any]]]
@@ -125,16 +164,10 @@ _PRINTERS: dict[str, Printer] = {
             _col("Name", fmt="name"),
             _col("Ready"),
             _col("Status"),
-            _col("Restarts", "integer"),
+            _col("Restarts"),  # a string since the "(5m ago)" suffix
             _col("Age"),
         ],
-        lambda o: [
-            _name(o),
-            _pod_ready(o),
-            (o.get("status") or {}).get("phase", "Pending"),
-            _restarts(o),
-            _age(o),
-        ],
+        _pod_cells,
     ),
     "events": (
         [_col("Last Seen"), _col("Type"), _col("Reason"), _col("Object"), _col("Message")],
