@@ -9,8 +9,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
+from cryptography.hazmat.primitives import serialization
 
-from sealfleet.domain import documents, keys, sealed_secrets
+from sealfleet.domain import documents, hybrid, keys, sealed_secrets
+from sealfleet.domain.scopes import Scope, encryption_label
 
 if TYPE_CHECKING:  # fixtures' types only; conftest modules are not importable
     from tests.cli.conftest import Cli, KeyFiles
@@ -234,3 +236,34 @@ def test_namespace_flag_places_manifests_without_one(cli: Cli, key_files: list[K
                    stdin=json.dumps(_seal(old.key, "a", {"x": "1"})))
     assert mismatch.code == 2
     assert "namespace mismatch" in mismatch.stderr
+
+
+def test_unseal_a_legacy_spec_data_sealed_secret_with_a_pkcs8_key(
+        cli: Cli, key_files: list[KeyFiles], tmp_path: Path) -> None:
+    """Pre-encryptedData SealedSecrets (one blob of the whole Secret) still unseal."""
+    key = key_files[0].key
+    pkcs8 = tmp_path / "key-pkcs8.pem"
+    pkcs8.write_bytes(key.private_key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption()))
+    inner = {"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+             "metadata": {"name": "legacy", "namespace": "ns", "labels": {"era": "v1"}},
+             "data": {"token": base64.b64encode(b"old-token").decode()}}
+    blob = hybrid.encrypt(key.public_key, json.dumps(inner).encode(),
+                          encryption_label(Scope.STRICT, "ns", "legacy"))
+    legacy = {"apiVersion": "bitnami.com/v1alpha1", "kind": "SealedSecret",
+              "metadata": {"name": "legacy", "namespace": "ns"},
+              "spec": {"data": base64.b64encode(blob).decode()}}
+    path = tmp_path / "legacy.yaml"
+    path.write_text(documents.dump_all([_seal(key, "modern", {"v": "new"}), legacy], "yaml"))
+    run = cli("unseal", "--recovery-private-key", pkcs8, "-f", path, "-o", "yaml")
+    assert run.code == 0, run.stderr
+    modern, old = documents.parse_documents(run.stdout)
+    assert base64.b64decode(modern["data"]["v"]) == b"new"
+    assert base64.b64decode(old["data"]["token"]) == b"old-token"
+    assert (old["metadata"]["labels"], old["type"]) == ({"era": "v1"}, "Opaque")
+    wrong = cli("unseal", "--recovery-private-key", key_files[1].private_key,
+                stdin=documents.dump_json(legacy))
+    assert wrong.code == 1
+    assert ("<stdin>: document 0 (ns/legacy): no key could decrypt item(s) 'spec.data'"
+            in wrong.stderr)

@@ -57,6 +57,60 @@ def test_seal_from_stdin_prints_json_by_default(cli: Cli, key_files: list[KeyFil
     assert _values(sealed, key_files[0]) == {"password": b"correct horse", "user": b"admin"}
 
 
+UNORDERED_YAML = """\
+stringData: {zeta: z, alpha: a}
+type: Opaque
+metadata:
+  annotations: {team: a, app.kubernetes.io/owner: ops}
+  labels: {tier: db, app: db}
+  namespace: team-a
+  name: db
+kind: Secret
+apiVersion: v1
+"""
+
+
+def test_json_output_follows_kubeseals_go_struct_order(cli: Cli,
+                                                       key_files: list[KeyFiles]) -> None:
+    run = cli("seal", "--cert", key_files[0].cert, stdin=UNORDERED_YAML)
+    assert run.code == 0, run.stderr
+    sealed = json.loads(run.stdout)  # keeps the order of the text
+    assert list(sealed) == ["kind", "apiVersion", "metadata", "spec"]
+    assert list(sealed["metadata"]) == ["name", "namespace", "creationTimestamp"]
+    assert sealed["metadata"]["creationTimestamp"] is None
+    assert list(sealed["spec"]) == ["template", "encryptedData"]
+    template = sealed["spec"]["template"]
+    assert list(template) == ["metadata", "type"]
+    assert list(template["metadata"]) == ["name", "namespace", "creationTimestamp", "labels",
+                                          "annotations"]
+    assert template["metadata"]["creationTimestamp"] is None
+    assert list(template["metadata"]["labels"]) == ["app", "tier"]  # Go maps: sorted
+    assert list(template["metadata"]["annotations"]) == ["app.kubernetes.io/owner", "team"]
+    assert list(sealed["spec"]["encryptedData"]) == ["alpha", "zeta"]
+    assert run.stdout.startswith('{\n  "kind": "SealedSecret",\n')
+    assert run.stdout.endswith("\n}\n")
+
+
+def test_yaml_output_is_a_sorted_document_with_null_timestamps(
+        cli: Cli, key_files: list[KeyFiles]) -> None:
+    run = cli("seal", "--cert", key_files[0].cert, "-o", "yaml", stdin=UNORDERED_YAML)
+    assert run.code == 0, run.stderr
+    lines = run.stdout.splitlines()
+    assert lines[0] == "---"
+    top = [line.split(":")[0] for line in lines[1:] if not line.startswith(" ")]
+    assert top == ["apiVersion", "kind", "metadata", "spec"]
+    assert lines.count("  creationTimestamp: null") == 1        # top-level metadata
+    assert lines.count("      creationTimestamp: null") == 1    # template metadata
+    spec = [line.strip().split(":")[0] for line in lines if line.startswith("  ")
+            and not line.startswith("   ")]
+    assert spec == ["creationTimestamp", "name", "namespace", "encryptedData", "template"]
+    alpha, zeta = (next(i for i, line in enumerate(lines) if line.startswith(f"    {item}: "))
+                   for item in ("alpha", "zeta"))
+    assert lines.index("  encryptedData:") < alpha < zeta
+    (doc,) = documents.parse_documents(run.stdout)
+    assert _values(doc, key_files[0]) == {"alpha": b"a", "zeta": b"z"}
+
+
 def test_seal_multi_document_file_to_yaml(cli: Cli, key_files: list[KeyFiles],
                                           tmp_path: Path) -> None:
     source = tmp_path / "secrets.yaml"
@@ -162,6 +216,10 @@ def test_raw_from_stdin_with_each_scope(cli: Cli, key_files: list[KeyFiles]) -> 
     strict = cli("seal", "--raw", "-n", "ns", "--cert", key_files[0].cert, stdin=b"v")
     assert strict.code == 2
     assert "--raw with strict scope needs --namespace and --name" in strict.stderr
+    two = cli("seal", "--raw", "--scope", "cluster-wide", "--cert", key_files[0].cert,
+              "--from-file", "a=x", "--from-file", "b=y")
+    assert two.code == 2
+    assert "--raw takes exactly one --from-file" in two.stderr
     no_raw = cli("seal", "--from-file", "x", "--cert", key_files[0].cert, stdin=b"v")
     assert no_raw.code == 2
     assert "--from-file is only valid with --raw" in no_raw.stderr
@@ -184,11 +242,41 @@ def test_merge_into_adds_items_in_place(cli: Cli, key_files: list[KeyFiles],
     assert merged["spec"]["template"]["metadata"]["labels"] == {"app": "db", "tier": "backend"}
     assert _values(merged, key_files[0]) == {"password": b"new", "user": b"admin",
                                              "extra": b"added"}
+    assert merged["spec"]["template"]["type"] == "Opaque"  # the file's template is kept
     conflicting = cli("seal", "--cert", key_files[0].cert, "--scope", "cluster-wide",
                       "--merge-into", target, stdin=update)
     assert conflicting.code == 2
     assert "scope mismatch" in conflicting.stderr
     assert documents.parse_documents(target.read_text()) == [merged]
+
+
+def test_merge_into_a_json_file_merges_annotations_and_template_data(
+        cli: Cli, key_files: list[KeyFiles], tmp_path: Path) -> None:
+    target = tmp_path / "sealed.json"
+    existing = sealed_secrets.seal_secret(documents.parse_documents(SECRET_YAML)[0],
+                                          key_files[0].key.public_key)
+    existing["spec"]["template"]["metadata"]["annotations"] = {"keep": "1", "change": "old"}
+    existing["spec"]["template"]["data"] = {"config.yaml": "mode: a"}
+    target.write_text(documents.dump_json(existing))
+    update = ("kind: Secret\nmetadata: {name: db, namespace: team-a, annotations: "
+              "{change: new}}\ndata: {extra: " + base64.b64encode(b"more").decode() + "}\n")
+    run = cli("seal", "--cert", key_files[0].cert, "--merge-into", target, stdin=update)
+    assert run.code == 0, run.stderr
+    assert run.stdout == ""
+    text = target.read_text()
+    assert text.startswith("{")  # a JSON file stays JSON
+    (merged,) = documents.parse_documents(text)
+    template = merged["spec"]["template"]
+    assert template["metadata"]["annotations"] == {"keep": "1", "change": "new"}
+    assert template["data"] == {"config.yaml": "mode: a"}
+    assert list(merged["spec"]["encryptedData"]) == ["extra", "password", "user"]
+    assert _values(merged, key_files[0]) == {"password": b"correct horse", "user": b"admin",
+                                             "extra": b"more"}
+    two_docs = cli("seal", "--cert", key_files[0].cert, "--merge-into", target,
+                   stdin=SECRET_YAML + SECOND_YAML)
+    assert two_docs.code == 2
+    assert "--merge-into takes a single Secret, the input holds 2 documents" in two_docs.stderr
+    assert target.read_text() == text
 
 
 def test_expired_certificate_is_refused(cli: Cli, expired_cert: Path) -> None:

@@ -50,6 +50,10 @@ def test_layout_matches_kubeseal(rsa2048_keys: list[keys.SealingKey]) -> None:
     assert "data" not in template
     assert template["metadata"] == {"name": "db", "namespace": "team-a", "labels": {"app": "db"},
                                     "annotations": {"team": "a"}, "creationTimestamp": None}
+    # Go's ObjectMeta field order, whatever order the input had.
+    assert list(template["metadata"]) == ["name", "namespace", "creationTimestamp", "labels",
+                                          "annotations"]
+    assert list(sealed["metadata"]) == ["name", "namespace", "creationTimestamp"]
     assert list(sealed["spec"]["encryptedData"]) == ["password", "username"]  # sorted
     values = sealed_secrets.decrypt_items(sealed, [key.private_key])
     assert values == {"username": b"admin", "password": b"from-stringData"}  # stringData wins
@@ -140,6 +144,22 @@ def test_unseal_rebuilds_the_secret_with_template_data(rsa2048_keys: list[keys.S
     assert base64.b64decode(secret["data"]["username"]) == b"admin"
 
 
+def test_go_maps_in_metadata_are_sorted_and_unknown_fields_kept_last(
+        rsa2048_keys: list[keys.SealingKey]) -> None:
+    secret = {"kind": "Secret", "stringData": {"k": "v"},
+              "metadata": {"annotations": {"z": "1", "a": "2"}, "labels": {"y": "1", "b": "2"},
+                           "x-custom": 1, "namespace": "ns", "generateName": "g-",
+                           "name": "n"}}
+    sealed = sealed_secrets.seal_secret(secret, rsa2048_keys[0].public_key)
+    meta = sealed["spec"]["template"]["metadata"]
+    assert list(meta) == ["name", "generateName", "namespace", "creationTimestamp", "labels",
+                          "annotations", "x-custom"]
+    assert list(meta["labels"]) == ["b", "y"]
+    assert list(meta["annotations"]) == ["a", "z"]
+    secret_out = sealed_secrets.unseal(sealed, [rsa2048_keys[0].private_key])
+    assert list(secret_out) == ["kind", "apiVersion", "metadata", "data"]
+
+
 def test_legacy_spec_data_is_accepted(rsa2048_keys: list[keys.SealingKey]) -> None:
     key = rsa2048_keys[0]
     inner = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "old", "namespace": "n"},
@@ -156,6 +176,41 @@ def test_legacy_spec_data_is_accepted(rsa2048_keys: list[keys.SealingKey]) -> No
     both = {**sealed, "spec": {**sealed["spec"], "encryptedData": {"k": "AA=="}}}
     with pytest.raises(InputError, match="both"):
         sealed_secrets.decrypt_items(both, [key.private_key])
+    with pytest.raises(InputError, match="both"):
+        sealed_secrets.unseal(both, [key.private_key])
+    with pytest.raises(sealed_secrets.ItemsDecryptionError, match=r"'spec\.data'"):
+        sealed_secrets.unseal(sealed, [rsa2048_keys[1].private_key])
+
+
+def test_legacy_spec_data_unseals_into_the_secret_sealed_inside(
+        rsa2048_keys: list[keys.SealingKey]) -> None:
+    """As the controller does: labels, annotations and type come from the sealed Secret;
+    name and namespace from the SealedSecret (whose label opened it)."""
+    key = rsa2048_keys[0]
+    inner = {"apiVersion": "v1", "kind": "Secret",
+             "metadata": {"name": "inner-name", "namespace": "n", "labels": {"app": "old"},
+                          "annotations": {"note": "kept"}},
+             "type": "kubernetes.io/basic-auth",
+             "data": {"username": base64.b64encode(b"admin").decode()},
+             "stringData": {"password": "s3cret"}}
+    blob = hybrid.encrypt(key.public_key, json.dumps(inner).encode(),
+                          encryption_label(Scope.STRICT, "n", "old"))
+    sealed = {"kind": "SealedSecret", "apiVersion": "bitnami.com/v1alpha1",
+              "metadata": {"name": "old", "namespace": "n", "uid": "u-1"},
+              "spec": {"data": base64.b64encode(blob).decode()}}
+    secret = sealed_secrets.unseal(sealed, [key.private_key])
+    assert secret["type"] == "kubernetes.io/basic-auth"
+    assert (secret["metadata"]["name"], secret["metadata"]["namespace"]) == ("old", "n")
+    assert secret["metadata"]["labels"] == {"app": "old"}
+    assert secret["metadata"]["annotations"] == {"note": "kept"}
+    assert secret["metadata"]["ownerReferences"][0]["uid"] == "u-1"
+    assert {k: base64.b64decode(v) for k, v in secret["data"].items()} == {
+        "username": b"admin", "password": b"s3cret"}
+    not_a_secret = hybrid.encrypt(key.public_key, b"[1, 2]",
+                                  encryption_label(Scope.STRICT, "n", "old"))
+    broken = {**sealed, "spec": {"data": base64.b64encode(not_a_secret).decode()}}
+    with pytest.raises(InputError, match=r"spec\.data does not hold a JSON Secret"):
+        sealed_secrets.unseal(broken, [key.private_key])
 
 
 def test_reencrypt_keeps_scope_metadata_and_item_names(

@@ -34,6 +34,12 @@ _SERVER_SIDE_METADATA = ("uid", "resourceVersion", "selfLink", "generation", "ma
                          "deletionTimestamp", "deletionGracePeriodSeconds", "ownerReferences")
 _LAST_APPLIED_ANNOTATIONS = ("kubectl.kubernetes.io/last-applied-configuration",
                              "kubecfg.ksonnet.io/last-applied-configuration")
+# kubeseal prints Go structs: metadata fields come in ObjectMeta's declaration order,
+# and encoding/json writes every map (labels, annotations) with its keys sorted.
+_OBJECT_META_ORDER = ("name", "generateName", "namespace", "selfLink", "uid",
+                      "resourceVersion", "generation", "creationTimestamp",
+                      "deletionTimestamp", "deletionGracePeriodSeconds", "labels",
+                      "annotations", "ownerReferences", "finalizers", "managedFields")
 
 
 class ItemsDecryptionError(DecryptionError):
@@ -67,6 +73,17 @@ def _metadata(doc: Mapping[str, Any]) -> Mapping[str, Any]:
     if not isinstance(metadata, Mapping):
         raise InputError("metadata is not a mapping")
     return metadata
+
+
+def go_object_meta(metadata: Mapping[str, Any]) -> dict[str, Any]:
+    """*metadata* with its fields in the order kubeseal's Go output has them."""
+    ordered = {key: metadata[key] for key in _OBJECT_META_ORDER if key in metadata}
+    ordered.update((key, value) for key, value in metadata.items() if key not in ordered)
+    for key in ("labels", "annotations"):
+        value = ordered.get(key)
+        if isinstance(value, Mapping):
+            ordered[key] = dict(sorted(value.items(), key=lambda kv: str(kv[0])))
+    return ordered
 
 
 def identity_of(sealed: Mapping[str, Any]) -> SealedIdentity:
@@ -156,7 +173,7 @@ def seal_secret(secret: Mapping[str, Any], public_key: rsa.RSAPublicKey, *,
     scope_annotations = with_scope_annotations(None, effective_scope)
     if scope_annotations:
         top_meta["annotations"] = scope_annotations
-    template: dict[str, Any] = {"metadata": template_meta}
+    template: dict[str, Any] = {"metadata": go_object_meta(template_meta)}
     if secret.get("type"):
         template["type"] = secret["type"]
     if secret.get("immutable") is not None:
@@ -203,7 +220,7 @@ def decrypt_items(sealed: Mapping[str, Any],
     if encrypted and legacy:
         raise InputError(f"{identity.display}: uses both spec.encryptedData and spec.data")
     if legacy:
-        return _decrypt_legacy(identity, str(legacy), private_keys)
+        return secret_values(_decrypt_legacy(identity, str(legacy), private_keys))
     values: dict[str, bytes] = {}
     failed: list[str] = []
     # Items of one SealedSecret are nearly always sealed by the same key: trying the
@@ -254,7 +271,8 @@ def failing_items(sealed: Mapping[str, Any],
 
 
 def _decrypt_legacy(identity: SealedIdentity, blob: str,
-                    private_keys: Sequence[rsa.RSAPrivateKey]) -> dict[str, bytes]:
+                    private_keys: Sequence[rsa.RSAPrivateKey]) -> dict[str, Any]:
+    """The whole Secret a legacy (pre-``encryptedData``) SealedSecret carries in ``spec.data``."""
     try:
         plaintext = hybrid.decrypt(private_keys, decode_item("spec.data", blob), identity.label)
     except DecryptionError:
@@ -262,18 +280,35 @@ def _decrypt_legacy(identity: SealedIdentity, blob: str,
     try:
         inner = json.loads(plaintext)
     except ValueError:
-        raise InputError(f"{identity.display}: spec.data does not hold a JSON Secret") from None
-    return secret_values(inner)
+        inner = None
+    if not isinstance(inner, dict):
+        raise InputError(f"{identity.display}: spec.data does not hold a JSON Secret")
+    return inner
 
 
 def unseal(sealed: Mapping[str, Any],
            private_keys: Sequence[rsa.RSAPrivateKey]) -> dict[str, Any]:
-    """The Secret the controller would produce from *sealed* (with the same keys)."""
+    """The Secret the controller would produce from *sealed* (with the same keys).
+
+    As in the controller, a legacy ``spec.data`` SealedSecret yields the Secret sealed
+    inside it (its labels, annotations and type); otherwise the template gives them.
+    Either way name and namespace come from the SealedSecret.
+    """
     identity = identity_of(sealed)
-    values = decrypt_items(sealed, private_keys)
     spec = sealed.get("spec") or {}
-    template = spec.get("template") or {}
-    metadata: dict[str, Any] = copy.deepcopy(dict(template.get("metadata") or {}))
+    legacy = spec.get("data") if isinstance(spec, Mapping) else None
+    if legacy and not encrypted_items(sealed):
+        template: Mapping[str, Any] = _decrypt_legacy(identity, str(legacy), private_keys)
+        values = secret_values(template)
+        generated: Mapping[str, Any] = {}
+    else:
+        values = decrypt_items(sealed, private_keys)
+        template = spec.get("template") or {}
+        generated = template.get("data") or {}
+    inner_meta = template.get("metadata") or {}
+    if not isinstance(inner_meta, Mapping):
+        raise InputError(f"{identity.display}: template metadata is not a mapping")
+    metadata: dict[str, Any] = copy.deepcopy(dict(inner_meta))
     metadata.pop("creationTimestamp", None)
     metadata["name"] = identity.name
     if identity.namespace:
@@ -285,18 +320,20 @@ def unseal(sealed: Mapping[str, Any],
         metadata["ownerReferences"] = [{"apiVersion": API_VERSION, "kind": KIND,
                                         "name": identity.name, "uid": top["uid"],
                                         "controller": True}]
-    secret: dict[str, Any] = {"apiVersion": "v1", "kind": "Secret", "metadata": metadata}
-    if template.get("type"):
-        secret["type"] = template["type"]
-    if template.get("immutable") is not None:
-        secret["immutable"] = template["immutable"]
     data = {item: base64.b64encode(value).decode() for item, value in sorted(values.items())}
-    for item, text in (template.get("data") or {}).items():
+    for item, text in generated.items():
         if "{{" in str(text):
             raise InputError(f"{identity.display}: template data {item!r} uses Go templates, "
                              "which sealfleet does not render")
         data[item] = base64.b64encode(str(text).encode()).decode()
-    secret["data"] = data
+    # v1.Secret's field order, as kubeseal prints it.
+    secret: dict[str, Any] = {"kind": "Secret", "apiVersion": "v1",
+                              "metadata": go_object_meta(metadata)}
+    if template.get("immutable") is not None:
+        secret["immutable"] = template["immutable"]
+    secret["data"] = dict(sorted(data.items()))
+    if template.get("type"):
+        secret["type"] = template["type"]
     return secret
 
 
