@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import sqlite3
+import threading
 from pathlib import Path
 
 import pytest
@@ -237,6 +238,41 @@ async def test_a_cancelled_caller_never_leaves_half_a_batch(store: Store) -> Non
     # The transaction already submitted runs to its end on the writer thread: all or none.
     await store.audit("barrier", "test", {})  # queued behind it on the single writer
     assert len(await store.sealed_secrets_of_cluster("c1")) in (0, len(batch))
+
+
+async def test_reads_answer_from_their_own_connections_while_a_write_is_open(
+        store: Store) -> None:
+    """One writer holds its transaction open; readers still answer, from the last commit."""
+    await store.upsert_sealed_secrets([sealed("c1", "ns", "before")])
+    inside, release = threading.Event(), threading.Event()
+
+    def long_write(conn: sqlite3.Connection) -> None:
+        writes.upsert_sealed_secrets(conn, [sealed("c1", "ns", "during")])
+        inside.set()
+        if not release.wait(10):
+            raise RuntimeError("test never released the write")
+
+    writing = asyncio.create_task(store.write(long_write))
+    try:
+        assert await asyncio.to_thread(inside.wait, 10)
+        during = await asyncio.wait_for(store.sealed_secrets_of_cluster("c1"), 5)
+        assert [r.name for r in during] == ["before"]
+        assert await store.read(lambda conn: conn.execute("PRAGMA journal_mode").fetchone()[0]
+                                ) == "wal"
+    finally:
+        release.set()
+        await writing
+    assert [r.name for r in await store.sealed_secrets_of_cluster("c1")] == ["before", "during"]
+    with pytest.raises(StoreError, match="readonly"):
+        await store.read(lambda conn: conn.execute("DELETE FROM sealed_secrets"))
+
+
+async def test_concurrent_writers_are_serialised_on_the_one_writer(store: Store) -> None:
+    await asyncio.gather(*(store.upsert_sealed_secrets(
+        [sealed(f"c{w}", "ns", f"s{i}") for i in range(50)]) for w in range(20)))
+    counts = await store.state_counts()
+    assert {cluster: sum(states.values()) for cluster, states in counts.items()} == {
+        f"c{w}": 50 for w in range(20)}
 
 
 async def test_closed_store_raises_store_error(db_path: Path) -> None:

@@ -173,8 +173,20 @@ def list_sealed_secrets(conn: sqlite3.Connection, *, cluster: str | None,
             after = codec.decode_cursor(cursor)
         except ValueError:
             raise InputError("malformed cursor") from None
-        where.append("(cluster, namespace, name) > (?, ?, ?)")
-        params.extend(after)
+        # Columns an equality filter pins are left out of the keyset comparison: with
+        # them in it, SQLite seeks on the row value alone and then sorts every later
+        # row of the index (all clusters after this one) to page through one cluster.
+        pinned: tuple[str, ...] = ()
+        if cluster is not None:
+            pinned = (cluster,) if namespace is None else (cluster, namespace)
+        if after[:len(pinned)] < pinned:
+            pass                      # the cursor lies before the filtered range
+        elif after[:len(pinned)] > pinned:
+            return [], None           # ... or after it: nothing is left
+        else:
+            columns = ("cluster", "namespace", "name")[len(pinned):]
+            where.append(f"({', '.join(columns)}) > ({', '.join('?' * len(columns))})")
+            params.extend(after[len(pinned):])
     index = "sealed_secrets_by_state" if state is not None else \
         "sqlite_autoindex_sealed_secrets_1"
     sql = (codec.SEALED_SECRET_SELECT + f" INDEXED BY {index}"
