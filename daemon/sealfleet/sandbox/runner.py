@@ -160,7 +160,7 @@ class Sandbox:
             seeder = Seeder(self._seed, processes=self._seed_processes)
             self.seed_record = await seeder.seed([c.seed_target for c in self.clusters.values()])
             self.timings["seed_seconds"] = time.perf_counter() - seeding_started
-            payload = json.dumps(self.seed_record, separators=(",", ":")).encode()
+            payload = seeder.encode(self.seed_record)
             await asyncio.to_thread(self.seed_file.write_bytes, payload)
         for cluster in self.clusters.values():
             await self._stack.enter_async_context(cluster)

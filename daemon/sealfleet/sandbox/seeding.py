@@ -26,13 +26,16 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import dataclasses
 import datetime as dt
+import gc
 import hashlib
+import json
 import multiprocessing
 import os
 import random
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from typing import Any
 
@@ -165,6 +168,25 @@ def _der(key: keys_domain.SealingKey) -> bytes:
 # ------------------------------------------------------------------- seeding
 
 
+@contextlib.contextmanager
+def _gc_paused() -> Iterator[None]:
+    """No cyclic garbage collection while seeding.
+
+    Seeding allocates millions of long-lived containers (objects, index entries, the
+    seed.json record) and almost no cycles; each full collection re-walks everything
+    allocated so far, which cost a quarter of the main thread's seeding time (measured:
+    7.0 s against 5.2 s of main-thread CPU for 10 clusters x 5,000).  Reference counting
+    still frees everything else; the collector resumes (if it was on) afterwards.
+    """
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
 class Seeder:
     """Seeds a set of clusters; returns the ``seed.json`` document."""
 
@@ -173,11 +195,14 @@ class Seeder:
         self._processes = (os.cpu_count() or 2) if processes is None else processes
         self._now = dt.datetime.now(dt.UTC).replace(microsecond=0)
         self._created_at = self._now.strftime("%Y-%m-%dT%H:%M:%SZ")
+        # seed.json's "sealed_secrets" entries, encoded per chunk while the RSA work is
+        # still running (encoding 100k entries at the end would delay ``ready``).
+        self._encoded: dict[str, list[bytes]] = {}
 
     async def seed(self, targets: Sequence[SeedTarget]) -> dict[str, Any]:
         spec = self.spec
         loop = asyncio.get_running_loop()
-        with ThreadPoolExecutor(max_workers=max(self._processes, 1),
+        with _gc_paused(), ThreadPoolExecutor(max_workers=max(self._processes, 1),
                                 thread_name_prefix="seed-keygen") as key_pool, \
                 self._encryption_pool(len(targets)) as pool:
             # Key generation dominates: start it first, and the worker processes too
@@ -200,6 +225,17 @@ class Seeder:
                 "spec": dataclasses.asdict(spec),
                 "clusters": {t.name: r[0] for t, r in zip(targets, records, strict=True)},
                 "sealed_secrets": [entry for r in records for entry in r[1]]}
+
+    def encode(self, record: dict[str, Any]) -> bytes:
+        """``seed.json``: exactly ``json.dumps(record, separators=(",", ":"))``, with the
+        entries that :meth:`seed` already encoded chunk by chunk spliced in."""
+        head = {k: v for k, v in record.items() if k != "sealed_secrets"}
+        if list(record)[-1] != "sealed_secrets" or sum(
+                map(len, self._encoded.values())) != len(record["sealed_secrets"]):
+            return json.dumps(record, separators=(",", ":")).encode()  # not ours as made
+        parts = [chunk for name in record["clusters"] for chunk in self._encoded[name]]
+        return b"".join([json.dumps(head, separators=(",", ":")).encode()[:-1],
+                         b',"sealed_secrets":[', b",".join(parts), b"]}"])
 
     def _encryption_pool(self, clusters: int) -> Executor:
         """Worker processes (spawned: safe beside threads), or one thread for small seeds,
@@ -244,8 +280,11 @@ class Seeder:
                     for s in chunk for item in s.items if item.key_index != -2]
             futures.append(loop.run_in_executor(pool, encrypt_chunk, ders, work))
         entries: list[dict[str, Any]] = []
+        encoded = self._encoded[target.name] = []
         for chunk, future in zip(chunks, futures, strict=True):
-            entries += self._store_chunk(target, chunk, iter(await future), fingerprints)
+            stored = self._store_chunk(target, chunk, iter(await future), fingerprints)
+            entries += stored
+            encoded.append(json.dumps(stored, separators=(",", ":")).encode()[1:-1])
             await asyncio.sleep(0)  # let the servers breathe between chunks
         newest = keys_domain.newest_key(keys)
         cluster_record = {"keys": key_records,

@@ -199,6 +199,15 @@ async def test_watch_for_secrets_adds_keys_without_restart(
                                         stdin=_key_manifest(new_key, "watched-key"))
         assert created.returncode == 0, created.stderr
         assert await eventually(lambda: _is(harness, new_key.fingerprint)) is True
+        # Watching adds keys only: once loaded, a key stays even if its Secret goes.
+        removed = await harness.kubectl("delete", "secret", "-n", "kube-system", "watched-key")
+        assert removed.returncode == 0, removed.stderr
+        sealed = seal_secret({"metadata": {"name": "after", "namespace": "default"},
+                              "stringData": {"k": "v"}}, new_key.public_key)
+        applied = await harness.kubectl("apply", "-f", "-", stdin=json.dumps(sealed))
+        assert applied.returncode == 0, applied.stderr
+        await eventually(lambda: _status_is(harness, "after", "True"))
+        assert await _is(harness, new_key.fingerprint)
         assert harness.cluster.workload.starts == starts  # no restart happened
 
 

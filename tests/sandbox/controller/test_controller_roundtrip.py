@@ -54,6 +54,22 @@ async def test_certificate_through_the_proxy_is_the_newest_key(sandbox: SandboxH
     assert health[:2] == (200, b"ok\n")
 
 
+async def test_installed_as_the_static_manifest(sandbox: SandboxHarness) -> None:
+    service = await sandbox.kubectl_json("get", "service", "-n", "kube-system",
+                                         "sealed-secrets-controller")
+    # One unnamed port, as in controller.yaml: kubeseal proxies to "http:NAME:" (no port).
+    assert service["spec"]["ports"] == [{"port": 8080, "targetPort": 8080, "protocol": "TCP"}]
+    deployment = await sandbox.kubectl_json("get", "deployment", "-n", "kube-system",
+                                            "sealed-secrets-controller")
+    assert deployment["status"]["readyReplicas"] == 1
+    table = await sandbox.kubectl("get", "pods", "-n", "kube-system",
+                                  "-l", "name=sealed-secrets-controller", "--no-headers")
+    assert table.returncode == 0, table.stderr
+    (row,) = table.stdout.splitlines()
+    assert row.split()[0].startswith("sealed-secrets-controller-")
+    assert row.split()[1:4] == ["1/1", "Running", "0"]
+
+
 async def test_sealfleet_seal_with_fetched_cert_unseals_in_cluster(
         sandbox: SandboxHarness, tmp_path: Path) -> None:
     cert = await sandbox.kubectl("get", "--raw", "/api/v1/namespaces/kube-system/services/"

@@ -29,13 +29,22 @@ class _ConditionCollector(Collector):
     def __init__(self, store: ObjectStore) -> None:
         self._store = store
 
-    def collect(self) -> Iterator[Metric]:
-        family = GaugeMetricFamily(
+    def describe(self) -> Iterator[Metric]:
+        """The family without samples: what registering needs (without it, the registry
+        would collect, parsing every SealedSecret each time a controller starts)."""
+        yield self._family()
+
+    @staticmethod
+    def _family() -> GaugeMetricFamily:
+        return GaugeMetricFamily(
             f"{PREFIX}_condition_info",
             "Current SealedSecret condition status. Values are -1 (false), 0 (unknown or "
             "absent), 1 (true)",
             labels=["namespace", "name", "condition", "ss_app_kubernetes_io_instance"],
         )
+
+    def collect(self) -> Iterator[Metric]:
+        family = self._family()
         for entry in self._store.entries("sealedsecrets.bitnami.com", None):
             obj = entry.obj()
             conditions = (obj.get("status") or {}).get("conditions") or []

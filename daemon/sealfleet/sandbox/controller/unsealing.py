@@ -109,11 +109,21 @@ def unseal_attributed(sealed: Mapping[str, Any], keys: Sequence[SealingKey]) -> 
     return UnsealResult(build_secret(sealed, identity, values), frozenset(used))
 
 
+def _json_copy(value: Any) -> Any:
+    """An independent copy of parsed JSON (dicts, lists, scalars): what ``deepcopy``
+    does for such values, without its memo bookkeeping (seeding builds 100k Secrets)."""
+    if isinstance(value, dict):
+        return {key: _json_copy(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_json_copy(item) for item in value]
+    return value
+
+
 def build_secret(
     sealed: Mapping[str, Any], identity: sealing.SealedIdentity, values: Mapping[str, bytes]
 ) -> dict[str, Any]:
     template = (sealed.get("spec") or {}).get("template") or {}
-    metadata: dict[str, Any] = copy.deepcopy(dict(template.get("metadata") or {}))
+    metadata: dict[str, Any] = _json_copy(dict(template.get("metadata") or {}))
     metadata.pop("creationTimestamp", None)
     metadata["name"] = identity.name
     metadata["namespace"] = identity.namespace
