@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Mapping
+import ctypes
+from collections.abc import Callable, Mapping
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Any
@@ -32,6 +33,23 @@ from sealfleet.app.cluster_worker import ClusterWorker, WorkerOptions
 log = structlog.get_logger(__name__)
 
 _KEYSTORE_REFRESH = 30.0   # seconds: pick up keys imported or marked compromised elsewhere
+_TRIM_INTERVAL = 5.0       # seconds between returning freed heap memory to the OS
+
+
+def _malloc_trim() -> Callable[[], object] | None:
+    """glibc's ``malloc_trim`` (None elsewhere, e.g. musl or macOS).
+
+    A scan allocates and frees hundreds of megabytes of ciphertext strings (each larger
+    than pymalloc's 512-byte limit, so they live on the C heap) interleaved with the
+    long-lived inventory; glibc keeps the freed holes, and RSS ends up near the sum of
+    everything ever in flight.  Trimming hands the holes back.
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        trim: Callable[[int], object] = libc.malloc_trim
+    except (OSError, AttributeError):
+        return None
+    return lambda: trim(0)
 
 
 def options_from_settings(settings: Any) -> WorkerOptions:
@@ -117,6 +135,9 @@ class FleetManager:
                 group.create_task(self._manage(), name="fleet:manage")
                 group.create_task(self._heartbeat(), name="fleet:heartbeat")
                 group.create_task(self._await_first_pass(), name="fleet:first-pass")
+                trim = _malloc_trim()
+                if trim is not None:
+                    group.create_task(self._trim_memory(trim), name="fleet:trim-memory")
         finally:
             self._group = None
             self._running.clear()
@@ -169,6 +190,15 @@ class FleetManager:
                 log.exception("cluster_worker_crashed", cluster=worker.name)
             worker.first_pass.set()  # a crashed worker must not hold readiness hostage
             await asyncio.sleep(backoff.next_delay())
+
+    async def _trim_memory(self, trim: Callable[[], object]) -> None:
+        """While the inventory moves, give freed C-heap memory back every few seconds."""
+        previous = self.progress
+        while True:
+            await asyncio.sleep(_TRIM_INTERVAL)
+            moved, previous = self.progress - previous, self.progress
+            if moved > _TRIM_INTERVAL + 1:  # more than the heartbeat alone: work happened
+                await asyncio.to_thread(trim)
 
     async def _heartbeat(self) -> None:
         while True:
