@@ -304,6 +304,31 @@ async def test_a_restart_resumes_the_watch_with_zero_rsa(harness: Harness) -> No
     assert any(e["event"] == "watch_resuming" for e in logs)
 
 
+async def test_apply_settings_adds_and_removes_workers(harness: Harness) -> None:
+    one = harness.settings()
+    two = config.settings_from_mapping({"clusters": [
+        {"name": name, "kubeconfig": str(harness.kubeconfig), "context": "admin"}
+        for name in ("c1", "c2")]}, base_dir=harness.kubeconfig.parent)
+    async with harness.fleet(one) as manager:
+        store = manager.attributor._store
+        manager.apply_settings(two)
+
+        async def both() -> bool:
+            return len(await store.sealed_secrets_of_cluster("c2")) == 5
+
+        await until(both)
+        assert set(manager.workers) == {"c1", "c2"}
+        manager.apply_settings(config.settings_from_mapping(
+            {"clusters": [{"name": "c2", "kubeconfig": str(harness.kubeconfig),
+                           "context": "admin"}]}, base_dir=harness.kubeconfig.parent))
+
+        async def removed() -> bool:
+            clusters = {c["name"]: c for c in await store.list_clusters()}
+            return bool(clusters["c1"]["removed"]) and set(manager.workers) == {"c2"}
+
+        await until(removed)
+
+
 async def test_least_privilege_mode_asks_the_controller(harness: Harness) -> None:
     harness.verify_answers["foreign"] = 409
     async with harness.fleet(harness.settings(read_key_secrets=False)) as manager:
