@@ -194,6 +194,18 @@ async def test_seed_json_matches_the_clusters(tmp_path: Path) -> None:
         older = [{k["fingerprint"] for k in c["keys"] if not k["sealing"]}
                  for c in record["clusters"].values()]
         assert not older[0] & older[1]
+        # Faults are per cluster, set over HTTP with the cluster's own kubeconfig token.
+        async with SandboxHarness(sandbox, "sandbox-2").api_client() as api:
+            response = await api.call_api(
+                "/_sandbox/faults", "POST", body={"error_rate": 1.0, "error_code": 503},
+                auth_settings=["BearerToken"], _preload_content=False)
+            assert response.status == 200
+            response.release()
+        failing = await SandboxHarness(sandbox, "sandbox-2").kubectl("get", "namespaces")
+        assert failing.returncode != 0
+        assert "(ServiceUnavailable)" in failing.stderr
+        healthy = await SandboxHarness(sandbox, "sandbox-1").kubectl("get", "namespaces")
+        assert healthy.returncode == 0, healthy.stderr
 
 
 async def test_seeding_is_deterministic(tmp_path: Path) -> None:
