@@ -46,6 +46,11 @@ def _write_private(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
+def _write_parts(path: Path, parts: Sequence[bytes]) -> None:
+    with path.open("wb") as handle:
+        handle.writelines(parts)
+
+
 def daemon_config(cluster_names: Sequence[str], *, master_keys: Sequence[str] = (),
                   key_renew_period: str = "30d") -> str:
     """``sealfleet.toml`` (contracts.md §1) for these clusters, paths relative to DIR."""
@@ -160,8 +165,8 @@ class Sandbox:
             seeder = Seeder(self._seed, processes=self._seed_processes)
             self.seed_record = await seeder.seed([c.seed_target for c in self.clusters.values()])
             self.timings["seed_seconds"] = time.perf_counter() - seeding_started
-            payload = seeder.encode(self.seed_record)
-            await asyncio.to_thread(self.seed_file.write_bytes, payload)
+            await asyncio.to_thread(_write_parts, self.seed_file,
+                                    seeder.encoded(self.seed_record))
         for cluster in self.clusters.values():
             await self._stack.enter_async_context(cluster)
         await asyncio.gather(*(c.wait_serving() for c in self.clusters.values()))

@@ -197,7 +197,7 @@ class Seeder:
         self._created_at = self._now.strftime("%Y-%m-%dT%H:%M:%SZ")
         # seed.json's "sealed_secrets" entries, encoded per chunk while the RSA work is
         # still running (encoding 100k entries at the end would delay ``ready``).
-        self._encoded: dict[str, list[bytes]] = {}
+        self._encoded: dict[str, tuple[int, list[bytes]]] = {}  # cluster: (entries, chunks)
 
     async def seed(self, targets: Sequence[SeedTarget]) -> dict[str, Any]:
         spec = self.spec
@@ -226,16 +226,20 @@ class Seeder:
                 "clusters": {t.name: r[0] for t, r in zip(targets, records, strict=True)},
                 "sealed_secrets": [entry for r in records for entry in r[1]]}
 
-    def encode(self, record: dict[str, Any]) -> bytes:
-        """``seed.json``: exactly ``json.dumps(record, separators=(",", ":"))``, with the
-        entries that :meth:`seed` already encoded chunk by chunk spliced in."""
+    def encoded(self, record: dict[str, Any]) -> list[bytes]:
+        """``seed.json`` in parts: together exactly ``json.dumps(record, separators=(",",
+        ":"))``, with the entries that :meth:`seed` already encoded chunk by chunk spliced
+        in (write them in order; joining them would copy 65 MB for a 20 x 5,000 seed)."""
+        encoded, self._encoded = self._encoded, {}
+        entries = record.get("sealed_secrets")
+        if (list(record)[-1:] != ["sealed_secrets"] or set(encoded) != set(record["clusters"])
+                or sum(count for count, _ in encoded.values()) != len(entries or ())):
+            return [json.dumps(record, separators=(",", ":")).encode()]  # not as we made it
         head = {k: v for k, v in record.items() if k != "sealed_secrets"}
-        if list(record)[-1] != "sealed_secrets" or sum(
-                map(len, self._encoded.values())) != len(record["sealed_secrets"]):
-            return json.dumps(record, separators=(",", ":")).encode()  # not ours as made
-        parts = [chunk for name in record["clusters"] for chunk in self._encoded[name]]
-        return b"".join([json.dumps(head, separators=(",", ":")).encode()[:-1],
-                         b',"sealed_secrets":[', b",".join(parts), b"]}"])
+        chunks = [chunk for name in record["clusters"] for chunk in encoded[name][1]]
+        return [json.dumps(head, separators=(",", ":")).encode()[:-1], b',"sealed_secrets":[',
+                *(part for index, chunk in enumerate(chunks)
+                  for part in ((b",", chunk) if index else (chunk,))), b"]}"]
 
     def _encryption_pool(self, clusters: int) -> Executor:
         """Worker processes (spawned: safe beside threads), or one thread for small seeds,
@@ -280,12 +284,13 @@ class Seeder:
                     for s in chunk for item in s.items if item.key_index != -2]
             futures.append(loop.run_in_executor(pool, encrypt_chunk, ders, work))
         entries: list[dict[str, Any]] = []
-        encoded = self._encoded[target.name] = []
+        encoded: list[bytes] = []
         for chunk, future in zip(chunks, futures, strict=True):
             stored = self._store_chunk(target, chunk, iter(await future), fingerprints)
             entries += stored
             encoded.append(json.dumps(stored, separators=(",", ":")).encode()[1:-1])
             await asyncio.sleep(0)  # let the servers breathe between chunks
+        self._encoded[target.name] = (len(entries), encoded)
         newest = keys_domain.newest_key(keys)
         cluster_record = {"keys": key_records,
                           "sealing_key": newest.fingerprint if newest else None}
