@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import datetime
 import stat
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from ruamel.yaml import YAML
 
 from sealfleet.sandbox.apiserver import patching
 from sealfleet.sandbox.apiserver.selectors import parse_label_selector
+from sealfleet.sandbox.apiserver.tables import table
 from sealfleet.sandbox.kubeconfig import KubeconfigContext, write_kubeconfig
 from sealfleet.sandbox.objects import ApiError
 from sealfleet.sandbox.tls import CertificateAuthority
@@ -136,3 +138,37 @@ def test_server_certificate_is_signed_for_loopback() -> None:
     assert [str(ip) for ip in names.get_values_for_type(x509.IPAddress)] == ["127.0.0.1"]
     assert names.get_values_for_type(x509.DNSName) == ["localhost"]
     cert.verify_directly_issued_by(ca.cert)
+
+
+TEN_MINUTES_AGO = (datetime.datetime.now(datetime.UTC) - datetime.timedelta(minutes=10, seconds=5)
+                   ).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _pod(state: dict[str, object], *, restarts: int = 0, ready: bool = False,
+         deleted: bool = False, finished: str | None = None) -> dict[str, object]:
+    container: dict[str, object] = {"name": "c", "ready": ready, "restartCount": restarts,
+                                    "state": state}
+    if finished:
+        container["lastState"] = {"terminated": {"exitCode": 2, "finishedAt": finished}}
+    meta: dict[str, object] = {"name": "p", "creationTimestamp": "2020-01-01T00:00:00Z"}
+    if deleted:
+        meta["deletionTimestamp"] = "2020-01-02T00:00:00Z"
+    return {"metadata": meta, "spec": {"containers": [{"name": "c"}]},
+            "status": {"phase": "Running", "containerStatuses": [container]}}
+
+
+@pytest.mark.parametrize(
+    ("pod", "expected"),
+    [
+        (_pod({"running": {}}, ready=True), ["1/1", "Running", "0"]),
+        (_pod({"waiting": {"reason": "CrashLoopBackOff"}}, restarts=3, finished=TEN_MINUTES_AGO),
+         ["0/1", "CrashLoopBackOff", "3 (10m ago)"]),
+        (_pod({"terminated": {"reason": "OOMKilled", "exitCode": 137}}), ["0/1", "OOMKilled", "0"]),
+        (_pod({"terminated": {"exitCode": 3}}), ["0/1", "ExitCode:3", "0"]),
+        (_pod({"terminated": {"exitCode": 0, "signal": 9}}), ["0/1", "Signal:9", "0"]),
+        (_pod({"running": {}}, ready=True, deleted=True), ["1/1", "Terminating", "0"]),
+    ],
+)
+def test_pod_rows_follow_the_real_printer(pod: dict[str, object], expected: list[str]) -> None:
+    (row,) = table("pods", [pod])["rows"]
+    assert row["cells"][1:4] == expected

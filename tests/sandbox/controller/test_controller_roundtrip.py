@@ -68,6 +68,12 @@ async def test_installed_as_the_static_manifest(sandbox: SandboxHarness) -> None
     (row,) = table.stdout.splitlines()
     assert row.split()[0].startswith("sealed-secrets-controller-")
     assert row.split()[1:4] == ["1/1", "Running", "0"]
+    wide = await sandbox.kubectl("get", "pods", "-n", "kube-system", "-o", "wide")
+    assert wide.stdout.split("\n", 1)[0].split() == [
+        "NAME", "READY", "STATUS", "RESTARTS", "AGE", "IP", "NODE", "NOMINATED", "NODE",
+        "READINESS", "GATES"]
+    assert wide.stdout.splitlines()[1].split()[5:] == ["10.244.0.10", "sandbox-node",
+                                                       "<none>", "<none>"]
 
 
 async def test_sealfleet_seal_with_fetched_cert_unseals_in_cluster(

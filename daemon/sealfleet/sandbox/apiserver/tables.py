@@ -120,7 +120,22 @@ def _pod_cells(obj: Obj) -> list[Any]:
         reason = "Terminating"
     total = len((obj.get("spec") or {}).get("containers") or []) or len(statuses)
     shown = f"{restarts} ({human_age(last_restart)} ago)" if last_restart else str(restarts)
-    return [_name(obj), f"{ready}/{total}", reason, shown, _age(obj)]
+    spec = obj.get("spec") or {}
+    gates = [g for g in spec.get("readinessGates") or [] if isinstance(g, dict)]
+    gates_ready = sum(
+        1 for g in gates if _pod_condition(status, str(g.get("conditionType"))) == "True"
+    )
+    return [
+        _name(obj),
+        f"{ready}/{total}",
+        reason,
+        shown,
+        _age(obj),
+        status.get("podIP") or "<none>",
+        spec.get("nodeName") or "<none>",
+        status.get("nominatedNodeName") or "<none>",
+        f"{gates_ready}/{len(gates)}" if gates else "<none>",
+    ]
 
 
 def _pod_condition(status: Obj, kind: str) -> str:
@@ -166,6 +181,10 @@ _PRINTERS: dict[str, Printer] = {
             _col("Status"),
             _col("Restarts"),  # a string since the "(5m ago)" suffix
             _col("Age"),
+            _col("IP", priority=1),  # priority 1: shown by ``-o wide``
+            _col("Node", priority=1),
+            _col("Nominated Node", priority=1),
+            _col("Readiness Gates", priority=1),
         ],
         _pod_cells,
     ),
