@@ -185,7 +185,9 @@ async def main() -> int:
           f"batches of {args.batch}; SQLite {sqlite3.sqlite_version}")
     changed = [dataclasses.replace(r, resource_version="9" + r.resource_version,
                                    items=r.items[::-1]) for r in records]
-    rows = codec.sealed_secret_rows(records)
+    # The baseline inserts exactly the rows the store writes (keys as references).
+    refs = {fp: str(ref) for ref, fp in enumerate(sorted(codec.fingerprints_of(records)), 1)}
+    rows = codec.sealed_secret_rows(records, refs)
     # 200k pre-built records (~2M objects) that a daemon never holds at once would make
     # every full GC pass crawl them; move them out of the collector's way.
     gc.collect()

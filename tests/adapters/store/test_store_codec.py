@@ -12,7 +12,10 @@ from sealfleet.adapters.store import codec
 from sealfleet.adapters.store.records import ItemFact
 from sealfleet.errors import StoreError
 
-FINGERPRINTS = st.sampled_from([None, "SHA256:aaaa", "SHA256:bbbb+/cc", "SHA256:dddd"])
+KEYS = ["SHA256:aaaa", "SHA256:bbbb+/cc", "SHA256:dddd"]
+REFS = {fingerprint: str(ref) for ref, fingerprint in enumerate(KEYS, 1)}
+BACK = {ref: fingerprint for fingerprint, ref in REFS.items()}
+FINGERPRINTS = st.sampled_from([None, *KEYS])
 ITEMS = st.lists(st.builds(ItemFact, item=st.text(max_size=20),
                            item_hash=st.text(alphabet="0123456789abcdef", min_size=64,
                                              max_size=64),
@@ -21,18 +24,20 @@ ITEMS = st.lists(st.builds(ItemFact, item=st.text(max_size=20),
 
 @given(ITEMS)
 def test_items_round_trip(items: list[ItemFact]) -> None:
-    text, keys, key_items = codec.encode_items(items)
-    assert codec.decode_items(text, keys) == tuple(items)
+    text, keys, key_items = codec.encode_items(items, REFS)
+    assert codec.decode_items(text, keys, BACK) == tuple(items)
     known = [i.fingerprint for i in items if i.fingerprint is not None]
     assert key_items == len(known)
-    assert (keys.split(" ") if keys else []) == list(dict.fromkeys(known))
+    assert (keys.split(" ") if keys else []) == [REFS[k] for k in dict.fromkeys(known)]
 
 
 def test_single_key_items_use_the_compact_form() -> None:
     items = [ItemFact("username", "a" * 64, "SHA256:k"), ItemFact("password", "b" * 64,
                                                                   "SHA256:k")]
-    assert codec.encode_items(items) == (
-        f"username\t{'a' * 64}\t0\npassword\t{'b' * 64}\t0", "SHA256:k", 2)
+    assert codec.encode_items(items, {"SHA256:k": "7"}) == (
+        f"username\t{'a' * 64}\t0\npassword\t{'b' * 64}\t0", "7", 2)
+    with pytest.raises(KeyError):
+        codec.encode_items(items, {})
 
 
 @given(st.text(max_size=30), st.text(max_size=30), st.text(max_size=30))

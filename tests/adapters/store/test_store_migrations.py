@@ -8,8 +8,9 @@ import threading
 from pathlib import Path
 
 import pytest
+from store_builders import sealed
 
-from sealfleet.adapters.store import Store, migrations
+from sealfleet.adapters.store import Store, codec, migrations, writes
 from sealfleet.adapters.store.store import connect
 from sealfleet.errors import StoreError
 
@@ -89,6 +90,51 @@ async def test_from_every_earlier_schema_reaches_the_same_schema(tmp_path: Path,
         assert store.applied_at_open == [m.name for m in SHIPPED[already:]]
     assert schema(upgraded) == schema(fresh)
     assert applied_names(upgraded) == [m.name for m in SHIPPED]
+
+
+async def test_0002_turns_stored_fingerprints_into_references_losing_nothing(
+        tmp_path: Path) -> None:
+    """Rows written under 0001 (fingerprints in ``keys``) read back the same after 0002."""
+    records = [sealed("c1", "ns", "single", ["K1", "K1"]),
+               sealed("c1", "ns", "multi", ["K2", None, "K1"]),
+               sealed("c1", "ns", "none", [None]),
+               sealed("c2", "ns", "odd", ["K3", "K2"], item_names=["[x", "tab\there"]),
+               sealed("c2", "ns", "empty", [])]
+    path = tmp_path / "inventory.db"
+    async with Store.open(path, migrations_dir=copy_first(1, tmp_path / "old")):
+        pass
+    conn = connect(path)
+    try:
+        as_0001 = {fingerprint: fingerprint for fingerprint in codec.fingerprints_of(records)}
+        conn.execute("BEGIN IMMEDIATE")
+        writes.upsert_sealed_secret_rows(conn, ["c1", "c2"],
+                                         codec.sealed_secret_rows(records, as_0001))
+        conn.execute("COMMIT")
+        assert conn.execute("SELECT keys FROM sealed_secrets WHERE name = 'multi'"
+                            ).fetchone() == ("K2 K1",)
+    finally:
+        conn.close()
+    async with Store.open(path) as store:
+        assert store.applied_at_open == ["0002_key_refs"]
+        stored = [*await store.sealed_secrets_of_cluster("c1"),
+                  *await store.sealed_secrets_of_cluster("c2")]
+        assert sorted(stored, key=lambda r: (r.cluster, r.name)) == sorted(
+            records, key=lambda r: (r.cluster, r.name))
+        usage = await store.key_usage()
+        assert {k: (v["sealed_secrets"], v["items"]) for k, v in usage.items()} == {
+            "K1": (2, 3), "K2": (2, 2), "K3": (1, 1)}
+        assert await store.sealed_secrets_using_key("K2") == [("c1", "ns", "multi"),
+                                                               ("c2", "ns", "odd")]
+        await store.upsert_sealed_secrets([sealed("c3", "ns", "new", ["K2", "K4"])])
+        assert await store.sealed_secrets_using_key("K4") == [("c3", "ns", "new")]
+    conn = sqlite3.connect(path)
+    try:
+        refs = dict(conn.execute("SELECT fingerprint, id FROM key_refs"))
+        multi = conn.execute("SELECT keys FROM sealed_secrets WHERE name = 'multi'").fetchone()
+    finally:
+        conn.close()
+    assert sorted(refs) == ["K1", "K2", "K3", "K4"]
+    assert multi == (f"{refs['K2']} {refs['K1']}",)  # order kept: item lines index into it
 
 
 async def test_failing_migration_rolls_back_entirely_and_stays_pending(tmp_path: Path) -> None:

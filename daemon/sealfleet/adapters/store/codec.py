@@ -2,8 +2,10 @@
 
 Times are stored as ISO 8601 UTC text with a fixed width (microseconds always
 present), so SQL text comparison is time comparison.  A SealedSecret's items are one
-compact text column plus the distinct keys that sealed them (layout documented in
-migration 0001): one row write per SealedSecret instead of one per item.
+compact text column plus references to the distinct keys that sealed them (layout
+documented in migrations 0001 and 0002): one row write per SealedSecret instead of
+one per item.  A key reference is the text of its ``key_refs`` id; *refs* arguments
+map fingerprints to references (encoding) or references to fingerprints (decoding).
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from sealfleet.adapters.store.records import ItemFact, KeyHolding, KeyRecord, SealedSecretRecord
@@ -42,12 +44,14 @@ def now() -> str:
     return timestamp(dt.datetime.now(dt.UTC))
 
 
-def encode_items(items: Sequence[ItemFact]) -> tuple[str, str, int]:
+def encode_items(items: Sequence[ItemFact],
+                 refs: Mapping[str, str]) -> tuple[str, str, int]:
     """(items column, keys column, key_items) for one SealedSecret; see migration 0001.
 
-    Hot path of every upsert (100k rows per full scan), hence plain string building
-    rather than ``json.dumps`` (about seven times slower here), and a fast path for
-    the usual case of every item sealed by the same key.
+    *refs* maps each fingerprint to its reference; a KeyError names a key that has
+    none yet.  Hot path of every upsert (100k rows per full scan), hence plain string
+    building rather than ``json.dumps`` (about seven times slower here), and a fast
+    path for the usual case of every item sealed by the same key.
     """
     if not items:
         return "", "", 0
@@ -55,20 +59,21 @@ def encode_items(items: Sequence[ItemFact]) -> tuple[str, str, int]:
     lines = []
     for fact in items:
         if fact.fingerprint != first or first is None:
-            text, keys, attributed = _encode_items_general(items)
+            text, keys, attributed = _encode_items_general(items, refs)
             break
         lines.append(f"{fact.item}\t{fact.item_hash}\t0")
     else:
-        text, keys, attributed = "\n".join(lines), first or "", len(items)
+        text, keys, attributed = "\n".join(lines), refs[first] if first else "", len(items)
     # Item names are Secret data keys ([-._a-zA-Z0-9]+); anything else that could make
     # the text ambiguous (a tab, a newline, a leading "[") is stored as JSON instead.
     if (text[0] == "[" or text.count("\t") != 2 * len(items)
             or text.count("\n") != len(items) - 1):
-        return _encode_items_json(items)
+        return _encode_items_json(items, refs)
     return text, keys, attributed
 
 
-def _encode_items_general(items: Sequence[ItemFact]) -> tuple[str, str, int]:
+def _encode_items_general(items: Sequence[ItemFact],
+                          refs: Mapping[str, str]) -> tuple[str, str, int]:
     """Items sealed by several keys, or that no known key opens."""
     keys: list[str] = []
     lines = []
@@ -82,27 +87,35 @@ def _encode_items_general(items: Sequence[ItemFact]) -> tuple[str, str, int]:
         if fingerprint not in keys:
             keys.append(fingerprint)
         lines.append(f"{fact.item}\t{fact.item_hash}\t{keys.index(fingerprint)}")
-    return "\n".join(lines), " ".join(keys), attributed
+    return "\n".join(lines), " ".join(refs[k] for k in keys), attributed
 
 
-def _encode_items_json(items: Sequence[ItemFact]) -> tuple[str, str, int]:
+def _encode_items_json(items: Sequence[ItemFact],
+                       refs: Mapping[str, str]) -> tuple[str, str, int]:
     keys = list(dict.fromkeys(i.fingerprint for i in items if i.fingerprint is not None))
     return (_json_compact([[i.item, i.item_hash, i.fingerprint] for i in items]),
-            " ".join(keys), sum(1 for i in items if i.fingerprint is not None))
+            " ".join(refs[k] for k in keys), sum(1 for i in items if i.fingerprint is not None))
 
 
-def decode_items(text: str, keys: str) -> tuple[ItemFact, ...]:
+def decode_items(text: str, keys: str, refs: Mapping[str, str]) -> tuple[ItemFact, ...]:
+    """The items of one row; *refs* maps key references back to fingerprints."""
     if text.startswith("["):
         return tuple(ItemFact(item, item_hash, fingerprint)
                      for item, item_hash, fingerprint in _json_decode(text))
     if not text:
         return ()
-    fingerprints = keys.split(" ")
+    fingerprints = [refs[ref] for ref in keys.split(" ")] if keys else []
     facts = []
     for line in text.split("\n"):
         name, item_hash, index = line.split("\t")
         facts.append(ItemFact(name, item_hash, None if index == "-" else fingerprints[int(index)]))
     return tuple(facts)
+
+
+def fingerprints_of(records: Sequence[SealedSecretRecord]) -> set[str]:
+    """Every key fingerprint the records' items name."""
+    return {fact.fingerprint for r in records for fact in r.items
+            if fact.fingerprint is not None}
 
 
 def encode_json(value: Any) -> str:
@@ -125,8 +138,12 @@ SEALED_SECRET_COLUMNS = (
 )
 
 
-def sealed_secret_rows(records: Sequence[SealedSecretRecord]) -> list[tuple[Any, ...]]:
-    """Rows for the upsert; the observed_at text is cached since a batch shares it."""
+def sealed_secret_rows(records: Sequence[SealedSecretRecord],
+                       refs: Mapping[str, str]) -> list[tuple[Any, ...]]:
+    """Rows for the upsert; the observed_at text is cached since a batch shares it.
+
+    Raises KeyError when an item names a key *refs* has no reference for.
+    """
     rows: list[tuple[Any, ...]] = []
     append = rows.append
     last_time: dt.datetime | None = None
@@ -134,7 +151,7 @@ def sealed_secret_rows(records: Sequence[SealedSecretRecord]) -> list[tuple[Any,
     for r in records:
         if r.observed_at is not last_time:
             last_time, last_text = r.observed_at, timestamp(r.observed_at)
-        items, keys, key_items = encode_items(r.items)
+        items, keys, key_items = encode_items(r.items, refs)
         # sqlite3 binds int and str subclasses as such: Scope (IntEnum) is stored as its
         # number, SecretState (StrEnum) as its value, a bool as 0/1, with no conversion.
         append((r.cluster, r.namespace, r.name, r.uid, r.resource_version, r.generation,
@@ -150,13 +167,13 @@ SEALED_SECRET_SELECT = (
 )
 
 
-def sealed_secret_record(row: Sequence[Any]) -> SealedSecretRecord:
+def sealed_secret_record(row: Sequence[Any], refs: Mapping[str, str]) -> SealedSecretRecord:
     (cluster, namespace, name, uid, resource_version, generation, scope, fingerprint,
      items, keys, state, synced, synced_message, last_seen, malformed_reason) = row
     return SealedSecretRecord(
         cluster=cluster, namespace=namespace, name=name, uid=uid,
         resource_version=resource_version, generation=generation, scope=Scope(scope),
-        ciphertext_fingerprint=fingerprint, items=decode_items(items, keys),
+        ciphertext_fingerprint=fingerprint, items=decode_items(items, keys, refs),
         state=SecretState(state), synced=None if synced is None else bool(synced),
         synced_message=synced_message, observed_at=dt.datetime.fromisoformat(last_seen),
         malformed_reason=malformed_reason)

@@ -24,6 +24,16 @@ from sealfleet.errors import InputError, StoreError
 _CHUNK = 900
 
 
+def key_refs(conn: sqlite3.Connection) -> dict[str, str]:
+    """reference -> fingerprint for every key reference (migration 0002).
+
+    Read in the caller's transaction, so it covers every row that transaction sees;
+    a fleet has hundreds of keys at most, so this costs well under a millisecond.
+    """
+    return {str(ref): fingerprint
+            for ref, fingerprint in conn.execute("SELECT id, fingerprint FROM key_refs")}
+
+
 def get_attributions(conn: sqlite3.Connection, item_hashes: Sequence[str],
                      known_keys_epoch: int | None) -> dict[str, str | None]:
     result: dict[str, str | None] = {}
@@ -98,21 +108,22 @@ def key_usage(conn: sqlite3.Connection) -> dict[str, dict[str, Any]]:
     for fingerprint, cluster in conn.execute(
             "SELECT DISTINCT fingerprint, cluster FROM cluster_keys ORDER BY fingerprint, cluster"):
         entry(fingerprint)["clusters"].append(cluster)
+    refs = key_refs(conn)
     # Single-key SealedSecrets (nearly all): a covering scan of sealed_secrets_by_key.
     for keys, secrets, items in conn.execute(
             "SELECT keys, count(*), sum(key_items) FROM sealed_secrets "
             "INDEXED BY sealed_secrets_by_key WHERE keys != '' AND keys NOT LIKE '% %' "
             "GROUP BY keys"):
-        usage_entry = entry(keys)
+        usage_entry = entry(refs[keys])
         usage_entry["items"] += items
         usage_entry["sealed_secrets"] += secrets
     # The few whose items were sealed by several keys: count per item.
     for items_text, keys in conn.execute(
             "SELECT items, keys FROM sealed_secrets WHERE id IN (SELECT id FROM sealed_secrets "
             "INDEXED BY sealed_secrets_by_key WHERE keys LIKE '% %')"):
-        for fingerprint in keys.split(" "):
-            entry(fingerprint)["sealed_secrets"] += 1
-        for fact in codec.decode_items(items_text, keys):
+        for ref in keys.split(" "):
+            entry(refs[ref])["sealed_secrets"] += 1
+        for fact in codec.decode_items(items_text, keys, refs):
             if fact.fingerprint is not None:
                 entry(fact.fingerprint)["items"] += 1
     return usage
@@ -193,7 +204,8 @@ def list_sealed_secrets(conn: sqlite3.Connection, *, cluster: str | None,
            + (" WHERE " + " AND ".join(where) if where else "")
            + " ORDER BY cluster, namespace, name LIMIT ?")
     rows = conn.execute(sql, [*params, limit + 1]).fetchall()
-    records = [codec.sealed_secret_record(row) for row in rows[:limit]]
+    refs = key_refs(conn)
+    records = [codec.sealed_secret_record(row, refs) for row in rows[:limit]]
     next_cursor = None
     if len(rows) > limit:
         last = records[-1]
@@ -205,19 +217,24 @@ def sealed_secrets_of_cluster(conn: sqlite3.Connection,
                               cluster: str) -> list[SealedSecretRecord]:
     rows = conn.execute(codec.SEALED_SECRET_SELECT + " WHERE cluster = ? "
                         "ORDER BY namespace, name", (cluster,))
-    return [codec.sealed_secret_record(row) for row in rows]
+    refs = key_refs(conn)
+    return [codec.sealed_secret_record(row, refs) for row in rows]
 
 
 def sealed_secrets_using_key(conn: sqlite3.Connection, fingerprint: str, *,
                              cluster: str | None = None) -> list[tuple[str, str, str]]:
     """(cluster, namespace, name) of the SealedSecrets with an item sealed by the key."""
+    found = conn.execute("SELECT id FROM key_refs WHERE fingerprint = ?",
+                         (fingerprint,)).fetchone()
+    if found is None:
+        return []  # no stored SealedSecret has ever named this key
     sql = ("SELECT cluster, namespace, name FROM sealed_secrets WHERE keys = :key "
            "AND (:cluster IS NULL OR cluster = :cluster) UNION ALL "
            "SELECT cluster, namespace, name FROM sealed_secrets WHERE id IN ("
            "SELECT id FROM sealed_secrets INDEXED BY sealed_secrets_by_key "
            "WHERE keys LIKE '% %' AND instr(' ' || keys || ' ', ' ' || :key || ' ') > 0) "
            "AND (:cluster IS NULL OR cluster = :cluster) ORDER BY 1, 2, 3")
-    rows = conn.execute(sql, {"key": fingerprint, "cluster": cluster})
+    rows = conn.execute(sql, {"key": str(found[0]), "cluster": cluster})
     return [(c, ns, name) for c, ns, name in rows]
 
 

@@ -102,6 +102,9 @@ class Store:
         self._readers: list[sqlite3.Connection] = []
         self._readers_lock = threading.Lock()
         self.applied_at_open: list[str] = []
+        # fingerprint -> key reference, for encoding rows on the caller's thread; only
+        # the event loop touches it, and references never change once given.
+        self._key_refs: dict[str, str] = {}
 
     # ------------------------------------------------------------ lifecycle
 
@@ -250,10 +253,17 @@ class Store:
         GIL: with several cluster workers writing, encoding the next batch overlaps
         with writing this one instead of queueing behind it.
         """
-        if records:
-            rows = codec.sealed_secret_rows(records)
-            await self.write(writes.upsert_sealed_secret_rows, {r.cluster for r in records},
-                             rows)
+        if not records:
+            return
+        try:
+            rows = codec.sealed_secret_rows(records, self._key_refs)
+        except KeyError:
+            # A key no row has named before (rare: keys are few and long-lived): give it
+            # a reference first, in its own transaction; references are never undone.
+            self._key_refs.update(await self.write(writes.ensure_key_refs,
+                                                   codec.fingerprints_of(records)))
+            rows = codec.sealed_secret_rows(records, self._key_refs)
+        await self.write(writes.upsert_sealed_secret_rows, {r.cluster for r in records}, rows)
 
     async def delete_sealed_secrets(self, cluster: str,
                                     refs: Sequence[tuple[str, str]]) -> None:

@@ -15,7 +15,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives import serialization
 
-from sealfleet.adapters.store import codec
+from sealfleet.adapters.store import codec, reads
 from sealfleet.adapters.store.kek import KeyEncryptionKey
 from sealfleet.adapters.store.records import KeyHolding, KeyMaterial, KeyRecord, SealedSecretRecord
 from sealfleet.domain.staleness import SecretState
@@ -186,10 +186,31 @@ _UPSERT_SEALED_SECRET = (
 )
 
 
+def ensure_key_refs(conn: sqlite3.Connection, fingerprints: Iterable[str]) -> dict[str, str]:
+    """fingerprint -> reference (migration 0002) for each key, creating missing ones.
+
+    Only ever inserts: a reference, once given, stays its key's for good, so callers
+    may cache what this returns.
+    """
+    wanted = sorted(set(fingerprints))
+    if not wanted:
+        return {}
+    conn.executemany("INSERT OR IGNORE INTO key_refs (fingerprint) VALUES (?)",
+                     [(f,) for f in wanted])
+    refs: dict[str, str] = {}
+    for offset in range(0, len(wanted), 500):
+        chunk = wanted[offset:offset + 500]
+        refs.update((fingerprint, str(ref)) for ref, fingerprint in conn.execute(
+            "SELECT id, fingerprint FROM key_refs "  # noqa: S608 (placeholders only)
+            f"WHERE fingerprint IN ({', '.join('?' * len(chunk))})", chunk))
+    return refs
+
+
 def upsert_sealed_secrets(conn: sqlite3.Connection,
                           records: Sequence[SealedSecretRecord]) -> None:
+    refs = ensure_key_refs(conn, codec.fingerprints_of(records))
     upsert_sealed_secret_rows(conn, {r.cluster for r in records},
-                              codec.sealed_secret_rows(records))
+                              codec.sealed_secret_rows(records, refs))
 
 
 def upsert_sealed_secret_rows(conn: sqlite3.Connection, clusters: Iterable[str],
@@ -247,9 +268,10 @@ def prune_attributions(conn: sqlite3.Connection, older_than: dt.datetime) -> int
                  "(item_hash TEXT PRIMARY KEY) WITHOUT ROWID")
     conn.execute("DELETE FROM temp.live_item_hashes")
     rows = conn.execute("SELECT items, keys FROM sealed_secrets").fetchall()
+    refs = reads.key_refs(conn)
     conn.executemany("INSERT OR IGNORE INTO temp.live_item_hashes VALUES (?)",
                      ((fact.item_hash,) for items, keys in rows
-                      for fact in codec.decode_items(items, keys)))
+                      for fact in codec.decode_items(items, keys, refs)))
     cursor = conn.execute("DELETE FROM attributions WHERE attributed_at < ? AND item_hash NOT IN "
                           "(SELECT item_hash FROM temp.live_item_hashes)",
                           (codec.timestamp(older_than),))
