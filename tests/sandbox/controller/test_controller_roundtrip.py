@@ -13,7 +13,8 @@ from controller_harness import SandboxHarness, eventually
 
 from sealfleet.domain import attribution, keyfiles
 from sealfleet.domain import keys as keys_domain
-from sealfleet.domain.sealed_secrets import identity_of
+from sealfleet.domain.scopes import Scope
+from sealfleet.domain.sealed_secrets import identity_of, seal_secret
 from sealfleet.sandbox.controller.http_api import GcraLimiter
 
 SECRET = """\
@@ -200,3 +201,23 @@ def test_gcra_limits_like_throttled() -> None:
     assert not limiter.allow("/v1/verify\0a", 0.4)[0]
     assert limiter.allow("/v1/verify\0a", 0.5)[0]  # one emission interval later
     assert not limiter.allow("/v1/verify\0a", 0.5)[0]
+
+
+async def test_every_scope_unseals_with_an_older_key(sandbox: SandboxHarness) -> None:
+    """Not only the sealing key: the controller tries every key it loaded, per scope."""
+    older = next(k for k in sandbox.seed["clusters"]["sandbox-1"]["keys"] if not k["sealing"])
+    key_secret = await sandbox.kubectl_json("get", "secret", "-n", "kube-system", older["secret"])
+    public_key = keys_domain.key_from_secret(key_secret).public_key
+    for scope in Scope:
+        name = f"old-key-{scope.cli_name}"
+        sealed = seal_secret({"metadata": {"name": name, "namespace": "default"},
+                              "stringData": {"value": f"plain-{scope.cli_name}"}},
+                             public_key, scope=scope)
+        applied = await sandbox.kubectl("apply", "-f", "-", stdin=json.dumps(sealed))
+        assert applied.returncode == 0, applied.stderr
+    for scope in Scope:
+        name = f"old-key-{scope.cli_name}"
+        condition = await eventually(lambda n=name: _condition(sandbox, "default", n))
+        assert condition["status"] == "True", condition
+        secret = await sandbox.kubectl_json("get", "secret", "-n", "default", name)
+        assert base64.b64decode(secret["data"]["value"]) == f"plain-{scope.cli_name}".encode()
