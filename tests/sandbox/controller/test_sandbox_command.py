@@ -35,6 +35,17 @@ def test_sandbox_command_serves_until_sigterm(tmp_path: Path) -> None:
                                     env=env, check=False, timeout=30)
             assert listed.returncode == 0, listed.stderr
             assert len(json.loads(listed.stdout)["items"]) == 4
+        # The restricted contexts cannot read the key Secrets, yet see everything else.
+        forbidden = subprocess.run([kubectl, "--context=sandbox-2-restricted", "get", "secrets",
+                                    "-n", "kube-system"], capture_output=True, text=True,
+                                   env=env, check=False, timeout=30)
+        assert forbidden.returncode != 0
+        assert "Error from server (Forbidden)" in forbidden.stderr
+        visible = subprocess.run([kubectl, "--context=sandbox-2-restricted", "get",
+                                  "sealedsecrets", "-A", "-o", "name"], capture_output=True,
+                                 text=True, env=env, check=False, timeout=30)
+        assert visible.returncode == 0, visible.stderr
+        assert len(visible.stdout.split()) == 4
         deployment = subprocess.run(
             [kubectl, "get", "deployment", "-n", "kube-system", "sealed-secrets-controller",
              "-o", "jsonpath={.spec.template.spec.containers[0].args}"],
