@@ -25,6 +25,10 @@ Semantics copied from the real kube-apiserver registry (facts, not code):
 - deleting an owner deletes its dependents (ownerReferences by uid), as the garbage
   collector does in the background, unless the propagation policy is ``Orphan``;
 - watch history is bounded; asking for an older resourceVersion is 410 Gone.
+
+Besides the verbs, :meth:`ObjectStore.load` stores a batch of complete objects the way
+an etcd restore would (the seeding path: fresh uids and resourceVersions, status kept,
+no validation, ``ADDED`` events as for creates).
 """
 
 from sealfleet.sandbox.objects.entries import (
