@@ -228,7 +228,12 @@ async def main() -> int:
             print(f"  {label:<34} {rate:>10,.0f} {rate / base_rate:6.2f}   "
                   f"{cpu_rate:>10,.0f} {cpu_rate / base_cpu:6.2f}")
         status = "OK" if best["insert (first scan)"] >= 100_000 else "BELOW TARGET"
-        print(f"  target >= 100,000 rows/s for the insert: {status}")
+        cpu_status = "OK" if best_cpu["insert (first scan)"] >= 100_000 else "BELOW TARGET"
+        # One producer awaits each batch, so its rows/s can exceed its rows per CPU-second
+        # only through the machine's idle time; on a loaded machine the wall figure drops
+        # with the baseline's (compare the baseline's wall and CPU rates above).
+        print(f"  target >= 100,000 rows/s for the insert: {status} (wall), "
+              f"{cpu_status} (per CPU-second, i.e. on one unloaded core)")
 
         async with Store.open(Path(tmp) / f"inventory{args.rounds - 1}.db") as store:
             some_key = records[0].items[0].fingerprint or ""

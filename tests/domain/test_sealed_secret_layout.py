@@ -206,6 +206,18 @@ def test_legacy_spec_data_unseals_into_the_secret_sealed_inside(
     assert secret["metadata"]["ownerReferences"][0]["uid"] == "u-1"
     assert {k: base64.b64decode(v) for k, v in secret["data"].items()} == {
         "username": b"admin", "password": b"s3cret"}
+    # Re-encrypting (like the controller's rotation) turns the blob into items and a
+    # template made from the sealed Secret: nothing it carried is lost.
+    resealed = sealed_secrets.reencrypt(sealed, [key.private_key], rsa2048_keys[1].public_key)
+    assert list(resealed["spec"]) == ["template", "encryptedData"]
+    assert resealed["spec"]["template"] == {
+        "metadata": {"name": "old", "namespace": "n", "creationTimestamp": None,
+                     "labels": {"app": "old"}, "annotations": {"note": "kept"}},
+        "type": "kubernetes.io/basic-auth"}
+    again = sealed_secrets.unseal(resealed, [rsa2048_keys[1].private_key])
+    assert {k: v for k, v in again.items() if k != "metadata"} == {
+        k: v for k, v in secret.items() if k != "metadata"}
+    assert again["metadata"] == secret["metadata"]
     not_a_secret = hybrid.encrypt(key.public_key, b"[1, 2]",
                                   encryption_label(Scope.STRICT, "n", "old"))
     broken = {**sealed, "spec": {"data": base64.b64encode(not_a_secret).decode()}}

@@ -342,10 +342,20 @@ def reencrypt(sealed: Mapping[str, Any], private_keys: Sequence[rsa.RSAPrivateKe
     """Re-seal every item with *new_public_key*, keeping scope, metadata and item names.
 
     Offline equivalent of the controller's ``/v1/rotate``: the document is returned
-    otherwise unchanged (a legacy ``spec.data`` SealedSecret becomes ``encryptedData``).
+    otherwise unchanged.  A legacy ``spec.data`` SealedSecret becomes ``encryptedData``
+    plus a template made from the Secret sealed inside it, as the controller's rotation
+    does, so its labels, annotations and type survive.
     """
     identity = identity_of(sealed)
-    values = decrypt_items(sealed, private_keys)
+    spec_in = sealed.get("spec") or {}
+    legacy = spec_in.get("data") if isinstance(spec_in, Mapping) else None
+    legacy_template: dict[str, Any] | None = None
+    if legacy and not encrypted_items(sealed):
+        inner = _decrypt_legacy(identity, str(legacy), private_keys)
+        values = secret_values(inner)
+        legacy_template = _template_from_secret(inner, identity)
+    else:
+        values = decrypt_items(sealed, private_keys)
     # Item order is kept (GitOps diffs stay minimal); the old ciphertext is not copied,
     # only replaced, which matters when resealing a whole fleet.
     resealed = {item: seal_value(new_public_key, values[item], identity) for item in values}
@@ -356,10 +366,41 @@ def reencrypt(sealed: Mapping[str, Any], private_keys: Sequence[rsa.RSAPrivateKe
         else:
             spec[key] = copy.deepcopy(value)
     spec.setdefault("encryptedData", resealed)
+    if legacy_template is not None:
+        spec = {"template": legacy_template, **{k: v for k, v in spec.items() if k != "template"}}
     result = {key: spec if key == "spec" else copy.deepcopy(value)
               for key, value in sealed.items()}
     result.setdefault("spec", spec)
     return result
+
+
+def _template_from_secret(secret: Mapping[str, Any], identity: SealedIdentity) -> dict[str, Any]:
+    """``spec.template`` for *secret* sealed as *identity*: its metadata without
+    server-side fields, named and scoped like the SealedSecret."""
+    raw_meta = secret.get("metadata") or {}
+    if not isinstance(raw_meta, Mapping):
+        raise InputError(f"{identity.display}: the sealed Secret's metadata is not a mapping")
+    metadata = {k: copy.deepcopy(v) for k, v in raw_meta.items()
+                if k not in _SERVER_SIDE_METADATA}
+    metadata["name"] = identity.name
+    if identity.namespace:
+        metadata["namespace"] = identity.namespace
+    else:
+        metadata.pop("namespace", None)
+    metadata["creationTimestamp"] = None
+    annotations = with_scope_annotations(
+        {k: v for k, v in (metadata.get("annotations") or {}).items()
+         if k not in _LAST_APPLIED_ANNOTATIONS}, identity.scope)
+    if annotations:
+        metadata["annotations"] = annotations
+    else:
+        metadata.pop("annotations", None)
+    template: dict[str, Any] = {"metadata": go_object_meta(metadata)}
+    if secret.get("type"):
+        template["type"] = secret["type"]
+    if secret.get("immutable") is not None:
+        template["immutable"] = secret["immutable"]
+    return template
 
 
 def ciphertext_fingerprint(encrypted_data: Mapping[str, str]) -> str:
