@@ -48,7 +48,7 @@ from sealfleet.domain import sealed_secrets as sealing
 from sealfleet.domain.scopes import Scope, encryption_label, with_scope_annotations
 from sealfleet.sandbox.controller.keyring import remember_parsed
 from sealfleet.sandbox.controller.unsealing import SyncKnowledge, build_secret
-from sealfleet.sandbox.objects import ObjectStore
+from sealfleet.sandbox.objects import ApiError, ObjectStore
 
 SEALED = "sealedsecrets.bitnami.com"
 KEY_AGE_STEP_DAYS = 30
@@ -168,6 +168,14 @@ def _der(key: keys_domain.SealingKey) -> bytes:
 # ------------------------------------------------------------------- seeding
 
 
+def _exists(store: ObjectStore, namespace: str) -> bool:
+    try:
+        store.entry("namespaces", None, namespace)
+    except ApiError:
+        return False
+    return True
+
+
 @contextlib.contextmanager
 def _gc_paused() -> Iterator[None]:
     """No cyclic garbage collection while seeding.
@@ -271,6 +279,10 @@ class Seeder:
                             key_futures: list[asyncio.Future[Any]],
                             foreign_future: asyncio.Future[Any] | None,
                             ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        for namespace in namespace_names(self.spec.namespaces):
+            # As on a real cluster, the namespaces exist before anything is put in them.
+            if not _exists(target.store, namespace):
+                target.store.create("namespaces", None, {"metadata": {"name": namespace}})
         keys: list[keys_domain.SealingKey] = list(await asyncio.gather(*key_futures))
         foreign = await foreign_future if foreign_future is not None else None
         key_records = self._write_keys(target, keys)

@@ -19,6 +19,7 @@ from sealfleet.domain import keys as keys_domain
 from sealfleet.domain.scopes import scope_from_annotations
 from sealfleet.domain.sealed_secrets import identity_of, seal_secret
 from sealfleet.sandbox import SeedSpec
+from sealfleet.sandbox.seeding import namespace_names
 
 
 async def _seal_and_apply(harness: SandboxHarness, name: str, values: dict[str, str]) -> None:
@@ -164,6 +165,9 @@ async def test_seed_json_matches_the_clusters(tmp_path: Path) -> None:
             assert keys_domain.newest_key(cluster_keys).fingerprint == cluster["sealing_key"]
             _, pem, _ = await harness.proxy("GET", "/v1/cert.pem")
             assert keys_domain.load_certificate(pem).fingerprint == cluster["sealing_key"]
+            namespaces = await harness.kubectl("get", "namespaces", "-o", "name")
+            assert {f"namespace/{n}" for n in namespace_names(spec.namespaces)} <= \
+                set(namespaces.stdout.split())
             listed = await harness.kubectl_json("get", "sealedsecrets", "-A")
             in_cluster = {(o["metadata"]["namespace"], o["metadata"]["name"]): o
                           for o in listed["items"]}
