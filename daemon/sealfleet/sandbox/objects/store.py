@@ -216,13 +216,15 @@ class ObjectStore:
         construction.  Each object gets what :meth:`create` assigns (a fresh ``uid``, the
         next resourceVersion in order, ``creationTimestamp`` (``created_at`` or now),
         ``generation`` 1 for kinds that have one, ``kind``/``apiVersion``) and nothing
-        else: no admission, validation, defaulting or pruning, and ``.status`` is kept
+        else: no admission, validation, defaulting or pruning (nor a check that the
+        namespace exists: create it first), and ``.status`` is kept
         (``create`` drops it for kinds with a status subresource), so a seeded object can
         arrive already reconciled.
 
-        Ownership passes to the store: the dicts are filled in place and returned, never
-        copied (a copy per object costs as much as its serialization); callers must not
-        change them afterwards.  Every object is serialized exactly once.  Listeners and
+        The dicts are filled in place and returned, never copied (a copy per object costs
+        as much as its serialization): afterwards they show exactly what was stored.  Each
+        is serialized exactly once, and only those bytes are kept, so changing a dict later
+        changes nothing stored (listeners get the same dict: they must not).  Listeners and
         watchers see one ``ADDED`` event per object, in order, exactly as for creates; the
         watch history is bounded, so a big load compacts it like any burst of writes.
 
