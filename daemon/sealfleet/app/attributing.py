@@ -38,7 +38,7 @@ log = structlog.get_logger(__name__)
 
 # Items remembered in memory (the store remembers all of them): enough for every item
 # that changes in a busy minute, a few megabytes however large the fleet.
-MEMORY_CACHE_ITEMS = 65536
+MEMORY_CACHE_ITEMS = 32768
 # SealedSecrets per executor job: big enough that scheduling is noise next to RSA,
 # small enough that twenty clusters share the threads fairly.
 _CHUNK_GROUPS = 16
