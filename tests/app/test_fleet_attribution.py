@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import datetime as dt
 from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -28,13 +30,14 @@ async def store(tmp_path: Path) -> AsyncIterator[Store]:
         yield opened
 
 
-def sealed_group(key: SealingKey, name: str, count: int) -> list[ItemRequest]:
+def sealed_group(key: SealingKey, name: str, count: int,
+                 sealed_at: tuple[dt.datetime, ...] = ()) -> list[ItemRequest]:
     identity = SealedIdentity(namespace="apps", name=name, scope=Scope.STRICT)
     requests = []
     for index in range(count):
         ciphertext = seal_value(key.public_key, f"value-{index}".encode(), identity)
         requests.append(ItemRequest(item_hash(ciphertext, identity.label), ciphertext,
-                                    identity.label))
+                                    identity.label, sealed_at))
     return requests
 
 
@@ -54,6 +57,26 @@ async def test_each_item_is_attributed_to_the_key_that_sealed_it(
     # (a key whose modulus is below the RSA ciphertext is ruled out without a decrypt).
     assert 3 + 2 <= attributor.rsa_operations <= 3 + (1 + 2) + 2
     assert attributor.backlog == 0
+
+
+async def test_older_sealed_secrets_cost_one_rsa_per_item_when_their_age_is_known(
+        store: Store, executor: ThreadPoolExecutor, rsa2048_keys: list[SealingKey]) -> None:
+    now = dt.datetime.now(dt.UTC)
+    old, mid, new = (dataclasses.replace(key, certificate=dataclasses.replace(
+        key.certificate, not_before=now - dt.timedelta(days=age)))
+        for key, age in zip(rsa2048_keys, (65, 35, 5), strict=True))
+    keyring = Keyring()
+    keyring.add([old, mid, new])
+    attributor = Attributor(store, executor, keyring)
+    groups = [sealed_group(key, f"{name}-{i}", 2, (key.not_before + dt.timedelta(days=2),))
+              for name, key in (("old", old), ("mid", mid), ("new", new)) for i in range(2)]
+    answers = await attributor.attribute(groups, preferred=[new.fingerprint],
+                                         likely={old.fingerprint, mid.fingerprint})
+    for group, key in zip(groups, (old, old, mid, mid, new, new), strict=True):
+        assert [answers[r.item_hash] for r in group] == [key.fingerprint] * 2
+    # The sealing key is the base order's first guess, but each object's creation time
+    # names the key that was newest then: no decrypt is wasted.
+    assert attributor.rsa_operations == 12
 
 
 async def test_unchanged_items_cost_no_rsa_again_even_after_a_restart(

@@ -41,6 +41,18 @@ def test_a_well_formed_sealed_secret_yields_items_hashed_with_their_label(
     assert parsed.synced_message == "no key could decrypt secret"
 
 
+def test_when_it_was_sealed_comes_from_creation_and_the_last_spec_write(
+        sealed: dict[str, Any]) -> None:
+    document = {**sealed, "metadata": {
+        **sealed["metadata"], "creationTimestamp": "2026-02-01T00:00:00Z",
+        "managedFields": [{"manager": "kubeseal", "operation": "Update",
+                           "time": "2026-04-01T12:00:00Z", "fieldsType": "FieldsV1",
+                           "fieldsV1": {"f:spec": {"f:encryptedData": {}}}}]}}
+    assert inventory.parse(document).sealed_at == (
+        dt.datetime(2026, 4, 1, 12, tzinfo=dt.UTC), dt.datetime(2026, 2, 1, tzinfo=dt.UTC))
+    assert inventory.parse(sealed).sealed_at == ()  # no timestamps: no time prior
+
+
 @pytest.mark.parametrize(("mutate", "reason"), [
     (lambda d: d.pop("spec"), "spec is missing"),
     (lambda d: d["spec"].update(encryptedData=["x"]), "spec.encryptedData is not a mapping"),

@@ -8,18 +8,17 @@ the answer was computed); when a new key arrives the epoch changes and those ans
 stop counting, so the items are tried again with the new key.
 
 The RSA work itself runs on the executor ``service.run`` hands us (threads = cores),
-in chunks of whole SealedSecrets, so the loop never stalls and a chunk reuses what it
-learns: the items of one SealedSecret are nearly always sealed with the same key, so
-the key that opened the first item is tried first for the rest.  Candidates are
-otherwise ordered likeliest first: the cluster's sealing key, then keys by how many
-items they have sealed so far.
+in chunks of whole SealedSecrets, so the loop never stalls.  The order keys are tried
+in is the domain's (:func:`attribution.attribute_sealed_secret`): the cluster's keys by
+when the SealedSecret was sealed, the key that opened its first item first for the
+rest; this module supplies the base order (the cluster's sealing key, its other keys,
+then keys by how many items they have sealed so far) and each key's modulus, read once.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
+import datetime as dt
 import hashlib
 from collections import Counter
 from collections.abc import Collection, Iterable, Sequence
@@ -29,10 +28,8 @@ from dataclasses import dataclass
 import structlog
 
 from sealfleet.adapters.store import Store
-from sealfleet.domain import hybrid
-from sealfleet.domain.attribution import attribute_item
+from sealfleet.domain.attribution import Candidate, attribute_sealed_secret, candidate
 from sealfleet.domain.keys import SealingKey
-from sealfleet.errors import FleetError
 
 log = structlog.get_logger(__name__)
 
@@ -46,11 +43,14 @@ _CHUNK_GROUPS = 16
 
 @dataclass(frozen=True)
 class ItemRequest:
-    """One item to attribute: its cache key, base64 ciphertext and OAEP label."""
+    """One item to attribute: its cache key, base64 ciphertext and OAEP label, and when
+    its SealedSecret was likely sealed (:func:`likely_keys.sealing_times`; the same
+    tuple for every item of one object)."""
 
     item_hash: str
     ciphertext: str
     label: bytes
+    sealed_at: tuple[dt.datetime, ...] = ()
 
 
 def keys_epoch(fingerprints: Iterable[str]) -> int:
@@ -154,38 +154,19 @@ class Keyring:
         return list(self._keys.values())
 
 
-def _rsa_value(ciphertext_b64: str) -> int | None:
-    """The RSA ciphertext of an item as an integer (None when the item is not well formed)."""
-    try:
-        rsa_part, _ = hybrid.split(base64.b64decode(ciphertext_b64, validate=True))
-    except (binascii.Error, ValueError, FleetError):
-        return None
-    return int.from_bytes(rsa_part, "big")
-
-
-def _attribute_chunk(groups: Sequence[Sequence[ItemRequest]],
-                     candidates: Sequence[SealingKey]) -> tuple[list[tuple[str, str | None]], int]:
-    """Executor job: attribute whole SealedSecrets; returns answers and RSA attempts.
-
-    A key whose modulus is not larger than the RSA ciphertext cannot have produced it
-    (RSA ciphertexts are residues modulo n), so it is skipped without a decrypt.
-    """
-    moduli = {key.fingerprint: key.public_key.public_numbers().n for key in candidates}
+def _attribute_chunk(groups: Sequence[Sequence[ItemRequest]], candidates: Sequence[Candidate],
+                     local: Collection[str]) -> tuple[list[tuple[str, str | None]], int]:
+    """Executor job: attribute whole SealedSecrets; returns answers and RSA attempts."""
     answers: list[tuple[str, str | None]] = []
     attempts = 0
     for group in groups:
-        order = list(candidates)
-        for request in group:
-            value = _rsa_value(request.ciphertext)
-            possible = order if value is None else [
-                key for key in order if moduli[key.fingerprint] > value]
-            result = attribute_item(request.ciphertext, request.label, possible)
+        if not group:
+            continue
+        results = attribute_sealed_secret([(r.ciphertext, r.label) for r in group], candidates,
+                                          sealed_at=group[0].sealed_at, local=local)
+        for request, result in zip(group, results, strict=True):
             attempts += result.rsa_attempts
             answers.append((request.item_hash, result.fingerprint))
-            if result.fingerprint is not None and order[0].fingerprint != result.fingerprint:
-                hit = next(k for k in order if k.fingerprint == result.fingerprint)
-                order.remove(hit)
-                order.insert(0, hit)
     return answers, attempts
 
 
@@ -199,6 +180,7 @@ class Attributor:
         self._known: dict[bytes, str] = {}      # item hash -> fingerprint (never invalid)
         self._unknown: dict[bytes, int] = {}    # item hash -> epoch it was unknown at
         self._usage: Counter[str] = Counter()   # fingerprint -> items it sealed so far
+        self._candidates: dict[str, Candidate] = {}  # fingerprint -> key with its modulus
         self.backlog = 0                        # items waiting for RSA right now
         self.rsa_operations = 0                 # RSA decrypts done since start
 
@@ -226,15 +208,22 @@ class Attributor:
             self._usage[fingerprint] += 1
 
     def candidates(self, preferred: Sequence[str],
-                   likely: Collection[str] = ()) -> list[SealingKey]:
-        """Likeliest first: *preferred* in order (the cluster's sealing key), then the
+                   likely: Collection[str] = ()) -> list[Candidate]:
+        """The base order: *preferred* in order (the cluster's sealing key), then the
         *likely* keys (those the cluster holds), each group by items sealed so far."""
         keys = self.keyring.keys()
         rank = {fingerprint: index for index, fingerprint in enumerate(preferred)}
-        return sorted(keys, key=lambda k: (rank.get(k.fingerprint, len(rank)),
-                                           k.fingerprint not in likely,
-                                           -self._usage[k.fingerprint],
-                                           -k.not_before.timestamp()))
+        ordered = sorted(keys, key=lambda k: (rank.get(k.fingerprint, len(rank)),
+                                              k.fingerprint not in likely,
+                                              -self._usage[k.fingerprint],
+                                              -k.not_before.timestamp()))
+        return [self._candidate(key) for key in ordered]
+
+    def _candidate(self, key: SealingKey) -> Candidate:
+        known = self._candidates.get(key.fingerprint)
+        if known is None or known.key is not key:
+            known = self._candidates[key.fingerprint] = candidate(key)
+        return known
 
     async def attribute(self, groups: Sequence[Sequence[ItemRequest]], *,
                         preferred: Sequence[str] = (),
@@ -261,7 +250,8 @@ class Attributor:
         if not todo:
             return result
         await self.keyring.materialize(self._store)
-        computed = await self._run_rsa(todo, self.candidates(preferred, likely))
+        local = set(preferred) | set(likely)
+        computed = await self._run_rsa(todo, self.candidates(preferred, likely), local)
         # The epoch of the keys actually tried, not whatever it is by now.
         await self._store.put_attributions(computed, known_keys_epoch=epoch)
         for item_hash, fingerprint in computed:
@@ -269,8 +259,8 @@ class Attributor:
             self._remember(item_hash, fingerprint, epoch)
         return result
 
-    async def _run_rsa(self, groups: list[list[ItemRequest]],
-                       candidates: list[SealingKey]) -> list[tuple[str, str | None]]:
+    async def _run_rsa(self, groups: list[list[ItemRequest]], candidates: list[Candidate],
+                       local: Collection[str]) -> list[tuple[str, str | None]]:
         if not candidates:
             return [(r.item_hash, None) for group in groups for r in group]
         loop = asyncio.get_running_loop()
@@ -278,7 +268,8 @@ class Attributor:
         self.backlog += count
         try:
             jobs = [loop.run_in_executor(self._executor, _attribute_chunk,
-                                         groups[start:start + _CHUNK_GROUPS], candidates)
+                                         groups[start:start + _CHUNK_GROUPS], candidates,
+                                         local)
                     for start in range(0, len(groups), _CHUNK_GROUPS)]
             answers: list[tuple[str, str | None]] = []
             for answer, attempts in await asyncio.gather(*jobs):

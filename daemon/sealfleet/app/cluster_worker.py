@@ -457,7 +457,8 @@ class ClusterWorker:
                                    force: bool = False) -> None:
         if not parsed:
             return
-        groups = [[ItemRequest(h, c, p.label) for _, h, c in p.items] for p in parsed]
+        groups = [[ItemRequest(h, c, p.label, p.sealed_at) for _, h, c in p.items]
+                  for p in parsed]
         preferred = [self.sealing_key] if self.sealing_key else []
         held = {k.fingerprint for k in self._holdings.values()}
         answers = await self._attributor.attribute(groups, preferred=preferred, likely=held)

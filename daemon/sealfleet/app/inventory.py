@@ -27,6 +27,7 @@ import structlog
 from sealfleet.adapters.store.records import ItemFact, SealedSecretRecord
 from sealfleet.domain import hybrid
 from sealfleet.domain.attribution import item_hash
+from sealfleet.domain.likely_keys import sealing_times
 from sealfleet.domain.scopes import Scope
 from sealfleet.domain.sealed_secrets import ciphertext_fingerprint, identity_of
 from sealfleet.domain.staleness import SecretState
@@ -62,6 +63,7 @@ class Parsed:
     synced: bool | None = None
     synced_message: str | None = None
     malformed_reason: str | None = None
+    sealed_at: tuple[dt.datetime, ...] = ()  # when its items were likely sealed
 
 
 def parse(obj: Mapping[str, Any]) -> Parsed:
@@ -71,7 +73,8 @@ def parse(obj: Mapping[str, Any]) -> Parsed:
     generation = metadata.get("generation")
     result = Parsed(ref=ref_of(obj), uid=str(metadata.get("uid") or ""),
                     resource_version=str(metadata.get("resourceVersion") or ""),
-                    generation=generation if isinstance(generation, int) else 0)
+                    generation=generation if isinstance(generation, int) else 0,
+                    sealed_at=sealing_times(metadata))
     try:
         _parse_status(obj, result)
         _parse_spec(obj, result)
