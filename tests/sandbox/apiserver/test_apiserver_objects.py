@@ -273,6 +273,23 @@ async def test_bulk_load_assigns_what_create_does_and_notifies_like_creates() ->
     assert "generation" not in secret["metadata"]  # as create: Secrets have none
 
 
+def test_bulk_load_keeps_given_creation_timestamps_only_when_asked() -> None:
+    store = ObjectStore()
+    aged = {"metadata": {"name": "aged", "namespace": "default",
+                         "creationTimestamp": "2025-10-01T00:00:00Z"}}
+    fresh = {"metadata": {"name": "fresh", "namespace": "default"}}
+    store.load("secrets", [aged, fresh], created_at="2026-01-02T03:04:05Z",
+               keep_creation_timestamps=True)
+    assert store.get("secrets", "default", "aged")["metadata"]["creationTimestamp"] \
+        == "2025-10-01T00:00:00Z"
+    assert store.get("secrets", "default", "fresh")["metadata"]["creationTimestamp"] \
+        == "2026-01-02T03:04:05Z"
+    (reset,) = store.load("secrets", [{"metadata": {
+        "name": "reset", "namespace": "default", "creationTimestamp": "2025-10-01T00:00:00Z"}}],
+        created_at="2026-01-02T03:04:05Z")
+    assert reset["metadata"]["creationTimestamp"] == "2026-01-02T03:04:05Z"  # as create
+
+
 def test_bulk_load_is_all_or_nothing() -> None:
     store = ObjectStore()
     store.create("secrets", "default", {"metadata": {"name": "taken"}})

@@ -208,7 +208,12 @@ class ObjectStore:
         return obj
 
     def load(
-        self, resource: str, objects: Iterable[Obj], *, created_at: str | None = None
+        self,
+        resource: str,
+        objects: Iterable[Obj],
+        *,
+        created_at: str | None = None,
+        keep_creation_timestamps: bool = False,
     ) -> builtins.list[Obj]:
         """Store complete objects as one batch, as an etcd restore would: the bulk path.
 
@@ -219,7 +224,9 @@ class ObjectStore:
         else: no admission, validation, defaulting or pruning (nor a check that the
         namespace exists: create it first), and ``.status`` is kept
         (``create`` drops it for kinds with a status subresource), so a seeded object can
-        arrive already reconciled.
+        arrive already reconciled.  With ``keep_creation_timestamps`` an object that
+        already has a ``metadata.creationTimestamp`` keeps it, as objects restored from
+        a backup keep their ages (``created_at`` or now fills in the others).
 
         The dicts are filled in place and returned, never copied (a copy per object costs
         as much as its serialization): afterwards they show exactly what was stored.  Each
@@ -255,7 +262,8 @@ class ObjectStore:
             for field in ("deletionTimestamp", "deletionGracePeriodSeconds", "selfLink"):
                 meta.pop(field, None)
             meta["uid"] = str(uuid.uuid4())
-            meta["creationTimestamp"] = created_at
+            if not (keep_creation_timestamps and meta.get("creationTimestamp")):
+                meta["creationTimestamp"] = created_at
             if rtype.generation != "none":
                 meta["generation"] = 1
             else:
