@@ -41,12 +41,6 @@ OPTIONS = WorkerOptions(backoff=retry.BackoffPolicy(initial=0.05, cap=0.3),
                         resync_interval=600, request_timeout=3, watch_timeout=1)
 
 
-
-# The emulated apiserver's outage aborts its *server-side* connections; one caught
-# mid-handshake can be garbage-collected unclosed on the server side (the sandbox's,
-# not the client's): its ResourceWarning must not fail the client's behaviour test.
-OUTAGE_LEAKS = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
-
 @dataclasses.dataclass
 class Harness:
     server: ApiServer
@@ -224,7 +218,6 @@ async def test_a_key_secret_relabelled_compromised_counts_at_once(harness: Harne
         await until(compromised)
 
 
-@OUTAGE_LEAKS
 async def test_cluster_down_at_start_is_marked_then_recovers(harness: Harness) -> None:
     await harness.server.set_faults(outage=True)
     with capture_logs() as logs:
@@ -246,7 +239,6 @@ async def test_cluster_down_at_start_is_marked_then_recovers(harness: Harness) -
     assert events.count("cluster_recovered") == 1
 
 
-@OUTAGE_LEAKS
 async def test_cluster_dying_mid_watch_catches_up_after_recovery(harness: Harness) -> None:
     async with harness.fleet() as manager:
         worker = manager.workers["c1"]

@@ -35,12 +35,6 @@ OPTIONS = WorkerOptions(backoff=retry.BackoffPolicy(initial=0.05, cap=0.3),
 SPEC = SeedSpec(namespaces=2, sealed_secrets=12, keys=3, seed=11, key_bits=2048, malformed=2)
 
 
-
-# The emulated apiserver's outage aborts its *server-side* connections; one caught
-# mid-handshake can be garbage-collected unclosed on the server side (the sandbox's,
-# not the client's): its ResourceWarning must not fail the client's behaviour test.
-OUTAGE_LEAKS = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
-
 @pytest.fixture
 def executor() -> Iterator[ThreadPoolExecutor]:
     with ThreadPoolExecutor(2) as pool:
@@ -162,7 +156,6 @@ async def test_a_restart_resumes_from_stored_resource_versions_with_zero_rsa(
     assert len(resumed) == 2  # both clusters resumed their SealedSecret watch
 
 
-@OUTAGE_LEAKS
 async def test_down_at_start_and_429s_recover_to_the_truth(
         sandbox: Sandbox, executor: ThreadPoolExecutor) -> None:
     await sandbox.cluster("sandbox-2").api.set_faults(outage=True)
@@ -176,7 +169,6 @@ async def test_down_at_start_and_429s_recover_to_the_truth(
         assert manager.workers["sandbox-2"].reachable is True
 
 
-@OUTAGE_LEAKS
 async def test_dying_mid_watch_and_410_leave_the_worker_correct(
         sandbox: Sandbox, executor: ThreadPoolExecutor) -> None:
     async with fleet(sandbox, executor) as manager:

@@ -15,12 +15,6 @@ from sealfleet.errors import PermanentError, TransientError
 PATH = controller.SEALED_SECRETS_PATH
 
 
-
-# The emulated apiserver's outage aborts its *server-side* connections; one caught
-# mid-handshake can be garbage-collected unclosed on the server side (the sandbox's,
-# not the client's): its ResourceWarning must not fail the client's behaviour test.
-OUTAGE_LEAKS = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
-
 async def test_paginated_list_returns_every_object_with_one_resource_version(
         cluster: Any) -> None:
     for index in range(1203):
@@ -107,7 +101,6 @@ async def test_503_is_transient_and_500_has_no_retry_after(cluster: Any) -> None
     assert caught.value.retry_after is None
 
 
-@OUTAGE_LEAKS
 async def test_an_outage_is_transient_and_recovery_works(cluster: Any) -> None:
     async with cluster.client() as client:
         await cluster.server.set_faults(outage=True)

@@ -152,6 +152,29 @@ async def test_outage_refuses_connections_and_recovers_on_the_same_port(
         assert (await client.CoreV1Api(api).read_namespace("default")).metadata.name == "default"
 
 
+async def test_outage_drops_connections_still_in_their_tls_handshake(
+    sandbox_api: SandboxApi,
+) -> None:
+    # Clients that connected but have not finished (here: not begun) the TLS handshake
+    # are server-side connections too: the outage must close them, not leave them open.
+    server = sandbox_api.server
+    port = server.port
+    silent = [await asyncio.open_connection(server.host, port) for _ in range(3)]
+    async with sandbox_api.api_client() as api:  # the silent ones are accepted by now
+        await client.VersionApi(api).get_code()
+    await server.set_faults(outage=True)
+    for reader, writer in silent:
+        async with asyncio.timeout(5):
+            assert await reader.read() == b""  # closed by the server (EOF), not hanging
+        writer.close()
+        await writer.wait_closed()
+    with pytest.raises(ConnectionRefusedError):
+        await asyncio.open_connection(server.host, port)
+    await server.set_faults(outage=False)
+    async with sandbox_api.api_client() as api:
+        assert (await client.VersionApi(api).get_code()).git_version
+
+
 @pytest.mark.parametrize(
     ("method", "path", "body", "content_type"),
     [

@@ -18,6 +18,7 @@ from sealfleet.sandbox.apiserver import discovery, openapi, rest
 from sealfleet.sandbox.apiserver.auth import Tokens, forbid_path
 from sealfleet.sandbox.apiserver.context import ClusterContext, ServiceHandler
 from sealfleet.sandbox.apiserver.faults import Faults
+from sealfleet.sandbox.apiserver.listener import Listener
 from sealfleet.sandbox.objects import ApiError, ObjectStore
 from sealfleet.sandbox.tls import ServerCertificate
 
@@ -84,7 +85,7 @@ class ApiServer:
         self._ssl = certificate.ssl_context()
         self._resources = rest.ResourceHandlers(self.ctx)
         self._runner: web.AppRunner | None = None
-        self._site: web.TCPSite | None = None
+        self._listener: Listener | None = None
         self._install_crd()
 
     # ------------------------------------------------------------------ public API
@@ -141,15 +142,19 @@ class ApiServer:
             handler_cancellation=True,
         )
         await self._runner.setup()
-        await self._listen()
+        assert self._runner.server is not None
+        self._listener = Listener(self._runner.server, self._ssl, self.host)
+        self._listen()
         _log.info("sandbox_apiserver_started", url=self.url)
 
     async def stop(self) -> None:
         self.ctx.end_watches()
+        if self._listener is not None:
+            await self._listener.close()
+            self._listener = None
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
-            self._site = None
 
     async def __aenter__(self) -> ApiServer:
         await self.start()
@@ -160,33 +165,23 @@ class ApiServer:
 
     # ------------------------------------------------------------------ lifecycle
 
-    async def _listen(self) -> None:
-        assert self._runner is not None
-        self._site = web.TCPSite(
-            self._runner, self.host, self.port, ssl_context=self._ssl, reuse_address=True
-        )
-        await self._site.start()
-        if self.port == 0:
-            self.port = int(self._runner.addresses[0][1])
+    def _listen(self) -> None:
+        assert self._listener is not None
+        self.port = self._listener.open(self.port)
         self.ctx.server_address = f"{self.host}:{self.port}"
 
     async def _apply_outage(self, down: bool, keep: web.BaseRequest | None = None) -> None:
-        if self._runner is None:
+        if self._listener is None:
             return
         if down:
-            if self._site is not None:
-                await self._site.stop()
-                self._site = None
+            # Watch handlers see their stream closed and cut their connection; the
+            # listener then drops every other connection and waits until all are closed.
             self.ctx.end_watches()
-            server = self._runner.server
-            for conn in server.connections if server is not None else []:
-                transport = conn.transport
-                if transport is not None and (keep is None or transport is not keep.transport):
-                    transport.abort()
+            await self._listener.close(keep=keep.transport if keep is not None else None)
             _log.info("sandbox_apiserver_outage", url=self.url)
         else:
-            if self._site is None:
-                await self._listen()
+            if not self._listener.listening:
+                self._listen()
             _log.info("sandbox_apiserver_recovered", url=self.url)
 
     def _install_crd(self) -> None:
