@@ -106,6 +106,18 @@ async def matches_truth(manager: FleetManager, sandbox: Sandbox) -> bool:
     return await observed(manager) == truth(sandbox)
 
 
+async def settled(manager: FleetManager, sandbox: Sandbox) -> bool:
+    """The truth is stored and every cluster's scan status too.
+
+    A worker flushes a scan's records before it publishes the scan's status (reachable,
+    sealing key, scan time), with store round trips in between: records matching the
+    truth alone do not mean the status is there yet.
+    """
+    clusters = await manager.attributor._store.list_clusters()
+    return all(c["last_scan_at"] is not None for c in clusters) \
+        and await matches_truth(manager, sandbox)
+
+
 def sealing_public_key(sandbox: Sandbox, cluster: str) -> Any:
     seed = json.loads(sandbox.seed_file.read_text())
     wanted = seed["clusters"][cluster]["sealing_key"]
@@ -128,7 +140,7 @@ async def test_the_store_reports_the_seed_truth(sandbox: Sandbox,
                                                 executor: ThreadPoolExecutor) -> None:
     seed = json.loads(sandbox.seed_file.read_text())
     async with fleet(sandbox, executor) as manager:
-        await until(lambda: matches_truth(manager, sandbox))
+        await until(lambda: settled(manager, sandbox))
         store = manager.attributor._store
         clusters = {c["name"]: c for c in await store.list_clusters()}
         records = await store.sealed_secrets_of_cluster("sandbox-1")
@@ -162,11 +174,16 @@ async def test_down_at_start_and_429s_recover_to_the_truth(
     await sandbox.cluster("sandbox-1").api.set_faults(error_rate=0.3, error_code=429,
                                                        retry_after_seconds=0)
     async with fleet(sandbox, executor) as manager:
-        assert manager.workers["sandbox-2"].reachable is False
+        worker = manager.workers["sandbox-2"]
+        assert worker.reachable is False
         await sandbox.cluster("sandbox-2").api.set_faults(outage=False)
-        await until(lambda: matches_truth(manager, sandbox))
+
+        async def recovered() -> bool:
+            # The worker marks itself reachable after it flushed what it scanned.
+            return await matches_truth(manager, sandbox) and worker.reachable is True
+
+        await until(recovered)
         await sandbox.cluster("sandbox-1").api.clear_faults()
-        assert manager.workers["sandbox-2"].reachable is True
 
 
 async def test_dying_mid_watch_and_410_leave_the_worker_correct(
@@ -182,6 +199,8 @@ async def test_dying_mid_watch_and_410_leave_the_worker_correct(
         add_sealed(sandbox, "sandbox-2", "after-gone")
 
         async def both_seen() -> bool:
+            if manager.workers["sandbox-1"].reachable is not True:  # set after its flush
+                return False
             found = await observed(manager)
             return found.get(("sandbox-1", "default", "during-outage"), {}).get("state") \
                 is SecretState.CURRENT and found.get(
@@ -189,7 +208,6 @@ async def test_dying_mid_watch_and_410_leave_the_worker_correct(
                 is SecretState.CURRENT
 
         await until(both_seen)
-        assert manager.workers["sandbox-1"].reachable is True
         found = await observed(manager)
     expected = truth(sandbox)
     assert {k: v for k, v in found.items() if k[2] not in ("during-outage", "after-gone")} \
