@@ -24,6 +24,7 @@ from typing import Any
 from aiohttp import web
 
 from sealfleet.sandbox.apiserver import discovery, rest
+from sealfleet.sandbox.controller import manifests
 
 Obj = dict[str, Any]
 
@@ -82,7 +83,7 @@ def _schema(served: discovery.Served) -> Obj:
     rtype = served.rtype
     gvk = [{"group": rtype.group, "kind": rtype.kind, "version": rtype.version}]
     if rtype.group == "bitnami.com":
-        crd = discovery.sealed_secret_crd()
+        crd = manifests.crd()
         schema: Obj = dict(crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"])
     else:
         schema = {

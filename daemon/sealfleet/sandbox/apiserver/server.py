@@ -19,6 +19,7 @@ from sealfleet.sandbox.apiserver.auth import Tokens, forbid_path
 from sealfleet.sandbox.apiserver.context import ClusterContext, ServiceHandler
 from sealfleet.sandbox.apiserver.faults import Faults
 from sealfleet.sandbox.apiserver.listener import Listener
+from sealfleet.sandbox.controller import manifests
 from sealfleet.sandbox.objects import ApiError, ObjectStore
 from sealfleet.sandbox.tls import ServerCertificate
 
@@ -185,7 +186,7 @@ class ApiServer:
             _log.info("sandbox_apiserver_recovered", url=self.url)
 
     def _install_crd(self) -> None:
-        crd = discovery.sealed_secret_crd()
+        crd = manifests.crd()
         key = "customresourcedefinitions.apiextensions.k8s.io"
         try:
             self.ctx.store.entry(key, None, crd["metadata"]["name"])

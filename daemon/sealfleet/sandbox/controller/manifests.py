@@ -26,12 +26,17 @@ _STATUS_SCHEMA: dict[str, Any] = {
 
 
 def crd() -> dict[str, Any]:
+    """The SealedSecret CRD as the release installs it.
+
+    The one definition: the emulated apiserver installs it on construction (so the type
+    is served before any controller runs) and derives its OpenAPI schema from it.
+    """
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",
         "metadata": {
             "name": "sealedsecrets.bitnami.com",
-            "annotations": {"controller-gen.kubebuilder.io/version": "v0.16.5"},
+            "annotations": {"controller-gen.kubebuilder.io/version": "v0.16.3"},
         },
         "spec": {
             "group": "bitnami.com",
