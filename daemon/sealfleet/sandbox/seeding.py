@@ -5,14 +5,18 @@ names, plaintexts, which key seals which item.  (RSA keys and ciphertexts are ra
 as the real ones are; ``seed.json`` records the fingerprints they came out with.)
 
 Why it is fast: seeding 20 clusters x 5,000 SealedSecrets means ~300k RSA-OAEP
-encryptions and ~80 RSA-4096 key generations.  Key generation runs on a thread pool
-(OpenSSL releases the GIL), encryption on a process pool fed in chunks, and the main
-thread only assembles objects and bulk-loads them (``ObjectStore.load``: one
+encryptions and ~80 RSA-4096 key generations.  Both run on a process pool: key
+generation holds the GIL (measured with cryptography 50: two threads generating keys
+take as long as one doing both), so on threads it would serialize with the main
+thread.  The pool is fed cluster by cluster: cluster k+2's keys are queued just ahead
+of cluster k's encryption chunks, so the workers never wait for keys and the main
+thread, which only assembles objects and bulk-loads them (``ObjectStore.load``: one
 serialization per object, no copies, no validation of what is well-formed by
-construction) as chunks arrive.  The seed knows the plaintexts, so it creates each
-SealedSecret's Secret and ``Synced=True`` status itself and tells the controller which
-keys sealed what (its restart then trusts those without decrypting 15k items); anything
-created or changed later is really unsealed.
+construction) as chunks arrive, has chunks to work on from the first seconds.  The
+seed knows the plaintexts, so it creates each SealedSecret's Secret and ``Synced=True``
+status itself and tells the controller which keys sealed what (its restart then trusts
+those without decrypting 15k items); anything created or changed later is really
+unsealed.
 
 Keys are backdated: with R keys their certificates' NotBefore are 5, 35, 65, 95 ... days
 ago (the newest is the sealing key); their Secrets are created at seeding time, so only
@@ -26,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import collections
 import contextlib
 import dataclasses
 import datetime as dt
@@ -54,6 +59,7 @@ SEALED = "sealedsecrets.bitnami.com"
 KEY_AGE_STEP_DAYS = 30
 NEWEST_KEY_AGE_DAYS = 5
 CHUNK_SECRETS = 400
+KEYS_AHEAD = 2  # clusters whose keys are queued before the first encryption chunk
 SMALL_SEED_ITEMS = 3000
 _WORDS = ("payments", "billing", "checkout", "search", "ledger", "identity", "mailer",
           "catalog", "reports", "gateway", "orders", "storage", "metrics", "notify",
@@ -160,6 +166,24 @@ def encrypt_chunk(public_keys: Sequence[bytes],
             for index, label, plaintext in work]
 
 
+def generate_key_material(bits: int, not_before: dt.datetime) -> tuple[bytes, bytes]:
+    """A fresh sealing key as (PKCS#1 private key PEM, certificate PEM); runs in a worker
+    process (RSA keys cannot be pickled, their PEM can)."""
+    key = keys_domain.generate_sealing_key(bits=bits, now=not_before)
+    return key.private_key_pem(), key.certificate.pem
+
+
+def _key_from_material(material: tuple[bytes, bytes]) -> keys_domain.SealingKey:
+    key_pem, cert_pem = material
+    # The key was generated a moment ago by our own worker: OpenSSL's consistency check
+    # (a primality test of both primes, ~250 ms for RSA-4096, as long as generating
+    # it) would only re-prove what generation guarantees.
+    private_key = serialization.load_pem_private_key(
+        key_pem, password=None, unsafe_skip_rsa_key_validation=True)
+    assert isinstance(private_key, rsa.RSAPrivateKey)
+    return keys_domain.SealingKey(private_key, keys_domain.load_certificate(cert_pem))
+
+
 def _der(key: keys_domain.SealingKey) -> bytes:
     return key.public_key.public_bytes(serialization.Encoding.DER,
                                        serialization.PublicFormat.SubjectPublicKeyInfo)
@@ -210,23 +234,25 @@ class Seeder:
     async def seed(self, targets: Sequence[SeedTarget]) -> dict[str, Any]:
         spec = self.spec
         loop = asyncio.get_running_loop()
-        with _gc_paused(), ThreadPoolExecutor(max_workers=max(self._processes, 1),
-                                thread_name_prefix="seed-keygen") as key_pool, \
-                self._encryption_pool(len(targets)) as pool:
-            # Key generation dominates: start it first, and the worker processes too
-            # (spawning takes a while), then plan while they run.
-            key_futures = self._key_futures(loop, key_pool, [t.name for t in targets])
-            foreign = (loop.run_in_executor(key_pool, self._generate, 0)
-                       if spec.malformed else None)
-            warm = [loop.run_in_executor(pool, encrypt_chunk, (), ())
-                    for _ in range(max(self._processes, 1))]
+        with _gc_paused(), self._encryption_pool(len(targets)) as pool, \
+                self._key_pool(pool) as key_pool:
+            # Start key generation first (it also spawns the worker processes, which
+            # takes a while), then plan while it runs.
+            ages = key_ages(spec.keys)
+            shared = self._submit_keys(loop, key_pool, ages[-1:]) if spec.shared_key else []
+            foreign = self._submit_keys(loop, key_pool, [0]) if spec.malformed else []
+            own_ages = ages[:-1] if spec.shared_key else ages
+            first = [self._submit_keys(loop, key_pool, own_ages)
+                     for _ in range(min(KEYS_AHEAD, len(targets)))]
+            ready = {target.name: loop.create_future() for target in targets}
             rng = random.Random(spec.seed)
             plans = {target.name: plan_cluster(spec, rng) for target in targets}
-            await asyncio.gather(*warm)
             async with asyncio.TaskGroup() as group:
+                group.create_task(self._keys_in_turn(loop, key_pool, own_ages, first, shared,
+                                                     ready), name="seed-keys")
                 tasks = [group.create_task(
                     self._seed_cluster(loop, pool, target, plans[target.name],
-                                       key_futures[target.name], foreign),
+                                       ready[target.name], foreign[0] if foreign else None),
                     name=f"seed-{target.name}") for target in targets]
             records = [task.result() for task in tasks]
         return {"seed": spec.seed, "generated_at": self._now.strftime("%Y-%m-%dT%H:%M:%SZ"),
@@ -258,33 +284,59 @@ class Seeder:
         return ProcessPoolExecutor(max_workers=self._processes,
                                    mp_context=multiprocessing.get_context("spawn"))
 
-    def _generate(self, age_days: int) -> keys_domain.SealingKey:
-        return keys_domain.generate_sealing_key(
-            bits=self.spec.key_bits, now=self._now - dt.timedelta(days=age_days))
+    def _key_pool(self, pool: Executor) -> contextlib.AbstractContextManager[Executor]:
+        """Where keys are generated: the worker processes, or for small seeds (no
+        processes) a thread pool beside the encryption thread."""
+        if isinstance(pool, ProcessPoolExecutor):
+            return contextlib.nullcontext(pool)
+        return ThreadPoolExecutor(max_workers=max(self._processes, 1),
+                                  thread_name_prefix="seed-keygen")
 
-    def _key_futures(self, loop: asyncio.AbstractEventLoop, pool: Executor,
-                     names: Sequence[str]) -> dict[str, list[asyncio.Future[Any]]]:
-        ages = key_ages(self.spec.keys)
-        shared = (loop.run_in_executor(pool, self._generate, ages[-1])
-                  if self.spec.shared_key else None)
-        futures: dict[str, list[asyncio.Future[Any]]] = {}
+    def _submit_keys(self, loop: asyncio.AbstractEventLoop, pool: Executor,
+                     ages: Sequence[int]) -> list[asyncio.Future[tuple[bytes, bytes]]]:
+        return [loop.run_in_executor(pool, generate_key_material, self.spec.key_bits,
+                                     self._now - dt.timedelta(days=age)) for age in ages]
+
+    async def _keys_in_turn(self, loop: asyncio.AbstractEventLoop, pool: Executor,
+                            ages: Sequence[int],
+                            first: list[list[asyncio.Future[tuple[bytes, bytes]]]],
+                            shared: list[asyncio.Future[tuple[bytes, bytes]]],
+                            ready: dict[str, asyncio.Future[list[keys_domain.SealingKey]]],
+                            ) -> None:
+        """Generate the clusters' keys one cluster at a time, in order.
+
+        Submitting all keys up front would put every key ahead of every encryption in
+        the pool's queue: the main thread would idle until the last key was made, then
+        have all the assembling to do at once.  In turn, cluster k+2's keys are
+        submitted the moment cluster k's are made, just before cluster k's chunks: two
+        clusters ahead, so that while the slowest key of cluster k+1 is still being
+        generated (key generation times vary severalfold) the other workers have
+        cluster k's chunks to encrypt instead of waiting for it.
+        """
+        shared_key = _key_from_material(await shared[0]) if shared else None
+        pending = collections.deque(first)
+        names = list(ready)
+        unsubmitted = len(names) - len(pending)
         for name in names:
-            own = [loop.run_in_executor(pool, self._generate, age) for age in
-                   (ages[:-1] if shared is not None else ages)]
-            futures[name] = own + ([shared] if shared is not None else [])
-        return futures
+            materials = await asyncio.gather(*pending.popleft())
+            if unsubmitted > 0:
+                pending.append(self._submit_keys(loop, pool, ages))
+                unsubmitted -= 1
+            keys = [_key_from_material(material) for material in materials]
+            ready[name].set_result(keys + ([shared_key] if shared_key is not None else []))
 
     async def _seed_cluster(self, loop: asyncio.AbstractEventLoop, pool: Executor,
                             target: SeedTarget, planned: list[_Planned],
-                            key_futures: list[asyncio.Future[Any]],
-                            foreign_future: asyncio.Future[Any] | None,
+                            keys_ready: asyncio.Future[list[keys_domain.SealingKey]],
+                            foreign_future: asyncio.Future[tuple[bytes, bytes]] | None,
                             ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         for namespace in namespace_names(self.spec.namespaces):
             # As on a real cluster, the namespaces exist before anything is put in them.
             if not _exists(target.store, namespace):
                 target.store.create("namespaces", None, {"metadata": {"name": namespace}})
-        keys: list[keys_domain.SealingKey] = list(await asyncio.gather(*key_futures))
-        foreign = await foreign_future if foreign_future is not None else None
+        keys = await keys_ready
+        foreign = (_key_from_material(await foreign_future)
+                   if foreign_future is not None else None)
         key_records = self._write_keys(target, keys)
         ders = [_der(k) for k in keys] + ([_der(foreign)] if foreign is not None else [])
         fingerprints = [k.fingerprint for k in keys]
