@@ -12,7 +12,7 @@ import base64
 import contextlib
 import dataclasses
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -21,6 +21,7 @@ import pytest
 from aiohttp import web
 from structlog.testing import capture_logs
 
+from polling import eventually
 from sealfleet.adapters import retry
 from sealfleet.adapters.store import KeyEncryptionKey, Store
 from sealfleet.app import config, key_secrets
@@ -132,15 +133,6 @@ async def harness(ca: CertificateAuthority, tmp_path: Path, executor: ThreadPool
         yield h
 
 
-async def until(check: Callable[[], Awaitable[bool]], seconds: float = 10.0) -> None:
-    """Poll the store (as an API client would) until *check* holds."""
-    for _ in range(int(seconds / 0.05)):
-        if await check():
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError("condition not reached")
-
-
 async def inventory(manager: FleetManager) -> dict[str, Any]:
     store = manager.attributor._store
     return {(r.namespace, r.name): r for r in await store.sealed_secrets_of_cluster("c1")}
@@ -187,7 +179,7 @@ async def test_watch_keeps_the_inventory_current(harness: Harness) -> None:
             return found.get("later") is SecretState.STALE and "foreign" not in found \
                 and "tmp" not in found
 
-        await until(changed)
+        await eventually(changed)
 
 
 async def test_compromised_key_reclassifies_the_cluster(harness: Harness) -> None:
@@ -200,7 +192,7 @@ async def test_compromised_key_reclassifies_the_cluster(harness: Harness) -> Non
         async def compromised() -> bool:
             return states(await inventory(manager))["stale"] is SecretState.COMPROMISED
 
-        await until(compromised)
+        await eventually(compromised)
         assert states(await inventory(manager))["current"] is SecretState.CURRENT
 
 
@@ -215,7 +207,7 @@ async def test_a_key_secret_relabelled_compromised_counts_at_once(harness: Harne
         async def compromised() -> bool:
             return states(await inventory(manager))["stale"] is SecretState.COMPROMISED
 
-        await until(compromised)
+        await eventually(compromised)
 
 
 async def test_cluster_down_at_start_is_marked_then_recovers(harness: Harness) -> None:
@@ -233,7 +225,7 @@ async def test_cluster_down_at_start_is_marked_then_recovers(harness: Harness) -
             async def recovered() -> bool:
                 return len(await inventory(manager)) == 5 and worker.reachable is True
 
-            await until(recovered)
+            await eventually(recovered)
     events = [e["event"] for e in logs]
     assert events.count("cluster_unreachable") == 1  # logged once however many retries
     assert events.count("cluster_recovered") == 1
@@ -243,7 +235,7 @@ async def test_cluster_dying_mid_watch_catches_up_after_recovery(harness: Harnes
     async with harness.fleet() as manager:
         worker = manager.workers["c1"]
         await harness.server.set_faults(outage=True)
-        await until(lambda: _is(worker.reachable, False))
+        await eventually(lambda: _is(worker.reachable, False))
         harness.seal(harness.new, "apps", "during-outage", {"x": "1"})
         harness.objects.delete(SEALED, "apps", "stale")
         await harness.server.set_faults(outage=False)
@@ -254,7 +246,7 @@ async def test_cluster_dying_mid_watch_catches_up_after_recovery(harness: Harnes
             return found.get("during-outage") is SecretState.CURRENT and "stale" not in found \
                 and worker.reachable is True
 
-        await until(caught_up)
+        await eventually(caught_up)
 
 
 async def test_410_on_watch_relists_and_misses_nothing(harness: Harness) -> None:
@@ -267,7 +259,7 @@ async def test_410_on_watch_relists_and_misses_nothing(harness: Harness) -> None
                 found = states(await inventory(manager))
                 return found.get("after-gone") is SecretState.STALE
 
-            await until(relisted)
+            await eventually(relisted)
             assert manager.workers["c1"].reachable is True
     assert any(e["event"] == "watch_expired" for e in logs)
 
@@ -283,7 +275,7 @@ async def test_429s_back_off_with_retry_after_and_then_succeed(harness: Harness)
         async def recovered() -> bool:
             return worker.reachable is True and len(await inventory(manager)) == 5
 
-        await until(recovered)
+        await eventually(recovered)
 
 
 async def test_a_restart_resumes_the_watch_with_zero_rsa(harness: Harness) -> None:
@@ -296,7 +288,7 @@ async def test_a_restart_resumes_the_watch_with_zero_rsa(harness: Harness) -> No
             async def seen() -> bool:
                 return "while-stopped" in states(await inventory(manager))
 
-            await until(seen)
+            await eventually(seen)
             found = states(await inventory(manager))
             # Only the new object cost RSA (one item, sealing key first); the unknown
             # item's answer is cached for this key set too.
@@ -317,7 +309,7 @@ async def test_apply_settings_adds_and_removes_workers(harness: Harness) -> None
         async def both() -> bool:
             return len(await store.sealed_secrets_of_cluster("c2")) == 5
 
-        await until(both)
+        await eventually(both)
         assert set(manager.workers) == {"c1", "c2"}
         manager.apply_settings(config.settings_from_mapping(
             {"clusters": [{"name": "c2", "kubeconfig": str(harness.kubeconfig),
@@ -327,7 +319,7 @@ async def test_apply_settings_adds_and_removes_workers(harness: Harness) -> None
             clusters = {c["name"]: c for c in await store.list_clusters()}
             return bool(clusters["c1"]["removed"]) and set(manager.workers) == {"c2"}
 
-        await until(removed)
+        await eventually(removed)
 
 
 async def test_least_privilege_mode_asks_the_controller(harness: Harness) -> None:
@@ -336,7 +328,7 @@ async def test_least_privilege_mode_asks_the_controller(harness: Harness) -> Non
         async def verified() -> bool:
             return states(await inventory(manager))["foreign"] is SecretState.FAILING
 
-        await until(verified)
+        await eventually(verified)
         records = await inventory(manager)
         store = manager.attributor._store
         (cluster,) = await store.list_clusters()

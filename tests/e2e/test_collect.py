@@ -11,7 +11,7 @@ import asyncio
 import base64
 import contextlib
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
+from polling import eventually
 from sealfleet.adapters import retry
 from sealfleet.adapters.store import KeyEncryptionKey, Store
 from sealfleet.app import config
@@ -94,14 +95,6 @@ async def observed(manager: FleetManager) -> dict[tuple[str, str, str], dict[str
     return found
 
 
-async def until(check: Callable[[], Awaitable[bool]], seconds: float = 20.0) -> None:
-    for _ in range(int(seconds / 0.1)):
-        if await check():
-            return
-        await asyncio.sleep(0.1)
-    raise AssertionError("condition not reached")
-
-
 async def matches_truth(manager: FleetManager, sandbox: Sandbox) -> bool:
     return await observed(manager) == truth(sandbox)
 
@@ -140,7 +133,7 @@ async def test_the_store_reports_the_seed_truth(sandbox: Sandbox,
                                                 executor: ThreadPoolExecutor) -> None:
     seed = json.loads(sandbox.seed_file.read_text())
     async with fleet(sandbox, executor) as manager:
-        await until(lambda: settled(manager, sandbox))
+        await eventually(lambda: settled(manager, sandbox))
         store = manager.attributor._store
         clusters = {c["name"]: c for c in await store.list_clusters()}
         records = await store.sealed_secrets_of_cluster("sandbox-1")
@@ -158,11 +151,11 @@ async def test_the_store_reports_the_seed_truth(sandbox: Sandbox,
 async def test_a_restart_resumes_from_stored_resource_versions_with_zero_rsa(
         sandbox: Sandbox, executor: ThreadPoolExecutor) -> None:
     async with fleet(sandbox, executor) as manager:
-        await until(lambda: matches_truth(manager, sandbox))
+        await eventually(lambda: matches_truth(manager, sandbox))
         assert manager.attributor.rsa_operations > 0
     with capture_logs() as logs:
         async with fleet(sandbox, executor) as manager:
-            await until(lambda: matches_truth(manager, sandbox))
+            await eventually(lambda: matches_truth(manager, sandbox))
             assert manager.attributor.rsa_operations == 0
     resumed = [e for e in logs if e["event"] == "watch_resuming"]
     assert len(resumed) == 2  # both clusters resumed their SealedSecret watch
@@ -182,17 +175,17 @@ async def test_down_at_start_and_429s_recover_to_the_truth(
             # The worker marks itself reachable after it flushed what it scanned.
             return await matches_truth(manager, sandbox) and worker.reachable is True
 
-        await until(recovered)
+        await eventually(recovered)
         await sandbox.cluster("sandbox-1").api.clear_faults()
 
 
 async def test_dying_mid_watch_and_410_leave_the_worker_correct(
         sandbox: Sandbox, executor: ThreadPoolExecutor) -> None:
     async with fleet(sandbox, executor) as manager:
-        await until(lambda: matches_truth(manager, sandbox))
+        await eventually(lambda: matches_truth(manager, sandbox))
         api = sandbox.cluster("sandbox-1").api
         await api.set_faults(outage=True)
-        await until(lambda: _false(manager.workers["sandbox-1"].reachable))
+        await eventually(lambda: _false(manager.workers["sandbox-1"].reachable))
         add_sealed(sandbox, "sandbox-1", "during-outage")
         await api.set_faults(outage=False)
         await sandbox.cluster("sandbox-2").api.set_faults(gone_next_watch=True)
@@ -207,7 +200,7 @@ async def test_dying_mid_watch_and_410_leave_the_worker_correct(
                     ("sandbox-2", "default", "after-gone"), {}).get("state") \
                 is SecretState.CURRENT
 
-        await until(both_seen)
+        await eventually(both_seen)
         found = await observed(manager)
     expected = truth(sandbox)
     assert {k: v for k, v in found.items() if k[2] not in ("during-outage", "after-gone")} \

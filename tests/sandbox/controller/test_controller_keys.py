@@ -10,8 +10,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from controller_harness import SandboxHarness, eventually, start_sandbox
+from controller_harness import SandboxHarness, start_sandbox
 
+from polling import eventually
 from sealfleet.domain import keys as keys_domain
 from sealfleet.domain.sealed_secrets import seal_secret
 from sealfleet.sandbox.controller import ControllerFlags

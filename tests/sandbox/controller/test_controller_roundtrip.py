@@ -9,8 +9,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from controller_harness import SandboxHarness, eventually
+from controller_harness import SandboxHarness
 
+from polling import eventually
 from sealfleet.domain import attribution, keyfiles
 from sealfleet.domain import keys as keys_domain
 from sealfleet.domain.scopes import Scope

@@ -11,8 +11,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from controller_harness import SMALL_SEED, SandboxHarness, eventually, start_sandbox
+from controller_harness import SMALL_SEED, SandboxHarness, start_sandbox
 
+from polling import eventually
 from sealfleet.app.config import load_settings
 from sealfleet.domain import attribution, keyfiles
 from sealfleet.domain import keys as keys_domain
