@@ -24,6 +24,11 @@ the certificates carry the age.  ``shared_key`` makes that newest key one identi
 key in every cluster.  ``malformed`` adds, per cluster, SealedSecrets that cannot be
 unsealed (half with an invalid ciphertext, half sealed to a key the cluster does not
 have), left for the controller to fail on.
+
+Objects are as old as the keys that sealed them: each SealedSecret (and its Secret) is
+created at a random time between the NotBefore of the key that sealed its first item
+and the next newer key's (or now), the time when kubeseal sealed with that key, as on a
+real cluster whose objects were created over the keys' lifetimes.
 """
 
 from __future__ import annotations
@@ -184,6 +189,17 @@ def _key_from_material(material: tuple[bytes, bytes]) -> keys_domain.SealingKey:
     return keys_domain.SealingKey(private_key, keys_domain.load_certificate(cert_pem))
 
 
+def sealing_windows(keys: Sequence[keys_domain.SealingKey], now: dt.datetime,
+                    ) -> list[tuple[dt.datetime, dt.datetime]]:
+    """Per key: from its NotBefore until the next newer key's (or *now*), the time when
+    kubeseal and the controller sealed with it."""
+    windows = []
+    for key in keys:
+        later = [k.not_before for k in keys if k.not_before > key.not_before]
+        windows.append((key.not_before, min(later, default=now)))
+    return windows
+
+
 def _der(key: keys_domain.SealingKey) -> bytes:
     return key.public_key.public_bytes(serialization.Encoding.DER,
                                        serialization.PublicFormat.SubjectPublicKeyInfo)
@@ -340,6 +356,7 @@ class Seeder:
         key_records = self._write_keys(target, keys)
         ders = [_der(k) for k in keys] + ([_der(foreign)] if foreign is not None else [])
         fingerprints = [k.fingerprint for k in keys]
+        windows = sealing_windows(keys, self._now)
         chunks = [planned[i:i + CHUNK_SECRETS] for i in range(0, len(planned), CHUNK_SECRETS)]
         futures = []
         for chunk in chunks:
@@ -350,7 +367,8 @@ class Seeder:
         entries: list[dict[str, Any]] = []
         encoded: list[bytes] = []
         for chunk, future in zip(chunks, futures, strict=True):
-            stored = self._store_chunk(target, chunk, iter(await future), fingerprints)
+            stored = self._store_chunk(target, chunk, iter(await future), fingerprints,
+                                      windows)
             entries += stored
             encoded.append(json.dumps(stored, separators=(",", ":")).encode()[1:-1])
             await asyncio.sleep(0)  # let the servers breathe between chunks
@@ -376,16 +394,22 @@ class Seeder:
         return records
 
     def _store_chunk(self, target: SeedTarget, chunk: list[_Planned], ciphertexts: Any,
-                     fingerprints: list[str]) -> list[dict[str, Any]]:
+                     fingerprints: list[str], windows: list[tuple[dt.datetime, dt.datetime]],
+                     ) -> list[dict[str, Any]]:
         """Bulk-load one chunk: its SealedSecrets, then the Secrets they own (which need
         the owners' uids), then the controller's knowledge of which keys sealed what."""
         sealed_objects = [self._sealed_object(p, ciphertexts) for p in chunk]
-        target.store.load(SEALED, sealed_objects, created_at=self._created_at)
+        for planned, sealed in zip(chunk, sealed_objects, strict=True):
+            sealed["metadata"]["creationTimestamp"] = self._creation(target, planned, windows)
+        target.store.load(SEALED, sealed_objects, keep_creation_timestamps=True)
         owned = [(p, o) for p, o in zip(chunk, sealed_objects, strict=True) if not p.broken]
-        target.store.load("secrets", [
-            build_secret(sealed, sealing.identity_of(sealed),
-                         {i.name: i.plaintext for i in planned.items})
-            for planned, sealed in owned], created_at=self._created_at)
+        secrets = [build_secret(sealed, sealing.identity_of(sealed),
+                                {i.name: i.plaintext for i in planned.items})
+                   for planned, sealed in owned]
+        for (_, sealed), secret in zip(owned, secrets, strict=True):
+            # Unsealed when its SealedSecret was created.
+            secret["metadata"]["creationTimestamp"] = sealed["metadata"]["creationTimestamp"]
+        target.store.load("secrets", secrets, keep_creation_timestamps=True)
         for planned, sealed in owned:
             used = frozenset(fingerprints[i.key_index] for i in planned.items)
             meta = sealed["metadata"]
@@ -398,6 +422,17 @@ class Seeder:
                        "sha256": hashlib.sha256(i.plaintext).hexdigest()}
                       for i in p.items],
         } for p in chunk]
+
+    def _creation(self, target: SeedTarget, planned: _Planned,
+                  windows: list[tuple[dt.datetime, dt.datetime]]) -> str:
+        """A creationTimestamp within the window of the key that sealed the first item
+        (the newest key's for one with no key of the cluster's), the same for every
+        run with this seed."""
+        newest = max(range(len(windows)), key=lambda i: windows[i][0])
+        first = next((i.key_index for i in planned.items if i.key_index >= 0), newest)
+        start, end = windows[first]
+        rng = random.Random(f"{self.spec.seed}/{target.name}/{planned.namespace}/{planned.name}")
+        return (start + (end - start) * rng.random()).strftime("%Y-%m-%dT%H:%M:%SZ")
 
     def _sealed_object(self, planned: _Planned, ciphertexts: Any) -> dict[str, Any]:
         """The SealedSecret as ``kubeseal`` would have made it; a good one also carries the
