@@ -175,8 +175,18 @@ async def test_seed_json_matches_the_clusters(tmp_path: Path) -> None:
             seeded = [e for e in record["sealed_secrets"] if e["cluster"] == cluster_name]
             assert set(in_cluster) == {(e["namespace"], e["name"]) for e in seeded}
             assert len(seeded) == spec.sealed_secrets + spec.malformed
+            not_befores = sorted(dt.datetime.fromisoformat(k["not_before"])
+                                 for k in cluster["keys"])
             for entry in seeded:
                 obj = in_cluster[(entry["namespace"], entry["name"])]
+                # Created while the key that sealed its first item was the newest one.
+                created = dt.datetime.fromisoformat(obj["metadata"]["creationTimestamp"])
+                first = next((i["key"] for i in entry["items"] if i["key"]),
+                             cluster["sealing_key"])
+                since = dt.datetime.fromisoformat(
+                    next(k["not_before"] for k in cluster["keys"] if k["fingerprint"] == first))
+                until = min((n for n in not_befores if n > since), default=now)
+                assert since <= created <= until
                 assert scope_from_annotations(obj["metadata"].get("annotations")).cli_name \
                     == entry["scope"]
                 label = identity_of(obj).label
@@ -188,6 +198,8 @@ async def test_seed_json_matches_the_clusters(tmp_path: Path) -> None:
                     continue
                 secret = await harness.kubectl_json("get", "secret", "-n", entry["namespace"],
                                                     entry["name"])
+                assert secret["metadata"]["creationTimestamp"] == \
+                    obj["metadata"]["creationTimestamp"]
                 for value in secret["data"].values():  # seed.json never holds plaintext
                     assert base64.b64decode(value).decode() not in seed_text
                 assert {k: hashlib.sha256(base64.b64decode(v)).hexdigest()
