@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import gc
 import json
+import socket
 import ssl
 import time
+import warnings
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
@@ -173,6 +177,32 @@ async def test_outage_drops_connections_still_in_their_tls_handshake(
     await server.set_faults(outage=False)
     async with sandbox_api.api_client() as api:
         assert (await client.VersionApi(api).get_code()).git_version
+
+
+async def test_outage_leaves_no_server_side_socket_open(sandbox_api: SandboxApi) -> None:
+    # Connections caught at every stage when the outage begins (still queued, accepted
+    # with their handshake not yet begun, mid-handshake) must all be closed by the
+    # server; one left open is found by the garbage collector as a ResourceWarning.
+    # The clients connect synchronously (loopback: the kernel completes it at once), so
+    # how many loop iterations the server had before the outage is exact.
+    server = sandbox_api.server
+    loop = asyncio.get_running_loop()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for iterations in range(5):
+            clients = [socket.create_connection((server.host, server.port)) for _ in range(4)]
+            for _ in range(iterations):
+                await asyncio.sleep(0)
+            await server.set_faults(outage=True)
+            for sock in clients:
+                sock.setblocking(False)
+                async with asyncio.timeout(5):
+                    with contextlib.suppress(ConnectionResetError):  # refused while queued
+                        assert await loop.sock_recv(sock, 1) == b""
+                sock.close()
+            await server.set_faults(outage=False)
+        gc.collect()
+    assert [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)] == []
 
 
 @pytest.mark.parametrize(

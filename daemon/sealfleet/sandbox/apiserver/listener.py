@@ -70,10 +70,17 @@ class Listener:
         its response and is closed by aiohttp afterwards (the response forces a close).
         """
         self._stop_accepting()
-        handshakes = list(self._handshakes.values())
-        for task in handshakes:
+        handshakes = dict(self._handshakes)
+        for task in handshakes.values():
             task.cancel()  # connect_accepted_socket closes the half-made transport
-        await asyncio.gather(*handshakes, return_exceptions=True)
+        await asyncio.gather(*handshakes.values(), return_exceptions=True)
+        for conn in handshakes:
+            # A task cancelled before its first step never ran its body (not even its
+            # ``finally``): nothing else closes that socket or forgets it.  Closing one
+            # that its transport already closed is a no-op.
+            self._handshakes.pop(conn, None)
+            if conn not in self._established:
+                conn.close()
         for transport, _ in self._established.values():
             if transport is not keep:
                 transport.abort()
@@ -111,9 +118,6 @@ class Listener:
             )
         except (OSError, ssl.SSLError):  # the client gave up mid-handshake
             conn.close()
-        except asyncio.CancelledError:
-            conn.close()
-            raise
         else:
             self._established[conn] = (transport, protocol)
         finally:
