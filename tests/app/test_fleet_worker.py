@@ -7,7 +7,6 @@ through the apiserver's service proxy.  Every assertion reads the store, as the 
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import contextlib
 import dataclasses
@@ -22,6 +21,7 @@ from aiohttp import web
 from structlog.testing import capture_logs
 
 from polling import eventually
+from running_fleet import running
 from sealfleet.adapters import retry
 from sealfleet.adapters.store import KeyEncryptionKey, Store
 from sealfleet.app import config, key_secrets
@@ -71,15 +71,8 @@ class Harness:
         async with Store.open(self.database, kek=KeyEncryptionKey(b"k" * 32)) as store:
             manager = FleetManager(settings or self.settings(), store, executor=self.executor,
                                    options=OPTIONS)
-            task = asyncio.create_task(manager.run())
-            try:
-                async with asyncio.timeout(20):
-                    await manager.first_pass_done.wait()
+            async with running(manager):
                 yield manager
-            finally:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,6 @@ injected with the sandbox's own fault switches; the daemon code is the productio
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import contextlib
 import json
@@ -20,6 +19,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from polling import eventually
+from running_fleet import running
 from sealfleet.adapters import retry
 from sealfleet.adapters.store import KeyEncryptionKey, Store
 from sealfleet.app import config
@@ -55,15 +55,8 @@ async def fleet(sandbox: Sandbox, executor: ThreadPoolExecutor) -> AsyncIterator
     kek = KeyEncryptionKey.from_file(settings.store.kek_file)
     async with Store.open(settings.store.database, kek=kek) as store:
         manager = FleetManager(settings, store, executor=executor, options=OPTIONS)
-        task = asyncio.create_task(manager.run())
-        try:
-            async with asyncio.timeout(30):
-                await manager.first_pass_done.wait()
+        async with running(manager):
             yield manager
-        finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
 
 
 def truth(sandbox: Sandbox) -> dict[tuple[str, str, str], dict[str, Any]]:
