@@ -26,6 +26,7 @@ def test_fingerprint_comes_from_the_private_key_without_loading_it(
     assert found.not_before == key.not_before
     assert found.creation_timestamp is not None
     assert found.load().fingerprint == key.fingerprint
+    assert manifest["data"]["tls.key"] not in repr(found)
 
 
 def test_pkcs8_keys_and_a_mismatched_certificate(rsa2048_keys: list[SealingKey]) -> None:

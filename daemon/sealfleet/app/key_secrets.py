@@ -18,7 +18,7 @@ import base64
 import binascii
 import datetime as dt
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from cryptography.exceptions import UnsupportedAlgorithm
@@ -41,7 +41,9 @@ class KeySecret:
     label: str | None
     resource_version: str
     creation_timestamp: dt.datetime | None
-    secret: Mapping[str, Any]  # kept only to parse the private key on demand
+    # Kept only to parse the private key on demand; its data['tls.key'] is the private key,
+    # so it stays out of repr (tracebacks, assertion output, a careless log line).
+    secret: Mapping[str, Any] = field(repr=False)
 
     @property
     def active(self) -> bool:
