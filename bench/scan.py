@@ -166,10 +166,18 @@ def main() -> None:
                         help="SealedSecrets whose items measure the RSA decrypt rate")
     parser.add_argument("--state-dir", type=Path, default=None)
     args = parser.parse_args()
-    state_dir = args.state_dir or Path(tempfile.mkdtemp(prefix="sealfleet-sandbox-"))
-    if (state_dir / "ready").exists():  # a sandbox already running there
-        asyncio.run(main_async(args, state_dir))
+    if args.state_dir is not None:
+        if (args.state_dir / "ready").exists():  # a sandbox already running there
+            asyncio.run(main_async(args, args.state_dir))
+            return
+        run_with_sandbox(args, args.state_dir)
         return
+    # A temporary sandbox holds a KEK and tokens: leave nothing of it behind.
+    with tempfile.TemporaryDirectory(prefix="sealfleet-sandbox-") as tmp:
+        run_with_sandbox(args, Path(tmp))
+
+
+def run_with_sandbox(args: argparse.Namespace, state_dir: Path) -> None:
     sandbox_args = ["--clusters", str(args.clusters), "--sealed-secrets",
                     str(args.sealed_secrets), "--seed", str(args.seed), "--keys", str(args.keys),
                     "--key-bits", str(args.key_bits), "--namespaces", "10"]
