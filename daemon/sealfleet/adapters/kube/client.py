@@ -307,12 +307,3 @@ def _parse_event(line: bytes, what: str) -> WatchEvent | None:
     if kind not in ("ADDED", "MODIFIED", "DELETED", "BOOKMARK"):
         return None  # forward compatible: ignore event types we do not know
     return WatchEvent(kind, obj)
-
-
-def collection_path(*, group: str, version: str, plural: str,
-                    namespace: str | None = None) -> str:
-    """``/api/v1/...`` for the core group, ``/apis/<group>/<version>/...`` otherwise."""
-    prefix = f"/api/{version}" if not group else f"/apis/{group}/{version}"
-    if namespace:
-        return f"{prefix}/namespaces/{namespace}/{plural}"
-    return f"{prefix}/{plural}"
