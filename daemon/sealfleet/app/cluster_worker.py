@@ -511,9 +511,8 @@ class ClusterWorker:
         objects = []
         for entry in [e for e in self.inventory.entries() if e.has_unknown]:
             namespace, name = entry.ref
-            path = f"/apis/bitnami.com/v1alpha1/namespaces/{namespace}/sealedsecrets/{name}"
             try:
-                obj = await client.get_json(path)
+                obj = await client.get_json(controller.sealed_secret_path(namespace, name))
             except NotFound:
                 continue
             self._progress()
@@ -525,14 +524,13 @@ class ClusterWorker:
     async def _verifier(self, client: KubeClient) -> None:
         """Least-privilege mode: ask ``/v1/verify`` about unattributed SealedSecrets."""
         namespace = self.cluster.controller_namespace
-        path = "/apis/bitnami.com/v1alpha1/namespaces/{}/sealedsecrets/{}"
         while True:
             ref = await self._verify_queue.get()
             entry = self.inventory.get(ref)
             if entry is None or not entry.has_unknown or self._proxy is None:
                 continue
             try:
-                obj = await client.get_json(path.format(*ref))
+                obj = await client.get_json(controller.sealed_secret_path(*ref))
             except NotFound:
                 continue
             proxy = self._proxy

@@ -36,6 +36,10 @@ def secrets_path(namespace: str) -> str:
     return f"/api/v1/namespaces/{namespace}/secrets"
 
 
+def sealed_secret_path(namespace: str, name: str) -> str:
+    return f"/apis/bitnami.com/v1alpha1/namespaces/{namespace}/sealedsecrets/{name}"
+
+
 async def read_deployment(client: KubeClient, namespace: str, name: str) -> Deployment:
     """The controller's Deployment (``NotFound`` when it is not installed)."""
     document = await client.get_json(f"/apis/apps/v1/namespaces/{namespace}/deployments/{name}")
