@@ -330,7 +330,8 @@ async def test_least_privilege_mode_asks_the_controller(harness: Harness) -> Non
     assert cluster["sealing_key_source"] == "cert.pem"
     # Items no known key opens stay unattributed ("unknown but verified").
     assert states(records)["current"] is SecretState.UNKNOWN
-    assert all(i.fingerprint is None for i in records[("apps", "current")].items)
+    assert {i.item: i.fingerprint for i in records[("apps", "current")].items} == {
+        "password": None, "user": None}
     assert manager.attributor.rsa_operations == 0
 
 
