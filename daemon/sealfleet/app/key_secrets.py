@@ -26,6 +26,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from sealfleet.domain import keys as domain_keys
+from sealfleet.domain import likely_keys
 from sealfleet.errors import InputError
 
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
@@ -128,7 +129,7 @@ def read_key_secret(secret: Mapping[str, Any]) -> KeySecret:
         certificate=certificate,
         label=labels.get(domain_keys.KEY_LABEL) if isinstance(labels, Mapping) else None,
         resource_version=str(metadata.get("resourceVersion") or ""),
-        creation_timestamp=_timestamp(created),
+        creation_timestamp=likely_keys.parse_time(created),
         secret=secret)
 
 
@@ -182,12 +183,3 @@ def _tlv(der: bytes, pos: int) -> tuple[int, int, int]:
     if pos + length > len(der):
         raise ValueError("truncated DER")
     return tag, pos, pos + length
-
-
-def _timestamp(value: Any) -> dt.datetime | None:
-    if not isinstance(value, str):
-        return None
-    try:
-        return dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None
