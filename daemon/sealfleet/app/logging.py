@@ -18,7 +18,9 @@ from typing import Any, Literal, TextIO
 import structlog
 from structlog.typing import EventDict, Processor, WrappedLogger
 
-REDACTED = "[REDACTED]"
+from sealfleet.domain.redaction import REDACTED, mask_text
+
+__all__ = ["REDACTED", "configure_logging", "mask_text", "redact", "redacted_settings"]
 
 # Normalised (lower-case, without "_", "-", ".") key names whose values are always hidden.
 _SECRET_KEYS = frozenset({
@@ -27,9 +29,6 @@ _SECRET_KEYS = frozenset({
     "secretvalue", "privatekeypem", "cookie", "setcookie",
 })
 _SECRET_SUFFIXES = ("token", "password", "privatekey", "secretkey")
-_PEM_BLOCK = re.compile(
-    r"-----BEGIN ([A-Z0-9 ]+)-----.*?(?:-----END \1-----|\Z)", re.DOTALL)
-_BEARER = re.compile(r"(?i)\b(bearer)\s+[A-Za-z0-9._~+/=-]+")
 
 LEVELS = {"debug": logging.DEBUG, "info": logging.INFO,
           "warning": logging.WARNING, "error": logging.ERROR}
@@ -43,15 +42,6 @@ def is_secret_key(key: str) -> bool:
     """Whether a value stored under *key* must never be logged."""
     norm = _normalise(key)
     return norm in _SECRET_KEYS or norm.endswith(_SECRET_SUFFIXES)
-
-
-def mask_text(text: str) -> str:
-    """Mask PEM blocks and bearer tokens inside free text."""
-    if "-----BEGIN" in text:
-        text = _PEM_BLOCK.sub(lambda m: f"-----BEGIN {m.group(1)}----- {REDACTED}", text)
-    if "earer" in text or "EARER" in text:
-        text = _BEARER.sub(lambda m: f"{m.group(1)} {REDACTED}", text)
-    return text
 
 
 def redact_value(value: Any) -> Any:

@@ -75,14 +75,6 @@ def unwrap_session_key(private_key: rsa.RSAPrivateKey, rsa_part: bytes,
         return None
 
 
-def open_with_session_key(session_key: bytes, aes_part: bytes) -> bytes:
-    """Open the AES-GCM part with an already unwrapped session key."""
-    try:
-        return AESGCM(session_key).decrypt(ZERO_NONCE, aes_part, None)
-    except (InvalidTag, ValueError):
-        raise DecryptionError("no key could decrypt secret") from None
-
-
 def decrypt(private_keys: Iterable[rsa.RSAPrivateKey], ciphertext: bytes, label: bytes) -> bytes:
     """Try every key, as the controller does; the first that opens both parts wins."""
     return decrypt_with_index(private_keys, ciphertext, label)[1]

@@ -36,6 +36,7 @@ from kubernetes_asyncio.client import ApiClient
 from kubernetes_asyncio.client.exceptions import OpenApiException
 from kubernetes_asyncio.config.config_exception import ConfigException
 
+from sealfleet.domain.redaction import mask_text
 from sealfleet.errors import PermanentError, TransientError
 
 DEFAULT_PAGE_SIZE = 500
@@ -107,7 +108,8 @@ def status_message(text: str) -> str:
         message: str = body["message"]
     else:
         message = text.strip().splitlines()[0] if text.strip() else ""
-    return message[:_MAX_MESSAGE]
+    # It ends up in last_error (stored, served by the API), not only in logs.
+    return mask_text(message)[:_MAX_MESSAGE]
 
 
 def error_for_status(status: int, what: str, message: str,
@@ -127,7 +129,7 @@ def _translate(exc: BaseException, what: str) -> TransientError | PermanentError
     if isinstance(exc, aiohttp.ClientConnectorCertificateError | ssl.SSLCertVerificationError):
         return PermanentError(f"{what}: TLS verification failed")
     if isinstance(exc, aiohttp.ClientError | OSError):
-        return TransientError(f"{what}: {type(exc).__name__}: {str(exc)[:_MAX_MESSAGE]}")
+        return TransientError(f"{what}: {type(exc).__name__}: {mask_text(str(exc))[:_MAX_MESSAGE]}")
     if isinstance(exc, TimeoutError):
         return TransientError(f"{what}: timed out")
     if isinstance(exc, ValueError):  # json.JSONDecodeError and UnicodeDecodeError
@@ -152,7 +154,8 @@ class KubeClient:
                 config_file=kubeconfig, context=context, persist_config=False)
         except (ConfigException, OSError, ValueError, TypeError, ssl.SSLError) as exc:
             raise PermanentError(f"kubeconfig {kubeconfig} context {context}: "
-                                 f"{type(exc).__name__}: {str(exc)[:_MAX_MESSAGE]}") from exc
+                                 f"{type(exc).__name__}: {mask_text(str(exc))[:_MAX_MESSAGE]}"
+                                 ) from exc
         try:
             yield cls(api, request_timeout=request_timeout)
         finally:
