@@ -157,7 +157,9 @@ async def test_first_pass_attributes_every_item_and_classifies(harness: Harness)
     assert clusters["c1"]["sealing_key_source"] == "cert.pem"
     assert {h.fingerprint for h in holdings} == {old, new}
     assert manager.changes > 0
-    assert manager.attributor.rsa_operations >= 6
+    # Each of the 5 attributed items costs its one successful decrypt; failed tries on
+    # other keys may be skipped for free by the modulus filter (random keys), so no more.
+    assert manager.attributor.rsa_operations >= 5
 
 
 async def test_watch_keeps_the_inventory_current(harness: Harness) -> None:
