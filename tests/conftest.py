@@ -1,4 +1,4 @@
-"""Fixtures every test directory may use: the shared reference data and sealing keys.
+"""Fixtures every test directory may use: the kubeseal test vectors and sealing keys.
 
 Keys are generated once per session (RSA generation is the slowest thing a test can
 do); 2048-bit keys wherever 4096 bits are not the point.
@@ -6,7 +6,6 @@ do); 2048-bit keys wherever 4096 bits are not the point.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -14,34 +13,14 @@ import pytest
 from sealfleet.domain import keyfiles, keys
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-SHARED_ENV = "SEALFLEET_SHARED_DIR"
-
-
-def locate_shared_dir() -> Path:
-    """``shared/`` lives beside the checkout (``../shared``), or where the env var says.
-
-    Missing reference data is a failure, not a skip: the compatibility tests are the
-    point of the suite.
-    """
-    override = os.environ.get(SHARED_ENV)
-    # An explicit override is the only place looked at: a typo must not pass silently.
-    candidates = ([Path(override)] if override
-                  else [REPO_ROOT / ".." / "shared", REPO_ROOT / "shared"])
-    for candidate in candidates:
-        if (candidate / "vectors").is_dir():
-            return candidate.resolve()
-    pytest.fail(f"shared reference data not found (looked in {', '.join(map(str, candidates))}); "
-                f"set {SHARED_ENV}", pytrace=False)
+# Genuine kubeseal output, copied into the repository with its NOTICE (origin, licence):
+# a fresh clone with nothing beside it runs the compatibility tests.
+VECTORS_DIR = Path(__file__).resolve().parent / "data" / "kubeseal-vectors"
 
 
 @pytest.fixture(scope="session")
-def shared_dir() -> Path:
-    return locate_shared_dir()
-
-
-@pytest.fixture(scope="session")
-def strict_vectors_dir(shared_dir: Path) -> Path:
-    return shared_dir / "vectors" / "kubeseal-strict"
+def strict_vectors_dir() -> Path:
+    return VECTORS_DIR
 
 
 @pytest.fixture(scope="session")
