@@ -24,9 +24,10 @@ from polling import eventually
 from running_fleet import running
 from sealfleet.adapters import retry
 from sealfleet.adapters.store import KeyEncryptionKey, Store
-from sealfleet.app import config, key_secrets
+from sealfleet.app import config
 from sealfleet.app.cluster_worker import WorkerOptions
 from sealfleet.app.fleet import FleetManager
+from sealfleet.domain import key_secrets
 from sealfleet.domain.keys import KEY_LABEL, SealingKey, key_secret_manifest
 from sealfleet.domain.scopes import Scope
 from sealfleet.domain.sealed_secrets import seal_secret

@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import SignatureAlgorithmOID
 
-from sealfleet.domain import keyfiles, keys
+from sealfleet.domain import key_secrets, keyfiles, keys
 from sealfleet.errors import InputError
 
 OID_KEY_USAGE = bytes([0x55, 0x1D, 0x0F])           # 2.5.29.15
@@ -148,7 +148,7 @@ def test_key_secret_manifest_is_what_the_controller_writes(
     key_pem = base64.b64decode(manifest["data"]["tls.key"])
     assert key_pem.startswith(b"-----BEGIN RSA PRIVATE KEY-----")  # PKCS#1
     assert base64.b64decode(manifest["data"]["tls.crt"]) == key.certificate.pem
-    back = keys.key_from_secret(manifest)
+    back = key_secrets.load_key_secret(manifest)
     assert back.fingerprint == key.fingerprint
     assert back.not_before == key.not_before
     named = keys.key_secret_manifest(key, name="fleet-master", namespace="sealed-secrets")
@@ -163,10 +163,29 @@ def test_newest_key_is_decided_by_certificate_not_before(
                             keys.self_signed_certificate(k.private_key,
                                                          now=base + dt.timedelta(days=d)))
             for k, d in zip(rsa2048_keys, [5, 30, 10], strict=True)]
-    newest = keys.newest_key(made)
+    newest = keys.most_recent_key(made)
     assert newest is not None
     assert newest.fingerprint == rsa2048_keys[1].fingerprint
-    assert keys.newest_key([]) is None
+    assert keys.most_recent_key([]) is None
+
+
+def test_most_recent_key_breaks_not_before_ties_by_first_created_secret(
+        rsa2048_keys: list[keys.SealingKey]) -> None:
+    """As the controller: registered in creationTimestamp order (whole seconds), replaced
+    only by a strictly later NotBefore, so of equal NotBefores the first created wins."""
+    base = dt.datetime(2025, 1, 1, tzinfo=dt.UTC)
+    same = [keys.SealingKey(k.private_key, keys.self_signed_certificate(k.private_key, now=base))
+            for k in rsa2048_keys]
+    created = {same[0].fingerprint: base + dt.timedelta(seconds=20),
+               same[1].fingerprint: base + dt.timedelta(seconds=5, microseconds=900_000),
+               same[2].fingerprint: base + dt.timedelta(seconds=5, microseconds=100_000)}
+    newest = keys.most_recent_key(same, created=lambda k: created[k.fingerprint])
+    # 1 and 2 were created in the same whole second: the stable sort keeps their order.
+    assert newest is same[1]
+    assert keys.most_recent_key(reversed(same), created=lambda k: created[k.fingerprint]) \
+        is same[2]
+    # Without creation times the order given stands in for it.
+    assert keys.most_recent_key(same) is same[0]
 
 
 def test_key_files_accept_pkcs1_pkcs8_bundles_and_lists(

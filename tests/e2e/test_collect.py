@@ -25,7 +25,8 @@ from sealfleet.adapters.store import KeyEncryptionKey, Store
 from sealfleet.app import config
 from sealfleet.app.cluster_worker import WorkerOptions
 from sealfleet.app.fleet import FleetManager
-from sealfleet.domain.keys import KEY_LABEL, key_from_secret
+from sealfleet.domain.key_secrets import load_key_secret
+from sealfleet.domain.keys import KEY_LABEL
 from sealfleet.domain.sealed_secrets import seal_secret
 from sealfleet.domain.staleness import SecretState, classify
 from sealfleet.sandbox import Sandbox, SeedSpec
@@ -110,7 +111,7 @@ def sealing_public_key(sandbox: Sandbox, cluster: str) -> Any:
     secrets, _ = sandbox.cluster(cluster).store.list("secrets", "kube-system")
     for secret in secrets:
         if KEY_LABEL in (secret["metadata"].get("labels") or {}):
-            key = key_from_secret(secret)
+            key = load_key_secret(secret)
             if key.fingerprint == wanted:
                 return key.public_key
     raise AssertionError("sealing key not found")

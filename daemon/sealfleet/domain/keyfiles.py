@@ -14,11 +14,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from sealfleet.domain.documents import parse_documents
+from sealfleet.domain.key_secrets import load_key_secret
 from sealfleet.domain.keys import (
     Certificate,
     SealingKey,
     fingerprint,
-    key_from_secret,
     load_certificate,
     load_private_key_pem,
     sealing_key_from_private_key,
@@ -94,7 +94,7 @@ def _keys_from_documents(content: bytes, source: str) -> list[tuple[SealingKey, 
             namespace = str(metadata.get("namespace") or "")
             shown = f"{namespace}/{name}" if namespace and name else name
             try:
-                keys.append((key_from_secret(secret), shown))
+                keys.append((load_key_secret(secret), shown))
             except InputError as exc:
                 where = f"document {index} ({shown})" if shown else f"document {index}"
                 raise InputError(f"{source}: {where}: {exc}") from None

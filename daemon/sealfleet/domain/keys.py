@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import enum
 import hashlib
 import secrets
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -31,6 +32,41 @@ DEFAULT_KEY_BITS = 4096
 # KeyUsage = EncipherOnly alone, DER BIT STRING 03 02 00 01.  cryptography refuses to
 # build (or parse) this combination, so it goes in as raw bytes, exactly as Go emits it.
 _KEY_USAGE_ENCIPHER_ONLY_DER = b"\x03\x02\x00\x01"
+
+
+class KeyState(enum.StrEnum):
+    """What the fleet may do with a key (the ``sealing_keys.state`` column)."""
+
+    ACTIVE = "active"            # may seal and open
+    RETIRED = "retired"          # kept for recovery; no cluster should load it
+    COMPROMISED = "compromised"  # everything sealed with it must be resealed and rotated
+
+
+class KeySource(enum.StrEnum):
+    """Where sealfleet learned a key from (the ``sealing_keys.source`` column)."""
+
+    CLUSTER = "cluster"          # read from a cluster's key Secret (private key held)
+    GENERATED = "generated"      # made by sealfleet
+    IMPORTED = "imported"        # brought by a user (backup, PEM pair)
+    CERT_ONLY = "cert-only"      # only its certificate is known (least-privilege mode)
+
+
+class SealingKeySource(enum.StrEnum):
+    """How a cluster's sealing key was learned (``clusters.sealing_key_source``)."""
+
+    CERT_PEM = "cert.pem"            # the controller served it at /v1/cert.pem
+    NEWEST_ACTIVE = "newest-active"  # the controller's own rule over the key Secrets held
+
+
+class Ordered(Protocol):
+    """What the controller's key ordering needs: the certificate's NotBefore."""
+
+    @property
+    def not_before(self) -> dt.datetime: ...
+
+
+OrderedT = TypeVar("OrderedT", bound=Ordered)
+_NEVER = dt.datetime.min.replace(tzinfo=dt.UTC)
 
 
 def fingerprint(public_key: rsa.RSAPublicKey) -> str:
@@ -177,25 +213,6 @@ def sealing_key_from_private_key(private_key: rsa.RSAPrivateKey,
     return SealingKey(private_key, certificate)
 
 
-def key_from_secret(secret: Mapping[str, Any]) -> SealingKey:
-    """Read a key Secret (``tls.key`` PEM, ``tls.crt`` first certificate)."""
-    data = secret.get("data") or {}
-    if not isinstance(data, Mapping) or "tls.key" not in data:
-        raise InputError("Secret has no data['tls.key']")
-    try:
-        key_pem = base64.b64decode(data["tls.key"], validate=True)
-    except (ValueError, TypeError):
-        raise InputError("data['tls.key'] is not valid base64") from None
-    private_key = load_private_key_pem(key_pem)
-    certificate = None
-    if data.get("tls.crt"):
-        try:
-            certificate = load_certificate(base64.b64decode(data["tls.crt"], validate=True))
-        except (ValueError, TypeError):
-            raise InputError("data['tls.crt'] is not valid base64") from None
-    return sealing_key_from_private_key(private_key, certificate)
-
-
 def key_secret_manifest(key: SealingKey, *, namespace: str = "kube-system",
                         name: str | None = None, prefix: str = DEFAULT_KEY_PREFIX,
                         label_value: str = KEY_LABEL_ACTIVE,
@@ -219,10 +236,27 @@ def key_secret_manifest(key: SealingKey, *, namespace: str = "kube-system",
     }
 
 
-def newest_key(keys: list[SealingKey]) -> SealingKey | None:
-    """The controller's ``mostRecentKey``: latest NotBefore, ties kept by first seen."""
-    best: SealingKey | None = None
-    for key in keys:
+def most_recent_key(
+        keys: Iterable[OrderedT], *,
+        created: Callable[[OrderedT], dt.datetime | None] | None = None) -> OrderedT | None:
+    """The controller's ``mostRecentKey``: the key that seals, of those it loaded.
+
+    The controller registers its keys sorted by the Secrets' creationTimestamp at
+    whole-second resolution (a stable sort), and a key replaces the current one only
+    when its certificate NotBefore is *strictly* later.  So the latest NotBefore wins,
+    and of keys with the same NotBefore the one whose Secret was created first.  With
+    no *created* (or None for a key), the order of *keys* stands in for creation order.
+    This is the one place "newest key" is computed (``../shared/docs/sealed-secrets.md``
+    §3, "Startup sequence").
+    """
+    ordered = list(keys)
+    if created is not None:
+        def creation(key: OrderedT) -> dt.datetime:
+            when = created(key)
+            return when.replace(microsecond=0) if when is not None else _NEVER
+        ordered.sort(key=creation)
+    best: OrderedT | None = None
+    for key in ordered:
         if best is None or key.not_before > best.not_before:
             best = key
     return best

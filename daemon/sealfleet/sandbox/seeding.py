@@ -373,14 +373,14 @@ class Seeder:
             encoded.append(json.dumps(stored, separators=(",", ":")).encode()[1:-1])
             await asyncio.sleep(0)  # let the servers breathe between chunks
         self._encoded[target.name] = (len(entries), encoded)
-        newest = keys_domain.newest_key(keys)
+        newest = keys_domain.most_recent_key(keys)
         cluster_record = {"keys": key_records,
                           "sealing_key": newest.fingerprint if newest else None}
         return cluster_record, entries
 
     def _write_keys(self, target: SeedTarget, keys: list[keys_domain.SealingKey]
                     ) -> list[dict[str, Any]]:
-        newest = keys_domain.newest_key(keys)
+        newest = keys_domain.most_recent_key(keys)
         records = []
         for key in keys:  # oldest first, as they would have been created
             manifest = keys_domain.key_secret_manifest(key, namespace=target.namespace)

@@ -13,6 +13,7 @@ import pytest
 from controller_harness import SandboxHarness, start_sandbox
 
 from polling import eventually
+from sealfleet.domain import key_secrets
 from sealfleet.domain import keys as keys_domain
 from sealfleet.domain.sealed_secrets import seal_secret
 from sealfleet.sandbox.controller import ControllerFlags
@@ -134,7 +135,7 @@ async def test_overdue_renewal_writes_a_key_secret_like_the_controller(tmp_path:
 
         async def renewed() -> list[dict[str, Any]]:
             return [s for s in await harness.key_secrets()
-                    if keys_domain.key_from_secret(s).fingerprint not in seeded]
+                    if key_secrets.load_key_secret(s).fingerprint not in seeded]
 
         (new,) = await eventually(renewed)
         assert new["type"] == "kubernetes.io/tls"
@@ -142,7 +143,7 @@ async def test_overdue_renewal_writes_a_key_secret_like_the_controller(tmp_path:
         assert len(new["metadata"]["name"]) == len("sealed-secrets-key") + 5
         assert new["metadata"]["labels"] == {
             "sealedsecrets.bitnami.com/sealed-secrets-key": "active"}
-        fingerprint = keys_domain.key_from_secret(new).fingerprint
+        fingerprint = key_secrets.load_key_secret(new).fingerprint
         assert await eventually(lambda: _is(harness, fingerprint)) is True
 
 
@@ -226,7 +227,7 @@ async def test_cutoff_time_set_through_the_deployment_env_generates_a_key(
         return fingerprint if fingerprint not in (None, before) else None
 
     new = await eventually(changed)
-    assert new in {keys_domain.key_from_secret(s).fingerprint
+    assert new in {key_secrets.load_key_secret(s).fingerprint
                    for s in await sandbox.key_secrets()}
 
 

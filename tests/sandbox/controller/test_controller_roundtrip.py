@@ -12,7 +12,7 @@ from typing import Any
 from controller_harness import SandboxHarness
 
 from polling import eventually
-from sealfleet.domain import attribution, keyfiles
+from sealfleet.domain import attribution, key_secrets, keyfiles
 from sealfleet.domain import keys as keys_domain
 from sealfleet.domain.scopes import Scope
 from sealfleet.domain.sealed_secrets import identity_of, seal_secret
@@ -208,7 +208,7 @@ async def test_every_scope_unseals_with_an_older_key(sandbox: SandboxHarness) ->
     """Not only the sealing key: the controller tries every key it loaded, per scope."""
     older = next(k for k in sandbox.seed["clusters"]["sandbox-1"]["keys"] if not k["sealing"])
     key_secret = await sandbox.kubectl_json("get", "secret", "-n", "kube-system", older["secret"])
-    public_key = keys_domain.key_from_secret(key_secret).public_key
+    public_key = key_secrets.load_key_secret(key_secret).public_key
     for scope in Scope:
         name = f"old-key-{scope.cli_name}"
         sealed = seal_secret({"metadata": {"name": name, "namespace": "default"},

@@ -163,7 +163,7 @@ async def test_seed_json_matches_the_clusters(tmp_path: Path) -> None:
             ages = sorted(round((now - k.not_before) / dt.timedelta(days=1))
                           for k in cluster_keys)
             assert ages == [5, 35, 65]
-            assert keys_domain.newest_key(cluster_keys).fingerprint == cluster["sealing_key"]
+            assert keys_domain.most_recent_key(cluster_keys).fingerprint == cluster["sealing_key"]
             _, pem, _ = await harness.proxy("GET", "/v1/cert.pem")
             assert keys_domain.load_certificate(pem).fingerprint == cluster["sealing_key"]
             namespaces = await harness.kubectl("get", "namespaces", "-o", "name")

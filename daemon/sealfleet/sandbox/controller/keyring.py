@@ -19,6 +19,7 @@ import hashlib
 from collections.abc import Mapping
 from typing import Any
 
+from sealfleet.domain import key_secrets
 from sealfleet.domain import keys as keys_domain
 from sealfleet.errors import InputError
 from sealfleet.sandbox.controller.flags import ORDER_BY_CREATION, ControllerFlags
@@ -83,7 +84,7 @@ def parse_key_secret(secret: Mapping[str, Any]) -> keys_domain.SealingKey:
         raise ControllerCrash(f"panic: index out of range [0] with length 0 "
                               f"(key Secret {name!r} has no certificate)")
     try:
-        key = keys_domain.key_from_secret(secret)
+        key = key_secrets.load_key_secret(secret)
     except InputError as exc:
         raise ControllerCrash(f"panic: index out of range [0] with length 0 "
                               f"(key Secret {name!r}: {exc})") from None

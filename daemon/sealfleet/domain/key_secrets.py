@@ -1,4 +1,5 @@
-"""Reading a cluster's key Secrets cheaply: fingerprint first, private key checked fast.
+"""Key Secrets (``tls.key`` + ``tls.crt``), read in one place: fingerprint first, private
+key parsed on demand and checked fast.
 
 Loading an RSA-4096 private key with cryptography's default checks costs about a
 quarter of a second *while holding the GIL* (OpenSSL tests p and q for primality): sixty
@@ -10,6 +11,11 @@ keys would freeze the event loop for fifteen seconds at every start.  So:
   consistency here (n = p*q, e*d = 1 modulo p-1 and q-1, the CRT values), which is what
   keeps an inconsistent key from ever reaching a decrypt.  A key whose p or q is not
   prime but consistent can only fail to open things; it cannot misbehave.
+
+The controller does not check that ``tls.crt`` belongs to ``tls.key`` (it keys the
+Secret by the private key and serves the certificate as it is).  sealfleet does:
+:attr:`KeySecret.problem` names a mismatched pair, and the fleet never keeps such a
+Secret as a key (it is recorded as a malformed key instead).
 """
 
 from __future__ import annotations
@@ -45,6 +51,15 @@ class KeySecret:
     # Kept only to parse the private key on demand; its data['tls.key'] is the private key,
     # so it stays out of repr (tracebacks, assertion output, a careless log line).
     secret: Mapping[str, Any] = field(repr=False)
+
+    @property
+    def problem(self) -> str | None:
+        """Why this Secret must not be taken as a key (None when it may): its certificate
+        belongs to another key.  Fingerprints are public; nothing secret is named."""
+        if self.certificate is not None and self.certificate.fingerprint != self.fingerprint:
+            return (f"data['tls.crt'] is the certificate of {self.certificate.fingerprint}, "
+                    f"not of the private key in data['tls.key'] ({self.fingerprint})")
+        return None
 
     @property
     def active(self) -> bool:
@@ -85,6 +100,11 @@ class KeySecret:
                 public_key=private_key.public_key(), not_before=certificate.not_before,
                 not_after=certificate.not_after, pem=certificate.pem)
         return domain_keys.sealing_key_from_private_key(private_key, certificate)
+
+
+def load_key_secret(secret: Mapping[str, Any]) -> domain_keys.SealingKey:
+    """The sealing key a key Secret holds (``tls.key``, validity from ``tls.crt``)."""
+    return read_key_secret(secret).load()
 
 
 def check_consistency(private_key: rsa.RSAPrivateKey) -> None:

@@ -9,7 +9,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from sealfleet.app import key_secrets
+from sealfleet.domain import key_secrets
 from sealfleet.domain.keys import KEY_LABEL, SealingKey, key_secret_manifest, private_key_pem
 from sealfleet.errors import InputError
 
