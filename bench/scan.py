@@ -34,8 +34,10 @@ import structlog
 from sealfleet.adapters.kube import controller
 from sealfleet.adapters.kube.client import KubeClient
 from sealfleet.adapters.store import KeyEncryptionKey, Store
-from sealfleet.app import cluster_worker, config, inventory
+from sealfleet.app import config
+from sealfleet.app.cluster import sealed_secret_observer
 from sealfleet.app.fleet import FleetManager
+from sealfleet.domain import observed
 from sealfleet.domain.attribution import attribute_item
 from sealfleet.sandbox import SandboxProcess
 
@@ -101,7 +103,7 @@ async def rsa_rate(store: Store, executor: ThreadPoolExecutor, cluster: Any,
         for record in records:
             path = (f"/apis/bitnami.com/v1alpha1/namespaces/{record.namespace}"
                     f"/sealedsecrets/{record.name}")
-            parsed = inventory.parse(await client.get_json(path))
+            parsed = observed.parse(await client.get_json(path))
             for (_, _, ciphertext), fact in zip(parsed.items, record.items, strict=True):
                 if fact.fingerprint in keys:
                     jobs.append((ciphertext, parsed.label, keys[fact.fingerprint]))
@@ -142,7 +144,7 @@ async def main_async(args: argparse.Namespace, state_dir: Path) -> None:
 
             for cluster in settings.clusters:
                 await store.set_watch_resource_version(
-                    cluster.name, cluster_worker.SEALED_RESOURCE, None)
+                    cluster.name, sealed_secret_observer.RESOURCE, None)
             rescan, _, rescan_rsa, _ = await scan(settings, store, executor)
             rss_daemon = peak_rss_mb()  # before the baseline's own lists add their pages
             baseline, listed = await raw_list(settings)

@@ -38,3 +38,25 @@ class DecryptionError(PermanentError):
 
 class StoreError(FleetError):
     """The SQLite store is unusable: bad schema, edited migration, unreadable KEK."""
+
+
+def first_error(group: BaseExceptionGroup[BaseException], *,
+                prefer: tuple[type[BaseException], ...] = (FleetError,)) -> BaseException:
+    """The error that ended a TaskGroup: its first leaf of the first *prefer* kind that
+    occurs (in order), else its first leaf.  The one place exception groups are unwrapped,
+    so a caller deals with one error as before TaskGroups."""
+    leaves: list[BaseException] = []
+
+    def walk(error: BaseException) -> None:
+        if isinstance(error, BaseExceptionGroup):
+            for inner in error.exceptions:
+                walk(inner)
+        else:
+            leaves.append(error)
+
+    walk(group)
+    for kind in prefer:
+        for leaf in leaves:
+            if isinstance(leaf, kind):
+                return leaf
+    return leaves[0] if leaves else group

@@ -11,9 +11,10 @@ from pathlib import Path
 import pytest
 
 from sealfleet.adapters.store import KeyEncryptionKey, Store
-from sealfleet.app.attributing import Attributor, ItemRequest, Keyring
+from sealfleet.app.attributing import Attributor, ItemRequest
+from sealfleet.app.keystore import Keystore
 from sealfleet.domain.attribution import item_hash
-from sealfleet.domain.keys import SealingKey
+from sealfleet.domain.keys import KeySource, SealingKey
 from sealfleet.domain.scopes import Scope
 from sealfleet.domain.sealed_secrets import SealedIdentity, seal_value
 
@@ -44,9 +45,9 @@ def sealed_group(key: SealingKey, name: str, count: int,
 async def test_each_item_is_attributed_to_the_key_that_sealed_it(
         store: Store, executor: ThreadPoolExecutor, rsa2048_keys: list[SealingKey]) -> None:
     old, new, foreign = rsa2048_keys
-    keyring = Keyring()
-    keyring.add([old, new])
-    attributor = Attributor(store, executor, keyring)
+    keystore = Keystore(store)
+    await keystore.adopt([old, new], source=KeySource.IMPORTED)
+    attributor = Attributor(store, executor, keystore)
     groups = [sealed_group(old, "a", 2), sealed_group(new, "b", 3), sealed_group(foreign, "c", 1)]
     answers = await attributor.attribute(groups, preferred=[new.fingerprint])
     assert [answers[r.item_hash] for r in groups[0]] == [old.fingerprint] * 2
@@ -65,9 +66,9 @@ async def test_older_sealed_secrets_cost_one_rsa_per_item_when_their_age_is_know
     old, mid, new = (dataclasses.replace(key, certificate=dataclasses.replace(
         key.certificate, not_before=now - dt.timedelta(days=age)))
         for key, age in zip(rsa2048_keys, (65, 35, 5), strict=True))
-    keyring = Keyring()
-    keyring.add([old, mid, new])
-    attributor = Attributor(store, executor, keyring)
+    keystore = Keystore(store)
+    await keystore.adopt([old, mid, new], source=KeySource.IMPORTED)
+    attributor = Attributor(store, executor, keystore)
     groups = [sealed_group(key, f"{name}-{i}", 2, (key.not_before + dt.timedelta(days=2),))
               for name, key in (("old", old), ("mid", mid), ("new", new)) for i in range(2)]
     answers = await attributor.attribute(groups, preferred=[new.fingerprint],
@@ -82,16 +83,16 @@ async def test_older_sealed_secrets_cost_one_rsa_per_item_when_their_age_is_know
 async def test_unchanged_items_cost_no_rsa_again_even_after_a_restart(
         store: Store, executor: ThreadPoolExecutor, rsa2048_keys: list[SealingKey]) -> None:
     key = rsa2048_keys[0]
-    keyring = Keyring()
-    keyring.add([key])
+    keystore = Keystore(store)
+    await keystore.adopt([key], source=KeySource.IMPORTED)
     groups = [sealed_group(key, f"s{i}", 2) for i in range(3)]
-    first = Attributor(store, executor, keyring)
+    first = Attributor(store, executor, keystore)
     expected = await first.attribute(groups)
     spent = first.rsa_operations
     assert spent == 6
     assert await first.attribute(groups) == expected
     assert first.rsa_operations == spent  # memory cache
-    restarted = Attributor(store, executor, keyring)
+    restarted = Attributor(store, executor, keystore)
     assert await restarted.attribute(groups) == expected
     assert restarted.rsa_operations == 0  # store cache
 
@@ -99,31 +100,33 @@ async def test_unchanged_items_cost_no_rsa_again_even_after_a_restart(
 async def test_unknown_items_are_retried_when_a_new_key_arrives(
         store: Store, executor: ThreadPoolExecutor, rsa2048_keys: list[SealingKey]) -> None:
     known, late = rsa2048_keys[:2]
-    keyring = Keyring()
-    keyring.add([known])
-    changed = keyring.subscribe()
-    attributor = Attributor(store, executor, keyring)
+    keystore = Keystore(store)
+    await keystore.adopt([known], source=KeySource.IMPORTED)
+    changed = keystore.subscribe()
+    attributor = Attributor(store, executor, keystore)
     group = sealed_group(late, "late", 1)
     assert (await attributor.attribute([group]))[group[0].item_hash] is None
     before = attributor.rsa_operations
     assert (await attributor.attribute([group]))[group[0].item_hash] is None
     assert attributor.rsa_operations == before  # "unknown" is cached for this key set
-    keyring.add([late])
+    await keystore.adopt([late], source=KeySource.IMPORTED)
     assert changed.is_set()
     assert (await attributor.attribute([group]))[group[0].item_hash] == late.fingerprint
     # And across a restart, the stored "unknown" of the old key set is not trusted.
-    fresh_keyring = Keyring()
-    fresh_keyring.add([known, late])
-    restarted = Attributor(store, executor, fresh_keyring)
+    fresh_keystore = Keystore(store)
+    await fresh_keystore.adopt([known, late], source=KeySource.IMPORTED)
+    restarted = Attributor(store, executor, fresh_keystore)
     assert (await restarted.attribute([group]))[group[0].item_hash] == late.fingerprint
     assert restarted.rsa_operations == 0
 
 
-def test_compromised_set_changes_notify_subscribers() -> None:
-    keyring = Keyring()
-    event = keyring.subscribe()
-    assert keyring.set_compromised(["SHA256:x"])
+async def test_compromised_marks_notify_subscribers_once(store: Store,
+                                                           rsa2048_keys: list[SealingKey]) -> None:
+    keystore = Keystore(store)
+    await keystore.adopt(rsa2048_keys[:1], source=KeySource.IMPORTED)
+    event = keystore.subscribe()
+    assert await keystore.mark_compromised([rsa2048_keys[0].fingerprint])
     assert event.is_set()
     event.clear()
-    assert not keyring.set_compromised(["SHA256:x"])
+    assert not await keystore.mark_compromised([rsa2048_keys[0].fingerprint])
     assert not event.is_set()

@@ -25,7 +25,7 @@ from running_fleet import running
 from sealfleet.adapters import retry
 from sealfleet.adapters.store import KeyEncryptionKey, Store
 from sealfleet.app import config
-from sealfleet.app.cluster_worker import WorkerOptions
+from sealfleet.app.cluster.state import WorkerOptions
 from sealfleet.app.fleet import FleetManager
 from sealfleet.domain import key_secrets
 from sealfleet.domain.keys import KEY_LABEL, SealingKey, key_secret_manifest
@@ -128,7 +128,7 @@ async def harness(ca: CertificateAuthority, tmp_path: Path, executor: ThreadPool
 
 
 async def inventory(manager: FleetManager) -> dict[str, Any]:
-    store = manager.attributor._store
+    store = manager.store
     return {(r.namespace, r.name): r for r in await store.sealed_secrets_of_cluster("c1")}
 
 
@@ -139,7 +139,7 @@ def states(records: dict[Any, Any]) -> dict[str, SecretState]:
 async def test_first_pass_attributes_every_item_and_classifies(harness: Harness) -> None:
     async with harness.fleet() as manager:
         records = await inventory(manager)
-        store = manager.attributor._store
+        store = manager.store
         clusters = {c["name"]: c for c in await store.list_clusters()}
         holdings = await store.cluster_key_holdings("c1")
     assert states(records) == {"current": SecretState.CURRENT, "stale": SecretState.STALE,
@@ -180,7 +180,7 @@ async def test_watch_keeps_the_inventory_current(harness: Harness) -> None:
 
 async def test_compromised_key_reclassifies_the_cluster(harness: Harness) -> None:
     async with harness.fleet() as manager:
-        store = manager.attributor._store
+        store = manager.store
         await store.set_key_state(harness.old.fingerprint, "compromised", actor="test",
                                   reason="leaked")
         await manager.refresh_keys()
@@ -212,7 +212,7 @@ async def test_cluster_down_at_start_is_marked_then_recovers(harness: Harness) -
         async with harness.fleet() as manager:
             worker = manager.workers["c1"]
             assert worker.reachable is False
-            store = manager.attributor._store
+            store = manager.store
             (cluster,) = await store.list_clusters()
             assert cluster["reachable"] is False
             assert cluster["last_error"]
@@ -299,15 +299,15 @@ async def test_apply_settings_adds_and_removes_workers(harness: Harness) -> None
         {"name": name, "kubeconfig": str(harness.kubeconfig), "context": "admin"}
         for name in ("c1", "c2")]}, base_dir=harness.kubeconfig.parent)
     async with harness.fleet(one) as manager:
-        store = manager.attributor._store
-        manager.apply_settings(two)
+        store = manager.store
+        await manager.apply_settings(two)
 
         async def both() -> bool:
             return len(await store.sealed_secrets_of_cluster("c2")) == 5
 
         await eventually(both)
         assert set(manager.workers) == {"c1", "c2"}
-        manager.apply_settings(config.settings_from_mapping(
+        await manager.apply_settings(config.settings_from_mapping(
             {"clusters": [{"name": "c2", "kubeconfig": str(harness.kubeconfig),
                            "context": "admin"}]}, base_dir=harness.kubeconfig.parent))
 
@@ -326,7 +326,7 @@ async def test_least_privilege_mode_asks_the_controller(harness: Harness) -> Non
 
         await eventually(verified)
         records = await inventory(manager)
-        store = manager.attributor._store
+        store = manager.store
         (cluster,) = await store.list_clusters()
         assert await store.cluster_key_holdings("c1") == []  # no key Secret was read
     assert cluster["sealing_key"] == harness.new.fingerprint

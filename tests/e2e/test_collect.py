@@ -23,12 +23,12 @@ from running_fleet import running
 from sealfleet.adapters import retry
 from sealfleet.adapters.store import KeyEncryptionKey, Store
 from sealfleet.app import config
-from sealfleet.app.cluster_worker import WorkerOptions
+from sealfleet.app.cluster.state import WorkerOptions
 from sealfleet.app.fleet import FleetManager
 from sealfleet.domain.key_secrets import load_key_secret
 from sealfleet.domain.keys import KEY_LABEL
 from sealfleet.domain.sealed_secrets import seal_secret
-from sealfleet.domain.staleness import SecretState, classify
+from sealfleet.domain.staleness import KeyContext, SecretState, classify
 from sealfleet.sandbox import Sandbox, SeedSpec
 
 SEALED = "sealedsecrets.bitnami.com"
@@ -68,7 +68,7 @@ def truth(sandbox: Sandbox) -> dict[tuple[str, str, str], dict[str, Any]]:
         sealing_key = seed["clusters"][entry["cluster"]]["sealing_key"]
         keys = {item["name"]: item["key"] for item in entry["items"]}
         # Broken ones: the controller reports Synced=False once it has tried them...
-        state = classify(list(keys.values()), sealing_key=sealing_key, compromised=(),
+        state = classify(list(keys.values()), KeyContext(sealing_key),
                          synced=not entry["broken"])
         # ...but one whose items are not even ciphertext is malformed: state unknown.
         if entry["broken"] and _holds_garbage(sandbox, entry):
@@ -79,7 +79,7 @@ def truth(sandbox: Sandbox) -> dict[tuple[str, str, str], dict[str, Any]]:
 
 
 async def observed(manager: FleetManager) -> dict[tuple[str, str, str], dict[str, Any]]:
-    store = manager.attributor._store
+    store = manager.store
     found = {}
     for cluster in ("sandbox-1", "sandbox-2"):
         for record in await store.sealed_secrets_of_cluster(cluster):
@@ -100,7 +100,7 @@ async def settled(manager: FleetManager, sandbox: Sandbox) -> bool:
     sealing key, scan time), with store round trips in between: records matching the
     truth alone do not mean the status is there yet.
     """
-    clusters = await manager.attributor._store.list_clusters()
+    clusters = await manager.store.list_clusters()
     return all(c["last_scan_at"] is not None for c in clusters) \
         and await matches_truth(manager, sandbox)
 
@@ -128,7 +128,7 @@ async def test_the_store_reports_the_seed_truth(sandbox: Sandbox,
     seed = json.loads(sandbox.seed_file.read_text())
     async with fleet(sandbox, executor) as manager:
         await eventually(lambda: settled(manager, sandbox))
-        store = manager.attributor._store
+        store = manager.store
         clusters = {c["name"]: c for c in await store.list_clusters()}
         records = await store.sealed_secrets_of_cluster("sandbox-1")
     for name, cluster in clusters.items():

@@ -36,7 +36,7 @@ CLUSTER = '[[clusters]]\nname = "{name}"\nkubeconfig = "kubeconfig"\n'
 
 
 class FakeFleet:
-    """The FleetManager seams (contracts §3), driven by the test."""
+    """What the service uses of the fleet manager (its ``Fleet`` protocol), driven by the test."""
 
     def __init__(self, settings: Settings, store: Store, executor: ThreadPoolExecutor) -> None:
         self.settings = settings
@@ -57,7 +57,11 @@ class FakeFleet:
             self.cancelled = True
             raise
 
-    def apply_settings(self, settings: Settings) -> None:
+    @property
+    def attribution_backlog(self) -> int:
+        return 0
+
+    async def apply_settings(self, settings: Settings) -> None:
         self.applied.append(settings)
 
 

@@ -14,7 +14,7 @@ import asyncio
 import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from sealfleet.errors import TransientError
 
@@ -23,42 +23,19 @@ T = TypeVar("T")
 
 @dataclass(frozen=True)
 class BackoffPolicy:
-    """How long to wait between attempts.
-
-    *initial* seconds is the first step (1 s: a blip recovers before anyone notices),
-    doubling (*multiplier*) up to *cap* (300 s: a cluster that is down for hours is
-    still probed every five minutes, so recovery is noticed quickly).
+    """How long to wait between attempts: *initial* seconds first, times *multiplier*
+    after each failure, up to *cap*.  The daemon's values come from ``[fleet]``
+    (``backoff_initial``, ``backoff_max``), where their defaults are explained.
     """
 
-    initial: float = 1.0
+    initial: float
+    cap: float
     multiplier: float = 2.0
-    cap: float = 300.0
-
-    @classmethod
-    def from_settings(cls, settings: Any) -> BackoffPolicy:
-        """``[fleet] backoff_initial`` and ``backoff_max`` of the settings tree.
-
-        Durations may be ``datetime.timedelta`` or seconds; missing fields keep the
-        defaults above.
-        """
-        fleet = getattr(settings, "fleet", None)
-        initial = _seconds(getattr(fleet, "backoff_initial", None), cls.initial)
-        cap = _seconds(getattr(fleet, "backoff_max", None), cls.cap)
-        return cls(initial=initial, cap=max(cap, initial))
 
     def step(self, attempt: int) -> float:
         """The ceiling of the jittered delay after *attempt* failures (attempt >= 1)."""
         exponent = min(max(attempt - 1, 0), 64)  # avoid float overflow on long outages
         return float(min(self.cap, self.initial * self.multiplier ** exponent))
-
-
-def _seconds(value: Any, default: float) -> float:
-    if value is None:
-        return default
-    total_seconds = getattr(value, "total_seconds", None)
-    if callable(total_seconds):
-        return float(total_seconds())
-    return float(value)
 
 
 class Backoff:
@@ -89,7 +66,7 @@ class Backoff:
 async def retry_call(fn: Callable[[], Awaitable[T]], *, policy: BackoffPolicy,
                      attempts: int | None = None,
                      on_retry: Callable[[TransientError, float], None] | None = None,
-                     sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep) -> T:
+                     sleep: Callable[[float], Awaitable[object]] = asyncio.sleep) -> T:
     """Await ``fn()`` until it succeeds, retrying :class:`TransientError` with backoff.
 
     *attempts* bounds the total number of calls (None: retry until cancelled); the

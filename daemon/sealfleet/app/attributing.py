@@ -3,9 +3,9 @@
 RSA is the only expensive thing the inventory does, so every answer is remembered
 twice: in memory (by item hash) and in the store, which makes an unchanged item free
 forever, across restarts too.  Items that no known key opens are cached as "unknown"
-together with the *known-keys epoch* (a digest of the set of private keys known when
-the answer was computed); when a new key arrives the epoch changes and those answers
-stop counting, so the items are tried again with the new key.
+together with the keystore's epoch (a digest of the set of private keys known when the
+answer was computed); when a new key arrives the epoch changes and those answers stop
+counting, so the items are tried again with the new key.
 
 The RSA work itself runs on the executor ``service.run`` hands us (threads = cores),
 in chunks of whole SealedSecrets, so the loop never stalls.  The order keys are tried
@@ -19,15 +19,15 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import hashlib
 from collections import Counter
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Collection, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
 
 import structlog
 
 from sealfleet.adapters.store import Store
+from sealfleet.app.keystore import Keystore
 from sealfleet.domain.attribution import Candidate, attribute_sealed_secret, candidate
 from sealfleet.domain.keys import SealingKey
 
@@ -53,107 +53,6 @@ class ItemRequest:
     sealed_at: tuple[dt.datetime, ...] = ()
 
 
-def keys_epoch(fingerprints: Iterable[str]) -> int:
-    """A stable number naming a set of keys (fits SQLite's signed 64-bit integers)."""
-    digest = hashlib.sha256("\n".join(sorted(set(fingerprints))).encode()).digest()
-    return int.from_bytes(digest[:7], "big")
-
-
-class Keyring:
-    """Every private key the daemon knows, fleet-wide, the epoch of that set, and the
-    fingerprints marked compromised; workers subscribe to hear when either changes.
-
-    A key may be known before it is loaded: the store holds it, and loading costs a
-    checked parse per key.  The epoch covers every known fingerprint; the RSA path calls
-    :meth:`materialize` first, so the keys tried are always the epoch's keys.
-    """
-
-    def __init__(self) -> None:
-        self._keys: dict[str, SealingKey] = {}
-        self._stored: set[str] = set()
-        self.epoch = keys_epoch(())
-        self.compromised: frozenset[str] = frozenset()
-        self._subscribers: list[asyncio.Event] = []
-        self._lock = asyncio.Lock()
-
-    def subscribe(self) -> asyncio.Event:
-        """An event set whenever the key set or the compromised set changes."""
-        event = asyncio.Event()
-        self._subscribers.append(event)
-        return event
-
-    def unsubscribe(self, event: asyncio.Event) -> None:
-        if event in self._subscribers:
-            self._subscribers.remove(event)
-
-    def _changed(self) -> None:
-        self.epoch = keys_epoch(self.fingerprints())
-        for event in self._subscribers:
-            event.set()
-
-    def fingerprints(self) -> set[str]:
-        return set(self._keys) | self._stored
-
-    def add(self, keys: Iterable[SealingKey]) -> list[SealingKey]:
-        """Add loaded keys; returns those that were new (the epoch changes when any were)."""
-        known = self.fingerprints()
-        new = []
-        for key in keys:
-            if key.fingerprint not in self._keys:
-                self._keys[key.fingerprint] = key
-                if key.fingerprint not in known:
-                    new.append(key)
-        if new:
-            self._changed()
-        return new
-
-    def offer_stored(self, fingerprints: Iterable[str]) -> bool:
-        """Fingerprints whose private keys the store holds (loaded on first need)."""
-        new = set(fingerprints) - self.fingerprints()
-        if not new:
-            return False
-        self._stored |= new
-        self._changed()
-        return True
-
-    async def materialize(self, store: Store) -> None:
-        """Load the stored keys not loaded yet (called before any RSA)."""
-        async with self._lock:
-            if not self._stored - set(self._keys):
-                return
-            for key in await store.load_private_keys():
-                self._keys.setdefault(key.fingerprint, key)
-            missing = self._stored - set(self._keys)
-            self._stored.clear()
-            if missing:
-                log.warning("stored_keys_missing", fingerprints=sorted(missing))
-                self._changed()
-
-    def set_compromised(self, fingerprints: Iterable[str]) -> bool:
-        """Replace the compromised set; True (and subscribers told) when it changed."""
-        compromised = frozenset(fingerprints)
-        if compromised == self.compromised:
-            return False
-        self.compromised = compromised
-        for event in self._subscribers:
-            event.set()
-        return True
-
-    def __contains__(self, fingerprint: object) -> bool:
-        return fingerprint in self._keys or fingerprint in self._stored
-
-    def __len__(self) -> int:
-        return len(self.fingerprints())
-
-    def get(self, fingerprint: str) -> SealingKey | None:
-        """A loaded key (None when unknown or not loaded yet)."""
-        return self._keys.get(fingerprint)
-
-    def keys(self) -> list[SealingKey]:
-        """The loaded keys."""
-        return list(self._keys.values())
-
-
 def _attribute_chunk(groups: Sequence[Sequence[ItemRequest]], candidates: Sequence[Candidate],
                      local: Collection[str]) -> tuple[list[tuple[str, str | None]], int]:
     """Executor job: attribute whole SealedSecrets; returns answers and RSA attempts."""
@@ -173,10 +72,10 @@ def _attribute_chunk(groups: Sequence[Sequence[ItemRequest]], candidates: Sequen
 class Attributor:
     """Answers "which key sealed this item" from memory, then the store, then RSA."""
 
-    def __init__(self, store: Store, executor: Executor, keyring: Keyring) -> None:
+    def __init__(self, store: Store, executor: Executor, keystore: Keystore) -> None:
         self._store = store
         self._executor = executor
-        self.keyring = keyring
+        self._keystore = keystore
         self._known: dict[bytes, str] = {}      # item hash -> fingerprint (never invalid)
         self._unknown: dict[bytes, int] = {}    # item hash -> epoch it was unknown at
         self._usage: Counter[str] = Counter()   # fingerprint -> items it sealed so far
@@ -189,7 +88,7 @@ class Attributor:
         fingerprint = self._known.get(raw)
         if fingerprint is not None:
             return True, fingerprint
-        if self._unknown.get(raw) == self.keyring.epoch:
+        if self._unknown.get(raw) == self._keystore.epoch:
             return True, None
         return False, None
 
@@ -202,7 +101,7 @@ class Attributor:
             self._unknown[raw] = epoch
         else:
             # Interned so that 100k cached items share a handful of fingerprint strings.
-            key = self.keyring.get(fingerprint)
+            key = self._keystore.get(fingerprint)
             self._known[raw] = key.fingerprint if key is not None else fingerprint
             self._unknown.pop(raw, None)
             self._usage[fingerprint] += 1
@@ -211,7 +110,7 @@ class Attributor:
                    likely: Collection[str] = ()) -> list[Candidate]:
         """The base order: *preferred* in order (the cluster's sealing key), then the
         *likely* keys (those the cluster holds), each group by items sealed so far."""
-        keys = self.keyring.keys()
+        keys = self._keystore.loaded_keys()
         rank = {fingerprint: index for index, fingerprint in enumerate(preferred)}
         ordered = sorted(keys, key=lambda k: (rank.get(k.fingerprint, len(rank)),
                                               k.fingerprint not in likely,
@@ -240,7 +139,7 @@ class Attributor:
                     missing.append(request.item_hash)
         if not missing:
             return result
-        epoch = self.keyring.epoch
+        epoch = self._keystore.epoch
         stored = await self._store.get_attributions(missing, known_keys_epoch=epoch)
         for item_hash, fingerprint in stored.items():
             result[item_hash] = fingerprint
@@ -249,7 +148,7 @@ class Attributor:
         todo = [group for group in todo if group]
         if not todo:
             return result
-        await self.keyring.materialize(self._store)
+        await self._keystore.materialize()
         local = set(preferred) | set(likely)
         computed = await self._run_rsa(todo, self.candidates(preferred, likely), local)
         # The epoch of the keys actually tried, not whatever it is by now.

@@ -5,11 +5,13 @@ in a guard that turns a crash (a bug, a store hiccup) into a logged restart afte
 backoff: a broken worker never takes the fleet, the API or the watchdog with it.
 ``apply_settings`` hands over a new settings tree; the manager starts workers for new
 clusters, stops those removed (marking them removed in the store) and restarts those
-whose connection settings changed.
+whose connection settings changed.  The manager owns the fleet's :class:`Keystore` and
+:class:`Attributor`, shared by every worker, and the periodic upkeep (keystore refresh,
+pruning the attribution cache, giving freed heap back).
 
-Seams for the service (contracts §3): ``first_pass_done`` (every cluster scanned once
-or marked unreachable), ``progress`` (bumped on every loop iteration of every worker
-and by a one-second heartbeat, for the systemd watchdog), ``changes`` and ``changed``
+What the service uses (its ``Fleet`` protocol): ``first_pass_done`` (every cluster
+scanned once or marked unreachable), ``progress`` (bumped on every loop iteration of
+every worker and by a one-second heartbeat, for the systemd watchdog), ``changes``
 (so the API can rebuild its cached report), ``attribution_backlog``.
 """
 
@@ -18,22 +20,33 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import datetime as dt
 from collections.abc import Callable, Mapping
 from concurrent.futures import Executor
 from dataclasses import dataclass
-from typing import Any
 
 import structlog
 
 from sealfleet.adapters import retry
 from sealfleet.adapters.store import Store
-from sealfleet.app.attributing import Attributor, Keyring
-from sealfleet.app.cluster_worker import ClusterWorker, WorkerOptions
+from sealfleet.app.attributing import Attributor
+from sealfleet.app.cluster.state import Deps, WorkerOptions
+from sealfleet.app.cluster.worker import ClusterWorker
+from sealfleet.app.config import ClusterSettings, Settings
+from sealfleet.app.keystore import Keystore
+from sealfleet.errors import FleetError
 
 log = structlog.get_logger(__name__)
 
 _KEYSTORE_REFRESH = 30.0   # seconds: pick up keys imported or marked compromised elsewhere
 _TRIM_INTERVAL = 5.0       # seconds between returning freed heap memory to the OS
+# The attribution cache keeps answers for items no stored SealedSecret holds any more
+# (deleted objects, resealed items); a day's grace keeps a briefly deleted and
+# re-created object free, a daily pass keeps the table from growing forever.  The
+# prune holds the writer for about a second per 100k SealedSecrets.
+_PRUNE_INTERVAL = 24 * 3600.0
+_PRUNE_GRACE = dt.timedelta(days=1)
+_LOAD_CONCURRENCY = 2      # stored inventories loaded at once (full records are big)
 
 
 def _malloc_trim() -> Callable[[], object] | None:
@@ -52,45 +65,34 @@ def _malloc_trim() -> Callable[[], object] | None:
     return lambda: trim(0)
 
 
-def options_from_settings(settings: Any) -> WorkerOptions:
-    fleet = getattr(settings, "fleet", None)
-
-    def seconds(name: str, default: float) -> float:
-        value = getattr(fleet, name, None)
-        if value is None:
-            return default
-        return float(value.total_seconds()) if hasattr(value, "total_seconds") else float(value)
-
-    return WorkerOptions(backoff=retry.BackoffPolicy.from_settings(settings),
-                         resync_interval=seconds("resync_interval", 600.0),
-                         request_timeout=seconds("request_timeout", 30.0))
-
-
 @dataclass
 class _Running:
-    cluster: Any
+    cluster: ClusterSettings
     worker: ClusterWorker
     task: asyncio.Task[None]
 
 
 class FleetManager:
-    """Runs and supervises the cluster workers."""
+    """Runs and supervises the cluster workers.
 
-    def __init__(self, settings: Any, store: Store, *, executor: Executor,
+    *options* overrides the pacing read from the settings (tests run with short
+    backoffs); otherwise :meth:`WorkerOptions.from_settings` is the one reader of it.
+    """
+
+    def __init__(self, settings: Settings, store: Store, *, executor: Executor,
                  options: WorkerOptions | None = None) -> None:
         self._settings = settings
-        self._store = store
+        self.store = store
         self._options = options
-        self.keyring = Keyring()
-        self.attributor = Attributor(store, executor, self.keyring)
+        self.keystore = Keystore(store)
+        self.attributor = Attributor(store, executor, self.keystore)
         self.first_pass_done = asyncio.Event()
         self.progress = 0
         self.changes = 0
-        self.changed = asyncio.Event()
         self._running: dict[str, _Running] = {}
         self._reconcile = asyncio.Event()
         self._group: asyncio.TaskGroup | None = None
-        self._load_gate = asyncio.Semaphore(2)  # stored inventories load two at a time
+        self._load_gate = asyncio.Semaphore(_LOAD_CONCURRENCY)
 
     # ------------------------------------------------------------------ seams
 
@@ -102,31 +104,33 @@ class FleetManager:
     def workers(self) -> Mapping[str, ClusterWorker]:
         return {name: running.worker for name, running in self._running.items()}
 
-    def apply_settings(self, settings: Any) -> None:
-        """Adopt a new settings tree (SIGHUP): workers are added/removed shortly after."""
+    async def apply_settings(self, settings: Settings) -> None:
+        """Adopt a new settings tree (SIGHUP): the master key set at once, workers
+        added and removed shortly after."""
+        if settings.fleet.master_keys != self._settings.fleet.master_keys:
+            await self.keystore.set_master(settings.fleet.master_keys)
         self._settings = settings
         self._reconcile.set()
 
     async def refresh_keys(self) -> None:
-        """Re-read the keystore: which private keys it holds (loaded only when attribution
-        first needs them) and the compromised set."""
-        records = await self._store.list_keys()
-        self.keyring.offer_stored(r.fingerprint for r in records if r.has_private_key)
-        if self.keyring.set_compromised(r.fingerprint for r in records
-                                        if r.state == "compromised"):
+        """Re-read the keystore (keys imported or marked compromised elsewhere)."""
+        if await self.keystore.refresh():
             self._bump_changes()
+
+    def _worker_options(self) -> WorkerOptions:
+        return self._options or WorkerOptions.from_settings(self._settings.fleet)
 
     def _bump_progress(self) -> None:
         self.progress += 1
 
     def _bump_changes(self) -> None:
         self.changes += 1
-        self.changed.set()
 
     # ------------------------------------------------------------------ lifecycle
 
     async def run(self) -> None:
-        """Until cancelled: the workers, reconciliation on reload, the heartbeat."""
+        """Until cancelled: the workers, reconciliation on reload, the heartbeat, upkeep."""
+        await self.keystore.set_master(self._settings.fleet.master_keys)
         await self.refresh_keys()
         try:
             async with asyncio.TaskGroup() as group:
@@ -135,6 +139,7 @@ class FleetManager:
                 group.create_task(self._manage(), name="fleet:manage")
                 group.create_task(self._heartbeat(), name="fleet:heartbeat")
                 group.create_task(self._await_first_pass(), name="fleet:first-pass")
+                group.create_task(self._prune_attributions(), name="fleet:prune")
                 trim = _malloc_trim()
                 if trim is not None:
                     group.create_task(self._trim_memory(trim), name="fleet:trim-memory")
@@ -151,14 +156,14 @@ class FleetManager:
                 self._reconcile.clear()
                 removed = self._apply()
                 for name in removed:
-                    await self._store.mark_cluster_removed(name)
+                    await self.store.mark_cluster_removed(name)
                     self._bump_changes()
             await self.refresh_keys()
 
     def _apply(self) -> list[str]:
         """Start, stop and restart workers to match the settings; returns removed names."""
         assert self._group is not None
-        wanted = {cluster.name: cluster for cluster in getattr(self._settings, "clusters", ())}
+        wanted = {cluster.name: cluster for cluster in self._settings.clusters}
         removed = []
         for name, running in list(self._running.items()):
             if name not in wanted or wanted[name] != running.cluster:
@@ -167,21 +172,20 @@ class FleetManager:
                 if name not in wanted:
                     removed.append(name)
                     log.info("cluster_removed", cluster=name)
-        options = self._options or options_from_settings(self._settings)
+        deps = Deps(store=self.store, keystore=self.keystore, attributor=self.attributor,
+                    options=self._worker_options(), on_change=self._bump_changes,
+                    on_progress=self._bump_progress)
         for name, cluster in wanted.items():
             if name in self._running:
                 continue
-            worker = ClusterWorker(cluster, store=self._store, attributor=self.attributor,
-                                   options=options, on_change=self._bump_changes,
-                                   on_progress=self._bump_progress, load_gate=self._load_gate)
+            worker = ClusterWorker(cluster, deps, load_gate=self._load_gate)
             task = self._group.create_task(self._guard(worker), name=f"cluster:{name}")
             self._running[name] = _Running(cluster, worker, task)
         return removed
 
     async def _guard(self, worker: ClusterWorker) -> None:
         """Restart a worker that crashed (a bug) after a backoff; never let it escape."""
-        backoff = retry.Backoff(self._options.backoff if self._options
-                                else retry.BackoffPolicy.from_settings(self._settings))
+        backoff = retry.Backoff(self._worker_options().backoff)
         while True:
             try:
                 await worker.run()
@@ -199,6 +203,18 @@ class FleetManager:
             moved, previous = self.progress - previous, self.progress
             if moved > _TRIM_INTERVAL + 1:  # more than the heartbeat alone: work happened
                 await asyncio.to_thread(trim)
+
+    async def _prune_attributions(self) -> None:
+        """Daily: drop cached attributions no stored SealedSecret refers to any more."""
+        while True:
+            await asyncio.sleep(_PRUNE_INTERVAL)
+            older_than = dt.datetime.now(dt.UTC) - _PRUNE_GRACE
+            try:
+                pruned = await self.store.prune_attributions(older_than=older_than)
+            except FleetError as error:
+                log.warning("attributions_prune_failed", error=str(error))
+                continue
+            log.info("attributions_pruned", entries=pruned)
 
     async def _heartbeat(self) -> None:
         while True:

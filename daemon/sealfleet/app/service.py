@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
 import os
 import signal
 import threading
@@ -40,6 +39,7 @@ from sealfleet.adapters.http_api import ApiDeps, ApiServer, InventoryView, build
 from sealfleet.adapters.store import KeyEncryptionKey, Store
 from sealfleet.adapters.systemd import Notifier
 from sealfleet.app.config import Settings, load_settings
+from sealfleet.app.fleet import FleetManager
 from sealfleet.app.logging import configure_logging, redacted_settings
 from sealfleet.domain.staleness import StalenessPolicy
 from sealfleet.errors import ConfigError, FleetError
@@ -51,14 +51,17 @@ _HARD_EXIT_GRACE = 5.0      # seconds past the shutdown budget before os._exit
 
 
 class Fleet(Protocol):
-    """What the service needs of the fleet manager (contracts §3)."""
+    """What the service needs of the fleet manager (``app/fleet.FleetManager``)."""
 
-    first_pass_done: asyncio.Event
-    progress: int
-    changes: int
+    first_pass_done: asyncio.Event   # every cluster scanned once or marked unreachable
+    progress: int                    # moves while the fleet works: feeds the watchdog
+    changes: int                     # moves when the inventory changed: report rebuilt
+
+    @property
+    def attribution_backlog(self) -> int: ...  # items waiting for RSA right now
 
     async def run(self) -> None: ...
-    def apply_settings(self, settings: Any) -> Any: ...
+    async def apply_settings(self, settings: Settings) -> None: ...
 
 
 FleetFactory = Callable[[Settings, Store, ThreadPoolExecutor], Fleet]
@@ -66,8 +69,6 @@ FleetFactory = Callable[[Settings, Store, ThreadPoolExecutor], Fleet]
 
 def default_fleet_factory(settings: Settings, store: Store,
                           executor: ThreadPoolExecutor) -> Fleet:
-    from sealfleet.app.fleet import FleetManager
-
     return FleetManager(settings, store, executor=executor)
 
 
@@ -87,15 +88,6 @@ def read_token(path: Path | None) -> bytes | None:
     if len(token) < 16:
         raise ConfigError(f"{path}: token is shorter than 16 characters")
     return token
-
-
-def _backlog(fleet: Fleet) -> Callable[[], int | None]:
-    def read() -> int | None:
-        value = getattr(fleet, "attribution_backlog", None)
-        if callable(value):
-            value = value()
-        return value if isinstance(value, int) else None
-    return read
 
 
 async def _forget_unconfigured(store: Store, settings: Settings) -> None:
@@ -164,7 +156,6 @@ class Service:
                 store = await stack.enter_async_context(
                     Store.open(settings.store.database, kek=kek))
                 self.migrations_applied = True
-                await store.set_fleet_master(list(settings.fleet.master_keys))
                 await _forget_unconfigured(store, settings)
                 executor = ThreadPoolExecutor(os.cpu_count() or 1, thread_name_prefix="rsa")
                 stack.callback(executor.shutdown, wait=True, cancel_futures=True)
@@ -175,13 +166,13 @@ class Service:
                 deps = ApiDeps(view=view, store=store, readiness=self.readiness,
                                read_token=read_token(settings.api.read_token_file),
                                admin_token=read_token(settings.api.admin_token_file),
-                               attribution_backlog=_backlog(fleet))
+                               attribution_backlog=lambda: fleet.attribution_backlog)
                 budget = settings.service.shutdown_timeout.total_seconds()
                 self.api = await stack.enter_async_context(ApiServer(
                     build_app(deps), socket_path=settings.api.socket,
                     listen=settings.api.listen_address, shutdown_timeout=budget / 4))
                 notify.status("scanning clusters")
-                await self._run_tasks(store)
+                await self._run_tasks()
         finally:
             if self._install_signals:
                 for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
@@ -193,7 +184,7 @@ class Service:
             raise FleetError("service is not running")
         return self.fleet, self.view
 
-    async def _run_tasks(self, store: Store) -> None:
+    async def _run_tasks(self) -> None:
         fleet, view = self._parts()
         async with asyncio.TaskGroup() as group:
             def spawn(name: str, coro: Coroutine[Any, Any, None], *, eternal: bool = True,
@@ -205,7 +196,7 @@ class Service:
             spawn("api-snapshot", view.run_refresher())
             spawn("readiness", self._readiness(), eternal=False)
             spawn("watchdog", self._watchdog())
-            spawn("reload", self._reload_loop(store))
+            spawn("reload", self._reload_loop())
             spawn("stop-watcher", self._stop_watcher(), eternal=False)
 
     async def _guard(self, name: str, coro: Awaitable[None], eternal: bool) -> None:
@@ -278,13 +269,13 @@ class Service:
                 self._notifier.status(status)
                 last_status = status
 
-    async def _reload_loop(self, store: Store) -> None:
+    async def _reload_loop(self) -> None:
         while True:
             await self.reload_requested.wait()
             self.reload_requested.clear()
-            await self._reload(store)
+            await self._reload()
 
-    async def _reload(self, store: Store) -> None:
+    async def _reload(self) -> None:
         fleet, view = self._parts()
         path = self.settings.config_path
         if path is None:
@@ -303,12 +294,8 @@ class Service:
                 log.warning("config_change_needs_restart", section=section)
         if old.logging != new.logging:
             configure_logging(level=new.logging.level, fmt=new.logging.format)
-        result = fleet.apply_settings(new)
-        if inspect.isawaitable(result):
-            await result
+        await fleet.apply_settings(new)
         view.set_policy(policy_of(new), new.fleet.master_keys)
-        if old.fleet.master_keys != new.fleet.master_keys:
-            await store.set_fleet_master(list(new.fleet.master_keys))
         self.settings = new
         self.reloads += 1
         added = sorted({c.name for c in new.clusters} - {c.name for c in old.clusters})

@@ -21,6 +21,8 @@ import datetime as dt
 from collections.abc import Collection, Mapping, Sequence
 from typing import Any, Protocol, TypeVar
 
+from sealfleet.domain.keys import most_recent_key
+
 
 class Dated(Protocol):
     """What ordering needs of a key: its name and when its certificate became valid."""
@@ -81,13 +83,9 @@ def sealing_times(metadata: Mapping[str, Any]) -> tuple[dt.datetime, ...]:
 
 
 def newest_at(keys: Sequence[K], when: dt.datetime) -> K | None:
-    """The key a sealer would have used at *when*: latest NotBefore not after it
-    (the first such in *keys* on a tie)."""
-    best: K | None = None
-    for key in keys:
-        if key.not_before <= when and (best is None or key.not_before > best.not_before):
-            best = key
-    return best
+    """The key a sealer would have used at *when*: the most recent of those valid by
+    then (the first such in *keys* on a tie)."""
+    return most_recent_key(key for key in keys if key.not_before <= when)
 
 
 def by_sealing_time(keys: Sequence[K], times: Sequence[dt.datetime]) -> list[K]:

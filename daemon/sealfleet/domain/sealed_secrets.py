@@ -191,13 +191,20 @@ def seal_secret(secret: Mapping[str, Any], public_key: rsa.RSAPublicKey, *,
 
 
 def encrypted_items(sealed: Mapping[str, Any]) -> dict[str, str]:
+    """``spec.encryptedData`` as item -> base64 ciphertext: the one reader of it (the CLI
+    and the inventory alike).  InputError names the field or item, never a value."""
     spec = sealed.get("spec") or {}
     if not isinstance(spec, Mapping):
         raise InputError("spec is not a mapping")
     encrypted = spec.get("encryptedData") or {}
     if not isinstance(encrypted, Mapping):
         raise InputError("spec.encryptedData is not a mapping")
-    return {str(k): str(v) for k, v in encrypted.items()}
+    values: dict[str, str] = {}
+    for item, value in encrypted.items():
+        if not isinstance(value, str):
+            raise InputError(f"item {str(item)!r}: value is not a string")
+        values[str(item)] = value
+    return values
 
 
 def decode_item(item: str, value: str) -> bytes:

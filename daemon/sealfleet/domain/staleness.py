@@ -12,6 +12,8 @@ from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from sealfleet.domain.keys import SealingKeySource, most_recent_key
+
 
 class SecretState(enum.StrEnum):
     """Per-SealedSecret verdict, most severe first (the first that applies wins)."""
@@ -23,21 +25,36 @@ class SecretState(enum.StrEnum):
     CURRENT = "current"          # every item is sealed with the cluster's sealing key
 
 
-def classify(item_keys: Sequence[str | None], *, sealing_key: str | None,
-             compromised: Collection[str], synced: bool | None) -> SecretState:
-    """Classify one SealedSecret.
+@dataclass(frozen=True)
+class KeyContext:
+    """What a cluster's SealedSecrets are judged against: the fingerprint the cluster
+    seals with now (None until known) and the fleet's compromised keys."""
+
+    sealing_key: str | None
+    compromised: frozenset[str] = frozenset()
+
+
+def classify(item_keys: Sequence[str | None], context: KeyContext, *, synced: bool | None,
+             malformed: bool = False, verified: bool | None = None) -> SecretState:
+    """Classify one SealedSecret; the one place its state is decided.
 
     *item_keys* holds, per item, the fingerprint of the key that sealed it (None when
-    no known key opens it).  *sealing_key* is the fingerprint the cluster seals with
-    now; when it is not known yet, attributed items count as current rather than
-    guessing.  *synced* is the controller's Synced condition (None when unreported).
+    no known key opens it).  When the sealing key is not known yet, attributed items
+    count as current rather than guessing.  *synced* is the controller's Synced
+    condition (None when unreported).  A *malformed* object is ``unknown`` unless an
+    item it still has is sealed with a compromised key.  *verified* is the controller's
+    ``/v1/verify`` answer for objects no known key opens (least-privilege mode): False
+    means the controller itself cannot decrypt it, so it is ``failing``.
     """
-    if any(key is not None and key in compromised for key in item_keys):
+    if any(key is not None and key in context.compromised for key in item_keys):
         return SecretState.COMPROMISED
+    if malformed:
+        return SecretState.UNKNOWN
     if synced is False:
         return SecretState.FAILING
     if any(key is None for key in item_keys):
-        return SecretState.UNKNOWN
+        return SecretState.FAILING if verified is False else SecretState.UNKNOWN
+    sealing_key = context.sealing_key
     if sealing_key is not None and any(key != sealing_key for key in item_keys):
         return SecretState.STALE
     return SecretState.CURRENT
@@ -102,12 +119,11 @@ def resolve_sealing_key(cluster: ClusterFacts,
                         keys: Mapping[str, KeyFacts]) -> tuple[str | None, str | None]:
     """(fingerprint, source): the served certificate, else the newest active NotBefore."""
     if cluster.sealing_key:
-        return cluster.sealing_key, cluster.sealing_key_source or "cert.pem"
-    candidates = [keys[f] for f in cluster.active_keys if f in keys]
-    if not candidates:
+        return cluster.sealing_key, cluster.sealing_key_source or SealingKeySource.CERT_PEM
+    newest = most_recent_key(keys[f] for f in cluster.active_keys if f in keys)
+    if newest is None:
         return None, None
-    newest = max(candidates, key=lambda k: (k.not_before, k.fingerprint))
-    return newest.fingerprint, "newest-active"
+    return newest.fingerprint, SealingKeySource.NEWEST_ACTIVE
 
 
 def sealing_key_verdict(key: KeyFacts, policy: StalenessPolicy,

@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-import datetime as dt
-from types import SimpleNamespace
-
 import pytest
 
 from sealfleet.adapters import retry
 from sealfleet.errors import PermanentError, TransientError
 
+POLICY = retry.BackoffPolicy(initial=1.0, cap=300.0)
+POLICY_FAST = retry.BackoffPolicy(initial=0.1, cap=300.0)
+
 
 def test_step_doubles_up_to_the_cap() -> None:
-    policy = retry.BackoffPolicy(initial=1.0, multiplier=2.0, cap=10.0)
+    policy = retry.BackoffPolicy(initial=1.0, cap=10.0, multiplier=2.0)
     assert [policy.step(n) for n in range(1, 7)] == [1.0, 2.0, 4.0, 8.0, 10.0, 10.0]
     assert policy.step(10_000) == 10.0  # no overflow on very long outages
 
@@ -26,19 +26,11 @@ def test_full_jitter_spans_zero_to_the_step() -> None:
 
 
 def test_retry_after_is_a_floor_and_reset_starts_over() -> None:
-    backoff = retry.Backoff(retry.BackoffPolicy(initial=1.0), rng=lambda: 0.5)
+    backoff = retry.Backoff(POLICY, rng=lambda: 0.5)
     assert backoff.delay_for(TransientError("busy", retry_after=7.0)) == 7.0
     assert backoff.next_delay() == 1.0  # second failure: 0.5 * 2
     backoff.reset()
     assert backoff.next_delay() == 0.5
-
-
-def test_policy_reads_the_fleet_settings() -> None:
-    settings = SimpleNamespace(fleet=SimpleNamespace(
-        backoff_initial=dt.timedelta(seconds=2), backoff_max=dt.timedelta(minutes=1)))
-    assert retry.BackoffPolicy.from_settings(settings) == retry.BackoffPolicy(initial=2.0,
-                                                                              cap=60.0)
-    assert retry.BackoffPolicy.from_settings(SimpleNamespace()) == retry.BackoffPolicy()
 
 
 async def test_retry_call_retries_transient_errors_and_honours_retry_after() -> None:
@@ -55,7 +47,7 @@ async def test_retry_call_retries_transient_errors_and_honours_retry_after() -> 
     async def sleep(delay: float) -> None:
         slept.append(delay)
 
-    result = await retry.retry_call(flaky, policy=retry.BackoffPolicy(initial=0.1), sleep=sleep)
+    result = await retry.retry_call(flaky, policy=POLICY_FAST, sleep=sleep)
     assert result == "ok"
     assert calls == 3
     assert slept == [5.0, 5.0]
@@ -73,7 +65,7 @@ async def test_retry_call_gives_up_after_attempts_and_never_retries_permanent() 
         return None
 
     with pytest.raises(TransientError):
-        await retry.retry_call(always_busy, policy=retry.BackoffPolicy(), attempts=3,
+        await retry.retry_call(always_busy, policy=POLICY, attempts=3,
                                sleep=no_sleep)
     assert calls == 3
 
@@ -81,4 +73,4 @@ async def test_retry_call_gives_up_after_attempts_and_never_retries_permanent() 
         raise PermanentError("forbidden")
 
     with pytest.raises(PermanentError):
-        await retry.retry_call(broken, policy=retry.BackoffPolicy(), sleep=no_sleep)
+        await retry.retry_call(broken, policy=POLICY, sleep=no_sleep)

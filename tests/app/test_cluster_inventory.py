@@ -1,4 +1,5 @@
-"""Parsing SealedSecrets for the inventory: never raises, names what is wrong, keeps the rest."""
+"""Parsing SealedSecrets for the inventory (``domain/observed``): never raises, names what
+is wrong, keeps the rest; the cluster inventory records a malformed one once."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ from typing import Any
 
 import pytest
 
-from sealfleet.app import inventory
+from sealfleet.app.cluster import inventory
+from sealfleet.domain import observed
 from sealfleet.domain.attribution import item_hash
 from sealfleet.domain.keys import SealingKey
 from sealfleet.domain.scopes import Scope
@@ -29,7 +31,7 @@ def sealed(rsa2048_keys: list[SealingKey]) -> dict[str, Any]:
 
 def test_a_well_formed_sealed_secret_yields_items_hashed_with_their_label(
         sealed: dict[str, Any]) -> None:
-    parsed = inventory.parse(sealed)
+    parsed = observed.parse(sealed)
     assert parsed.malformed_reason is None
     assert parsed.ref == ("apps", "db")
     assert (parsed.uid, parsed.resource_version, parsed.generation) == ("u-1", "42", 3)
@@ -48,9 +50,9 @@ def test_when_it_was_sealed_comes_from_creation_and_the_last_spec_write(
         "managedFields": [{"manager": "kubeseal", "operation": "Update",
                            "time": "2026-04-01T12:00:00Z", "fieldsType": "FieldsV1",
                            "fieldsV1": {"f:spec": {"f:encryptedData": {}}}}]}}
-    assert inventory.parse(document).sealed_at == (
+    assert observed.parse(document).sealed_at == (
         dt.datetime(2026, 4, 1, 12, tzinfo=dt.UTC), dt.datetime(2026, 2, 1, tzinfo=dt.UTC))
-    assert inventory.parse(sealed).sealed_at == ()  # no timestamps: no time prior
+    assert observed.parse(sealed).sealed_at == ()  # no timestamps: no time prior
 
 
 @pytest.mark.parametrize(("mutate", "reason"), [
@@ -65,7 +67,7 @@ def test_structurally_malformed_objects_get_a_reason_and_no_items(
     document = {**sealed, "metadata": dict(sealed["metadata"]),
                 "spec": {**sealed["spec"], "encryptedData": dict(sealed["spec"]["encryptedData"])}}
     mutate(document)
-    parsed = inventory.parse(document)
+    parsed = observed.parse(document)
     assert parsed.malformed_reason is not None
     assert reason in parsed.malformed_reason
     assert parsed.items == []
@@ -75,7 +77,7 @@ def test_a_bad_item_is_named_and_the_good_items_are_kept(sealed: dict[str, Any])
     garbage = base64.b64encode(b"not a sealed value").decode()
     document = {**sealed, "spec": {**sealed["spec"], "encryptedData": {
         **sealed["spec"]["encryptedData"], "broken": garbage, "notb64": "%%%"}}}
-    parsed = inventory.parse(document)
+    parsed = observed.parse(document)
     assert parsed.malformed_reason is not None
     assert "'broken': not a sealed value" in parsed.malformed_reason
     assert "'notb64': not valid base64" in parsed.malformed_reason
@@ -85,7 +87,7 @@ def test_a_bad_item_is_named_and_the_good_items_are_kept(sealed: dict[str, Any])
 
 def test_malformed_entries_stay_unknown_and_queue_one_record(sealed: dict[str, Any]) -> None:
     cluster = inventory.ClusterInventory("c1")
-    parsed = inventory.parse({**sealed, "spec": None})
+    parsed = observed.parse({**sealed, "spec": None})
     cluster.note_malformed(parsed, dt.datetime.now(dt.UTC))
     pending = cluster.take_pending()
     assert [r.state for r in pending.upserts] == [SecretState.UNKNOWN]

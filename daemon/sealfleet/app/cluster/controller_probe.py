@@ -1,0 +1,92 @@
+"""Probing a cluster's sealed-secrets controller for the key it seals with.
+
+``/v1/cert.pem`` through the service proxy is the truth; when the controller cannot
+be reached (no ready replica, no Service, crash loop) the sealing key falls back to
+the controller's own rule over the key Secrets the cluster holds.  A down controller
+is not a down cluster: the problem is kept in the cluster's state (and its status),
+while a broken apiserver is noticed by the lists and watches.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+import structlog
+
+from sealfleet.adapters.kube import controller
+from sealfleet.adapters.kube.client import Gone, KubeClient, NotFound
+from sealfleet.app.cluster import status
+from sealfleet.app.cluster.state import ClusterState, Deps
+from sealfleet.domain.keys import SealingKeySource, most_recent_key
+from sealfleet.errors import PermanentError, TransientError
+
+log = structlog.get_logger(__name__)
+
+POLL_INTERVAL = 60.0    # seconds between cert.pem checks between key events
+
+
+class ControllerProbe:
+    def __init__(self, state: ClusterState, deps: Deps, *,
+                 on_sealing_key_changed: Callable[[], None]) -> None:
+        self._state = state
+        self._deps = deps
+        self._on_sealing_key_changed = on_sealing_key_changed
+
+    async def poll(self, client: KubeClient) -> None:
+        while True:
+            await asyncio.sleep(POLL_INTERVAL)
+            self._deps.on_progress()
+            await self.probe(client)
+
+    async def probe(self, client: KubeClient) -> None:
+        """Learn the sealing key: ``/v1/cert.pem``, else the newest active key held."""
+        state = self._state
+        namespace, name = state.cluster.controller_namespace, state.cluster.controller_name
+        fingerprint: str | None = None
+        source: SealingKeySource | None = None
+        problem: str | None = None
+        try:
+            deployment = await controller.read_deployment(client, namespace, name)
+            if not deployment.available:
+                problem = f"deployment {namespace}/{name} has no ready replicas"
+            state.proxy = await controller.proxy_name(client, namespace, name)
+            certificate = await controller.fetch_certificate(client, namespace, state.proxy)
+        except Gone:
+            raise
+        except (NotFound, TransientError, PermanentError) as error:
+            problem = str(error)
+        else:
+            fingerprint, source = certificate.fingerprint, SealingKeySource.CERT_PEM
+            if not state.cluster.read_key_secrets:
+                await self._deps.keystore.record_certificate(certificate)
+        if fingerprint is None:
+            fingerprint = self._newest_active_key()
+            source = SealingKeySource.NEWEST_ACTIVE if fingerprint else None
+        await self._note(fingerprint, source, problem)
+
+    def _newest_active_key(self) -> str | None:
+        held = [k for k in self._state.holdings.values() if k.active]
+        newest = most_recent_key(held, created=lambda k: k.creation_timestamp)
+        return newest.fingerprint if newest else None
+
+    async def _note(self, fingerprint: str | None, source: SealingKeySource | None,
+                    problem: str | None) -> None:
+        state = self._state
+        if problem != state.controller_problem:
+            if problem is not None:
+                log.warning("controller_unavailable", error=problem, sealing_key_source=source)
+            else:
+                log.info("controller_recovered")
+        changed_problem = problem != state.controller_problem
+        state.controller_problem = problem
+        changed_key = fingerprint != state.sealing_key
+        if not changed_key and source == state.sealing_key_source and not changed_problem:
+            return
+        state.sealing_key, state.sealing_key_source = fingerprint, source
+        if state.reachable is not None:
+            await status.record(state, self._deps)
+        if changed_key:
+            log.info("sealing_key_changed", sealing_key=fingerprint, source=source)
+            self._on_sealing_key_changed()
+        self._deps.on_change()

@@ -1,0 +1,47 @@
+"""A cluster's reachability and scan outcome: kept in :class:`ClusterState`, recorded in
+the store, logged on change only (once on failure, once on recovery)."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import structlog
+
+from sealfleet.app.cluster.state import ClusterState, Deps
+from sealfleet.errors import FleetError
+
+log = structlog.get_logger(__name__)
+
+
+async def record(state: ClusterState, deps: Deps, *,
+                 scan_duration_ms: int | None = None) -> None:
+    """Write the cluster's status row (a scan time only when a scan just finished)."""
+    await deps.store.record_cluster_status(
+        state.name, reachable=state.reachable is not False, last_error=state.last_error,
+        last_scan_at=dt.datetime.now(dt.UTC) if scan_duration_ms is not None else None,
+        scan_duration_ms=scan_duration_ms, sealing_key=state.sealing_key,
+        sealing_key_source=state.sealing_key_source)
+
+
+async def mark_failed(state: ClusterState, deps: Deps, error: FleetError) -> None:
+    message = str(error)
+    if state.reachable is not False:
+        log.warning("cluster_unreachable", error=message, error_kind=type(error).__name__)
+    state.reachable, state.last_error = False, message
+    await deps.store.record_cluster_status(
+        state.name, reachable=False, last_error=message, last_scan_at=None,
+        scan_duration_ms=None, sealing_key=state.sealing_key,
+        sealing_key_source=state.sealing_key_source)
+    state.first_pass.set()
+    deps.on_change()
+
+
+async def mark_scanned(state: ClusterState, deps: Deps, duration_ms: int) -> None:
+    if state.reachable is False:
+        log.info("cluster_recovered", previous_error=state.last_error)
+    log.info("cluster_scanned", duration_ms=duration_ms, sealed_secrets=len(state.inventory),
+             sealing_key=state.sealing_key, sealing_key_source=state.sealing_key_source)
+    state.reachable, state.last_error = True, None
+    await record(state, deps, scan_duration_ms=duration_ms)
+    state.first_pass.set()
+    deps.on_change()

@@ -1,0 +1,159 @@
+"""One cluster's worker: the connection loop that keeps its slice of the inventory current.
+
+A session (one connection) scans, then follows the cluster:
+
+1. the key Secrets (:mod:`key_secret_observer`), unless in least-privilege mode;
+2. the controller (:mod:`controller_probe`): which key it seals with;
+3. the SealedSecrets (:mod:`sealed_secret_observer`): resumed or listed, then watched;
+4. then every follower at once in one TaskGroup, with the write-behind, the verifier
+   (least-privilege mode) and the resync timer, until ``resync_interval`` calls for a
+   fresh list or an error ends the session.
+
+Errors end the session, never the worker: the cluster is marked unreachable with its
+last error (logged once on failure and once on recovery), waits with jittered
+exponential backoff, and starts a new session.  A malformed object is recorded with its
+reason; it never ends anything.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Coroutine
+from typing import Any
+
+import structlog
+
+from sealfleet.adapters import retry
+from sealfleet.adapters.kube.client import KubeClient
+from sealfleet.app.cluster import status
+from sealfleet.app.cluster.controller_probe import ControllerProbe
+from sealfleet.app.cluster.inventory import ClusterInventory
+from sealfleet.app.cluster.key_secret_observer import KeySecretObserver
+from sealfleet.app.cluster.sealed_secret_observer import SealedSecretObserver
+from sealfleet.app.cluster.state import ClusterState, Deps
+from sealfleet.app.cluster.verifier import Verifier
+from sealfleet.app.cluster.write_behind import WriteBehind
+from sealfleet.app.config import ClusterSettings
+from sealfleet.errors import FleetError, TransientError, first_error
+
+log = structlog.get_logger(__name__)
+
+
+class _ResyncDue(Exception):
+    """Internal: the resync interval has passed; end the session and list again."""
+
+
+class ClusterWorker:
+    """Keeps one cluster's inventory current; :meth:`run` never returns."""
+
+    def __init__(self, cluster: ClusterSettings, deps: Deps, *,
+                 load_gate: asyncio.Semaphore) -> None:
+        self.state = ClusterState(cluster=cluster, inventory=ClusterInventory(cluster.name))
+        self._deps = deps
+        self._load_gate = load_gate
+        self._writer = WriteBehind(self.state, deps)
+        self._sealed = SealedSecretObserver(self.state, deps, self._writer)
+        self._controller = ControllerProbe(self.state, deps,
+                                           on_sealing_key_changed=self._sealed.reclassify_all)
+        self._keys = KeySecretObserver(self.state, deps, after_change=self._controller.probe)
+        self._verifier = Verifier(self.state, deps)
+
+    # What the fleet manager, the tests and the benchmarks read of a worker.
+    @property
+    def name(self) -> str:
+        return self.state.name
+
+    @property
+    def first_pass(self) -> asyncio.Event:
+        return self.state.first_pass
+
+    @property
+    def reachable(self) -> bool | None:
+        return self.state.reachable
+
+    @property
+    def last_error(self) -> str | None:
+        return self.state.last_error
+
+    @property
+    def inventory(self) -> ClusterInventory:
+        return self.state.inventory
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def run(self) -> None:
+        """Sessions forever; failures are marked, logged once, and backed off."""
+        options = self._deps.options
+        with structlog.contextvars.bound_contextvars(cluster=self.name):
+            try:
+                await self._load()
+                backoff = retry.Backoff(options.backoff)
+                while True:
+                    try:
+                        await self._session()
+                    except _ResyncDue:
+                        backoff.reset()
+                        self.state.resume = False  # the point of a resync is a fresh list
+                        continue
+                    except FleetError as error:
+                        await status.mark_failed(self.state, self._deps, error)
+                        if isinstance(error, TransientError):
+                            delay = backoff.delay_for(error)
+                        else:
+                            delay = backoff.next_delay(options.backoff.cap / 2)
+                        # Next session: try to resume the watch where it stopped.
+                        self.state.resume = True
+                        await asyncio.sleep(delay)
+            finally:
+                self._sealed.close()
+
+    async def _load(self) -> None:
+        """The stored inventory, so that unchanged objects cost nothing after a restart.
+
+        A few clusters at a time (the gate): full records are big, the entries small.
+        """
+        async with self._load_gate:
+            records = await self._deps.store.sealed_secrets_of_cluster(self.name)
+            self.state.inventory.load(records)
+            self.state.resume = bool(records)
+            del records
+        self._deps.on_progress()
+
+    async def _session(self) -> None:
+        cluster, deps = self.state.cluster, self._deps
+        async with KubeClient.connect(str(cluster.kubeconfig), cluster.context,
+                                      request_timeout=deps.options.request_timeout) as client:
+            started = time.monotonic()
+            await deps.store.upsert_cluster(
+                self.name, server=client.server,
+                controller_namespace=cluster.controller_namespace,
+                controller_name=cluster.controller_name)
+            keys_rv = await self._keys.list(client) if cluster.read_key_secrets else None
+            await self._controller.probe(client)
+            sealed_rv = await self._sealed.scan(client)
+            await self._writer.flush()
+            await status.mark_scanned(self.state, deps,
+                                      int((time.monotonic() - started) * 1000))
+            try:
+                async with asyncio.TaskGroup() as group:
+                    def spawn(task: str, coro: Coroutine[Any, Any, None]) -> None:
+                        group.create_task(coro, name=f"{self.name}:{task}")
+
+                    spawn("watch-sealedsecrets", self._sealed.follow(client, sealed_rv))
+                    if keys_rv is not None:
+                        spawn("watch-keys", self._keys.follow(client, keys_rv))
+                    spawn("controller", self._controller.poll(client))
+                    spawn("flush", self._writer.run())
+                    spawn("keystore", self._sealed.follow_keystore(client))
+                    if not cluster.read_key_secrets:
+                        spawn("verify", self._verifier.run(client))
+                    spawn("resync", self._resync_timer())
+            except BaseExceptionGroup as group_error:
+                raise first_error(group_error, prefer=(FleetError, _ResyncDue)) from None
+            finally:
+                await asyncio.shield(self._writer.flush())
+
+    async def _resync_timer(self) -> None:
+        await asyncio.sleep(self._deps.options.resync_interval)
+        raise _ResyncDue

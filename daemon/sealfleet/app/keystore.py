@@ -1,0 +1,205 @@
+"""The keystore: the one owner of every key's state in the daemon.
+
+Which private keys the fleet holds (loaded, or stored and loaded on first need), which
+keys are compromised, and which form the fleet master set.  Every change goes the same
+way: **the store first, then memory, then the subscribers** (the cluster workers, which
+retry unattributed items on a new key and reclassify on a compromised one).  Reads of
+the store that refresh memory (:meth:`Keystore.refresh`, every 30 s, for keys imported
+or marked by another process) hold the same lock as the writes, so a refresh that read
+the store before a write can never land after it and undo that write.
+
+The epoch is a digest of every known private key's fingerprint: attribution answers
+("no known key opens this item") are cached with the epoch they were computed at, and a
+new key changes the epoch so those answers stop counting.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections.abc import Iterable, Sequence
+
+import structlog
+
+from sealfleet.adapters.store import Store
+from sealfleet.adapters.store.records import KeyMaterial, KeyRecord
+from sealfleet.domain.key_secrets import KeySecret
+from sealfleet.domain.keys import Certificate, KeySource, KeyState, SealingKey
+from sealfleet.errors import InputError
+
+log = structlog.get_logger(__name__)
+
+
+def keys_epoch(fingerprints: Iterable[str]) -> int:
+    """A stable number naming a set of keys (fits SQLite's signed 64-bit integers)."""
+    digest = hashlib.sha256("\n".join(sorted(set(fingerprints))).encode()).digest()
+    return int.from_bytes(digest[:7], "big")
+
+
+class Keystore:
+    """Key state for the whole daemon; see the module docstring for the write order."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self._loaded: dict[str, SealingKey] = {}
+        self._stored: set[str] = set()       # private key in the store, not loaded yet
+        self.epoch = keys_epoch(())
+        self.compromised: frozenset[str] = frozenset()
+        self.master: frozenset[str] = frozenset()
+        self._subscribers: list[asyncio.Event] = []
+        self._state_lock = asyncio.Lock()    # store read/write + memory update, as one
+        self._load_lock = asyncio.Lock()
+
+    # ------------------------------------------------------------ subscribers
+
+    def subscribe(self) -> asyncio.Event:
+        """An event set whenever the key set or the compromised set changes."""
+        event = asyncio.Event()
+        self._subscribers.append(event)
+        return event
+
+    def unsubscribe(self, event: asyncio.Event) -> None:
+        if event in self._subscribers:
+            self._subscribers.remove(event)
+
+    def _notify(self) -> None:
+        for event in self._subscribers:
+            event.set()
+
+    def _keys_changed(self) -> None:
+        self.epoch = keys_epoch(self.fingerprints())
+        self._notify()
+
+    # ------------------------------------------------------------ reads (memory)
+
+    def fingerprints(self) -> set[str]:
+        """Every key whose private half the fleet holds (loaded or not)."""
+        return set(self._loaded) | self._stored
+
+    def __contains__(self, fingerprint: object) -> bool:
+        return fingerprint in self._loaded or fingerprint in self._stored
+
+    def __len__(self) -> int:
+        return len(self.fingerprints())
+
+    def get(self, fingerprint: str) -> SealingKey | None:
+        """A loaded key (None when unknown or not loaded yet)."""
+        return self._loaded.get(fingerprint)
+
+    def loaded_keys(self) -> list[SealingKey]:
+        """The loaded keys."""
+        return list(self._loaded.values())
+
+    # ------------------------------------------------------------ writes
+
+    async def refresh(self) -> bool:
+        """Re-read the store (keys imported or marked elsewhere); True when the
+        compromised set changed."""
+        async with self._state_lock:
+            records = await self._store.list_keys()
+            new = {r.fingerprint for r in records if r.has_private_key} - self.fingerprints()
+            if new:
+                self._stored |= new
+                self._keys_changed()
+            return self._set_compromised(
+                r.fingerprint for r in records if r.state == KeyState.COMPROMISED)
+
+    async def set_master(self, fingerprints: Sequence[str]) -> None:
+        """The configured fleet master set: store, then memory."""
+        async with self._state_lock:
+            await self._store.set_fleet_master(list(fingerprints))
+            self.master = frozenset(fingerprints)
+
+    async def mark_compromised(self, fingerprints: Iterable[str]) -> bool:
+        """Mark keys compromised (never undone here); True when the set grew."""
+        marked = frozenset(fingerprints)
+        if marked <= self.compromised:
+            return False
+        async with self._state_lock:
+            for fingerprint in sorted(marked - self.compromised):
+                await self._store.set_key_state(fingerprint, KeyState.COMPROMISED,
+                                                actor="sealfleet",
+                                                reason="labelled compromised in a cluster")
+            return self._set_compromised(self.compromised | marked)
+
+    def _set_compromised(self, fingerprints: Iterable[str]) -> bool:
+        compromised = frozenset(fingerprints)
+        if compromised == self.compromised:
+            return False
+        self.compromised = compromised
+        self._notify()
+        return True
+
+    async def observe_key_secrets(self, secrets: Sequence[KeySecret]) -> list[SealingKey]:
+        """Key Secrets seen in a cluster: their public facts recorded (a ``compromised``
+        label counts fleet-wide at once), private keys new to the fleet loaded off the
+        loop and stored encrypted.  Returns the keys new to the fleet."""
+        if not secrets:
+            return []
+        async with self._state_lock:
+            await self._store.upsert_keys([KeyRecord(
+                fingerprint=s.fingerprint, not_before=s.not_before, not_after=s.not_after,
+                source=KeySource.CLUSTER,
+                state=KeyState.COMPROMISED if s.compromised else KeyState.ACTIVE,
+                has_private_key=True,
+                certificate_pem=s.certificate.pem.decode() if s.certificate else None)
+                for s in secrets])
+            self._set_compromised(self.compromised
+                                  | {s.fingerprint for s in secrets if s.compromised})
+        loaded: list[SealingKey] = []
+        for secret in secrets:
+            if secret.fingerprint in self._loaded:
+                continue
+            try:
+                loaded.append(await asyncio.to_thread(secret.load))  # milliseconds
+            except InputError as error:
+                log.warning("key_secret_unreadable", secret=secret.name, error=str(error))
+        return await self.adopt(loaded, source=KeySource.CLUSTER)
+
+    async def adopt(self, keys: Sequence[SealingKey], *, source: KeySource) -> list[SealingKey]:
+        """Take private keys into fleet custody: stored encrypted (those new to the
+        store), then known in memory.  Returns the keys new to the fleet."""
+        async with self._load_lock:
+            new_to_store = [k for k in keys if k.fingerprint not in self]
+            if new_to_store:
+                await self._store.store_key_material(
+                    [KeyMaterial(key=k, source=source) for k in new_to_store])
+            return self._add_loaded(keys)
+
+    def _add_loaded(self, keys: Iterable[SealingKey]) -> list[SealingKey]:
+        known = self.fingerprints()
+        new = []
+        for key in keys:
+            if key.fingerprint not in self._loaded:
+                self._loaded[key.fingerprint] = key
+                self._stored.discard(key.fingerprint)
+                if key.fingerprint not in known:
+                    new.append(key)
+        if new:
+            self._keys_changed()
+            log.info("keys_learned", fingerprints=[k.fingerprint for k in new])
+        return new
+
+    async def record_certificate(self, certificate: Certificate) -> None:
+        """A sealing certificate whose private key the fleet does not hold (least
+        privilege): its public facts still date the cluster's sealing key."""
+        if certificate.fingerprint in self:
+            return
+        await self._store.upsert_keys([KeyRecord(
+            fingerprint=certificate.fingerprint, not_before=certificate.not_before,
+            not_after=certificate.not_after, source=KeySource.CERT_ONLY,
+            certificate_pem=certificate.pem.decode())])
+
+    async def materialize(self) -> None:
+        """Load the stored private keys not loaded yet (called before any RSA)."""
+        async with self._load_lock:
+            if not self._stored:
+                return
+            wanted = set(self._stored)
+            for key in await self._store.load_private_keys():
+                self._loaded.setdefault(key.fingerprint, key)
+            missing = wanted - set(self._loaded)
+            self._stored.clear()
+            if missing:
+                log.warning("stored_keys_missing", fingerprints=sorted(missing))
+                self._keys_changed()

@@ -1,0 +1,127 @@
+"""A SealedSecret as observed in a cluster, reduced to what the inventory needs.
+
+Parsing is strict about shape and lenient about content: anything that is not a
+well-formed SealedSecret yields a ``malformed_reason`` naming the field or item (never
+a value), and the object is recorded with state ``unknown`` and no items.  Pure: the
+cluster observers call :func:`parse` on every changed object of a list or watch.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import datetime as dt
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from sealfleet.domain import hybrid
+from sealfleet.domain.attribution import item_hash
+from sealfleet.domain.likely_keys import sealing_times
+from sealfleet.domain.scopes import Scope
+from sealfleet.domain.sealed_secrets import ciphertext_fingerprint, encrypted_items, identity_of
+from sealfleet.errors import FleetError
+
+Ref = tuple[str, str]  # (namespace, name)
+LEGACY_ITEM = "spec.data"
+_MAX_MESSAGE = 300
+
+
+def ref_of(obj: Mapping[str, Any]) -> Ref:
+    metadata = obj.get("metadata")
+    if not isinstance(metadata, Mapping):
+        return ("", "")
+    # Namespaces repeat across thousands of objects: one string each in memory.
+    return (sys.intern(str(metadata.get("namespace") or "")), str(metadata.get("name") or ""))
+
+
+@dataclass
+class Parsed:
+    """One SealedSecret object reduced to what the inventory needs."""
+
+    ref: Ref
+    uid: str
+    resource_version: str
+    generation: int
+    scope: Scope = Scope.STRICT
+    ciphertext_fingerprint: str = ""
+    label: bytes = b""
+    items: list[tuple[str, str, str]] = field(default_factory=list)  # (item, hash, ciphertext)
+    synced: bool | None = None
+    synced_message: str | None = None
+    malformed_reason: str | None = None
+    sealed_at: tuple[dt.datetime, ...] = ()  # when its items were likely sealed
+
+
+def parse(obj: Mapping[str, Any]) -> Parsed:
+    """Parse one SealedSecret; never raises (problems go to ``malformed_reason``)."""
+    metadata = obj.get("metadata")
+    metadata = metadata if isinstance(metadata, Mapping) else {}
+    generation = metadata.get("generation")
+    result = Parsed(ref=ref_of(obj), uid=str(metadata.get("uid") or ""),
+                    resource_version=str(metadata.get("resourceVersion") or ""),
+                    generation=generation if isinstance(generation, int) else 0,
+                    sealed_at=sealing_times(metadata))
+    try:
+        _parse_status(obj, result)
+        _parse_spec(obj, result)
+    except (FleetError, ValueError, TypeError, AttributeError) as error:
+        result.malformed_reason = str(error)[:_MAX_MESSAGE] or type(error).__name__
+        result.items = []
+    return result
+
+
+def _parse_status(obj: Mapping[str, Any], result: Parsed) -> None:
+    status = obj.get("status")
+    if not isinstance(status, Mapping):
+        return
+    for condition in status.get("conditions") or []:
+        if isinstance(condition, Mapping) and condition.get("type") == "Synced":
+            value = condition.get("status")
+            result.synced = True if value == "True" else False if value == "False" else None
+            message = condition.get("message")
+            result.synced_message = str(message)[:_MAX_MESSAGE] if message else None
+
+
+def _parse_spec(obj: Mapping[str, Any], result: Parsed) -> None:
+    if not isinstance(obj.get("metadata"), Mapping):
+        raise ValueError("metadata is missing or not a mapping")
+    if not result.ref[0] or not result.ref[1]:
+        raise ValueError("metadata.namespace or metadata.name is missing")
+    spec = obj.get("spec")
+    if not isinstance(spec, Mapping):
+        raise ValueError("spec is missing or not a mapping")
+    identity = identity_of(obj)
+    result.scope, result.label = identity.scope, identity.label
+    values = encrypted_items(obj)
+    legacy = spec.get("data")
+    if legacy:
+        if values:
+            raise ValueError("uses both spec.encryptedData and spec.data")
+        if not isinstance(legacy, str):
+            raise ValueError("spec.data is not a string")
+        values[LEGACY_ITEM] = legacy
+    result.ciphertext_fingerprint = ciphertext_fingerprint(values)
+    result.items = [(item, item_hash(value, result.label), value)
+                    for item, value in sorted(values.items())]
+    # A bad item does not hide the good ones: they are still attributed, and the
+    # reason names every bad item (no key can open those; attribution skips them).
+    problems = [problem for item, value in sorted(values.items())
+                if (problem := _ciphertext_problem(item, value)) is not None]
+    if problems:
+        result.malformed_reason = "; ".join(problems)[:_MAX_MESSAGE]
+
+
+def _ciphertext_problem(item: str, value: str) -> str | None:
+    try:
+        raw = base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        return f"item {item!r}: not valid base64"
+    try:
+        hybrid.split(raw)
+    except FleetError:
+        return f"item {item!r}: not a sealed value (too short)"
+    return None
+
+

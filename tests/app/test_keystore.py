@@ -1,0 +1,87 @@
+"""The keystore owns key state: the store first, then memory, then the subscribers."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from sealfleet.adapters.store import KeyEncryptionKey, Store
+from sealfleet.adapters.store.records import KeyRecord
+from sealfleet.app.keystore import Keystore
+from sealfleet.domain import key_secrets
+from sealfleet.domain.keys import KEY_LABEL, KeySource, SealingKey, key_secret_manifest
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[Store]:
+    async with Store.open(tmp_path / "inventory.db", kek=KeyEncryptionKey(b"k" * 32)) as opened:
+        yield opened
+
+
+async def test_a_compromised_mark_is_never_undone_by_a_concurrent_refresh(
+        store: Store, rsa2048_keys: list[SealingKey]) -> None:
+    keystore = Keystore(store)
+    await keystore.adopt(rsa2048_keys, source=KeySource.IMPORTED)
+    # Enough other keys that a refresh's read of the store takes a while: a mark written
+    # (and known in memory) while that read is under way is not in the read's snapshot.
+    now = dt.datetime.now(dt.UTC)
+    await store.upsert_keys([KeyRecord(
+        fingerprint=f"SHA256:filler{i:038d}", not_before=now, not_after=now,
+        source=KeySource.CERT_ONLY) for i in range(20_000)])
+    for key in rsa2048_keys:
+        # The refresh starts first, so its read of the store predates the mark.
+        refreshing = asyncio.create_task(keystore.refresh())
+        await asyncio.sleep(0.005)
+        await keystore.mark_compromised([key.fingerprint])
+        await refreshing
+        assert key.fingerprint in keystore.compromised
+    # The store holds what memory holds: a new daemon starts with the same marks.
+    restarted = Keystore(store)
+    await restarted.refresh()
+    assert restarted.compromised == keystore.compromised == {k.fingerprint for k in rsa2048_keys}
+
+
+async def test_a_compromised_label_in_a_cluster_counts_fleet_wide_and_survives_refresh(
+        store: Store, rsa2048_keys: list[SealingKey]) -> None:
+    keystore = Keystore(store)
+    changed = keystore.subscribe()
+    key = rsa2048_keys[0]
+    manifest = key_secret_manifest(key, name="old-key")
+    manifest["metadata"]["labels"][KEY_LABEL] = "compromised"
+    seen = key_secrets.read_key_secret(manifest)
+    refreshing = asyncio.create_task(keystore.refresh())
+    new = await keystore.observe_key_secrets([seen])
+    await refreshing
+    assert [k.fingerprint for k in new] == [key.fingerprint]
+    assert keystore.compromised == {key.fingerprint}
+    assert changed.is_set()
+    await keystore.refresh()
+    assert keystore.compromised == {key.fingerprint}
+    assert key.fingerprint in keystore.fingerprints()
+
+
+async def test_stored_keys_are_known_at_once_and_loaded_only_when_needed(
+        store: Store, rsa2048_keys: list[SealingKey]) -> None:
+    await Keystore(store).adopt(rsa2048_keys[:2], source=KeySource.IMPORTED)
+    keystore = Keystore(store)
+    before = keystore.epoch
+    await keystore.refresh()
+    assert keystore.fingerprints() == {k.fingerprint for k in rsa2048_keys[:2]}
+    assert keystore.epoch != before
+    assert keystore.loaded_keys() == []          # known, not parsed yet
+    await keystore.materialize()
+    assert {k.fingerprint for k in keystore.loaded_keys()} == keystore.fingerprints()
+
+
+async def test_the_master_set_is_written_to_the_store_first(
+        store: Store, rsa2048_keys: list[SealingKey]) -> None:
+    keystore = Keystore(store)
+    await keystore.adopt(rsa2048_keys[:1], source=KeySource.IMPORTED)
+    await keystore.set_master([rsa2048_keys[0].fingerprint])
+    assert keystore.master == {rsa2048_keys[0].fingerprint}
+    records = {r.fingerprint: r for r in await store.list_keys()}
+    assert records[rsa2048_keys[0].fingerprint].fleet_master
