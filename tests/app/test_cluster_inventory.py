@@ -95,3 +95,17 @@ def test_malformed_entries_stay_unknown_and_queue_one_record(sealed: dict[str, A
     assert cluster.unchanged(sealed)  # same resourceVersion: skipped until it changes
     assert not cluster.unchanged({**sealed, "metadata": {**sealed["metadata"],
                                                          "resourceVersion": "43"}})
+
+
+def test_an_object_of_very_many_items_is_attributed_only_up_to_a_bound(
+        rsa2048_keys: list[SealingKey]) -> None:
+    secret = {"metadata": {"name": "big", "namespace": "apps"},
+              "stringData": {f"k{i:03d}": "v" for i in range(observed.MAX_ATTRIBUTED_ITEMS + 5)}}
+    document = seal_secret(secret, rsa2048_keys[0].public_key)
+    document["metadata"].update(uid="u-2", resourceVersion="7")
+    parsed = observed.parse(document)
+    assert len(parsed.items) == observed.MAX_ATTRIBUTED_ITEMS + 5
+    assert len(parsed.attributed_items) == observed.MAX_ATTRIBUTED_ITEMS
+    assert parsed.malformed_reason is not None
+    assert f"only the first {observed.MAX_ATTRIBUTED_ITEMS} are attributed" \
+        in parsed.malformed_reason

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import datetime as dt
 from collections.abc import AsyncIterator, Iterator
@@ -130,3 +131,21 @@ async def test_compromised_marks_notify_subscribers_once(store: Store,
     event.clear()
     assert not await keystore.mark_compromised([rsa2048_keys[0].fingerprint])
     assert not event.is_set()
+
+
+async def test_a_cluster_flooding_the_rsa_threads_does_not_hold_up_another(
+        store: Store, executor: ThreadPoolExecutor, rsa2048_keys: list[SealingKey]) -> None:
+    """Two objects' worth of items no key opens (each tried with every key) from one
+    cluster; another cluster's change is attributed long before the flood is done."""
+    keystore = Keystore(store)
+    await keystore.adopt(rsa2048_keys[:2], source=KeySource.IMPORTED)
+    attributor = Attributor(store, executor, keystore, threads=2)
+    flood = [sealed_group(rsa2048_keys[2], f"flood-{i}", 64) for i in range(12)]
+    flooding = asyncio.create_task(attributor.attribute(flood, owner="noisy"))
+    await asyncio.sleep(0.05)       # the flood's chunks are queued and running
+    assert attributor.backlog == 12 * 64
+    quiet = [sealed_group(rsa2048_keys[0], "db", 2)]
+    answers = await attributor.attribute(quiet, owner="quiet")
+    assert set(answers.values()) == {rsa2048_keys[0].fingerprint}
+    assert not flooding.done()
+    assert set((await flooding).values()) == {None}

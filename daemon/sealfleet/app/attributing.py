@@ -8,7 +8,9 @@ answer was computed); when a new key arrives the epoch changes and those answers
 counting, so the items are tried again with the new key.
 
 The RSA work itself runs on the executor ``service.run`` hands us (threads = cores),
-in chunks of whole SealedSecrets, so the loop never stalls.  The order keys are tried
+in chunks of whole SealedSecrets, so the loop never stalls, with the clusters taking
+turns (:mod:`fair_share`): one cluster's flood never delays the others' next change.
+The order keys are tried
 in is the domain's (:func:`attribution.attribute_sealed_secret`): the cluster's keys by
 when the SealedSecret was sealed, the key that opened its first item first for the
 rest; this module supplies the base order (the cluster's sealing key, its other keys,
@@ -19,14 +21,17 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import functools
+import os
 from collections import Counter
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
 
 import structlog
 
 from sealfleet.adapters.store import Store
+from sealfleet.app.fair_share import FairShare
 from sealfleet.app.keystore import Keystore
 from sealfleet.domain.attribution import Candidate, attribute_sealed_secret, candidate
 from sealfleet.domain.keys import SealingKey
@@ -36,9 +41,12 @@ log = structlog.get_logger(__name__)
 # Items remembered in memory (the store remembers all of them): enough for every item
 # that changes in a busy minute, a few megabytes however large the fleet.
 MEMORY_CACHE_ITEMS = 32768
-# SealedSecrets per executor job: big enough that scheduling is noise next to RSA,
-# small enough that twenty clusters share the threads fairly.
+# One executor job: whole SealedSecrets, up to this many of them or of their items
+# (whichever comes first; a bigger object is a job of its own).  Big enough that
+# scheduling is noise next to RSA (an item costs at least a millisecond), small enough
+# that the clusters take turns often (:mod:`fair_share`).
 _CHUNK_GROUPS = 16
+_CHUNK_ITEMS = 64
 
 
 @dataclass(frozen=True)
@@ -72,10 +80,12 @@ def _attribute_chunk(groups: Sequence[Sequence[ItemRequest]], candidates: Sequen
 class Attributor:
     """Answers "which key sealed this item" from memory, then the store, then RSA."""
 
-    def __init__(self, store: Store, executor: Executor, keystore: Keystore) -> None:
+    def __init__(self, store: Store, executor: Executor, keystore: Keystore, *,
+                 threads: int | None = None) -> None:
         self._store = store
-        self._executor = executor
         self._keystore = keystore
+        self._rsa: FairShare[tuple[list[tuple[str, str | None]], int]] = FairShare(
+            executor, threads or os.cpu_count() or 1)
         self._known: dict[bytes, str] = {}      # item hash -> fingerprint (never invalid)
         self._unknown: dict[bytes, int] = {}    # item hash -> epoch it was unknown at
         self._usage: Counter[str] = Counter()   # fingerprint -> items it sealed so far
@@ -124,10 +134,11 @@ class Attributor:
             known = self._candidates[key.fingerprint] = candidate(key)
         return known
 
-    async def attribute(self, groups: Sequence[Sequence[ItemRequest]], *,
+    async def attribute(self, groups: Sequence[Sequence[ItemRequest]], *, owner: str = "",
                         preferred: Sequence[str] = (),
                         likely: Collection[str] = ()) -> dict[str, str | None]:
-        """Attribute every item of *groups* (one group per SealedSecret)."""
+        """Attribute every item of *groups* (one group per SealedSecret) for *owner*
+        (a cluster: owners take turns on the RSA threads)."""
         result: dict[str, str | None] = {}
         missing: list[str] = []
         for group in groups:
@@ -150,7 +161,7 @@ class Attributor:
             return result
         await self._keystore.materialize()
         local = set(preferred) | set(likely)
-        computed = await self._run_rsa(todo, self.candidates(preferred, likely), local)
+        computed = await self._run_rsa(owner, todo, self.candidates(preferred, likely), local)
         # The epoch of the keys actually tried, not whatever it is by now.
         await self._store.put_attributions(computed, known_keys_epoch=epoch)
         for item_hash, fingerprint in computed:
@@ -158,18 +169,17 @@ class Attributor:
             self._remember(item_hash, fingerprint, epoch)
         return result
 
-    async def _run_rsa(self, groups: list[list[ItemRequest]], candidates: list[Candidate],
+    async def _run_rsa(self, owner: str, groups: list[list[ItemRequest]],
+                       candidates: list[Candidate],
                        local: Collection[str]) -> list[tuple[str, str | None]]:
         if not candidates:
             return [(r.item_hash, None) for group in groups for r in group]
-        loop = asyncio.get_running_loop()
         count = sum(len(group) for group in groups)
         self.backlog += count
         try:
-            jobs = [loop.run_in_executor(self._executor, _attribute_chunk,
-                                         groups[start:start + _CHUNK_GROUPS], candidates,
-                                         local)
-                    for start in range(0, len(groups), _CHUNK_GROUPS)]
+            jobs = [self._rsa.run(owner, functools.partial(_attribute_chunk, chunk, candidates,
+                                                           local))
+                    for chunk in _chunks(groups)]
             answers: list[tuple[str, str | None]] = []
             for answer, attempts in await asyncio.gather(*jobs):
                 answers.extend(answer)
@@ -177,3 +187,16 @@ class Attributor:
             return answers
         finally:
             self.backlog -= count
+
+
+def _chunks(groups: list[list[ItemRequest]]) -> Iterator[list[list[ItemRequest]]]:
+    chunk: list[list[ItemRequest]] = []
+    items = 0
+    for group in groups:
+        if chunk and (len(chunk) >= _CHUNK_GROUPS or items + len(group) > _CHUNK_ITEMS):
+            yield chunk
+            chunk, items = [], 0
+        chunk.append(group)
+        items += len(group)
+    if chunk:
+        yield chunk

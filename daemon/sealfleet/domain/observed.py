@@ -26,6 +26,10 @@ from sealfleet.errors import FleetError
 Ref = tuple[str, str]  # (namespace, name)
 LEGACY_ITEM = "spec.data"
 _MAX_MESSAGE = 300
+# Items of one SealedSecret that attribution tries: anyone who may create SealedSecrets
+# could otherwise buy seconds of RSA with one object of a thousand random items (each
+# tried with every key).  Real Secrets hold a few items, rarely a hundred.
+MAX_ATTRIBUTED_ITEMS = 128
 
 
 def ref_of(obj: Mapping[str, Any]) -> Ref:
@@ -52,6 +56,11 @@ class Parsed:
     synced_message: str | None = None
     malformed_reason: str | None = None
     sealed_at: tuple[dt.datetime, ...] = ()  # when its items were likely sealed
+
+    @property
+    def attributed_items(self) -> list[tuple[str, str, str]]:
+        """The items attribution tries (the rest stay unattributed; the reason says so)."""
+        return self.items[:MAX_ATTRIBUTED_ITEMS]
 
 
 def parse(obj: Mapping[str, Any]) -> Parsed:
@@ -109,6 +118,9 @@ def _parse_spec(obj: Mapping[str, Any], result: Parsed) -> None:
     # reason names every bad item (no key can open those; attribution skips them).
     problems = [problem for item, value in sorted(values.items())
                 if (problem := _ciphertext_problem(item, value)) is not None]
+    if len(values) > MAX_ATTRIBUTED_ITEMS:
+        problems.insert(0, f"{len(values)} items: only the first {MAX_ATTRIBUTED_ITEMS} are "
+                           "attributed (a bound on the RSA work one object may cost)")
     if problems:
         result.malformed_reason = "; ".join(problems)[:_MAX_MESSAGE]
 

@@ -176,12 +176,12 @@ class SealedSecretObserver:
         if not parsed:
             return
         state = self._state
-        groups = [[ItemRequest(h, c, p.label, p.sealed_at) for _, h, c in p.items]
+        groups = [[ItemRequest(h, c, p.label, p.sealed_at) for _, h, c in p.attributed_items]
                   for p in parsed]
         preferred = [state.sealing_key] if state.sealing_key else []
         held = {k.fingerprint for k in state.holdings.values()}
-        answers = await self._deps.attributor.attribute(groups, preferred=preferred,
-                                                        likely=held)
+        answers = await self._deps.attributor.attribute(groups, owner=state.name,
+                                                        preferred=preferred, likely=held)
         del groups
         now = dt.datetime.now(dt.UTC)
         context = state.key_context(self._deps.keystore)
