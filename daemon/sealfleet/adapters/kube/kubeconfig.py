@@ -20,8 +20,6 @@ the context and the faulty key, never a token or key material.
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import copy
 import dataclasses
 import logging
@@ -30,19 +28,14 @@ import ssl
 import threading
 from typing import Any
 
-import yaml  # type: ignore[import-untyped]  # PyYAML has no stubs (kubernetes-asyncio needs it)
 from kubernetes_asyncio.client import Configuration
 from kubernetes_asyncio.config.config_exception import ConfigException
 from kubernetes_asyncio.config.kube_config import KubeConfigLoader
 
+from sealfleet.adapters.kube import kubeconfig_document as document
 from sealfleet.adapters.kube import tls
 from sealfleet.domain.redaction import mask_text
-from sealfleet.errors import PermanentError
 
-# libyaml when PyYAML was built with it (its wheels are): several times the Python parser.
-_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-_MAX_MESSAGE = 200
-_NAMES_SHOWN = 5
 _CLUSTER_TLS_KEYS = ("certificate-authority", "certificate-authority-data")
 _USER_TLS_KEYS = ("client-certificate", "client-certificate-data",
                   "client-key", "client-key-data")
@@ -53,9 +46,8 @@ _USER_TLS_KEYS = ("client-certificate", "client-certificate-data",
 # stray non-JSON lines on stderr.  Whatever they say reaches us as exceptions instead.
 logging.getLogger("kubernetes_asyncio").addHandler(logging.NullHandler())
 
-
-class KubeconfigError(PermanentError):
-    """A kubeconfig file or context that cannot be used as it is."""
+# Callers catch it from here, beside the cache that raises it.
+KubeconfigError = document.KubeconfigError
 
 
 class Credentials:
@@ -83,197 +75,22 @@ class ClusterAccess:
     credentials: Credentials
 
 
-@dataclasses.dataclass(frozen=True)
-class _Document:
-    """One parsed file: each section's entries by name (the inner mapping, unchecked)."""
-
-    contexts: dict[str, object]
-    clusters: dict[str, object]
-    users: dict[str, object]
-    duplicated: frozenset[tuple[str, str]]
-    current_context: str | None
-
-
 @dataclasses.dataclass
 class _Entry:
     """The cache's slot for one file version: the document or the error it gave."""
 
     signature: tuple[int, ...]
-    document: _Document | None
+    parsed: document.Document | None
     error: str | None
     # Strong references to the TLS contexts built for this version, so reconnects reuse
     # them; a newer version of the file drops them with this entry.
     held: set[ssl.SSLContext] = dataclasses.field(default_factory=set)
 
 
-@dataclasses.dataclass(frozen=True)
-class _Selection:
-    where: str
-    name: str
-    context: dict[str, Any]
-    cluster_name: str
-    cluster: dict[str, Any]
-    user_name: str | None
-    user: dict[str, Any] | None
-    base_dir: str
-    material: tls.TlsMaterial | None = None
-    ssl_context: ssl.SSLContext | None = None
-
-
 def _signature(st: os.stat_result) -> tuple[int, ...]:
     # ctime too: an in-place rewrite of the same size within the mtime granularity, or
     # an mtime restored by a tool, still moves it.
     return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-
-
-def _kind(value: object) -> str:
-    return "nothing" if value is None else type(value).__name__
-
-
-def parse_document(data: bytes, path: str) -> _Document:
-    """The file's sections indexed by name; raises :class:`KubeconfigError`."""
-    try:
-        raw = yaml.load(data, Loader=_LOADER)  # noqa: S506  # a SafeLoader, C or Python
-    except yaml.YAMLError as exc:
-        # Not chained: a YAML error's text quotes the document, tokens and keys included.
-        raise KubeconfigError(f"kubeconfig {path}: {_yaml_problem(exc)}") from None
-    if raw is None:
-        raw = {}  # an empty file is an empty config, as for kubectl
-    if not isinstance(raw, dict):
-        raise KubeconfigError(f"kubeconfig {path}: expected a mapping at the top level, "
-                              f"not {_kind(raw)}")
-    sections: dict[str, dict[str, object]] = {}
-    duplicated: set[tuple[str, str]] = set()
-    for section, inner in (("contexts", "context"), ("clusters", "cluster"), ("users", "user")):
-        items = raw.get(section) or []
-        if not isinstance(items, list):
-            raise KubeconfigError(f"kubeconfig {path}: {section}: expected a list, "
-                                  f"not {_kind(items)}")
-        named: dict[str, object] = {}
-        for index, item in enumerate(items):
-            name = item.get("name") if isinstance(item, dict) else None
-            if not isinstance(name, str) or not name:
-                raise KubeconfigError(f"kubeconfig {path}: {section}[{index}].name: "
-                                      "expected a non-empty string")
-            if name in named:
-                duplicated.add((section, name))  # an error only for whoever uses it
-                continue
-            named[name] = item.get(inner)
-        sections[section] = named
-    current = raw.get("current-context")
-    if current is not None and not isinstance(current, str):
-        raise KubeconfigError(f"kubeconfig {path}: current-context: expected a string, "
-                              f"not {_kind(current)}")
-    return _Document(sections["contexts"], sections["clusters"], sections["users"],
-                     frozenset(duplicated), current or None)
-
-
-def _yaml_problem(exc: yaml.YAMLError) -> str:
-    mark = getattr(exc, "problem_mark", None)
-    problem = getattr(exc, "problem", None) or getattr(exc, "reason", None) or "unreadable"
-    at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-    return f"not valid YAML{at}: {mask_text(str(problem))[:_MAX_MESSAGE]}"
-
-
-def _names(named: dict[str, object]) -> str:
-    if not named:
-        return "it has none"
-    shown = ", ".join(list(named)[:_NAMES_SHOWN])
-    more = f", and {len(named) - _NAMES_SHOWN} more" if len(named) > _NAMES_SHOWN else ""
-    return f"it has {len(named)}: {shown}{more}"
-
-
-def select(document: _Document, path: str, context: str | None, *, base_dir: str) -> _Selection:
-    """The entries of *context* (or the current-context), checked; no TLS yet."""
-    if context is None:
-        if document.current_context is None:
-            raise KubeconfigError(f"kubeconfig {path}: no context given and no "
-                                  "current-context set")
-        context = document.current_context
-    where = f"kubeconfig {path} context {context!r}"
-    if ("contexts", context) in document.duplicated:
-        raise KubeconfigError(f"{where}: contexts: the name is defined more than once")
-    if context not in document.contexts:
-        raise KubeconfigError(f"{where}: no such context ({_names(document.contexts)})")
-    inner = document.contexts[context] or {}
-    key = f"contexts[name={context}].context"
-    if not isinstance(inner, dict):
-        raise KubeconfigError(f"{where}: {key}: expected a mapping, not {_kind(inner)}")
-    cluster_name = inner.get("cluster")
-    if not isinstance(cluster_name, str) or not cluster_name:
-        raise KubeconfigError(f"{where}: {key}.cluster: expected a cluster name")
-    cluster = _referenced(document, "clusters", cluster_name, where, f"{key}.cluster")
-    if cluster is None:
-        raise KubeconfigError(f"{where}: clusters[name={cluster_name}].cluster: missing")
-    if not isinstance(cluster.get("server"), str) or not cluster["server"]:
-        raise KubeconfigError(f"{where}: clusters[name={cluster_name}].cluster.server: "
-                              "expected a URL")
-    user_name = inner.get("user") or None
-    user = None
-    if user_name is not None:
-        if not isinstance(user_name, str):
-            raise KubeconfigError(f"{where}: {key}.user: expected a user name")
-        user = _referenced(document, "users", user_name, where, f"{key}.user") or {}
-    return _Selection(where, context, dict(inner), cluster_name, cluster, user_name, user,
-                      base_dir)
-
-
-def _referenced(document: _Document, section: str, name: str, where: str,
-                key: str) -> dict[str, Any] | None:
-    named: dict[str, object] = getattr(document, section)
-    if (section, name) in document.duplicated:
-        raise KubeconfigError(f"{where}: {section}: {name!r} is defined more than once")
-    if name not in named:
-        raise KubeconfigError(f"{where}: {key}: {name!r} is not in {section}")
-    value = named[name]
-    if value is not None and not isinstance(value, dict):
-        raise KubeconfigError(f"{where}: {section}[name={name}]: expected a mapping, "
-                              f"not {_kind(value)}")
-    return value
-
-
-def _file_or_data(entry: dict[str, Any], key: str, selection: _Selection,
-                  prefix: str) -> bytes | None:
-    """``KEY-data`` (base64) if set, else the file ``KEY`` (relative to the kubeconfig)."""
-    data = entry.get(f"{key}-data")
-    if data:
-        if not isinstance(data, str):
-            raise KubeconfigError(f"{selection.where}: {prefix}.{key}-data: expected base64 text")
-        try:
-            return base64.b64decode(data)
-        except (binascii.Error, ValueError):
-            raise KubeconfigError(f"{selection.where}: {prefix}.{key}-data: "
-                                  "not valid base64") from None
-    name = entry.get(key)
-    if not name:
-        return None
-    if not isinstance(name, str):
-        raise KubeconfigError(f"{selection.where}: {prefix}.{key}: expected a file name")
-    full = os.path.join(selection.base_dir, os.path.expanduser(name))
-    try:
-        with open(full, "rb") as f:
-            return f.read()
-    except OSError as exc:
-        raise KubeconfigError(f"{selection.where}: {prefix}.{key}: cannot read {full}: "
-                              f"{exc.strerror or type(exc).__name__}") from exc
-
-
-def static_material(selection: _Selection) -> tls.TlsMaterial | None:
-    """The TLS material the kubeconfig itself holds, None for a plain-http server."""
-    if not selection.cluster["server"].startswith("https"):
-        return None  # as kubernetes-asyncio: no CA or client certificate for http
-    cluster_key = f"clusters[name={selection.cluster_name}].cluster"
-    skip = selection.cluster.get("insecure-skip-tls-verify", False)
-    if not isinstance(skip, bool):  # the string "false" must not turn verification off
-        raise KubeconfigError(f"{selection.where}: {cluster_key}.insecure-skip-tls-verify: "
-                              "expected true or false")
-    ca = _file_or_data(selection.cluster, "certificate-authority", selection, cluster_key)
-    cert = key = None
-    if selection.user:
-        user_key = f"users[name={selection.user_name}].user"
-        cert = _file_or_data(selection.user, "client-certificate", selection, user_key)
-        key = _file_or_data(selection.user, "client-key", selection, user_key)
-    return tls.TlsMaterial(ca=ca, client_cert=cert, client_key=key, verify=not skip)
 
 
 class KubeconfigCache:
@@ -323,13 +140,13 @@ class KubeconfigCache:
                              proxy=configuration.proxy or None,
                              credentials=Credentials(configuration))
 
-    def _prepare(self, path: str, context: str | None) -> _Selection:
+    def _prepare(self, path: str, context: str | None) -> document.Selection:
         entry = self._entry(path, context)
-        if entry.document is None:
+        if entry.parsed is None:
             raise KubeconfigError(str(entry.error))
         base_dir = os.path.dirname(_key(path))
-        selection = select(entry.document, path, context, base_dir=base_dir)
-        material = static_material(selection)
+        selection = document.select(entry.parsed, path, context, base_dir=base_dir)
+        material = document.static_material(selection)
         if material is None:
             return selection
         return dataclasses.replace(selection, material=material,
@@ -355,7 +172,7 @@ class KubeconfigCache:
                     signature = _signature(os.fstat(f.fileno()))
                     data = f.read()
                 try:
-                    entry = _Entry(signature, parse_document(data, path), None)
+                    entry = _Entry(signature, document.parse_document(data, path), None)
                 except KubeconfigError as exc:
                     entry = _Entry(signature, None, str(exc))  # broken: parsed once, too
                 with self._lock:
@@ -376,7 +193,7 @@ class KubeconfigCache:
         return entry if entry is not None and entry.signature == signature else None
 
     def _context_for(self, entry: _Entry | None, material: tls.TlsMaterial,
-                     selection: _Selection) -> ssl.SSLContext:
+                     selection: document.Selection) -> ssl.SSLContext:
         try:
             context = self._tls.get(material)
         except tls.TlsMaterialError as exc:
@@ -392,7 +209,7 @@ class KubeconfigCache:
                 entry.held.add(context)
         return context
 
-    def _with_plugin_certificate(self, selection: _Selection, cert_file: str,
+    def _with_plugin_certificate(self, selection: document.Selection, cert_file: str,
                                  key_file: str | None) -> ssl.SSLContext:
         static = selection.material or tls.TlsMaterial()
         try:
@@ -415,7 +232,7 @@ def _key(path: str) -> str:
     return os.path.abspath(os.path.expanduser(path))
 
 
-async def _authenticate(selection: _Selection) -> Configuration:
+async def _authenticate(selection: document.Selection) -> Configuration:
     """kubernetes-asyncio's loader on this context alone, TLS fields removed."""
     cluster = {k: v for k, v in selection.cluster.items() if k not in _CLUSTER_TLS_KEYS}
     config: dict[str, Any] = {
@@ -436,7 +253,7 @@ async def _authenticate(selection: _Selection) -> Configuration:
         await loader.load_and_set(configuration)
     except (ConfigException, OSError, ValueError, TypeError, KeyError) as exc:
         raise KubeconfigError(f"{selection.where}: {type(exc).__name__}: "
-                              f"{mask_text(str(exc))[:_MAX_MESSAGE]}") from exc
+                              f"{mask_text(str(exc))[:document.MAX_MESSAGE]}") from exc
     return configuration
 
 
