@@ -1,10 +1,11 @@
 """One cluster's API server, spoken to as raw JSON.
 
-kubernetes-asyncio gives us kubeconfig handling (contexts, client certificates, exec
-and token auth) and an aiohttp session per cluster; we bypass its generated models
-(``_preload_content=False``, our own ``json.loads``) because building them costs
-several times the JSON parse on a list of thousands of objects, and the inventory
-needs plain dicts anyway.
+Kubeconfig handling (parsed once per file, authentication through kubernetes-asyncio's
+loader, TLS contexts shared by content) is :mod:`sealfleet.adapters.kube.kubeconfig`;
+each connection here is one aiohttp session on that shared TLS context.  We speak JSON
+ourselves rather than through kubernetes-asyncio's ``ApiClient``: its generated models
+cost several times the JSON parse on a list of thousands of objects (the inventory
+needs plain dicts anyway), and each ``ApiClient`` builds its own SSL context.
 
 Every library error is translated here, exactly once, into our hierarchy:
 
@@ -29,19 +30,23 @@ from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlencode
 
 import aiohttp
-from kubernetes_asyncio import config as kube_config
-from kubernetes_asyncio.client import ApiClient
-from kubernetes_asyncio.client.exceptions import OpenApiException
-from kubernetes_asyncio.config.config_exception import ConfigException
 
+from sealfleet.adapters.kube import kubeconfig as kubeconfig_files
 from sealfleet.domain.redaction import mask_text
 from sealfleet.errors import PermanentError, TransientError
 
 DEFAULT_PAGE_SIZE = 500
 _MAX_MESSAGE = 200
 _TRANSIENT_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
+_USER_AGENT = "sealfleet"
+# Parallel requests per cluster (kubernetes-asyncio's default pool size, kept).
+_CONNECTIONS_PER_CLUSTER = 100
+# Watch events carrying large objects exceed aiohttp's default read buffer; etcd's
+# default request limit is 1.5 MiB (kubernetes-asyncio uses the same figure).
+_READ_BUFFER = 2**21
 
 
 class Gone(TransientError):
@@ -140,45 +145,62 @@ def _translate(exc: BaseException, what: str) -> TransientError | PermanentError
 class KubeClient:
     """Raw JSON calls to one cluster, with errors already translated."""
 
-    def __init__(self, api_client: ApiClient, *, request_timeout: float = 30.0) -> None:
-        self._api = api_client
+    def __init__(self, session: aiohttp.ClientSession, access: kubeconfig_files.ClusterAccess, *,
+                 request_timeout: float = 30.0) -> None:
+        self._session = session
+        self._access = access
         self.request_timeout = request_timeout
 
     @classmethod
     @asynccontextmanager
     async def connect(cls, kubeconfig: str, context: str | None, *,
-                      request_timeout: float = 30.0) -> AsyncIterator[KubeClient]:
-        """An ApiClient for *context* of *kubeconfig*, closed on exit."""
+                      request_timeout: float = 30.0,
+                      cache: kubeconfig_files.KubeconfigCache | None = None,
+                      ) -> AsyncIterator[KubeClient]:
+        """A client for *context* (None: the current-context) of the kubeconfig file.
+
+        The file comes from *cache* (default: the process-wide one), parsed once per
+        version of the file.  Raises ``kubeconfig.KubeconfigError`` (a
+        :class:`PermanentError`) naming the file and the context.
+        """
+        cache = cache if cache is not None else kubeconfig_files.shared_cache()
+        access = await cache.access(kubeconfig, context)
+        # One connector per connection; its TLS context is the shared one.
+        connector = aiohttp.TCPConnector(
+            limit=_CONNECTIONS_PER_CLUSTER,
+            ssl=access.ssl_context if access.ssl_context is not None else True)
+        # trust_env: HTTPS_PROXY and NO_PROXY apply, as for kubectl and kubernetes-asyncio.
+        session = aiohttp.ClientSession(connector=connector, trust_env=True,
+                                        read_bufsize=_READ_BUFFER)
         try:
-            api = await kube_config.new_client_from_config(
-                config_file=kubeconfig, context=context, persist_config=False)
-        except (ConfigException, OSError, ValueError, TypeError, ssl.SSLError) as exc:
-            raise PermanentError(f"kubeconfig {kubeconfig} context {context}: "
-                                 f"{type(exc).__name__}: {mask_text(str(exc))[:_MAX_MESSAGE]}"
-                                 ) from exc
-        try:
-            yield cls(api, request_timeout=request_timeout)
+            yield cls(session, access, request_timeout=request_timeout)
         finally:
-            await api.close()
+            await session.close()
 
     @property
     def server(self) -> str:
-        return str(self._api.configuration.host)
+        return self._access.server
 
     async def _call(self, method: str, path: str, *, query: Mapping[str, str] | None = None,
                     body: Any = None, accept: str = "application/json",
                     client_timeout: aiohttp.ClientTimeout | None = None,
                     ) -> aiohttp.ClientResponse:
         client_timeout = client_timeout or aiohttp.ClientTimeout(total=self.request_timeout)
+        headers = {"Accept": accept, "Content-Type": "application/json",
+                   "User-Agent": _USER_AGENT}
+        authorization = await self._access.credentials.authorization()
+        if authorization:
+            headers["Authorization"] = authorization
+        url = self._access.server + path
+        if query:
+            url += "?" + urlencode(list(query.items()))
+        data = json.dumps(body) if body is not None else None
         try:
-            response: aiohttp.ClientResponse = await self._api.call_api(
-                path, method, query_params=list((query or {}).items()),
-                header_params={"Accept": accept}, body=body, auth_settings=["BearerToken"],
-                _preload_content=False, _request_timeout=client_timeout)
+            response = await self._session.request(
+                method, url, headers=headers, data=data, timeout=client_timeout,
+                proxy=self._access.proxy, server_hostname=self._access.tls_server_name)
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             raise _translate(exc, f"{method} {path}") from exc
-        except (OpenApiException, ConfigException) as exc:  # auth plugin / token refresh
-            raise PermanentError(f"{method} {path}: {type(exc).__name__}") from exc
         return response
 
     async def request(self, method: str, path: str, *, query: Mapping[str, str] | None = None,
