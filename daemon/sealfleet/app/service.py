@@ -36,6 +36,7 @@ from typing import Any, Protocol
 import structlog
 
 from sealfleet.adapters.http_api import ApiDeps, ApiServer, InventoryView, build_app, status_page
+from sealfleet.adapters.kube import kubeconfig
 from sealfleet.adapters.store import KeyEncryptionKey, Store
 from sealfleet.adapters.systemd import Notifier
 from sealfleet.app.config import Settings, load_settings
@@ -288,6 +289,8 @@ class Service:
             log.error("config_reload_rejected", error=str(exc))
             self._notifier.ready(self._status_line())
             return
+        # Kubeconfig files are re-read when they change anyway; a reload re-reads them all.
+        kubeconfig.shared_cache().invalidate()
         old = self.settings
         for section in ("store", "api", "service"):
             if getattr(old, section) != getattr(new, section):
