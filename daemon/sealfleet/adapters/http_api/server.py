@@ -22,6 +22,7 @@ from types import TracebackType
 import structlog
 from aiohttp import web
 
+from sealfleet.adapters.http_api.protocol import ApiRunner
 from sealfleet.errors import PermanentError
 
 log = structlog.get_logger(__name__)
@@ -96,8 +97,10 @@ class ApiServer:
         self._create_parent = create_parent
         self._bound: tuple[int, int] | None = None  # (st_dev, st_ino) of the socket we bound
         self._listen = listen
-        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=shutdown_timeout,
-                                     handle_signals=False)
+        # No access log: it would record request lines (and aiohttp's parser errors go
+        # through protocol.ApiRequestHandler, which logs no request data at all).
+        self._runner = ApiRunner(app, access_log=None, shutdown_timeout=shutdown_timeout,
+                                 handle_signals=False)
         self._sites: list[web.BaseSite] = []
         self.addresses: list[str] = []
         self.tcp_port: int | None = None
