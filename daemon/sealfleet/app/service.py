@@ -171,7 +171,10 @@ class Service:
                 budget = settings.service.shutdown_timeout.total_seconds()
                 self.api = await stack.enter_async_context(ApiServer(
                     build_app(deps), socket_path=settings.api.socket,
-                    listen=settings.api.listen_address, shutdown_timeout=budget / 4))
+                    listen=settings.api.listen_address, shutdown_timeout=budget / 4,
+                    # Only the default directory is ours to create; a configured socket
+                    # path must be in a directory that exists.
+                    create_parent="socket" not in settings.api.model_fields_set))
                 notify.status("scanning clusters")
                 await self._run_tasks()
         finally:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
+import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -73,9 +75,51 @@ class Api:
         content_type = response.headers.get("Content-Type", "")
         parsed: Any = body
         if content_type.startswith("application/json"):
-            import json
             parsed = json.loads(body)
         return response.status, parsed, response
+
+    async def raw(self, request: bytes, *, via: str = "tcp") -> RawResponse:
+        """Send *request* bytes as they are (no client library to tidy them up) and read
+        the answer until the server closes the connection."""
+        if via == "unix":
+            reader, writer = await asyncio.open_unix_connection(str(self.socket_path))
+        else:
+            port = self.server.tcp_port
+            assert port is not None
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            writer.write(request)
+            await writer.drain()
+            data = await reader.read()
+        finally:
+            writer.close()
+            await writer.wait_closed()
+        head, _, body = data.partition(b"\r\n\r\n")
+        status_line, *header_lines = head.decode("latin-1").split("\r\n")
+        headers = {}
+        for line in header_lines:
+            name, _, value = line.partition(":")
+            headers[name.strip().lower()] = value.strip()
+        return RawResponse(int(status_line.split()[1]), headers, body)
+
+
+@dataclass(frozen=True)
+class RawResponse:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+    def json(self) -> Any:
+        assert self.headers.get("content-type", "").startswith("application/json"), \
+            (self.headers, self.body[:200])
+        return json.loads(self.body)
+
+
+def get_request(target: str, *headers: bytes) -> bytes:
+    """A raw HTTP/1.1 GET of *target* with extra header lines, closing the connection."""
+    lines = [f"GET {target} HTTP/1.1".encode(), b"Host: sealfleet", b"Connection: close",
+             *headers]
+    return b"\r\n".join(lines) + b"\r\n\r\n"
 
 
 def secret(cluster: str, ns: str, name: str, state: SecretState,

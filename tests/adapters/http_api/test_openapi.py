@@ -34,6 +34,10 @@ CASES = [
     ("/api/v1/sealed-secrets?limit=2", "/api/v1/sealed-secrets", 200),
     ("/api/v1/sealed-secrets?limit=1000", "/api/v1/sealed-secrets", 200),
     ("/api/v1/sealed-secrets?state=nope", "/api/v1/sealed-secrets", 400),
+    ("/api/v1/sealed-secrets?limit=1&limit=1", "/api/v1/sealed-secrets", 400),
+    ("/api/v1/clusters/nope", "/api/v1/clusters/{name}", 404),
+    ("/api/v1/keys?colour=blue", "/api/v1/keys", 400),
+    ("/healthz?colour=blue", "/healthz", 400),
 ]
 
 

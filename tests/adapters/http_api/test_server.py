@@ -63,6 +63,50 @@ async def test_a_live_socket_is_not_stolen(tmp_path: Path) -> None:
         assert await get_via(path) == "hi"
 
 
+async def test_a_second_server_on_a_live_socket_fails_and_leaves_it_alone(
+        tmp_path: Path) -> None:
+    """A second `sealfleet run` on the same config must not delete the first's socket."""
+    path = tmp_path / "api.sock"
+    async with ApiServer(hello_app(), socket_path=path, listen=None):
+        before = path.lstat()
+        with pytest.raises(PermanentError, match="another daemon is already listening"):
+            async with ApiServer(hello_app(), socket_path=path, listen=None):
+                pass
+        after = path.lstat()
+        assert (after.st_dev, after.st_ino) == (before.st_dev, before.st_ino)
+        assert await get_via(path) == "hi"
+    assert not path.exists()  # the first server removes what it bound
+
+
+async def test_close_leaves_a_socket_that_replaced_ours(tmp_path: Path) -> None:
+    """Someone else's socket now at our path (ours was removed and rebound) is not ours."""
+    path = tmp_path / "api.sock"
+    async with ApiServer(hello_app(), socket_path=path, listen=None):
+        path.unlink()
+        other = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        other.bind(str(path))
+    try:
+        assert stat.S_ISSOCK(path.lstat().st_mode)
+    finally:
+        other.close()
+
+
+async def test_a_configured_socket_in_a_missing_directory_is_an_error(tmp_path: Path) -> None:
+    path = tmp_path / "nonexistent" / "dir" / "api.sock"
+    with pytest.raises(PermanentError) as raised:
+        async with ApiServer(hello_app(), socket_path=path, listen=None):
+            pass
+    assert str(raised.value) == (f"{path}: cannot bind API socket: directory {path.parent} "
+                                 "does not exist (create it, or choose another [api] socket)")
+    assert not (tmp_path / "nonexistent").exists()
+
+
+async def test_the_default_socket_directory_is_created_when_it_is_ours(tmp_path: Path) -> None:
+    path = tmp_path / "sealfleet-state" / "api.sock"
+    async with ApiServer(hello_app(), socket_path=path, listen=None, create_parent=True):
+        assert await get_via(path) == "hi"
+
+
 async def test_a_regular_file_in_the_way_is_an_error(tmp_path: Path) -> None:
     path = tmp_path / "api.sock"
     path.write_text("not a socket")
@@ -75,7 +119,7 @@ async def test_socket_paths_longer_than_sun_path_still_bind(tmp_path: Path) -> N
     directory = tmp_path / ("d" * 60) / ("e" * 60)
     path = directory / "api.sock"
     assert len(str(path)) > 108
-    async with ApiServer(hello_app(), socket_path=path, listen=None):
+    async with ApiServer(hello_app(), socket_path=path, listen=None, create_parent=True):
         assert stat.S_ISSOCK(path.stat().st_mode)
         probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         with pytest.raises(OSError, match="too long"):

@@ -5,10 +5,13 @@ Auth is decided per connection: a request that came over the unix socket is trus
 must carry ``Authorization: Bearer <token>`` - the read token (or the admin token) for
 GET, the admin token for anything else.  Tokens are compared in constant time.
 
-Every error, including the router's own 404/405, is JSON of one shape:
-``{"error": {"code": "...", "message": "..."}}``.  Messages never quote secrets; no
-endpoint ever returns key material or plaintext (keys are described by fingerprint
-and validity only).
+Every error, including the router's own 404/405 (and, through :mod:`.protocol`, the
+HTTP parser's own 400s), is JSON of one shape: ``{"error": {"code": "...", "message":
+"..."}}``.  Messages never quote secrets; no endpoint ever returns key material or
+plaintext (keys are described by fingerprint and validity only).
+
+Query parameters are those the OpenAPI document declares for the path, each at most
+once: anything else is a 400 on every endpoint, checked here once rather than per handler.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import base64
 import binascii
 import hmac
 import json
+import re
 import socket
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -24,7 +28,7 @@ from typing import Any
 
 import structlog
 from aiohttp import web
-from multidict import CIMultiDict
+from multidict import CIMultiDict, MultiMapping
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import CollectorRegistry
 
@@ -38,11 +42,14 @@ from sealfleet.errors import InputError, StoreError
 
 log = structlog.get_logger(__name__)
 
-MAX_PAGE = 1000
-_SEALED_SECRET_PARAMS = frozenset({"cluster", "namespace", "state", "limit", "cursor"})
+MAX_PAGE = openapi.MAX_PAGE
 _READ_METHODS = frozenset({"GET", "HEAD"})
-_STATUS_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
-                 405: "method_not_allowed", 503: "unavailable"}
+STATUS_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
+                405: "method_not_allowed", 500: "internal_error", 503: "unavailable",
+                504: "timeout"}
+# ASCII digits only (not \d): str.isdigit() is true for superscripts (int() then raises)
+# and int() takes fullwidth or Arabic-Indic digits; four digits cover MAX_PAGE.
+_LIMIT = re.compile(r"[0-9]{1,4}")
 _JSON = "application/json"
 _HTML_CSP = "default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'"
 
@@ -62,6 +69,7 @@ class ApiDeps:
 DEPS = web.AppKey("deps", ApiDeps)
 REGISTRY = web.AppKey("registry", CollectorRegistry)
 OPENAPI_BODY = web.AppKey("openapi_body", bytes)
+QUERY_NAMES: web.AppKey[Mapping[str, frozenset[str]]] = web.AppKey("query_names")
 
 
 class ApiError(Exception):
@@ -76,8 +84,11 @@ class ApiError(Exception):
 
 def error_response(status: int, code: str, message: str,
                    headers: Mapping[str, str] | CIMultiDict[str] | None = None) -> web.Response:
-    return web.Response(status=status, body=dumps({"error": {"code": code, "message": message}}),
-                        content_type=_JSON, headers=headers)
+    # ASCII JSON: a message may quote a path or parameter name, and any text at all
+    # (a lone surrogate included) must serialise rather than turn an error into a 500.
+    body = json.dumps({"error": {"code": code, "message": message}},
+                      separators=(",", ":")).encode()
+    return web.Response(status=status, body=body, content_type=_JSON, headers=headers)
 
 
 def _over_unix_socket(request: web.Request) -> bool:
@@ -96,7 +107,9 @@ def _presented_token(request: web.Request) -> bytes:
     scheme, _, given = header.partition(" ")
     given = given.strip()
     if scheme.lower() == "bearer" and given:
-        return given.encode()
+        # aiohttp decodes header bytes as UTF-8 with surrogateescape: this gives back the
+        # bytes sent (latin-1 or not UTF-8 at all), which then simply do not match.
+        return given.encode("utf-8", "surrogateescape")
     if scheme.lower() == "basic" and given:
         try:
             _, _, password = base64.b64decode(given, validate=True).partition(b":")
@@ -105,6 +118,30 @@ def _presented_token(request: web.Request) -> bytes:
         if password:
             return password
     raise ApiError(401, "unauthorized", "bearer token required on the TCP listener")
+
+
+def _check_query(request: web.Request) -> None:
+    """Only the query parameters the document declares for this path, each at most once."""
+    route = request.match_info.route
+    if request.match_info.http_exception is not None or route.resource is None:
+        return  # no such path or method: the router's 404/405 says so
+    allowed: frozenset[str] = request.app[QUERY_NAMES].get(route.resource.canonical,
+                                                           frozenset())
+    query = request.query
+    for name in query:
+        if name not in allowed:
+            hint = (f"allowed: {', '.join(sorted(allowed))}" if allowed
+                    else "this endpoint takes none")
+            raise ApiError(400, "bad_request",
+                           f"unknown query parameter {_shown(name)}; {hint}")
+        if len(query.getall(name)) > 1:
+            raise ApiError(400, "bad_request",
+                           f"query parameter {_shown(name)} given more than once")
+
+
+def _shown(name: str) -> str:
+    """A client-chosen name as quoted in an error: repr (escapes anything odd), cut short."""
+    return repr(name) if len(name) <= 40 else repr(name[:40]) + "..."
 
 
 def _check_token(request: web.Request, deps: ApiDeps) -> None:
@@ -128,6 +165,7 @@ async def guard(request: web.Request,
     try:
         if not _over_unix_socket(request):
             _check_token(request, request.app[DEPS])
+        _check_query(request)
         return await handler(request)
     except ApiError as exc:
         headers: CIMultiDict[str] | None = None
@@ -139,8 +177,9 @@ async def guard(request: web.Request,
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        return error_response(exc.status, _STATUS_CODES.get(exc.status, "error"),
-                              exc.reason or "error")
+        allow = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
+        return error_response(exc.status, STATUS_CODES.get(exc.status, "error"),
+                              exc.reason or "error", allow)
     except InputError as exc:
         return error_response(400, "bad_request", str(exc))
     except StoreError as exc:
@@ -207,11 +246,8 @@ def sealed_secret_entry(record: SealedSecretRecord) -> dict[str, Any]:
     }
 
 
-def _page_params(query: Mapping[str, str]) -> dict[str, Any]:
-    unknown = sorted(set(query) - _SEALED_SECRET_PARAMS)
-    if unknown:
-        raise ApiError(400, "bad_request", f"unknown query parameter {unknown[0]!r}; "
-                       f"allowed: {', '.join(sorted(_SEALED_SECRET_PARAMS))}")
+def _page_params(query: MultiMapping[str]) -> dict[str, Any]:
+    """The store's arguments from a query the guard has checked (known names, once each)."""
     params: dict[str, Any] = {}
     for name in ("cluster", "namespace", "cursor"):
         if name in query:
@@ -225,7 +261,7 @@ def _page_params(query: Mapping[str, str]) -> dict[str, Any]:
             raise ApiError(400, "bad_request", f"state must be one of "
                            f"{', '.join(s.value for s in SecretState)}") from None
     limit_text = query.get("limit", "100")
-    if not limit_text.isdigit() or not 1 <= int(limit_text) <= MAX_PAGE:
+    if not _LIMIT.fullmatch(limit_text) or not 1 <= int(limit_text) <= MAX_PAGE:
         raise ApiError(400, "bad_request", f"limit must be an integer from 1 to {MAX_PAGE}")
     params["limit"] = int(limit_text)
     return params
@@ -256,7 +292,9 @@ def build_app(deps: ApiDeps) -> web.Application:
     app[DEPS] = deps
     app[REGISTRY] = make_registry(InventoryCollector(lambda: deps.view.snapshot,
                                                      deps.attribution_backlog))
-    app[OPENAPI_BODY] = json.dumps(openapi.document(), indent=1).encode()
+    document = openapi.document()
+    app[OPENAPI_BODY] = json.dumps(document, indent=1).encode()
+    app[QUERY_NAMES] = openapi.query_names(document)
     app.router.add_get("/", index)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)

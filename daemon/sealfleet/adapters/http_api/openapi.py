@@ -1,14 +1,19 @@
 """The OpenAPI 3.1 description of the read API (served at ``/api/v1/openapi.json``).
 
-Written by hand next to the handlers and kept honest by a test that validates real
-responses against these schemas.  Objects allow extra properties: later releases may
-add fields without breaking clients.
+Written by hand next to the handlers and kept honest by tests that validate real
+responses against these schemas and run schemathesis against the served document.
+Objects allow extra properties: later releases may add fields without breaking clients.
+
+The document is also what the server enforces for query strings: the parameters declared
+here for a path are the only ones it accepts (:func:`query_names`), each at most once.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
+MAX_PAGE = 1000
 _STR_OR_NULL = {"type": ["string", "null"]}
 _TIME = {"type": "string", "format": "date-time"}
 _TIME_OR_NULL = {"type": ["string", "null"], "format": "date-time"}
@@ -29,8 +34,10 @@ def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
 
 
 _ERRORS = {
-    "400": _json(_ref("Error"), "Bad query parameter"),
+    "400": _json(_ref("Error"), "Malformed request, or a query parameter that is invalid, "
+                 "not declared for this path, or given more than once (code bad_request)"),
     "401": _json(_ref("Error"), "Missing or wrong bearer token (TCP listener only)"),
+    "404": _json(_ref("Error"), "No such cluster (code not_found)"),
     "503": _json(_ref("Error"), "Inventory not available"),
 }
 
@@ -121,7 +128,8 @@ SCHEMAS: dict[str, Any] = {
 def _get(summary: str, ok: dict[str, Any], *, errors: tuple[str, ...] = ("401", "503"),
          parameters: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     op: dict[str, Any] = {"summary": summary, "responses": {"200": ok}}
-    for code in errors:
+    # Every operation answers 400 to an undeclared or repeated query parameter.
+    for code in sorted({"400", *errors}):
         op["responses"][code] = _ERRORS[code]
     if parameters:
         op["parameters"] = parameters
@@ -129,8 +137,17 @@ def _get(summary: str, ok: dict[str, Any], *, errors: tuple[str, ...] = ("401", 
 
 
 def _query(name: str, schema: dict[str, Any], description: str) -> dict[str, Any]:
+    # Scalar, not array: a parameter given twice is a 400.  Empty values are invalid
+    # (minLength 1 on strings), so "?cluster=" is not a filter that matches nothing.
     return {"name": name, "in": "query", "required": False, "schema": schema,
             "description": description}
+
+
+def query_names(document: Mapping[str, Any]) -> dict[str, frozenset[str]]:
+    """For each path of *document*, the names of the query parameters its GET declares."""
+    return {path: frozenset(p["name"] for p in item.get("get", {}).get("parameters", [])
+                            if p["in"] == "query")
+            for path, item in document["paths"].items()}
 
 
 def document() -> dict[str, Any]:
@@ -144,7 +161,9 @@ def document() -> dict[str, Any]:
         "info": {"title": "sealfleet", "version": "1",
                  "description": "Read API of the sealfleet daemon.  Over the unix socket no "
                                 "token is needed; over TCP send `Authorization: Bearer "
-                                "<read token>`."},
+                                "<read token>`.  Every error is JSON of the `Error` shape. "
+                                "An endpoint accepts only the query parameters it declares, "
+                                "each at most once; anything else is a 400."},
         "components": {
             "schemas": SCHEMAS,
             "securitySchemes": {
@@ -167,6 +186,7 @@ def document() -> dict[str, Any]:
             "/api/v1/clusters": _get("Clusters", _json(_ref("ClusterList"), "All clusters")),
             "/api/v1/clusters/{name}": {
                 **_get("One cluster", _json(_ref("ClusterDetail"), "The cluster"),
+                       errors=("401", "404", "503"),
                        parameters=[{"name": "name", "in": "path", "required": True,
                                     "schema": {"type": "string"}}]),
             },
@@ -175,14 +195,15 @@ def document() -> dict[str, Any]:
             "/api/v1/sealed-secrets": _get(
                 "SealedSecrets, keyset-paginated in (cluster, namespace, name) order",
                 _json(_ref("SealedSecretPage"), "One page"),
-                errors=("400", "401", "503"),
                 parameters=[
-                    _query("cluster", {"type": "string"}, "only this cluster"),
-                    _query("namespace", {"type": "string"}, "only this namespace"),
+                    _query("cluster", {"type": "string", "minLength": 1}, "only this cluster"),
+                    _query("namespace", {"type": "string", "minLength": 1},
+                           "only this namespace"),
                     _query("state", {"enum": _STATES}, "only this state"),
-                    _query("limit", {"type": "integer", "minimum": 1, "maximum": 1000,
-                                     "default": 100}, "page size"),
-                    _query("cursor", {"type": "string"}, "next_cursor of the previous page"),
+                    _query("limit", {"type": "integer", "minimum": 1, "maximum": MAX_PAGE,
+                                     "default": 100}, "page size (ASCII digits)"),
+                    _query("cursor", {"type": "string", "minLength": 1},
+                           "next_cursor of the previous page"),
                 ]),
             "/api/v1/openapi.json": _get("This document", {
                 "description": "OpenAPI 3.1", "content": {"application/json": {

@@ -3,7 +3,11 @@
 Startup and shutdown are explicit phases so the service can stop intake first
 (``stop_intake``: no new connections) and close later (``close``: in-flight requests
 get ``shutdown_timeout`` to finish).  The unix socket is created mode 0660; a stale
-socket left by a crashed daemon is replaced, a live one is an error.
+socket left by a crashed daemon is replaced, a live one is an error.  Cleanup removes only
+the socket this server bound (same device and inode): a second daemon that found the
+first one listening must not delete the first one's socket on its way out.  The socket's
+directory is created only when the caller says it is ours (``create_parent``, the
+default runtime/state directory); a configured path in a missing directory is an error.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from types import TracebackType
 import structlog
 from aiohttp import web
 
+from sealfleet.adapters.http_api.protocol import ApiRunner
 from sealfleet.errors import PermanentError
 
 log = structlog.get_logger(__name__)
@@ -47,9 +52,16 @@ def _socket_is_live(path: Path) -> bool:
             os.close(dirfd)
 
 
-def bind_unix_socket(path: Path, mode: int = 0o660) -> socket.socket:
-    """A listening-ready unix stream socket at *path* with *mode*."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+def bind_unix_socket(path: Path, mode: int = 0o660, *,
+                     create_parent: bool = False) -> socket.socket:
+    """A listening-ready unix stream socket at *path* with *mode*.
+
+    *create_parent*: make the missing directory (only for a directory that is ours)."""
+    if create_parent:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    elif not path.parent.is_dir():
+        raise PermanentError(f"{path}: cannot bind API socket: directory {path.parent} "
+                             "does not exist (create it, or choose another [api] socket)")
     try:
         st = path.lstat()
     except FileNotFoundError:
@@ -78,12 +90,17 @@ class ApiServer:
     """Owns the runner and its sites.  Use as an async context manager."""
 
     def __init__(self, app: web.Application, *, socket_path: Path | None,
-                 listen: tuple[str, int] | None, shutdown_timeout: float = 5.0) -> None:
+                 listen: tuple[str, int] | None, shutdown_timeout: float = 5.0,
+                 create_parent: bool = False) -> None:
         self._app = app
         self._socket_path = socket_path
+        self._create_parent = create_parent
+        self._bound: tuple[int, int] | None = None  # (st_dev, st_ino) of the socket we bound
         self._listen = listen
-        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=shutdown_timeout,
-                                     handle_signals=False)
+        # No access log: it would record request lines (and aiohttp's parser errors go
+        # through protocol.ApiRequestHandler, which logs no request data at all).
+        self._runner = ApiRunner(app, access_log=None, shutdown_timeout=shutdown_timeout,
+                                 handle_signals=False)
         self._sites: list[web.BaseSite] = []
         self.addresses: list[str] = []
         self.tcp_port: int | None = None
@@ -91,7 +108,10 @@ class ApiServer:
     async def start(self) -> None:
         await self._runner.setup()
         if self._socket_path is not None:
-            sock = bind_unix_socket(self._socket_path)
+            sock = bind_unix_socket(self._socket_path, create_parent=self._create_parent)
+            # The file's identity, not the socket's (fstat of the fd is a sockfs inode).
+            st = self._socket_path.lstat()
+            self._bound = (st.st_dev, st.st_ino)
             site: web.BaseSite = web.SockSite(self._runner, sock)
             await site.start()
             self._sites.append(site)
@@ -121,10 +141,12 @@ class ApiServer:
     async def close(self) -> None:
         await self.stop_intake()
         await self._runner.cleanup()
-        if self._socket_path is not None:
+        if self._socket_path is not None and self._bound is not None:
             with contextlib.suppress(FileNotFoundError):
-                if stat.S_ISSOCK(self._socket_path.lstat().st_mode):
+                st = self._socket_path.lstat()
+                if stat.S_ISSOCK(st.st_mode) and (st.st_dev, st.st_ino) == self._bound:
                     self._socket_path.unlink()
+            self._bound = None
 
     async def __aenter__(self) -> ApiServer:
         try:

@@ -213,6 +213,15 @@ def decode_cursor(cursor: str) -> tuple[str, str, str]:
     except (ValueError, UnicodeDecodeError):
         raise ValueError("malformed cursor") from None
     if (not isinstance(value, list) or len(value) != 3
-            or not all(isinstance(part, str) for part in value)):
+            or not all(isinstance(part, str) and _is_unicode_text(part) for part in value)):
         raise ValueError("malformed cursor")
     return value[0], value[1], value[2]
+
+
+def _is_unicode_text(text: str) -> bool:
+    """False for a JSON "\\ud800" escape's lone surrogate, which SQLite cannot bind."""
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
