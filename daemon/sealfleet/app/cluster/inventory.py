@@ -167,6 +167,22 @@ class ClusterInventory:
     def pending_count(self) -> int:
         return len(self.pending_upserts) + len(self.pending_deletes) + len(self.pending_states)
 
+    def requeue(self, pending: Pending) -> None:
+        """Put back a batch the store did not take; what was queued since wins."""
+        for record in pending.upserts:
+            ref = (record.namespace, record.name)
+            if ref not in self.pending_upserts and ref not in self.pending_deletes \
+                    and ref in self._entries:
+                self.pending_upserts[ref] = record
+        for ref in pending.deletes:
+            if ref not in self._entries and ref not in self.pending_upserts:
+                self.pending_deletes.add(ref)
+        for namespace, name, state in pending.states:
+            ref = (namespace, name)
+            if ref not in self.pending_upserts and ref not in self.pending_states \
+                    and ref in self._entries:
+                self.pending_states[ref] = state
+
     def take_pending(self) -> Pending:
         pending = Pending(upserts=list(self.pending_upserts.values()),
                           deletes=sorted(self.pending_deletes),

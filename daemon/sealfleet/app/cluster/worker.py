@@ -35,9 +35,13 @@ from sealfleet.app.cluster.state import ClusterState, Deps
 from sealfleet.app.cluster.verifier import Verifier
 from sealfleet.app.cluster.write_behind import WriteBehind
 from sealfleet.app.config import ClusterSettings
-from sealfleet.errors import FleetError, TransientError, first_error
+from sealfleet.errors import FleetError, StoreError, TransientError, first_error
 
 log = structlog.get_logger(__name__)
+
+# A store error is retried on its own, quickly: it says nothing about the cluster, and
+# the busy timeout has already waited (10 s) before it is raised.
+_STORE_BACKOFF = retry.BackoffPolicy(initial=0.5, cap=5.0)
 
 
 class _ResyncDue(Exception):
@@ -58,6 +62,7 @@ class ClusterWorker:
                                            on_sealing_key_changed=self._sealed.reclassify_all)
         self._keys = KeySecretObserver(self.state, deps, after_change=self._controller.probe)
         self._verifier = Verifier(self.state, deps)
+        self._store_backoff = retry.Backoff(_STORE_BACKOFF)
 
     # What the fleet manager, the tests and the benchmarks read of a worker.
     @property
@@ -96,6 +101,11 @@ class ClusterWorker:
                         backoff.reset()
                         self.state.resume = False  # the point of a resync is a fresh list
                         continue
+                    except StoreError as error:
+                        # Ours, not the cluster's (a locked or full database): the cluster
+                        # stays reachable; try again soon, resuming where the store stands.
+                        await self._store_failed(error)
+                        continue
                     except FleetError as error:
                         await status.mark_failed(self.state, self._deps, error)
                         if isinstance(error, TransientError):
@@ -133,6 +143,7 @@ class ClusterWorker:
             await self._controller.probe(client)
             sealed_rv = await self._sealed.scan(client)
             await self._writer.flush()
+            self._store_ok()
             await status.mark_scanned(self.state, deps,
                                       int((time.monotonic() - started) * 1000))
             try:
@@ -153,6 +164,17 @@ class ClusterWorker:
                 raise first_error(group_error, prefer=(FleetError, _ResyncDue)) from None
             finally:
                 await asyncio.shield(self._writer.flush())
+
+    async def _store_failed(self, error: StoreError) -> None:
+        if self._store_backoff.failures == 0:
+            log.warning("store_write_failed", error=str(error))
+        self.state.resume = True
+        await asyncio.sleep(self._store_backoff.next_delay())
+
+    def _store_ok(self) -> None:
+        if self._store_backoff.failures:
+            log.info("store_write_recovered")
+            self._store_backoff.reset()
 
     async def _resync_timer(self) -> None:
         await asyncio.sleep(self._deps.options.resync_interval)

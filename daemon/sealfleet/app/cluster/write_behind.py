@@ -36,15 +36,23 @@ class WriteBehind:
     async def flush(self) -> None:
         store, name = self._deps.store, self._state.name
         async with self._lock:
-            pending = self._state.inventory.take_pending()
+            inventory = self._state.inventory
+            pending = inventory.take_pending()
             resource_versions, self._pending_rv = self._pending_rv, {}
-            if pending.upserts:
-                await store.upsert_sealed_secrets(pending.upserts)
-            if pending.deletes:
-                await store.delete_sealed_secrets(name, pending.deletes)
-            if pending.states:
-                await store.update_states(name, pending.states)
-            for resource, resource_version in resource_versions.items():
-                await store.set_watch_resource_version(name, resource, resource_version)
+            try:
+                if pending.upserts:
+                    await store.upsert_sealed_secrets(pending.upserts)
+                if pending.deletes:
+                    await store.delete_sealed_secrets(name, pending.deletes)
+                if pending.states:
+                    await store.update_states(name, pending.states)
+                for resource, resource_version in resource_versions.items():
+                    await store.set_watch_resource_version(name, resource, resource_version)
+            except BaseException:
+                # Nothing is lost: what did not reach the store waits for the next flush
+                # (writes are idempotent upserts), newer changes queued since first.
+                inventory.requeue(pending)
+                self._pending_rv = {**resource_versions, **self._pending_rv}
+                raise
             if pending.upserts or pending.deletes or pending.states:
                 self._deps.on_change()
