@@ -118,9 +118,11 @@ def open_key(row: EncryptedKey, kek: KeyEncryptionKey) -> SealingKey | Refusal:
             problems.append("its certificate does not parse")
             certificate_wrong = True
         else:
-            if certificate.fingerprint != own:
-                problems.append(f"its certificate is for {certificate.fingerprint}")
+            # With the private key checked against the row, this also catches a
+            # certificate that is not the private key's.
             certificate_wrong = certificate.fingerprint != row.fingerprint
+            if certificate_wrong:
+                problems.append(f"its certificate is for {certificate.fingerprint}")
     if problems:
         return Refusal(row.fingerprint, f"key material stored under {row.fingerprint} is not "
                                         f"that key's: {' and '.join(problems)}",
