@@ -55,13 +55,13 @@ async def populate(store: Store, clusters: int, per_cluster: int) -> int:
     for c in range(clusters):
         name = f"cluster-{c:02d}"
         old, new = fingerprint(f"{name}-old"), fingerprint(f"{name}-new")
-        await store.upsert_keys([KeyRecord(old, now - 65 * day, now + 3000 * day, "cluster"),
-                                 KeyRecord(new, now - 5 * day, now + 3000 * day, "cluster")])
-        await store.upsert_cluster(name, server=f"https://{name}.example:6443")
-        await store.record_cluster_status(name, reachable=True, last_scan_at=now,
-                                          scan_duration_ms=1234, sealing_key=new,
-                                          sealing_key_source="cert.pem")
-        await store.replace_cluster_keys(name, [
+        await store.keys.upsert_keys([KeyRecord(old, now - 65 * day, now + 3000 * day, "cluster"),
+                                      KeyRecord(new, now - 5 * day, now + 3000 * day, "cluster")])
+        await store.inventory.upsert_cluster(name, server=f"https://{name}.example:6443")
+        await store.inventory.record_cluster_status(name, reachable=True, last_scan_at=now,
+                                                    scan_duration_ms=1234, sealing_key=new,
+                                                    sealing_key_source="cert.pem")
+        await store.inventory.replace_cluster_keys(name, [
             KeyHolding(fp, f"key-{i}", "active", "1", now, now)
             for i, fp in enumerate((old, new))])
         batch = []
@@ -77,11 +77,11 @@ async def populate(store: Store, clusters: int, per_cluster: int) -> int:
                 state=SecretState.STALE if stale else SecretState.CURRENT, synced=True,
                 synced_message=None, observed_at=now))
             if len(batch) == 5000:
-                await store.upsert_sealed_secrets(batch)
+                await store.inventory.upsert_sealed_secrets(batch)
                 rows += len(batch)
                 batch = []
         if batch:
-            await store.upsert_sealed_secrets(batch)
+            await store.inventory.upsert_sealed_secrets(batch)
             rows += len(batch)
     return rows
 

@@ -96,8 +96,8 @@ async def rsa_rate(store: Store, executor: ThreadPoolExecutor, cluster: Any,
                    sample: int) -> tuple[float, float]:
     """Decrypts per wall second with threads = cores (each with the right key first),
     and CPU seconds per decrypt."""
-    keys = {k.fingerprint: k for k in await store.load_private_keys()}
-    records, _ = await store.list_sealed_secrets(cluster=cluster.name, limit=sample)
+    keys = {k.fingerprint: k for k in (await store.keys.load_private_keys()).keys}
+    records, _ = await store.inventory.list_sealed_secrets(cluster=cluster.name, limit=sample)
     jobs: list[tuple[str, bytes, Any]] = []
     async with KubeClient.connect(str(cluster.kubeconfig), cluster.context) as client:
         for record in records:
@@ -129,7 +129,7 @@ async def main_async(args: argparse.Namespace, state_dir: Path) -> None:
         async with Store.open(database, kek=kek) as store:
             first_scan, first_cpu, rsa_ops, items = await scan(settings, store, executor)
             rss_first_scan = peak_rss_mb()
-            counts = await store.state_counts()
+            counts = await store.inventory.state_counts()
             objects = sum(sum(c.values()) for c in counts.values())
             rate, cpu_per_rsa = await rsa_rate(store, executor, settings.clusters[0],
                                                args.rsa_sample)
@@ -143,7 +143,7 @@ async def main_async(args: argparse.Namespace, state_dir: Path) -> None:
                   f"CPU-s; ratio {first_cpu / cpu_floor:.2f} (steadier on a shared machine)")
 
             for cluster in settings.clusters:
-                await store.set_watch_resource_version(
+                await store.inventory.set_watch_resource_version(
                     cluster.name, sealed_secret_observer.RESOURCE, None)
             rescan, _, rescan_rsa, _ = await scan(settings, store, executor)
             rss_daemon = peak_rss_mb()  # before the baseline's own lists add their pages

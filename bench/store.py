@@ -112,7 +112,7 @@ async def timed_upsert(store: Store, records: list[SealedSecretRecord], batch: i
 
     async def produce(mine: list[list[SealedSecretRecord]]) -> None:
         for chunk in mine:
-            await store.upsert_sealed_secrets(chunk)
+            await store.inventory.upsert_sealed_secrets(chunk)
 
     clock = Clock()
     async with asyncio.TaskGroup() as group:
@@ -237,21 +237,23 @@ async def main() -> int:
 
         async with Store.open(Path(tmp) / f"inventory{args.rounds - 1}.db") as store:
             some_key = records[0].items[0].fingerprint or ""
-            _, cursor = await store.list_sealed_secrets(limit=100)
+            _, cursor = await store.inventory.list_sealed_secrets(limit=100)
             queries: list[tuple[str, Callable[[], Awaitable[Any]]]] = [
-                ("state_counts (all clusters)", store.state_counts),
-                ("list_clusters", store.list_clusters),
-                ("key_usage (all keys)", store.key_usage),
-                ("list_keys", store.list_keys),
-                ("sealed-secrets page 1 (100)", lambda: store.list_sealed_secrets(limit=100)),
+                ("state_counts (all clusters)", store.inventory.state_counts),
+                ("list_clusters", store.inventory.list_clusters),
+                ("key_usage (all keys)", store.keys.key_usage),
+                ("list_keys", store.keys.list_keys),
+                ("sealed-secrets page 1 (100)",
+                 lambda: store.inventory.list_sealed_secrets(limit=100)),
                 ("sealed-secrets page 2 (cursor)",
-                 lambda: store.list_sealed_secrets(limit=100, cursor=cursor)),
-                ("page, cluster filter", lambda: store.list_sealed_secrets(
+                 lambda: store.inventory.list_sealed_secrets(limit=100, cursor=cursor)),
+                ("page, cluster filter", lambda: store.inventory.list_sealed_secrets(
                     cluster="cluster-050", limit=100)),
-                ("page, state=stale", lambda: store.list_sealed_secrets(
+                ("page, state=stale", lambda: store.inventory.list_sealed_secrets(
                     state=SecretState.STALE, limit=100)),
-                ("secrets using one key", lambda: store.sealed_secrets_using_key(some_key)),
-                ("sealed_secrets_of_cluster", lambda: store.sealed_secrets_of_cluster(
+                ("secrets using one key",
+                 lambda: store.inventory.sealed_secrets_using_key(some_key)),
+                ("sealed_secrets_of_cluster", lambda: store.inventory.sealed_secrets_of_cluster(
                     "cluster-050")),
             ]
             print("\nreads, ms (median / max of 20)")

@@ -40,6 +40,15 @@ class StoreError(FleetError):
     """The SQLite store is unusable: bad schema, edited migration, unreadable KEK."""
 
 
+class StoreBusyError(StoreError, TransientError):
+    """The database was locked by someone else (SQLITE_BUSY/LOCKED) past the busy timeout.
+
+    The store itself is fine and nothing was written: retry briefly.  It is a
+    :class:`StoreError` (the failure is ours, not a cluster's) and a
+    :class:`TransientError` (so the one retry helper retries it).
+    """
+
+
 def first_error(group: BaseExceptionGroup[BaseException], *,
                 prefer: tuple[type[BaseException], ...] = (FleetError,)) -> BaseException:
     """The error that ended a TaskGroup: its first leaf of the first *prefer* kind that

@@ -129,7 +129,7 @@ async def harness(ca: CertificateAuthority, tmp_path: Path, executor: ThreadPool
 
 async def inventory(manager: FleetManager) -> dict[str, Any]:
     store = manager.store
-    return {(r.namespace, r.name): r for r in await store.sealed_secrets_of_cluster("c1")}
+    return {(r.namespace, r.name): r for r in await store.inventory.sealed_secrets_of_cluster("c1")}
 
 
 def states(records: dict[Any, Any]) -> dict[str, SecretState]:
@@ -140,8 +140,8 @@ async def test_first_pass_attributes_every_item_and_classifies(harness: Harness)
     async with harness.fleet() as manager:
         records = await inventory(manager)
         store = manager.store
-        clusters = {c["name"]: c for c in await store.list_clusters()}
-        holdings = await store.cluster_key_holdings("c1")
+        clusters = {c.name: c for c in await store.inventory.list_clusters()}
+        holdings = await store.inventory.cluster_key_holdings("c1")
     assert states(records) == {"current": SecretState.CURRENT, "stale": SecretState.STALE,
                                "wide": SecretState.CURRENT, "foreign": SecretState.UNKNOWN,
                                "broken": SecretState.UNKNOWN}
@@ -153,9 +153,9 @@ async def test_first_pass_attributes_every_item_and_classifies(harness: Harness)
     broken = records[("web", "broken")]
     assert {i.item: i.fingerprint for i in broken.items} == {"bad": None, "good": new}
     assert broken.malformed_reason == "item 'bad': not a sealed value (too short)"
-    assert clusters["c1"]["reachable"] is True
-    assert clusters["c1"]["sealing_key"] == new
-    assert clusters["c1"]["sealing_key_source"] == "cert.pem"
+    assert clusters["c1"].reachable is True
+    assert clusters["c1"].sealing_key == new
+    assert clusters["c1"].sealing_key_source == "cert.pem"
     assert {h.fingerprint for h in holdings} == {old, new}
     assert manager.changes > 0
     # Each of the 5 attributed items costs its one successful decrypt; failed tries on
@@ -181,8 +181,8 @@ async def test_watch_keeps_the_inventory_current(harness: Harness) -> None:
 async def test_compromised_key_reclassifies_the_cluster(harness: Harness) -> None:
     async with harness.fleet() as manager:
         store = manager.store
-        await store.set_key_state(harness.old.fingerprint, "compromised", actor="test",
-                                  reason="leaked")
+        await store.keys.set_key_state(harness.old.fingerprint, "compromised", actor="test",
+                                       reason="leaked")
         await manager.refresh_keys()
 
         async def compromised() -> bool:
@@ -213,9 +213,9 @@ async def test_cluster_down_at_start_is_marked_then_recovers(harness: Harness) -
             worker = manager.workers["c1"]
             assert worker.reachable is False
             store = manager.store
-            (cluster,) = await store.list_clusters()
-            assert cluster["reachable"] is False
-            assert cluster["last_error"]
+            (cluster,) = await store.inventory.list_clusters()
+            assert cluster.reachable is False
+            assert cluster.last_error
             await harness.server.set_faults(outage=False)
 
             async def recovered() -> bool:
@@ -303,7 +303,7 @@ async def test_apply_settings_adds_and_removes_workers(harness: Harness) -> None
         await manager.apply_settings(two)
 
         async def both() -> bool:
-            return len(await store.sealed_secrets_of_cluster("c2")) == 5
+            return len(await store.inventory.sealed_secrets_of_cluster("c2")) == 5
 
         await eventually(both)
         assert set(manager.workers) == {"c1", "c2"}
@@ -312,8 +312,8 @@ async def test_apply_settings_adds_and_removes_workers(harness: Harness) -> None
                            "context": "admin"}]}, base_dir=harness.kubeconfig.parent))
 
         async def removed() -> bool:
-            clusters = {c["name"]: c for c in await store.list_clusters()}
-            return bool(clusters["c1"]["removed"]) and set(manager.workers) == {"c2"}
+            clusters = {c.name: c for c in await store.inventory.list_clusters()}
+            return bool(clusters["c1"].removed) and set(manager.workers) == {"c2"}
 
         await eventually(removed)
 
@@ -327,10 +327,10 @@ async def test_least_privilege_mode_asks_the_controller(harness: Harness) -> Non
         await eventually(verified)
         records = await inventory(manager)
         store = manager.store
-        (cluster,) = await store.list_clusters()
-        assert await store.cluster_key_holdings("c1") == []  # no key Secret was read
-    assert cluster["sealing_key"] == harness.new.fingerprint
-    assert cluster["sealing_key_source"] == "cert.pem"
+        (cluster,) = await store.inventory.list_clusters()
+        assert await store.inventory.cluster_key_holdings("c1") == []  # no key Secret was read
+    assert cluster.sealing_key == harness.new.fingerprint
+    assert cluster.sealing_key_source == "cert.pem"
     # Items no known key opens stay unattributed ("unknown but verified").
     assert states(records)["current"] is SecretState.UNKNOWN
     assert {i.item: i.fingerprint for i in records[("apps", "current")].items} == {

@@ -29,7 +29,7 @@ async def test_a_compromised_mark_is_never_undone_by_a_concurrent_refresh(
     # Enough other keys that a refresh's read of the store takes a while: a mark written
     # (and known in memory) while that read is under way is not in the read's snapshot.
     now = dt.datetime.now(dt.UTC)
-    await store.upsert_keys([KeyRecord(
+    await store.keys.upsert_keys([KeyRecord(
         fingerprint=f"SHA256:filler{i:038d}", not_before=now, not_after=now,
         source=KeySource.CERT_ONLY) for i in range(20_000)])
     for key in rsa2048_keys:
@@ -83,5 +83,5 @@ async def test_the_master_set_is_written_to_the_store_first(
     await keystore.adopt(rsa2048_keys[:1], source=KeySource.IMPORTED)
     await keystore.set_master([rsa2048_keys[0].fingerprint])
     assert keystore.master == {rsa2048_keys[0].fingerprint}
-    records = {r.fingerprint: r for r in await store.list_keys()}
+    records = {r.fingerprint: r for r in await store.keys.list_keys()}
     assert records[rsa2048_keys[0].fingerprint].fleet_master

@@ -82,7 +82,7 @@ async def observed(manager: FleetManager) -> dict[tuple[str, str, str], dict[str
     store = manager.store
     found = {}
     for cluster in ("sandbox-1", "sandbox-2"):
-        for record in await store.sealed_secrets_of_cluster(cluster):
+        for record in await store.inventory.sealed_secrets_of_cluster(cluster):
             found[(cluster, record.namespace, record.name)] = {
                 "keys": {item.item: item.fingerprint for item in record.items},
                 "state": record.state}
@@ -100,8 +100,8 @@ async def settled(manager: FleetManager, sandbox: Sandbox) -> bool:
     sealing key, scan time), with store round trips in between: records matching the
     truth alone do not mean the status is there yet.
     """
-    clusters = await manager.store.list_clusters()
-    return all(c["last_scan_at"] is not None for c in clusters) \
+    clusters = await manager.store.inventory.list_clusters()
+    return all(c.last_scan_at is not None for c in clusters) \
         and await matches_truth(manager, sandbox)
 
 
@@ -129,12 +129,12 @@ async def test_the_store_reports_the_seed_truth(sandbox: Sandbox,
     async with fleet(sandbox, executor) as manager:
         await eventually(lambda: settled(manager, sandbox))
         store = manager.store
-        clusters = {c["name"]: c for c in await store.list_clusters()}
-        records = await store.sealed_secrets_of_cluster("sandbox-1")
+        clusters = {c.name: c for c in await store.inventory.list_clusters()}
+        records = await store.inventory.sealed_secrets_of_cluster("sandbox-1")
     for name, cluster in clusters.items():
-        assert cluster["reachable"] is True
-        assert cluster["sealing_key"] == seed["clusters"][name]["sealing_key"]
-        assert cluster["sealing_key_source"] == "cert.pem"
+        assert cluster.reachable is True
+        assert cluster.sealing_key == seed["clusters"][name]["sealing_key"]
+        assert cluster.sealing_key_source == "cert.pem"
     states = {r.state for r in records}
     assert {SecretState.CURRENT, SecretState.STALE} <= states
     malformed = [r for r in records if r.malformed_reason]

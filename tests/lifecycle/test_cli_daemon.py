@@ -66,16 +66,16 @@ async def populate(directory: Path, keys: list[SealingKey]) -> None:
     kek = KeyEncryptionKey.from_file(directory / "kek")
     old, new = keys[0].fingerprint, keys[1].fingerprint
     async with Store.open(directory / "inventory.db", kek=kek) as store:
-        await store.upsert_keys([KeyRecord(old, NOW - 90 * DAY, NOW + 900 * DAY, "cluster"),
-                                 KeyRecord(new, NOW - DAY, NOW + 900 * DAY, "cluster")])
+        await store.keys.upsert_keys([KeyRecord(old, NOW - 90 * DAY, NOW + 900 * DAY, "cluster"),
+                                      KeyRecord(new, NOW - DAY, NOW + 900 * DAY, "cluster")])
         for cluster, sealing in (("alpha", new), ("beta", old)):
-            await store.upsert_cluster(cluster)
-            await store.record_cluster_status(cluster, reachable=True, last_scan_at=NOW,
-                                              sealing_key=sealing,
-                                              sealing_key_source="cert.pem")
-            await store.replace_cluster_keys(cluster, [KeyHolding(
+            await store.inventory.upsert_cluster(cluster)
+            await store.inventory.record_cluster_status(cluster, reachable=True, last_scan_at=NOW,
+                                                        sealing_key=sealing,
+                                                        sealing_key_source="cert.pem")
+            await store.inventory.replace_cluster_keys(cluster, [KeyHolding(
                 sealing, "k", "active", "1", NOW, NOW)])
-        await store.upsert_sealed_secrets([SealedSecretRecord(
+        await store.inventory.upsert_sealed_secrets([SealedSecretRecord(
             cluster="beta", namespace="apps", name="db", uid="u1", resource_version="1",
             generation=1, scope=Scope.STRICT, ciphertext_fingerprint="c1",
             items=(ItemFact("password", "h1", old),), state=SecretState.STALE, synced=True,

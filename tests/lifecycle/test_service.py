@@ -21,6 +21,7 @@ from sealfleet.adapters.store import Store, generate_kek_file
 from sealfleet.adapters.systemd import Notifier
 from sealfleet.app.config import Settings, load_settings
 from sealfleet.app.service import Service
+from sealfleet.errors import StoreError
 
 CONFIG = """
 [store]
@@ -214,3 +215,18 @@ async def test_a_crashing_fleet_stops_the_service_with_its_error(tmp_path: Path)
         await asyncio.wait_for(service.run(), 10)
     assert info.group_contains(RuntimeError, match="boom")
     assert not (tmp_path / "api.sock").exists()
+
+
+async def test_a_second_daemon_on_the_same_database_refuses_to_start(running: Running) -> None:
+    """Another socket, same database: refused before it touches anything."""
+    second = running.config.parent / "second.toml"
+    second.write_text(running.config.read_text().replace('"api.sock"', '"second.sock"'))
+    service = Service(load_settings(second), install_signal_handlers=False,
+                      fleet_factory=FakeFleet, notifier=Notifier({}))
+    with pytest.raises(StoreError, match=rf"already in use by another sealfleet daemon "
+                                         rf"\(pid {os.getpid()} "):
+        await asyncio.wait_for(service.run(), 10)
+    assert not (running.config.parent / "second.sock").exists()
+    assert len(running.fleets) == 1
+    status, _ = await running.get("/healthz")
+    assert status == 200

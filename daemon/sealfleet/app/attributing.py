@@ -82,7 +82,7 @@ class Attributor:
 
     def __init__(self, store: Store, executor: Executor, keystore: Keystore, *,
                  threads: int | None = None) -> None:
-        self._store = store
+        self._cache = store.inventory      # the stored attribution cache
         self._keystore = keystore
         self._rsa: FairShare[tuple[list[tuple[str, str | None]], int]] = FairShare(
             executor, threads or os.cpu_count() or 1)
@@ -151,7 +151,7 @@ class Attributor:
         if not missing:
             return result
         epoch = self._keystore.epoch
-        stored = await self._store.get_attributions(missing, known_keys_epoch=epoch)
+        stored = await self._cache.get_attributions(missing, known_keys_epoch=epoch)
         for item_hash, fingerprint in stored.items():
             result[item_hash] = fingerprint
             self._remember(item_hash, fingerprint, epoch)
@@ -163,7 +163,7 @@ class Attributor:
         local = set(preferred) | set(likely)
         computed = await self._run_rsa(owner, todo, self.candidates(preferred, likely), local)
         # The epoch of the keys actually tried, not whatever it is by now.
-        await self._store.put_attributions(computed, known_keys_epoch=epoch)
+        await self._cache.put_attributions(computed, known_keys_epoch=epoch)
         for item_hash, fingerprint in computed:
             result[item_hash] = fingerprint
             self._remember(item_hash, fingerprint, epoch)

@@ -156,7 +156,7 @@ class FleetManager:
                 self._reconcile.clear()
                 removed = self._apply()
                 for name in removed:
-                    await self.store.mark_cluster_removed(name)
+                    await self.store.inventory.mark_cluster_removed(name)
                     self._bump_changes()
             await self.refresh_keys()
 
@@ -210,7 +210,7 @@ class FleetManager:
             await asyncio.sleep(_PRUNE_INTERVAL)
             older_than = dt.datetime.now(dt.UTC) - _PRUNE_GRACE
             try:
-                pruned = await self.store.prune_attributions(older_than=older_than)
+                pruned = await self.store.inventory.prune_attributions(older_than=older_than)
             except FleetError as error:
                 log.warning("attributions_prune_failed", error=str(error))
                 continue

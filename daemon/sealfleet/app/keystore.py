@@ -40,7 +40,7 @@ class Keystore:
     """Key state for the whole daemon; see the module docstring for the write order."""
 
     def __init__(self, store: Store) -> None:
-        self._store = store
+        self._keys = store.keys           # the keystore's part of the database
         self._loaded: dict[str, SealingKey] = {}
         self._stored: set[str] = set()       # private key in the store, not loaded yet
         self.epoch = keys_epoch(())
@@ -96,7 +96,7 @@ class Keystore:
         """Re-read the store (keys imported or marked elsewhere); True when the
         compromised set changed."""
         async with self._state_lock:
-            records = await self._store.list_keys()
+            records = await self._keys.list_keys()
             new = {r.fingerprint for r in records if r.has_private_key} - self.fingerprints()
             if new:
                 self._stored |= new
@@ -107,7 +107,7 @@ class Keystore:
     async def set_master(self, fingerprints: Sequence[str]) -> None:
         """The configured fleet master set: store, then memory."""
         async with self._state_lock:
-            await self._store.set_fleet_master(list(fingerprints))
+            await self._keys.set_fleet_master(list(fingerprints))
             self.master = frozenset(fingerprints)
 
     async def mark_compromised(self, fingerprints: Iterable[str]) -> bool:
@@ -117,7 +117,7 @@ class Keystore:
             return False
         async with self._state_lock:
             for fingerprint in sorted(marked - self.compromised):
-                await self._store.set_key_state(fingerprint, KeyState.COMPROMISED,
+                await self._keys.set_key_state(fingerprint, KeyState.COMPROMISED,
                                                 actor="sealfleet",
                                                 reason="labelled compromised in a cluster")
             return self._set_compromised(self.compromised | marked)
@@ -137,7 +137,7 @@ class Keystore:
         if not secrets:
             return []
         async with self._state_lock:
-            await self._store.upsert_keys([KeyRecord(
+            await self._keys.upsert_keys([KeyRecord(
                 fingerprint=s.fingerprint, not_before=s.not_before, not_after=s.not_after,
                 source=KeySource.CLUSTER,
                 state=KeyState.COMPROMISED if s.compromised else KeyState.ACTIVE,
@@ -162,7 +162,7 @@ class Keystore:
         async with self._load_lock:
             new_to_store = [k for k in keys if k.fingerprint not in self]
             if new_to_store:
-                await self._store.store_key_material(
+                await self._keys.store_key_material(
                     [KeyMaterial(key=k, source=source) for k in new_to_store])
             return self._add_loaded(keys)
 
@@ -185,7 +185,7 @@ class Keystore:
         privilege): its public facts still date the cluster's sealing key."""
         if certificate.fingerprint in self:
             return
-        await self._store.upsert_keys([KeyRecord(
+        await self._keys.upsert_keys([KeyRecord(
             fingerprint=certificate.fingerprint, not_before=certificate.not_before,
             not_after=certificate.not_after, source=KeySource.CERT_ONLY,
             certificate_pem=certificate.pem.decode())])
@@ -196,8 +196,12 @@ class Keystore:
             if not self._stored:
                 return
             wanted = set(self._stored)
-            for key in await self._store.load_private_keys():
+            loaded = await self._keys.load_private_keys()
+            for key in loaded.keys:
                 self._loaded.setdefault(key.fingerprint, key)
+            for rejected in loaded.rejected:   # one bad row never stops the others
+                log.warning("stored_key_rejected", fingerprint=rejected.fingerprint,
+                            reason=rejected.reason)
             missing = wanted - set(self._loaded)
             self._stored.clear()
             if missing:

@@ -94,10 +94,10 @@ def read_token(path: Path | None) -> bytes | None:
 async def _forget_unconfigured(store: Store, settings: Settings) -> None:
     """Clusters dropped from the config while the daemon was down leave the report."""
     configured = {c.name for c in settings.clusters}
-    for row in await store.list_clusters():
-        if not row.get("removed") and row["name"] not in configured:
-            await store.mark_cluster_removed(row["name"])
-            log.info("cluster_removed", cluster=row["name"], reason="not in config")
+    for cluster in await store.inventory.list_clusters():
+        if not cluster.removed and cluster.name not in configured:
+            await store.inventory.mark_cluster_removed(cluster.name)
+            log.info("cluster_removed", cluster=cluster.name, reason="not in config")
 
 
 class Service:
@@ -155,7 +155,7 @@ class Service:
                 await asyncio.to_thread(settings.store.database.parent.mkdir,
                                         parents=True, exist_ok=True)
                 store = await stack.enter_async_context(
-                    Store.open(settings.store.database, kek=kek))
+                    Store.open(settings.store.database, kek=kek, exclusive=True))
                 self.migrations_applied = True
                 await _forget_unconfigured(store, settings)
                 executor = ThreadPoolExecutor(os.cpu_count() or 1, thread_name_prefix="rsa")

@@ -137,30 +137,31 @@ def secret(cluster: str, ns: str, name: str, state: SecretState,
 async def populate(store: Store, keys: list[SealingKey]) -> Fleet:
     old, new, extra = (k.fingerprint for k in keys)
     fleet = Fleet(old=old, new=new, extra=extra)
-    await store.upsert_keys([
+    await store.keys.upsert_keys([
         KeyRecord(old, NOW - 90 * DAY, NOW + 3000 * DAY, source="cluster"),
         KeyRecord(new, NOW - 2 * DAY, NOW + 3000 * DAY, source="cluster"),
         KeyRecord(extra, NOW - 5 * DAY, NOW + 3000 * DAY, source="generated"),
     ])
-    await store.store_key_material([KeyMaterial(keys[2], source="generated")])
+    await store.keys.store_key_material([KeyMaterial(keys[2], source="generated")])
     for name in ("alpha", "beta"):
-        await store.upsert_cluster(name, server=f"https://{name}.example:6443")
-    await store.upsert_cluster("gamma", server="https://gamma.example:6443")
-    await store.record_cluster_status("alpha", reachable=True, last_scan_at=NOW,
-                                      scan_duration_ms=1500, sealing_key=new,
-                                      sealing_key_source="cert.pem")
-    await store.record_cluster_status("beta", reachable=True, last_scan_at=NOW,
-                                      scan_duration_ms=800, sealing_key=old,
-                                      sealing_key_source="cert.pem")
-    await store.record_cluster_status("gamma", reachable=False,
-                                      last_error="connect <b>refused</b>")
+        await store.inventory.upsert_cluster(name, server=f"https://{name}.example:6443")
+    await store.inventory.upsert_cluster("gamma", server="https://gamma.example:6443")
+    await store.inventory.record_cluster_status("alpha", reachable=True, last_scan_at=NOW,
+                                                scan_duration_ms=1500, sealing_key=new,
+                                                sealing_key_source="cert.pem")
+    await store.inventory.record_cluster_status("beta", reachable=True, last_scan_at=NOW,
+                                                scan_duration_ms=800, sealing_key=old,
+                                                sealing_key_source="cert.pem")
+    await store.inventory.record_cluster_status("gamma", reachable=False,
+                                                last_error="connect <b>refused</b>")
 
     def holding(fp: str, name: str) -> KeyHolding:
         return KeyHolding(fingerprint=fp, secret_name=name, label_value="active",
                           resource_version="1", creation_timestamp=NOW, observed_at=NOW)
 
-    await store.replace_cluster_keys("alpha", [holding(old, "k-old"), holding(new, "k-new")])
-    await store.replace_cluster_keys("beta", [holding(old, "k-old")])
+    await store.inventory.replace_cluster_keys("alpha", [holding(old, "k-old"),
+                                                         holding(new, "k-new")])
+    await store.inventory.replace_cluster_keys("beta", [holding(old, "k-old")])
     records = [
         secret("alpha", "apps", "db", SecretState.CURRENT, [new, new]),
         secret("alpha", "apps", "web", SecretState.STALE, [old]),
@@ -169,7 +170,7 @@ async def populate(store: Store, keys: list[SealingKey]) -> Fleet:
         secret("beta", "apps", "db", SecretState.CURRENT, [old]),
         secret("beta", "apps", "bad", SecretState.FAILING, [old]),
     ]
-    await store.upsert_sealed_secrets(records)
+    await store.inventory.upsert_sealed_secrets(records)
     for r in records:
         fleet.states.setdefault(r.cluster, {}).setdefault(str(r.state), 0)
         fleet.states[r.cluster][str(r.state)] += 1

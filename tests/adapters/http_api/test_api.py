@@ -38,7 +38,7 @@ async def test_staleness_report_reflects_the_inventory(api: Api) -> None:
 
 async def test_report_is_cached_until_the_inventory_changes(api: Api) -> None:
     _, before, _ = await api.get("/api/v1/staleness")
-    await api.store.upsert_sealed_secrets([
+    await api.store.inventory.upsert_sealed_secrets([
         secret("beta", "apps", "new", SecretState.STALE, [api.fleet.old])])
     _, cached, _ = await api.get("/api/v1/staleness")
     assert cached == before  # no change signalled: served from the cache

@@ -112,3 +112,13 @@ def test_kek_generate_writes_a_private_key_once(tmp_path: Path) -> None:
     assert "refusing to overwrite" in second.stderr
     assert path.read_bytes() == key
     assert sealfleet("db", "kek-generate", tmp_path / "no" / "dir" / "kek").returncode == 1
+
+
+def test_a_file_that_is_not_a_database_is_named_not_an_internal_error(tmp_path: Path) -> None:
+    garbage = tmp_path / "notes.txt"
+    garbage.write_text("certainly not SQLite\n" * 50)
+    for command in ("status", "migrate"):
+        result = sealfleet("db", command, "--database", garbage)
+        assert result.returncode == 1
+        assert result.stderr == f"sealfleet: error: {garbage} is not an SQLite database\n"
+    assert garbage.read_text() == "certainly not SQLite\n" * 50

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from store_builders import T0, sealed
 
-from sealfleet.adapters.store import Store, writes
-from sealfleet.adapters.store.records import ItemFact, KeyHolding
+from sealfleet.adapters.store import Store, inventory_writes
+from sealfleet.adapters.store.records import AuditEntry, ItemFact, KeyHolding, KeyUsage
 from sealfleet.domain.staleness import SecretState
 from sealfleet.errors import InputError, StoreError
 
@@ -20,50 +20,53 @@ S = SecretState
 
 
 async def test_clusters_status_and_removal(store: Store) -> None:
-    await store.upsert_cluster("b", server="https://b:6443")
-    await store.upsert_cluster("a", server="https://a:6443", controller_namespace="sealed",
-                               controller_name="ctl")
-    await store.record_cluster_status("a", reachable=False, last_error="connection refused",
-                                      last_scan_at=T0, scan_duration_ms=1234,
-                                      sealing_key="K2", sealing_key_source="newest-active")
-    await store.mark_cluster_removed("b")
-    clusters = await store.list_clusters()
-    assert [c["name"] for c in clusters] == ["a", "b"]
+    inventory = store.inventory
+    await inventory.upsert_cluster("b", server="https://b:6443")
+    await inventory.upsert_cluster("a", server="https://a:6443", controller_namespace="sealed",
+                                   controller_name="ctl")
+    await inventory.record_cluster_status("a", reachable=False, last_error="connection refused",
+                                          last_scan_at=T0, scan_duration_ms=1234,
+                                          sealing_key="K2", sealing_key_source="newest-active")
+    await inventory.mark_cluster_removed("b")
+    clusters = await inventory.list_clusters()
+    assert [c.name for c in clusters] == ["a", "b"]
     a, b = clusters
-    assert (a["server"], a["controller_namespace"], a["controller_name"]) == (
+    assert (a.server, a.controller_namespace, a.controller_name) == (
         "https://a:6443", "sealed", "ctl")
-    assert (a["reachable"], a["last_error"], a["last_scan_at"], a["scan_duration_ms"]) == (
+    assert (a.reachable, a.last_error, a.last_scan_at, a.scan_duration_ms) == (
         False, "connection refused", T0, 1234)
-    assert (a["sealing_key"], a["sealing_key_source"], a["removed"]) == (
-        "K2", "newest-active", False)
-    assert b["removed"] is True
-    assert b["reachable"] is None
+    assert (a.sealing_key, a.sealing_key_source, a.removed) == ("K2", "newest-active", False)
+    assert b.removed is True
+    assert b.removed_at is not None
+    assert b.reachable is None
     # Recovery clears the error but keeps what it does not report; re-adding un-removes.
-    await store.record_cluster_status("a", reachable=True)
-    await store.upsert_cluster("b", server="https://b:6443")
-    a, b = await store.list_clusters()
-    assert (a["reachable"], a["last_error"], a["sealing_key"]) == (True, None, "K2")
-    assert b["removed"] is False
+    await inventory.record_cluster_status("a", reachable=True)
+    await inventory.upsert_cluster("b", server="https://b:6443")
+    a, b = await inventory.list_clusters()
+    assert (a.reachable, a.last_error, a.sealing_key) == (True, None, "K2")
+    assert (b.removed, b.removed_at) == (False, None)
 
 
 async def test_upsert_round_trips_records(store: Store) -> None:
+    inventory = store.inventory
     record = sealed("c1", "ns", "db", ["K1", None, "K2"], state=S.UNKNOWN, synced=None)
-    await store.upsert_sealed_secrets([record])
-    assert await store.sealed_secrets_of_cluster("c1") == [record]
+    await inventory.upsert_sealed_secrets([record])
+    assert await inventory.sealed_secrets_of_cluster("c1") == [record]
     # Unusual item names (tabs, a leading bracket) survive too.
     odd = sealed("c1", "ns", "odd", ["K1", "K1"], item_names=["[x", "tab\there\n"])
-    await store.upsert_sealed_secrets([odd])
-    assert (await store.sealed_secrets_of_cluster("c1"))[1] == odd
+    await inventory.upsert_sealed_secrets([odd])
+    assert (await inventory.sealed_secrets_of_cluster("c1"))[1] == odd
 
 
 async def test_upsert_updates_in_place_and_tracks_first_seen(store: Store, db_path: Path) -> None:
+    inventory = store.inventory
     later = T0 + dt.timedelta(hours=1)
-    await store.upsert_sealed_secrets([sealed("c1", "ns", "a"), sealed("c1", "ns", "b")])
-    await store.upsert_sealed_secrets([
+    await inventory.upsert_sealed_secrets([sealed("c1", "ns", "a"), sealed("c1", "ns", "b")])
+    await inventory.upsert_sealed_secrets([
         sealed("c1", "ns", "a", ["K2"], state=S.STALE, observed_at=later, rv="2"),
         sealed("c1", "ns", "b", observed_at=later, uid="recreated"),
     ])
-    records = await store.sealed_secrets_of_cluster("c1")
+    records = await inventory.sealed_secrets_of_cluster("c1")
     assert [(r.name, r.resource_version, r.state, r.items[0].fingerprint) for r in records] == [
         ("a", "2", S.STALE, "K2"), ("b", "1", S.CURRENT, "K1")]
     conn = sqlite3.connect(db_path)
@@ -77,40 +80,43 @@ async def test_upsert_updates_in_place_and_tracks_first_seen(store: Store, db_pa
 
 
 async def test_delete_and_delete_not_seen_since(store: Store) -> None:
+    inventory = store.inventory
     later = T0 + dt.timedelta(minutes=5)
-    await store.upsert_sealed_secrets([sealed("c1", "ns", n) for n in "abcd"]
-                                      + [sealed("c2", "ns", "a")])
-    await store.delete_sealed_secrets("c1", [("ns", "a"), ("ns", "missing")])
+    await inventory.upsert_sealed_secrets([sealed("c1", "ns", n) for n in "abcd"]
+                                          + [sealed("c2", "ns", "a")])
+    await inventory.delete_sealed_secrets("c1", [("ns", "a"), ("ns", "missing")])
     # A relist at `later` saw only c and d.
-    await store.upsert_sealed_secrets([sealed("c1", "ns", n, observed_at=later) for n in "cd"])
-    assert await store.delete_sealed_secrets_not_seen_since("c1", later) == 1
-    assert [r.name for r in await store.sealed_secrets_of_cluster("c1")] == ["c", "d"]
-    assert [r.name for r in await store.sealed_secrets_of_cluster("c2")] == ["a"]
+    await inventory.upsert_sealed_secrets([sealed("c1", "ns", n, observed_at=later) for n in "cd"])
+    assert await inventory.delete_sealed_secrets_not_seen_since("c1", later) == 1
+    assert [r.name for r in await inventory.sealed_secrets_of_cluster("c1")] == ["c", "d"]
+    assert [r.name for r in await inventory.sealed_secrets_of_cluster("c2")] == ["a"]
 
 
 async def test_state_counts_and_update_states(store: Store) -> None:
-    await store.upsert_sealed_secrets([
+    inventory = store.inventory
+    await inventory.upsert_sealed_secrets([
         sealed("c1", "ns", "a"), sealed("c1", "ns", "b", ["K0"], state=S.STALE),
         sealed("c1", "ns", "c", [None], state=S.UNKNOWN), sealed("c2", "x", "a"),
     ])
-    assert await store.state_counts() == {
+    assert await inventory.state_counts() == {
         "c1": {S.CURRENT: 1, S.STALE: 1, S.UNKNOWN: 1}, "c2": {S.CURRENT: 1}}
-    await store.update_states("c1", [("ns", "a", S.COMPROMISED), ("ns", "b", S.STALE)])
-    assert (await store.state_counts())["c1"] == {S.COMPROMISED: 1, S.STALE: 1, S.UNKNOWN: 1}
+    await inventory.update_states("c1", [("ns", "a", S.COMPROMISED), ("ns", "b", S.STALE)])
+    assert (await inventory.state_counts())["c1"] == {S.COMPROMISED: 1, S.STALE: 1, S.UNKNOWN: 1}
 
 
 async def test_keyset_pagination_walks_everything_once_in_order(store: Store) -> None:
+    inventory = store.inventory
     records = [sealed(c, ns, f"s{i}", state=S.STALE if i % 3 else S.CURRENT)
                for c in ("c2", "c1") for ns in ("b", "a") for i in range(7)]
-    await store.upsert_sealed_secrets(records)
+    await inventory.upsert_sealed_secrets(records)
     expected = sorted((r.cluster, r.namespace, r.name) for r in records)
 
     async def walk(**filters: object) -> list[tuple[str, str, str]]:
         seen: list[tuple[str, str, str]] = []
         cursor = None
         while True:
-            page, cursor = await store.list_sealed_secrets(limit=4, cursor=cursor,
-                                                           **filters)  # type: ignore[arg-type]
+            page, cursor = await inventory.list_sealed_secrets(limit=4, cursor=cursor,
+                                                               **filters)  # type: ignore[arg-type]
             assert len(page) <= 4
             seen += [(r.cluster, r.namespace, r.name) for r in page]
             if cursor is None:
@@ -122,7 +128,7 @@ async def test_keyset_pagination_walks_everything_once_in_order(store: Store) ->
     stale = {(r.cluster, r.namespace, r.name) for r in records if r.state is S.STALE}
     assert await walk(state="stale") == sorted(stale)
     assert await walk(state=S.STALE, cluster="c1") == sorted(e for e in stale if e[0] == "c1")
-    page, cursor = await store.list_sealed_secrets(limit=len(records))
+    page, cursor = await inventory.list_sealed_secrets(limit=len(records))
     assert len(page) == len(records)
     assert cursor is None
 
@@ -132,73 +138,78 @@ async def test_keyset_pagination_walks_everything_once_in_order(store: Store) ->
 async def test_bad_listing_parameters_are_input_errors(store: Store,
                                                        bad: dict[str, object]) -> None:
     with pytest.raises(InputError):
-        await store.list_sealed_secrets(**bad)  # type: ignore[arg-type]
+        await store.inventory.list_sealed_secrets(**bad)  # type: ignore[arg-type]
 
 
 async def test_key_usage_counts_items_secrets_and_holding_clusters(store: Store) -> None:
-    await store.replace_cluster_keys("c1", [
+    inventory = store.inventory
+    await inventory.replace_cluster_keys("c1", [
         KeyHolding("K1", "sealed-secrets-keyabc", "active", "10", T0, T0),
         KeyHolding("K2", "sealed-secrets-keydef", "compromised", "11", None, T0)])
-    await store.replace_cluster_keys("c2", [KeyHolding("K1", "legacy", None, "3", None, T0)])
-    await store.upsert_sealed_secrets([
+    await inventory.replace_cluster_keys("c2", [KeyHolding("K1", "legacy", None, "3", None, T0)])
+    await inventory.upsert_sealed_secrets([
         sealed("c1", "ns", "one", ["K1", "K1", "K1"]),
         sealed("c1", "ns", "mixed", ["K1", "K2", None], state=S.UNKNOWN),
         sealed("c2", "ns", "two", ["K2", "K2"], state=S.STALE),
         sealed("c2", "ns", "none", [None], state=S.UNKNOWN),
     ])
-    usage = await store.key_usage()
+    usage = await store.keys.key_usage()
     assert usage == {
-        "K1": {"clusters": ["c1", "c2"], "items": 4, "sealed_secrets": 2},
-        "K2": {"clusters": ["c1"], "items": 3, "sealed_secrets": 2},
+        "K1": KeyUsage(clusters=("c1", "c2"), items=4, sealed_secrets=2),
+        "K2": KeyUsage(clusters=("c1",), items=3, sealed_secrets=2),
     }
-    assert await store.sealed_secrets_using_key("K2") == [("c1", "ns", "mixed"),
-                                                          ("c2", "ns", "two")]
-    assert await store.sealed_secrets_using_key("K2", cluster="c2") == [("c2", "ns", "two")]
+    assert await inventory.sealed_secrets_using_key("K2") == [("c1", "ns", "mixed"),
+                                                              ("c2", "ns", "two")]
+    assert await inventory.sealed_secrets_using_key("K2", cluster="c2") == [("c2", "ns", "two")]
     # Items change: usage follows.
-    await store.upsert_sealed_secrets([sealed("c1", "ns", "mixed", ["K1", "K1", "K1"], rv="2")])
-    await store.delete_sealed_secrets("c2", [("ns", "two")])
-    usage = await store.key_usage()
-    assert (usage["K1"]["items"], usage["K2"]["items"]) == (6, 0)
-    assert await store.sealed_secrets_using_key("K2") == []
-    holdings = await store.cluster_key_holdings("c1")
+    await inventory.upsert_sealed_secrets([sealed("c1", "ns", "mixed", ["K1", "K1", "K1"], rv="2")])
+    await inventory.delete_sealed_secrets("c2", [("ns", "two")])
+    usage = await store.keys.key_usage()
+    assert (usage["K1"].items, usage["K2"].items) == (6, 0)
+    assert await inventory.sealed_secrets_using_key("K2") == []
+    holdings = await inventory.cluster_key_holdings("c1")
     assert [(h.fingerprint, h.secret_name, h.label_value) for h in holdings] == [
         ("K1", "sealed-secrets-keyabc", "active"), ("K2", "sealed-secrets-keydef", "compromised")]
-    await store.replace_cluster_keys("c1", [])
-    assert await store.cluster_key_holdings("c1") == []
+    await inventory.replace_cluster_keys("c1", [])
+    assert await inventory.cluster_key_holdings("c1") == []
 
 
 async def test_attribution_cache_retries_unknown_under_a_new_epoch(store: Store) -> None:
-    await store.put_attributions([("h1", "K1"), ("h2", None)], known_keys_epoch=1)
-    assert await store.get_attributions(["h1", "h2", "h3"]) == {"h1": "K1", "h2": None}
-    assert await store.get_attributions(["h1", "h2"], known_keys_epoch=1) == {
+    inventory = store.inventory
+    await inventory.put_attributions([("h1", "K1"), ("h2", None)], known_keys_epoch=1)
+    assert await inventory.get_attributions(["h1", "h2", "h3"]) == {"h1": "K1", "h2": None}
+    assert await inventory.get_attributions(["h1", "h2"], known_keys_epoch=1) == {
         "h1": "K1", "h2": None}
     # New keys arrived: the cached "unknown" is no longer trusted, a known key still is.
-    assert await store.get_attributions(["h1", "h2"], known_keys_epoch=2) == {"h1": "K1"}
-    await store.put_attributions([("h2", "K9")], known_keys_epoch=2)
+    assert await inventory.get_attributions(["h1", "h2"], known_keys_epoch=2) == {"h1": "K1"}
+    await inventory.put_attributions([("h2", "K9")], known_keys_epoch=2)
     many = [f"x{i}" for i in range(2500)]  # more than one IN (...) chunk
-    await store.put_attributions([(h, "K1") for h in many], known_keys_epoch=2)
-    assert await store.get_attributions(["h2", *many], known_keys_epoch=2) == {
+    await inventory.put_attributions([(h, "K1") for h in many], known_keys_epoch=2)
+    assert await inventory.get_attributions(["h2", *many], known_keys_epoch=2) == {
         "h2": "K9", **dict.fromkeys(many, "K1")}
 
 
 async def test_watch_resource_versions(store: Store) -> None:
-    assert await store.get_watch_resource_version("c1", "sealedsecrets.bitnami.com") is None
-    await store.set_watch_resource_version("c1", "sealedsecrets.bitnami.com", "100")
-    await store.set_watch_resource_version("c1", "sealedsecrets.bitnami.com", "250")
-    await store.set_watch_resource_version("c1", "secrets", "7")
-    assert await store.get_watch_resource_version("c1", "sealedsecrets.bitnami.com") == "250"
-    await store.set_watch_resource_version("c1", "sealedsecrets.bitnami.com", None)
-    assert await store.get_watch_resource_version("c1", "sealedsecrets.bitnami.com") is None
-    assert await store.get_watch_resource_version("c1", "secrets") == "7"
+    inventory = store.inventory
+    assert await inventory.get_watch_resource_version("c1", "sealedsecrets.bitnami.com") is None
+    await inventory.set_watch_resource_version("c1", "sealedsecrets.bitnami.com", "100")
+    await inventory.set_watch_resource_version("c1", "sealedsecrets.bitnami.com", "250")
+    await inventory.set_watch_resource_version("c1", "secrets", "7")
+    assert await inventory.get_watch_resource_version("c1", "sealedsecrets.bitnami.com") == "250"
+    await inventory.set_watch_resource_version("c1", "sealedsecrets.bitnami.com", None)
+    assert await inventory.get_watch_resource_version("c1", "sealedsecrets.bitnami.com") is None
+    assert await inventory.get_watch_resource_version("c1", "secrets") == "7"
 
 
 async def test_audit_log_is_append_only(store: Store, db_path: Path) -> None:
-    first = await store.audit("reseal_started", "admin", {"cluster": "c1", "count": 3})
-    second = await store.audit("reseal_done", "daemon", {})
-    entries = await store.audit_entries()
-    assert [(e["id"], e["event"], e["actor"], e["details"]) for e in entries] == [
+    first = await store.audit.record("reseal_started", "admin", {"cluster": "c1", "count": 3})
+    second = await store.audit.record("reseal_done", "daemon", {})
+    entries = await store.audit.entries()
+    assert all(isinstance(e, AuditEntry) for e in entries)
+    assert [(e.id, e.event, e.actor, e.details) for e in entries] == [
         (first, "reseal_started", "admin", {"cluster": "c1", "count": 3}),
         (second, "reseal_done", "daemon", {})]
+    assert [e.id for e in await store.audit.entries(after_id=first)] == [second]
     conn = sqlite3.connect(db_path)
     try:
         for statement in ("UPDATE audit_log SET actor = 'mallory'", "DELETE FROM audit_log"):
@@ -206,48 +217,51 @@ async def test_audit_log_is_append_only(store: Store, db_path: Path) -> None:
                 conn.execute(statement)
     finally:
         conn.close()
-    assert len(await store.audit_entries()) == 2
+    assert len(await store.audit.entries()) == 2
     with pytest.raises(StoreError, match="JSON"):
-        await store.audit("bad", "x", {"value": object()})
+        await store.audit.record("bad", "x", {"value": object()})  # type: ignore[dict-item]
 
 
 async def test_a_failing_write_leaves_nothing_behind(store: Store) -> None:
+    inventory = store.inventory
     def half_then_fail(conn: sqlite3.Connection) -> None:
-        writes.upsert_sealed_secrets(conn, [sealed("c1", "ns", "good")])
+        inventory_writes.upsert_sealed_secrets(conn, [sealed("c1", "ns", "good")])
         conn.execute("INSERT INTO no_such_table VALUES (1)")
 
     with pytest.raises(StoreError, match="no such table"):
         await store.write(half_then_fail)
-    assert await store.sealed_secrets_of_cluster("c1") == []
+    assert await inventory.sealed_secrets_of_cluster("c1") == []
     # The writer connection is usable again (not stuck inside the failed transaction).
-    await store.upsert_sealed_secrets([sealed("c1", "ns", "after")])
-    assert [r.name for r in await store.sealed_secrets_of_cluster("c1")] == ["after"]
+    await inventory.upsert_sealed_secrets([sealed("c1", "ns", "after")])
+    assert [r.name for r in await inventory.sealed_secrets_of_cluster("c1")] == ["after"]
     # Bad input is refused before any transaction starts.
     with pytest.raises(StoreError, match="naive datetime"):
-        await store.upsert_sealed_secrets([sealed("c1", "ns", "naive",
-                                                  observed_at=dt.datetime(2026, 1, 1))])
+        await inventory.upsert_sealed_secrets([sealed("c1", "ns", "naive",
+                                                      observed_at=dt.datetime(2026, 1, 1))])
 
 
 async def test_a_cancelled_caller_never_leaves_half_a_batch(store: Store) -> None:
+    inventory = store.inventory
     batch = [sealed("c1", "ns", f"s{i:05d}") for i in range(5000)]
-    task = asyncio.create_task(store.upsert_sealed_secrets(batch))
+    task = asyncio.create_task(inventory.upsert_sealed_secrets(batch))
     await asyncio.sleep(0)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
     # The transaction already submitted runs to its end on the writer thread: all or none.
-    await store.audit("barrier", "test", {})  # queued behind it on the single writer
-    assert len(await store.sealed_secrets_of_cluster("c1")) in (0, len(batch))
+    await store.audit.record("barrier", "test", {})  # queued behind it on the single writer
+    assert len(await inventory.sealed_secrets_of_cluster("c1")) in (0, len(batch))
 
 
 async def test_reads_answer_from_their_own_connections_while_a_write_is_open(
         store: Store) -> None:
     """One writer holds its transaction open; readers still answer, from the last commit."""
-    await store.upsert_sealed_secrets([sealed("c1", "ns", "before")])
+    inventory = store.inventory
+    await inventory.upsert_sealed_secrets([sealed("c1", "ns", "before")])
     inside, release = threading.Event(), threading.Event()
 
     def long_write(conn: sqlite3.Connection) -> None:
-        writes.upsert_sealed_secrets(conn, [sealed("c1", "ns", "during")])
+        inventory_writes.upsert_sealed_secrets(conn, [sealed("c1", "ns", "during")])
         inside.set()
         if not release.wait(10):
             raise RuntimeError("test never released the write")
@@ -255,22 +269,23 @@ async def test_reads_answer_from_their_own_connections_while_a_write_is_open(
     writing = asyncio.create_task(store.write(long_write))
     try:
         assert await asyncio.to_thread(inside.wait, 10)
-        during = await asyncio.wait_for(store.sealed_secrets_of_cluster("c1"), 5)
+        during = await asyncio.wait_for(inventory.sealed_secrets_of_cluster("c1"), 5)
         assert [r.name for r in during] == ["before"]
         assert await store.read(lambda conn: conn.execute("PRAGMA journal_mode").fetchone()[0]
                                 ) == "wal"
     finally:
         release.set()
         await writing
-    assert [r.name for r in await store.sealed_secrets_of_cluster("c1")] == ["before", "during"]
+    assert [r.name for r in await inventory.sealed_secrets_of_cluster("c1")] == ["before", "during"]
     with pytest.raises(StoreError, match="readonly"):
         await store.read(lambda conn: conn.execute("DELETE FROM sealed_secrets"))
 
 
 async def test_concurrent_writers_are_serialised_on_the_one_writer(store: Store) -> None:
-    await asyncio.gather(*(store.upsert_sealed_secrets(
+    inventory = store.inventory
+    await asyncio.gather(*(inventory.upsert_sealed_secrets(
         [sealed(f"c{w}", "ns", f"s{i}") for i in range(50)]) for w in range(20)))
-    counts = await store.state_counts()
+    counts = await inventory.state_counts()
     assert {cluster: sum(states.values()) for cluster, states in counts.items()} == {
         f"c{w}": 50 for w in range(20)}
 
@@ -279,13 +294,13 @@ async def test_closed_store_raises_store_error(db_path: Path) -> None:
     async with Store.open(db_path) as store:
         pass
     with pytest.raises(StoreError, match="closed"):
-        await store.list_clusters()
+        await store.inventory.list_clusters()
 
 
 async def test_reads_see_committed_writes_from_another_store_instance(db_path: Path) -> None:
     async with Store.open(db_path) as writer, Store.open(db_path) as other:
-        await writer.upsert_sealed_secrets([sealed("c1", "ns", "a")])
-        assert [r.name for r in await other.sealed_secrets_of_cluster("c1")] == ["a"]
+        await writer.inventory.upsert_sealed_secrets([sealed("c1", "ns", "a")])
+        assert [r.name for r in await other.inventory.sealed_secrets_of_cluster("c1")] == ["a"]
 
 
 def test_records_item_count(store: Store) -> None:
@@ -308,13 +323,14 @@ async def test_unusable_database_location_is_a_store_error(tmp_path: Path) -> No
 
 
 async def test_prune_attributions_keeps_live_and_recent_entries(store: Store) -> None:
+    inventory = store.inventory
     live = sealed("c1", "ns", "a", ["K1", None])
-    await store.upsert_sealed_secrets([live])
+    await inventory.upsert_sealed_secrets([live])
     live_hashes = [item.item_hash for item in live.items]
-    await store.put_attributions([(h, "K1") for h in [*live_hashes, "gone"]],
-                                 known_keys_epoch=1)
+    await inventory.put_attributions([(h, "K1") for h in [*live_hashes, "gone"]],
+                                     known_keys_epoch=1)
     now = dt.datetime.now(dt.UTC)
     # Too recent to prune: it may belong to a SealedSecret about to be written.
-    assert await store.prune_attributions(older_than=now - dt.timedelta(hours=1)) == 0
-    assert await store.prune_attributions(older_than=now + dt.timedelta(seconds=1)) == 1
-    assert set(await store.get_attributions([*live_hashes, "gone"])) == set(live_hashes)
+    assert await inventory.prune_attributions(older_than=now - dt.timedelta(hours=1)) == 0
+    assert await inventory.prune_attributions(older_than=now + dt.timedelta(seconds=1)) == 1
+    assert set(await inventory.get_attributions([*live_hashes, "gone"])) == set(live_hashes)

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from store_builders import sealed
 
-from sealfleet.adapters.store import Store, codec, migrations, writes
-from sealfleet.adapters.store.store import connect
+from sealfleet.adapters.store import Store, codec, inventory_writes, migrations
+from sealfleet.adapters.store.connection import connect
 from sealfleet.errors import StoreError
 
 SHIPPED = migrations.discover()
@@ -107,26 +107,26 @@ async def test_0002_turns_stored_fingerprints_into_references_losing_nothing(
     try:
         as_0001 = {fingerprint: fingerprint for fingerprint in codec.fingerprints_of(records)}
         conn.execute("BEGIN IMMEDIATE")
-        writes.upsert_sealed_secret_rows(conn, ["c1", "c2"],
-                                         codec.sealed_secret_rows(records, as_0001))
+        inventory_writes.upsert_sealed_secret_rows(conn, ["c1", "c2"],
+                                                   codec.sealed_secret_rows(records, as_0001))
         conn.execute("COMMIT")
         assert conn.execute("SELECT keys FROM sealed_secrets WHERE name = 'multi'"
                             ).fetchone() == ("K2 K1",)
     finally:
         conn.close()
     async with Store.open(path) as store:
-        assert store.applied_at_open == ["0002_key_refs"]
-        stored = [*await store.sealed_secrets_of_cluster("c1"),
-                  *await store.sealed_secrets_of_cluster("c2")]
+        assert store.applied_at_open[0] == "0002_key_refs"
+        stored = [*await store.inventory.sealed_secrets_of_cluster("c1"),
+                  *await store.inventory.sealed_secrets_of_cluster("c2")]
         assert sorted(stored, key=lambda r: (r.cluster, r.name)) == sorted(
             records, key=lambda r: (r.cluster, r.name))
-        usage = await store.key_usage()
-        assert {k: (v["sealed_secrets"], v["items"]) for k, v in usage.items()} == {
+        usage = await store.keys.key_usage()
+        assert {k: (v.sealed_secrets, v.items) for k, v in usage.items()} == {
             "K1": (2, 3), "K2": (2, 2), "K3": (1, 1)}
-        assert await store.sealed_secrets_using_key("K2") == [("c1", "ns", "multi"),
-                                                               ("c2", "ns", "odd")]
-        await store.upsert_sealed_secrets([sealed("c3", "ns", "new", ["K2", "K4"])])
-        assert await store.sealed_secrets_using_key("K4") == [("c3", "ns", "new")]
+        assert await store.inventory.sealed_secrets_using_key("K2") == [("c1", "ns", "multi"),
+                                                                        ("c2", "ns", "odd")]
+        await store.inventory.upsert_sealed_secrets([sealed("c3", "ns", "new", ["K2", "K4"])])
+        assert await store.inventory.sealed_secrets_using_key("K4") == [("c3", "ns", "new")]
     conn = sqlite3.connect(path)
     try:
         refs = dict(conn.execute("SELECT fingerprint, id FROM key_refs"))

@@ -18,8 +18,8 @@ from typing import Any
 import pytest
 from store_builders import sealed
 
-from sealfleet.adapters.store import Store, codec, reads
-from sealfleet.adapters.store.store import connect
+from sealfleet.adapters.store import Store, codec, inventory_reads, keys_sql
+from sealfleet.adapters.store.connection import connect
 from sealfleet.domain.staleness import SecretState
 
 S = SecretState
@@ -27,11 +27,11 @@ CURSOR = codec.encode_cursor("c1", "ns", "b")
 Read = Callable[[sqlite3.Connection], Any]
 
 READS: dict[str, Read] = {
-    "state counts": reads.state_counts,
-    "key usage": reads.key_usage,
-    "secrets of a cluster": lambda conn: reads.sealed_secrets_of_cluster(conn, "c1"),
-    "secrets using a key": lambda conn: reads.sealed_secrets_using_key(conn, "K1"),
-    "secrets using a key in a cluster": lambda conn: reads.sealed_secrets_using_key(
+    "state counts": inventory_reads.state_counts,
+    "key usage": keys_sql.key_usage,
+    "secrets of a cluster": lambda conn: inventory_reads.sealed_secrets_of_cluster(conn, "c1"),
+    "secrets using a key": lambda conn: inventory_reads.sealed_secrets_using_key(conn, "K1"),
+    "secrets using a key in a cluster": lambda conn: inventory_reads.sealed_secrets_using_key(
         conn, "K1", cluster="c1"),
 }
 PAGES: dict[str, dict[str, Any]] = {
@@ -43,7 +43,7 @@ PAGES: dict[str, dict[str, Any]] = {
     "page of a state in a cluster": {"state": S.STALE, "cluster": "c1", "cursor": CURSOR},
 }
 for label, filters in PAGES.items():
-    READS[label] = lambda conn, f=filters: reads.list_sealed_secrets(  # type: ignore[misc]
+    READS[label] = lambda conn, f=filters: inventory_reads.list_sealed_secrets(  # type: ignore[misc]
         conn, **{"cluster": None, "namespace": None, "state": None, "cursor": None,
                  "limit": 10, **f})
 
@@ -53,7 +53,7 @@ BARE_SCAN = re.compile(r"^SCAN sealed_secrets$")
 @pytest.fixture
 async def inventory(db_path: Path) -> Path:
     async with Store.open(db_path) as store:
-        await store.upsert_sealed_secrets([
+        await store.inventory.upsert_sealed_secrets([
             sealed("c1", "ns", "a"), sealed("c1", "ns", "b", ["K1", "K2"], state=S.STALE),
             sealed("c1", "other", "c", ["K2"], state=S.STALE), sealed("c2", "ns", "a", [None],
                                                                       state=S.UNKNOWN)])
@@ -98,14 +98,15 @@ async def test_the_plan_check_sees_a_bare_scan(inventory: Path) -> None:
 
 async def test_a_cursor_outside_the_filtered_cluster_pages_correctly(inventory: Path) -> None:
     async with Store.open(inventory) as store:
+        pages = store.inventory
         before = codec.encode_cursor("c0", "zz", "zz")
         after = codec.encode_cursor("c1", "zz", "zz")
-        page, _ = await store.list_sealed_secrets(cluster="c1", cursor=before)
+        page, _ = await pages.list_sealed_secrets(cluster="c1", cursor=before)
         assert [(r.namespace, r.name) for r in page] == [("ns", "a"), ("ns", "b"), ("other", "c")]
-        assert await store.list_sealed_secrets(cluster="c1", namespace="ns", cursor=after) == (
+        assert await pages.list_sealed_secrets(cluster="c1", namespace="ns", cursor=after) == (
             [], None)
-        page, _ = await store.list_sealed_secrets(cluster="c1", namespace="other",
+        page, _ = await pages.list_sealed_secrets(cluster="c1", namespace="other",
                                                   cursor=CURSOR)
         assert [r.name for r in page] == ["c"]
-        page, _ = await store.list_sealed_secrets(cluster="c2", cursor=CURSOR)
+        page, _ = await pages.list_sealed_secrets(cluster="c2", cursor=CURSOR)
         assert [r.name for r in page] == ["a"]

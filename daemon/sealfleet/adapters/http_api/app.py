@@ -269,7 +269,7 @@ def _page_params(query: MultiMapping[str]) -> dict[str, Any]:
 
 async def sealed_secrets(request: web.Request) -> web.Response:
     params = _page_params(request.query)
-    records, next_cursor = await request.app[DEPS].store.list_sealed_secrets(**params)
+    records, next_cursor = await request.app[DEPS].store.inventory.list_sealed_secrets(**params)
     return _json_body(dumps({"items": [sealed_secret_entry(r) for r in records],
                              "next_cursor": next_cursor}))
 

@@ -26,7 +26,7 @@ from typing import Any
 import structlog
 
 from sealfleet.adapters.store import Store
-from sealfleet.adapters.store.records import KeyRecord
+from sealfleet.adapters.store.records import KeyRecord, KeyUsage
 from sealfleet.domain.staleness import ClusterFacts, StalenessPolicy, build_report, iso
 
 log = structlog.get_logger(__name__)
@@ -54,9 +54,9 @@ class Snapshot:
     extras: dict[str, Any] = field(default_factory=dict)
 
 
-def key_entry(record: KeyRecord, usage: dict[str, Any] | None) -> dict[str, Any]:
+def key_entry(record: KeyRecord, usage: KeyUsage | None) -> dict[str, Any]:
     """Public facts about one key: never the private key, nor even the certificate."""
-    usage = usage or {}
+    usage = usage or KeyUsage()
     return {
         "fingerprint": record.fingerprint,
         "not_before": iso(record.not_before),
@@ -65,9 +65,9 @@ def key_entry(record: KeyRecord, usage: dict[str, Any] | None) -> dict[str, Any]
         "source": record.source,
         "fleet_master": record.fleet_master,
         "has_private_key": record.has_private_key,
-        "clusters": list(usage.get("clusters", [])),
-        "items": int(usage.get("items", 0) or 0),
-        "sealed_secrets": int(usage.get("sealed_secrets", 0) or 0),
+        "clusters": list(usage.clusters),
+        "items": usage.items,
+        "sealed_secrets": usage.sealed_secrets,
     }
 
 
@@ -128,26 +128,26 @@ class InventoryView:
 
     async def _build(self, changes: int) -> Snapshot:
         started = time.perf_counter()
-        store = self._store
-        clusters = [c for c in await store.list_clusters() if not c.get("removed")]
-        records = await store.list_keys()
-        usage = await store.key_usage()
-        counts = await store.state_counts()
+        inventory, keystore = self._store.inventory, self._store.keys
+        clusters = [c for c in await inventory.list_clusters() if not c.removed]
+        records = await keystore.list_keys()
+        usage = await keystore.key_usage()
+        counts = await inventory.state_counts()
         facts = []
         details: dict[str, dict[str, Any]] = {}
-        for row in clusters:
-            holdings = await store.cluster_key_holdings(row["name"])
+        for cluster in clusters:
+            holdings = await inventory.cluster_key_holdings(cluster.name)
             facts.append(ClusterFacts(
-                name=row["name"], reachable=row["reachable"], last_scan_at=row["last_scan_at"],
-                last_error=row["last_error"], sealing_key=row["sealing_key"],
-                sealing_key_source=row["sealing_key_source"],
+                name=cluster.name, reachable=cluster.reachable,
+                last_scan_at=cluster.last_scan_at, last_error=cluster.last_error,
+                sealing_key=cluster.sealing_key, sealing_key_source=cluster.sealing_key_source,
                 active_keys=tuple(h.fingerprint for h in holdings
                                   if h.label_value in ACTIVE_LABELS),
                 held_keys=tuple(h.fingerprint for h in holdings),
-                scan_duration_ms=row["scan_duration_ms"]))
-            details[row["name"]] = {"server": row.get("server"),
-                                    "controller_namespace": row.get("controller_namespace"),
-                                    "controller_name": row.get("controller_name")}
+                scan_duration_ms=cluster.scan_duration_ms))
+            details[cluster.name] = {"server": cluster.server,
+                                     "controller_namespace": cluster.controller_namespace,
+                                     "controller_name": cluster.controller_name}
         report = build_report(self.policy, self._clock(), facts, records, counts,
                               self.master_keys)
         clusters_out = [{**c, **details.get(c["name"], {})} for c in report["clusters"]]

@@ -14,9 +14,17 @@ import base64
 import datetime as dt
 import json
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
-from sealfleet.adapters.store.records import ItemFact, KeyHolding, KeyRecord, SealedSecretRecord
+from sealfleet.adapters.store.records import (
+    ClusterRecord,
+    ItemFact,
+    JsonObject,
+    JsonValue,
+    KeyHolding,
+    KeyRecord,
+    SealedSecretRecord,
+)
 from sealfleet.domain.scopes import Scope
 from sealfleet.domain.staleness import SecretState
 from sealfleet.errors import StoreError
@@ -38,6 +46,11 @@ def optional_timestamp(value: dt.datetime | None) -> str | None:
 
 def parse_timestamp(text: str | None) -> dt.datetime | None:
     return None if text is None else dt.datetime.fromisoformat(text)
+
+
+def parse_time(text: str) -> dt.datetime:
+    """A NOT NULL time column."""
+    return dt.datetime.fromisoformat(text)
 
 
 def now() -> str:
@@ -118,15 +131,23 @@ def fingerprints_of(records: Sequence[SealedSecretRecord]) -> set[str]:
             if fact.fingerprint is not None}
 
 
-def encode_json(value: Any) -> str:
+def encode_json(value: JsonValue) -> str:
     try:
         return _json_compact(value)
     except (TypeError, ValueError) as exc:
         raise StoreError(f"value is not JSON-serialisable: {type(exc).__name__}") from exc
 
 
-def decode_json(text: str) -> Any:
-    return _json_decode(text)
+def decode_json(text: str) -> JsonValue:
+    return cast(JsonValue, _json_decode(text))
+
+
+def decode_json_object(text: str) -> JsonObject:
+    """A JSON object column (job params, audit details): always written as an object."""
+    value = decode_json(text)
+    if not isinstance(value, dict):
+        raise StoreError(f"expected a JSON object in the store, found {type(value).__name__}")
+    return value
 
 
 # Column order shared by the upsert statement and sealed_secret_row().
@@ -191,6 +212,24 @@ def key_record(row: Sequence[Any]) -> KeyRecord:
                      not_after=dt.datetime.fromisoformat(not_after), source=source,
                      state=state, fleet_master=bool(master),
                      has_private_key=bool(has_private), certificate_pem=cert)
+
+
+CLUSTER_SELECT = (
+    "SELECT name, server, controller_namespace, controller_name, reachable, last_error, "
+    "last_scan_at, scan_duration_ms, sealing_key, sealing_key_source, removed_at FROM clusters"
+)
+
+
+def cluster_record(row: Sequence[Any]) -> ClusterRecord:
+    (name, server, controller_namespace, controller_name, reachable, last_error,
+     last_scan_at, scan_duration_ms, sealing_key, sealing_key_source, removed_at) = row
+    return ClusterRecord(
+        name=name, server=server, controller_namespace=controller_namespace,
+        controller_name=controller_name,
+        reachable=None if reachable is None else bool(reachable), last_error=last_error,
+        last_scan_at=parse_timestamp(last_scan_at), scan_duration_ms=scan_duration_ms,
+        sealing_key=sealing_key, sealing_key_source=sealing_key_source,
+        removed_at=parse_timestamp(removed_at))
 
 
 def key_holding(row: Sequence[Any]) -> KeyHolding:

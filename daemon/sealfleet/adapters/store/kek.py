@@ -10,7 +10,10 @@ leak, so the database holds them as AES-256-GCM ciphertext:
 * every ciphertext uses a fresh random 96-bit nonce and binds the key's fingerprint as
   associated data, so a ciphertext moved to another key's row does not decrypt;
 * each row records the KEK id (a hash prefix of the KEK, not the KEK) so that a wrong
-  KEK is reported as such instead of as a corrupt database.
+  KEK is reported as such instead of as a corrupt database;
+* the database holds one *check value* (migration 0003): a constant encrypted under
+  the KEK, so a wrong KEK is refused when the store opens, not when a stored key is
+  first needed (see keystore_checks.py).
 """
 
 from __future__ import annotations
@@ -30,6 +33,8 @@ from sealfleet.errors import StoreError
 KEK_BYTES = 32
 NONCE_BYTES = 12
 _KEK_ID_CONTEXT = b"sealfleet kek id v1\0"
+_CHECK_PLAINTEXT = b"sealfleet kek check value v1"
+_CHECK_AAD = b"sealfleet kek check value"   # never a fingerprint: not a key's row
 
 
 def resolve_credential_path(path: str | os.PathLike[str]) -> Path:
@@ -97,6 +102,21 @@ class KeyEncryptionKey:
         except InvalidTag:
             raise StoreError(f"private key {fingerprint}: ciphertext does not authenticate "
                              "under the key-encryption key (tampered or misplaced row)") from None
+
+
+    def check_value(self) -> bytes:
+        """A fresh ``nonce || ciphertext+tag`` of a constant: proves this KEK later."""
+        nonce = secrets.token_bytes(NONCE_BYTES)
+        return nonce + AESGCM(self.key).encrypt(nonce, _CHECK_PLAINTEXT, _CHECK_AAD)
+
+    def opens_check_value(self, blob: bytes) -> bool:
+        """Whether *blob* is a check value made by this very KEK."""
+        try:
+            plaintext = AESGCM(self.key).decrypt(blob[:NONCE_BYTES], blob[NONCE_BYTES:],
+                                                 _CHECK_AAD)
+        except (InvalidTag, ValueError):   # ValueError: too short to hold a nonce
+            return False
+        return plaintext == _CHECK_PLAINTEXT
 
 
 def generate_kek_file(path: str | os.PathLike[str]) -> Path:

@@ -2,17 +2,25 @@
 
 Times are timezone-aware UTC datetimes; fingerprints are the controller's
 ``SHA256:...`` key ids.  No record ever carries plaintext or an unencrypted key,
-except :class:`KeyMaterial`, which exists only in memory on its way in or out.
+except :class:`KeyMaterial` and :class:`LoadedKeys`, which exist only in memory on
+their way in or out.  Every record is frozen; JSON-valued fields (job parameters,
+audit details) are typed as :data:`JsonValue`.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import TypeAlias
 
 from sealfleet.domain.keys import SealingKey
 from sealfleet.domain.scopes import Scope
 from sealfleet.domain.staleness import SecretState
+
+JsonValue: TypeAlias = (str | int | float | bool | list["JsonValue"] | dict[str, "JsonValue"]
+                        | None)
+JsonObject: TypeAlias = Mapping[str, JsonValue]
 
 
 @dataclass(frozen=True)
@@ -80,3 +88,133 @@ class SealedSecretRecord:
     @property
     def item_count(self) -> int:
         return len(self.items)
+
+
+# ---------------------------------------------------------------- inventory
+
+
+@dataclass(frozen=True)
+class ClusterRecord:
+    """A cluster as configured, with the outcome of its last scan."""
+
+    name: str
+    server: str | None
+    controller_namespace: str
+    controller_name: str
+    reachable: bool | None              # None = never scanned
+    last_error: str | None
+    last_scan_at: dt.datetime | None
+    scan_duration_ms: int | None
+    sealing_key: str | None             # fingerprint the controller seals with now
+    sealing_key_source: str | None      # 'cert.pem' | 'newest-active'
+    removed_at: dt.datetime | None      # set when dropped from the config
+
+    @property
+    def removed(self) -> bool:
+        return self.removed_at is not None
+
+
+# ---------------------------------------------------------------- keys
+
+
+@dataclass(frozen=True)
+class KeyUsage:
+    """How much of the inventory one key sealed, and which clusters hold it."""
+
+    clusters: tuple[str, ...] = ()      # holding clusters, by name
+    items: int = 0                      # encryptedData items it opens
+    sealed_secrets: int = 0             # SealedSecrets with at least one such item
+
+
+@dataclass(frozen=True)
+class RejectedKey:
+    """A stored private key that was not loaded (or not stored), and why.
+
+    The reason names fingerprints and what did not match, never key material.
+    """
+
+    fingerprint: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class LoadedKeys:
+    """The stored private keys that loaded, and the rows that did not.
+
+    One bad row never keeps the others from loading: it is listed in *rejected*.
+    """
+
+    keys: tuple[SealingKey, ...] = field(default=(), repr=False)
+    rejected: tuple[RejectedKey, ...] = ()
+
+
+@dataclass(frozen=True)
+class QuarantinedKey:
+    """Key material moved out of the keystore because it contradicted its own row.
+
+    Its ciphertext is kept (still under the KEK) in ``quarantined_key_material``
+    for an operator to inspect; the key's row no longer claims a private key.
+    """
+
+    fingerprint: str
+    reason: str
+    quarantined_at: dt.datetime
+
+
+# ---------------------------------------------------------------- audit and jobs
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    """One append-only audit log entry (details never hold secrets)."""
+
+    id: int
+    at: dt.datetime
+    event: str
+    actor: str
+    details: JsonObject
+
+
+@dataclass(frozen=True)
+class JobRecord:
+    """A journalled job and how many of its objects are in each state."""
+
+    id: str
+    kind: str
+    state: str                          # pending | running | succeeded | failed | cancelled
+    params: JsonObject
+    error: str | None
+    created_at: dt.datetime
+    updated_at: dt.datetime
+    items: Mapping[str, int]            # item state -> count (states with none left out)
+
+
+@dataclass(frozen=True)
+class JobItem:
+    """One object a job touches, with its progress."""
+
+    ref: str                            # e.g. "cluster/namespace/name"
+    state: str                          # pending | running | done | failed | skipped
+    attempt: int                        # how often it was moved to 'running'
+    error: str | None
+    updated_at: dt.datetime
+
+
+# ---------------------------------------------------------------- the store itself
+
+
+@dataclass(frozen=True)
+class StoreHealth:
+    """Whether the last write reached the database; for /readyz and logs.
+
+    A failed write sets it (first failure time kept while failures continue); the
+    next successful write clears it.
+    """
+
+    last_error: str | None = None
+    failing_since: dt.datetime | None = None
+    consecutive_failures: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return self.failing_since is None

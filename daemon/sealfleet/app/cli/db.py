@@ -15,7 +15,7 @@ import sqlite3
 from pathlib import Path
 
 from sealfleet.adapters.store import generate_kek_file, migrations
-from sealfleet.adapters.store.store import connect
+from sealfleet.adapters.store.connection import connect, translate
 from sealfleet.errors import StoreError
 
 DEFAULT_CONFIG = Path("/etc/sealfleet/sealfleet.toml")
@@ -70,9 +70,11 @@ def _database(args: argparse.Namespace) -> Path:
 def run_migrate(args: argparse.Namespace) -> int:
     path = _database(args)
     known = migrations.discover()
-    conn = _open(path, read_only=False)
+    conn = connect(path)
     try:
         applied = migrations.apply_pending(conn, known)
+    except sqlite3.Error as exc:
+        raise translate(exc, path) from exc
     finally:
         conn.close()
     for name in applied:
@@ -87,10 +89,12 @@ def run_status(args: argparse.Namespace) -> int:
     if not path.is_file():
         raise StoreError(f"{path}: no such database (run `sealfleet db migrate` to create it)")
     known = migrations.discover()
-    conn = _open(path, read_only=True)
+    conn = connect(path, read_only=True)
     try:
         migrations.verify(conn, known)
         statuses = migrations.status(conn, known)
+    except sqlite3.Error as exc:
+        raise translate(exc, path) from exc
     finally:
         conn.close()
     width = max(len(s.name) for s in statuses)
@@ -108,9 +112,3 @@ def run_kek_generate(args: argparse.Namespace) -> int:
           "private keys cannot be decrypted")
     return 0
 
-
-def _open(path: Path, *, read_only: bool) -> sqlite3.Connection:
-    try:
-        return connect(path, read_only=read_only)
-    except (sqlite3.Error, OSError) as exc:
-        raise StoreError(f"{path}: cannot open database: {exc}") from exc

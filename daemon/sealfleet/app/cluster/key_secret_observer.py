@@ -109,7 +109,7 @@ class KeySecretObserver:
             state.holdings[name] = found
         await self._deps.keystore.observe_key_secrets(observed)
         now = dt.datetime.now(dt.UTC)
-        await self._deps.store.replace_cluster_keys(state.name, [KeyHolding(
+        await self._deps.store.inventory.replace_cluster_keys(state.name, [KeyHolding(
             fingerprint=k.fingerprint, secret_name=k.name, label_value=k.label,
             resource_version=k.resource_version, creation_timestamp=k.creation_timestamp,
             observed_at=now) for k in state.holdings.values()])

@@ -54,7 +54,8 @@ class SealedSecretObserver:
 
     async def scan(self, client: KubeClient) -> str:
         """Resume from the stored resourceVersion when there is one, else list."""
-        stored = await self._deps.store.get_watch_resource_version(self._state.name, RESOURCE)
+        stored = await self._deps.store.inventory.get_watch_resource_version(
+            self._state.name, RESOURCE)
         if stored and self._state.resume:
             log.info("watch_resuming", resource=RESOURCE, resource_version=stored)
             return stored

@@ -16,7 +16,7 @@ log = structlog.get_logger(__name__)
 async def record(state: ClusterState, deps: Deps, *,
                  scan_duration_ms: int | None = None) -> None:
     """Write the cluster's status row (a scan time only when a scan just finished)."""
-    await deps.store.record_cluster_status(
+    await deps.store.inventory.record_cluster_status(
         state.name, reachable=state.reachable is not False, last_error=state.last_error,
         last_scan_at=dt.datetime.now(dt.UTC) if scan_duration_ms is not None else None,
         scan_duration_ms=scan_duration_ms, sealing_key=state.sealing_key,
@@ -28,7 +28,7 @@ async def mark_failed(state: ClusterState, deps: Deps, error: FleetError) -> Non
     if state.reachable is not False:
         log.warning("cluster_unreachable", error=message, error_kind=type(error).__name__)
     state.reachable, state.last_error = False, message
-    await deps.store.record_cluster_status(
+    await deps.store.inventory.record_cluster_status(
         state.name, reachable=False, last_error=message, last_scan_at=None,
         scan_duration_ms=None, sealing_key=state.sealing_key,
         sealing_key_source=state.sealing_key_source)

@@ -124,7 +124,7 @@ class ClusterWorker:
         A few clusters at a time (the gate): full records are big, the entries small.
         """
         async with self._load_gate:
-            records = await self._deps.store.sealed_secrets_of_cluster(self.name)
+            records = await self._deps.store.inventory.sealed_secrets_of_cluster(self.name)
             self.state.inventory.load(records)
             self.state.resume = bool(records)
             del records
@@ -135,7 +135,7 @@ class ClusterWorker:
         async with KubeClient.connect(str(cluster.kubeconfig), cluster.context,
                                       request_timeout=deps.options.request_timeout) as client:
             started = time.monotonic()
-            await deps.store.upsert_cluster(
+            await deps.store.inventory.upsert_cluster(
                 self.name, server=client.server,
                 controller_namespace=cluster.controller_namespace,
                 controller_name=cluster.controller_name)

@@ -34,7 +34,7 @@ class WriteBehind:
             await self.flush()
 
     async def flush(self) -> None:
-        store, name = self._deps.store, self._state.name
+        store, name = self._deps.store.inventory, self._state.name
         async with self._lock:
             inventory = self._state.inventory
             pending = inventory.take_pending()

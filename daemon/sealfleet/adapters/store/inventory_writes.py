@@ -1,5 +1,7 @@
-"""The store's write transactions, as plain synchronous functions.
+"""The inventory's write transactions, as plain synchronous functions.
 
+The inventory (clusters, SealedSecrets, key holdings, the attribution cache, watch
+positions) is a cache of what the clusters say: it can be rebuilt by rescanning.
 Each function is the body of exactly one transaction: the Store runs it on its
 single writer thread between ``BEGIN IMMEDIATE`` and ``COMMIT`` (or ``ROLLBACK`` when
 it raises), so every public write is atomic and batched — one executemany per
@@ -13,15 +15,9 @@ import sqlite3
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from cryptography.hazmat.primitives import serialization
-
-from sealfleet.adapters.store import codec, reads
-from sealfleet.adapters.store.kek import KeyEncryptionKey
-from sealfleet.adapters.store.records import KeyHolding, KeyMaterial, KeyRecord, SealedSecretRecord
+from sealfleet.adapters.store import codec, inventory_reads
+from sealfleet.adapters.store.records import KeyHolding, SealedSecretRecord
 from sealfleet.domain.staleness import SecretState
-from sealfleet.errors import StoreError
-
-KEY_STATES = ("active", "retired", "compromised")
 
 # ---------------------------------------------------------------- clusters
 
@@ -67,95 +63,7 @@ def record_cluster_status(conn: sqlite3.Connection, name: str, *, reachable: boo
          sealing_key, sealing_key_source, codec.now(), name))
 
 
-# ---------------------------------------------------------------- keys
-
-# On conflict: a certificate-less record never replaces known validity; 'cert-only'
-# gives way to any real source; a key never silently becomes *less* severe (only
-# set_key_state can un-retire or un-compromise a key, and that is audited).
-_UPSERT_KEY = """
-INSERT INTO sealing_keys (fingerprint, not_before, not_after, source, state, fleet_master,
-                          certificate_pem, created_at, updated_at, state_changed_at)
-VALUES (?, ?, ?, ?, ?,
-        ? OR EXISTS (SELECT 1 FROM fleet_master_keys f WHERE f.fingerprint = ?1),
-        ?, ?, ?, ?)
-ON CONFLICT (fingerprint) DO UPDATE SET
-    not_before = CASE WHEN excluded.certificate_pem IS NOT NULL OR certificate_pem IS NULL
-                      THEN excluded.not_before ELSE not_before END,
-    not_after = CASE WHEN excluded.certificate_pem IS NOT NULL OR certificate_pem IS NULL
-                     THEN excluded.not_after ELSE not_after END,
-    certificate_pem = coalesce(excluded.certificate_pem, certificate_pem),
-    source = CASE WHEN source = 'cert-only' THEN excluded.source ELSE source END,
-    state = CASE
-        WHEN state = 'compromised' OR excluded.state = 'compromised' THEN 'compromised'
-        WHEN state = 'retired' OR excluded.state = 'retired' THEN 'retired'
-        ELSE 'active' END,
-    state_changed_at = CASE
-        WHEN state = 'compromised' OR excluded.state = state THEN state_changed_at
-        WHEN state = 'retired' AND excluded.state = 'active' THEN state_changed_at
-        ELSE excluded.updated_at END,
-    updated_at = excluded.updated_at
-"""
-
-
-def _key_row(record: KeyRecord, now: str) -> tuple[Any, ...]:
-    if record.state not in KEY_STATES:
-        raise StoreError(f"key {record.fingerprint}: unknown state {record.state!r}")
-    return (record.fingerprint, codec.timestamp(record.not_before),
-            codec.timestamp(record.not_after), record.source, record.state,
-            int(record.fleet_master), record.certificate_pem, now, now, now)
-
-
-def upsert_keys(conn: sqlite3.Connection, records: Sequence[KeyRecord]) -> None:
-    now = codec.now()
-    conn.executemany(_UPSERT_KEY, [_key_row(r, now) for r in records])
-    conn.executemany("INSERT OR IGNORE INTO fleet_master_keys (fingerprint) VALUES (?)",
-                     [(r.fingerprint,) for r in records if r.fleet_master])
-
-
-def store_key_material(conn: sqlite3.Connection, materials: Sequence[KeyMaterial],
-                       kek: KeyEncryptionKey | None) -> None:
-    if kek is None:
-        raise StoreError("cannot store private keys: no key-encryption key configured")
-    now = codec.now()
-    records = []
-    secrets = []
-    for material in materials:
-        key = material.key
-        records.append(KeyRecord(
-            fingerprint=key.fingerprint, not_before=key.not_before, not_after=key.not_after,
-            source=material.source, certificate_pem=key.certificate.pem.decode() or None))
-        der = key.private_key.private_bytes(serialization.Encoding.DER,
-                                            serialization.PrivateFormat.PKCS8,
-                                            serialization.NoEncryption())
-        secrets.append((kek.encrypt(der, fingerprint=key.fingerprint), kek.id, now,
-                        key.fingerprint))
-    upsert_keys(conn, records)
-    conn.executemany("UPDATE sealing_keys SET private_key_ciphertext = ?, kek_id = ?, "
-                     "updated_at = ? WHERE fingerprint = ?", secrets)
-
-
-def set_key_state(conn: sqlite3.Connection, fingerprint: str, state: str, *, actor: str,
-                  reason: str | None) -> None:
-    if state not in KEY_STATES:
-        raise StoreError(f"unknown key state {state!r}: expected one of {', '.join(KEY_STATES)}")
-    row = conn.execute("SELECT state FROM sealing_keys WHERE fingerprint = ?",
-                       (fingerprint,)).fetchone()
-    if row is None:
-        raise StoreError(f"no such key: {fingerprint}")
-    now = codec.now()
-    conn.execute("UPDATE sealing_keys SET state = ?, state_reason = ?, state_changed_at = ?, "
-                 "updated_at = ? WHERE fingerprint = ?", (state, reason, now, now, fingerprint))
-    audit(conn, "key_state_changed", actor,
-          {"fingerprint": fingerprint, "from": row[0], "to": state, "reason": reason})
-
-
-def set_fleet_master(conn: sqlite3.Connection, fingerprints: Sequence[str]) -> None:
-    wanted = sorted(set(fingerprints))
-    conn.execute("DELETE FROM fleet_master_keys")
-    conn.executemany("INSERT INTO fleet_master_keys (fingerprint) VALUES (?)",
-                     [(f,) for f in wanted])
-    conn.execute("UPDATE sealing_keys SET fleet_master = fingerprint IN "
-                 "(SELECT fingerprint FROM fleet_master_keys)")
+# ---------------------------------------------------------------- key holdings
 
 
 def replace_cluster_keys(conn: sqlite3.Connection, cluster: str,
@@ -242,7 +150,7 @@ def update_states(conn: sqlite3.Connection, cluster: str,
         [(str(state), now, cluster, ns, name) for ns, name, state in states])
 
 
-# ---------------------------------------------------------------- caches and logs
+# ---------------------------------------------------------------- caches
 
 
 def put_attributions(conn: sqlite3.Connection,
@@ -268,7 +176,7 @@ def prune_attributions(conn: sqlite3.Connection, older_than: dt.datetime) -> int
                  "(item_hash TEXT PRIMARY KEY) WITHOUT ROWID")
     conn.execute("DELETE FROM temp.live_item_hashes")
     rows = conn.execute("SELECT items, keys FROM sealed_secrets").fetchall()
-    refs = reads.key_refs(conn)
+    refs = inventory_reads.key_refs(conn)
     conn.executemany("INSERT OR IGNORE INTO temp.live_item_hashes VALUES (?)",
                      ((fact.item_hash,) for items, keys in rows
                       for fact in codec.decode_items(items, keys, refs)))
@@ -291,8 +199,3 @@ def set_watch_resource_version(conn: sqlite3.Connection, cluster: str, resource:
         "resource_version = excluded.resource_version, updated_at = excluded.updated_at",
         (cluster, resource, resource_version, codec.now()))
 
-
-def audit(conn: sqlite3.Connection, event: str, actor: str, details: dict[str, Any]) -> int:
-    cursor = conn.execute("INSERT INTO audit_log (at, event, actor, details) VALUES (?, ?, ?, ?)",
-                          (codec.now(), event, actor, codec.encode_json(details)))
-    return int(cursor.lastrowid or 0)

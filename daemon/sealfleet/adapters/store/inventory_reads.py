@@ -1,4 +1,4 @@
-"""The store's queries, as plain synchronous functions run on reader connections.
+"""The inventory's queries, as plain synchronous functions run on reader connections.
 
 Every query here is shaped by an index of the first migration: sealed secrets are
 paged by keyset over the ``UNIQUE (cluster, namespace, name)`` index (or the
@@ -14,11 +14,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from sealfleet.adapters.store import codec
-from sealfleet.adapters.store.kek import KeyEncryptionKey
-from sealfleet.adapters.store.records import KeyHolding, KeyRecord, SealedSecretRecord
-from sealfleet.domain.keys import Certificate, SealingKey, load_certificate
+from sealfleet.adapters.store.records import ClusterRecord, KeyHolding, SealedSecretRecord
 from sealfleet.domain.staleness import SecretState
-from sealfleet.errors import InputError, StoreError
+from sealfleet.errors import InputError
 
 # SQLite's default limit on host parameters is 32766 (3.32+); stay far below it.
 _CHUNK = 900
@@ -59,93 +57,9 @@ def get_watch_resource_version(conn: sqlite3.Connection, cluster: str,
     return None if row is None else str(row[0])
 
 
-def load_private_keys(conn: sqlite3.Connection,
-                      kek: KeyEncryptionKey | None) -> list[SealingKey]:
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric import rsa
-
-    rows = conn.execute(
-        "SELECT fingerprint, not_before, not_after, certificate_pem, private_key_ciphertext, "
-        "kek_id FROM sealing_keys WHERE private_key_ciphertext IS NOT NULL "
-        "ORDER BY not_before, fingerprint").fetchall()
-    if rows and kek is None:
-        raise StoreError("the store holds private keys but no key-encryption key is configured")
-    keys: list[SealingKey] = []
-    for fingerprint, not_before, not_after, cert_pem, blob, kek_id in rows:
-        assert kek is not None
-        der = kek.decrypt(blob, fingerprint=fingerprint, kek_id=kek_id)
-        private_key = serialization.load_der_private_key(der, password=None)
-        if not isinstance(private_key, rsa.RSAPrivateKey):
-            raise StoreError(f"private key {fingerprint} in the store is not RSA")
-        if cert_pem:
-            certificate = load_certificate(cert_pem.encode())
-        else:
-            certificate = Certificate(public_key=private_key.public_key(),
-                                      not_before=codec.parse_timestamp(not_before),  # type: ignore[arg-type]
-                                      not_after=codec.parse_timestamp(not_after),  # type: ignore[arg-type]
-                                      pem=b"")
-        key = SealingKey(private_key, certificate)
-        if key.fingerprint != fingerprint:
-            raise StoreError(f"private key stored under {fingerprint} has fingerprint "
-                             f"{key.fingerprint}: the store is inconsistent")
-        keys.append(key)
-    return keys
-
-
-def list_keys(conn: sqlite3.Connection) -> list[KeyRecord]:
-    rows = conn.execute(codec.KEY_SELECT + " ORDER BY not_before, fingerprint")
-    return [codec.key_record(row) for row in rows]
-
-
-def key_usage(conn: sqlite3.Connection) -> dict[str, dict[str, Any]]:
-    usage: dict[str, dict[str, Any]] = {}
-
-    def entry(fingerprint: str) -> dict[str, Any]:
-        return usage.setdefault(fingerprint, {"clusters": [], "items": 0, "sealed_secrets": 0})
-
-    for (fingerprint,) in conn.execute("SELECT fingerprint FROM sealing_keys"):
-        entry(fingerprint)
-    for fingerprint, cluster in conn.execute(
-            "SELECT DISTINCT fingerprint, cluster FROM cluster_keys ORDER BY fingerprint, cluster"):
-        entry(fingerprint)["clusters"].append(cluster)
-    refs = key_refs(conn)
-    # Single-key SealedSecrets (nearly all): a covering scan of sealed_secrets_by_key.
-    for keys, secrets, items in conn.execute(
-            "SELECT keys, count(*), sum(key_items) FROM sealed_secrets "
-            "INDEXED BY sealed_secrets_by_key WHERE keys != '' AND keys NOT LIKE '% %' "
-            "GROUP BY keys"):
-        usage_entry = entry(refs[keys])
-        usage_entry["items"] += items
-        usage_entry["sealed_secrets"] += secrets
-    # The few whose items were sealed by several keys: count per item.
-    for items_text, keys in conn.execute(
-            "SELECT items, keys FROM sealed_secrets WHERE id IN (SELECT id FROM sealed_secrets "
-            "INDEXED BY sealed_secrets_by_key WHERE keys LIKE '% %')"):
-        for ref in keys.split(" "):
-            entry(refs[ref])["sealed_secrets"] += 1
-        for fact in codec.decode_items(items_text, keys, refs):
-            if fact.fingerprint is not None:
-                entry(fact.fingerprint)["items"] += 1
-    return usage
-
-
-_CLUSTER_FIELDS = ("name", "server", "controller_namespace", "controller_name", "reachable",
-                   "last_error", "last_scan_at", "scan_duration_ms", "sealing_key",
-                   "sealing_key_source", "removed_at")
-
-
-def list_clusters(conn: sqlite3.Connection) -> list[dict[str, Any]]:
-    clusters = []
-    # Column names are module constants, never input.
-    sql = f"SELECT {', '.join(_CLUSTER_FIELDS)} FROM clusters ORDER BY name"  # noqa: S608
-    for row in conn.execute(sql):
-        cluster = dict(zip(_CLUSTER_FIELDS, row, strict=True))
-        cluster["reachable"] = None if cluster["reachable"] is None else bool(cluster["reachable"])
-        cluster["last_scan_at"] = codec.parse_timestamp(cluster["last_scan_at"])
-        cluster["removed_at"] = codec.parse_timestamp(cluster["removed_at"])
-        cluster["removed"] = cluster["removed_at"] is not None
-        clusters.append(cluster)
-    return clusters
+def list_clusters(conn: sqlite3.Connection) -> list[ClusterRecord]:
+    return [codec.cluster_record(row) for row in conn.execute(codec.CLUSTER_SELECT
+                                                              + " ORDER BY name")]
 
 
 def cluster_key_holdings(conn: sqlite3.Connection, cluster: str) -> list[KeyHolding]:
@@ -237,10 +151,3 @@ def sealed_secrets_using_key(conn: sqlite3.Connection, fingerprint: str, *,
     rows = conn.execute(sql, {"key": str(found[0]), "cluster": cluster})
     return [(c, ns, name) for c, ns, name in rows]
 
-
-def audit_entries(conn: sqlite3.Connection, *, after_id: int,
-                  limit: int) -> list[dict[str, Any]]:
-    rows = conn.execute("SELECT id, at, event, actor, details FROM audit_log WHERE id > ? "
-                        "ORDER BY id LIMIT ?", (after_id, limit))
-    return [{"id": row[0], "at": codec.parse_timestamp(row[1]), "event": row[2],
-             "actor": row[3], "details": codec.decode_json(row[4])} for row in rows]

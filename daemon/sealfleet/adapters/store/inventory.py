@@ -1,0 +1,171 @@
+"""``store.inventory``: what the clusters hold, as last observed; rebuildable by rescanning.
+
+Clusters and their scan status, SealedSecrets with per-item attribution, the key
+Secrets each cluster holds, the attribution cache, watch positions and state
+counts.  Losing all of it costs one full scan, nothing more, which is why it lives
+apart from the keystore, the audit log and the job journal.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from sealfleet.adapters.store import codec, inventory_reads, inventory_writes
+from sealfleet.adapters.store.records import ClusterRecord, KeyHolding, SealedSecretRecord
+from sealfleet.domain.staleness import SecretState
+from sealfleet.errors import InputError
+
+if TYPE_CHECKING:
+    from sealfleet.adapters.store.store import Store
+
+
+class Inventory:
+    """Writes and reads of the rebuildable inventory."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        # fingerprint -> key reference, for encoding rows on the caller's thread; only
+        # the event loop touches it, and references never change once given.
+        self._key_refs: dict[str, str] = {}
+
+    # ------------------------------------------------------------ clusters
+
+    async def upsert_cluster(self, name: str, *, server: str | None = None,
+                             controller_namespace: str = "kube-system",
+                             controller_name: str = "sealed-secrets-controller") -> None:
+        """Add or update a configured cluster (and un-remove it)."""
+        await self._store.write(inventory_writes.upsert_cluster, name, server,
+                                controller_namespace, controller_name)
+
+    async def mark_cluster_removed(self, name: str) -> None:
+        await self._store.write(inventory_writes.mark_cluster_removed, name)
+
+    async def record_cluster_status(self, name: str, *, reachable: bool,
+                                    last_error: str | None = None,
+                                    last_scan_at: dt.datetime | None = None,
+                                    scan_duration_ms: int | None = None,
+                                    sealing_key: str | None = None,
+                                    sealing_key_source: str | None = None) -> None:
+        """The outcome of a scan; None keeps what was recorded (except last_error)."""
+        await self._store.write(inventory_writes.record_cluster_status, name,
+                                reachable=reachable, last_error=last_error,
+                                last_scan_at=last_scan_at, scan_duration_ms=scan_duration_ms,
+                                sealing_key=sealing_key, sealing_key_source=sealing_key_source)
+
+    async def list_clusters(self) -> list[ClusterRecord]:
+        """Every cluster ever recorded, removed ones included, by name."""
+        return await self._store.read(inventory_reads.list_clusters)
+
+    async def replace_cluster_keys(self, cluster: str, holdings: Sequence[KeyHolding]) -> None:
+        """The key Secrets the cluster holds now (replaces the previous observation)."""
+        await self._store.write(inventory_writes.replace_cluster_keys, cluster, list(holdings))
+
+    async def cluster_key_holdings(self, cluster: str) -> list[KeyHolding]:
+        return await self._store.read(inventory_reads.cluster_key_holdings, cluster)
+
+    # ------------------------------------------------------------ sealed secrets
+
+    async def upsert_sealed_secrets(self, records: Sequence[SealedSecretRecord]) -> None:
+        """Insert or update by (cluster, namespace, name), in one transaction.
+
+        The rows are encoded here, on the caller's thread (about 2.5 us per record),
+        so that the writer thread spends its time inside SQLite, which releases the
+        GIL: with several cluster workers writing, encoding the next batch overlaps
+        with writing this one instead of queueing behind it.
+        """
+        if not records:
+            return
+        try:
+            rows = codec.sealed_secret_rows(records, self._key_refs)
+        except KeyError:
+            # A key no row has named before (rare: keys are few and long-lived): give it
+            # a reference first, in its own transaction; references are never undone.
+            self._key_refs.update(await self._store.write(inventory_writes.ensure_key_refs,
+                                                          codec.fingerprints_of(records)))
+            rows = codec.sealed_secret_rows(records, self._key_refs)
+        await self._store.write(inventory_writes.upsert_sealed_secret_rows,
+                                {r.cluster for r in records}, rows)
+
+    async def delete_sealed_secrets(self, cluster: str,
+                                    refs: Sequence[tuple[str, str]]) -> None:
+        """Delete by (namespace, name); unknown refs are ignored."""
+        if refs:
+            await self._store.write(inventory_writes.delete_sealed_secrets, cluster, list(refs))
+
+    async def delete_sealed_secrets_not_seen_since(self, cluster: str,
+                                                   since: dt.datetime) -> int:
+        """Delete the cluster's rows whose last_seen is before *since*; return how many."""
+        return await self._store.write(inventory_writes.delete_sealed_secrets_not_seen_since,
+                                       cluster, since)
+
+    async def update_states(self, cluster: str,
+                            states: Sequence[tuple[str, str, SecretState]]) -> None:
+        """(namespace, name, state) per SealedSecret whose state alone changed."""
+        if states:
+            await self._store.write(inventory_writes.update_states, cluster, list(states))
+
+    async def list_sealed_secrets(self, cluster: str | None = None,
+                                  namespace: str | None = None,
+                                  state: SecretState | str | None = None, limit: int = 100,
+                                  cursor: str | None = None,
+                                  ) -> tuple[list[SealedSecretRecord], str | None]:
+        """One keyset page in (cluster, namespace, name) order and the next page's cursor
+        (None on the last page).  A malformed cursor or state is an InputError."""
+        if state is not None:
+            try:
+                state = SecretState(state)
+            except ValueError:
+                raise InputError(f"unknown state {state!r}") from None
+        return await self._store.read(inventory_reads.list_sealed_secrets, cluster=cluster,
+                                      namespace=namespace, state=state, limit=limit,
+                                      cursor=cursor)
+
+    async def sealed_secrets_of_cluster(self, cluster: str) -> list[SealedSecretRecord]:
+        return await self._store.read(inventory_reads.sealed_secrets_of_cluster, cluster)
+
+    async def sealed_secrets_using_key(self, fingerprint: str, *, cluster: str | None = None,
+                                       ) -> list[tuple[str, str, str]]:
+        """(cluster, namespace, name) of the SealedSecrets with an item sealed by the key."""
+        return await self._store.read(inventory_reads.sealed_secrets_using_key, fingerprint,
+                                      cluster=cluster)
+
+    async def state_counts(self) -> dict[str, dict[SecretState, int]]:
+        """cluster -> state -> how many SealedSecrets (states with none left out)."""
+        return await self._store.read(inventory_reads.state_counts)
+
+    # ------------------------------------------------------------ caches
+
+    async def put_attributions(self, attributions: Sequence[tuple[str, str | None]], *,
+                               known_keys_epoch: int) -> None:
+        """(item hash, fingerprint or None = no known key opens it) per item."""
+        if attributions:
+            await self._store.write(inventory_writes.put_attributions, list(attributions),
+                                    known_keys_epoch)
+
+    async def get_attributions(self, item_hashes: Sequence[str], *,
+                               known_keys_epoch: int | None = None) -> dict[str, str | None]:
+        """Cached attributions.  With *known_keys_epoch*, cached "unknown" (None) answers
+        from another epoch are left out, so the caller retries them with the new keys."""
+        if not item_hashes:
+            return {}
+        return await self._store.read(inventory_reads.get_attributions, list(item_hashes),
+                                      known_keys_epoch)
+
+    async def prune_attributions(self, *, older_than: dt.datetime) -> int:
+        """Drop cache entries older than *older_than* that no stored item refers to.
+
+        Holds the write lock for about a second per 100k SealedSecrets: run it rarely
+        (e.g. daily), not on the scan path."""
+        return await self._store.write(inventory_writes.prune_attributions, older_than)
+
+    async def set_watch_resource_version(self, cluster: str, resource: str,
+                                         rv: str | None) -> None:
+        """Where the watch stands (None forgets it, forcing a relist next time)."""
+        await self._store.write(inventory_writes.set_watch_resource_version, cluster,
+                                resource, rv)
+
+    async def get_watch_resource_version(self, cluster: str, resource: str) -> str | None:
+        return await self._store.read(inventory_reads.get_watch_resource_version, cluster,
+                                      resource)
