@@ -42,12 +42,11 @@ from sealfleet.app.config_values import (
 from sealfleet.errors import ConfigError
 
 __all__ = [  # the value helpers are re-exported: callers import settings from one place
-    "DEFAULT_CONFIG_PATH", "ApiSettings", "ClusterSettings", "Duration", "FleetSettings",
+    "ApiSettings", "ClusterSettings", "Duration", "FleetSettings",
     "LoggingSettings", "PolicySettings", "PositiveDuration", "ServiceSettings", "Settings",
     "StoreSettings", "format_validation_error", "load_settings", "parse_duration",
     "settings_from_mapping", "split_listen"]
 
-DEFAULT_CONFIG_PATH = Path("/etc/sealfleet/sealfleet.toml")
 _FALLBACK_STATE_DIR = "sealfleet-state"  # next to the config file when not under systemd
 
 _FINGERPRINT = re.compile(r"^SHA256:[A-Za-z0-9+/]{43}$")
@@ -112,9 +111,9 @@ class StoreSettings(_Section):
     else ``sealfleet-state/inventory.db`` next to the config file."""
 
     kek_file: Path = Field(default=Path("kek"), validate_default=True)
-    """Key-encryption key: 32 random bytes, mode 0600 enforced by the store.  Default
-    ``kek``: ``$CREDENTIALS_DIRECTORY/kek`` under systemd ``LoadCredential=``, else next to
-    the config file."""
+    """Key-encryption key: 32 random bytes, owner-only (mode 0600, or systemd's credential
+    ACL), checked at start.  Default ``kek``: ``$CREDENTIALS_DIRECTORY/kek`` under systemd
+    ``LoadCredential=``, else next to the config file."""
 
     @field_validator("database", mode="before")
     @classmethod
@@ -150,10 +149,12 @@ class ApiSettings(_Section):
 
     read_token_file: Path | None = None
     """Bearer token for GET requests over TCP.  A bare name is looked up in
-    ``$CREDENTIALS_DIRECTORY`` first."""
+    ``$CREDENTIALS_DIRECTORY`` first.  Owner-only like the KEK, at least 16 printable
+    ASCII characters; checked at start (:mod:`sealfleet.app.preflight`)."""
 
     admin_token_file: Path | None = None
-    """Bearer token reserved for mutating endpoints (later releases)."""
+    """Bearer token reserved for mutating endpoints (later releases).  Same rules, and
+    never the read token's file or value: the read token must not grant admin."""
 
     @field_validator("socket", mode="before")
     @classmethod

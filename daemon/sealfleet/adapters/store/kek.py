@@ -4,8 +4,9 @@ Private keys are the one thing in the inventory that is not rebuildable and must
 leak, so the database holds them as AES-256-GCM ciphertext:
 
 * the KEK is 32 random bytes in a file readable by its owner only (mode 0600 or
-  stricter); a missing, group- or other-accessible or wrong-size file is a
-  configuration error (:class:`ConfigError`, exit 2) naming the file;
+  stricter, or systemd's credential ACL: see :mod:`sealfleet.adapters.credentials`);
+  a missing, group- or other-accessible or wrong-size file is a configuration error
+  (:class:`ConfigError`, exit 2) naming the file;
 * the caller passes the file's resolved path: where a credential lives (a bare name
   under systemd's ``$CREDENTIALS_DIRECTORY``) is decided once, by the config;
 * every ciphertext uses a fresh random 96-bit nonce and binds the key's fingerprint as
@@ -19,13 +20,13 @@ from __future__ import annotations
 import hashlib
 import os
 import secrets
-import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from sealfleet.adapters import credentials
 from sealfleet.errors import ConfigError, StoreError
 
 KEK_BYTES = 32
@@ -53,17 +54,7 @@ class KeyEncryptionKey:
         """Read the KEK file at *path* (as given), refusing one anybody but its owner may
         access.  Every problem with the file is a :class:`ConfigError` naming it."""
         source = os.fspath(path)
-        try:
-            with open(source, "rb") as handle:
-                mode = os.fstat(handle.fileno()).st_mode
-                if mode & (stat.S_IRWXG | stat.S_IRWXO):
-                    raise ConfigError(
-                        f"key-encryption key {source}: mode {stat.S_IMODE(mode):04o} lets "
-                        "group or others access it; run: chmod 600 " + source)
-                data = handle.read(KEK_BYTES + 1)
-        except OSError as exc:
-            raise ConfigError(f"key-encryption key {source}: cannot read "
-                              f"({exc.strerror or type(exc).__name__})") from exc
+        data = credentials.read_private(source, limit=KEK_BYTES + 1, label="key-encryption key")
         if len(data) != KEK_BYTES:
             raise ConfigError(f"key-encryption key {source}: expected {KEK_BYTES} bytes, "
                               f"found {len(data) if len(data) <= KEK_BYTES else 'more'}")
