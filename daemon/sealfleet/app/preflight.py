@@ -28,7 +28,7 @@ if TYPE_CHECKING:  # settings are only read here: `db status` need not import py
     from sealfleet.app.config import Settings
 
 SQLITE_HEADER = b"SQLite format 3\x00"
-MIN_TOKEN_BYTES = 16     # shorter is guessable; the sandbox and `openssl rand -hex 32` give 43+
+MIN_TOKEN_BYTES = 16     # shorter is guessable; secrets.token_urlsafe(32) (the README) gives 43
 MAX_TOKEN_BYTES = 4096   # read no further: a token file pointing at /dev/zero must not hang us
 
 TokenKey = Literal["read_token_file", "admin_token_file"]
