@@ -131,7 +131,109 @@ def test_durations(text: str, seconds: int) -> None:
     assert parse_duration(text).total_seconds() == seconds
 
 
-@pytest.mark.parametrize("text", ["", "30", "d", "1.5h", "-1d", "30 d", "1w"])
+@pytest.mark.parametrize("text", ["", "30", "d", "1.5h", "-1d", "30 d", "1w", "1h 30m"])
 def test_bad_durations(text: str) -> None:
     with pytest.raises(ValueError, match="duration"):
         parse_duration(text)
+
+
+@pytest.mark.parametrize(("section", "key"), [
+    ("fleet", "resync_interval"), ("fleet", "request_timeout"), ("fleet", "backoff_initial"),
+    ("fleet", "backoff_max"), ("policy", "key_renew_period"), ("service", "shutdown_timeout")])
+def test_a_zero_period_or_timeout_is_refused(tmp_path: Path, section: str, key: str) -> None:
+    """A 0s resync relisted 36 times in 10 s; a 0s timeout or delay would spin likewise."""
+    assert error_of(write(tmp_path, f'[{section}]\n{key} = "0s"\n')) == (
+        f"{tmp_path / 'sealfleet.toml'}: {section}.{key}: must be longer than 0s")
+
+
+def test_a_zero_warning_window_is_allowed(tmp_path: Path) -> None:
+    s = load_settings(write(tmp_path, '[policy]\ncert_expiry_warning = "0s"\n'), env={})
+    assert s.policy.cert_expiry_warning == dt.timedelta(0)
+
+
+@pytest.mark.parametrize("value", ["99999999999999d", "36501d", "876001h",
+                                   "9" * 5000 + "s", "36500d1s"])
+def test_durations_beyond_100_years_are_one_clear_error(tmp_path: Path, value: str) -> None:
+    """99999999999999d gave ``internal error (OverflowError)``."""
+    assert error_of(write(tmp_path, f'[policy]\nkey_renew_period = "{value}"\n')) == (
+        f"{tmp_path / 'sealfleet.toml'}: policy.key_renew_period: "
+        "must be at most 36500d (100 years)")
+
+
+def test_the_longest_duration_is_100_years(tmp_path: Path) -> None:
+    s = load_settings(write(tmp_path, '[service]\nshutdown_timeout = "36500d"\n'), env={})
+    assert s.service.shutdown_timeout == dt.timedelta(days=36500)
+
+
+def test_backoff_cap_below_its_first_step_is_refused(tmp_path: Path) -> None:
+    text = '[fleet]\nbackoff_initial = "5m"\nbackoff_max = "1m"\n'
+    assert "fleet: backoff_max must not be shorter than backoff_initial" in error_of(
+        write(tmp_path, text))
+
+
+@pytest.mark.parametrize("value", ['"yes"', '"true"', "0", "1", '"false"'])
+def test_booleans_are_strict(tmp_path: Path, value: str) -> None:
+    """``read_key_secrets = "yes"`` or ``0`` was coerced silently."""
+    text = f'[[clusters]]\nname = "a"\nkubeconfig = "k"\nread_key_secrets = {value}\n'
+    assert error_of(write(tmp_path, text)) == (
+        f"{tmp_path / 'sealfleet.toml'}: clusters[0].read_key_secrets: "
+        "expected true or false (a TOML boolean, without quotes)")
+
+
+@pytest.mark.parametrize(("read", "admin"), [
+    ("token", "token"), ("token", "./token"), ("token", "{dir}/token"), ("link", "token")])
+def test_one_file_cannot_be_both_read_and_admin_token(tmp_path: Path, read: str,
+                                                      admin: str) -> None:
+    (tmp_path / "token").write_text("x" * 32)
+    (tmp_path / "link").symlink_to(tmp_path / "token")
+    text = (f'[api]\nread_token_file = "{read}"\n'
+            f'admin_token_file = "{admin.format(dir=tmp_path)}"\n')
+    message = error_of(write(tmp_path, text))
+    assert message.startswith(f"{tmp_path / 'sealfleet.toml'}: api: read_token_file and "
+                              "admin_token_file are the same file")
+    assert "x" * 16 not in message
+
+
+def test_values_in_errors_are_quoted_on_one_line(tmp_path: Path) -> None:
+    text = '"odd\\nkey" = 1\n[[clusters]]\nname = "a\\nb"\nkubeconfig = "k"\n'
+    message = error_of(write(tmp_path, text))  # error_of asserts there is no newline
+    assert 'clusters[0].name: invalid cluster name "a\\nb"' in message
+    assert "odd\\nkey: unknown key" in message
+
+
+@pytest.mark.parametrize("value", ["5", "true", "[\"k\"]"])
+def test_paths_must_be_strings(tmp_path: Path, value: str) -> None:
+    text = f'[[clusters]]\nname = "a"\nkubeconfig = {value}\n'
+    assert "clusters[0].kubeconfig: expected a file path string" in error_of(
+        write(tmp_path, text))
+
+
+def test_pacing_in_seconds_comes_from_the_settings_defaults(tmp_path: Path) -> None:
+    """The one source of the workers' pacing defaults (fleet.py, retry.py repeat none)."""
+    fleet = load_settings(write(tmp_path, ""), env={}).fleet
+    assert (fleet.resync_interval_seconds, fleet.request_timeout_seconds,
+            fleet.backoff_initial_seconds, fleet.backoff_max_seconds) == (600.0, 30.0, 1.0,
+                                                                          300.0)
+    custom = load_settings(write(tmp_path, '[fleet]\nresync_interval = "1h30m"\n'
+                                           'request_timeout = "5s"\n[service]\n'
+                                           'shutdown_timeout = "12s"\n'), env={})
+    assert custom.fleet.resync_interval_seconds == 5400.0
+    assert custom.fleet.request_timeout_seconds == 5.0
+    assert custom.service.shutdown_timeout_seconds == 12.0
+
+
+def test_bare_credential_names_resolve_in_credentials_directory_first(tmp_path: Path) -> None:
+    """The one place credential files are looked up (the KEK loader takes the result)."""
+    credentials = tmp_path / "credentials"
+    credentials.mkdir()
+    for name in ("kek", "read-token"):
+        (credentials / name).write_bytes(b"x")
+    env = {"CREDENTIALS_DIRECTORY": str(credentials)}
+    text = '[api]\nread_token_file = "read-token"\nadmin_token_file = "admin-token"\n'
+    s = load_settings(write(tmp_path, text), env=env)
+    assert s.store.kek_file == credentials / "kek"
+    assert s.api.read_token_file == credentials / "read-token"
+    assert s.api.admin_token_file == tmp_path / "admin-token"   # not there: next to config
+    dotted = load_settings(write(tmp_path, '[store]\nkek_file = "./kek"\n'), env=env)
+    assert dotted.store.kek_file == tmp_path / "kek"             # not a bare name
+    assert load_settings(write(tmp_path, ""), env={}).store.kek_file == tmp_path / "kek"

@@ -14,52 +14,44 @@ kubeconfig/KEK/token files can move together.  Defaults follow systemd's directo
 from __future__ import annotations
 
 import datetime as dt
-import ipaddress
 import os
 import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 from pydantic import (
     BaseModel,
-    BeforeValidator,
     ConfigDict,
     Field,
+    StrictBool,
     ValidationError,
     ValidationInfo,
     field_validator,
     model_validator,
 )
 
+from sealfleet.app.config_values import (
+    Duration,
+    PositiveDuration,
+    parse_duration,
+    quoted,
+    split_listen,
+)
 from sealfleet.errors import ConfigError
 
-DEFAULT_CONFIG_PATH = Path("/etc/sealfleet/sealfleet.toml")
+__all__ = [  # the value helpers are re-exported: callers import settings from one place
+    "ApiSettings", "ClusterSettings", "Duration", "FleetSettings",
+    "LoggingSettings", "PolicySettings", "PositiveDuration", "ServiceSettings", "Settings",
+    "StoreSettings", "format_validation_error", "load_settings", "parse_duration",
+    "settings_from_mapping", "split_listen"]
+
 _FALLBACK_STATE_DIR = "sealfleet-state"  # next to the config file when not under systemd
 
-_DURATION_PART = re.compile(r"(\d+)([dhms])")
-_DURATION_UNITS = {"d": 86400, "h": 3600, "m": 60, "s": 1}
 _FINGERPRINT = re.compile(r"^SHA256:[A-Za-z0-9+/]{43}$")
 # Cluster names appear in URLs, metric labels and log context: keep them DNS-label-like.
 _CLUSTER_NAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._-]{0,61}[A-Za-z0-9])?$")
-
-
-def parse_duration(value: object) -> dt.timedelta:
-    """Parse "30d", "720h", "15m", "90s" or a combination such as "1h30m"."""
-    if isinstance(value, dt.timedelta):
-        return value
-    if not isinstance(value, str) or not value:
-        raise ValueError('expected a duration string such as "30d", "720h", "15m" or "90s"')
-    text = value.strip()
-    parts = _DURATION_PART.findall(text)
-    if not parts or "".join(n + u for n, u in parts) != text:
-        raise ValueError(f'invalid duration "{value}": use digits with d, h, m or s '
-                         '(e.g. "30d", "720h", "15m", "90s")')
-    return dt.timedelta(seconds=sum(int(n) * _DURATION_UNITS[u] for n, u in parts))
-
-
-Duration = Annotated[dt.timedelta, BeforeValidator(parse_duration)]
 
 
 class _Section(BaseModel):
@@ -80,16 +72,31 @@ def _env(info: ValidationInfo, name: str) -> str | None:
     return value or None
 
 
+def _path_text(value: object) -> str:
+    if not isinstance(value, str | Path):
+        raise ValueError("expected a file path string")
+    text = str(value)
+    if "\0" in text:
+        raise ValueError("must not contain a NUL character")
+    return text
+
+
 def _resolve(value: str | Path, info: ValidationInfo) -> Path:
-    path = Path(os.path.expanduser(str(value)))
+    path = Path(os.path.expanduser(_path_text(value)))
     return path if path.is_absolute() else (_base_dir(info) / path).resolve()
 
 
 def _resolve_credential(value: str | Path, info: ValidationInfo) -> Path:
-    """A bare file name is looked up in $CREDENTIALS_DIRECTORY first (systemd LoadCredential)."""
-    text = str(value)
+    """Where a credential file (KEK, token) really is: the one place this is decided.
+
+    A bare file name is looked up in ``$CREDENTIALS_DIRECTORY`` first (systemd
+    ``LoadCredential=``), when that directory holds it; anything else, and a bare name
+    not found there, resolves like every other path (against the config's directory).
+    The KEK loader and the token reader take the resolved path as given.
+    """
+    text = _path_text(value)
     credentials = _env(info, "CREDENTIALS_DIRECTORY")
-    if credentials and "/" not in text:
+    if credentials and os.sep not in text and text not in (".", ".."):
         candidate = Path(credentials) / text
         if candidate.exists():
             return candidate
@@ -104,9 +111,9 @@ class StoreSettings(_Section):
     else ``sealfleet-state/inventory.db`` next to the config file."""
 
     kek_file: Path = Field(default=Path("kek"), validate_default=True)
-    """Key-encryption key: 32 random bytes, mode 0600 enforced by the store.  Default
-    ``kek``: ``$CREDENTIALS_DIRECTORY/kek`` under systemd ``LoadCredential=``, else next to
-    the config file."""
+    """Key-encryption key: 32 random bytes, owner-only (mode 0600, or systemd's credential
+    ACL), checked at start.  Default ``kek``: ``$CREDENTIALS_DIRECTORY/kek`` under systemd
+    ``LoadCredential=``, else next to the config file."""
 
     @field_validator("database", mode="before")
     @classmethod
@@ -142,10 +149,12 @@ class ApiSettings(_Section):
 
     read_token_file: Path | None = None
     """Bearer token for GET requests over TCP.  A bare name is looked up in
-    ``$CREDENTIALS_DIRECTORY`` first."""
+    ``$CREDENTIALS_DIRECTORY`` first.  Owner-only like the KEK, at least 16 printable
+    ASCII characters; checked at start (:mod:`sealfleet.app.preflight`)."""
 
     admin_token_file: Path | None = None
-    """Bearer token reserved for mutating endpoints (later releases)."""
+    """Bearer token reserved for mutating endpoints (later releases).  Same rules, and
+    never the read token's file or value: the read token must not grant admin."""
 
     @field_validator("socket", mode="before")
     @classmethod
@@ -181,45 +190,30 @@ class ApiSettings(_Section):
                              "a TCP listener requires a bearer token")
         return self
 
+    @model_validator(mode="after")
+    def _tokens_are_separate(self) -> ApiSettings:
+        read, admin = self.read_token_file, self.admin_token_file
+        if read is not None and admin is not None \
+                and os.path.realpath(read) == os.path.realpath(admin):
+            raise ValueError(f"read_token_file and admin_token_file are the same file "
+                             f"({read}): the read token would also grant admin")
+        return self
+
     @property
     def listen_address(self) -> tuple[str, int] | None:
         return split_listen(self.listen) if self.listen else None
 
 
-def split_listen(value: str) -> tuple[str, int]:
-    """``"127.0.0.1:8780"`` / ``"[::1]:8780"`` / ``"localhost:8780"`` -> (host, port)."""
-    host, sep, port_text = value.rpartition(":")
-    if not sep or not host or not port_text.isdigit():
-        raise ValueError(f'invalid listen address "{value}": expected host:port')
-    port = int(port_text)
-    if not 0 <= port <= 65535:
-        raise ValueError(f'invalid port in "{value}"')
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-        try:
-            ipaddress.IPv6Address(host)
-        except ValueError as exc:
-            raise ValueError(f'invalid IPv6 address in "{value}"') from exc
-    return host, port
-
-
 class PolicySettings(_Section):
     """``[policy]``: when a key counts as stale."""
 
-    key_renew_period: Duration = dt.timedelta(days=30)
+    key_renew_period: PositiveDuration = dt.timedelta(days=30)
     """A sealing key older than this is stale.  Default 30d: the controller's own
     ``--key-renew-period`` default (720h)."""
 
     cert_expiry_warning: Duration = dt.timedelta(days=30)
     """A sealing certificate expiring within this window is stale.  Default 30d: enough
     time to renew and reseal before kubeseal starts refusing the certificate."""
-
-    @field_validator("key_renew_period")
-    @classmethod
-    def _positive(cls, value: dt.timedelta) -> dt.timedelta:
-        if value <= dt.timedelta(0):
-            raise ValueError("must be longer than 0s")
-        return value
 
 
 class FleetSettings(_Section):
@@ -229,18 +223,18 @@ class FleetSettings(_Section):
     """Fingerprints (``SHA256:...``) of the fleet master key set.  Empty (default) turns
     the drift check off: without a declared set there is nothing to drift from."""
 
-    resync_interval: Duration = dt.timedelta(minutes=10)
+    resync_interval: PositiveDuration = dt.timedelta(minutes=10)
     """Full relist period on top of watches, seconds-precision.  Default 10m: cheap with
     the attribution cache and bounds how long a missed watch event can hide."""
 
-    backoff_initial: Duration = dt.timedelta(seconds=1)
+    backoff_initial: PositiveDuration = dt.timedelta(seconds=1)
     """First retry delay after a cluster fails.  Default 1s."""
 
-    backoff_max: Duration = dt.timedelta(minutes=5)
+    backoff_max: PositiveDuration = dt.timedelta(minutes=5)
     """Cap of the exponential backoff.  Default 5m: a dead cluster is retried often
     enough to notice recovery, rarely enough not to flood logs or the apiserver."""
 
-    request_timeout: Duration = dt.timedelta(seconds=30)
+    request_timeout: PositiveDuration = dt.timedelta(seconds=30)
     """Per-request timeout towards an apiserver (not watches).  Default 30s."""
 
     @field_validator("master_keys")
@@ -248,8 +242,34 @@ class FleetSettings(_Section):
     def _fingerprints(cls, value: tuple[str, ...]) -> tuple[str, ...]:
         for item in value:
             if not _FINGERPRINT.match(item):
-                raise ValueError(f'"{item}" is not a key fingerprint (SHA256:<43 base64 chars>)')
+                raise ValueError(f"{quoted(item)} is not a key fingerprint "
+                                 "(SHA256:<43 base64 chars>)")
         return value
+
+    @model_validator(mode="after")
+    def _backoff_in_order(self) -> FleetSettings:
+        if self.backoff_max < self.backoff_initial:
+            raise ValueError("backoff_max must not be shorter than backoff_initial")
+        return self
+
+    # Seconds as floats, for the workers and the retry helper (which count in seconds):
+    # the defaults above are the only ones, so callers never repeat them.
+
+    @property
+    def resync_interval_seconds(self) -> float:
+        return self.resync_interval.total_seconds()
+
+    @property
+    def request_timeout_seconds(self) -> float:
+        return self.request_timeout.total_seconds()
+
+    @property
+    def backoff_initial_seconds(self) -> float:
+        return self.backoff_initial.total_seconds()
+
+    @property
+    def backoff_max_seconds(self) -> float:
+        return self.backoff_max.total_seconds()
 
 
 class LoggingSettings(_Section):
@@ -266,9 +286,13 @@ class LoggingSettings(_Section):
 class ServiceSettings(_Section):
     """``[service]``: lifecycle bounds."""
 
-    shutdown_timeout: Duration = dt.timedelta(seconds=20)
+    shutdown_timeout: PositiveDuration = dt.timedelta(seconds=20)
     """Total budget of the staged shutdown.  Default 20s: under systemd's
     ``TimeoutStopSec=30`` in the shipped unit, leaving room before SIGKILL."""
+
+    @property
+    def shutdown_timeout_seconds(self) -> float:
+        return self.shutdown_timeout.total_seconds()
 
 
 class ClusterSettings(_Section):
@@ -289,14 +313,15 @@ class ClusterSettings(_Section):
     controller_name: str = "sealed-secrets-controller"
     """Deployment and Service name of the controller.  Default: the upstream manifest's."""
 
-    read_key_secrets: bool = True
-    """False = least-privilege mode: never read key Secrets; ask ``/v1/verify`` instead."""
+    read_key_secrets: StrictBool = True
+    """``false`` = least-privilege mode: never read key Secrets; ask ``/v1/verify``
+    instead.  A TOML boolean: ``"yes"`` or ``0`` is an error, not a guess."""
 
     @field_validator("name")
     @classmethod
     def _name(cls, value: str) -> str:
         if not _CLUSTER_NAME.match(value):
-            raise ValueError(f'invalid cluster name "{value}": use letters, digits, ".", "_" '
+            raise ValueError(f'invalid cluster name {quoted(value)}: use letters, digits, ".", "_" '
                              'and "-" (at most 63 characters)')
         return value
 
@@ -339,7 +364,7 @@ class Settings(_Section):
         seen: set[str] = set()
         for cluster in value:
             if cluster.name in seen:
-                raise ValueError(f'duplicate cluster name "{cluster.name}"')
+                raise ValueError(f"duplicate cluster name {quoted(cluster.name)}")
             seen.add(cluster.name)
         return value
 
@@ -385,7 +410,8 @@ def format_validation_error(exc: ValidationError) -> str:
         key = _key_path(error["loc"])
         problems.append(f"{key}: {_message(error['type'], error['msg'])}" if key
                         else _message(error["type"], error["msg"]))
-    return "; ".join(problems)
+    # Key names come from the file and may hold anything TOML allows: keep one line.
+    return "; ".join(problems).replace("\r", "\\r").replace("\n", "\\n")
 
 
 def _key_path(loc: tuple[int | str, ...]) -> str:
@@ -405,6 +431,8 @@ def _message(kind: str, msg: str) -> str:
         return "unknown key"
     if kind == "missing":
         return "field required"
+    if kind == "bool_type":
+        return "expected true or false (a TOML boolean, without quotes)"
     for prefix in ("Value error, ", "Assertion failed, "):
         if msg.startswith(prefix):
             return msg[len(prefix):]

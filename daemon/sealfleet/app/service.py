@@ -7,7 +7,9 @@ the fleet manager, the API snapshot refresher, readiness/watchdog/status reporti
 config reload and the stop watcher.  A guard logs each task's start and failure and turns
 an unexpected return into an error, so a dead task can never go unnoticed.
 
-Signal handlers only set events.  SIGTERM/SIGINT start the staged shutdown, each stage
+Signal handlers only set events, and are the first thing ``run`` installs (``sealfleet
+run`` installs process-level ones even earlier, before its imports, and hands pending
+signals to these events).  SIGTERM/SIGINT start the staged shutdown, each stage
 bounded by the ``[service] shutdown_timeout`` budget: (1) stop intake - the API stops
 accepting connections, systemd is told STOPPING=1; (2) drain - the fleet manager is
 cancelled so watches stop, and the store's writer finishes the transactions in flight;
@@ -30,25 +32,26 @@ import threading
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any, Protocol
 
 import structlog
 
 from sealfleet.adapters.http_api import ApiDeps, ApiServer, InventoryView, build_app, status_page
 from sealfleet.adapters.kube import kubeconfig
-from sealfleet.adapters.store import KeyEncryptionKey, Store
+from sealfleet.adapters.store import Store
 from sealfleet.adapters.systemd import Notifier
+from sealfleet.app import preflight
 from sealfleet.app.config import Settings, load_settings
 from sealfleet.app.fleet import FleetManager
 from sealfleet.app.logging import configure_logging, redacted_settings
 from sealfleet.domain.staleness import StalenessPolicy
-from sealfleet.errors import ConfigError, FleetError
+from sealfleet.errors import ConfigError, FleetError, PermanentError
 
 log = structlog.get_logger(__name__)
 
 _STATUS_INTERVAL = 5.0      # seconds between STATUS= refreshes (sent only when changed)
 _HARD_EXIT_GRACE = 5.0      # seconds past the shutdown budget before os._exit
+_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 
 class Fleet(Protocol):
@@ -76,19 +79,6 @@ def default_fleet_factory(settings: Settings, store: Store,
 def policy_of(settings: Settings) -> StalenessPolicy:
     return StalenessPolicy(key_renew_period=settings.policy.key_renew_period,
                            cert_expiry_warning=settings.policy.cert_expiry_warning)
-
-
-def read_token(path: Path | None) -> bytes | None:
-    """A bearer token from its file (surrounding whitespace stripped); None when unset."""
-    if path is None:
-        return None
-    try:
-        token = path.read_bytes().strip()
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read token file: {exc.strerror}") from exc
-    if len(token) < 16:
-        raise ConfigError(f"{path}: token is shorter than 16 characters")
-    return token
 
 
 async def _forget_unconfigured(store: Store, settings: Settings) -> None:
@@ -138,24 +128,23 @@ class Service:
     # ----------------------------------------------------------------- run
 
     async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        # First of all: SIGHUP's and SIGTERM's default action is to kill the process.
+        previous = {sig: signal.getsignal(sig) for sig in _SIGNALS}
+        if self._install_signals:
+            loop.add_signal_handler(signal.SIGTERM, self.request_stop)
+            loop.add_signal_handler(signal.SIGINT, self.request_stop)
+            loop.add_signal_handler(signal.SIGHUP, self.request_reload)
         settings = self.settings
         notify = self._notifier
         notify.status("starting: opening the inventory")
         log.info("service_starting", pid=os.getpid(),
                  config=redacted_settings(settings.model_dump(mode="json")))
-        loop = asyncio.get_running_loop()
-        if self._install_signals:
-            loop.add_signal_handler(signal.SIGTERM, self.request_stop)
-            loop.add_signal_handler(signal.SIGINT, self.request_stop)
-            loop.add_signal_handler(signal.SIGHUP, self.request_reload)
         try:
             async with contextlib.AsyncExitStack() as stack:
-                kek = await asyncio.to_thread(KeyEncryptionKey.from_file,
-                                              settings.store.kek_file)
-                await asyncio.to_thread(settings.store.database.parent.mkdir,
-                                        parents=True, exist_ok=True)
+                credentials = await asyncio.to_thread(preflight.check, settings)
                 store = await stack.enter_async_context(
-                    Store.open(settings.store.database, kek=kek, exclusive=True))
+                    Store.open(settings.store.database, kek=credentials.kek, exclusive=True))
                 self.migrations_applied = True
                 await _forget_unconfigured(store, settings)
                 executor = ThreadPoolExecutor(os.cpu_count() or 1, thread_name_prefix="rsa")
@@ -165,22 +154,31 @@ class Service:
                     store, policy=policy_of(settings), master_keys=settings.fleet.master_keys,
                     changes=lambda: fleet.changes, render_status_page=status_page.render)
                 deps = ApiDeps(view=view, store=store, readiness=self.readiness,
-                               read_token=read_token(settings.api.read_token_file),
-                               admin_token=read_token(settings.api.admin_token_file),
+                               read_token=credentials.read_token,
+                               admin_token=credentials.admin_token,
                                attribution_backlog=lambda: fleet.attribution_backlog)
-                budget = settings.service.shutdown_timeout.total_seconds()
-                self.api = await stack.enter_async_context(ApiServer(
+                budget = settings.service.shutdown_timeout_seconds
+                server = ApiServer(
                     build_app(deps), socket_path=settings.api.socket,
                     listen=settings.api.listen_address, shutdown_timeout=budget / 4,
                     # Only the default directory is ours to create; a configured socket
                     # path must be in a directory that exists.
-                    create_parent="socket" not in settings.api.model_fields_set))
+                    create_parent="socket" not in settings.api.model_fields_set)
+                try:
+                    self.api = await stack.enter_async_context(server)
+                except PermanentError as exc:  # the address is in use, or not ours to bind
+                    raise preflight.bind_failure(settings, exc) from exc
                 notify.status("scanning clusters")
                 await self._run_tasks()
         finally:
             if self._install_signals:
-                for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                for sig in _SIGNALS:
                     loop.remove_signal_handler(sig)
+                    # remove_signal_handler leaves SIG_DFL (death for SIGHUP/SIGTERM);
+                    # put back what was there, e.g. the early handlers of `sealfleet run`.
+                    handler = previous[sig]
+                    if handler is not None:
+                        signal.signal(sig, handler)
             log.info("service_stopped")
 
     def _parts(self) -> tuple[Fleet, InventoryView]:
@@ -315,7 +313,7 @@ class Service:
 
     async def _shutdown(self) -> None:
         """Staged, bounded: stop intake, drain the fleet, cancel the rest."""
-        budget = self.settings.service.shutdown_timeout.total_seconds()
+        budget = self.settings.service.shutdown_timeout_seconds
         deadline = time.monotonic() + budget
         log.info("shutdown_started", budget_s=budget)
         self._notifier.stopping("stopping")

@@ -119,6 +119,6 @@ def test_a_file_that_is_not_a_database_is_named_not_an_internal_error(tmp_path: 
     garbage.write_text("certainly not SQLite\n" * 50)
     for command in ("status", "migrate"):
         result = sealfleet("db", command, "--database", garbage)
-        assert result.returncode == 1
+        assert result.returncode == 2   # a wrong input file is a usage error
         assert result.stderr == f"sealfleet: error: {garbage} is not an SQLite database\n"
     assert garbage.read_text() == "certainly not SQLite\n" * 50

@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives import serialization
 from sealfleet.adapters.store import KeyEncryptionKey, Store, generate_kek_file
 from sealfleet.adapters.store.records import KeyMaterial, KeyRecord
 from sealfleet.domain.keys import SealingKey, sealing_key_from_private_key
-from sealfleet.errors import StoreError
+from sealfleet.errors import ConfigError, StoreError
 
 T0 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 
@@ -172,10 +172,10 @@ def test_kek_file_must_be_private(tmp_path: Path) -> None:
     path = generate_kek_file(tmp_path / "kek")
     assert os.stat(path).st_mode & 0o777 == 0o600
     os.chmod(path, 0o640)
-    with pytest.raises(StoreError, match=re.escape(f"{path}: mode 0640") + ".*chmod 600"):
+    with pytest.raises(ConfigError, match=re.escape(f"{path}: mode 0640") + ".*chmod 600"):
         KeyEncryptionKey.from_file(path)
     os.chmod(path, 0o604)
-    with pytest.raises(StoreError, match="group or others"):
+    with pytest.raises(ConfigError, match="group or others"):
         KeyEncryptionKey.from_file(path)
     os.chmod(path, 0o400)
     assert len(KeyEncryptionKey.from_file(path).id) == 16
@@ -185,9 +185,9 @@ def test_kek_file_problems_name_the_file(tmp_path: Path) -> None:
     short = tmp_path / "short"
     short.write_bytes(b"x" * 31)
     short.chmod(0o600)
-    with pytest.raises(StoreError, match=re.escape(f"{short}: expected 32 bytes, found 31")):
+    with pytest.raises(ConfigError, match=re.escape(f"{short}: expected 32 bytes, found 31")):
         KeyEncryptionKey.from_file(short)
-    with pytest.raises(StoreError, match=re.escape(f"{tmp_path / 'missing'}: cannot read")):
+    with pytest.raises(ConfigError, match=re.escape(f"{tmp_path / 'missing'}: cannot read")):
         KeyEncryptionKey.from_file(tmp_path / "missing")
     existing = generate_kek_file(tmp_path / "kek")
     before = existing.read_bytes()
@@ -203,18 +203,3 @@ def test_kek_id_identifies_without_revealing(tmp_path: Path) -> None:
     assert one.id not in one.key.hex()
     assert one.key.hex() not in repr(one)
 
-
-def test_bare_kek_name_resolves_in_credentials_directory_first(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    credentials = tmp_path / "credentials"
-    credentials.mkdir()
-    systemd_kek = KeyEncryptionKey.from_file(generate_kek_file(credentials / "kek"))
-    workdir = tmp_path / "work"
-    workdir.mkdir()
-    local_kek = KeyEncryptionKey.from_file(generate_kek_file(workdir / "kek"))
-    monkeypatch.chdir(workdir)
-    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(credentials))
-    assert KeyEncryptionKey.from_file("kek").id == systemd_kek.id
-    assert KeyEncryptionKey.from_file("./kek").id == local_kek.id      # not a bare name
-    monkeypatch.delenv("CREDENTIALS_DIRECTORY")
-    assert KeyEncryptionKey.from_file("kek").id == local_kek.id

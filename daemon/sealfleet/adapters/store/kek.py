@@ -4,9 +4,11 @@ Private keys are the one thing in the inventory that is not rebuildable and must
 leak, so the database holds them as AES-256-GCM ciphertext:
 
 * the KEK is 32 random bytes in a file readable by its owner only (mode 0600 or
-  stricter); a group- or other-accessible file is refused, naming the file;
-* under systemd the file arrives through ``LoadCredential=``: a bare file name is
-  looked up in ``$CREDENTIALS_DIRECTORY`` first;
+  stricter, or systemd's credential ACL: see :mod:`sealfleet.adapters.credentials`);
+  a missing, group- or other-accessible or wrong-size file is a configuration error
+  (:class:`ConfigError`, exit 2) naming the file;
+* the caller passes the file's resolved path: where a credential lives (a bare name
+  under systemd's ``$CREDENTIALS_DIRECTORY``) is decided once, by the config;
 * every ciphertext uses a fresh random 96-bit nonce and binds the key's fingerprint as
   associated data, so a ciphertext moved to another key's row does not decrypt;
 * each row records the KEK id (a hash prefix of the KEK, not the KEK) so that a wrong
@@ -21,37 +23,20 @@ from __future__ import annotations
 import hashlib
 import os
 import secrets
-import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from sealfleet.errors import StoreError
+from sealfleet.adapters import credentials
+from sealfleet.errors import ConfigError, StoreError
 
 KEK_BYTES = 32
 NONCE_BYTES = 12
 _KEK_ID_CONTEXT = b"sealfleet kek id v1\0"
 _CHECK_PLAINTEXT = b"sealfleet kek check value v1"
 _CHECK_AAD = b"sealfleet kek check value"   # never a fingerprint: not a key's row
-
-
-def resolve_credential_path(path: str | os.PathLike[str]) -> Path:
-    """Where a credential file really is.
-
-    A bare file name (no directory part) resolves to ``$CREDENTIALS_DIRECTORY/name``
-    when that variable is set and the file exists there (systemd ``LoadCredential=``);
-    anything else is taken as given.
-    """
-    text = os.fspath(path)
-    candidate = Path(text)
-    credentials_dir = os.environ.get("CREDENTIALS_DIRECTORY")
-    if credentials_dir and text and os.sep not in text and text not in (".", ".."):
-        in_credentials = Path(credentials_dir) / text
-        if in_credentials.exists():
-            return in_credentials
-    return candidate
 
 
 @dataclass(frozen=True)
@@ -71,20 +56,14 @@ class KeyEncryptionKey:
 
     @classmethod
     def from_file(cls, path: str | os.PathLike[str]) -> KeyEncryptionKey:
-        """Read a KEK file, refusing one that anybody but its owner may access."""
-        resolved = resolve_credential_path(path)
-        try:
-            with open(resolved, "rb") as handle:
-                mode = os.fstat(handle.fileno()).st_mode
-                if mode & (stat.S_IRWXG | stat.S_IRWXO):
-                    raise StoreError(
-                        f"key-encryption key {resolved}: mode {stat.S_IMODE(mode):04o} lets "
-                        "group or others access it; run: chmod 600 " + str(resolved))
-                data = handle.read(KEK_BYTES + 1)
-        except OSError as exc:
-            raise StoreError(f"key-encryption key {resolved}: cannot read "
-                             f"({exc.strerror or type(exc).__name__})") from exc
-        return cls(data, source=str(resolved))
+        """Read the KEK file at *path* (as given), refusing one anybody but its owner may
+        access.  Every problem with the file is a :class:`ConfigError` naming it."""
+        source = os.fspath(path)
+        data = credentials.read_private(source, limit=KEK_BYTES + 1, label="key-encryption key")
+        if len(data) != KEK_BYTES:
+            raise ConfigError(f"key-encryption key {source}: expected {KEK_BYTES} bytes, "
+                              f"found {len(data) if len(data) <= KEK_BYTES else 'more'}")
+        return cls(data, source=source)
 
     def encrypt(self, plaintext: bytes, *, fingerprint: str) -> bytes:
         """``nonce || ciphertext+tag`` with the key's fingerprint as associated data."""

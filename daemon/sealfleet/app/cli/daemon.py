@@ -6,22 +6,28 @@ socket when it exists (no token needed), else the TCP listener with the read tok
 an emulated fleet (the sandbox, imported lazily: the daemon's runtime never imports it)
 plus the daemon in this process, so ``sealfleet demo --once`` shows the whole product on
 a fresh install.
+
+Module-level imports stay light (no pydantic, asyncio or aiohttp): ``sealfleet run``
+installs its signal handlers before paying for them (see :class:`EarlySignals`).
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import contextlib
-import json
+import signal
 import sys
-import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from types import FrameType
+from typing import TYPE_CHECKING, Any
 
-from sealfleet.app.config import DEFAULT_CONFIG_PATH, Settings, load_settings
-from sealfleet.domain.staleness import FINDINGS, findings
-from sealfleet.errors import FleetError, InputError
+from sealfleet import errors
+from sealfleet.app.cli.main import DEFAULT_CONFIG_PATH
+from sealfleet.domain.staleness import FINDINGS
+from sealfleet.errors import InputError
+
+if TYPE_CHECKING:
+    from sealfleet.app.config import Settings
 
 _STATES = ("current", "stale", "compromised", "unknown", "failing")
 
@@ -64,26 +70,65 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 # ----------------------------------------------------------------------- run
 
 
+class EarlySignals:
+    """SIGTERM, SIGINT and SIGHUP from the first moment of ``sealfleet run``.
+
+    Python's default action for SIGHUP and SIGTERM is to die, and the service's own
+    handlers only exist once its event loop runs, after ~0.5 s of imports and config
+    work: a reload (SIGHUP) sent right after start killed the daemon with status 129.
+    These process-level handlers remember what arrived until :meth:`deliver_to` names
+    the service's ``request_stop``/``request_reload`` (which only set its events), then
+    forward to them; the service's loop handlers take over while it runs and put these
+    back when it returns.
+    """
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+    def __init__(self) -> None:
+        self._pending: list[int] = []
+        self._stop: Callable[[], None] | None = None
+        self._reload: Callable[[], None] | None = None
+
+    def install(self) -> EarlySignals:
+        for sig in self.SIGNALS:
+            signal.signal(sig, self._handle)
+        return self
+
+    def deliver_to(self, *, stop: Callable[[], None], reload: Callable[[], None]) -> None:
+        self._stop, self._reload = stop, reload
+        pending, self._pending = self._pending, []
+        for signum in pending:
+            self._dispatch(signum)
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if self._stop is None:
+            self._pending.append(signum)
+        else:
+            self._dispatch(signum)
+
+    def _dispatch(self, signum: int) -> None:
+        target = self._reload if signum == signal.SIGHUP else self._stop
+        if target is not None:
+            target()
+
+
 def _run(args: argparse.Namespace) -> int:
+    signals = EarlySignals().install()  # before anything slow: imports, config, logging
+    import asyncio
+
     from sealfleet.app import service
+    from sealfleet.app.config import load_settings
     from sealfleet.app.logging import configure_logging
 
     settings = load_settings(args.config)
     configure_logging(level=settings.logging.level, fmt=settings.logging.format)
+    daemon = service.Service(settings, hard_exit=True)
+    signals.deliver_to(stop=daemon.request_stop, reload=daemon.request_reload)
     try:
-        asyncio.run(service.run(settings, hard_exit=True))
+        asyncio.run(daemon.run())
     except BaseExceptionGroup as group:
-        raise _first_fleet_error(group) from None
+        raise errors.first_error(group) from None
     return 0
-
-
-def _first_fleet_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
-    for error in group.exceptions:
-        if isinstance(error, BaseExceptionGroup):
-            return _first_fleet_error(error)
-        if isinstance(error, FleetError):
-            return error
-    return group.exceptions[0]
 
 
 # ----------------------------------------------------------------------- clients
@@ -91,6 +136,7 @@ def _first_fleet_error(group: BaseExceptionGroup[BaseException]) -> BaseExceptio
 
 def _client(settings: Settings) -> Any:
     from sealfleet.adapters.http_api.client import ApiClient
+    from sealfleet.app import preflight
 
     socket_path = settings.api.socket
     address = settings.api.listen_address
@@ -100,19 +146,23 @@ def _client(settings: Settings) -> Any:
         host, port = address
         base_url = f"http://{'[' + host + ']' if ':' in host else host}:{port}"
         if socket_path is None or not socket_path.exists():
-            token_file = settings.api.read_token_file
-            if token_file is not None:
-                try:
-                    token = token_file.read_text().strip()
-                except OSError as exc:
-                    raise FleetError(f"{token_file}: cannot read the read token: "
-                                     f"{exc.strerror}") from exc
+            # The daemon's own reader: the same owner-only rule, the same messages.
+            raw = preflight.read_token_of(settings, "read_token_file")
+            token = raw.decode("ascii") if raw is not None else None
     return ApiClient(socket_path=socket_path, base_url=base_url, token=token)
 
 
 def fetch_report(settings: Settings) -> dict[str, Any]:
+    import asyncio
+
     report: dict[str, Any] = asyncio.run(_client(settings).get_json("/api/v1/staleness"))
     return report
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    from sealfleet.app.config import load_settings
+
+    return load_settings(args.config)
 
 
 def _fail_on(values: list[str]) -> set[str]:
@@ -125,14 +175,16 @@ def _fail_on(values: list[str]) -> set[str]:
 
 
 def _status(args: argparse.Namespace) -> int:
-    report = fetch_report(load_settings(args.config))
+    report = fetch_report(_settings(args))
     _print_report(report, args.output)
     return 0
 
 
 def _staleness(args: argparse.Namespace) -> int:
+    from sealfleet.domain.staleness import findings
+
     fail_on = _fail_on(args.fail_on)
-    report = fetch_report(load_settings(args.config))
+    report = fetch_report(_settings(args))
     _print_report(report, args.output)
     found = findings(report) & fail_on
     if found:
@@ -142,6 +194,8 @@ def _staleness(args: argparse.Namespace) -> int:
 
 
 def _print_report(report: dict[str, Any], output: str) -> None:
+    import json
+
     if output == "json":
         print(json.dumps(report, indent=2))
     else:
@@ -206,6 +260,10 @@ def render_table(report: dict[str, Any], *, file: Any = None) -> None:
 def _demo(args: argparse.Namespace) -> int:
     if not 1 <= args.clusters <= 20:
         raise InputError("--clusters must be from 1 to 20")
+    import asyncio
+    import contextlib
+    import tempfile
+
     from sealfleet.app.logging import configure_logging
 
     configure_logging(level="warning", fmt="console", stream=sys.stderr)
@@ -219,13 +277,16 @@ def _demo(args: argparse.Namespace) -> int:
             return asyncio.run(_demo_async(state_dir, args.clusters, once=args.once,
                                            output=args.output))
         except BaseExceptionGroup as group:
-            raise _first_fleet_error(group) from None
+            raise errors.first_error(group) from None
 
 
 async def _demo_async(state_dir: Path, clusters: int, *, once: bool, output: str) -> int:
+    import asyncio
+    import contextlib
     import importlib
 
     from sealfleet.app import service
+    from sealfleet.app.config import load_settings
 
     # Imported lazily and by name: only the demo needs the sandbox, never the daemon.
     sandbox_module = importlib.import_module("sealfleet.sandbox")

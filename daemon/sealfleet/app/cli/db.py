@@ -16,9 +16,9 @@ from pathlib import Path
 
 from sealfleet.adapters.store import generate_kek_file, migrations
 from sealfleet.adapters.store.connection import connect, translate
+from sealfleet.app import preflight
+from sealfleet.app.cli.main import DEFAULT_CONFIG_PATH
 from sealfleet.errors import StoreError
-
-DEFAULT_CONFIG = Path("/etc/sealfleet/sealfleet.toml")
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -55,20 +55,24 @@ def _add_location(parser: argparse.ArgumentParser) -> None:
                        help="SQLite file (overrides the config)")
     where.add_argument("-c", "--config", metavar="CONFIG", type=Path,
                        help="daemon config whose [store] database to use "
-                            f"(default {DEFAULT_CONFIG})")
+                            f"(default {DEFAULT_CONFIG_PATH})")
 
 
-def _database(args: argparse.Namespace) -> Path:
+def _database(args: argparse.Namespace) -> tuple[Path, str | None]:
+    """The database file, and how errors should name it (config file and key, if any)."""
     if args.database is not None:
-        return Path(args.database)
+        return Path(args.database), None
     from sealfleet.app.config import load_settings  # only when asked: pydantic is heavy
 
-    settings = load_settings(args.config or DEFAULT_CONFIG)
-    return Path(settings.store.database)
+    settings = load_settings(args.config or DEFAULT_CONFIG_PATH)
+    return Path(settings.store.database), preflight.where(settings, "store.database")
 
 
 def run_migrate(args: argparse.Namespace) -> int:
-    path = _database(args)
+    path, where = _database(args)
+    # Something else than SQLite at the path, or a directory we cannot write, is the
+    # caller's to fix (exit 2), not a failure of the migration (exit 1).
+    preflight.check_database(path, where=where, writable=True)
     known = migrations.discover()
     conn = connect(path)
     try:
@@ -85,9 +89,10 @@ def run_migrate(args: argparse.Namespace) -> int:
 
 
 def run_status(args: argparse.Namespace) -> int:
-    path = _database(args)
+    path, where = _database(args)
     if not path.is_file():
         raise StoreError(f"{path}: no such database (run `sealfleet db migrate` to create it)")
+    preflight.check_database(path, where=where, writable=False)
     known = migrations.discover()
     conn = connect(path, read_only=True)
     try:

@@ -5,8 +5,11 @@ Command modules are imported lazily by name so that ``sealfleet seal`` never pay
 Every module exposes ``register(subparsers)``, which adds its parsers and sets
 ``handler`` (a callable taking the parsed namespace and returning an exit code).
 
-Exit codes: 0 success, 1 the operation found a failure (e.g. a value no key decrypts),
-2 usage or input error, 130 interrupted.  Errors are one line on stderr: no traceback
+Exit codes: 0 success, 1 the operation found a failure (e.g. a value no key decrypts,
+an unreachable daemon, a store that fails at run time), 2 usage, input or configuration
+error - including the files and addresses the config names: a missing or loose KEK or
+token file, a database that is not SQLite, a state directory that cannot be written,
+an API address already in use - 130 interrupted.  Errors are one line on stderr: no traceback
 (unless ``SEALFLEET_DEBUG=1``), never a plaintext value or key material.
 """
 
@@ -18,9 +21,14 @@ import os
 import sys
 import traceback
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from sealfleet import __version__
 from sealfleet.errors import ConfigError, DecryptionError, FleetError, InputError, StoreError
+
+# Where the daemon and its client commands find their config unless told (-c); here, so
+# that no command pays for the config module (pydantic) just to learn the default.
+DEFAULT_CONFIG_PATH = Path("/etc/sealfleet/sealfleet.toml")
 
 # Modules under sealfleet.app.cli, each contributing the subcommands listed.  Only the
 # module of the command being run is imported: `sealfleet seal` must not pay for pydantic,

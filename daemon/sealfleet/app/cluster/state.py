@@ -39,11 +39,10 @@ class WorkerOptions:
 
     @classmethod
     def from_settings(cls, fleet: FleetSettings) -> WorkerOptions:
-        initial = fleet.backoff_initial.total_seconds()
-        return cls(backoff=retry.BackoffPolicy(
-                       initial=initial, cap=max(fleet.backoff_max.total_seconds(), initial)),
-                   resync_interval=fleet.resync_interval.total_seconds(),
-                   request_timeout=fleet.request_timeout.total_seconds())
+        return cls(backoff=retry.BackoffPolicy(initial=fleet.backoff_initial_seconds,
+                                               cap=fleet.backoff_max_seconds),
+                   resync_interval=fleet.resync_interval_seconds,
+                   request_timeout=fleet.request_timeout_seconds)
 
 
 @dataclass(frozen=True)
