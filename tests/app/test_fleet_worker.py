@@ -7,10 +7,12 @@ through the apiserver's service proxy.  Every assertion reads the store, as the 
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import dataclasses
 import json
+import sqlite3
 from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -68,8 +70,10 @@ class Harness:
                                    seal_secret(secret, key.public_key, scope=scope))
 
     @contextlib.asynccontextmanager
-    async def fleet(self, settings: Any = None) -> AsyncIterator[FleetManager]:
-        async with Store.open(self.database, kek=KeyEncryptionKey(b"k" * 32)) as store:
+    async def fleet(self, settings: Any = None, *,
+                    busy_timeout: float = 10.0) -> AsyncIterator[FleetManager]:
+        async with Store.open(self.database, kek=KeyEncryptionKey(b"k" * 32),
+                              busy_timeout=busy_timeout) as store:
             manager = FleetManager(settings or self.settings(), store, executor=self.executor,
                                    options=OPTIONS)
             async with running(manager):
@@ -204,6 +208,75 @@ async def test_a_key_secret_relabelled_compromised_counts_at_once(harness: Harne
             return states(await inventory(manager))["stale"] is SecretState.COMPROMISED
 
         await eventually(compromised)
+
+
+async def test_a_key_secret_with_another_keys_certificate_is_recorded_never_stored(
+        harness: Harness) -> None:
+    """tls.crt of one key, tls.key of another (the controller does not check): recorded as
+    a malformed key with its reason, not stored as a key; a restart still loads cleanly."""
+    mixed = key_secret_manifest(harness.foreign, namespace=NS, name="mixed-up")
+    mixed["data"]["tls.crt"] = base64.b64encode(harness.new.certificate.pem).decode()
+    harness.objects.create("secrets", NS, mixed)
+    garbage = key_secret_manifest(harness.foreign, namespace=NS, name="garbage")
+    garbage["data"]["tls.key"] = base64.b64encode(b"not a key").decode()
+    harness.objects.create("secrets", NS, garbage)
+    for _ in range(2):  # the second run starts from what the first one stored
+        async with harness.fleet() as manager:
+            store = manager.store
+            malformed = (await store.inventory.malformed_key_secrets_by_cluster())["c1"]
+            reasons = {m.secret_name: m.reason for m in malformed}
+            assert set(reasons) == {"mixed-up", "garbage"}
+            assert harness.new.fingerprint in reasons["mixed-up"]
+            assert "tls.key" in reasons["garbage"]
+            known = {r.fingerprint for r in await store.keys.list_keys()}
+            assert harness.foreign.fingerprint not in known
+            assert manager.workers["c1"].reachable is True
+            report = await manager.store.inventory.list_clusters()
+            assert [c.last_error for c in report] == [None]
+
+
+async def test_a_controller_without_ready_replicas_is_reported_on_a_reachable_cluster(
+        harness: Harness) -> None:
+    deployment = harness.objects.get("deployments.apps", NS, CONTROLLER)
+    deployment["status"] = {"readyReplicas": 0}
+    harness.objects.update("deployments.apps", NS, CONTROLLER, deployment, subresource="status")
+    async with harness.fleet() as manager:
+        (cluster,) = await manager.store.inventory.list_clusters()
+        assert cluster.reachable is True
+        assert cluster.controller_error is not None
+        assert "no ready replicas" in cluster.controller_error
+
+
+async def test_a_locked_database_is_not_blamed_on_the_cluster(harness: Harness) -> None:
+    """Another process holds the database for longer than the busy timeout: the cluster
+    stays reachable, the store's health says what is wrong, nothing observed is lost."""
+    async with harness.fleet(busy_timeout=0.2) as manager:
+        store = manager.store
+        worker = manager.workers["c1"]
+        blocker = sqlite3.connect(harness.database, isolation_level=None)
+        try:
+            blocker.execute("BEGIN EXCLUSIVE")
+            harness.seal(harness.new, "apps", "during-lock", {"a": "1"})
+
+            async def store_failing() -> bool:
+                assert worker.reachable is True
+                return not store.health.ok
+
+            await eventually(store_failing)
+            for _ in range(100):   # the worker meets the locked store again and again
+                await asyncio.sleep(0.01)
+                assert worker.reachable is True
+        finally:
+            blocker.execute("ROLLBACK")
+            blocker.close()
+
+        async def landed() -> bool:
+            assert worker.reachable is True
+            found = await inventory(manager)
+            return ("apps", "during-lock") in found and store.health.ok
+
+        await eventually(landed)
+        assert states(await inventory(manager))["during-lock"] is SecretState.CURRENT
 
 
 async def test_cluster_down_at_start_is_marked_then_recovers(harness: Harness) -> None:

@@ -109,6 +109,7 @@ class Service:
         self.api: ApiServer | None = None
         self.fleet: Fleet | None = None
         self.view: InventoryView | None = None
+        self._store: Store | None = None
         self.migrations_applied = False
         self.reloads = 0
         self._tasks: dict[str, asyncio.Task[None]] = {}
@@ -122,8 +123,12 @@ class Service:
         self.reload_requested.set()
 
     def readiness(self) -> dict[str, bool]:
+        """/readyz: migrated, first pass done, and the last write reached the database
+        (a locked or full database is ours to fix, not a cluster's, so it shows here)."""
         first_pass = self.fleet is not None and self.fleet.first_pass_done.is_set()
-        return {"migrations": self.migrations_applied, "first_pass": first_pass}
+        store_ok = self._store is not None and self._store.health.ok
+        return {"migrations": self.migrations_applied, "first_pass": first_pass,
+                "store": store_ok}
 
     # ----------------------------------------------------------------- run
 
@@ -145,6 +150,7 @@ class Service:
                 credentials = await asyncio.to_thread(preflight.check, settings)
                 store = await stack.enter_async_context(
                     Store.open(settings.store.database, kek=credentials.kek, exclusive=True))
+                self._store = store
                 self.migrations_applied = True
                 await _forget_unconfigured(store, settings)
                 executor = ThreadPoolExecutor(os.cpu_count() or 1, thread_name_prefix="rsa")

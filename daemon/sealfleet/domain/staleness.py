@@ -104,6 +104,8 @@ class ClusterFacts:
     active_keys: tuple[str, ...] = ()       # fingerprints the controller loads (label active)
     held_keys: tuple[str, ...] = ()         # every key Secret in the controller namespace
     scan_duration_ms: int | None = None
+    controller_error: str | None = None     # why the controller cannot be asked, if so
+    malformed_keys: tuple[tuple[str, str], ...] = ()  # (Secret name, reason): not keys
 
 
 def iso(moment: dt.datetime | None) -> str | None:
@@ -191,6 +193,9 @@ def _cluster_report(cluster: ClusterFacts, policy: StalenessPolicy, now: dt.date
         "reachable": cluster.reachable,
         "last_scan_at": iso(cluster.last_scan_at),
         "last_error": cluster.last_error,
+        "controller_error": cluster.controller_error,
+        "malformed_key_secrets": [{"secret": name, "reason": reason}
+                                  for name, reason in cluster.malformed_keys],
         "scan_duration_ms": cluster.scan_duration_ms,
         "sealing_key": sealing,
         "keys": key_list,

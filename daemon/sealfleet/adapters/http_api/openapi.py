@@ -64,6 +64,13 @@ SCHEMAS: dict[str, Any] = {
         "reachable": {"type": ["boolean", "null"]},
         "last_scan_at": _TIME_OR_NULL,
         "last_error": _STR_OR_NULL,
+        "controller_error": {"type": ["string", "null"],
+                             "description": "why the sealed-secrets controller cannot be "
+                                            "asked (no ready replica, crash loop, no Service)"},
+        "malformed_key_secrets": {
+            "type": "array", "description": "Secrets in the controller namespace that look "
+            "like key Secrets but are not keys (never taken as keys)",
+            "items": _obj({"secret": {"type": "string"}, "reason": {"type": "string"}})},
         "scan_duration_ms": {"type": ["integer", "null"]},
         "sealing_key": {"oneOf": [{"type": "null"}, _ref("SealingKey")]},
         "keys": {"type": "array", "items": _ref("ClusterKey")},

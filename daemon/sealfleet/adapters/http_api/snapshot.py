@@ -133,10 +133,12 @@ class InventoryView:
         records = await keystore.list_keys()
         usage = await keystore.key_usage()
         counts = await inventory.state_counts()
+        held = await inventory.key_holdings_by_cluster()
+        malformed = await inventory.malformed_key_secrets_by_cluster()
         facts = []
         details: dict[str, dict[str, Any]] = {}
         for cluster in clusters:
-            holdings = await inventory.cluster_key_holdings(cluster.name)
+            holdings = held.get(cluster.name, [])
             facts.append(ClusterFacts(
                 name=cluster.name, reachable=cluster.reachable,
                 last_scan_at=cluster.last_scan_at, last_error=cluster.last_error,
@@ -144,7 +146,10 @@ class InventoryView:
                 active_keys=tuple(h.fingerprint for h in holdings
                                   if h.label_value in ACTIVE_LABELS),
                 held_keys=tuple(h.fingerprint for h in holdings),
-                scan_duration_ms=cluster.scan_duration_ms))
+                scan_duration_ms=cluster.scan_duration_ms,
+                controller_error=cluster.controller_error,
+                malformed_keys=tuple((m.secret_name, m.reason)
+                                     for m in malformed.get(cluster.name, ()))))
             details[cluster.name] = {"server": cluster.server,
                                      "controller_namespace": cluster.controller_namespace,
                                      "controller_name": cluster.controller_name}

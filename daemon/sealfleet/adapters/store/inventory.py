@@ -13,7 +13,12 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from sealfleet.adapters.store import codec, inventory_reads, inventory_writes
-from sealfleet.adapters.store.records import ClusterRecord, KeyHolding, SealedSecretRecord
+from sealfleet.adapters.store.records import (
+    ClusterRecord,
+    KeyHolding,
+    MalformedKeySecret,
+    SealedSecretRecord,
+)
 from sealfleet.domain.staleness import SecretState
 from sealfleet.errors import InputError
 
@@ -47,20 +52,31 @@ class Inventory:
                                     last_scan_at: dt.datetime | None = None,
                                     scan_duration_ms: int | None = None,
                                     sealing_key: str | None = None,
-                                    sealing_key_source: str | None = None) -> None:
-        """The outcome of a scan; None keeps what was recorded (except last_error)."""
+                                    sealing_key_source: str | None = None,
+                                    controller_error: str | None = None) -> None:
+        """The outcome of a scan; None keeps what was recorded (except the errors)."""
         await self._store.write(inventory_writes.record_cluster_status, name,
                                 reachable=reachable, last_error=last_error,
                                 last_scan_at=last_scan_at, scan_duration_ms=scan_duration_ms,
-                                sealing_key=sealing_key, sealing_key_source=sealing_key_source)
+                                sealing_key=sealing_key, sealing_key_source=sealing_key_source,
+                                controller_error=controller_error)
 
     async def list_clusters(self) -> list[ClusterRecord]:
         """Every cluster ever recorded, removed ones included, by name."""
         return await self._store.read(inventory_reads.list_clusters)
 
-    async def replace_cluster_keys(self, cluster: str, holdings: Sequence[KeyHolding]) -> None:
-        """The key Secrets the cluster holds now (replaces the previous observation)."""
-        await self._store.write(inventory_writes.replace_cluster_keys, cluster, list(holdings))
+    async def replace_cluster_keys(self, cluster: str, holdings: Sequence[KeyHolding],
+                                   malformed: Sequence[MalformedKeySecret] = ()) -> None:
+        """The key Secrets the cluster holds now, and those that are not keys (replaces
+        the previous observation)."""
+        await self._store.write(inventory_writes.replace_cluster_keys, cluster, list(holdings),
+                                list(malformed))
+
+    async def key_holdings_by_cluster(self) -> dict[str, list[KeyHolding]]:
+        return await self._store.read(inventory_reads.key_holdings_by_cluster)
+
+    async def malformed_key_secrets_by_cluster(self) -> dict[str, list[MalformedKeySecret]]:
+        return await self._store.read(inventory_reads.malformed_key_secrets_by_cluster)
 
     async def cluster_key_holdings(self, cluster: str) -> list[KeyHolding]:
         return await self._store.read(inventory_reads.cluster_key_holdings, cluster)

@@ -8,13 +8,19 @@ OFFSET, so page N costs the same as page 1 with 100k rows.
 
 from __future__ import annotations
 
+import datetime as dt
 import sqlite3
 from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
 
 from sealfleet.adapters.store import codec
-from sealfleet.adapters.store.records import ClusterRecord, KeyHolding, SealedSecretRecord
+from sealfleet.adapters.store.records import (
+    ClusterRecord,
+    KeyHolding,
+    MalformedKeySecret,
+    SealedSecretRecord,
+)
 from sealfleet.domain.staleness import SecretState
 from sealfleet.errors import InputError
 
@@ -60,6 +66,27 @@ def get_watch_resource_version(conn: sqlite3.Connection, cluster: str,
 def list_clusters(conn: sqlite3.Connection) -> list[ClusterRecord]:
     return [codec.cluster_record(row) for row in conn.execute(codec.CLUSTER_SELECT
                                                               + " ORDER BY name")]
+
+
+def key_holdings_by_cluster(conn: sqlite3.Connection) -> dict[str, list[KeyHolding]]:
+    """Every cluster's key Secrets in one query (the report needs them all)."""
+    held: dict[str, list[KeyHolding]] = defaultdict(list)
+    for cluster, *row in conn.execute(
+            "SELECT cluster, fingerprint, secret_name, label_value, resource_version, "
+            "creation_timestamp, observed_at FROM cluster_keys ORDER BY cluster, secret_name"):
+        held[cluster].append(codec.key_holding(row))
+    return dict(held)
+
+
+def malformed_key_secrets_by_cluster(
+        conn: sqlite3.Connection) -> dict[str, list[MalformedKeySecret]]:
+    found: dict[str, list[MalformedKeySecret]] = defaultdict(list)
+    for cluster, secret_name, reason, observed_at in conn.execute(
+            "SELECT cluster, secret_name, reason, observed_at FROM malformed_key_secrets "
+            "ORDER BY cluster, secret_name"):
+        found[cluster].append(MalformedKeySecret(secret_name, reason,
+                                                 dt.datetime.fromisoformat(observed_at)))
+    return dict(found)
 
 
 def cluster_key_holdings(conn: sqlite3.Connection, cluster: str) -> list[KeyHolding]:

@@ -16,7 +16,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from sealfleet.adapters.store import codec, inventory_reads
-from sealfleet.adapters.store.records import KeyHolding, SealedSecretRecord
+from sealfleet.adapters.store.records import KeyHolding, MalformedKeySecret, SealedSecretRecord
 from sealfleet.domain.staleness import SecretState
 
 # ---------------------------------------------------------------- clusters
@@ -51,15 +51,16 @@ def mark_cluster_removed(conn: sqlite3.Connection, name: str) -> None:
 def record_cluster_status(conn: sqlite3.Connection, name: str, *, reachable: bool,
                           last_error: str | None, last_scan_at: dt.datetime | None,
                           scan_duration_ms: int | None, sealing_key: str | None,
-                          sealing_key_source: str | None) -> None:
+                          sealing_key_source: str | None, controller_error: str | None) -> None:
     ensure_clusters(conn, [name])
     conn.execute(
-        "UPDATE clusters SET reachable = ?, last_error = ?, "
+        "UPDATE clusters SET reachable = ?, last_error = ?, controller_error = ?, "
         "last_scan_at = coalesce(?, last_scan_at), "
         "scan_duration_ms = coalesce(?, scan_duration_ms), "
         "sealing_key = coalesce(?, sealing_key), "
         "sealing_key_source = coalesce(?, sealing_key_source), updated_at = ? WHERE name = ?",
-        (int(reachable), last_error, codec.optional_timestamp(last_scan_at), scan_duration_ms,
+        (int(reachable), last_error, controller_error,
+         codec.optional_timestamp(last_scan_at), scan_duration_ms,
          sealing_key, sealing_key_source, codec.now(), name))
 
 
@@ -67,8 +68,14 @@ def record_cluster_status(conn: sqlite3.Connection, name: str, *, reachable: boo
 
 
 def replace_cluster_keys(conn: sqlite3.Connection, cluster: str,
-                         holdings: Sequence[KeyHolding]) -> None:
+                         holdings: Sequence[KeyHolding],
+                         malformed: Sequence[MalformedKeySecret]) -> None:
     ensure_clusters(conn, [cluster])
+    conn.execute("DELETE FROM malformed_key_secrets WHERE cluster = ?", (cluster,))
+    conn.executemany(
+        "INSERT INTO malformed_key_secrets (cluster, secret_name, reason, observed_at) "
+        "VALUES (?, ?, ?, ?)",
+        [(cluster, m.secret_name, m.reason, codec.timestamp(m.observed_at)) for m in malformed])
     conn.execute("DELETE FROM cluster_keys WHERE cluster = ?", (cluster,))
     conn.executemany(
         "INSERT INTO cluster_keys (cluster, secret_name, fingerprint, label_value, "

@@ -108,10 +108,20 @@ class ClusterRecord:
     sealing_key: str | None             # fingerprint the controller seals with now
     sealing_key_source: str | None      # 'cert.pem' | 'newest-active'
     removed_at: dt.datetime | None      # set when dropped from the config
+    controller_error: str | None = None  # why the controller cannot be asked, if so
 
     @property
     def removed(self) -> bool:
         return self.removed_at is not None
+
+
+@dataclass(frozen=True)
+class MalformedKeySecret:
+    """A Secret in the controller namespace that looks like a key Secret but is not one."""
+
+    secret_name: str
+    reason: str                          # names the field; never a value
+    observed_at: dt.datetime
 
 
 # ---------------------------------------------------------------- keys

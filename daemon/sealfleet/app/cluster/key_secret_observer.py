@@ -20,7 +20,7 @@ import structlog
 
 from sealfleet.adapters.kube import controller
 from sealfleet.adapters.kube.client import Gone, KubeClient, NotFound
-from sealfleet.adapters.store.records import KeyHolding
+from sealfleet.adapters.store.records import KeyHolding, MalformedKeySecret
 from sealfleet.app.cluster.state import ClusterState, Deps
 from sealfleet.domain import key_secrets
 from sealfleet.domain import keys as domain_keys
@@ -112,7 +112,9 @@ class KeySecretObserver:
         await self._deps.store.inventory.replace_cluster_keys(state.name, [KeyHolding(
             fingerprint=k.fingerprint, secret_name=k.name, label_value=k.label,
             resource_version=k.resource_version, creation_timestamp=k.creation_timestamp,
-            observed_at=now) for k in state.holdings.values()])
+            observed_at=now) for k in state.holdings.values()], [
+            MalformedKeySecret(secret_name=name, reason=reason, observed_at=now)
+            for name, reason in sorted(state.key_problems.items())])
         self._deps.on_change()
 
 
