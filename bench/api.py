@@ -158,7 +158,7 @@ async def main(args: argparse.Namespace) -> int:
             print(f"inventory: {rows} SealedSecrets in {args.clusters} clusters "
                   f"(populated in {time.perf_counter() - started:.1f} s)")
             policy = StalenessPolicy(dt.timedelta(days=30), dt.timedelta(days=30))
-            view = InventoryView(store, policy=policy, master_keys=[],
+            view = InventoryView(store, policy=policy,
                                  render_status_page=status_page.render, max_age=3600)
             rebuilds = []
             for _ in range(3):

@@ -157,7 +157,7 @@ class Service:
                 stack.callback(executor.shutdown, wait=True, cancel_futures=True)
                 fleet = self.fleet = self._fleet_factory(settings, store, executor)
                 view = self.view = InventoryView(
-                    store, policy=policy_of(settings), master_keys=settings.fleet.master_keys,
+                    store, policy=policy_of(settings),
                     changes=lambda: fleet.changes, render_status_page=status_page.render)
                 deps = ApiDeps(view=view, store=store, readiness=self.readiness,
                                read_token=credentials.read_token,
@@ -305,7 +305,7 @@ class Service:
         if old.logging != new.logging:
             configure_logging(level=new.logging.level, fmt=new.logging.format)
         await fleet.apply_settings(new)
-        view.set_policy(policy_of(new), new.fleet.master_keys)
+        view.set_policy(policy_of(new))   # after the fleet wrote the new master set
         self.settings = new
         self.reloads += 1
         added = sorted({c.name for c in new.clusters} - {c.name for c in old.clusters})

@@ -64,9 +64,11 @@ def classify(item_keys: Sequence[str | None], context: KeyContext, *, synced: bo
 # The fleet report: what GET /api/v1/staleness, /metrics, the status page and the CLI show.
 # --------------------------------------------------------------------------------------
 
-STATE_KEYS: tuple[str, ...] = ("total", *(s.value for s in (
-    SecretState.CURRENT, SecretState.STALE, SecretState.COMPROMISED,
-    SecretState.UNKNOWN, SecretState.FAILING)))
+# The order states are shown in (CLI, status page, OpenAPI, metrics): good news first.
+SHOWN_STATES: tuple[SecretState, ...] = (SecretState.CURRENT, SecretState.STALE,
+                                         SecretState.COMPROMISED, SecretState.UNKNOWN,
+                                         SecretState.FAILING)
+STATE_KEYS: tuple[str, ...] = ("total", *(s.value for s in SHOWN_STATES))
 FINDINGS: tuple[str, ...] = ("stale", "drift", "compromised", "unknown")
 
 

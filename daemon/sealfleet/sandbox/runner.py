@@ -53,7 +53,7 @@ def _write_parts(path: Path, parts: Sequence[bytes]) -> None:
 
 def daemon_config(cluster_names: Sequence[str], *, master_keys: Sequence[str] = (),
                   key_renew_period: str = "30d") -> str:
-    """``sealfleet.toml`` (contracts.md §1) for these clusters, paths relative to DIR."""
+    """``sealfleet.toml`` for these clusters (the daemon config), paths relative to DIR."""
     lines = [
         "# Written by `sealfleet sandbox`: a daemon config for the sandbox clusters.",
         "# Paths are relative to this file's directory.",

@@ -184,7 +184,8 @@ async def api(tmp_path: Path, rsa2048_keys: list[SealingKey]) -> AsyncIterator[A
         fleet = await populate(store, rsa2048_keys)
         counter = [0]
         ready = {"migrations": True, "first_pass": True}
-        view = InventoryView(store, policy=POLICY, master_keys=[fleet.old, fleet.new],
+        await store.keys.set_fleet_master([fleet.old, fleet.new])
+        view = InventoryView(store, policy=POLICY,
                              changes=lambda: counter[0], render_status_page=status_page.render,
                              max_age=3600, clock=lambda: NOW)
         deps = ApiDeps(view=view, store=store, readiness=lambda: ready,

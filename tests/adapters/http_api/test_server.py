@@ -137,8 +137,8 @@ async def test_refresher_rebuilds_when_the_inventory_changes(api: Api) -> None:
         await until(lambda: getattr(api.view.snapshot, "changes", None) == api.counter[0])
         assert api.view.snapshot is not first
         # A reloaded policy forces a rebuild even though the inventory did not change.
-        api.view.set_policy(StalenessPolicy(dt.timedelta(days=365), dt.timedelta(days=1)),
-                            [])
+        await api.store.keys.set_fleet_master([])
+        api.view.set_policy(StalenessPolicy(dt.timedelta(days=365), dt.timedelta(days=1)))
         await until(lambda: not (api.view.snapshot or first).report["policy"]["master_keys"])
         report = api.view.snapshot.report  # type: ignore[union-attr]
         assert report["policy"]["key_renew_period_seconds"] == 365 * 86400

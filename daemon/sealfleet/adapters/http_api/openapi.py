@@ -13,11 +13,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from sealfleet.domain.staleness import SHOWN_STATES
+
 MAX_PAGE = 1000
 _STR_OR_NULL = {"type": ["string", "null"]}
 _TIME = {"type": "string", "format": "date-time"}
 _TIME_OR_NULL = {"type": ["string", "null"], "format": "date-time"}
-_STATES = ["current", "stale", "compromised", "unknown", "failing"]
+_STATES = [state.value for state in SHOWN_STATES]
 
 
 def _ref(name: str) -> dict[str, str]:

@@ -19,7 +19,7 @@ import asyncio
 import datetime as dt
 import json
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -74,14 +74,13 @@ def key_entry(record: KeyRecord, usage: KeyUsage | None) -> dict[str, Any]:
 class InventoryView:
     """Builds and caches :class:`Snapshot` objects from the store."""
 
-    def __init__(self, store: Store, *, policy: StalenessPolicy, master_keys: Sequence[str],
+    def __init__(self, store: Store, *, policy: StalenessPolicy,
                  changes: Callable[[], int] = lambda: 0,
                  render_status_page: Callable[[dict[str, Any]], bytes] | None = None,
                  max_age: float = 10.0, min_interval: float = 0.5,
                  clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC)) -> None:
         self._store = store
         self.policy = policy
-        self.master_keys = tuple(master_keys)
         self._changes = changes
         self._render = render_status_page
         self._max_age = max_age
@@ -98,10 +97,10 @@ class InventoryView:
         """The latest snapshot without waiting (None before the first build)."""
         return self._snapshot
 
-    def set_policy(self, policy: StalenessPolicy, master_keys: Sequence[str]) -> None:
-        """Apply a reloaded policy; the next rebuild uses it."""
+    def set_policy(self, policy: StalenessPolicy) -> None:
+        """Apply a reloaded policy; the next rebuild uses it (and re-reads the master key
+        set, which the keystore keeps in the store)."""
         self.policy = policy
-        self.master_keys = tuple(master_keys)
         self._forced = True
         self._wakeup.set()
 
@@ -131,6 +130,7 @@ class InventoryView:
         inventory, keystore = self._store.inventory, self._store.keys
         clusters = [c for c in await inventory.list_clusters() if not c.removed]
         records = await keystore.list_keys()
+        master = await keystore.fleet_master()
         usage = await keystore.key_usage()
         counts = await inventory.state_counts()
         held = await inventory.key_holdings_by_cluster()
@@ -154,7 +154,7 @@ class InventoryView:
                                      "controller_namespace": cluster.controller_namespace,
                                      "controller_name": cluster.controller_name}
         report = build_report(self.policy, self._clock(), facts, records, counts,
-                              self.master_keys)
+                              master)
         clusters_out = [{**c, **details.get(c["name"], {})} for c in report["clusters"]]
         keys = [key_entry(r, usage.get(r.fingerprint)) for r in records]
         snap = Snapshot(

@@ -9,6 +9,8 @@ from __future__ import annotations
 from html import escape
 from typing import Any
 
+from sealfleet.domain.staleness import SHOWN_STATES
+
 _CSS = """
 :root { --ok:#2e7d32; --warn:#ef6c00; --bad:#c62828; --muted:#6b7280; --bg:#f8fafc; }
 * { box-sizing: border-box; }
@@ -31,7 +33,7 @@ td.n { text-align: right; font-variant-numeric: tabular-nums; }
 .error { color: var(--bad); word-break: break-word; }
 """
 
-_STATES = ("current", "stale", "compromised", "unknown", "failing")
+_STATES = tuple(state.value for state in SHOWN_STATES)
 
 
 def _days(seconds: float) -> str:

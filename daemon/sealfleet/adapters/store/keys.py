@@ -75,6 +75,10 @@ class Keystore:
     async def set_fleet_master(self, fingerprints: Sequence[str]) -> None:
         await self._store.write(keys_sql.set_fleet_master, list(fingerprints))
 
+    async def fleet_master(self) -> list[str]:
+        """The fleet master key set as last configured (it may name keys not seen yet)."""
+        return await self._store.read(keys_sql.fleet_master)
+
     async def list_keys(self) -> list[KeyRecord]:
         return await self._store.read(keys_sql.list_keys)
 

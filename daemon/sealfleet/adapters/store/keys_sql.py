@@ -17,9 +17,10 @@ from typing import Any
 from sealfleet.adapters.store import audit, codec, inventory_reads
 from sealfleet.adapters.store.key_material import EncryptedKey, Refusal
 from sealfleet.adapters.store.records import KeyRecord, KeyUsage, QuarantinedKey
+from sealfleet.domain.keys import KeyState
 from sealfleet.errors import StoreError
 
-KEY_STATES = ("active", "retired", "compromised")
+KEY_STATES = tuple(state.value for state in KeyState)
 
 # On conflict: a certificate-less record never replaces known validity; 'cert-only'
 # gives way to any real source; a key never silently becomes *less* severe (only
@@ -98,6 +99,11 @@ def set_fleet_master(conn: sqlite3.Connection, fingerprints: Sequence[str]) -> N
                      [(f,) for f in wanted])
     conn.execute("UPDATE sealing_keys SET fleet_master = fingerprint IN "
                  "(SELECT fingerprint FROM fleet_master_keys)")
+
+
+def fleet_master(conn: sqlite3.Connection) -> list[str]:
+    return [row[0] for row in conn.execute(
+        "SELECT fingerprint FROM fleet_master_keys ORDER BY fingerprint")]
 
 
 def list_keys(conn: sqlite3.Connection) -> list[KeyRecord]:

@@ -23,13 +23,14 @@ from typing import TYPE_CHECKING, Any
 
 from sealfleet import errors
 from sealfleet.app.cli.main import DEFAULT_CONFIG_PATH
+from sealfleet.domain import staleness
 from sealfleet.domain.staleness import FINDINGS
 from sealfleet.errors import InputError
 
 if TYPE_CHECKING:
     from sealfleet.app.config import Settings
 
-_STATES = ("current", "stale", "compromised", "unknown", "failing")
+_STATES = tuple(state.value for state in staleness.SHOWN_STATES)
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
