@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 log = structlog.get_logger(__name__)
 
 
-class Keystore:
+class KeyRecords:
     """The keys the fleet knows, and the private halves the store holds under the KEK."""
 
     def __init__(self, store: Store, kek: KeyEncryptionKey | None) -> None:
@@ -57,14 +57,24 @@ class Keystore:
         if self._kek is None:
             raise StoreError(f"{self._store.path}: cannot store private keys: "
                              "no key-encryption key configured")
-        sealed, refused = await asyncio.to_thread(key_material.seal_all, list(materials),
-                                                  self._kek)
+        sealed, refused = await self.seal(materials)
         if sealed:
             await self._store.write(keys_sql.store_encrypted_keys, sealed)
+        return refused
+
+    async def seal(self, materials: Sequence[KeyMaterial],
+                   ) -> tuple[list[key_material.EncryptedKey], tuple[RejectedKey, ...]]:
+        """Encrypt private keys under the KEK (off the loop) for a write that stores them
+        together with something else (a job's journal entry); refusals are logged."""
+        if self._kek is None:
+            raise StoreError(f"{self._store.path}: cannot store private keys: "
+                             "no key-encryption key configured")
+        sealed, refused = await asyncio.to_thread(key_material.seal_all, list(materials),
+                                                  self._kek)
         for refusal in refused:
             log.warning("store_key_material_refused", fingerprint=refusal.fingerprint,
                         reason=refusal.reason)
-        return tuple(refusal.rejected() for refusal in refused)
+        return sealed, tuple(refusal.rejected() for refusal in refused)
 
     async def set_key_state(self, fingerprint: str, state: str, *, actor: str,
                             reason: str | None = None) -> None:

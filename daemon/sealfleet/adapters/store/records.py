@@ -197,6 +197,10 @@ class JobRecord:
     created_at: dt.datetime
     updated_at: dt.datetime
     items: Mapping[str, int]            # item state -> count (states with none left out)
+    actor: str = "sealfleet"            # who asked: token name, local user, or sealfleet
+    result: JsonObject = field(default_factory=dict)   # the outcome's details
+    started_at: dt.datetime | None = None
+    finished_at: dt.datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -208,6 +212,7 @@ class JobItem:
     attempt: int                        # how often it was moved to 'running'
     error: str | None
     updated_at: dt.datetime
+    detail: JsonObject = field(default_factory=dict)   # what the step found or did
 
 
 # ---------------------------------------------------------------- the store itself

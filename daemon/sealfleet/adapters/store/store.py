@@ -58,7 +58,7 @@ from sealfleet.adapters.store.audit import AuditLog
 from sealfleet.adapters.store.inventory import Inventory
 from sealfleet.adapters.store.jobs import JobJournal
 from sealfleet.adapters.store.kek import KeyEncryptionKey
-from sealfleet.adapters.store.keys import Keystore
+from sealfleet.adapters.store.keys import KeyRecords
 from sealfleet.adapters.store.records import (
     StoreHealth,
 )
@@ -90,7 +90,7 @@ class Store:
         self.applied_at_open: list[str] = []
         self.health = StoreHealth()
         self.inventory = Inventory(self)
-        self.keys = Keystore(self, kek)
+        self.keys = KeyRecords(self, kek)
         self.audit = AuditLog(self)
         self.jobs = JobJournal(self)
 
