@@ -69,3 +69,8 @@ def first_error(group: BaseExceptionGroup[BaseException], *,
             if isinstance(leaf, kind):
                 return leaf
     return leaves[0] if leaves else group
+
+
+class RefusedError(PermanentError):
+    """A mutation was refused as asked (it would lose something, or names nothing that
+    exists): nothing was journaled or changed.  The message says why; CLI exit code 2."""

@@ -138,8 +138,10 @@ async def populate(store: Store, keys: list[SealingKey]) -> Fleet:
     old, new, extra = (k.fingerprint for k in keys)
     fleet = Fleet(old=old, new=new, extra=extra)
     await store.keys.upsert_keys([
-        KeyRecord(old, NOW - 90 * DAY, NOW + 3000 * DAY, source="cluster"),
-        KeyRecord(new, NOW - 2 * DAY, NOW + 3000 * DAY, source="cluster"),
+        KeyRecord(old, NOW - 90 * DAY, NOW + 3000 * DAY, source="cluster",
+                  certificate_pem=keys[0].certificate.pem.decode()),
+        KeyRecord(new, NOW - 2 * DAY, NOW + 3000 * DAY, source="cluster",
+                  certificate_pem=keys[1].certificate.pem.decode()),
         KeyRecord(extra, NOW - 5 * DAY, NOW + 3000 * DAY, source="generated"),
     ])
     await store.keys.store_key_material([KeyMaterial(keys[2], source="generated")])

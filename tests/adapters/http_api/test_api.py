@@ -5,10 +5,12 @@ from __future__ import annotations
 import base64
 import stat
 
+import aiohttp
 import pytest
 from apitesting import ADMIN_TOKEN, READ_TOKEN, Api, secret
 from prometheus_client.parser import text_string_to_metric_families
 
+from sealfleet.domain.keys import SealingKey, load_certificate
 from sealfleet.domain.staleness import SecretState
 
 
@@ -245,3 +247,18 @@ async def test_cli_client_over_tcp_with_the_read_token(api: Api) -> None:
     via_socket = ApiClient(socket_path=api.socket_path, base_url=api.base_url)
     assert via_socket.where == f"unix:{api.socket_path}"
     assert (await via_socket.get_json("/api/v1/clusters/beta"))["name"] == "beta"
+
+
+async def test_the_fleet_certificate_needs_no_token_and_a_cluster_gets_its_own(
+        api: Api, rsa2048_keys: list[SealingKey]) -> None:
+    """kubeseal --cert URL cannot send a token: the certificate is public."""
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"{api.base_url}/api/v1/cert.pem") as response:
+            assert response.status == 200
+            served = await response.read()
+        async with http.get(f"{api.base_url}/api/v1/cert.pem?cluster=nope") as response:
+            assert response.status == 404
+        async with http.get(f"{api.base_url}/api/v1/jobs") as response:
+            assert response.status == 401     # everything else still needs the token
+    # The master set is {old, new}: the newest of them seals (the controller's rule).
+    assert load_certificate(served).fingerprint == rsa2048_keys[1].fingerprint

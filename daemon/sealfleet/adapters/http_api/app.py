@@ -32,7 +32,7 @@ from multidict import CIMultiDict, MultiMapping
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import CollectorRegistry
 
-from sealfleet.adapters.http_api import openapi, status_page
+from sealfleet.adapters.http_api import jobs_api, openapi, status_page
 from sealfleet.adapters.http_api.metrics import InventoryCollector, make_registry
 from sealfleet.adapters.http_api.snapshot import InventoryView, dumps
 from sealfleet.adapters.store import Store
@@ -64,6 +64,8 @@ class ApiDeps:
     read_token: bytes | None = field(default=None, repr=False)
     admin_token: bytes | None = field(default=None, repr=False)
     attribution_backlog: Callable[[], int | None] = lambda: None
+    jobs: jobs_api.JobSubmitter | None = None
+    certificates: jobs_api.CertificateSource | None = None
 
 
 DEPS = web.AppKey("deps", ApiDeps)
@@ -163,7 +165,7 @@ async def guard(request: web.Request,
                 ) -> web.StreamResponse:
     """Auth, then the handler; every failure becomes the one JSON error shape."""
     try:
-        if not _over_unix_socket(request):
+        if not _over_unix_socket(request) and request.path not in jobs_api.PUBLIC_PATHS:
             _check_token(request, request.app[DEPS])
         _check_query(request)
         return await handler(request)
@@ -305,4 +307,6 @@ def build_app(deps: ApiDeps) -> web.Application:
     app.router.add_get("/api/v1/keys", keys)
     app.router.add_get("/api/v1/sealed-secrets", sealed_secrets)
     app.router.add_get("/api/v1/openapi.json", openapi_json)
+    jobs_api.register(app, store=deps.store, submitter=deps.jobs,
+                      certificates=deps.certificates or jobs_api.StoreCertificates(deps.store))
     return app

@@ -128,6 +128,25 @@ SCHEMAS: dict[str, Any] = {
                         "description": "pass as ?cursor= for the next page; null on the last"},
     }),
     "Health": _obj({"status": {"const": "ok"}}),
+    "JobStep": _obj({"ref": {"type": "string"},
+                     "state": {"enum": ["pending", "running", "done", "failed", "skipped"]},
+                     "attempt": {"type": "integer", "minimum": 0}, "error": _STR_OR_NULL,
+                     "detail": {"type": "object"}, "updated_at": _TIME}),
+    "Job": _obj({
+        "id": {"type": "string"},
+        "kind": {"enum": ["key_sync", "renewal", "compromise", "retire", "adopt", "reseal"]},
+        "state": {"enum": ["pending", "running", "succeeded", "failed", "cancelled"]},
+        "actor": {"type": "string"}, "params": {"type": "object"}, "error": _STR_OR_NULL,
+        "result": {"type": "object", "description": "the outcome's details, e.g. a "
+                                                    "compromise's blast_radius"},
+        "created_at": _TIME, "started_at": _TIME_OR_NULL, "finished_at": _TIME_OR_NULL,
+        "updated_at": _TIME,
+        "counts": {"type": "object", "additionalProperties": {"type": "integer"}},
+        "steps": {"type": "array", "items": _ref("JobStep")}}),
+    "JobList": _obj({"jobs": {"type": "array", "items": _ref("Job")}}),
+    "AuditList": _obj({"entries": {"type": "array", "items": _obj({
+        "id": {"type": "integer"}, "at": _TIME, "event": {"type": "string"},
+        "actor": {"type": "string"}, "details": {"type": "object"}})}}),
     "Ready": _obj({"ready": {"type": "boolean"},
                    "checks": {"type": "object",
                               "additionalProperties": {"type": "boolean"}}}),
@@ -150,6 +169,38 @@ def _query(name: str, schema: dict[str, Any], description: str) -> dict[str, Any
     # (minLength 1 on strings), so "?cluster=" is not a filter that matches nothing.
     return {"name": name, "in": "query", "required": False, "schema": schema,
             "description": description}
+
+
+def _post(summary: str, *, body: dict[str, Any] | None = None,
+          parameters: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    op: dict[str, Any] = {
+        "summary": summary,
+        "security": [{"bearer": []}, {}],
+        "responses": {
+            "202": _json(_ref("Job"), "Journaled: the job document (follow it at "
+                                      "/api/v1/jobs/{id})"),
+            "400": _ERRORS["400"],
+            "401": _ERRORS["401"],
+            "403": _json(_ref("Error"), "Over TCP with a token other than the admin token "
+                                        "(code forbidden)"),
+            "409": _json(_ref("Error"), "Refused as asked; nothing was journaled or changed "
+                                        "(code refused)"),
+            "503": _ERRORS["503"],
+        },
+    }
+    if body is not None:
+        op["requestBody"] = {"required": False,
+                             "content": {"application/json": {"schema": body}}}
+    if parameters:
+        op["parameters"] = parameters
+    return {"post": op}
+
+
+# A fingerprint holds "/" and "+": percent-encode it in the path (%2F, %2B).  Anything
+# that is not SHA256:<43 base64 characters> is a 400.
+_FINGERPRINT_PARAM = {"name": "fingerprint", "in": "path", "required": True,
+                      "description": "key fingerprint, SHA256:..., percent-encoded",
+                      "schema": {"type": "string", "minLength": 1}}
 
 
 def query_names(document: Mapping[str, Any]) -> dict[str, frozenset[str]]:
@@ -214,6 +265,49 @@ def document() -> dict[str, Any]:
                     _query("cursor", {"type": "string", "minLength": 1},
                            "next_cursor of the previous page"),
                 ]),
+            "/api/v1/keys/sync": _post(
+                "Bring every cluster's key Secrets to the fleet key set (master mode)",
+                body={"type": "object"}),
+            "/api/v1/keys/renew": _post("A new fleet master key, synced to every cluster",
+                                        body={"type": "object"}),
+            "/api/v1/keys/adopt": _post(
+                "Take a cluster's keys into fleet custody",
+                body=_obj({"cluster": {"type": "string", "minLength": 1},
+                           "share": {"type": "boolean"}}, required=["cluster"])),
+            "/api/v1/keys/{fingerprint}/compromise": _post(
+                "Mark a key compromised, renew at once; the result lists the blast radius",
+                body={"type": "object"}, parameters=[_FINGERPRINT_PARAM]),
+            "/api/v1/keys/{fingerprint}/retire": _post(
+                "Take a key out of every cluster (refused while anything needs it)",
+                body=_obj({"purge": {"type": "boolean"}}, required=[]),
+                parameters=[_FINGERPRINT_PARAM]),
+            "/api/v1/jobs": _get("Jobs, newest first", _json(_ref("JobList"), "Jobs"),
+                                 parameters=[_query("state", {"enum": [
+                                     "pending", "running", "succeeded", "failed",
+                                     "cancelled"]}, "only jobs in this state")]),
+            "/api/v1/jobs/{id}": _get("One job with its steps", _json(_ref("Job"), "The job"),
+                                      errors=("401", "404", "503"),
+                                      parameters=[{"name": "id", "in": "path",
+                                                   "required": True,
+                                                   "schema": {"type": "string"}}]),
+            "/api/v1/audit": _get("The audit log, oldest first (the last 200 entries)",
+                                  _json(_ref("AuditList"), "Entries"),
+                                  parameters=[_query("since", {"type": "string",
+                                                               "format": "date-time"},
+                                                     "only entries at or after this time")]),
+            "/api/v1/cert.pem": {"get": {
+                "summary": "The fleet master certificate (no token needed: it is public); "
+                           "?cluster=NAME: that cluster's sealing certificate",
+                "security": [{}],
+                "parameters": [_query("cluster", {"type": "string", "minLength": 1},
+                                      "a configured cluster")],
+                "responses": {
+                    "200": {"description": "PEM certificate",
+                            "content": {"application/x-pem-file": {
+                                "schema": {"type": "string"}}}},
+                    "400": _ERRORS["400"],
+                    "404": _json(_ref("Error"), "No such cluster, or no certificate yet"),
+                    "503": _ERRORS["503"]}}},
             "/api/v1/openapi.json": _get("This document", {
                 "description": "OpenAPI 3.1", "content": {"application/json": {
                     "schema": {"type": "object"}}}}, errors=("401",)),
