@@ -221,7 +221,22 @@ class FleetSettings(_Section):
 
     master_keys: tuple[str, ...] = ()
     """Fingerprints (``SHA256:...``) of the fleet master key set.  Empty (default) turns
-    the drift check off: without a declared set there is nothing to drift from."""
+    the drift check off: without a declared set there is nothing to drift from.  Not with
+    ``master = true``, where sealfleet makes and renews the master keys itself."""
+
+    master: StrictBool = False
+    """Master mode: every cluster holds every fleet master key as a key Secret, and the
+    newest one is every controller's sealing key.  sealfleet generates the first one
+    (``keys sync``), renews it every ``[policy] key_renew_period`` and keeps the clusters
+    in step.  Default false: sealfleet observes and backs up, renews nothing."""
+
+    auto_reseal: StrictBool = False
+    """After each renewal, reseal every stale SealedSecret with the new key (a reseal job).
+    Default false: a reseal is a user's decision."""
+
+    restart_concurrency: int = Field(default=4, ge=1, le=64)
+    """Controllers restarted at once across the fleet after a key change (a restart
+    re-unseals every SealedSecret of its cluster).  Default 4."""
 
     resync_interval: PositiveDuration = dt.timedelta(minutes=10)
     """Full relist period on top of watches, seconds-precision.  Default 10m: cheap with
@@ -250,6 +265,9 @@ class FleetSettings(_Section):
     def _backoff_in_order(self) -> FleetSettings:
         if self.backoff_max < self.backoff_initial:
             raise ValueError("backoff_max must not be shorter than backoff_initial")
+        if self.master and self.master_keys:
+            raise ValueError("master_keys cannot be set with master = true: in master mode "
+                             "sealfleet makes and keeps the master key set")
         return self
 
     # Seconds as floats, for the workers and the retry helper (which count in seconds):
@@ -316,6 +334,12 @@ class ClusterSettings(_Section):
     read_key_secrets: StrictBool = True
     """``false`` = least-privilege mode: never read key Secrets; ask ``/v1/verify``
     instead.  A TOML boolean: ``"yes"`` or ``0`` is an error, not a guess."""
+
+    restart: Literal["rollout", "delete-pods", "none"] = "rollout"
+    """How the controller is made to load changed key Secrets: ``rollout`` (default, a
+    ``kubectl rollout restart``), ``delete-pods`` where Flux or Argo CD manage the
+    Deployment (they undo a restartedAt annotation), ``none`` when the controller runs
+    with ``--watch-for-secrets`` and only keys are added."""
 
     @field_validator("name")
     @classmethod

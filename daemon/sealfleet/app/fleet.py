@@ -107,7 +107,8 @@ class FleetManager:
     async def apply_settings(self, settings: Settings) -> None:
         """Adopt a new settings tree (SIGHUP): the master key set at once, workers
         added and removed shortly after."""
-        if settings.fleet.master_keys != self._settings.fleet.master_keys:
+        if not settings.fleet.master \
+                and settings.fleet.master_keys != self._settings.fleet.master_keys:
             await self.keystore.set_master(settings.fleet.master_keys)
         self._settings = settings
         self._reconcile.set()
@@ -130,7 +131,8 @@ class FleetManager:
 
     async def run(self) -> None:
         """Until cancelled: the workers, reconciliation on reload, the heartbeat, upkeep."""
-        await self.keystore.set_master(self._settings.fleet.master_keys)
+        if not self._settings.fleet.master:  # in master mode the jobs keep the set
+            await self.keystore.set_master(self._settings.fleet.master_keys)
         await self.refresh_keys()
         try:
             async with asyncio.TaskGroup() as group:

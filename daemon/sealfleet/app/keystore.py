@@ -97,6 +97,7 @@ class Keystore:
         compromised set changed."""
         async with self._state_lock:
             records = await self._keys.list_keys()
+            self.master = frozenset(await self._keys.fleet_master())
             new = {r.fingerprint for r in records if r.has_private_key} - self.fingerprints()
             if new:
                 self._stored |= new
@@ -109,6 +110,16 @@ class Keystore:
         async with self._state_lock:
             await self._keys.set_fleet_master(list(fingerprints))
             self.master = frozenset(fingerprints)
+
+    async def add_master(self, fingerprint: str) -> None:
+        """Master mode: one more key in the fleet master set (idempotent)."""
+        async with self._state_lock:
+            if fingerprint in self.master:
+                return
+            master = sorted(self.master | {fingerprint})
+            await self._keys.set_fleet_master(master)
+            self.master = frozenset(master)
+            self._notify()
 
     async def mark_compromised(self, fingerprints: Iterable[str]) -> bool:
         """Mark keys compromised (never undone here); True when the set grew."""

@@ -1,8 +1,10 @@
-"""A small client of the daemon's read API, for the CLI (``status``, ``staleness``).
+"""A small client of the daemon's API, for the CLI (``status``, ``staleness``, ``jobs``,
+the key commands).
 
 It prefers the unix socket (no token needed) and falls back to the TCP listener with
-the read token.  Connection problems become one-line :class:`TransientError` messages
-that say where it looked.
+the read token (the admin token for mutations).  A refusal (409) is a
+:class:`RefusedError`, so the CLI exits 2 for it.  Connection problems become
+one-line :class:`TransientError` messages that say where it looked.
 """
 
 from __future__ import annotations
@@ -13,9 +15,10 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import yarl
 
 from sealfleet.adapters.http_api.server import short_socket_path
-from sealfleet.errors import FleetError, TransientError
+from sealfleet.errors import FleetError, RefusedError, TransientError
 
 
 class ApiClient:
@@ -37,6 +40,9 @@ class ApiClient:
                                                   or self._socket_path.exists())
 
     async def get_json(self, path: str) -> Any:
+        return await self.request_json("GET", path)
+
+    async def request_json(self, method: str, path: str, body: Any = None) -> Any:
         dirfd = None
         if self._use_socket() and self._socket_path is not None:
             # Paths longer than sun_path are reached through /proc/self/fd/<dir fd>/name.
@@ -54,8 +60,9 @@ class ApiClient:
             headers = {"Authorization": f"Bearer {self._token}"} if self._token else {}
         try:
             async with aiohttp.ClientSession(connector=connector, timeout=self._timeout) as http, \
-                    http.get(url, headers=headers) as response:
-                body = await response.read()
+                    http.request(method, yarl.URL(url, encoded=True), headers=headers,
+                                 json=body) as response:
+                answer = await response.read()
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             raise TransientError(f"cannot reach the sealfleet daemon at {self.where} "
                                  f"({type(exc).__name__}); is it running?") from exc
@@ -63,10 +70,13 @@ class ApiClient:
             if dirfd is not None:
                 os.close(dirfd)
         try:
-            document = json.loads(body)
+            document = json.loads(answer)
         except ValueError:
             raise FleetError(f"{self.where}{path}: answered HTTP {response.status} "
                              "without JSON") from None
+        if response.status == 409:
+            error = document.get("error", {}) if isinstance(document, dict) else {}
+            raise RefusedError(f"refused: {error.get('message', '')}")
         if response.status >= 400:
             error = document.get("error", {}) if isinstance(document, dict) else {}
             raise FleetError(f"{self.where}{path}: HTTP {response.status} "

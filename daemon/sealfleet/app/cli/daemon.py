@@ -135,7 +135,9 @@ def _run(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------- clients
 
 
-def _client(settings: Settings) -> Any:
+def _client(settings: Settings, *, admin: bool = False) -> Any:
+    """The daemon's API: the socket when there is one, else TCP with the read token (the
+    admin token when *admin*: mutations)."""
     from sealfleet.adapters.http_api.client import ApiClient
     from sealfleet.app import preflight
 
@@ -148,7 +150,8 @@ def _client(settings: Settings) -> Any:
         base_url = f"http://{'[' + host + ']' if ':' in host else host}:{port}"
         if socket_path is None or not socket_path.exists():
             # The daemon's own reader: the same owner-only rule, the same messages.
-            raw = preflight.read_token_of(settings, "read_token_file")
+            raw = preflight.read_token_of(settings,
+                                          "admin_token_file" if admin else "read_token_file")
             token = raw.decode("ascii") if raw is not None else None
     return ApiClient(socket_path=socket_path, base_url=base_url, token=token)
 

@@ -50,6 +50,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     generate.add_argument("--force", action="store_true",
                           help="replace existing output files")
     generate.set_defaults(handler=run_generate)
+    # The commands that change keys run as jobs in the daemon (app/cli/jobs.py).
+    from sealfleet.app.cli import jobs
+    jobs.add_key_commands(commands)
 
     fingerprint = commands.add_parser(
         "fingerprint", help="print the SHA256:... key id of a certificate, key or key Secret",

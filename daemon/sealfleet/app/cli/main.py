@@ -24,7 +24,14 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from sealfleet import __version__
-from sealfleet.errors import ConfigError, DecryptionError, FleetError, InputError, StoreError
+from sealfleet.errors import (
+    ConfigError,
+    DecryptionError,
+    FleetError,
+    InputError,
+    RefusedError,
+    StoreError,
+)
 
 # Where the daemon and its client commands find their config unless told (-c); here, so
 # that no command pays for the config module (pydantic) just to learn the default.
@@ -39,6 +46,7 @@ COMMAND_MODULES: dict[str, tuple[str, ...]] = {
     "db": ("db",),
     "sandbox": ("sandbox",),
     "daemon": ("run", "status", "staleness", "demo"),
+    "jobs": ("jobs", "audit"),
 }
 
 Handler = Callable[[argparse.Namespace], int]
@@ -81,7 +89,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         return handler(args)
-    except (InputError, ConfigError) as exc:
+    except (InputError, ConfigError, RefusedError) as exc:
         return _fail(exc, 2)
     except DecryptionError as exc:
         return _fail(exc, 1)
