@@ -1,0 +1,94 @@
+"""Jobs nobody asks for: renewal by policy and keeping the fleet in step (master mode).
+
+Every ``TICK`` seconds, in master mode:
+
+- when the newest master key is older than ``[policy] key_renew_period`` (counted from
+  its NotBefore, as the controller counts its own renewal), a ``renewal`` job;
+- else, when a reachable cluster drifts from the master key set (a cluster that came
+  back, a key Secret deleted by hand, a controller that renewed on its own), a
+  ``key_sync`` job, at most once per ``SYNC_SPACING`` so a cluster that keeps failing
+  does not flood the journal.
+
+Never while another key job is unfinished: those run one after another anyway, and the
+next tick sees what they changed.  The scheduler only asks the runner, which journals
+and runs the job exactly as if a user had asked (actor ``scheduler``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol
+
+import structlog
+
+from sealfleet.adapters.store import Store
+from sealfleet.adapters.store.records import JobRecord, JsonObject
+from sealfleet.app.config import Settings
+from sealfleet.domain.jobs import JobKind
+from sealfleet.domain.keys import most_recent_key
+from sealfleet.errors import FleetError
+
+log = structlog.get_logger(__name__)
+
+TICK = 30.0                                  # seconds between looks
+SYNC_SPACING = dt.timedelta(minutes=5)       # at most one scheduled sync this often
+_KEY_JOBS = frozenset({JobKind.KEY_SYNC, JobKind.RENEWAL, JobKind.COMPROMISE,
+                       JobKind.RETIRE, JobKind.ADOPT})
+
+
+class Submitter(Protocol):
+    async def submit(self, kind: str, params: JsonObject, *, actor: str) -> JobRecord: ...
+
+
+class Scheduler:
+    def __init__(self, runner: Submitter, store: Store, *,
+                 settings: Callable[[], Settings],
+                 report: Callable[[], Mapping[str, Any] | None],
+                 clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC)) -> None:
+        self._runner = runner
+        self._store = store
+        self._settings = settings
+        self._report = report
+        self._clock = clock
+        self._last_sync: dt.datetime | None = None
+
+    async def run(self) -> None:
+        while True:
+            await asyncio.sleep(TICK)
+            try:
+                await self.tick()
+            except FleetError as error:     # the store is busy: look again next tick
+                log.warning("scheduler_tick_failed", error=str(error))
+
+    async def tick(self) -> JobRecord | None:
+        """Submit what is due, if anything (returns the job)."""
+        settings = self._settings()
+        if not settings.fleet.master:
+            return None
+        if any(JobKind(j.kind) in _KEY_JOBS for j in await self._store.jobs.unfinished()):
+            return None
+        now = self._clock()
+        records = {r.fingerprint: r for r in await self._store.keys.list_keys()}
+        master = [records[f] for f in await self._store.keys.fleet_master() if f in records]
+        newest = most_recent_key(master)
+        if newest is None:
+            return None     # no master key yet: `sealfleet keys sync` makes the first one
+        if now - newest.not_before >= settings.policy.key_renew_period:
+            log.info("renewal_due", newest=newest.fingerprint,
+                     age_days=(now - newest.not_before).days)
+            return await self._runner.submit(JobKind.RENEWAL, {}, actor="scheduler")
+        drifting = self._drifting()
+        if drifting and (self._last_sync is None or now - self._last_sync >= SYNC_SPACING):
+            self._last_sync = now
+            log.info("sync_due", clusters=drifting)
+            return await self._runner.submit(JobKind.KEY_SYNC, {}, actor="scheduler")
+        return None
+
+    def _drifting(self) -> list[str]:
+        report = self._report()
+        if report is None:
+            return []
+        return sorted(c["name"] for c in report.get("clusters", ())
+                      if c.get("drift") and c.get("reachable"))
