@@ -192,8 +192,13 @@ def metrics_service(name: str, namespace: str) -> dict[str, Any]:
 
 
 def template_hash(template: Mapping[str, Any]) -> str:
-    """A stable pod-template-hash in the apimachinery alphabet (10 characters)."""
-    digest = hashlib.sha256(json.dumps(template, sort_keys=True).encode()).digest()
+    """A stable pod-template-hash in the apimachinery alphabet (10 characters).
+
+    Empty maps and lists count as absent, as ``omitempty`` (and the controller's
+    semantic equality) have it: removing the last template annotation gives the
+    template without annotations, and so the ReplicaSet made for that one.
+    """
+    digest = hashlib.sha256(json.dumps(_omit_empty(template), sort_keys=True).encode()).digest()
     return "".join(GENERATE_ALPHABET[b % len(GENERATE_ALPHABET)] for b in digest[:10])
 
 
@@ -231,3 +236,12 @@ def pod(deploy: Mapping[str, Any], template: Mapping[str, Any], pod_hash: str,
         "spec": spec,
         "status": {"phase": "Pending", "qosClass": "BestEffort"},
     }
+
+
+def _omit_empty(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        kept = {k: _omit_empty(v) for k, v in value.items()}
+        return {k: v for k, v in kept.items() if v not in ({}, [], None)}
+    if isinstance(value, list):
+        return [_omit_empty(v) for v in value]
+    return value

@@ -140,6 +140,7 @@ class ControllerWorkload:
         self.store.add_listener(self._on_store_event)
         try:
             while True:
+                await asyncio.sleep(0)  # a pass whose writes wake it again never starves the loop
                 self._wake.clear()
                 recheck = self._sync()
                 with contextlib.suppress(TimeoutError):
