@@ -78,7 +78,6 @@ class PodRunner:
                  pod_ip: str, on_change: Callable[[], None],
                  on_crash: Callable[[str | None], None]) -> None:
         self.name = str(pod["metadata"]["name"])
-        self.pod_hash = str((pod["metadata"].get("labels") or {}).get("pod-template-hash", ""))
         self._spec: dict[str, Any] = dict(pod.get("spec") or {})
         self._uid = str(pod["metadata"].get("uid", ""))
         self._context = context
@@ -123,11 +122,13 @@ class PodRunner:
             if self._stop.is_set():
                 return
             self.restarts += 1
-            self._write(_waiting("CrashLoopBackOff", f"back-off restarting failed container "
-                                 f"{CONTAINER_NAME} in pod {self.name}"),
+            backoff = min(first * 2 ** (self.restarts - 1), cap)
+            # Go's exit status after a panic or a pflag error is 2.
+            self._write(_waiting("CrashLoopBackOff", f"back-off {_go_duration(backoff)} "
+                                 f"restarting failed container={CONTAINER_NAME} pod={self.name}_"
+                                 f"{self._context.namespace}({self._uid})"),
                         ready=False, last_state=self._terminated(2, "Error", crash))
             self._on_change()
-            backoff = min(first * 2 ** (self.restarts - 1), cap)
             if await self._stopped_within(backoff):
                 return
 
@@ -233,6 +234,14 @@ class PodRunner:
         pod["status"] = status
         with contextlib.suppress(ApiError):
             ctx.store.update("pods", ctx.namespace, self.name, pod, subresource="status")
+
+
+def _go_duration(seconds: float) -> str:
+    """``time.Duration.String`` for the kubelet's back-off steps: 50ms, 10s, 2m40s."""
+    if seconds < 1:
+        return f"{round(seconds * 1000)}ms"
+    minutes, rest = divmod(seconds, 60)
+    return f"{int(minutes)}m{rest:g}s" if minutes else f"{rest:g}s"
 
 
 def _waiting(reason: str, message: str = "") -> dict[str, Any]:
