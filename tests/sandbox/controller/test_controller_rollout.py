@@ -237,12 +237,20 @@ async def test_status_fields_move_as_the_deployment_controller_moves_them(
         ((2, 1, 1, 1, 1, 0, 0), "NewReplicaSetAvailable", "True"),
     ]
     final = deployments[-1]
+    (pod,) = await cluster_pods(sandbox)
     progressing = _condition(final, "Progressing")
     assert progressing["status"] == "True"
     assert progressing["message"] == \
-        f'ReplicaSet "{CONTROLLER}-{_hash((await cluster_pods(sandbox))[0])}" ' \
-        "has successfully progressed."
+        f'ReplicaSet "{CONTROLLER}-{_hash(pod)}" has successfully progressed.'
     assert _condition(final, "Available")["message"] == "Deployment has minimum availability."
+    listed = await sandbox.kubectl_json("get", "events", "-n", NAMESPACE)
+    scaling = [e["message"] for e in listed["items"]
+               if e["involvedObject"]["kind"] == "Deployment"
+               and e["source"]["component"] == "deployment-controller"]
+    new_rs = f"{CONTROLLER}-{_hash(pod)}"
+    assert scaling[-2:] == [f"Scaled up replica set {new_rs} from 0 to 1",
+                            f"Scaled down replica set {scaling[0].split()[4]} from 1 to 0"]
+    assert scaling[0].split()[4] != new_rs  # the install's ReplicaSet
 
 
 async def cluster_pods(harness: SandboxHarness) -> list[dict[str, Any]]:
@@ -276,6 +284,27 @@ async def test_removing_restarted_at_again_rolls_back_to_the_first_replica_set(
     assert pod["metadata"]["name"] != first["metadata"]["name"]  # a new Pod all the same
     deployment = await sandbox.kubectl_json("get", "-n", NAMESPACE, DEPLOYMENT)
     assert deployment["metadata"]["generation"] == 3
+
+
+async def test_recreate_strategy_stops_the_old_pod_before_starting_the_new_one(
+        sandbox: SandboxHarness) -> None:
+    recreate = await sandbox.kubectl("patch", "-n", NAMESPACE, DEPLOYMENT, "-p", json.dumps(
+        {"spec": {"strategy": {"type": "Recreate", "rollingUpdate": None}}}))
+    assert recreate.returncode == 0, recreate.stderr
+    async with observing(sandbox) as cluster:
+        (old_pod,) = await cluster.pods()
+        restarted = await sandbox.kubectl("rollout", "restart", "-n", NAMESPACE, DEPLOYMENT)
+        assert restarted.returncode == 0, restarted.stderr
+        status = asyncio.create_task(sandbox.kubectl(
+            "rollout", "status", "-n", NAMESPACE, DEPLOYMENT))
+        while not status.done():
+            hashes = {_hash(p) for p in await cluster.pods()}
+            assert len(hashes) <= 1, "old and new Pods at once under Recreate"
+            await asyncio.sleep(0.01)
+        assert (await status).returncode == 0
+        (new_pod,) = await cluster.pods()
+        assert _hash(new_pod) != _hash(old_pod)
+        assert (await cluster.cert())[0] == 200
 
 
 # ------------------------------------------------------------------ delete-pods

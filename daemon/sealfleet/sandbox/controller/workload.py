@@ -35,7 +35,7 @@ from collections.abc import Mapping
 from concurrent.futures import Executor
 from typing import Any
 
-from sealfleet.sandbox.controller import manifests, rollout
+from sealfleet.sandbox.controller import events, manifests, rollout
 from sealfleet.sandbox.controller.flags import ControllerFlags
 from sealfleet.sandbox.controller.http_api import Reply
 from sealfleet.sandbox.controller.kubelet import PodRunner, PodTiming, ProcessContext
@@ -91,6 +91,7 @@ class ControllerWorkload:
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._owner_uid: str | None = None
         self._wake = asyncio.Event()
+        self._events = events.EventRecorder(store, component="deployment-controller")
         self._served = False
         self._created = 0
         self._pod_serial = 0
@@ -166,10 +167,12 @@ class ControllerWorkload:
         now = dt.datetime.now(dt.UTC)
         pods = self._pods(deployment)
         counts = _counter(pods)
+        scales = {rs.pod_hash: rs.replicas for rs in self._replica_sets.values()}
         if rollout.is_rolling(deployment):
             new_rs, status = self._rolling(deployment, counts, now)
         else:
             new_rs, status = self._recreate(deployment, counts, now)
+        self._record_scaling(deployment, scales)
         self._write_status(status)
         self._scale_pods(deployment, pods)
         self._trim_history(deployment, new_rs, pods)
@@ -244,6 +247,16 @@ class ControllerWorkload:
                 f'Created new replica set "{rs.name}"', now))
             deployment = self._write_status(status) or deployment
         return rs, deployment
+
+    def _record_scaling(self, deployment: dict[str, Any], before: dict[str, int]) -> None:
+        """``scaleReplicaSetAndRecordEvent``: a ScalingReplicaSet Event per change."""
+        for rs in self._replica_sets.values():
+            was = before.get(rs.pod_hash, 0)
+            if rs.replicas != was:
+                way = "up" if rs.replicas > was else "down"
+                self._events.record(deployment, events.NORMAL, "ScalingReplicaSet",
+                                    f"Scaled {way} replica set {rs.name} from {was} to "
+                                    f"{rs.replicas}")
 
     def _scale_pods(self, deployment: dict[str, Any], pods: list[dict[str, Any]]) -> None:
         """The ReplicaSet controller: as many active Pods per ReplicaSet as it wants."""
