@@ -5,9 +5,9 @@ directly (as the real one talks to its apiserver), and answers the service proxy
 two Services.  Modules: ``flags`` (its command line), ``keyring`` (keys, ordering,
 renewal), ``unsealing`` (SealedSecret -> Secret, status, events), ``http_api`` (cert.pem,
 verify, rotate, metrics), ``process`` (one run of the binary), ``kubelet`` (one Pod:
-start-up delay, readiness, crash loops, termination), ``rollout`` (the deployment
-controller's arithmetic), ``workload`` (Deployment, ReplicaSets, Pods, the Service's
-endpoints), ``manifests`` (the installed objects).
+start-up delay, readiness, crash loops, termination), ``deployment`` and ``rollout`` (the
+deployment controller and its arithmetic), ``workload`` (the loop, the ReplicaSet
+controller, the Service's endpoints), ``manifests`` (the installed objects).
 """
 
 from sealfleet.sandbox.controller.flags import ControllerFlags

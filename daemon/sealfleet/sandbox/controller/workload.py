@@ -1,8 +1,9 @@
 """The controller's Deployment, its ReplicaSets and Pods, and the Service in front of them.
 
-One loop per cluster plays the deployment controller and the ReplicaSet controller
-(``rollout`` has the arithmetic); a :class:`~sealfleet.sandbox.controller.kubelet.PodRunner`
-per Pod plays the kubelet.  What that gives a client, as on a real cluster:
+One loop per cluster plays the deployment controller (``deployment``, with the arithmetic
+in ``rollout``) and the ReplicaSet controller (here); a
+:class:`~sealfleet.sandbox.controller.kubelet.PodRunner` per Pod plays the kubelet.  What
+that gives a client, as on a real cluster:
 
 - a change of the pod template (``kubectl rollout restart`` sets
   ``kubectl.kubernetes.io/restartedAt``; ``kubectl set env``, a new image or args)
@@ -27,7 +28,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import copy
 import datetime as dt
 import json
 import random
@@ -35,12 +35,18 @@ from collections.abc import Mapping
 from concurrent.futures import Executor
 from typing import Any
 
-from sealfleet.sandbox.controller import events, manifests, rollout
+from sealfleet.sandbox.controller import manifests, rollout
+from sealfleet.sandbox.controller.deployment import (
+    DeploymentController,
+    active,
+    pod_hash,
+    ready,
+)
 from sealfleet.sandbox.controller.flags import ControllerFlags
 from sealfleet.sandbox.controller.http_api import Reply
 from sealfleet.sandbox.controller.kubelet import PodRunner, PodTiming, ProcessContext
 from sealfleet.sandbox.controller.process import ControllerProcess
-from sealfleet.sandbox.controller.rollout import ReplicaCounts, ReplicaSet
+from sealfleet.sandbox.controller.rollout import ReplicaSet
 from sealfleet.sandbox.controller.unsealing import SyncKnowledge
 from sealfleet.sandbox.objects import ApiError, ObjectStore
 
@@ -50,7 +56,6 @@ DEFAULT_NAME = "sealed-secrets-controller"
 DEFAULT_STARTUP_DELAY = 2.5
 # SIGTERM -> Pod object gone: the process exits at once, the kubelet tidies up.
 DEFAULT_TERMINATION_DELAY = 1.0
-_TERMINAL = ("Succeeded", "Failed")
 
 
 class ControllerWorkload:
@@ -86,14 +91,11 @@ class ControllerWorkload:
         self._rng = rng or random.Random()
         self.knowledge = SyncKnowledge()
         self._context = ProcessContext(store, namespace, executor, cluster, self.knowledge)
-        self._replica_sets: dict[str, ReplicaSet] = {}  # by pod-template-hash
+        self._deployments = DeploymentController(store, namespace, name)
         self._runners: dict[str, PodRunner] = {}  # by Pod name
         self._tasks: dict[str, asyncio.Task[None]] = {}
-        self._owner_uid: str | None = None
         self._wake = asyncio.Event()
-        self._events = events.EventRecorder(store, component="deployment-controller")
         self._served = False
-        self._created = 0
         self._pod_serial = 0
         self.last_crash: str | None = None
         self._finished_starts = 0
@@ -158,118 +160,28 @@ class ControllerWorkload:
     def _sync(self) -> float | None:
         """One pass of both controllers; seconds until a progress check is due."""
         deployment = self._deployment()
-        if deployment is None or deployment["metadata"]["uid"] != self._owner_uid:
-            # Deleted (the garbage collector took its Pods) or replaced: a fresh history.
-            self._replica_sets.clear()
-            self._owner_uid = deployment["metadata"]["uid"] if deployment else None
-        if deployment is None:
+        if deployment is None:  # the garbage collector took its Pods
+            self._deployments.forget()
             return None
         now = dt.datetime.now(dt.UTC)
         pods = self._pods(deployment)
-        counts = _counter(pods)
-        scales = {rs.pod_hash: rs.replicas for rs in self._replica_sets.values()}
-        if rollout.is_rolling(deployment):
-            new_rs, status = self._rolling(deployment, counts, now)
-        else:
-            new_rs, status = self._recreate(deployment, counts, now)
-        self._record_scaling(deployment, scales)
-        self._write_status(status)
+        self._deployments.sync(deployment, pods, now)
         self._scale_pods(deployment, pods)
-        self._trim_history(deployment, new_rs, pods)
         current = self._deployment()
         return rollout.progress_check_in(current, now) if current else None
 
-    def _rolling(self, deployment: dict[str, Any], counts: rollout.Counter,
-                 now: dt.datetime) -> tuple[ReplicaSet | None, dict[str, Any]]:
-        """``rolloutRolling``: scale the new ReplicaSet up, else the old ones down."""
-        new_rs, deployment = self._new_replica_set(deployment, now, create=True)
-        assert new_rs is not None
-        all_rs = list(self._replica_sets.values())
-        old_rs = [rs for rs in all_rs if rs is not new_rs]
-        desired = rollout.desired_replicas(deployment)
-        scaled = False
-        if new_rs.replicas > desired:
-            new_rs.replicas, scaled = desired, True
-        elif new_rs.replicas < desired:
-            wanted = rollout.new_rs_new_replicas(deployment, all_rs, new_rs)
-            new_rs.replicas, scaled = wanted, wanted != new_rs.replicas
-        if not scaled:
-            rollout.scale_down_old(deployment, all_rs, old_rs, new_rs, counts)
-        return new_rs, rollout.rollout_status(deployment, all_rs, new_rs, counts, now)
-
-    def _recreate(self, deployment: dict[str, Any], counts: rollout.Counter,
-                  now: dt.datetime) -> tuple[ReplicaSet | None, dict[str, Any]]:
-        """``rolloutRecreate``: every old Pod gone before the new ReplicaSet scales up."""
-        new_rs, deployment = self._new_replica_set(deployment, now, create=False)
-        old_rs = [rs for rs in self._replica_sets.values() if rs is not new_rs]
-        scaled_down = any(rs.replicas for rs in old_rs)
-        for rs in old_rs:
-            rs.replicas = 0
-        old_running = any(counts(rs).replicas or counts(rs).terminating for rs in old_rs)
-        if not scaled_down and not old_running:
-            if new_rs is None:
-                new_rs, deployment = self._new_replica_set(deployment, now, create=True)
-                assert new_rs is not None
-            new_rs.replicas = rollout.desired_replicas(deployment)
-        all_rs = list(self._replica_sets.values())
-        return new_rs, rollout.rollout_status(deployment, all_rs, new_rs, counts, now)
-
-    def _new_replica_set(self, deployment: dict[str, Any], now: dt.datetime, *,
-                         create: bool) -> tuple[ReplicaSet | None, dict[str, Any]]:
-        """``getNewReplicaSet``: the ReplicaSet of the current template, found or made;
-        and the Deployment as it is after the Progressing note that may go with it."""
-        template = deployment["spec"]["template"]
-        pod_hash = manifests.template_hash(template)
-        top = max((rs.revision for rs in self._replica_sets.values()), default=0)
-        rs = self._replica_sets.get(pod_hash)
-        status = copy.deepcopy(deployment.get("status") or {})
-        has_deadline = rollout.progress_deadline(deployment) is not None
-        if rs is not None:
-            if rs.revision < top:
-                rs.revision = top + 1  # back to an older template: that ReplicaSet again
-            if has_deadline and rollout.get_condition(status, rollout.PROGRESSING) is None:
-                rollout.set_condition(status, rollout.new_condition(
-                    rollout.PROGRESSING, "True", rollout.FOUND_NEW_RS,
-                    f'Found new replica set "{rs.name}"', now))
-                deployment = self._write_status(status) or deployment
-            return rs, deployment
-        if not create:
-            return None, deployment
-        self._created += 1
-        rs = ReplicaSet(f"{self.name}-{pod_hash}", pod_hash, copy.deepcopy(template),
-                        top + 1, 0, self._created)
-        rs.replicas = rollout.new_rs_new_replicas(
-            deployment, list(self._replica_sets.values()), rs)
-        self._replica_sets[pod_hash] = rs
-        if has_deadline:
-            rollout.set_condition(status, rollout.new_condition(
-                rollout.PROGRESSING, "True", rollout.NEW_RS_CREATED,
-                f'Created new replica set "{rs.name}"', now))
-            deployment = self._write_status(status) or deployment
-        return rs, deployment
-
-    def _record_scaling(self, deployment: dict[str, Any], before: dict[str, int]) -> None:
-        """``scaleReplicaSetAndRecordEvent``: a ScalingReplicaSet Event per change."""
-        for rs in self._replica_sets.values():
-            was = before.get(rs.pod_hash, 0)
-            if rs.replicas != was:
-                way = "up" if rs.replicas > was else "down"
-                self._events.record(deployment, events.NORMAL, "ScalingReplicaSet",
-                                    f"Scaled {way} replica set {rs.name} from {was} to "
-                                    f"{rs.replicas}")
-
     def _scale_pods(self, deployment: dict[str, Any], pods: list[dict[str, Any]]) -> None:
         """The ReplicaSet controller: as many active Pods per ReplicaSet as it wants."""
-        for rs in list(self._replica_sets.values()):
-            active = [p for p in pods if _hash(p) == rs.pod_hash and _active(p)]
-            missing = rs.replicas - len(active)
+        for rs in list(self._deployments.replica_sets.values()):
+            live = [p for p in pods if pod_hash(p) == rs.pod_hash and active(p)]
+            missing = rs.replicas - len(live)
             for _ in range(missing):
                 self._create_pod(deployment, rs)
             # Surplus: not-ready Pods go first, then the youngest.
-            active.sort(key=lambda p: str(p["metadata"].get("creationTimestamp", "")),
-                        reverse=True)
-            active.sort(key=_ready)
-            for pod in active[: max(-missing, 0)]:
+            live.sort(key=lambda p: str(p["metadata"].get("creationTimestamp", "")),
+                      reverse=True)
+            live.sort(key=ready)
+            for pod in live[: max(-missing, 0)]:
                 with contextlib.suppress(ApiError):
                     self.store.delete("pods", self.namespace, pod["metadata"]["name"])
 
@@ -299,17 +211,6 @@ class ControllerWorkload:
             self._tasks.pop(runner.name, None)
             self._wake.set()
 
-    def _trim_history(self, deployment: Mapping[str, Any], new_rs: ReplicaSet | None,
-                      pods: list[dict[str, Any]]) -> None:
-        """``cleanupDeployment``: keep ``revisionHistoryLimit`` idle old ReplicaSets."""
-        limit = int((deployment.get("spec") or {}).get("revisionHistoryLimit", 10))
-        in_use = {_hash(p) for p in pods}
-        idle = sorted((rs for rs in self._replica_sets.values()
-                       if rs is not new_rs and rs.replicas == 0 and rs.pod_hash not in in_use),
-                      key=lambda rs: rs.order)
-        for rs in idle[: max(len(idle) - limit, 0)]:
-            del self._replica_sets[rs.pod_hash]
-
     # ------------------------------------------------------------ reading/writing
 
     def _deployment(self) -> dict[str, Any] | None:
@@ -323,19 +224,6 @@ class ControllerWorkload:
         pods, _ = self.store.list("pods", self.namespace)
         return [p for p in pods
                 if any(r.get("uid") == uid for r in p["metadata"].get("ownerReferences") or [])]
-
-    def _write_status(self, status: dict[str, Any]) -> dict[str, Any] | None:
-        """Write the Deployment's status if it changed; the Deployment afterwards."""
-        deployment = self._deployment()
-        if deployment is None:
-            return None
-        if (deployment.get("status") or {}) == status:
-            return deployment
-        deployment["status"] = status
-        with contextlib.suppress(ApiError):
-            return self.store.update("deployments.apps", self.namespace, self.name,
-                                     deployment, subresource="status")
-        return None
 
     # ------------------------------------------------------------- notifications
 
@@ -377,34 +265,6 @@ class ControllerWorkload:
         if service.endswith("-metrics"):
             return await process.http.handle_metrics(method, path)
         return await process.http.handle_main(method, path, headers, body)
-
-
-def _hash(pod: Mapping[str, Any]) -> str:
-    return str((pod["metadata"].get("labels") or {}).get(manifests.POD_TEMPLATE_HASH, ""))
-
-
-def _active(pod: Mapping[str, Any]) -> bool:
-    """``FilterActivePods``: neither being deleted nor finished."""
-    return (not pod["metadata"].get("deletionTimestamp")
-            and (pod.get("status") or {}).get("phase") not in _TERMINAL)
-
-
-def _ready(pod: Mapping[str, Any]) -> bool:
-    return any(c.get("type") == "Ready" and c.get("status") == "True"
-               for c in (pod.get("status") or {}).get("conditions") or [])
-
-
-def _counter(pods: list[dict[str, Any]]) -> rollout.Counter:
-    """ReplicaSet status from the Pods: what each ReplicaSet's controller reports."""
-    def count(rs: ReplicaSet) -> ReplicaCounts:
-        own = [p for p in pods if _hash(p) == rs.pod_hash]
-        active = [p for p in own if _active(p)]
-        ready = sum(1 for p in active if _ready(p))
-        terminating = sum(1 for p in own if p["metadata"].get("deletionTimestamp")
-                          and (p.get("status") or {}).get("phase") not in _TERMINAL)
-        return ReplicaCounts(len(active), ready, ready, terminating)
-
-    return count
 
 
 def _no_endpoints(service: str) -> Reply:
