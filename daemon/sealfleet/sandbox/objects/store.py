@@ -556,10 +556,11 @@ class ObjectStore:
 def _pod_grace_period(pod: Obj, requested: int | None) -> int:
     """``CheckGracefulDelete`` of the pod strategy: 0 means delete at once."""
     spec = pod.get("spec") or {}
+    default = spec.get("terminationGracePeriodSeconds", 30)
     if requested is not None:
         period = int(requested)
-    else:
-        period = int(spec.get("terminationGracePeriodSeconds", 30))
+    else:  # defaulted to 30 by the apiserver when the Pod was made
+        period = default if isinstance(default, int) else 30
     if not spec.get("nodeName"):
         return 0  # never scheduled: no kubelet has anything to stop
     if (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed"):
