@@ -21,6 +21,7 @@ from sealfleet.errors import PermanentError
 from sealfleet.sandbox.apiserver import ApiServer, Tokens
 from sealfleet.sandbox.apiserver.proxy import unavailable
 from sealfleet.sandbox.controller import ControllerFlags, ControllerWorkload
+from sealfleet.sandbox.controller.workload import DEFAULT_STARTUP_DELAY
 from sealfleet.sandbox.objects import ObjectStore
 from sealfleet.sandbox.seeding import SeedTarget
 from sealfleet.sandbox.tls import CertificateAuthority
@@ -32,13 +33,15 @@ class SandboxCluster:
     def __init__(self, name: str, *, ca: CertificateAuthority, executor: Executor,
                  flags: ControllerFlags | None = None,
                  crash_backoff: tuple[float, float] = (10.0, 300.0),
-                 rng: random.Random | None = None, bookmark_interval: float = 5.0) -> None:
+                 rng: random.Random | None = None, bookmark_interval: float = 5.0,
+                 startup_delay: float = DEFAULT_STARTUP_DELAY) -> None:
         self.name = name
         self.store = ObjectStore()
         self.api = ApiServer(self.store, ca.issue_server(), tokens=Tokens(),
                              bookmark_interval=bookmark_interval)
         self.workload = ControllerWorkload(self.store, executor=executor, cluster=name,
-                                           flags=flags, crash_backoff=crash_backoff, rng=rng)
+                                           flags=flags, crash_backoff=crash_backoff, rng=rng,
+                                           startup_delay=startup_delay)
         self.workload.install()
         self._task: asyncio.Task[None] | None = None
 

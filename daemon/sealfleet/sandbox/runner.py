@@ -27,6 +27,7 @@ import structlog
 
 from sealfleet.sandbox.cluster import SandboxCluster
 from sealfleet.sandbox.controller import ControllerFlags
+from sealfleet.sandbox.controller.workload import DEFAULT_STARTUP_DELAY
 from sealfleet.sandbox.kubeconfig import KubeconfigContext, write_kubeconfig
 from sealfleet.sandbox.seeding import Seeder, SeedSpec
 from sealfleet.sandbox.tls import CertificateAuthority
@@ -91,7 +92,8 @@ class Sandbox:
                  seed: SeedSpec | None = None, flags: ControllerFlags | None = None,
                  cluster_flags: dict[str, ControllerFlags] | None = None,
                  crash_backoff: tuple[float, float] = (10.0, 300.0),
-                 seed_processes: int | None = None, bookmark_interval: float = 5.0) -> None:
+                 seed_processes: int | None = None, bookmark_interval: float = 5.0,
+                 startup_delay: float = DEFAULT_STARTUP_DELAY) -> None:
         if clusters < 1:
             raise ValueError("a sandbox needs at least one cluster")
         self.state_dir = Path(state_dir)
@@ -102,6 +104,7 @@ class Sandbox:
         self._crash_backoff = crash_backoff
         self._seed_processes = seed_processes
         self._bookmark_interval = bookmark_interval
+        self._startup_delay = startup_delay
         self.clusters: dict[str, SandboxCluster] = {}
         self.seed_record: dict[str, Any] | None = None
         self.timings: dict[str, float] = {}
@@ -159,7 +162,8 @@ class Sandbox:
             self.clusters[name] = SandboxCluster(
                 name, ca=ca, executor=self._executor,
                 flags=self._cluster_flags.get(name, self._flags),
-                crash_backoff=self._crash_backoff, bookmark_interval=self._bookmark_interval)
+                crash_backoff=self._crash_backoff, bookmark_interval=self._bookmark_interval,
+                startup_delay=self._startup_delay)
         if self._seed is not None:
             seeding_started = time.perf_counter()
             seeder = Seeder(self._seed, processes=self._seed_processes)

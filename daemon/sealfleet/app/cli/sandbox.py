@@ -48,6 +48,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                         help="per cluster, extra SealedSecrets no key can unseal (default 0)")
     parser.add_argument("--watch-for-secrets", action="store_true",
                         help="start the controllers with --watch-for-secrets")
+    parser.add_argument("--controller-startup-delay", type=float, default=2.5, metavar="SECONDS",
+                        help="seconds from a new controller Pod to its process starting, as a "
+                             "node takes; meanwhile an old Pod keeps serving (default 2.5; "
+                             "0 for instant restarts)")
     parser.set_defaults(handler=run_sandbox)
 
 
@@ -69,6 +73,8 @@ def run_sandbox(args: argparse.Namespace) -> int:
     for flag in ("clusters", "keys"):
         if getattr(args, flag) < 1:
             raise InputError(f"--{flag} must be at least 1")
+    if not 0 <= args.controller_startup_delay <= 3600:
+        raise InputError("--controller-startup-delay must be between 0 and 3600 seconds")
     for flag in ("namespaces", "sealed_secrets", "malformed"):
         if getattr(args, flag) < 0 or (flag == "namespaces" and args.namespaces < 1):
             raise InputError(f"--{flag.replace('_', '-')} is out of range")
@@ -84,7 +90,8 @@ def run_sandbox(args: argparse.Namespace) -> int:
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, stop.set)
-        async with Sandbox(state_dir, clusters=args.clusters, seed=spec, flags=flags) as sandbox:
+        async with Sandbox(state_dir, clusters=args.clusters, seed=spec, flags=flags,
+                           startup_delay=args.controller_startup_delay) as sandbox:
             print(f"sandbox ready: {len(sandbox.clusters)} cluster(s) in "
                   f"{sandbox.timings['start_seconds']:.1f}s; "
                   f"export KUBECONFIG={sandbox.kubeconfig}", file=sys.stderr, flush=True)

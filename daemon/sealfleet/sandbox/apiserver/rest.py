@@ -393,6 +393,14 @@ class ResourceHandlers:
                 options = loaded
         if "propagationPolicy" in request.query:
             options["propagationPolicy"] = request.query["propagationPolicy"]
+        if "gracePeriodSeconds" in request.query:
+            options["gracePeriodSeconds"] = request.query["gracePeriodSeconds"]
+        grace = options.get("gracePeriodSeconds")
+        if grace is not None:
+            try:
+                options["gracePeriodSeconds"] = int(grace)
+            except (TypeError, ValueError):
+                raise bad_request(f"invalid gracePeriodSeconds {grace!r}") from None
         return options
 
     async def delete(self, request: web.Request, target: Target) -> web.Response:
@@ -407,10 +415,13 @@ class ResourceHandlers:
             uid=preconditions.get("uid"),
             resource_version=preconditions.get("resourceVersion"),
             propagation=options.get("propagationPolicy") or "Background",
+            grace_period=options.get("gracePeriodSeconds"),
             dry_run=self._dry_run(request),
         )
         rtype = target.served.rtype
-        if rtype.group == "bitnami.com":  # custom resources return the deleted object
+        if rtype.group == "bitnami.com" or self._still_terminating(target, deleted):
+            # Custom resources return the deleted object; so does a graceful deletion
+            # that is still under way (a Pod its kubelet has yet to stop).
             return json_response(deleted)
         details: Obj = {"name": name, "kind": rtype.plural, "uid": deleted["metadata"]["uid"]}
         if rtype.group:
@@ -424,6 +435,15 @@ class ResourceHandlers:
                 "details": details,
             }
         )
+
+    def _still_terminating(self, target: Target, deleted: Obj) -> bool:
+        if not deleted["metadata"].get("deletionTimestamp"):
+            return False
+        try:
+            entry = self.ctx.store.entry(target.resource, target.namespace, str(target.name))
+        except ApiError:
+            return False
+        return bool(entry.uid == deleted["metadata"].get("uid"))
 
     async def delete_collection(self, request: web.Request, target: Target) -> web.Response:
         self._read_only(target)
@@ -449,6 +469,7 @@ class ResourceHandlers:
                         namespace,
                         name,
                         propagation=options.get("propagationPolicy") or "Background",
+                        grace_period=options.get("gracePeriodSeconds"),
                         dry_run=dry_run,
                     )
                 )

@@ -1,7 +1,8 @@
 """Kubernetes Events as the controller's client-go recorder writes them.
 
-Source component ``sealed-secrets``; the name is ``<object>.<hex nanoseconds>``; a repeat
-of the same (object, type, reason, message) within ten minutes bumps ``count`` and
+Source component ``sealed-secrets`` (``deployment-controller`` for the Deployment's
+ScalingReplicaSet Events); the name is ``<object>.<hex nanoseconds>``; a repeat of the
+same (object, type, reason, message) within ten minutes bumps ``count`` and
 ``lastTimestamp`` of the existing Event instead of creating another, as client-go's
 event correlator does.
 """
@@ -27,8 +28,9 @@ _AGGREGATION_WINDOW_SECONDS = 600.0
 class EventRecorder:
     """Records Events about SealedSecrets into one cluster's object store."""
 
-    def __init__(self, store: ObjectStore) -> None:
+    def __init__(self, store: ObjectStore, component: str = COMPONENT) -> None:
         self._store = store
+        self._component = component
         # (namespace, uid, type, reason, message) -> (event name, count, first seen)
         self._recent: dict[tuple[str, str, str, str, str], tuple[str, int, float]] = {}
 
@@ -68,13 +70,13 @@ class EventRecorder:
             },
             "reason": reason,
             "message": message,
-            "source": {"component": COMPONENT},
+            "source": {"component": self._component},
             "firstTimestamp": timestamp,
             "lastTimestamp": timestamp,
             "count": 1,
             "type": event_type,
             "eventTime": None,
-            "reportingComponent": COMPONENT,
+            "reportingComponent": self._component,
             "reportingInstance": "",
         }
         try:

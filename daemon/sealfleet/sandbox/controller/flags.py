@@ -238,9 +238,17 @@ def parse_flags(args: Sequence[str], env: Mapping[str, str] | None = None) -> Co
 
 def flags_from_deployment(deployment: Mapping[str, Any]) -> ControllerFlags:
     """Parse the controller container's args and literal env from a Deployment."""
-    containers = (((deployment.get("spec") or {}).get("template") or {}).get("spec") or {}).get(
-        "containers"
-    ) or []
+    template = ((deployment.get("spec") or {}).get("template") or {}).get("spec") or {}
+    return flags_from_pod_spec(template)
+
+
+def flags_from_pod_spec(pod_spec: Mapping[str, Any]) -> ControllerFlags:
+    """Parse the controller container's args and literal env from a Pod's spec.
+
+    A Pod keeps the template it was made from: during a rollout the old Pod's process
+    runs with the old flags and the new Pod's with the new ones.
+    """
+    containers = pod_spec.get("containers") or []
     container = next(
         (c for c in containers if c.get("name") == CONTAINER_NAME),
         containers[0] if containers else {},

@@ -4,7 +4,9 @@
 subresource, printer columns), the Deployment ``sealed-secrets-controller`` in
 ``kube-system``, its Service on port 8080 (unnamed, so kubeseal's proxy name ends in a
 colon) and the metrics Service on 8081.  Pods are made from the Deployment's template
-the way a ReplicaSet would (simplified: the Pod is owned by the Deployment directly).
+the way a ReplicaSet would (simplified: there are no ReplicaSet objects, so the Pod is
+owned by the Deployment directly; its name and ``pod-template-hash`` label are a
+ReplicaSet's).
 """
 
 from __future__ import annotations
@@ -18,6 +20,9 @@ from typing import Any
 from sealfleet.sandbox.controller.flags import CONTAINER_NAME, IMAGE, ControllerFlags
 
 APP_LABEL = "name"
+POD_TEMPLATE_HASH = "pod-template-hash"
+NODE_NAME = "sandbox-node"
+DEFAULT_PROGRESS_DEADLINE = 600  # the apiserver's default for progressDeadlineSeconds
 GENERATE_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"
 _STATUS_SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -102,7 +107,10 @@ def crd() -> dict[str, Any]:
     }
 
 
-def deployment(name: str, namespace: str, flags: ControllerFlags) -> dict[str, Any]:
+def deployment(name: str, namespace: str, flags: ControllerFlags, *,
+               progress_deadline_seconds: int = DEFAULT_PROGRESS_DEADLINE) -> dict[str, Any]:
+    """The Deployment with the fields the apiserver defaults spelled out (so the
+    emulated deployment controller reads them where the real one does)."""
     labels = {APP_LABEL: name}
     return {
         "apiVersion": "apps/v1",
@@ -111,6 +119,7 @@ def deployment(name: str, namespace: str, flags: ControllerFlags) -> dict[str, A
         "spec": {
             "replicas": 1,
             "revisionHistoryLimit": 10,
+            "progressDeadlineSeconds": progress_deadline_seconds,
             "selector": {"matchLabels": labels},
             "strategy": {
                 "type": "RollingUpdate",
@@ -120,6 +129,8 @@ def deployment(name: str, namespace: str, flags: ControllerFlags) -> dict[str, A
                 "metadata": {"labels": labels},
                 "spec": {
                     "serviceAccountName": name,
+                    "restartPolicy": "Always",
+                    "terminationGracePeriodSeconds": 30,
                     "containers": [
                         {
                             "name": CONTAINER_NAME,
@@ -181,18 +192,23 @@ def metrics_service(name: str, namespace: str) -> dict[str, Any]:
 
 
 def template_hash(template: Mapping[str, Any]) -> str:
-    """A stable pod-template-hash in the apimachinery alphabet (10 characters)."""
-    digest = hashlib.sha256(json.dumps(template, sort_keys=True).encode()).digest()
+    """A stable pod-template-hash in the apimachinery alphabet (10 characters).
+
+    Empty maps and lists count as absent, as ``omitempty`` (and the controller's
+    semantic equality) have it: removing the last template annotation gives the
+    template without annotations, and so the ReplicaSet made for that one.
+    """
+    digest = hashlib.sha256(json.dumps(_omit_empty(template), sort_keys=True).encode()).digest()
     return "".join(GENERATE_ALPHABET[b % len(GENERATE_ALPHABET)] for b in digest[:10])
 
 
-def pod(deploy: Mapping[str, Any], rng: random.Random) -> dict[str, Any]:
-    """A Pod from the Deployment's current template, owned by the Deployment."""
+def pod(deploy: Mapping[str, Any], template: Mapping[str, Any], pod_hash: str,
+        rng: random.Random) -> dict[str, Any]:
+    """A Pod of the ReplicaSet ``<deployment>-<pod_hash>``, made from that ReplicaSet's
+    template (which may be older than the Deployment's current one)."""
     meta = deploy["metadata"]
-    template = deploy["spec"]["template"]
-    pod_hash = template_hash(template)
     suffix = "".join(rng.choices(GENERATE_ALPHABET, k=5))
-    labels = {**(template.get("metadata") or {}).get("labels", {}), "pod-template-hash": pod_hash}
+    labels = {**(template.get("metadata") or {}).get("labels", {}), POD_TEMPLATE_HASH: pod_hash}
     annotations = (template.get("metadata") or {}).get("annotations") or {}
     metadata: dict[str, Any] = {
         "name": f"{meta['name']}-{pod_hash}-{suffix}",
@@ -212,7 +228,7 @@ def pod(deploy: Mapping[str, Any], rng: random.Random) -> dict[str, Any]:
     if annotations:
         metadata["annotations"] = dict(annotations)
     spec = json.loads(json.dumps(template.get("spec") or {}))
-    spec["nodeName"] = "sandbox-node"
+    spec["nodeName"] = NODE_NAME
     return {
         "apiVersion": "v1",
         "kind": "Pod",
@@ -220,3 +236,12 @@ def pod(deploy: Mapping[str, Any], rng: random.Random) -> dict[str, Any]:
         "spec": spec,
         "status": {"phase": "Pending", "qosClass": "BestEffort"},
     }
+
+
+def _omit_empty(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        kept = {k: _omit_empty(v) for k, v in value.items()}
+        return {k: v for k, v in kept.items() if v not in ({}, [], None)}
+    if isinstance(value, list):
+        return [_omit_empty(v) for v in value]
+    return value

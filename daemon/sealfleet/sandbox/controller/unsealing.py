@@ -81,6 +81,16 @@ class SyncKnowledge:
         return known is not None and known[0] == generation and known[1] <= loaded
 
 
+def _spec_may_have_changed(sealed: Mapping[str, Any]) -> bool:
+    """The informer's ``sealedSecretChanged``: updates that leave the spec alone are
+    suppressed ("update suppressed, no changes in spec").  A spec change moves the
+    generation past the ``observedGeneration`` the last sync wrote, so a status written
+    by another controller process (two run during a rollout) queues nothing."""
+    status = sealed.get("status") or {}
+    generation = (sealed.get("metadata") or {}).get("generation")
+    return "observedGeneration" not in status or status["observedGeneration"] != generation
+
+
 class NotManagedError(Exception):
     """A Secret of that name exists and this SealedSecret may not touch it."""
 
@@ -214,7 +224,9 @@ class Unsealer:
             if event_type == "DELETED":
                 self._metrics.unseal_requests.inc()
                 self._knowledge.forget(str(metadata.get("uid", "")))
-            elif not self._writing_status:
+            elif not self._writing_status and (
+                event_type == "ADDED" or _spec_may_have_changed(obj)
+            ):
                 self.enqueue(str(metadata.get("namespace", "")), str(metadata.get("name", "")))
         elif resource == "secrets" and event_type == "DELETED" and not self._flags.skip_recreate:
             owner = owner_sealed_secret(obj)

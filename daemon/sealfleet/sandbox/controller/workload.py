@@ -1,55 +1,65 @@
-"""The controller's Deployment, Pod and Services, and the kubelet loop that runs it.
+"""The controller's Deployment, its ReplicaSets and Pods, and the Service in front of them.
 
-What a real cluster's deployment controller and kubelet do for sealed-secrets, reduced
-to what clients can observe:
+One loop per cluster plays the deployment controller (``deployment``, with the arithmetic
+in ``rollout``) and the ReplicaSet controller (here); a
+:class:`~sealfleet.sandbox.controller.kubelet.PodRunner` per Pod plays the kubelet.  What
+that gives a client, as on a real cluster:
 
-- deleting the Pod starts a new Pod (new name, restartCount 0) and a new controller
-  process; so does a change of the Deployment's pod template (``kubectl rollout
-  restart`` sets ``kubectl.kubernetes.io/restartedAt``), new Pod first, then the old
-  one is deleted;
-- a process that dies (an unparseable key Secret, a bad flag) is restarted with the
-  kubelet's doubling back-off; meanwhile the Pod shows ``CrashLoopBackOff``, its
-  ``restartCount`` grows, and the Service has no endpoints, so the service proxy
-  answers 503 as the real apiserver does;
-- the Deployment's status (replicas, ready, updated, observedGeneration) follows, so
-  ``kubectl rollout status`` finishes.
+- a change of the pod template (``kubectl rollout restart`` sets
+  ``kubectl.kubernetes.io/restartedAt``; ``kubectl set env``, a new image or args)
+  bumps ``metadata.generation`` and starts a RollingUpdate: a new ReplicaSet (new
+  ``pod-template-hash``) gets a Pod, which starts its controller process after the
+  start-up delay and is Ready once that serves; all the while the *old* Pod's process
+  (old keys, old ``/v1/cert.pem``) answers the Service.  Only then is the old Pod
+  deleted: Terminating, then gone.  With one replica and 25 %/25 % that is surge 1,
+  unavailable 0, and ``kubectl rollout status`` prints "1 old replicas are pending
+  termination..." until it is over;
+- a new Pod that crash-loops never becomes available, so the old one keeps serving and
+  ``Progressing`` turns False/ProgressDeadlineExceeded after ``progressDeadlineSeconds``;
+- deleting the Pod (how Flux- or Argo-CD-managed installs are restarted) gets a
+  replacement at once, but it too needs the start-up delay: meanwhile the Service has
+  no ready endpoint and the service proxy answers 503, as the real apiserver does.
+
+The first Pods, made when the sandbox starts, start at once: the install predates the
+sandbox's clients.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import json
 import random
 from collections.abc import Mapping
 from concurrent.futures import Executor
 from typing import Any
 
-import structlog
-
-from sealfleet.sandbox.controller import manifests
-from sealfleet.sandbox.controller.flags import (
-    CONTAINER_NAME,
-    IMAGE,
-    ControllerFlags,
-    FlagError,
-    flags_from_deployment,
+from sealfleet.sandbox.controller import manifests, rollout
+from sealfleet.sandbox.controller.deployment import (
+    DeploymentController,
+    active,
+    pod_hash,
+    ready,
 )
+from sealfleet.sandbox.controller.flags import ControllerFlags
 from sealfleet.sandbox.controller.http_api import Reply
-from sealfleet.sandbox.controller.keyring import ControllerCrash
-from sealfleet.sandbox.controller.metrics import ControllerMetrics
+from sealfleet.sandbox.controller.kubelet import PodRunner, PodTiming, ProcessContext
 from sealfleet.sandbox.controller.process import ControllerProcess
+from sealfleet.sandbox.controller.rollout import ReplicaSet
 from sealfleet.sandbox.controller.unsealing import SyncKnowledge
-from sealfleet.sandbox.objects import ApiError, ObjectStore, now_rfc3339
-
-_log = structlog.get_logger(__name__)
+from sealfleet.sandbox.objects import ApiError, ObjectStore
 
 DEFAULT_NAMESPACE = "kube-system"
 DEFAULT_NAME = "sealed-secrets-controller"
+# Pod created -> controller process started: image present, sandbox and network set up.
+DEFAULT_STARTUP_DELAY = 2.5
+# SIGTERM -> Pod object gone: the process exits at once, the kubelet tidies up.
+DEFAULT_TERMINATION_DELAY = 1.0
 
 
 class ControllerWorkload:
-    """One cluster's sealed-secrets install and the loop that keeps its Pod running."""
+    """One cluster's sealed-secrets install and the controllers that keep it running."""
 
     def __init__(
         self,
@@ -61,25 +71,52 @@ class ControllerWorkload:
         namespace: str = DEFAULT_NAMESPACE,
         name: str = DEFAULT_NAME,
         crash_backoff: tuple[float, float] = (10.0, 300.0),
+        startup_delay: float = DEFAULT_STARTUP_DELAY,
+        termination_delay: float | None = None,
+        progress_deadline_seconds: int = manifests.DEFAULT_PROGRESS_DEADLINE,
         rng: random.Random | None = None,
     ) -> None:
+        if startup_delay < 0 or (termination_delay is not None and termination_delay < 0):
+            raise ValueError("start-up and termination delays cannot be negative")
         self.store = store
         self.namespace = namespace
         self.name = name
         self.cluster = cluster
         self._initial_flags = flags or ControllerFlags()
-        self._executor = executor
-        self._crash_backoff = crash_backoff
+        self._progress_deadline = progress_deadline_seconds
+        # A node that starts containers at once also cleans them up at once.
+        termination = (min(DEFAULT_TERMINATION_DELAY, startup_delay)
+                       if termination_delay is None else termination_delay)
+        self._timing = PodTiming(startup_delay, termination, crash_backoff)
         self._rng = rng or random.Random()
-        self.metrics = ControllerMetrics(store)
         self.knowledge = SyncKnowledge()
-        self.process: ControllerProcess | None = None
-        self.pod_name: str | None = None
-        self._template: str | None = None
-        self._restart = asyncio.Event()
-        self._rollout = False
+        self._context = ProcessContext(store, namespace, executor, cluster, self.knowledge)
+        self._deployments = DeploymentController(store, namespace, name)
+        self._runners: dict[str, PodRunner] = {}  # by Pod name
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._wake = asyncio.Event()
+        self._served = False
+        self._pod_serial = 0
         self.last_crash: str | None = None
-        self.starts = 0  # how many controller processes were started (tests wait on it)
+        self._finished_starts = 0
+
+    # ------------------------------------------------------------ observation
+
+    @property
+    def starts(self) -> int:
+        """How many controller processes were started (tests wait on it)."""
+        return self._finished_starts + sum(r.starts for r in self._runners.values())
+
+    @property
+    def endpoints(self) -> list[PodRunner]:
+        """The Service's ready endpoints: Ready Pods not being deleted."""
+        return [r for r in self._runners.values() if r.process is not None and not r.terminating]
+
+    @property
+    def process(self) -> ControllerProcess | None:
+        """A process the Service routes to, or None while it has no ready endpoint."""
+        ready = self.endpoints
+        return ready[0].process if ready else None
 
     # ------------------------------------------------------------------ install
 
@@ -89,104 +126,92 @@ class ControllerWorkload:
             self.store.create(
                 "customresourcedefinitions.apiextensions.k8s.io", None, manifests.crd()
             )
+        deployment = manifests.deployment(self.name, self.namespace, self._initial_flags,
+                                          progress_deadline_seconds=self._progress_deadline)
         for resource, obj in (
-            (
-                "deployments.apps",
-                manifests.deployment(self.name, self.namespace, self._initial_flags),
-            ),
+            ("deployments.apps", deployment),
             ("services", manifests.service(self.name, self.namespace)),
             ("services", manifests.metrics_service(self.name, self.namespace)),
         ):
             with contextlib.suppress(ApiError):
                 self.store.create(resource, self.namespace, obj)
 
-    # ------------------------------------------------------------- kubelet loop
+    # ------------------------------------------------------------- the loop
 
     async def run(self) -> None:
-        """Keep one controller process running until cancelled."""
+        """Reconcile Deployment -> ReplicaSets -> Pods until cancelled."""
         self.store.add_listener(self._on_store_event)
-        restarts = 0
         try:
             while True:
-                self._restart.clear()
-                deployment = self._deployment()
-                if deployment is None:
-                    self._stop_serving()
-                    await self._restart.wait()  # a new Deployment will wake us
-                    continue
-                if self._rollout or self.pod_name is None or not self._pod_exists():
-                    self._rollout = False
-                    self._new_pod(deployment)
-                    restarts = 0
-                crashed = await self._run_process(deployment, restarts)
-                if crashed is None:
-                    continue  # restart requested: new Pod already there or coming
-                restarts += 1
-                self._set_pod_waiting(crashed, restarts)
-                backoff = min(self._crash_backoff[0] * 2 ** (restarts - 1), self._crash_backoff[1])
+                await asyncio.sleep(0)  # a pass whose writes wake it again never starves the loop
+                self._wake.clear()
+                recheck = self._sync()
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._restart.wait(), backoff)
+                    await asyncio.wait_for(self._wake.wait(), recheck)
         finally:
             self.store.remove_listener(self._on_store_event)
-            self._stop_serving()
+            tasks = list(self._tasks.values())
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            self._runners.clear()
+            self._tasks.clear()
 
-    async def _run_process(self, deployment: Mapping[str, Any], restarts: int) -> str | None:
-        """Run one process; the crash text if it died, None if a restart was asked for."""
+    def _sync(self) -> float | None:
+        """One pass of both controllers; seconds until a progress check is due."""
+        deployment = self._deployment()
+        if deployment is None:  # the garbage collector took its Pods
+            self._deployments.forget()
+            return None
+        now = dt.datetime.now(dt.UTC)
+        pods = self._pods(deployment)
+        self._deployments.sync(deployment, pods, now)
+        self._scale_pods(deployment, pods)
+        current = self._deployment()
+        return rollout.progress_check_in(current, now) if current else None
+
+    def _scale_pods(self, deployment: dict[str, Any], pods: list[dict[str, Any]]) -> None:
+        """The ReplicaSet controller: as many active Pods per ReplicaSet as it wants."""
+        for rs in list(self._deployments.replica_sets.values()):
+            live = [p for p in pods if pod_hash(p) == rs.pod_hash and active(p)]
+            missing = rs.replicas - len(live)
+            for _ in range(missing):
+                self._create_pod(deployment, rs)
+            # Surplus: not-ready Pods go first, then the youngest.
+            live.sort(key=lambda p: str(p["metadata"].get("creationTimestamp", "")),
+                      reverse=True)
+            live.sort(key=ready)
+            for pod in live[: max(-missing, 0)]:
+                with contextlib.suppress(ApiError):
+                    self.store.delete("pods", self.namespace, pod["metadata"]["name"])
+
+    def _create_pod(self, deployment: dict[str, Any], rs: ReplicaSet) -> None:
+        created = self.store.create(
+            "pods", self.namespace, manifests.pod(deployment, rs.template, rs.pod_hash, self._rng))
+        timing = self._timing
+        if not self._served:  # the install predates the sandbox: already started
+            timing = PodTiming(0.0, timing.termination_delay, timing.crash_backoff)
+        runner = PodRunner(created, context=self._context, timing=timing,
+                           pod_ip=self._next_pod_ip(),
+                           on_change=self._on_runner_change, on_crash=self._on_crash)
+        self._runners[runner.name] = runner
+        self._tasks[runner.name] = asyncio.create_task(
+            self._run_pod(runner), name=f"{self.cluster}-kubelet-{runner.name}")
+
+    def _next_pod_ip(self) -> str:
+        self._pod_serial += 1
+        return f"10.244.0.{10 + (self._pod_serial - 1) % 240}"
+
+    async def _run_pod(self, runner: PodRunner) -> None:
         try:
-            flags = flags_from_deployment(deployment)
-        except FlagError as exc:
-            self.last_crash = str(exc)
-            return str(exc)
-        process = ControllerProcess(
-            store=self.store,
-            namespace=self.namespace,
-            flags=flags,
-            metrics=self.metrics,
-            knowledge=self.knowledge,
-            executor=self._executor,
-            cluster=self.cluster,
-        )
-        self.metrics.reset()
-        self.starts += 1
-        task = asyncio.create_task(process.run(), name=f"{self.cluster}-controller")
-        serving = asyncio.create_task(process.serving.wait())
-        restart = asyncio.create_task(self._restart.wait())
-        try:
-            await asyncio.wait({task, serving, restart}, return_when=asyncio.FIRST_COMPLETED)
-            if process.serving.is_set() and not task.done():
-                self.process = process
-                self.last_crash = None
-                self._set_pod_running(restarts)
-                await asyncio.wait({task, restart}, return_when=asyncio.FIRST_COMPLETED)
+            await runner.run()
         finally:
-            self._stop_serving()
-            for waiter in (serving, restart):
-                waiter.cancel()
-            task.cancel()  # no-op when it has already exited
-        return await self._reap(task)
+            self._finished_starts += runner.starts
+            self._runners.pop(runner.name, None)
+            self._tasks.pop(runner.name, None)
+            self._wake.set()
 
-    async def _reap(self, task: asyncio.Task[None]) -> str | None:
-        """Wait for the process task to end; its crash text, or None if it was stopped."""
-        await asyncio.wait({task})  # never raises the task's exception, only our own cancel
-        if task.cancelled():
-            return None
-        error = task.exception()
-        if error is None:
-            return None
-        if isinstance(error, ControllerCrash):
-            self.last_crash = str(error)
-            _log.warning("sandbox_controller_crashed", cluster=self.cluster, error=str(error))
-        else:  # an emulation bug: show it as a crash and keep the cluster going
-            self.last_crash = f"internal error: {type(error).__name__}"
-            _log.error("sandbox_controller_failed", cluster=self.cluster,
-                       exc_info=(type(error), error, error.__traceback__))
-        return self.last_crash
-
-    def _stop_serving(self) -> None:
-        self.process = None
-        self._update_deployment_status(ready=False)
-
-    # --------------------------------------------------------------- pod state
+    # ------------------------------------------------------------ reading/writing
 
     def _deployment(self) -> dict[str, Any] | None:
         try:
@@ -194,158 +219,47 @@ class ControllerWorkload:
         except ApiError:
             return None
 
-    def _pod_exists(self) -> bool:
-        try:
-            self.store.get("pods", self.namespace, self.pod_name or "")
-        except ApiError:
-            return False
-        return True
+    def _pods(self, deployment: Mapping[str, Any]) -> list[dict[str, Any]]:
+        uid = deployment["metadata"]["uid"]
+        pods, _ = self.store.list("pods", self.namespace)
+        return [p for p in pods
+                if any(r.get("uid") == uid for r in p["metadata"].get("ownerReferences") or [])]
 
-    def _new_pod(self, deployment: Mapping[str, Any]) -> None:
-        old = self.pod_name
-        created = self.store.create("pods", self.namespace, manifests.pod(deployment, self._rng))
-        self.pod_name = str(created["metadata"]["name"])
-        self._template = json.dumps(deployment["spec"]["template"], sort_keys=True)
-        if old is not None:
-            with contextlib.suppress(ApiError):
-                self.store.delete("pods", self.namespace, old)
+    # ------------------------------------------------------------- notifications
 
-    def _pod_status(
-        self,
-        state: dict[str, Any],
-        ready: bool,
-        restarts: int,
-        last_state: dict[str, Any] | None = None,
-    ) -> None:
-        if self.pod_name is None:
-            return
-        try:
-            pod = self.store.get("pods", self.namespace, self.pod_name)
-        except ApiError:
-            return
-        now = now_rfc3339()
-        ready_text = "True" if ready else "False"
-        pod["status"] = {
-            "phase": "Running",
-            "conditions": [
-                {"type": t, "status": s, "lastTransitionTime": now}
-                for t, s in (
-                    ("Initialized", "True"),
-                    ("Ready", ready_text),
-                    ("ContainersReady", ready_text),
-                    ("PodScheduled", "True"),
-                )
-            ],
-            "hostIP": "10.0.0.10",
-            "podIP": "10.244.0.10",
-            "startTime": pod["metadata"].get("creationTimestamp", now),
-            "qosClass": "BestEffort",
-            "containerStatuses": [
-                {
-                    "name": CONTAINER_NAME,
-                    "image": IMAGE,
-                    "imageID": IMAGE,
-                    "ready": ready,
-                    "started": ready,
-                    "restartCount": restarts,
-                    "state": state,
-                    "lastState": last_state or {},
-                }
-            ],
-        }
-        with contextlib.suppress(ApiError):
-            self.store.update("pods", self.namespace, self.pod_name, pod, subresource="status")
+    def _on_runner_change(self) -> None:
+        if self.endpoints:
+            self._served = True
+        self._wake.set()
 
-    def _set_pod_running(self, restarts: int) -> None:
-        self._pod_status({"running": {"startedAt": now_rfc3339()}}, True, restarts)
-        self._update_deployment_status(ready=True)
-
-    def _set_pod_waiting(self, error: str, restarts: int) -> None:
-        now = now_rfc3339()
-        self._pod_status(
-            {
-                "waiting": {
-                    "reason": "CrashLoopBackOff",
-                    "message": f"back-off restarting failed container {CONTAINER_NAME}",
-                }
-            },
-            False,
-            restarts,
-            {
-                "terminated": {
-                    "exitCode": 2,
-                    "reason": "Error",
-                    "message": error[:1024],
-                    "startedAt": now,
-                    "finishedAt": now,
-                }
-            },
-        )
-
-    def _update_deployment_status(self, *, ready: bool) -> None:
-        deployment = self._deployment()
-        if deployment is None:
-            return
-        count = 1 if ready else 0
-        now = now_rfc3339()
-        deployment["status"] = {
-            "observedGeneration": deployment["metadata"].get("generation", 1),
-            "replicas": 1,
-            "updatedReplicas": 1,
-            "readyReplicas": count,
-            "availableReplicas": count,
-            "unavailableReplicas": 1 - count,
-            "conditions": [
-                {
-                    "type": "Available",
-                    "status": "True" if ready else "False",
-                    "reason": "MinimumReplicasAvailable" if ready else "MinimumReplicasUnavailable",
-                    "lastUpdateTime": now,
-                    "lastTransitionTime": now,
-                },
-                {
-                    "type": "Progressing",
-                    "status": "True",
-                    "reason": "NewReplicaSetAvailable",
-                    "lastUpdateTime": now,
-                    "lastTransitionTime": now,
-                },
-            ],
-        }
-        if not ready:
-            del deployment["status"]["readyReplicas"]
-            del deployment["status"]["availableReplicas"]
-        with contextlib.suppress(ApiError):
-            self.store.update(
-                "deployments.apps", self.namespace, self.name, deployment, subresource="status"
-            )
-
-    # --------------------------------------------------------- store listener
+    def _on_crash(self, crash: str | None) -> None:
+        self.last_crash = crash
 
     def _on_store_event(self, event_type: str, resource: str, obj: Mapping[str, Any]) -> None:
         metadata = obj.get("metadata") or {}
         if metadata.get("namespace") != self.namespace:
             return
-        if resource == "pods" and event_type == "DELETED" and metadata.get("name") == self.pod_name:
-            self.pod_name = None
-            self._restart.set()
+        if resource == "pods":
+            runner = self._runners.get(str(metadata.get("name")))
+            if runner is not None and event_type == "DELETED":
+                task = self._tasks.get(runner.name)
+                if task is not None and not runner.terminating:
+                    task.cancel()  # gone without the kubelet: a forced or cascading delete
+                runner.terminate()
+            elif runner is not None and metadata.get("deletionTimestamp"):
+                runner.terminate()
+            self._wake.set()
         elif resource == "deployments.apps" and metadata.get("name") == self.name:
-            if event_type == "DELETED":
-                self._restart.set()
-                return
-            template = json.dumps((obj.get("spec") or {}).get("template"), sort_keys=True)
-            if event_type == "ADDED" or template != self._template:
-                # A new pod template means a new ReplicaSet: roll the Pod.
-                self._rollout = True
-                self._restart.set()
+            self._wake.set()
 
     # ------------------------------------------------------------ service proxy
 
     async def proxy(
         self, service: str, method: str, path: str, headers: Mapping[str, str], body: bytes
     ) -> Reply:
-        """What the Service's endpoint answers; 503 while no Pod is ready."""
-        process = self.process
+        """What one of the Service's ready endpoints answers; 503 while it has none."""
+        ready = self.endpoints
+        process = self._rng.choice(ready).process if ready else None
         if process is None:
             return _no_endpoints(service)
         if service.endswith("-metrics"):

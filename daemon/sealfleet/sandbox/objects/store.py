@@ -5,6 +5,7 @@ from __future__ import annotations
 import bisect
 import builtins
 import collections
+import datetime
 import random
 import uuid
 from collections.abc import Callable, Iterable
@@ -344,7 +345,8 @@ class ObjectStore:
                 new_meta["namespace"] = ns
             else:
                 new_meta.pop("namespace", None)
-            for field in ("uid", "creationTimestamp", "deletionTimestamp", "generation"):
+            for field in ("uid", "creationTimestamp", "deletionTimestamp",
+                          "deletionGracePeriodSeconds", "generation"):
                 if field in old_meta:
                     new_meta[field] = old_meta[field]
                 else:
@@ -373,8 +375,16 @@ class ObjectStore:
         uid: str | None = None,
         resource_version: str | None = None,
         propagation: str = "Background",
+        grace_period: int | None = None,
         dry_run: bool = False,
     ) -> Obj:
+        """Delete an object; a Pod on a node is only marked (graceful deletion).
+
+        As the real pod strategy decides: a scheduled Pod that has not finished gets
+        ``deletionTimestamp`` = now + its grace period (``grace_period``, else
+        ``spec.terminationGracePeriodSeconds``) and stays, Terminating, until its kubelet
+        deletes it with grace 0.  The returned object then carries the timestamp.
+        """
         rtype = resource_type(resource)
         entry = self.entry(resource, namespace, name)
         if uid is not None and uid != entry.uid:
@@ -393,6 +403,9 @@ class ObjectStore:
         if propagation not in ("Background", "Foreground", "Orphan"):
             raise bad_request(f"unsupported propagationPolicy {propagation!r}")
         obj = entry.obj()
+        grace = _pod_grace_period(obj, grace_period) if resource == "pods" else 0
+        if grace > 0:
+            return self._mark_deleting(resource, entry, obj, grace, dry_run=dry_run)
         if dry_run:
             return obj
         self._remove(resource, entry)
@@ -402,6 +415,23 @@ class ObjectStore:
             self._collect_garbage(entry.uid)
         if resource == "namespaces":
             self._delete_namespace_contents(entry.name)
+        return obj
+
+    def _mark_deleting(self, resource: str, entry: Entry, obj: Obj, grace: int, *,
+                       dry_run: bool) -> Obj:
+        meta = obj["metadata"]
+        current = meta.get("deletionGracePeriodSeconds")
+        if meta.get("deletionTimestamp") and isinstance(current, int) and current <= grace:
+            return obj  # already terminating at least as fast: a repeated delete changes nothing
+        deadline = datetime.datetime.now(datetime.UTC) + datetime.timedelta(seconds=grace)
+        meta["deletionTimestamp"] = deadline.strftime("%Y-%m-%dT%H:%M:%SZ")
+        meta["deletionGracePeriodSeconds"] = grace
+        meta["generation"] = int(meta.get("generation", 0)) + 1
+        if dry_run:
+            return obj
+        self._rv += 1
+        meta["resourceVersion"] = str(self._rv)
+        self._store(resource, entry.namespace, obj, "MODIFIED", entry)
         return obj
 
     # ------------------------------------------------------------------- internals
@@ -521,6 +551,21 @@ class ObjectStore:
                 listener(event.type, event.resource, obj)
             except Exception:  # a broken listener must not break the write that happened
                 _log.exception("sandbox_listener_failed", resource=event.resource)
+
+
+def _pod_grace_period(pod: Obj, requested: int | None) -> int:
+    """``CheckGracefulDelete`` of the pod strategy: 0 means delete at once."""
+    spec = pod.get("spec") or {}
+    default = spec.get("terminationGracePeriodSeconds", 30)
+    if requested is not None:
+        period = int(requested)
+    else:  # defaulted to 30 by the apiserver when the Pod was made
+        period = default if isinstance(default, int) else 30
+    if not spec.get("nodeName"):
+        return 0  # never scheduled: no kubelet has anything to stop
+    if (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed"):
+        return 0
+    return 1 if period < 0 else period
 
 
 def _detach(obj: object) -> Obj:
