@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+import yaml
 from apitesting import DAY, NOW, Api
 from prometheus_client.parser import text_string_to_metric_families
 from structlog.testing import capture_logs
@@ -21,6 +23,7 @@ from sealfleet.adapters.http_api import ApiDeps, ApiServer, build_app
 from sealfleet.adapters.http_api.metrics import newest_file_timestamp
 
 PROMTOOL = Path("/usr/bin/promtool")
+RULES = Path(__file__).resolve().parents[3] / "config" / "sealfleet.rules.yml"
 CRASHING = "deployment kube-system/sealed-secrets-controller has no ready replicas"
 NO_ENDPOINTS = ('GET /api/v1/namespaces/kube-system/services/http:sealed-secrets-controller:'
                 'http/proxy/v1/cert.pem: HTTP 503: no endpoints available for service '
@@ -198,3 +201,18 @@ async def test_a_whole_scrape_passes_promtool_check_metrics(api: Api, promtool: 
     out, _ = await process.communicate(text)
     assert process.returncode == 0, out.decode()
     assert out.decode().strip() == "", out.decode()   # not even a lint warning
+
+
+async def test_every_metric_the_alert_rules_use_is_exported(
+        backed_up: tuple[Api, Path, Path]) -> None:
+    """A rule over a name the daemon does not export would never fire."""
+    api, _, socket_path = backed_up
+    rules = yaml.safe_load(RULES.read_text())
+    used = {name for group in rules["groups"] for rule in group["rules"]
+            for name in re.findall(r"\bsealfleet_[a-z_]+", rule["expr"])}
+    assert len(used) >= 8
+    jobs = api.store.jobs
+    await jobs.set_job_state(await jobs.create_job("renewal", {}, []), "failed")
+    samples = await scrape_socket(api, socket_path)
+    exported = {name for name, _ in samples}
+    assert used <= exported, used - exported
