@@ -78,8 +78,9 @@ async def test_job_outcomes_and_the_last_successful_renewal_and_sync(api: Api) -
     samples = await scrape(api)   # no bump: jobs are read per scrape, not from the snapshot
     renewal = await jobs.get_job(renewed)
     assert renewal is not None
+    assert renewal.finished_at is not None
     assert samples[("sealfleet_last_key_renewal_timestamp_seconds", ())] == \
-        renewal.updated_at.timestamp()
+        renewal.finished_at.timestamp()
     assert samples[("sealfleet_last_key_sync_timestamp_seconds", ())] == 0
     total = {dict(labels)["kind"] + "/" + dict(labels)["state"]: value
              for (name, labels), value in samples.items() if name == "sealfleet_jobs_total"}
@@ -96,8 +97,9 @@ async def test_job_outcomes_and_the_last_successful_renewal_and_sync(api: Api) -
     samples = await scrape(api)
     synced = await jobs.get_job(syncing)
     assert synced is not None
+    assert synced.finished_at is not None
     assert samples[("sealfleet_last_key_sync_timestamp_seconds", ())] == \
-        synced.updated_at.timestamp()
+        synced.finished_at.timestamp()
 
 
 async def test_controller_problems_and_crash_loops_per_cluster(api: Api) -> None:

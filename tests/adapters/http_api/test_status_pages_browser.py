@@ -137,6 +137,10 @@ class Browser:
             status, body, response = await self.api.get(target, via="tcp",
                                                         authorization=basic)
             assert status == 200, (page, target, body)
+            if target.startswith("/api/"):   # a link to a JSON document (a job's steps)
+                assert response.headers["Content-Type"].startswith("application/json")
+                found[target] = Dom()          # no DOM: the document is data
+                continue
             assert response.headers["Content-Type"].startswith("text/html"), (page, target)
             found[target] = opened = Dom()
             opened.feed(body.decode())
@@ -224,5 +228,6 @@ async def test_the_jobs_page_shows_running_and_recent_jobs(browser: Browser) -> 
     assert "key_sync" in dom.all_text
     assert "renewal" in dom.all_text
     assert "controller <down>" in dom.all_text
-    await browser.follow("/jobs", dom)
+    opened = await browser.follow("/jobs", dom)
+    assert f"/api/v1/jobs/{failed}" in opened
     assert_real_screenshot(png)

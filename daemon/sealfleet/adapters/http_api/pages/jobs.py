@@ -1,8 +1,9 @@
 """``GET /jobs``: the jobs in progress and the most recent ones, from the job journal.
 
-Two bounded reads of ``store.jobs.list_jobs`` (in progress; newest ``RECENT``).  Each
-job shows its kind, state, per-object progress, times and error.  Job parameters are
-names and options (never secrets, by the journal's contract) and are shown cut short.
+Bounded reads of ``store.jobs.list_jobs`` (each unfinished state; newest ``RECENT``).
+Each job shows its kind, who asked, state, step progress, times and error, and links to
+its JSON document (``/api/v1/jobs/{id}``, with every step).  Parameters and results are
+names, fingerprints and counts (never secrets, by the journal's contract), cut short.
 """
 
 from __future__ import annotations
@@ -10,16 +11,18 @@ from __future__ import annotations
 import datetime as dt
 import json
 from collections.abc import Sequence
+from urllib.parse import quote
 
 from sealfleet.adapters.http_api.pages import layout
 from sealfleet.adapters.http_api.pages.layout import badge, esc
-from sealfleet.adapters.store.records import JobRecord
+from sealfleet.adapters.store.records import JobRecord, JsonObject
+from sealfleet.domain.jobs import JobState
 from sealfleet.domain.staleness import iso
 
 RECENT = 50                 # finished jobs shown
-IN_PROGRESS = ("running", "pending")
+IN_PROGRESS = tuple(state.value for state in JobState if not state.finished)
 ROOT = ""
-_PARAMS_SHOWN = 160         # characters of a job's parameters
+_JSON_SHOWN = 160           # characters of a job's parameters or result
 _STATE_TONE = {"succeeded": "ok", "failed": "bad", "running": "warn", "pending": "none",
                "cancelled": "none"}
 _ITEM_ORDER = ("done", "failed", "skipped", "running", "pending")
@@ -37,28 +40,38 @@ def _progress(job: JobRecord) -> str:
             f'style="width:{done / total * 100:.1f}%"></span></div>')
 
 
-def _params(job: JobRecord) -> str:
-    text = json.dumps(dict(job.params), separators=(", ", ": "), ensure_ascii=False,
+def _compact(label: str, value: JsonObject) -> str:
+    text = json.dumps(dict(value), separators=(", ", ": "), ensure_ascii=False,
                       sort_keys=True)
     if text == "{}":
         return ""
-    shown = text if len(text) <= _PARAMS_SHOWN else text[:_PARAMS_SHOWN] + "…"
-    return f"<code>{esc(shown)}</code>"
+    shown = text if len(text) <= _JSON_SHOWN else text[:_JSON_SHOWN] + "…"
+    return f'<div><span class="muted">{label}</span> <code>{esc(shown)}</code></div>'
+
+
+def _times(job: JobRecord, now: dt.datetime) -> tuple[str, str]:
+    started = layout.when(iso(job.started_at or job.created_at), now)
+    if job.finished_at is not None:
+        return started, layout.when(iso(job.finished_at), now)
+    return started, (f'<span class="muted">not yet; last step</span> '
+                     f"{layout.when(iso(job.updated_at), now)}")
 
 
 def _table(jobs: Sequence[JobRecord], now: dt.datetime) -> str:
     rows = []
     for job in jobs:
         error = f'<div class="error">{esc(job.error)}</div>' if job.error else ""
-        rows.append(f'<tr><td><b>{esc(job.kind)}</b><div class="muted"><code>'
-                    f"{esc(job.id)}</code></div></td>"
+        started, finished = _times(job, now)
+        href = f"{ROOT}api/v1/jobs/{quote(job.id, safe='')}"
+        rows.append(f"<tr><td><b>{esc(job.kind)}</b>"
+                    f'<div class="muted"><a href="{esc(href)}"><code>{esc(job.id)}</code></a>'
+                    f"<br>by {esc(job.actor)}</div></td>"
                     f"<td>{badge(job.state, _STATE_TONE.get(job.state, 'none'))}</td>"
-                    f"<td>{_progress(job)}</td>"
-                    f"<td>{layout.when(iso(job.created_at), now)}</td>"
-                    f"<td>{layout.when(iso(job.updated_at), now)}</td>"
-                    f"<td>{error}{_params(job)}</td></tr>")
-    return ('<table class="list"><tr><th>Job</th><th>State</th><th>Progress</th>'
-            "<th>Created</th><th>Updated</th><th>Error / parameters</th></tr>"
+                    f"<td>{_progress(job)}</td><td>{started}</td><td>{finished}</td>"
+                    f"<td>{error}{_compact('parameters', job.params)}"
+                    f"{_compact('result', job.result)}</td></tr>")
+    return ('<table class="list"><tr><th>Job</th><th>State</th><th>Steps</th>'
+            "<th>Started</th><th>Finished</th><th>Error, parameters, result</th></tr>"
             f'{"".join(rows)}</table>')
 
 
