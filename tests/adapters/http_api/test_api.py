@@ -227,7 +227,7 @@ async def test_status_page_shows_the_fleet_and_escapes(api: Api) -> None:
     assert "default-src 'none'" in response.headers["Content-Security-Policy"]
     html = page.decode()
     for name in ("alpha", "beta", "gamma"):
-        assert f"<h2>{name} " in html
+        assert f"\">{name}</a> " in html  # each card's title links to its cluster page
     assert "connect &lt;b&gt;refused&lt;/b&gt;" in html
     assert "<b>refused</b>" not in html
     assert "stale: older than renew period" in html

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import datetime as dt
 import hmac
 import json
 import re
@@ -33,7 +34,10 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import CollectorRegistry
 
 from sealfleet.adapters.http_api import jobs_api, openapi, status_page
-from sealfleet.adapters.http_api.metrics import InventoryCollector, make_registry
+from sealfleet.adapters.http_api.metrics import InventoryCollector, ScrapeInputs, make_registry
+from sealfleet.adapters.http_api.pages import cluster as cluster_page
+from sealfleet.adapters.http_api.pages import jobs as jobs_page
+from sealfleet.adapters.http_api.pages import keys as keys_page
 from sealfleet.adapters.http_api.snapshot import InventoryView, dumps
 from sealfleet.adapters.store import Store
 from sealfleet.adapters.store.records import SealedSecretRecord
@@ -66,10 +70,14 @@ class ApiDeps:
     attribution_backlog: Callable[[], int | None] = lambda: None
     jobs: jobs_api.JobSubmitter | None = None
     certificates: jobs_api.CertificateSource | None = None
+    # Unix time of the newest backup (0.0: none yet), e.g. metrics.newest_file_timestamp;
+    # None: backups are not configured, and the metric is left out.
+    last_backup: Callable[[], float | None] | None = None
 
 
 DEPS = web.AppKey("deps", ApiDeps)
 REGISTRY = web.AppKey("registry", CollectorRegistry)
+SCRAPE_INPUTS = web.AppKey("scrape_inputs", ScrapeInputs)
 OPENAPI_BODY = web.AppKey("openapi_body", bytes)
 QUERY_NAMES: web.AppKey[Mapping[str, frozenset[str]]] = web.AppKey("query_names")
 
@@ -210,6 +218,7 @@ async def readyz(request: web.Request) -> web.Response:
 
 async def metrics(request: web.Request) -> web.Response:
     await request.app[DEPS].view.current()
+    await request.app[SCRAPE_INPUTS].refresh()
     body = generate_latest(request.app[REGISTRY])
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
@@ -280,23 +289,59 @@ async def openapi_json(request: web.Request) -> web.Response:
     return _json_body(request.app[OPENAPI_BODY])
 
 
-async def index(request: web.Request) -> web.Response:
-    snap = await request.app[DEPS].view.current()
-    page = snap.status_page or status_page.render(snap.report)
+def _html(page: bytes) -> web.Response:
     return web.Response(body=page, content_type="text/html", charset="utf-8",
                         headers={"Content-Security-Policy": _HTML_CSP,
                                  "X-Content-Type-Options": "nosniff"})
+
+
+async def index(request: web.Request) -> web.Response:
+    snap = await request.app[DEPS].view.current()
+    return _html(snap.status_page or status_page.render(snap.report))
+
+
+async def cluster_html(request: web.Request) -> web.Response:
+    """One cluster from the snapshot, plus one keyset page of its SealedSecrets."""
+    deps = request.app[DEPS]
+    query = cluster_page.parse_query(request.query)
+    name = request.match_info["name"]
+    snap = await deps.view.current()
+    body = snap.cluster_bodies.get(name)
+    if body is None:
+        raise ApiError(404, "not_found", f"no cluster named {name!r}")
+    records, next_cursor = await deps.store.inventory.list_sealed_secrets(
+        cluster=name, state=query.state, cursor=query.cursor, limit=query.limit)
+    return _html(cluster_page.render(json.loads(body), snap.report, snap.keys, records,
+                                     next_cursor, query))
+
+
+async def keys_html(request: web.Request) -> web.Response:
+    snap = await request.app[DEPS].view.current()
+    return _html(keys_page.render(snap.report, snap.keys))
+
+
+async def jobs_html(request: web.Request) -> web.Response:
+    jobs = request.app[DEPS].store.jobs
+    in_progress = [job for state in jobs_page.IN_PROGRESS
+                   for job in await jobs.list_jobs(state=state, limit=jobs_page.RECENT)]
+    recent = await jobs.list_jobs(limit=jobs_page.RECENT)
+    return _html(jobs_page.render(in_progress, recent, dt.datetime.now(dt.UTC)))
 
 
 def build_app(deps: ApiDeps) -> web.Application:
     """The read API.  The caller owns running it (see :mod:`.server`)."""
     app = web.Application(middlewares=[guard], handler_args={"max_field_size": 16384})
     app[DEPS] = deps
+    inputs = app[SCRAPE_INPUTS] = ScrapeInputs(job_tallies=deps.store.jobs.tallies,
+                                               last_backup=deps.last_backup)
     app[REGISTRY] = make_registry(InventoryCollector(lambda: deps.view.snapshot,
-                                                     deps.attribution_backlog))
+                                                     deps.attribution_backlog, inputs))
     document = openapi.document()
     app[OPENAPI_BODY] = json.dumps(document, indent=1).encode()
-    app[QUERY_NAMES] = openapi.query_names(document)
+    # The HTML pages are not in the document (it describes the JSON API), so their
+    # query parameters are declared here for the same check.
+    app[QUERY_NAMES] = {**openapi.query_names(document),
+                        "/clusters/{name}": cluster_page.QUERY_NAMES}
     app.router.add_get("/", index)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
@@ -309,4 +354,7 @@ def build_app(deps: ApiDeps) -> web.Application:
     app.router.add_get("/api/v1/openapi.json", openapi_json)
     jobs_api.register(app, store=deps.store, submitter=deps.jobs,
                       certificates=deps.certificates or jobs_api.StoreCertificates(deps.store))
+    app.router.add_get("/clusters/{name}", cluster_html)
+    app.router.add_get("/keys", keys_html)
+    app.router.add_get("/jobs", jobs_html)
     return app

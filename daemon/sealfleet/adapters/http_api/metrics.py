@@ -3,18 +3,44 @@
 A custom collector rather than gauges updated from all over the daemon: every sample of
 one scrape comes from the same snapshot, so "stale secrets" and "sealing key age" can
 never disagree with ``/api/v1/staleness`` or with each other.
+
+What the snapshot does not hold (the job journal's tallies, the newest backup file) is
+read by :meth:`ScrapeInputs.refresh` just before the collector runs: one grouped query
+and one directory listing per scrape, off the event loop where they block.  The alert
+rules in ``config/sealfleet.rules.yml`` are written against these names.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import datetime as dt
-from collections.abc import Callable, Iterator
+import os
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from pathlib import Path
 
-from prometheus_client.core import GaugeMetricFamily, Metric
+import structlog
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from sealfleet.adapters.http_api.snapshot import Snapshot
+from sealfleet.adapters.store.records import JobTally
+from sealfleet.domain.jobs import JobKind, JobState
 from sealfleet.domain.staleness import STATE_KEYS
+from sealfleet.errors import StoreError
+
+log = structlog.get_logger(__name__)
+
+RENEWAL_KIND = JobKind.RENEWAL.value
+KEY_SYNC_KIND = JobKind.KEY_SYNC.value
+FINISHED_STATES = tuple(state.value for state in JobState if state.finished)
+IN_PROGRESS_STATES = tuple(state.value for state in JobState if not state.finished)
+# How a controller that keeps crashing looks from outside: its Deployment has no ready
+# replica (the probe's wording), and so its Service has no endpoints (the apiserver's
+# wording, which the probe reports when asking for the certificate fails too).  The
+# report carries the problem as text only, so this is where it is told apart from the
+# controller's other problems (no Service, no port, a broken certificate).
+_CRASH_LOOP_SIGNS = ("has no ready replicas", "no endpoints available")
 
 
 def _epoch(text: str | None) -> float | None:
@@ -23,13 +49,133 @@ def _epoch(text: str | None) -> float | None:
     return dt.datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
 
 
+def crash_looping(controller_error: str | None) -> bool:
+    """Whether a controller problem is one of a controller without a running Pod."""
+    return controller_error is not None and any(sign in controller_error
+                                                for sign in _CRASH_LOOP_SIGNS)
+
+
+def newest_file_timestamp(directory: Path) -> Callable[[], float | None]:
+    """For ``[backup] dir``: the newest regular file's mtime, 0.0 when there is none
+    (or no directory yet).  Blocking: :class:`ScrapeInputs` runs it in a thread."""
+    def newest() -> float | None:
+        try:
+            entries = list(os.scandir(directory))
+        except FileNotFoundError:
+            return 0.0
+        times = [0.0]
+        for entry in entries:
+            # A file removed between the listing and its stat (a pruned backup) is gone.
+            with contextlib.suppress(FileNotFoundError):
+                if entry.is_file(follow_symlinks=False):
+                    times.append(entry.stat(follow_symlinks=False).st_mtime)
+        return max(times)
+    return newest
+
+
+class ScrapeInputs:
+    """What a scrape needs besides the snapshot, read (asynchronously) before collecting.
+
+    A failed read keeps the previous answer and logs once per failure streak: a locked
+    database must not turn "renewal failing" into "no data", nor fail the whole scrape.
+    """
+
+    def __init__(self, *, job_tallies: Callable[[], Awaitable[Sequence[JobTally]]] | None = None,
+                 last_backup: Callable[[], float | None] | None = None) -> None:
+        self._job_tallies = job_tallies
+        self._last_backup = last_backup
+        self.tallies: tuple[JobTally, ...] | None = None
+        self.last_backup: float | None = None
+        self._failing: set[str] = set()
+
+    async def refresh(self) -> None:
+        if self._job_tallies is not None:
+            try:
+                self.tallies = tuple(await self._job_tallies())
+            except StoreError as exc:
+                self._failed("job_journal", exc)
+            else:
+                self._recovered("job_journal")
+        if self._last_backup is not None:
+            try:
+                self.last_backup = await asyncio.to_thread(self._last_backup)
+            except OSError as exc:
+                self.last_backup = None   # unknown, not "no backup": the alert must not guess
+                self._failed("backup_dir", exc)
+            else:
+                self._recovered("backup_dir")
+
+    def _failed(self, source: str, exc: Exception) -> None:
+        if source not in self._failing:
+            self._failing.add(source)
+            log.warning("metrics_input_unavailable", source=source, error=str(exc),
+                        error_type=type(exc).__name__)
+
+    def _recovered(self, source: str) -> None:
+        if source in self._failing:
+            self._failing.discard(source)
+            log.info("metrics_input_recovered", source=source)
+
+
+def _job_families(tallies: Sequence[JobTally]) -> Iterator[Metric]:
+    finished = CounterMetricFamily("sealfleet_jobs", "Journalled jobs that finished, by kind "
+                                   "and outcome", labels=["kind", "state"])
+    in_progress = GaugeMetricFamily("sealfleet_jobs_in_progress",
+                                    "Journalled jobs pending or running, by kind",
+                                    labels=["kind", "state"])
+    last = GaugeMetricFamily("sealfleet_last_job_timestamp_seconds",
+                             "When the newest job of the kind finished in the state "
+                             "(Unix time; 0 when none has)", labels=["kind", "state"])
+    counts = {(t.kind, t.state): t for t in tallies}
+    # Every state of every kind seen, 0 when empty: a first failure then shows as an
+    # increase, and "last failure newer than last success" compares two real series.
+    for kind in sorted({t.kind for t in tallies}):
+        for state in FINISHED_STATES:
+            tally = counts.get((kind, state))
+            finished.add_metric([kind, state], tally.count if tally else 0)
+            last.add_metric([kind, state], tally.last_at.timestamp() if tally else 0)
+        for state in IN_PROGRESS_STATES:
+            tally = counts.get((kind, state))
+            in_progress.add_metric([kind, state], tally.count if tally else 0)
+    yield from (finished, in_progress, last)
+    for kind, name, what in ((RENEWAL_KIND, "sealfleet_last_key_renewal_timestamp_seconds",
+                              "key renewal"),
+                             (KEY_SYNC_KIND, "sealfleet_last_key_sync_timestamp_seconds",
+                              "key sync")):
+        tally = counts.get((kind, "succeeded"))
+        family = GaugeMetricFamily(name, f"When the last {what} job succeeded (Unix time; "
+                                   "0 when none has)")
+        family.add_metric([], tally.last_at.timestamp() if tally else 0)
+        yield family
+
+
+def _key_families(snap: Snapshot) -> Iterator[Metric]:
+    now = _epoch(snap.report["generated_at"]) or 0.0
+    age = GaugeMetricFamily("sealfleet_key_age_seconds",
+                            "Age of each key known to the fleet (since NotBefore)",
+                            labels=["fingerprint", "state"])
+    not_before = GaugeMetricFamily("sealfleet_key_not_before_timestamp_seconds",
+                                   "NotBefore of each key known to the fleet (Unix time)",
+                                   labels=["fingerprint", "state"])
+    for key in snap.keys:
+        start = _epoch(key["not_before"])
+        if start is None:
+            continue
+        labels = [key["fingerprint"], key["state"]]
+        age.add_metric(labels, max(0.0, now - start))
+        not_before.add_metric(labels, start)
+    yield from (age, not_before)
+
+
 class InventoryCollector(Collector):
-    """Turns the latest :class:`Snapshot` into metric families."""
+    """Turns the latest :class:`Snapshot` (and the :class:`ScrapeInputs`) into metrics."""
 
     def __init__(self, snapshot: Callable[[], Snapshot | None],
-                 attribution_backlog: Callable[[], int | None] = lambda: None) -> None:
+                 attribution_backlog: Callable[[], int | None] = lambda: None,
+                 inputs: ScrapeInputs | None = None) -> None:
         self._snapshot = snapshot
         self._backlog = attribution_backlog
+        self._inputs = inputs or ScrapeInputs()
 
     def collect(self) -> Iterator[Metric]:
         snap = self._snapshot()
@@ -43,8 +189,20 @@ class InventoryCollector(Collector):
                                     "Items waiting for key attribution (RSA trial decrypt)")
             fam.add_metric([], backlog)
             yield fam
+        if self._inputs.tallies is not None:
+            yield from _job_families(self._inputs.tallies)
+        if self._inputs.last_backup is not None:
+            backup = GaugeMetricFamily("sealfleet_last_backup_timestamp_seconds",
+                                       "mtime of the newest file in the backup directory "
+                                       "(Unix time; 0 when there is none)")
+            backup.add_metric([], self._inputs.last_backup)
+            yield backup
         if snap is None:
             return
+        yield from self._report_families(snap)
+        yield from _key_families(snap)
+
+    def _report_families(self, snap: Snapshot) -> Iterator[Metric]:
         report = snap.report
         generated = GaugeMetricFamily("sealfleet_report_generated_timestamp_seconds",
                                       "When the staleness report was built (Unix time)")
@@ -76,6 +234,16 @@ class InventoryCollector(Collector):
         secrets = GaugeMetricFamily("sealfleet_sealed_secrets",
                                     "SealedSecrets by staleness state",
                                     labels=["cluster", "state"])
+        controller_error = GaugeMetricFamily(
+            "sealfleet_controller_error", "1 when the cluster's sealed-secrets controller "
+            "cannot be asked (no ready replica, crash loop, no Service)", labels=["cluster"])
+        crashing = GaugeMetricFamily(
+            "sealfleet_controller_crashlooping", "1 when the controller has no running Pod "
+            "(Deployment without a ready replica, Service without endpoints)",
+            labels=["cluster"])
+        malformed = GaugeMetricFamily(
+            "sealfleet_malformed_key_secrets", "Secrets that look like key Secrets but are "
+            "not keys (never used as keys)", labels=["cluster"])
         for cluster in report["clusters"]:
             name = cluster["name"]
             reachable.add_metric([name], 1 if cluster["reachable"] else 0)
@@ -95,7 +263,12 @@ class InventoryCollector(Collector):
                 last_scan.add_metric([name], scanned)
             for state in STATE_KEYS[1:]:
                 secrets.add_metric([name, state], cluster["sealed_secrets"][state])
-        yield from (reachable, age, stale, expiry, drift, duration, last_scan, secrets)
+            problem = cluster.get("controller_error")
+            controller_error.add_metric([name], 0 if problem is None else 1)
+            crashing.add_metric([name], 1 if crash_looping(problem) else 0)
+            malformed.add_metric([name], len(cluster.get("malformed_key_secrets") or ()))
+        yield from (reachable, age, stale, expiry, drift, duration, last_scan, secrets,
+                    controller_error, crashing, malformed)
 
 
 def make_registry(collector: InventoryCollector) -> CollectorRegistry:

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from sealfleet.adapters.store import audit, codec, keys_sql
 from sealfleet.adapters.store.key_material import EncryptedKey
-from sealfleet.adapters.store.records import JobItem, JobRecord, JsonObject
+from sealfleet.adapters.store.records import JobItem, JobRecord, JobTally, JsonObject
 from sealfleet.domain.jobs import JobState, StepState
 from sealfleet.errors import StoreError
 
@@ -143,6 +143,13 @@ def unfinished_jobs(conn: sqlite3.Connection) -> list[JobRecord]:
     return [_job(row, _item_counts(conn, row[0])) for row in rows]
 
 
+def tallies(conn: sqlite3.Connection) -> list[JobTally]:
+    rows = conn.execute("SELECT kind, state, count(*), max(coalesce(finished_at, updated_at)) "
+                        "FROM jobs GROUP BY kind, state ORDER BY kind, state")
+    return [JobTally(kind=kind, state=state, count=count, last_at=codec.parse_time(last))
+            for kind, state, count, last in rows]
+
+
 def job_items(conn: sqlite3.Connection, job_id: str,
               states: Sequence[str] | None) -> list[JobItem]:
     rows = conn.execute("SELECT ref, state, attempt, error, updated_at, detail FROM job_items "
@@ -201,6 +208,11 @@ class JobJournal:
     async def unfinished(self) -> list[JobRecord]:
         """Jobs to resume at start, oldest first."""
         return await self._store.read(unfinished_jobs)
+
+    async def tallies(self) -> list[JobTally]:
+        """Jobs per (kind, state) and when the newest of each finished (or, unfinished,
+        last moved): one grouped scan of the jobs table, a row per kind and state."""
+        return await self._store.read(tallies)
 
     async def job_items(self, job_id: str, *,
                         states: Sequence[str] | None = None) -> list[JobItem]:

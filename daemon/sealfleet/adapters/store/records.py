@@ -204,6 +204,16 @@ class JobRecord:
 
 
 @dataclass(frozen=True)
+class JobTally:
+    """How many journalled jobs of one kind are in one state (for metrics)."""
+
+    kind: str
+    state: str
+    count: int
+    last_at: dt.datetime                # newest finished_at (unfinished: last update)
+
+
+@dataclass(frozen=True)
 class JobItem:
     """One object a job touches, with its progress."""
 
