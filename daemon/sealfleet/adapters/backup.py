@@ -116,7 +116,10 @@ def read_recipients_file(path: str | os.PathLike[str]) -> Recipients:
     blank lines and ``#`` comments skipped, as ``age -R`` reads them."""
     source = os.fspath(path)
     _refuse_writable_by_others(source)
-    text = _text(files.read_file(source)[:_MAX_LIST_FILE + 1], source)
+    data = files.read_file(source)
+    if len(data) > _MAX_LIST_FILE:
+        raise InputError(f"{source}: larger than 1 MiB: not a recipients file")
+    text = _text(data, source)
     parsed: list[Recipient] = []
     for number, line in _lines(text):
         try:

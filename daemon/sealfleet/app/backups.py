@@ -142,7 +142,14 @@ async def write_after_new_key(policy: BackupPolicy, keys: Sequence[SealingKey],
 
 
 async def back_up_keystore(policy: BackupPolicy, keystore: Keystore, store: Store) -> Path:
-    """:func:`write_after_new_key` for every private key the keystore holds."""
+    """:func:`write_after_new_key` for every private key the store holds.
+
+    The keystore is refreshed first: a key stored by another path (a job's journal
+    write, another process) is in the backup even before the keystore's own refresh
+    would have seen it.  Call it after ``Keystore.adopt`` returns, never from inside
+    (both take the keystore's load lock).
+    """
+    await keystore.refresh()
     await keystore.materialize()
     now = dt.datetime.now(dt.UTC)
     keys = keystore.loaded_keys()

@@ -36,7 +36,8 @@ _MAX_BITS = 16384
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    group = subparsers.add_parser("keys", help="generate sealing keys, print key fingerprints")
+    group = subparsers.add_parser("keys", help="sealing keys: generate, fingerprint, back up "
+                                  "(export, import) and key jobs")
     commands = group.add_subparsers(dest="keys_command", metavar="COMMAND",
                                     parser_class=type(group))
 
