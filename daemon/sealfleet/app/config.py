@@ -42,7 +42,7 @@ from sealfleet.app.config_values import (
 from sealfleet.errors import ConfigError
 
 __all__ = [  # the value helpers are re-exported: callers import settings from one place
-    "ApiSettings", "ClusterSettings", "Duration", "FleetSettings",
+    "ApiSettings", "BackupSettings", "ClusterSettings", "Duration", "FleetSettings",
     "LoggingSettings", "PolicySettings", "PositiveDuration", "ServiceSettings", "Settings",
     "StoreSettings", "format_validation_error", "load_settings", "parse_duration",
     "settings_from_mapping", "split_listen"]
@@ -357,6 +357,60 @@ class ClusterSettings(_Section):
         return _resolve(value, info)
 
 
+class BackupSettings(_Section):
+    """``[backup]``: an encrypted backup of every key after each new key (app/backups.py).
+
+    Off unless ``recipients_file`` or ``passphrase_file`` says how to encrypt."""
+
+    dir: Path = Field(default=None, validate_default=True)
+    """Where backups go (created mode 0700).  Default ``$STATE_DIRECTORY/backups``, else
+    ``sealfleet-state/backups`` next to the config file."""
+
+    keep: int = Field(default=10, ge=1, le=10000, strict=True)
+    """How many backups to keep; older ones are deleted, oldest first.  Default 10:
+    a key set rarely changes, so ten files reach far back."""
+
+    recipients_file: Path | None = None
+    """age recipients (``age1...``, ``ssh-ed25519``, ``ssh-rsa`` lines), not writable by
+    group or others.  A bare name is looked up in ``$CREDENTIALS_DIRECTORY`` first."""
+
+    passphrase_file: Path | None = None
+    """A passphrase (at least 12 characters) in an owner-only file, instead of
+    recipients.  A bare name is looked up in ``$CREDENTIALS_DIRECTORY`` first."""
+
+    @field_validator("dir", mode="before")
+    @classmethod
+    def _dir(cls, value: str | Path | None, info: ValidationInfo) -> Path:
+        if value is None:
+            state = _env(info, "STATE_DIRECTORY")
+            base = Path(state.split(":")[0]) if state else _base_dir(info) / _FALLBACK_STATE_DIR
+            return (base / "backups").resolve()
+        if str(value) == "":
+            raise ValueError("must not be empty")
+        return _resolve(value, info)
+
+    @field_validator("recipients_file", "passphrase_file", mode="before")
+    @classmethod
+    def _encryption_file(cls, value: str | Path | None, info: ValidationInfo) -> Path | None:
+        if value is None or str(value) == "":
+            return None
+        return _resolve_credential(value, info)
+
+    @model_validator(mode="after")
+    def _one_way_to_encrypt(self) -> BackupSettings:
+        if self.recipients_file is not None and self.passphrase_file is not None:
+            raise ValueError("recipients_file and passphrase_file are both set: an age file "
+                             "is encrypted either to recipients or to a passphrase")
+        if "dir" in self.model_fields_set and not self.enabled:
+            raise ValueError("dir is set but neither recipients_file nor passphrase_file: "
+                             "backups need one of them to be encrypted")
+        return self
+
+    @property
+    def enabled(self) -> bool:
+        return self.recipients_file is not None or self.passphrase_file is not None
+
+
 class Settings(_Section):
     """The whole validated configuration."""
 
@@ -369,6 +423,7 @@ class Settings(_Section):
     fleet: FleetSettings = Field(default_factory=FleetSettings)
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
     service: ServiceSettings = Field(default_factory=ServiceSettings)
+    backup: BackupSettings = Field(default_factory=lambda: BackupSettings())
     clusters: tuple[ClusterSettings, ...] = ()
 
     @model_validator(mode="before")
@@ -378,7 +433,7 @@ class Settings(_Section):
         # explicit (possibly empty) table so its env-dependent defaults are validated.
         if isinstance(data, dict):
             data = dict(data)
-            for section in ("store", "api"):
+            for section in ("store", "api", "backup"):
                 data.setdefault(section, {})
         return data
 

@@ -1,27 +1,43 @@
-"""``keys generate`` and ``keys fingerprint``: sealing keys outside any cluster.
+"""``keys generate``, ``fingerprint``, ``export`` and ``import``: sealing keys by hand.
 
 ``generate`` makes a key exactly as the controller does (so a fleet can share one
 master key, or a key can be prepared before a cluster exists) and writes the private
 key, and the optional key Secret, with mode 0600 from the first byte.  ``fingerprint``
 prints the controller's key id for a certificate, a private key or a key Secret.
+
+``export`` writes an age-encrypted backup of every key the store holds (the format is
+:mod:`sealfleet.adapters.backup`'s); ``import`` restores one, or takes a PEM
+certificate and private key pair.  Both open the store themselves, with the KEK of
+the config (the daemon, if running, sees imported keys at its next keystore refresh);
+the workflows are :mod:`sealfleet.app.backups`' functions, which take the store.
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from sealfleet.adapters import files
 from sealfleet.domain import documents, keyfiles
 from sealfleet.domain import keys as sealing_keys
-from sealfleet.errors import InputError
+from sealfleet.errors import FleetError, InputError
+
+if TYPE_CHECKING:
+    from sealfleet.adapters import backup
+    from sealfleet.adapters.store import KeyEncryptionKey
+    from sealfleet.app.backups import ImportResult
+    from sealfleet.app.config import Settings
 
 _MIN_BITS = 2048
 _MAX_BITS = 16384
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    group = subparsers.add_parser("keys", help="generate sealing keys, print key fingerprints")
+    group = subparsers.add_parser("keys", help="sealing keys: generate, fingerprint, back up "
+                                  "(export, import) and key jobs")
     commands = group.add_subparsers(dest="keys_command", metavar="COMMAND",
                                     parser_class=type(group))
 
@@ -63,7 +79,63 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                                   "of them; - for stdin")
     fingerprint.set_defaults(handler=run_fingerprint)
 
+    _register_backup(commands)
     group.set_defaults(handler=lambda _args: _usage(group))
+
+
+def _register_backup(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    export = commands.add_parser(
+        "export", help="write an encrypted backup (age) of every key the store holds",
+        description="Write every private key of the store, as a v1 List of the controller's "
+                    "key Secrets inside an age file (mode 0600): `age -d` opens it without "
+                    "sealfleet, and kubeseal --recovery-private-key takes what it holds. "
+                    "Without --recipients-file or --passphrase-file, [backup]'s setting of "
+                    "the config is used.")
+    export.add_argument("--out", required=True, metavar="FILE", help="the file to write")
+    how = export.add_mutually_exclusive_group()
+    how.add_argument("--recipients-file", metavar="FILE", type=Path,
+                     help="encrypt to these age recipients (age1..., ssh-ed25519, ssh-rsa; "
+                          "one per line)")
+    how.add_argument("--passphrase-file", metavar="FILE", type=Path,
+                     help="encrypt with the passphrase in this owner-only file")
+    how.add_argument("--plaintext-kubeseal-list", action="store_true",
+                     help="write the key List UNENCRYPTED (what kubeseal "
+                          "--recovery-private-key takes): the file is the private keys")
+    export.add_argument("--force", action="store_true", help="replace an existing FILE")
+    _add_store_location(export)
+    export.set_defaults(handler=run_export)
+
+    restore = commands.add_parser(
+        "import", help="restore keys from a backup, or take a PEM certificate and key",
+        description="Store the keys of a backup written by `keys export` (or of any key "
+                    "Secret List, age-encrypted or not), or one PEM certificate and private "
+                    "key pair, encrypted under the KEK. A key whose certificate is another "
+                    "key's is refused. States (retired, compromised) are restored when "
+                    "more severe than the store's.")
+    restore.add_argument("file", metavar="FILE", nargs="?",
+                         help="the backup (age), or a plaintext key List")
+    opener = restore.add_mutually_exclusive_group()
+    opener.add_argument("--identity-file", metavar="FILE", type=Path,
+                        help="age identities (AGE-SECRET-KEY-1...) or an SSH private key "
+                             "that open FILE (owner-only)")
+    opener.add_argument("--passphrase-file", metavar="FILE", type=Path,
+                        help="the passphrase that opens FILE (owner-only)")
+    restore.add_argument("--cert", metavar="PEM", type=Path,
+                         help="bring your own key: its PEM certificate (with --key)")
+    restore.add_argument("--key", metavar="PEM", type=Path,
+                         help="bring your own key: its PEM private key (with --cert)")
+    _add_store_location(restore)
+    restore.set_defaults(handler=run_import)
+
+
+def _add_store_location(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-c", "--config", metavar="CONFIG", type=Path,
+                        help="daemon config: [store] database and kek_file, [backup] "
+                             "(default /etc/sealfleet/sealfleet.toml)")
+    parser.add_argument("--database", metavar="PATH", type=Path,
+                        help="SQLite file (overrides the config)")
+    parser.add_argument("--kek-file", metavar="PATH", type=Path,
+                        help="key-encryption key file (overrides the config)")
 
 
 def _usage(parser: argparse.ArgumentParser) -> int:
@@ -100,3 +172,160 @@ def run_fingerprint(args: argparse.Namespace) -> int:
     for identity in keyfiles.identities_from_bytes(source.content, source=source.name):
         print(identity.fingerprint + (f" {identity.name}" if identity.name else ""))
     return 0
+
+
+# ----------------------------------------------------------------------- export, import
+
+
+_HOW_TO_ENCRYPT = ("give --recipients-file or --passphrase-file (or -c CONFIG with [backup] "
+                   "recipients_file or passphrase_file), or --plaintext-kubeseal-list")
+
+
+@dataclass(frozen=True)
+class _Location:
+    database: Path
+    kek: KeyEncryptionKey
+    settings: Settings | None
+
+
+def _location(args: argparse.Namespace, *, need_settings: bool) -> _Location:
+    """The database and KEK: flags first, the config for whatever they leave open."""
+    from sealfleet.adapters.store import KeyEncryptionKey
+    from sealfleet.app import preflight
+    from sealfleet.app.cli.main import DEFAULT_CONFIG_PATH
+    from sealfleet.app.config import load_settings
+
+    if not need_settings and args.config is None and args.database is not None \
+            and args.kek_file is not None:
+        return _Location(args.database, KeyEncryptionKey.from_file(args.kek_file), None)
+    settings = load_settings(args.config or DEFAULT_CONFIG_PATH)
+    kek = (KeyEncryptionKey.from_file(args.kek_file) if args.kek_file is not None
+           else preflight.load_kek(settings))
+    database = args.database if args.database is not None else settings.store.database
+    return _Location(Path(database), kek, settings)
+
+
+def _configure_cli_logging() -> None:
+    from sealfleet.app.logging import configure_logging
+
+    configure_logging(level="warning", fmt="console", stream=sys.stderr)
+
+
+def run_export(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from sealfleet.adapters import backup
+    from sealfleet.app import backups
+    from sealfleet.app.preflight import check_database
+    from sealfleet.errors import StoreError
+
+    out = Path(args.out)
+    if out.exists() and not args.force:
+        raise InputError(f"{out}: already exists (use --force to replace it)")
+    explicit = args.recipients_file is not None or args.passphrase_file is not None \
+        or args.plaintext_kubeseal_list
+    if not explicit and args.config is None and args.database is not None \
+            and args.kek_file is not None:
+        raise InputError(_HOW_TO_ENCRYPT)
+    where = _location(args, need_settings=not explicit)
+    encryption: backup.Encryption | None = None
+    if args.recipients_file is not None:
+        encryption = backup.read_recipients_file(args.recipients_file)
+    elif args.passphrase_file is not None:
+        encryption = backup.read_passphrase_file(args.passphrase_file)
+    elif not args.plaintext_kubeseal_list:
+        assert where.settings is not None
+        policy = backups.BackupPolicy.from_settings(
+            where.settings.backup, where=f"{where.settings.config_path}: backup")
+        if policy is None:
+            raise InputError(_HOW_TO_ENCRYPT)
+        encryption = policy.encryption
+    if not where.database.is_file():
+        raise StoreError(f"{where.database}: no such database")
+    check_database(where.database, where=None, writable=False)
+    _configure_cli_logging()
+    data = asyncio.run(_export(where, encryption))
+    files.atomic_write(out, data, mode=0o600)
+    kind = ("UNENCRYPTED key List: keep it as safe as the keys themselves"
+            if encryption is None else f"age, encrypted for {encryption.source}")
+    print(f"wrote {out} ({kind})")
+    return 0
+
+
+async def _export(where: _Location, encryption: backup.Encryption | None) -> bytes:
+    from sealfleet.adapters.store import Store
+    from sealfleet.app import backups
+
+    async with Store.open(where.database, kek=where.kek, migrate=False) as store:
+        return await backups.export_backup(store, encryption)
+
+
+def run_import(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from sealfleet.adapters import backup
+    from sealfleet.app import backups
+    from sealfleet.app.preflight import check_database
+
+    pair = args.cert is not None or args.key is not None
+    if pair == (args.file is not None):
+        raise InputError("give a backup FILE, or --cert and --key (not both)")
+    if pair:
+        if args.cert is None or args.key is None:
+            raise InputError("--cert and --key go together")
+        if args.identity_file is not None or args.passphrase_file is not None:
+            raise InputError("--identity-file and --passphrase-file open a backup FILE; "
+                             "a PEM pair needs neither")
+        entries = [backups.key_from_pem_pair(
+            files.read_file(args.cert), files.read_file(args.key),
+            cert_source=str(args.cert), key_source=str(args.key))]
+        origin = f"{args.cert} and {args.key}"
+    else:
+        decryption: backup.Decryption | None = None
+        if args.identity_file is not None:
+            decryption = backup.read_identity_file(args.identity_file)
+        elif args.passphrase_file is not None:
+            decryption = backup.read_passphrase_file(args.passphrase_file)
+        entries = backup.read_backup(files.read_file(args.file), decryption,
+                                     source=str(args.file))
+        origin = str(args.file)
+    where = _location(args, need_settings=False)
+    check_database(where.database, where=None, writable=True)
+    _configure_cli_logging()
+    result, written = asyncio.run(_import(where, entries, origin))
+    for fingerprint in result.added:
+        print(f"imported {fingerprint}")
+    for fingerprint in result.already_held:
+        print(f"already held {fingerprint}")
+    for fingerprint, state in result.states:
+        print(f"restored state {state} of {fingerprint}")
+    if isinstance(written, Path):
+        print(f"wrote backup {written}")
+    elif written is not None:   # the keys are stored; say so, and that the backup is not
+        print(f"sealfleet: error: keys imported, but no backup was written: {written}",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
+async def _import(where: _Location, entries: list[tuple[sealing_keys.SealingKey,
+                                                        backup.BackedUpKey]],
+                  origin: str) -> tuple[ImportResult, Path | str | None]:
+    """The import's result, and the backup written after it (or why it failed)."""
+    from sealfleet.adapters.store import Store
+    from sealfleet.app import backups
+    from sealfleet.app.keystore import Keystore
+
+    policy = (backups.BackupPolicy.from_settings(
+        where.settings.backup, where=f"{where.settings.config_path}: backup")
+        if where.settings is not None else None)
+    async with Store.open(where.database, kek=where.kek) as store:
+        keystore = Keystore(store)
+        result = await backups.import_keys(store, keystore, entries,
+                                           actor="sealfleet keys import", origin=origin)
+        if policy is None or not result.added:
+            return result, None
+        try:   # a new key: back up at once (sealed-secrets #359)
+            return result, await backups.back_up_keystore(policy, keystore, store)
+        except FleetError as exc:
+            return result, str(exc)
