@@ -220,3 +220,36 @@ def test_a_pem_pair_of_two_keys_is_refused(rsa2048_keys: list[SealingKey]) -> No
                                            cert_source="c", key_source="k")
     assert (key.fingerprint, facts.state, facts.source) == (mine.fingerprint, "active",
                                                             "imported")
+
+
+async def test_a_backup_follows_every_new_key_and_a_restart_with_nothing_new_writes_none(
+        policy: backups.BackupPolicy, store: Store, rsa2048_keys: list[SealingKey],
+        age_identity: x25519.Identity) -> None:
+    """The race of sealed-secrets #359: a key made between two manual backups is lost."""
+    import asyncio
+
+    from polling import eventually
+
+    keystore = Keystore(store)
+    await keystore.adopt(rsa2048_keys[:1], source=KeySource.CLUSTER)
+    keeper = asyncio.create_task(backups.BackupKeeper(policy, keystore, store).run())
+    try:
+        async def files(count: int) -> list[Path]:
+            found = backups.backup_files(policy.directory)
+            return found if len(found) == count else []
+
+        (first,) = await eventually(lambda: files(1))
+        await keystore.adopt(rsa2048_keys[1:2], source=KeySource.CLUSTER)  # a new key
+        _, second = await eventually(lambda: files(2))
+    finally:
+        keeper.cancel()
+    opened = backup.read_backup(second.read_bytes(), opener(age_identity), source=str(second))
+    assert {key.fingerprint for key, _ in opened} == {k.fingerprint for k in rsa2048_keys[:2]}
+    # The next start: same keys (the fleet refreshes the keystore first), no new file.
+    restarted = Keystore(store)
+    await restarted.refresh()
+    assert restarted.fingerprints() == {k.fingerprint for k in rsa2048_keys[:2]}
+    keeper = asyncio.create_task(backups.BackupKeeper(policy, restarted, store).run())
+    await asyncio.sleep(0.5)
+    keeper.cancel()
+    assert backups.backup_files(policy.directory) == [first, second]

@@ -259,3 +259,37 @@ def key_from_pem_pair(certificate_pem: bytes, private_key_pem: bytes, *, cert_so
     return key, backup.BackedUpKey(fingerprint=key.fingerprint, state=KeyState.ACTIVE.value,
                                    source=KeySource.IMPORTED.value, fleet_master=False,
                                    secret_name="", backed_up_at=None)
+
+
+class BackupKeeper:
+    """A backup after every new key (renewal, a controller's own renewal, adopt, import):
+    this closes the race of sealed-secrets #359, where a key made between two manual
+    backups was lost with its cluster.  It follows the keystore's changes and writes a
+    backup whenever the key set differs from the newest backup's (the file name carries
+    the key set's id), so a restart with nothing new writes nothing."""
+
+    def __init__(self, policy: BackupPolicy, keystore: Keystore, store: Store) -> None:
+        self._policy = policy
+        self._keystore = keystore
+        self._store = store
+
+    def _backed_up(self, fingerprints: Sequence[str]) -> bool:
+        files = backup_files(self._policy.directory)
+        return bool(files) and files[-1].name.endswith(f"-{key_set_id(fingerprints)}.age")
+
+    async def run(self) -> None:
+        changed = self._keystore.subscribe()
+        try:
+            while True:
+                fingerprints = sorted(self._keystore.fingerprints())
+                if fingerprints and not await asyncio.to_thread(self._backed_up, fingerprints):
+                    try:
+                        await back_up_keystore(self._policy, self._keystore, self._store)
+                    except (FleetError, OSError) as error:
+                        # Said once per failure; the next key change tries again, and the
+                        # "backup missing after a new key" alert watches the metric.
+                        log.error("key_backup_failed", error=str(error))
+                await changed.wait()
+                changed.clear()
+        finally:
+            self._keystore.unsubscribe(changed)

@@ -36,13 +36,21 @@ from typing import Any, Protocol
 
 import structlog
 
-from sealfleet.adapters.http_api import ApiDeps, ApiServer, InventoryView, build_app, status_page
+from sealfleet.adapters.http_api import (
+    ApiDeps,
+    ApiServer,
+    InventoryView,
+    build_app,
+    metrics,
+    status_page,
+)
 from sealfleet.adapters.kube import kubeconfig
 from sealfleet.adapters.store import Store
 from sealfleet.adapters.systemd import Notifier
-from sealfleet.app import preflight
+from sealfleet.app import backups, preflight
 from sealfleet.app.config import Settings, load_settings
 from sealfleet.app.fleet import FleetManager
+from sealfleet.app.keystore import Keystore
 from sealfleet.app.logging import configure_logging, redacted_settings
 from sealfleet.domain.staleness import StalenessPolicy
 from sealfleet.errors import ConfigError, FleetError, PermanentError
@@ -63,6 +71,9 @@ class Fleet(Protocol):
 
     @property
     def attribution_backlog(self) -> int: ...  # items waiting for RSA right now
+
+    @property
+    def keystore(self) -> Keystore: ...        # the one owner of key state
 
     async def run(self) -> None: ...
     async def apply_settings(self, settings: Settings) -> None: ...
@@ -110,6 +121,7 @@ class Service:
         self.fleet: Fleet | None = None
         self.view: InventoryView | None = None
         self._store: Store | None = None
+        self._backups: backups.BackupKeeper | None = None
         self.migrations_applied = False
         self.reloads = 0
         self._tasks: dict[str, asyncio.Task[None]] = {}
@@ -148,6 +160,9 @@ class Service:
         try:
             async with contextlib.AsyncExitStack() as stack:
                 credentials = await asyncio.to_thread(preflight.check, settings)
+                # A bad [backup] file stops the start like any config error (exit 2).
+                backup_policy = await asyncio.to_thread(backups.BackupPolicy.from_settings,
+                                                        settings.backup)
                 store = await stack.enter_async_context(
                     Store.open(settings.store.database, kek=credentials.kek, exclusive=True))
                 self._store = store
@@ -162,7 +177,10 @@ class Service:
                 deps = ApiDeps(view=view, store=store, readiness=self.readiness,
                                read_token=credentials.read_token,
                                admin_token=credentials.admin_token,
-                               attribution_backlog=lambda: fleet.attribution_backlog)
+                               attribution_backlog=lambda: fleet.attribution_backlog,
+                               last_backup=metrics.newest_file_timestamp(settings.backup.dir))
+                if backup_policy is not None:
+                    self._backups = backups.BackupKeeper(backup_policy, fleet.keystore, store)
                 budget = settings.service.shutdown_timeout_seconds
                 server = ApiServer(
                     build_app(deps), socket_path=settings.api.socket,
@@ -201,6 +219,8 @@ class Service:
                                                       name=name)
 
             spawn("fleet", fleet.run())
+            if self._backups is not None:
+                spawn("backups", self._backups.run())
             spawn("api-snapshot", view.run_refresher())
             spawn("readiness", self._readiness(), eternal=False)
             spawn("watchdog", self._watchdog())
