@@ -53,7 +53,8 @@ def test_go_style_spellings_round_trip(hours: int, minutes: int, seconds: int,
 def test_the_defaults_are_upstreams() -> None:
     flags = parse_controller_flags([], {})
     assert flags == ControllerFlags()
-    assert flags.key_renew_period == 720 * HOUR and flags.self_renewal
+    assert flags.key_renew_period == 720 * HOUR
+    assert flags.self_renewal
     assert not flags.watch_for_secrets
     assert flags.key_prefix == "sealed-secrets-key"
     assert flags.key_order is KeyOrder.CERT_NOT_BEFORE
@@ -63,7 +64,8 @@ def test_the_command_line_beats_the_env_and_the_alias_counts() -> None:
     env = {"SEALED_SECRETS_KEY_RENEW_PERIOD": "1h", "SEALED_SECRETS_WATCH_FOR_SECRETS": "true",
            "SEALED_SECRETS_KEY_PREFIX": "from-env"}
     flags = parse_controller_flags(["--rotate-period=0", "--key-prefix", "mykeys"], env)
-    assert flags.key_renew_period == dt.timedelta(0) and not flags.self_renewal
+    assert flags.key_renew_period == dt.timedelta(0)
+    assert not flags.self_renewal
     assert flags.watch_for_secrets  # only the env says so
     assert flags.key_prefix == "mykeys"
     # Between two env vars the current name beats the deprecated alias.
@@ -79,7 +81,8 @@ def test_boolean_flags_take_no_separate_value_and_other_flags_do() -> None:
     flags = parse_controller_flags(
         ["--update-status", "--watch-for-secrets", "positional", "--key-renew-period", "0",
          "--log-level", "debug"], {})
-    assert flags.watch_for_secrets and flags.key_renew_period == dt.timedelta(0)
+    assert flags.watch_for_secrets
+    assert flags.key_renew_period == dt.timedelta(0)
     assert not parse_controller_flags(["--watch-for-secrets=false"], {}).watch_for_secrets
     assert parse_controller_flags(["--", "--watch-for-secrets"], {}) == ControllerFlags()
 
