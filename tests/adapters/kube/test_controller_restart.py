@@ -76,10 +76,16 @@ def start(kube_ca: CertificateAuthority, tmp_path: Path) -> Start:
     return running
 
 
+def recertified(key: SealingKey, days: int) -> SealingKey:
+    """*key* with a certificate from *days* from now (NotBefore has whole seconds: a key
+    made in the same second as the controller's own would tie with it)."""
+    when = dt.datetime.now(dt.UTC) + dt.timedelta(days=days)
+    return SealingKey(key.private_key, self_signed_certificate(key.private_key, now=when))
+
+
 def newer_key(key: SealingKey) -> SealingKey:
-    """*key* with a certificate from tomorrow: newer than any key the controller made."""
-    tomorrow = dt.datetime.now(dt.UTC) + dt.timedelta(days=1)
-    return SealingKey(key.private_key, self_signed_certificate(key.private_key, now=tomorrow))
+    """Newer than any key the controller made: it seals once loaded."""
+    return recertified(key, 1)
 
 
 async def served(client: KubeClient) -> str:
@@ -180,21 +186,26 @@ async def test_a_crash_loop_ends_the_wait_with_the_reason(
     assert "pod sealed-secrets-controller-" in result.reason
 
 
-async def test_a_key_that_never_becomes_the_sealing_key_times_out_with_what_is_served(
+async def test_the_wait_outlasts_the_old_pod_and_times_out_saying_what_is_served(
         start: Start, rsa2048_keys: list[SealingKey]) -> None:
-    older = rsa2048_keys[0]  # its NotBefore is older than the controller's own key's
+    """The old controller serves the same key until the new one is ready: waiting for that
+    key must not end before the rollout has; a key that never seals ends in a timeout."""
+    older = recertified(rsa2048_keys[0], -1)  # older than the controller's own key
     async with start() as running, running.client() as client:
         own = await served(client)
         await fleet_keys.ensure_key_secret(client, NS, older, "job-4")
         outcome = await controller_restart.restart_controller(
             client, NS, NAME, mode=RestartMode.ROLLOUT, job_id="job-4")
+        done = await controller_restart.wait_until_serving(
+            client, NS, NAME, own, WAIT, replaced_pods=outcome.replaced_pods, policy=FAST)
+        assert done.serving
+        assert set(running.pod_names()).isdisjoint(outcome.replaced_pods)
         result = await controller_restart.wait_until_serving(
-            client, NS, NAME, older.fingerprint, 2.0, replaced_pods=outcome.replaced_pods,
-            policy=FAST)
+            client, NS, NAME, older.fingerprint, 1.0, policy=FAST)
     assert not result.serving
     assert result.rollout_complete
     assert result.served_fingerprint == own
-    assert result.reason.startswith("timed out after 2s: serving ")
+    assert result.reason.startswith("timed out after 1s: serving ")
 
 
 async def test_plan_apply_and_replan_against_a_live_controller(

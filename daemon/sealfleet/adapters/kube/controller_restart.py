@@ -139,7 +139,7 @@ async def wait_until_serving(client: KubeClient, namespace: str, name: str, fing
                 try:
                     result = await watch.poll()
                 except TransientError as error:
-                    watch.reason = str(error)
+                    watch.error = str(error)
                     retry_after = error.retry_after
                 else:
                     if result is not None:
@@ -162,13 +162,24 @@ class _Watch:
         self.served: str | None = None
         self.complete = False
         self.crash = False
-        self.reason = "not polled yet"
+        self.error: str | None = None  # the last poll's transient error
+        self._rollout_reason = "not polled yet"
+        self._serve_reason = "/v1/cert.pem not asked yet"
+
+    @property
+    def reason(self) -> str:
+        """What was wrong at the last look (a poll cut short by the timeout keeps the
+        findings of the one before)."""
+        if self.error is not None:
+            return self.error
+        return self._serve_reason if self.complete else self._rollout_reason
 
     def result(self, serving: bool, reason: str) -> ServingResult:
         return ServingResult(serving, self.served, self.complete, self.crash, reason)
 
     async def poll(self) -> ServingResult | None:
         """One look; a final result, or None to look again later."""
+        self.error = None
         before = await self._rollout()
         if before is None or not before.complete:
             return self._final(before)
@@ -183,7 +194,7 @@ class _Watch:
             return self._final(after)
         self.served = certificate.fingerprint
         if self.served != self._fingerprint:
-            self.reason = f"serving {self.served}, not {self._fingerprint}"
+            self._serve_reason = f"serving {self.served}, not {self._fingerprint}"
             return None
         return self.result(True, "serving")
 
@@ -205,10 +216,12 @@ class _Watch:
             self._baseline = {} if self._replaced else {p.name: p.restarts for p in pods}
         crash = rollout_status.crash_loop(pods, self._baseline, replaced=self._replaced)
         if crash is not None:
-            self.crash, self.complete, self.reason = True, False, crash
+            self.crash, self.complete, self._rollout_reason = True, False, crash
             return None
         state = rollout_status.rollout_state(deployment, pods, replaced=self._replaced)
-        self.complete, self.reason = state.complete, state.reason
+        self.complete = state.complete
+        if not state.complete:
+            self._rollout_reason = state.reason
         return state
 
 
