@@ -37,6 +37,7 @@ from sealfleet.sandbox.tls import CertificateAuthority
 NS, NAME = "kube-system", "sealed-secrets-controller"
 FAST = retry.BackoffPolicy(initial=0.05, cap=0.2)
 WAIT = 30.0  # seconds: a bound for a broken test, never reached by a passing one
+STARTUP_DELAY = 0.3
 
 
 @dataclasses.dataclass
@@ -64,9 +65,12 @@ def start(kube_ca: CertificateAuthority, tmp_path: Path) -> Start:
     @asynccontextmanager
     async def running(**flags: Any) -> AsyncIterator[Running]:
         with ThreadPoolExecutor(2) as executor:
+            # A short start-up delay: the old Pod serves while the new one starts, as on
+            # a real cluster, without making every restart cost seconds.
             cluster = SandboxCluster("c1", ca=kube_ca, executor=executor,
                                      flags=ControllerFlags(key_size=2048, **flags),
-                                     crash_backoff=(0.05, 0.4), bookmark_interval=0.2)
+                                     crash_backoff=(0.05, 0.4), bookmark_interval=0.2,
+                                     startup_delay=STARTUP_DELAY)
             async with cluster:
                 await cluster.wait_serving()
                 kubeconfig = write_kubeconfig(tmp_path / "kubeconfig", [KubeconfigContext(
