@@ -23,6 +23,7 @@ from __future__ import annotations
 import base64
 import binascii
 import datetime as dt
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -203,3 +204,113 @@ def _tlv(der: bytes, pos: int) -> tuple[int, int, int]:
     if pos + length > len(der):
         raise ValueError("truncated DER")
     return tag, pos, pos + length
+
+
+# ------------------------------------------------------------- the fleet's key Secrets
+#
+# A key Secret sealfleet writes is named after its key, so that writing it again (a job
+# resumed, another cluster) finds the same Secret.  The name is never the controller's
+# legacy name (``sealed-secrets-key``, loaded whatever its label, so it could never be
+# retired by relabelling), and it is a valid DNS subdomain of fixed length.
+
+FLEET_SECRET_PREFIX = "sealed-secrets-key-sf-"  # noqa: S105 (a name, not a password)
+MANAGED_ANNOTATION = "sealfleet.io/managed"
+FINGERPRINT_ANNOTATION = "sealfleet.io/fingerprint"
+JOB_ANNOTATION = "sealfleet.io/job-id"
+# The controller loads only ``active`` (sealed-secrets.md §2); any other value "effectively
+# deletes the key from the controller".  ``compromised`` is the README's convention.
+LABEL_RETIRED = "retired"
+_MAX_NAME = 253
+_DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+
+
+def fleet_key_secret_name(fingerprint: str) -> str:
+    """``sealed-secrets-key-sf-`` + lowercase unpadded base32 of the fingerprint's digest.
+
+    InputError for a string that is not a controller fingerprint (``SHA256:`` + base64
+    of 32 bytes).
+    """
+    head, _, encoded = fingerprint.partition(":")
+    try:
+        digest = base64.b64decode(encoded + "=" * (-len(encoded) % 4), validate=True)
+    except (binascii.Error, ValueError):
+        digest = b""
+    if head != "SHA256" or len(digest) != 32:
+        raise InputError(f"not a key fingerprint: {fingerprint[:80]!r}")
+    name = FLEET_SECRET_PREFIX + base64.b32encode(digest).decode().rstrip("=").lower()
+    # 22 + 52 characters: far below the limit; the checks keep it so if the scheme changes.
+    assert len(name) <= _MAX_NAME
+    assert _DNS_SUBDOMAIN.match(name)
+    assert name != domain_keys.DEFAULT_KEY_PREFIX
+    return name
+
+
+def label_for_state(state: domain_keys.KeyState) -> str:
+    """The key label a key in *state* should carry in a cluster (only ``active`` loads)."""
+    return {domain_keys.KeyState.ACTIVE: domain_keys.KEY_LABEL_ACTIVE,
+            domain_keys.KeyState.RETIRED: LABEL_RETIRED,
+            domain_keys.KeyState.COMPROMISED: domain_keys.KEY_LABEL_COMPROMISED}[state]
+
+
+def is_managed(secret: Mapping[str, Any]) -> bool:
+    """Was this key Secret written by sealfleet (``sealfleet.io/managed: "true"``)?"""
+    annotations = (secret.get("metadata") or {}).get("annotations") or {}
+    return isinstance(annotations, Mapping) and annotations.get(MANAGED_ANNOTATION) == "true"
+
+
+def fleet_key_secret_manifest(key: domain_keys.SealingKey, *, namespace: str, job_id: str,
+                              label: str = domain_keys.KEY_LABEL_ACTIVE) -> dict[str, Any]:
+    """The key Secret sealfleet writes for *key*: the controller's own layout (type
+    ``kubernetes.io/tls``, PKCS#1 ``tls.key``, the certificate in ``tls.crt``) under the
+    fleet name, with sealfleet's annotations.  Not yet checked: see
+    :func:`check_fleet_key_secret`."""
+    manifest = domain_keys.key_secret_manifest(
+        key, namespace=namespace, name=fleet_key_secret_name(key.fingerprint),
+        label_value=label)
+    manifest["metadata"]["annotations"] = {MANAGED_ANNOTATION: "true",
+                                           FINGERPRINT_ANNOTATION: key.fingerprint,
+                                           JOB_ANNOTATION: job_id}
+    return manifest
+
+
+def check_fleet_key_secret(manifest: Mapping[str, Any], fingerprint: str, *,
+                           key_prefix: str = domain_keys.DEFAULT_KEY_PREFIX) -> KeySecret:
+    """Read *manifest* as the controller will, before it is written; InputError if it
+    would not load it as the key *fingerprint*.
+
+    An ``active`` key Secret the controller cannot parse crashes it at start (it indexes
+    the certificates of a failed parse, sealed-secrets.md §2), so a Secret is written only
+    when: its ``tls.key`` is an RSA private key that is consistent, its ``tls.crt`` holds
+    a certificate of that same key (the controller requires one and never checks the
+    pair), it is the expected key, its type is ``kubernetes.io/tls``, and its name is not
+    the controller's legacy name (which could never be retired by its label).
+    """
+    name = str((manifest.get("metadata") or {}).get("name") or "")
+    if name in (domain_keys.DEFAULT_KEY_PREFIX, key_prefix):
+        raise InputError(f"Secret {name!r}: the controller's legacy name is loaded whatever "
+                         "its label; sealfleet never writes it")
+    if manifest.get("type") != "kubernetes.io/tls":
+        raise InputError(f"Secret {name!r}: type must be kubernetes.io/tls")
+    secret = read_key_secret(manifest)
+    if secret.certificate is None:
+        raise InputError(f"Secret {name!r}: data['tls.crt'] holds no certificate (the "
+                         "controller would crash on it)")
+    if secret.problem is not None:
+        raise InputError(f"Secret {name!r}: {secret.problem}")
+    if secret.fingerprint != fingerprint:
+        raise InputError(f"Secret {name!r}: holds {secret.fingerprint}, not {fingerprint}")
+    secret.load()  # InputError: not a consistent RSA key
+    return secret
+
+
+def same_key_material(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
+    """Do two key Secrets hold byte-identical ``tls.crt`` and ``tls.key``?"""
+    def material(secret: Mapping[str, Any]) -> tuple[bytes, bytes] | None:
+        data = secret.get("data") or {}
+        try:
+            return (base64.b64decode(str(data.get("tls.crt") or ""), validate=True),
+                    base64.b64decode(str(data.get("tls.key") or ""), validate=True))
+        except (binascii.Error, ValueError):
+            return None
+    mine, theirs = material(a), material(b)
+    return mine is not None and mine == theirs and bool(mine[1])

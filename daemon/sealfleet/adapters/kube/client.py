@@ -13,17 +13,22 @@ Every library error is translated here, exactly once, into our hierarchy:
   or continue token is too old; the caller relists.
 - :class:`NotFound` (404): a :class:`PermanentError` callers may expect (legacy key
   Secret absent, controller Service missing).
+- :class:`Conflict` (409; :class:`AlreadyExists` when a create finds the name taken):
+  a precondition (resourceVersion, uid) failed; the caller re-reads and re-plans.
 - :class:`~sealfleet.errors.TransientError`: timeouts, refused or dropped connections,
   5xx, 429 (with ``retry_after`` from ``Retry-After`` on 429 and 503).
 - :class:`~sealfleet.errors.PermanentError`: other 4xx (401, 403...), TLS verification
   failures, kubeconfig problems.
 
-Messages carry the method, path and the server's Status message, never a body.
+Messages carry the method, path and the server's Status message, never a body; when a
+write fails, any Secret value we sent is scrubbed from the server's message too (an
+apiserver or an admission webhook may quote the object it refused).
 """
 
 from __future__ import annotations
 
 import asyncio
+import enum
 import json
 import ssl
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping
@@ -35,6 +40,7 @@ from urllib.parse import urlencode
 import aiohttp
 
 from sealfleet.adapters.kube import kubeconfig as kubeconfig_files
+from sealfleet.adapters.kube import writing
 from sealfleet.domain.redaction import mask_text
 from sealfleet.errors import PermanentError, TransientError
 
@@ -55,6 +61,23 @@ class Gone(TransientError):
 
 class NotFound(PermanentError):
     """404: the object does not exist."""
+
+
+class Conflict(PermanentError):
+    """409: the object changed since it was read (resourceVersion or uid precondition
+    failed).  Retrying the same request cannot succeed: re-read, re-plan, write again."""
+
+
+class AlreadyExists(Conflict):
+    """409 AlreadyExists: a create found the name taken."""
+
+
+class PatchType(enum.StrEnum):
+    """The three patch formats of PATCH, by Content-Type."""
+
+    MERGE = "application/merge-patch+json"
+    STRATEGIC = "application/strategic-merge-patch+json"
+    JSON = "application/json-patch+json"
 
 
 @dataclass(frozen=True)
@@ -103,6 +126,16 @@ def _retry_after(headers: Mapping[str, str]) -> float | None:
         return None  # an HTTP-date: rare from kube; fall back to our own backoff
 
 
+def status_reason(text: str) -> str | None:
+    """The machine ``reason`` of a Kubernetes Status body (``AlreadyExists``, ...)."""
+    try:
+        body = json.loads(text)
+    except ValueError:
+        return None
+    reason = body.get("reason") if isinstance(body, dict) else None
+    return reason if isinstance(reason, str) else None
+
+
 def status_message(text: str) -> str:
     """The ``message`` of a Kubernetes Status body, else a bounded first line."""
     try:
@@ -118,13 +151,16 @@ def status_message(text: str) -> str:
 
 
 def error_for_status(status: int, what: str, message: str,
-                     retry_after: float | None = None) -> TransientError | PermanentError:
+                     retry_after: float | None = None, *,
+                     reason: str | None = None) -> TransientError | PermanentError:
     """Our error for an unsuccessful HTTP status (also used for watch ERROR events)."""
     text = f"{what}: HTTP {status}" + (f": {message}" if message else "")
     if status == 410:
         return Gone(text)
     if status == 404:
         return NotFound(text)
+    if status == 409:
+        return AlreadyExists(text) if reason == "AlreadyExists" else Conflict(text)
     if status in _TRANSIENT_STATUSES:
         return TransientError(text, retry_after=retry_after if status in (429, 503) else None)
     return PermanentError(text)
@@ -183,10 +219,11 @@ class KubeClient:
 
     async def _call(self, method: str, path: str, *, query: Mapping[str, str] | None = None,
                     body: Any = None, accept: str = "application/json",
+                    content_type: str = "application/json",
                     client_timeout: aiohttp.ClientTimeout | None = None,
                     ) -> aiohttp.ClientResponse:
         client_timeout = client_timeout or aiohttp.ClientTimeout(total=self.request_timeout)
-        headers = {"Accept": accept, "Content-Type": "application/json",
+        headers = {"Accept": accept, "Content-Type": content_type,
                    "User-Agent": _USER_AGENT}
         authorization = await self._access.credentials.authorization()
         if authorization:
@@ -204,10 +241,12 @@ class KubeClient:
         return response
 
     async def request(self, method: str, path: str, *, query: Mapping[str, str] | None = None,
-                      body: Any = None, accept: str = "application/json") -> Response:
+                      body: Any = None, accept: str = "application/json",
+                      content_type: str = "application/json") -> Response:
         """A whole call whatever its status (callers that care about e.g. 409 use this)."""
         what = f"{method} {path}"
-        response = await self._call(method, path, query=query, body=body, accept=accept)
+        response = await self._call(method, path, query=query, body=body, accept=accept,
+                                    content_type=content_type)
         try:
             body = await response.read()
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
@@ -226,6 +265,72 @@ class KubeClient:
             return json.loads(response.body)  # straight from bytes: no text copy of a page
         except ValueError as exc:
             raise _translate(exc, f"GET {path}") from exc
+
+    async def create_json(self, path: str, body: Mapping[str, Any]) -> dict[str, Any]:
+        """POST *body* to a collection; the created object.  A taken name is
+        :class:`AlreadyExists`."""
+        return await self._write("POST", path, body)
+
+    async def replace_json(self, path: str, body: Mapping[str, Any]) -> dict[str, Any]:
+        """PUT *body* over the object at *path*; the updated object.
+
+        *body* must carry the ``metadata.resourceVersion`` it was read at: a PUT without
+        one overwrites whatever is there now, which we never mean.  A changed object is
+        :class:`Conflict`.
+        """
+        metadata = body.get("metadata")
+        if not isinstance(metadata, Mapping) or not metadata.get("resourceVersion"):
+            raise ValueError(f"PUT {path}: the body has no metadata.resourceVersion")
+        return await self._write("PUT", path, body)
+
+    async def patch_json(self, path: str, patch: Any, *,
+                         patch_type: PatchType = PatchType.MERGE,
+                         resource_version: str | None = None) -> dict[str, Any]:
+        """PATCH the object at *path*; the patched object.
+
+        With *resource_version* the patch applies only to that version of the object
+        (else :class:`Conflict`): merge and strategic patches carry it as
+        ``metadata.resourceVersion``, which the apiserver checks; a JSON patch gets a
+        ``replace`` of ``/metadata/resourceVersion`` first, which has the same effect.
+        """
+        if resource_version is not None:
+            patch = writing.with_resource_version(patch, patch_type.value, resource_version)
+        return await self._write("PATCH", path, patch, content_type=patch_type.value)
+
+    async def delete(self, path: str, *, uid: str | None = None,
+                     resource_version: str | None = None,
+                     grace_period_seconds: int | None = None) -> dict[str, Any]:
+        """DELETE the object at *path*, with ``DeleteOptions.preconditions`` when given.
+
+        The answer is a Status, or the object itself while its deletion is under way
+        (a Pod with a ``deletionTimestamp``).  A failed precondition is :class:`Conflict`;
+        an absent object :class:`NotFound`.
+        """
+        options: dict[str, Any] = {"kind": "DeleteOptions", "apiVersion": "v1"}
+        preconditions = {key: value for key, value in (("uid", uid),
+                                                       ("resourceVersion", resource_version))
+                         if value is not None}
+        if preconditions:
+            options["preconditions"] = preconditions
+        if grace_period_seconds is not None:
+            options["gracePeriodSeconds"] = grace_period_seconds
+        return await self._write("DELETE", path, options)
+
+    async def _write(self, method: str, path: str, body: Any, *,
+                     content_type: str = "application/json") -> dict[str, Any]:
+        what = f"{method} {path}"
+        response = await self.request(method, path, body=body, content_type=content_type)
+        if not 200 <= response.status < 300:
+            message = writing.scrub(status_message(response.text), body)
+            raise error_for_status(response.status, what, message, response.retry_after,
+                                   reason=status_reason(response.text))
+        try:
+            document = json.loads(response.body)
+        except ValueError as exc:
+            raise _translate(exc, what) from exc
+        if not isinstance(document, dict):
+            raise TransientError(f"{what}: response is not an object")
+        return document
 
     async def get_text(self, path: str, *, accept: str) -> str:
         response = await self.request("GET", path, accept=accept)

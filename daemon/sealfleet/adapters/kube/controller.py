@@ -8,11 +8,14 @@ kubeseal (``services/proxy`` on those names) is all the daemon needs.
 
 from __future__ import annotations
 
+import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from sealfleet.adapters.kube.client import KubeClient, error_for_status, status_message
 from sealfleet.domain.keys import Certificate, load_certificate
+from sealfleet.domain.planning import controller_flags
 from sealfleet.errors import InputError, PermanentError, TransientError
 
 SEALED_SECRETS_PATH = "/apis/bitnami.com/v1alpha1/sealedsecrets"
@@ -42,7 +45,7 @@ def sealed_secret_path(namespace: str, name: str) -> str:
 
 async def read_deployment(client: KubeClient, namespace: str, name: str) -> Deployment:
     """The controller's Deployment (``NotFound`` when it is not installed)."""
-    document = await client.get_json(f"/apis/apps/v1/namespaces/{namespace}/deployments/{name}")
+    document = await client.get_json(deployment_path(namespace, name))
     spec = document.get("spec") or {}
     status = document.get("status") or {}
     metadata = document.get("metadata") or {}
@@ -101,3 +104,65 @@ async def verify(client: KubeClient, namespace: str, proxy: str,
         raise TransientError(f"POST {path}: rate limited", retry_after=response.retry_after)
     raise error_for_status(response.status, f"POST {path}", message, response.retry_after)
 
+
+
+# ------------------------------------------------------------------ controller flags
+
+# The controller container: the static manifest's name, then the Helm chart's.
+_CONTAINER_NAMES = ("sealed-secrets-controller", "controller")
+_VARIABLE = re.compile(r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_.-]*)\)")
+
+
+def deployment_path(namespace: str, name: str) -> str:
+    return f"/apis/apps/v1/namespaces/{namespace}/deployments/{name}"
+
+
+async def read_controller_flags(client: KubeClient, namespace: str,
+                                name: str) -> controller_flags.ControllerFlags:
+    """The key-related flags of the controller's Deployment (``NotFound`` when absent)."""
+    document = await client.get_json(deployment_path(namespace, name))
+    return flags_of_deployment(document, f"{namespace}/{name}")
+
+
+def flags_of_deployment(deployment: Mapping[str, Any],
+                        where: str) -> controller_flags.ControllerFlags:
+    """Parse the controller container's ``command[1:]`` + ``args`` and env as the
+    controller would; a value it would refuse is a PermanentError naming the flag."""
+    pod_spec = ((deployment.get("spec") or {}).get("template") or {}).get("spec") or {}
+    containers = [c for c in pod_spec.get("containers") or [] if isinstance(c, Mapping)]
+    if not containers:
+        raise PermanentError(f"deployment {where} has no containers")
+    container = next((c for wanted in _CONTAINER_NAMES for c in containers
+                      if c.get("name") == wanted), containers[0])
+    env: dict[str, str] = {}
+    unresolved: list[str] = []
+    for variable in container.get("env") or []:
+        if not isinstance(variable, Mapping) or not isinstance(variable.get("name"), str):
+            continue
+        if "valueFrom" in variable:
+            env.pop(variable["name"], None)
+            if variable["name"].startswith(controller_flags.ENV_PREFIX):
+                unresolved.append(variable["name"])
+        else:
+            env[variable["name"]] = str(variable.get("value", ""))
+    for source in container.get("envFrom") or []:
+        if isinstance(source, Mapping):
+            kind = "configMapRef" if "configMapRef" in source else "secretRef"
+            ref = source.get(kind) or {}
+            unresolved.append(f"envFrom {kind} {ref.get('name', '?')}")
+    args = [_expand(str(a), env) for a in [*(container.get("command") or [])[1:],
+                                              *(container.get("args") or [])]]
+    try:
+        return controller_flags.parse_controller_flags(args, env, unresolved=unresolved)
+    except controller_flags.FlagsError as exc:
+        raise PermanentError(f"deployment {where}: {exc}") from None
+
+
+def _expand(arg: str, env: Mapping[str, str]) -> str:
+    """Kubernetes' ``$(VAR)`` expansion of container args (``$$`` escapes; an unknown
+    variable is left as written, as the kubelet leaves it)."""
+    def substitute(match: re.Match[str]) -> str:
+        if match.group(0) == "$$":
+            return "$"
+        return env.get(match.group(1), match.group(0))
+    return _VARIABLE.sub(substitute, arg)

@@ -21,14 +21,13 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from sealfleet.domain.keys import DEFAULT_KEY_PREFIX
+from sealfleet.domain.planning import controller_flags
 
 CONTAINER_NAME = "sealed-secrets-controller"
 IMAGE = "docker.io/bitnami/sealed-secrets-controller:0.36.6"
 ORDER_BY_NOT_BEFORE = "CertNotBefore"
 ORDER_BY_CREATION = "SecretCreationTimestamp"
 
-_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
-_UNIT_SECONDS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
 _PREFIX_PATTERN = re.compile(r"^[a-z0-9-]{1,245}$")
 
 
@@ -37,24 +36,11 @@ class FlagError(ValueError):
 
 
 def parse_go_duration(text: str) -> dt.timedelta:
-    """Go's ``time.ParseDuration``: a sequence of number+unit, optional sign, ``0`` alone."""
-    value = text.strip()
-    sign = 1.0
-    if value[:1] in "+-" and value:
-        sign = -1.0 if value[0] == "-" else 1.0
-        value = value[1:]
-    if value == "0":
-        return dt.timedelta(0)
-    position, seconds = 0, 0.0
-    while position < len(value):
-        match = _DURATION_PART.match(value, position)
-        if match is None:
-            raise FlagError(f'time: invalid duration "{text}"')
-        seconds += float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
-        position = match.end()
-    if not value:
-        raise FlagError(f'time: invalid duration "{text}"')
-    return dt.timedelta(seconds=sign * seconds)
+    """Go's ``time.ParseDuration`` (the daemon's parser: one definition of the syntax)."""
+    try:
+        return controller_flags.parse_go_duration(text)
+    except ValueError as exc:
+        raise FlagError(str(exc)) from None
 
 
 def format_go_duration(delta: dt.timedelta) -> str:
