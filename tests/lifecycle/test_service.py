@@ -20,6 +20,7 @@ import pytest
 from sealfleet.adapters.store import Store, generate_kek_file
 from sealfleet.adapters.systemd import Notifier
 from sealfleet.app.config import Settings, load_settings
+from sealfleet.app.keystore import Keystore
 from sealfleet.app.service import Service
 from sealfleet.errors import StoreError
 
@@ -41,6 +42,7 @@ class FakeFleet:
 
     def __init__(self, settings: Settings, store: Store, executor: ThreadPoolExecutor) -> None:
         self.settings = settings
+        self.keystore = Keystore(store)
         self.first_pass_done = asyncio.Event()
         self.progress = 0
         self.changes = 0

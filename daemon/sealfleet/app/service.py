@@ -43,7 +43,12 @@ from sealfleet.adapters.systemd import Notifier
 from sealfleet.app import preflight
 from sealfleet.app.config import Settings, load_settings
 from sealfleet.app.fleet import FleetManager
+from sealfleet.app.jobs import key_jobs
+from sealfleet.app.jobs.context import JobContext
+from sealfleet.app.jobs.runner import JobRunner
+from sealfleet.app.keystore import Keystore
 from sealfleet.app.logging import configure_logging, redacted_settings
+from sealfleet.app.scheduler import Scheduler
 from sealfleet.domain.staleness import StalenessPolicy
 from sealfleet.errors import ConfigError, FleetError, PermanentError
 
@@ -63,6 +68,9 @@ class Fleet(Protocol):
 
     @property
     def attribution_backlog(self) -> int: ...  # items waiting for RSA right now
+
+    @property
+    def keystore(self) -> Keystore: ...        # the one owner of key state
 
     async def run(self) -> None: ...
     async def apply_settings(self, settings: Settings) -> None: ...
@@ -110,6 +118,8 @@ class Service:
         self.fleet: Fleet | None = None
         self.view: InventoryView | None = None
         self._store: Store | None = None
+        self.jobs: JobRunner | None = None
+        self._scheduler: Scheduler | None = None
         self.migrations_applied = False
         self.reloads = 0
         self._tasks: dict[str, asyncio.Task[None]] = {}
@@ -159,10 +169,17 @@ class Service:
                 view = self.view = InventoryView(
                     store, policy=policy_of(settings),
                     changes=lambda: fleet.changes, render_status_page=status_page.render)
+                context = JobContext(store=store, keystore=fleet.keystore,
+                                     settings=lambda: self.settings)
+                jobs = self.jobs = JobRunner(store, key_jobs.build(context))
+                self._scheduler = Scheduler(
+                    jobs, store, settings=lambda: self.settings,
+                    report=lambda: view.snapshot.report if view.snapshot else None)
                 deps = ApiDeps(view=view, store=store, readiness=self.readiness,
                                read_token=credentials.read_token,
                                admin_token=credentials.admin_token,
-                               attribution_backlog=lambda: fleet.attribution_backlog)
+                               attribution_backlog=lambda: fleet.attribution_backlog,
+                               jobs=jobs)
                 budget = settings.service.shutdown_timeout_seconds
                 server = ApiServer(
                     build_app(deps), socket_path=settings.api.socket,
@@ -201,6 +218,9 @@ class Service:
                                                       name=name)
 
             spawn("fleet", fleet.run())
+            if self.jobs is not None and self._scheduler is not None:
+                spawn("jobs", self.jobs.run())
+                spawn("scheduler", self._scheduler.run())
             spawn("api-snapshot", view.run_refresher())
             spawn("readiness", self._readiness(), eternal=False)
             spawn("watchdog", self._watchdog())
