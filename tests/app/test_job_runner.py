@@ -13,7 +13,7 @@ from polling import eventually
 from sealfleet.adapters.store import KeyEncryptionKey, Store
 from sealfleet.adapters.store.records import JobItem, JobRecord, JsonObject
 from sealfleet.app.jobs.executor import Plan, StepOutcome
-from sealfleet.app.jobs.runner import JobRunner
+from sealfleet.app.jobs.runner import JobRunner, phases
 from sealfleet.domain.jobs import JobKind, StepState
 from sealfleet.domain.keys import SealingKey
 from sealfleet.errors import PermanentError, RefusedError
@@ -154,3 +154,9 @@ async def test_a_new_key_is_stored_with_its_job_and_only_then(
     await runner.submit("key_sync", {}, actor="t")
     loaded = await store.keys.load_private_keys()
     assert [k.fingerprint for k in loaded.keys] == [key.fingerprint]
+
+
+def test_steps_run_phase_by_phase_in_the_order_planned() -> None:
+    assert phases(["master:k1", "cluster:a", "cluster:b", "verify:all"]) == [
+        ["master:k1"], ["cluster:a", "cluster:b"], ["verify:all"]]
+    assert phases(["a", "b"]) == [["a"], ["b"]]

@@ -234,6 +234,9 @@ class FleetSettings(_Section):
     """After each renewal, reseal every stale SealedSecret with the new key (a reseal job).
     Default false: a reseal is a user's decision."""
 
+    key_bits: Literal[2048, 3072, 4096] = 4096
+    """RSA size of the master keys sealfleet generates.  Default 4096: the controller's."""
+
     restart_concurrency: int = Field(default=4, ge=1, le=64)
     """Controllers restarted at once across the fleet after a key change (a restart
     re-unseals every SealedSecret of its cluster).  Default 4."""

@@ -121,6 +121,16 @@ class Keystore:
             self.master = frozenset(master)
             self._notify()
 
+    async def remove_master(self, fingerprint: str) -> None:
+        """Out of the fleet master set (a compromised or retired key; idempotent)."""
+        async with self._state_lock:
+            if fingerprint not in self.master:
+                return
+            master = sorted(self.master - {fingerprint})
+            await self._keys.set_fleet_master(master)
+            self.master = frozenset(master)
+            self._notify()
+
     async def mark_compromised(self, fingerprints: Iterable[str]) -> bool:
         """Mark keys compromised (never undone here); True when the set grew."""
         marked = frozenset(fingerprints)

@@ -50,8 +50,12 @@ from sealfleet.adapters.systemd import Notifier
 from sealfleet.app import backups, preflight
 from sealfleet.app.config import Settings, load_settings
 from sealfleet.app.fleet import FleetManager
+from sealfleet.app.jobs import key_jobs
+from sealfleet.app.jobs.context import JobContext
+from sealfleet.app.jobs.runner import JobRunner
 from sealfleet.app.keystore import Keystore
 from sealfleet.app.logging import configure_logging, redacted_settings
+from sealfleet.app.scheduler import Scheduler
 from sealfleet.domain.staleness import StalenessPolicy
 from sealfleet.errors import ConfigError, FleetError, PermanentError
 
@@ -122,6 +126,8 @@ class Service:
         self.view: InventoryView | None = None
         self._store: Store | None = None
         self._backups: backups.BackupKeeper | None = None
+        self.jobs: JobRunner | None = None
+        self._scheduler: Scheduler | None = None
         self.migrations_applied = False
         self.reloads = 0
         self._tasks: dict[str, asyncio.Task[None]] = {}
@@ -174,11 +180,18 @@ class Service:
                 view = self.view = InventoryView(
                     store, policy=policy_of(settings),
                     changes=lambda: fleet.changes, render_status_page=status_page.render)
+                context = JobContext(store=store, keystore=fleet.keystore,
+                                     settings=lambda: self.settings)
+                jobs = self.jobs = JobRunner(store, key_jobs.build(context))
+                self._scheduler = Scheduler(
+                    jobs, store, settings=lambda: self.settings,
+                    report=lambda: view.snapshot.report if view.snapshot else None)
                 deps = ApiDeps(view=view, store=store, readiness=self.readiness,
                                read_token=credentials.read_token,
                                admin_token=credentials.admin_token,
                                attribution_backlog=lambda: fleet.attribution_backlog,
-                               last_backup=metrics.newest_file_timestamp(settings.backup.dir))
+                               last_backup=metrics.newest_file_timestamp(settings.backup.dir),
+                               jobs=jobs)
                 if backup_policy is not None:
                     self._backups = backups.BackupKeeper(backup_policy, fleet.keystore, store)
                 budget = settings.service.shutdown_timeout_seconds
@@ -221,6 +234,9 @@ class Service:
             spawn("fleet", fleet.run())
             if self._backups is not None:
                 spawn("backups", self._backups.run())
+            if self.jobs is not None and self._scheduler is not None:
+                spawn("jobs", self.jobs.run())
+                spawn("scheduler", self._scheduler.run())
             spawn("api-snapshot", view.run_refresher())
             spawn("readiness", self._readiness(), eternal=False)
             spawn("watchdog", self._watchdog())

@@ -108,11 +108,10 @@ async def set_key_label(client: KubeClient, namespace: str, name: str, value: st
     return _resource_version(patched)
 
 
-async def read_key_holdings(client: KubeClient, namespace: str, *,
-                            key_prefix: str = DEFAULT_KEY_PREFIX) -> KeyHoldings:
+async def read_key_secrets(client: KubeClient, namespace: str, *,
+                           key_prefix: str = DEFAULT_KEY_PREFIX) -> list[dict[str, Any]]:
     """Every Secret of *namespace* with the key label (any value), and the legacy one
-    named *key_prefix*, read as key holdings for :mod:`~sealfleet.domain.planning.key_sync`.
-    """
+    named *key_prefix* (the controller loads it whatever its label)."""
     secrets: dict[str, dict[str, Any]] = {}
     async for page in client.list_pages(secrets_path(namespace), label_selector=KEY_LABEL):
         for item in page.items:
@@ -120,7 +119,15 @@ async def read_key_holdings(client: KubeClient, namespace: str, *,
     if key_prefix not in secrets:
         with contextlib.suppress(NotFound):  # no legacy key Secret: the usual case
             secrets[key_prefix] = await client.get_json(secret_path(namespace, key_prefix))
-    return await asyncio.to_thread(_holdings, list(secrets.values()))
+    return list(secrets.values())
+
+
+async def read_key_holdings(client: KubeClient, namespace: str, *,
+                            key_prefix: str = DEFAULT_KEY_PREFIX) -> KeyHoldings:
+    """:func:`read_key_secrets` read as key holdings for
+    :mod:`~sealfleet.domain.planning.key_sync`."""
+    secrets = await read_key_secrets(client, namespace, key_prefix=key_prefix)
+    return await asyncio.to_thread(_holdings, secrets)
 
 
 def _checked_manifest(key: SealingKey, namespace: str, job_id: str, label: str,

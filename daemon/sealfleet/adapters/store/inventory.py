@@ -147,6 +147,10 @@ class Inventory:
         return await self._store.read(inventory_reads.sealed_secrets_using_key, fingerprint,
                                       cluster=cluster)
 
+    async def records_sealed_with(self, fingerprint: str) -> list[SealedSecretRecord]:
+        """Every SealedSecret with an item sealed by the key, whole (items included)."""
+        return await self._store.read(inventory_reads.records_sealed_with, fingerprint)
+
     async def state_counts(self) -> dict[str, dict[SecretState, int]]:
         """cluster -> state -> how many SealedSecrets (states with none left out)."""
         return await self._store.read(inventory_reads.state_counts)

@@ -162,6 +162,19 @@ def sealed_secrets_of_cluster(conn: sqlite3.Connection,
     return [codec.sealed_secret_record(row, refs) for row in rows]
 
 
+def records_sealed_with(conn: sqlite3.Connection, fingerprint: str) -> list[SealedSecretRecord]:
+    """The whole records of the SealedSecrets with an item sealed by the key (a
+    compromise's blast radius): the index finds them, one lookup each reads them."""
+    refs = key_refs(conn)
+    records = []
+    for cluster, namespace, name in sealed_secrets_using_key(conn, fingerprint):
+        row = conn.execute(codec.SEALED_SECRET_SELECT + " WHERE cluster = ? AND namespace = ? "
+                           "AND name = ?", (cluster, namespace, name)).fetchone()
+        if row is not None:
+            records.append(codec.sealed_secret_record(row, refs))
+    return records
+
+
 def sealed_secrets_using_key(conn: sqlite3.Connection, fingerprint: str, *,
                              cluster: str | None = None) -> list[tuple[str, str, str]]:
     """(cluster, namespace, name) of the SealedSecrets with an item sealed by the key."""

@@ -85,6 +85,10 @@ class KeyRecords:
     async def set_fleet_master(self, fingerprints: Sequence[str]) -> None:
         await self._store.write(keys_sql.set_fleet_master, list(fingerprints))
 
+    async def purge_private_key(self, fingerprint: str, *, actor: str) -> None:
+        """Delete a retired key's private half from the keystore (``keys retire --purge``)."""
+        await self._store.write(keys_sql.purge_private_key, fingerprint, actor)
+
     async def fleet_master(self) -> list[str]:
         """The fleet master key set as last configured (it may name keys not seen yet)."""
         return await self._store.read(keys_sql.fleet_master)

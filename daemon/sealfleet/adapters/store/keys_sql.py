@@ -101,6 +101,14 @@ def set_fleet_master(conn: sqlite3.Connection, fingerprints: Sequence[str]) -> N
                  "(SELECT fingerprint FROM fleet_master_keys)")
 
 
+def purge_private_key(conn: sqlite3.Connection, fingerprint: str, actor: str) -> None:
+    """Drop a key's private half for good (its public facts stay); audited with it."""
+    now = codec.now()
+    conn.execute("UPDATE sealing_keys SET private_key_ciphertext = NULL, kek_id = NULL, "
+                 "updated_at = ? WHERE fingerprint = ?", (now, fingerprint))
+    audit.append_entry(conn, "key_purged", actor, {"fingerprint": fingerprint})
+
+
 def fleet_master(conn: sqlite3.Connection) -> list[str]:
     return [row[0] for row in conn.execute(
         "SELECT fingerprint FROM fleet_master_keys ORDER BY fingerprint")]

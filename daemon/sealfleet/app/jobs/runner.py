@@ -14,7 +14,7 @@ clusters show and the job ends ``succeeded`` or ``failed``, audited with its out
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import structlog
 
@@ -31,6 +31,16 @@ log = structlog.get_logger(__name__)
 
 _UNFINISHED_STEPS = (StepState.PENDING.value, StepState.RUNNING.value)
 _RETRY_INTERRUPTED = 2.0   # seconds before a job interrupted by a store error resumes
+
+
+def phases(refs: Iterable[str]) -> list[list[str]]:
+    """Steps grouped for running: a step is ``<phase>:<name>``; phases run one after the
+    other in the order they first appear, the steps of one phase side by side (e.g. a
+    renewal's ``master:<fp>`` before its ``cluster:<name>`` steps)."""
+    grouped: dict[str, list[str]] = {}
+    for ref in refs:
+        grouped.setdefault(ref.partition(":")[0], []).append(ref)
+    return list(grouped.values())
 
 
 class JobRunner:
@@ -112,8 +122,9 @@ class JobRunner:
             await journal.set_job_state(job_id, JobState.RUNNING)
             todo = await journal.job_items(job_id, states=_UNFINISHED_STEPS)
             gate = asyncio.Semaphore(max(1, executor.concurrency))
-            await asyncio.gather(*(self._run_step(executor, job, step.ref, gate)
-                                   for step in todo))
+            for phase in phases(step.ref for step in todo):
+                await asyncio.gather(*(self._run_step(executor, job, ref, gate)
+                                       for ref in phase))
             steps = await journal.job_items(job_id)
             await self._finish(executor, job, steps)
 
