@@ -42,7 +42,9 @@ SERVING_TIMEOUT = 300.0
 
 async def fleet_key_set(ctx: JobContext) -> tuple[FleetKeySet, dict[str, SealingKey]]:
     """The keys every cluster must load (the master set, private halves loaded) and those
-    to unload (retired, compromised)."""
+    to unload (retired, compromised).  The keystore is refreshed first: a renewal's key
+    was stored with its job, behind the keystore's back."""
+    await ctx.keystore.refresh()
     await ctx.keystore.materialize()
     keys: dict[str, SealingKey] = {}
     for fingerprint in sorted(ctx.keystore.master):
