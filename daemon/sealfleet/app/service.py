@@ -178,7 +178,8 @@ class Service:
                                read_token=credentials.read_token,
                                admin_token=credentials.admin_token,
                                attribution_backlog=lambda: fleet.attribution_backlog,
-                               last_backup=metrics.newest_file_timestamp(settings.backup.dir))
+                               last_backup=metrics.newest_file_timestamp(settings.backup.dir),
+                               check=fleet.checker if isinstance(fleet, FleetManager) else None)
                 if backup_policy is not None:
                     self._backups = backups.BackupKeeper(backup_policy, fleet.keystore, store)
                 budget = settings.service.shutdown_timeout_seconds

@@ -10,6 +10,7 @@ ciphertext carry the same item hashes and fingerprints.
 from __future__ import annotations
 
 import datetime as dt
+import re
 import sqlite3
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
@@ -27,6 +28,7 @@ from sealfleet.domain.staleness import SecretState
 from sealfleet.errors import InputError
 
 _CHUNK = 900  # host parameters per IN list, far below SQLite's limit
+_DOCUMENT = re.compile(r"[0-9]{1,9}")
 
 _DOC_COLUMNS = ("repo", "path", "document", "namespace", "name", "scope", "item_count",
                 "ciphertext_fingerprint", "items", "keys", "key_items", "clusters", "state",
@@ -200,11 +202,16 @@ def list_sealed_secrets(conn: sqlite3.Connection, *, repo: str | None, namespace
     if cursor is not None:
         try:
             after_repo, after_path, after_doc = codec.decode_cursor(cursor)
-            after = (after_repo, after_path, int(after_doc))
         except ValueError:
             raise InputError("malformed cursor") from None
-        where.append("(repo, path, document) > (?, ?, ?)")
-        params.extend(after)
+        if _DOCUMENT.fullmatch(after_doc):
+            where.append("(repo, path, document) > (?, ?, ?)")
+            params.extend((after_repo, after_path, int(after_doc)))
+        else:
+            # Cursors have one shape for both listings; a third part that is no
+            # document index sorts after every index of (repo, path).
+            where.append("(repo, path) > (?, ?)")
+            params.extend((after_repo, after_path))
     index = ("git_sealed_secrets_by_state" if state is not None
              else "sqlite_autoindex_git_sealed_secrets_1")
     sql = (_DOC_SELECT + f" INDEXED BY {index}"
