@@ -89,11 +89,12 @@ class FleetManager:
         self.keystore = Keystore(store)
         self.attributor = Attributor(store, executor, self.keystore)
         # The GitOps trees ([[repos]]) and the CI check share the keystore and attributor.
+        self.first_pass_done = asyncio.Event()
         self.repos = RepoScanner(settings, store, self.keystore, self.attributor,
-                                 on_change=self._bump_changes)
+                                 on_change=self._bump_changes,
+                                 clusters_scanned=self.first_pass_done)
         self.checker = Checker(store, self.keystore, self.attributor,
                                lambda: self._settings.clusters)
-        self.first_pass_done = asyncio.Event()
         self.progress = 0
         self.changes = 0
         self._running: dict[str, _Running] = {}

@@ -44,6 +44,9 @@ from sealfleet.errors import FleetError, InputError
 log = structlog.get_logger(__name__)
 
 _READ_BATCH = 32      # files read and parsed per thread hop
+# Between scans, how often the clusters' keys are compared with those the documents
+# were judged against (two small store reads): a renewed sealing key shows in seconds.
+_REJUDGE_INTERVAL = 5.0
 
 
 @dataclass
@@ -86,6 +89,7 @@ class RepoScan:
         self._files: dict[str, _File] = {}
         self._loaded = False
         self._failing: str | None = None
+        self._judged_with: Keys = {}
         self.passes = 0
         self.wakeup = asyncio.Event()
 
@@ -125,9 +129,8 @@ class RepoScan:
                 and tree.head_branch != repo.base_branch:
             problem = (f"{repo.path}: has {tree.head_branch or 'a detached HEAD'} checked out, "
                        f"not base_branch {repo.base_branch}: not scanned")
-        names = tuple(dict.fromkeys([*repo.clusters, *(c for r in repo.rules
-                                                       for c in r.clusters)]))
-        keys = await self._deps.cluster_keys(names)
+        keys = await self._deps.cluster_keys(self._cluster_names())
+        self._judged_with = keys
         changed = 0
         if tree is not None and problem is None:
             changed = await self._apply(tree, keys)
@@ -146,6 +149,21 @@ class RepoScan:
         self._deps.on_change()
         log.info("repo_scanned", repo=self.name, files=len(self._files), changed_files=changed,
                  states_moved=moved, duration_ms=duration_ms)
+
+    def _cluster_names(self) -> tuple[str, ...]:
+        repo = self.repo
+        return tuple(dict.fromkeys([*repo.clusters, *(c for r in repo.rules
+                                                      for c in r.clusters)]))
+
+    async def rejudge_if_clusters_moved(self) -> None:
+        """Between scans: judge the documents again when a cluster's sealing key or
+        holdings moved (a renewal, a key sync) since they were last judged."""
+        if not self._loaded:
+            return
+        keys = await self._deps.cluster_keys(self._cluster_names())
+        if keys != self._judged_with and await self._rejudge(keys):
+            self._deps.on_change()
+        self._judged_with = keys
 
     def _note_outcome(self, problem: str | None) -> None:
         if problem is not None and self._failing is None:
@@ -276,7 +294,7 @@ class RepoScanner:
 
     def __init__(self, settings: Settings, store: Store, keystore: Keystore,
                  attributor: Attributor, *, on_change: Callable[[], None] = lambda: None,
-                 ) -> None:
+                 clusters_scanned: asyncio.Event | None = None) -> None:
         self._settings = settings
         self._store = store
         self._keystore = keystore
@@ -286,6 +304,10 @@ class RepoScanner:
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._reconcile = asyncio.Event()
         self._keys_changed = keystore.subscribe()
+        if clusters_scanned is None:
+            clusters_scanned = asyncio.Event()
+            clusters_scanned.set()
+        self._clusters_scanned = clusters_scanned
 
     async def _cluster_keys(self, names: Sequence[str]) -> dict[str, check.ClusterKeys]:
         configured = [c for c in self._settings.clusters if c.name in set(names)]
@@ -341,16 +363,26 @@ class RepoScanner:
                 self._tasks[name] = group.create_task(self._loop(scan), name=f"repo:{name}")
 
     async def _loop(self, scan: RepoScan) -> None:
-        """Scan, then wait for the interval or a wake-up; a failure (a bug, a store
-        error) is logged and retried at the next interval, never ends the fleet."""
+        """Scan, then wait for the interval or a wake-up (every few seconds judging the
+        documents again if the clusters moved); a failure (a bug, a store error) is
+        logged and retried at the next interval, never ends the fleet."""
+        await self._clusters_scanned.wait()   # judge against known keys from the start
         while True:
             scan.wakeup.clear()
-            try:
-                await scan.scan()
-            except FleetError as error:
-                log.warning("repo_scan_error", repo=scan.name, error=str(error))
-            except Exception:
-                log.exception("repo_scan_crashed", repo=scan.name)
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(scan.repo.rescan_interval_seconds):
-                    await scan.wakeup.wait()
+            await self._guarded(scan, scan.scan)
+            deadline = time.monotonic() + scan.repo.rescan_interval_seconds
+            while not scan.wakeup.is_set() and (left := deadline - time.monotonic()) > 0:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(min(left, _REJUDGE_INTERVAL)):
+                        await scan.wakeup.wait()
+                if not scan.wakeup.is_set():
+                    await self._guarded(scan, scan.rejudge_if_clusters_moved)
+
+    @staticmethod
+    async def _guarded(scan: RepoScan, step: Callable[[], Awaitable[None]]) -> None:
+        try:
+            await step()
+        except FleetError as error:
+            log.warning("repo_scan_error", repo=scan.name, error=str(error))
+        except Exception:
+            log.exception("repo_scan_crashed", repo=scan.name)
