@@ -212,6 +212,40 @@ async def test_a_file_changed_on_disk_is_scanned_again_and_only_that_file(
     assert {p: t for p, t in after.items() if p != "apps/api.json"} == {
         p: t for p, t in before.items() if p != "apps/api.json"}
     assert 1 <= spent <= 3   # the changed item alone (one or two wrong keys first at most)
+    # A restart reads no unchanged file again (the signatures are in the store), except
+    # those with items no key opened (a key may have arrived meanwhile): no RSA at all.
+    async with fleet(settings, executor) as manager:
+        async def passed() -> bool:
+            return all(scan.passes for scan in manager.repos.scans.values())
+
+        await eventually(passed)
+        again = {f.path: f.scanned_at for f in await manager.store.git.files_of_repo("gitops")}
+        assert manager.attributor.rsa_operations == 0
+    assert {p: t for p, t in again.items() if p != "apps/foreign.yml"} == {
+        p: t for p, t in after.items() if p != "apps/foreign.yml"}
+
+
+@pytest.mark.parametrize(("repo", "error"), [
+    ('clusters = ["nope"]', 'repos[0].clusters: "nope" is not a configured cluster'),
+    ('clusters = ["a"]\npaths = ["a**"]', "repos[0].paths: invalid pattern: 'a**'"),
+    ('clusters = ["a"]\npath = "missing"', 'repos[0].path: "'),
+    ('clusters = ["a"]\npush = true', "repos[0]: push is true but no remote is named"),
+    ('clusters = ["a"]\nbase_branch = "a..b"', 'repos[0].base_branch: "a..b" is not a valid'),
+    ('clusters = ["a"]\n[[repos.rules]]\npaths = ["x/**"]\nclusters = ["b"]',
+     'repos[0].rules[0].clusters: "b" is not a configured cluster'),
+])
+def test_repo_config_errors_are_one_line_naming_file_and_key(
+        tmp_path: Path, repo: str, error: str) -> None:
+    (tmp_path / "tree").mkdir()
+    text = ('[[clusters]]\nname = "a"\nkubeconfig = "kc"\n[[repos]]\nname = "r"\n'
+            + ("" if "path =" in repo else 'path = "tree"\n') + repo + "\n")
+    (tmp_path / "sealfleet.toml").write_text(text)
+    with pytest.raises(config.ConfigError) as raised:
+        config.load_settings(tmp_path / "sealfleet.toml")
+    message = str(raised.value)
+    assert message.startswith(f"{tmp_path / 'sealfleet.toml'}: ")
+    assert error in message
+    assert "\n" not in message
 
 
 async def test_an_object_applied_from_a_file_is_linked_to_it_and_shows_its_gitops_tool(
