@@ -10,7 +10,9 @@ ignored file and a file that is not a manifest.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import datetime as dt
 import json
 import os
 import subprocess
@@ -29,11 +31,15 @@ from sealfleet.adapters.http_api import ApiDeps, ApiServer, InventoryView, build
 from sealfleet.adapters.store import KeyEncryptionKey, Store
 from sealfleet.adapters.store.records import GitSealedSecretRecord
 from sealfleet.app import config
+from sealfleet.app.attributing import Attributor
 from sealfleet.app.cluster.state import WorkerOptions
 from sealfleet.app.fleet import FleetManager
+from sealfleet.app.keystore import Keystore
+from sealfleet.app.repos import RepoScanner
 from sealfleet.domain import check, documents
 from sealfleet.domain.key_secrets import load_key_secret
 from sealfleet.domain.keys import KEY_LABEL, SealingKey
+from sealfleet.domain.scopes import Scope
 from sealfleet.domain.sealed_secrets import seal_secret
 from sealfleet.domain.staleness import SecretState, StalenessPolicy
 from sealfleet.sandbox import Sandbox, SeedSpec
@@ -354,3 +360,28 @@ async def get_text(socket_path: Path, path: str) -> str:
     async with aiohttp.ClientSession(connector=connector) as http, \
             http.get("http://sealfleet" + path) as response:
         return await response.text()
+
+
+async def test_a_repo_dropped_from_the_config_leaves_the_inventory(
+        tmp_path: Path, executor: ThreadPoolExecutor) -> None:
+    settings = config.settings_from_mapping({}, base_dir=tmp_path, env={})
+    async with Store.open(tmp_path / "inventory.db") as store:
+        await store.git.upsert_repo("old", path="/srv/old")
+        await store.git.apply_scan("old", files=[], documents=[GitSealedSecretRecord(
+            repo="old", path="a.yaml", document=0, namespace="ns", name="n",
+            scope=Scope.STRICT, ciphertext_fingerprint="ct", items=(), clusters=("c",),
+            state=S.CURRENT, observed_at=dt.datetime.now(dt.UTC))])
+        keystore = Keystore(store)
+        scanner = RepoScanner(settings, store, keystore, Attributor(store, executor, keystore))
+        task = asyncio.create_task(scanner.run())
+        try:
+            async def forgotten() -> bool:
+                (repo,) = await store.git.list_repos()
+                return repo.removed
+            await eventually(forgotten)
+            assert await store.git.sealed_secrets_of_repo("old") == []
+            assert (await store.git.state_counts()) == {}
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task

@@ -6,8 +6,9 @@ backoff: a broken worker never takes the fleet, the API or the watchdog with it.
 ``apply_settings`` hands over a new settings tree; the manager starts workers for new
 clusters, stops those removed (marking them removed in the store) and restarts those
 whose connection settings changed.  The manager owns the fleet's :class:`Keystore` and
-:class:`Attributor`, shared by every worker, and the periodic upkeep (keystore refresh,
-pruning the attribution cache, giving freed heap back).
+:class:`Attributor`, shared by every worker, by the repo scanner (``[[repos]]``, see
+:mod:`sealfleet.app.repos`) and by the checker behind ``POST /api/v1/check``, and the
+periodic upkeep (keystore refresh, pruning the attribution cache, giving freed heap back).
 
 What the service uses (its ``Fleet`` protocol): ``first_pass_done`` (every cluster
 scanned once or marked unreachable), ``progress`` (bumped on every loop iteration of

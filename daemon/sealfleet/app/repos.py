@@ -147,8 +147,10 @@ class RepoScan:
         self._note_outcome(problem)
         self.passes += 1
         self._deps.on_change()
-        log.info("repo_scanned", repo=self.name, files=len(self._files), changed_files=changed,
-                 states_moved=moved, duration_ms=duration_ms)
+        # One summary per pass; at info only when it found something new.
+        (log.info if changed or moved else log.debug)(
+            "repo_scanned", repo=self.name, files=len(self._files), changed_files=changed,
+            states_moved=moved, duration_ms=duration_ms)
 
     def _cluster_names(self) -> tuple[str, ...]:
         repo = self.repo
@@ -324,6 +326,7 @@ class RepoScanner:
     async def run(self) -> None:
         """Until cancelled."""
         try:
+            await self._forget_unconfigured()
             async with asyncio.TaskGroup() as group:
                 await self._apply(group)
                 while True:
@@ -332,6 +335,14 @@ class RepoScanner:
         finally:
             self._keystore.unsubscribe(self._keys_changed)
             self._tasks.clear()
+
+    async def _forget_unconfigured(self) -> None:
+        """Repos dropped from the config while the daemon was down leave the report."""
+        configured = {repo.name for repo in self._settings.repos}
+        for record in await self._store.git.list_repos():
+            if not record.removed and record.name not in configured:
+                await self._store.git.remove_repo(record.name)
+                log.info("repo_removed", repo=record.name, reason="not in config")
 
     async def _wait_for_change(self) -> None:
         reconcile = asyncio.ensure_future(self._reconcile.wait())
