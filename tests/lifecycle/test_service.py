@@ -43,6 +43,7 @@ class FakeFleet:
     def __init__(self, settings: Settings, store: Store, executor: ThreadPoolExecutor) -> None:
         self.settings = settings
         self.keystore = Keystore(store)
+        self.checker = None
         self.first_pass_done = asyncio.Event()
         self.progress = 0
         self.changes = 0

@@ -32,6 +32,7 @@ from pydantic import (
     model_validator,
 )
 
+from sealfleet.adapters.git import globs
 from sealfleet.app.config_values import (
     Duration,
     PositiveDuration,
@@ -43,7 +44,8 @@ from sealfleet.errors import ConfigError
 
 __all__ = [  # the value helpers are re-exported: callers import settings from one place
     "ApiSettings", "BackupSettings", "ClusterSettings", "Duration", "FleetSettings",
-    "LoggingSettings", "PolicySettings", "PositiveDuration", "ServiceSettings", "Settings",
+    "LoggingSettings", "PolicySettings", "PositiveDuration", "RepoRule", "RepoSettings",
+    "ServiceSettings", "Settings",
     "StoreSettings", "format_validation_error", "load_settings", "parse_duration",
     "settings_from_mapping", "split_listen"]
 
@@ -414,6 +416,120 @@ class BackupSettings(_Section):
         return self.recipients_file is not None or self.passphrase_file is not None
 
 
+def _globs(value: tuple[str, ...]) -> tuple[str, ...]:
+    for pattern in value:
+        try:
+            globs.compile_glob(pattern)
+        except globs.GlobError as exc:
+            raise ValueError(f"invalid pattern: {exc}") from None
+    return value
+
+
+# Git ref names (git check-ref-format), as far as a config needs them checked.
+_REF_NAME = re.compile(r"^(?![/.-])(?!.*(?:\.\.|//|@\{|\.lock$|/$|\.$))"
+                       r"[^\x00-\x20~^:?*\[\\\x7f]+$")
+
+
+class RepoRule(_Section):
+    """One ``[[repos.rules]]`` entry: files matching *paths* are meant for *clusters*
+    instead of the repo's (the first rule that matches wins)."""
+
+    paths: tuple[str, ...] = Field(min_length=1)
+    """Patterns relative to the tree (``**`` for any depth)."""
+
+    clusters: tuple[str, ...] = Field(min_length=1)
+    """Names of ``[[clusters]]`` entries."""
+
+    @field_validator("paths")
+    @classmethod
+    def _paths(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        return _globs(value)
+
+
+class RepoSettings(_Section):
+    """One ``[[repos]]`` entry: a GitOps working tree whose SealedSecrets are inventoried
+    (read only: sealfleet never writes to it while scanning)."""
+
+    name: str
+    """Unique name; in the API, metrics and logs (``repo:<name>`` as attribution owner)."""
+
+    path: Path
+    """The working tree (relative to the config file); must exist.  A git work tree is
+    listed with ``git ls-files`` (index and .gitignore respected), anything else walked."""
+
+    remote: str | None = None
+    """Name of one of the tree's remotes (e.g. ``origin``), for those that push reseals."""
+
+    push: StrictBool = False
+    """Whether reseals may be pushed to *remote*.  Default false."""
+
+    base_branch: str | None = None
+    """Branch the tree must have checked out to be scanned; another checkout is not
+    scanned (the last inventory is kept, the report says why).  Default: any."""
+
+    paths: tuple[str, ...] = ("**/*.yaml", "**/*.yml", "**/*.json")
+    """Files to read, as patterns relative to the tree (``**`` matches any depth)."""
+
+    clusters: tuple[str, ...] = Field(min_length=1)
+    """``[[clusters]]`` whose keys open these files; their sealing key (or the fleet master
+    key in master mode) reseals them.  A document's state is judged against them."""
+
+    rules: tuple[RepoRule, ...] = ()
+    """Finer rules per path: the first whose patterns match a file names its clusters."""
+
+    rescan_interval: PositiveDuration = dt.timedelta(minutes=1)
+    """How often the tree is listed again (also on SIGHUP).  Default 1m: listing costs one
+    ``git ls-files`` and a stat per file; only changed files are read."""
+
+    @field_validator("paths")
+    @classmethod
+    def _paths(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        return _globs(value)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not _CLUSTER_NAME.match(value):
+            raise ValueError(f'invalid repo name {quoted(value)}: use letters, digits, ".", "_" '
+                             'and "-" (at most 63 characters)')
+        return value
+
+    @field_validator("path", mode="before")
+    @classmethod
+    def _path(cls, value: str | Path, info: ValidationInfo) -> Path:
+        if str(value) == "":
+            raise ValueError("must not be empty")
+        path = _resolve(value, info)
+        if not path.is_dir():
+            raise ValueError(f"{quoted(str(path))} is not an existing directory")
+        return path
+
+    @field_validator("remote", "base_branch")
+    @classmethod
+    def _ref(cls, value: str | None) -> str | None:
+        if value is not None and not _REF_NAME.match(value):
+            raise ValueError(f"{quoted(value)} is not a valid git name")
+        return value
+
+    @model_validator(mode="after")
+    def _push_needs_remote(self) -> RepoSettings:
+        if self.push and self.remote is None:
+            raise ValueError("push is true but no remote is named")
+        return self
+
+    def clusters_for(self, path: str) -> tuple[str, ...]:
+        """The clusters a file of this tree is meant for (first matching rule, else the
+        repo's own)."""
+        for rule in self.rules:
+            if globs.matcher(rule.paths)(path):
+                return rule.clusters
+        return self.clusters
+
+    @property
+    def rescan_interval_seconds(self) -> float:
+        return self.rescan_interval.total_seconds()
+
+
 class Settings(_Section):
     """The whole validated configuration."""
 
@@ -428,6 +544,7 @@ class Settings(_Section):
     service: ServiceSettings = Field(default_factory=ServiceSettings)
     backup: BackupSettings = Field(default_factory=lambda: BackupSettings())
     clusters: tuple[ClusterSettings, ...] = ()
+    repos: tuple[RepoSettings, ...] = ()
 
     @model_validator(mode="before")
     @classmethod
@@ -449,6 +566,23 @@ class Settings(_Section):
                 raise ValueError(f"duplicate cluster name {quoted(cluster.name)}")
             seen.add(cluster.name)
         return value
+
+    @model_validator(mode="after")
+    def _repos_name_clusters(self) -> Settings:
+        known = {c.name for c in self.clusters}
+        seen: set[str] = set()
+        for index, repo in enumerate(self.repos):
+            if repo.name in seen:
+                raise ValueError(f"repos[{index}].name: duplicate repo name {quoted(repo.name)}")
+            seen.add(repo.name)
+            named = [(f"repos[{index}].clusters", repo.clusters)] + [
+                (f"repos[{index}].rules[{r}].clusters", rule.clusters)
+                for r, rule in enumerate(repo.rules)]
+            for key, clusters in named:
+                for name in clusters:
+                    if name not in known:
+                        raise ValueError(f"{key}: {quoted(name)} is not a configured cluster")
+        return self
 
     def cluster(self, name: str) -> ClusterSettings | None:
         return next((c for c in self.clusters if c.name == name), None)

@@ -6,8 +6,9 @@ backoff: a broken worker never takes the fleet, the API or the watchdog with it.
 ``apply_settings`` hands over a new settings tree; the manager starts workers for new
 clusters, stops those removed (marking them removed in the store) and restarts those
 whose connection settings changed.  The manager owns the fleet's :class:`Keystore` and
-:class:`Attributor`, shared by every worker, and the periodic upkeep (keystore refresh,
-pruning the attribution cache, giving freed heap back).
+:class:`Attributor`, shared by every worker, by the repo scanner (``[[repos]]``, see
+:mod:`sealfleet.app.repos`) and by the checker behind ``POST /api/v1/check``, and the
+periodic upkeep (keystore refresh, pruning the attribution cache, giving freed heap back).
 
 What the service uses (its ``Fleet`` protocol): ``first_pass_done`` (every cluster
 scanned once or marked unreachable), ``progress`` (bumped on every loop iteration of
@@ -30,10 +31,12 @@ import structlog
 from sealfleet.adapters import retry
 from sealfleet.adapters.store import Store
 from sealfleet.app.attributing import Attributor
+from sealfleet.app.checking import Checker
 from sealfleet.app.cluster.state import Deps, WorkerOptions
 from sealfleet.app.cluster.worker import ClusterWorker
 from sealfleet.app.config import ClusterSettings, Settings
 from sealfleet.app.keystore import Keystore
+from sealfleet.app.repos import RepoScanner
 from sealfleet.errors import FleetError
 
 log = structlog.get_logger(__name__)
@@ -86,7 +89,13 @@ class FleetManager:
         self._options = options
         self.keystore = Keystore(store)
         self.attributor = Attributor(store, executor, self.keystore)
+        # The GitOps trees ([[repos]]) and the CI check share the keystore and attributor.
         self.first_pass_done = asyncio.Event()
+        self.repos = RepoScanner(settings, store, self.keystore, self.attributor,
+                                 on_change=self._bump_changes,
+                                 clusters_scanned=self.first_pass_done)
+        self.checker = Checker(store, self.keystore, self.attributor,
+                               lambda: self._settings.clusters)
         self.progress = 0
         self.changes = 0
         self._running: dict[str, _Running] = {}
@@ -112,6 +121,7 @@ class FleetManager:
             await self.keystore.set_master(settings.fleet.master_keys)
         self._settings = settings
         self._reconcile.set()
+        self.repos.apply_settings(settings)
 
     async def refresh_keys(self) -> None:
         """Re-read the keystore (keys imported or marked compromised elsewhere)."""
@@ -142,6 +152,7 @@ class FleetManager:
                 group.create_task(self._heartbeat(), name="fleet:heartbeat")
                 group.create_task(self._await_first_pass(), name="fleet:first-pass")
                 group.create_task(self._prune_attributions(), name="fleet:prune")
+                group.create_task(self.repos.run(), name="fleet:repos")
                 trim = _malloc_trim()
                 if trim is not None:
                     group.create_task(self._trim_memory(trim), name="fleet:trim-memory")

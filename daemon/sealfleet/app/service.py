@@ -48,6 +48,7 @@ from sealfleet.adapters.kube import kubeconfig
 from sealfleet.adapters.store import Store
 from sealfleet.adapters.systemd import Notifier
 from sealfleet.app import backups, preflight
+from sealfleet.app.checking import Checker
 from sealfleet.app.config import Settings, load_settings
 from sealfleet.app.fleet import FleetManager
 from sealfleet.app.jobs import key_jobs
@@ -78,6 +79,9 @@ class Fleet(Protocol):
 
     @property
     def keystore(self) -> Keystore: ...        # the one owner of key state
+
+    @property
+    def checker(self) -> Checker | None: ...   # answers POST /api/v1/check (None: off)
 
     async def run(self) -> None: ...
     async def apply_settings(self, settings: Settings) -> None: ...
@@ -191,7 +195,7 @@ class Service:
                                admin_token=credentials.admin_token,
                                attribution_backlog=lambda: fleet.attribution_backlog,
                                last_backup=metrics.newest_file_timestamp(settings.backup.dir),
-                               jobs=jobs)
+                               jobs=jobs, check=fleet.checker)
                 if backup_policy is not None:
                     self._backups = backups.BackupKeeper(backup_policy, fleet.keystore, store)
                 budget = settings.service.shutdown_timeout_seconds

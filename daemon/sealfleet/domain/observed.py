@@ -25,6 +25,16 @@ from sealfleet.errors import FleetError
 
 Ref = tuple[str, str]  # (namespace, name)
 LEGACY_ITEM = "spec.data"
+# What marks an object as applied by a GitOps tool.  Flux labels what its Kustomization
+# (or HelmRelease) applied; Argo CD's annotation tracking writes the tracking id
+# "<app>:<group>/<kind>:<namespace>/<name>".  app.kubernetes.io/instance is only a hint:
+# Argo CD's label tracking sets it, but so do Helm charts.
+FLUX_LABELS = ("kustomize.toolkit.fluxcd.io/name", "helm.toolkit.fluxcd.io/name")
+FLUX_NAMESPACE_LABELS = ("kustomize.toolkit.fluxcd.io/namespace",
+                         "helm.toolkit.fluxcd.io/namespace")
+ARGOCD_TRACKING_ANNOTATION = "argocd.argoproj.io/tracking-id"
+INSTANCE_LABEL = "app.kubernetes.io/instance"
+_MAX_NAME = 253
 _MAX_MESSAGE = 300
 # Items of one SealedSecret that attribution tries: anyone who may create SealedSecrets
 # could otherwise buy seconds of RSA with one object of a thousand random items (each
@@ -38,6 +48,41 @@ def ref_of(obj: Mapping[str, Any]) -> Ref:
         return ("", "")
     # Namespaces repeat across thousands of objects: one string each in memory.
     return (sys.intern(str(metadata.get("namespace") or "")), str(metadata.get("name") or ""))
+
+
+@dataclass(frozen=True)
+class ManagedBy:
+    """The GitOps tool that applied an object: ``flux`` or ``argocd``, and the name of its
+    Kustomization/HelmRelease (``namespace/name``) or Application.  *hint*: only the
+    ``app.kubernetes.io/instance`` label says so, which Helm sets too."""
+
+    tool: str
+    name: str
+    hint: bool = False
+
+
+def _text(mapping: object, key: str) -> str | None:
+    if not isinstance(mapping, Mapping):
+        return None
+    value = mapping.get(key)
+    return value[:_MAX_NAME] if isinstance(value, str) and value else None
+
+
+def managed_by_of(metadata: Mapping[str, Any]) -> ManagedBy | None:
+    """Which GitOps tool manages the object, from its labels and annotations."""
+    labels, annotations = metadata.get("labels"), metadata.get("annotations")
+    for label, namespace_label in zip(FLUX_LABELS, FLUX_NAMESPACE_LABELS, strict=True):
+        name = _text(labels, label)
+        if name is not None:
+            namespace = _text(labels, namespace_label)
+            return ManagedBy("flux", f"{namespace}/{name}" if namespace else name)
+    tracking = _text(annotations, ARGOCD_TRACKING_ANNOTATION)
+    if tracking is not None:
+        return ManagedBy("argocd", tracking.split(":", 1)[0])
+    instance = _text(labels, INSTANCE_LABEL)
+    if instance is not None:
+        return ManagedBy("argocd", instance, hint=True)
+    return None
 
 
 @dataclass
@@ -56,6 +101,7 @@ class Parsed:
     synced_message: str | None = None
     malformed_reason: str | None = None
     sealed_at: tuple[dt.datetime, ...] = ()  # when its items were likely sealed
+    managed_by: ManagedBy | None = None      # the GitOps tool that applied it, if any
 
     @property
     def attributed_items(self) -> list[tuple[str, str, str]]:
@@ -71,7 +117,7 @@ def parse(obj: Mapping[str, Any]) -> Parsed:
     result = Parsed(ref=ref_of(obj), uid=str(metadata.get("uid") or ""),
                     resource_version=str(metadata.get("resourceVersion") or ""),
                     generation=generation if isinstance(generation, int) else 0,
-                    sealed_at=sealing_times(metadata))
+                    sealed_at=sealing_times(metadata), managed_by=managed_by_of(metadata))
     try:
         _parse_status(obj, result)
         _parse_spec(obj, result)

@@ -110,6 +110,39 @@ class ClusterFacts:
     malformed_keys: tuple[tuple[str, str], ...] = ()  # (Secret name, reason): not keys
 
 
+@dataclass(frozen=True)
+class RepoFacts:
+    """What the inventory knows about one GitOps working tree (``[[repos]]``)."""
+
+    name: str
+    path: str
+    is_git: bool | None = None
+    head_commit: str | None = None
+    head_branch: str | None = None
+    last_scan_at: dt.datetime | None = None
+    last_error: str | None = None
+    scan_duration_ms: int | None = None
+    files: int = 0                                       # files that matched its paths
+    unparseable_files: tuple[tuple[str, str], ...] = ()  # (path, reason)
+
+
+# The report lists this many unparseable files per repo (the store holds them all).
+MAX_LISTED_UNPARSEABLE = 100
+
+
+def _repo_report(repo: RepoFacts, counts: dict[str, int]) -> dict[str, Any]:
+    return {
+        "name": repo.name, "path": repo.path, "is_git": repo.is_git,
+        "head_commit": repo.head_commit, "head_branch": repo.head_branch,
+        "last_scan_at": iso(repo.last_scan_at), "last_error": repo.last_error,
+        "scan_duration_ms": repo.scan_duration_ms, "files": repo.files,
+        "unparseable_files": [{"path": path, "reason": reason} for path, reason
+                              in repo.unparseable_files[:MAX_LISTED_UNPARSEABLE]],
+        "unparseable_files_total": len(repo.unparseable_files),
+        "sealed_secrets": counts,
+    }
+
+
 def iso(moment: dt.datetime | None) -> str | None:
     """ISO 8601 UTC with a ``Z``, second precision."""
     if moment is None:
@@ -210,8 +243,15 @@ def _cluster_report(cluster: ClusterFacts, policy: StalenessPolicy, now: dt.date
 def build_report(policy: StalenessPolicy, now: dt.datetime,
                  clusters: Iterable[ClusterFacts], keys: Iterable[KeyFacts],
                  counts: Mapping[str, Mapping[SecretState, int] | Mapping[str, int]],
-                 master_keys: Collection[str]) -> dict[str, Any]:
-    """The staleness report, JSON-ready (the exact shape of ``GET /api/v1/staleness``)."""
+                 master_keys: Collection[str], repos: Iterable[RepoFacts] = (),
+                 git_counts: Mapping[str, Mapping[SecretState, int] | Mapping[str, int]]
+                 | None = None) -> dict[str, Any]:
+    """The staleness report, JSON-ready (the exact shape of ``GET /api/v1/staleness``).
+
+    *repos* and *git_counts* (repo -> state -> documents) add the SealedSecrets found in
+    Git: per repo under ``repos``, in total under ``fleet.git_sealed_secrets``;
+    ``fleet.sealed_secrets`` counts the in-cluster objects only.
+    """
     key_map = {k.fingerprint: k for k in keys}
     master = frozenset(master_keys)
     cluster_reports = [
@@ -221,6 +261,12 @@ def build_report(policy: StalenessPolicy, now: dt.datetime,
     for report in cluster_reports:
         for name, n in report["sealed_secrets"].items():
             fleet_counts[name] += n
+    repo_reports = [_repo_report(r, _counts((git_counts or {}).get(r.name)))
+                    for r in sorted(repos, key=lambda r: r.name)]
+    git_totals = dict.fromkeys(STATE_KEYS, 0)
+    for report in repo_reports:
+        for name, n in report["sealed_secrets"].items():
+            git_totals[name] += n
     return {
         "generated_at": iso(now),
         "policy": {
@@ -235,8 +281,11 @@ def build_report(policy: StalenessPolicy, now: dt.datetime,
                                       if r["sealing_key"] and r["sealing_key"]["stale"]),
             "drifting": sum(1 for r in cluster_reports if r["drift"]),
             "sealed_secrets": fleet_counts,
+            "repos": len(repo_reports),
+            "git_sealed_secrets": git_totals,
         },
         "clusters": cluster_reports,
+        "repos": repo_reports,
     }
 
 
@@ -245,16 +294,15 @@ def findings(report: Mapping[str, Any]) -> set[str]:
 
     stale: a sealing key is stale or a SealedSecret uses an older key; drift: a cluster
     drifts from the master key set; compromised: a SealedSecret or a sealing key uses a
-    compromised key; unknown: a SealedSecret opens with no known key.
+    compromised key; unknown: a SealedSecret opens with no known key.  SealedSecrets found
+    in Git count as the in-cluster ones do.
     """
     found: set[str] = set()
-    totals = report["fleet"]["sealed_secrets"]
-    if totals["stale"]:
-        found.add("stale")
-    if totals["compromised"]:
-        found.add("compromised")
-    if totals["unknown"]:
-        found.add("unknown")
+    for totals in (report["fleet"]["sealed_secrets"],
+                   report["fleet"].get("git_sealed_secrets") or {}):   # Git documents too
+        for finding in ("stale", "compromised", "unknown"):
+            if totals.get(finding):
+                found.add(finding)
     for cluster in report["clusters"]:
         sealing = cluster.get("sealing_key")
         if sealing and sealing.get("stale"):

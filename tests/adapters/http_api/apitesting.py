@@ -6,6 +6,7 @@ import asyncio
 import datetime as dt
 import json
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,10 @@ from sealfleet.adapters.store.records import (
     KeyRecord,
     SealedSecretRecord,
 )
+from sealfleet.app.attributing import Attributor
+from sealfleet.app.checking import Checker
+from sealfleet.app.config import ClusterSettings
+from sealfleet.app.keystore import Keystore
 from sealfleet.domain.keys import SealingKey
 from sealfleet.domain.scopes import Scope
 from sealfleet.domain.staleness import SecretState, StalenessPolicy
@@ -190,11 +195,21 @@ async def api(tmp_path: Path, rsa2048_keys: list[SealingKey]) -> AsyncIterator[A
         view = InventoryView(store, policy=POLICY,
                              changes=lambda: counter[0], render_status_page=status_page.render,
                              max_age=3600, clock=lambda: NOW)
+        # POST /api/v1/check runs on the daemon's own checker, with the stored keys.
+        keystore = Keystore(store)
+        await keystore.refresh()
+        executor = ThreadPoolExecutor(2)
+        checker = Checker(store, keystore, Attributor(store, executor, keystore),
+                          lambda: [ClusterSettings(name=n, kubeconfig=tmp_path / "kubeconfig")
+                                   for n in ("alpha", "beta", "gamma")])
         deps = ApiDeps(view=view, store=store, readiness=lambda: ready,
                        read_token=READ_TOKEN.encode(), admin_token=ADMIN_TOKEN.encode(),
-                       attribution_backlog=lambda: 7)
+                       attribution_backlog=lambda: 7, check=checker)
         socket_path = tmp_path / "api.sock"
         async with ApiServer(build_app(deps), socket_path=socket_path,
                              listen=("127.0.0.1", 0)) as server:
-            yield Api(store, view, server, socket_path,
-                      f"http://127.0.0.1:{server.tcp_port}", fleet, counter, ready)
+            try:
+                yield Api(store, view, server, socket_path,
+                          f"http://127.0.0.1:{server.tcp_port}", fleet, counter, ready)
+            finally:
+                executor.shutdown(wait=True)

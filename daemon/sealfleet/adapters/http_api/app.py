@@ -33,14 +33,15 @@ from multidict import CIMultiDict, MultiMapping
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import CollectorRegistry
 
-from sealfleet.adapters.http_api import jobs_api, openapi, status_page
+from sealfleet.adapters.http_api import gitops, jobs_api, openapi, status_page
 from sealfleet.adapters.http_api.metrics import InventoryCollector, ScrapeInputs, make_registry
 from sealfleet.adapters.http_api.pages import cluster as cluster_page
 from sealfleet.adapters.http_api.pages import jobs as jobs_page
 from sealfleet.adapters.http_api.pages import keys as keys_page
 from sealfleet.adapters.http_api.snapshot import InventoryView, dumps
 from sealfleet.adapters.store import Store
-from sealfleet.adapters.store.records import SealedSecretRecord
+from sealfleet.adapters.store.records import GitLink, SealedSecretRecord
+from sealfleet.domain import check
 from sealfleet.domain.staleness import SecretState, iso
 from sealfleet.errors import InputError, StoreError
 
@@ -49,8 +50,10 @@ log = structlog.get_logger(__name__)
 MAX_PAGE = openapi.MAX_PAGE
 _READ_METHODS = frozenset({"GET", "HEAD"})
 STATUS_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
-                405: "method_not_allowed", 500: "internal_error", 503: "unavailable",
-                504: "timeout"}
+                405: "method_not_allowed", 413: "too_large", 500: "internal_error",
+                503: "unavailable", 504: "timeout"}
+# POSTs that only read (a check): the read token is enough for them on TCP.
+READ_ONLY_POSTS = frozenset({gitops.CHECK_PATH})
 # ASCII digits only (not \d): str.isdigit() is true for superscripts (int() then raises)
 # and int() takes fullwidth or Arabic-Indic digits; four digits cover MAX_PAGE.
 _LIMIT = re.compile(r"[0-9]{1,4}")
@@ -73,6 +76,7 @@ class ApiDeps:
     # Unix time of the newest backup (0.0: none yet), e.g. metrics.newest_file_timestamp;
     # None: backups are not configured, and the metric is left out.
     last_backup: Callable[[], float | None] | None = None
+    check: gitops.DocumentChecker | None = None   # POST /api/v1/check (the daemon's keys)
 
 
 DEPS = web.AppKey("deps", ApiDeps)
@@ -157,7 +161,8 @@ def _shown(name: str) -> str:
 def _check_token(request: web.Request, deps: ApiDeps) -> None:
     presented = _presented_token(request)
     admin_ok = deps.admin_token is not None and hmac.compare_digest(presented, deps.admin_token)
-    if request.method in _READ_METHODS:
+    if request.method in _READ_METHODS or (request.method == "POST"
+                                           and request.path in READ_ONLY_POSTS):
         read_ok = deps.read_token is not None and hmac.compare_digest(presented,
                                                                       deps.read_token)
         if read_ok or admin_ok:
@@ -243,8 +248,11 @@ async def keys(request: web.Request) -> web.Response:
     return _json_body((await request.app[DEPS].view.current()).keys_body)
 
 
-def sealed_secret_entry(record: SealedSecretRecord) -> dict[str, Any]:
+def sealed_secret_entry(record: SealedSecretRecord,
+                        link: GitLink | None = None) -> dict[str, Any]:
     return {
+        "source": "cluster", "git": gitops.link_entry(link),
+        "managed_by": gitops.managed_by_entry(record),
         "cluster": record.cluster, "namespace": record.namespace, "name": record.name,
         "uid": record.uid, "resource_version": record.resource_version,
         "generation": record.generation, "scope": record.scope.cli_name,
@@ -279,10 +287,36 @@ def _page_params(query: MultiMapping[str]) -> dict[str, Any]:
 
 
 async def sealed_secrets(request: web.Request) -> web.Response:
-    params = _page_params(request.query)
-    records, next_cursor = await request.app[DEPS].store.inventory.list_sealed_secrets(**params)
-    return _json_body(dumps({"items": [sealed_secret_entry(r) for r in records],
+    query = request.query
+    source = query.get("source", "cluster")
+    if source not in gitops.SOURCES:
+        raise ApiError(400, "bad_request", f"source must be one of {', '.join(gitops.SOURCES)}")
+    params = _page_params(query)
+    store = request.app[DEPS].store
+    if source == "git":
+        documents, next_cursor = await store.git.list_sealed_secrets(**params)
+        return _json_body(dumps({"items": [gitops.git_entry(d) for d in documents],
+                                 "next_cursor": next_cursor}))
+    records, next_cursor = await store.inventory.list_sealed_secrets(**params)
+    links = await store.git.links_for([gitops.link_key(r) for r in records if r.items])
+    return _json_body(dumps({"items": [sealed_secret_entry(r, links.get(gitops.link_key(r)))
+                                       for r in records],
                              "next_cursor": next_cursor}))
+
+
+async def check_documents(request: web.Request) -> web.Response:
+    checker = request.app[DEPS].check
+    if checker is None:
+        raise ApiError(503, "unavailable", "checks need the daemon's keys: none are here")
+    try:
+        asked = await gitops.check_request(await request.read())
+    except gitops.BadRequest as exc:
+        raise ApiError(400, "bad_request", str(exc)) from None
+    try:
+        answer = await checker.check(asked)
+    except check.UnknownClusterError as exc:
+        raise ApiError(404, "not_found", str(exc)) from None
+    return _json_body(dumps(answer))
 
 
 async def openapi_json(request: web.Request) -> web.Response:
@@ -351,6 +385,7 @@ def build_app(deps: ApiDeps) -> web.Application:
     app.router.add_get("/api/v1/clusters/{name}", cluster)
     app.router.add_get("/api/v1/keys", keys)
     app.router.add_get("/api/v1/sealed-secrets", sealed_secrets)
+    app.router.add_post(gitops.CHECK_PATH, check_documents)
     app.router.add_get("/api/v1/openapi.json", openapi_json)
     jobs_api.register(app, store=deps.store, submitter=deps.jobs,
                       certificates=deps.certificates or jobs_api.StoreCertificates(deps.store))

@@ -1,5 +1,5 @@
 """A small client of the daemon's API, for the CLI (``status``, ``staleness``, ``jobs``,
-the key commands).
+the key commands, ``check``).
 
 It prefers the unix socket (no token needed) and falls back to the TCP listener with
 the read token (the admin token for mutations).  A refusal (409) is a
@@ -41,6 +41,10 @@ class ApiClient:
 
     async def get_json(self, path: str) -> Any:
         return await self.request_json("GET", path)
+
+    async def post_json(self, path: str, document: Any) -> Any:
+        """POST *document* as JSON (``check``: the read token is enough for it on TCP)."""
+        return await self.request_json("POST", path, document)
 
     async def request_json(self, method: str, path: str, body: Any = None) -> Any:
         dirfd = None

@@ -18,6 +18,7 @@ import datetime as dt
 import os
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import structlog
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -269,6 +270,33 @@ class InventoryCollector(Collector):
             malformed.add_metric([name], len(cluster.get("malformed_key_secrets") or ()))
         yield from (reachable, age, stale, expiry, drift, duration, last_scan, secrets,
                     controller_error, crashing, malformed)
+        yield from _repo_metrics(report.get("repos", ()))
+
+
+def _repo_metrics(repos: list[dict[str, Any]] | tuple[()]) -> Iterator[Metric]:
+    """The Git side: documents by state, unparseable files and scan times per repo."""
+    documents = GaugeMetricFamily("sealfleet_git_sealed_secrets",
+                                  "SealedSecret documents found in a GitOps repo, by state",
+                                  labels=["repo", "state"])
+    unparseable = GaugeMetricFamily("sealfleet_git_unparseable_files",
+                                    "Files of a GitOps repo that do not parse (skipped)",
+                                    labels=["repo"])
+    scanned = GaugeMetricFamily("sealfleet_git_last_scan_timestamp_seconds",
+                                "When the repo's working tree was last scanned (Unix time)",
+                                labels=["repo"])
+    failing = GaugeMetricFamily("sealfleet_git_scan_failing",
+                                "1 when the repo's last scan failed or was skipped",
+                                labels=["repo"])
+    for repo in repos:
+        name = repo["name"]
+        for state in STATE_KEYS[1:]:
+            documents.add_metric([name, state], repo["sealed_secrets"][state])
+        unparseable.add_metric([name], repo["unparseable_files_total"])
+        failing.add_metric([name], 1 if repo["last_error"] else 0)
+        when = _epoch(repo["last_scan_at"])
+        if when is not None:
+            scanned.add_metric([name], when)
+    yield from (documents, unparseable, scanned, failing)
 
 
 def make_registry(collector: InventoryCollector) -> CollectorRegistry:

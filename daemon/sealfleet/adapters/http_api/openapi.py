@@ -94,8 +94,28 @@ SCHEMAS: dict[str, Any] = {
                         "master_keys": {"type": "array", "items": {"type": "string"}}}),
         "fleet": _obj({"clusters": {"type": "integer"}, "reachable": {"type": "integer"},
                        "stale_sealing_keys": {"type": "integer"},
-                       "drifting": {"type": "integer"}, "sealed_secrets": _ref("Counts")}),
+                       "drifting": {"type": "integer"}, "sealed_secrets": _ref("Counts"),
+                       "repos": {"type": "integer"},
+                       "git_sealed_secrets": _ref("Counts")}),
         "clusters": {"type": "array", "items": _ref("ClusterReport")},
+        "repos": {"type": "array", "items": _ref("RepoReport")},
+    }),
+    "RepoReport": _obj({
+        "name": {"type": "string"}, "path": {"type": "string"},
+        "is_git": {"type": ["boolean", "null"], "description": "null until first scanned"},
+        "head_commit": _STR_OR_NULL, "head_branch": _STR_OR_NULL,
+        "last_scan_at": _TIME_OR_NULL,
+        "last_error": {"type": ["string", "null"],
+                       "description": "why the last scan failed or was skipped (another "
+                                      "branch than base_branch checked out, git failing)"},
+        "scan_duration_ms": {"type": ["integer", "null"]},
+        "files": {"type": "integer", "minimum": 0,
+                  "description": "files that matched the repo's paths"},
+        "unparseable_files": {"type": "array", "description": "files that do not parse "
+                              "(skipped), at most 100", "items": _obj({
+                                  "path": {"type": "string"}, "reason": {"type": "string"}})},
+        "unparseable_files_total": {"type": "integer", "minimum": 0},
+        "sealed_secrets": _ref("Counts"),
     }),
     "ClusterList": _obj({"generated_at": _TIME,
                          "clusters": {"type": "array", "items": _ref("ClusterDetail")}}),
@@ -110,7 +130,32 @@ SCHEMAS: dict[str, Any] = {
         "sealed_secrets": {"type": "integer", "minimum": 0},
     }),
     "KeyList": _obj({"generated_at": _TIME, "keys": {"type": "array", "items": _ref("Key")}}),
+    "GitLink": _obj({"repo": {"type": "string"}, "path": {"type": "string"},
+                     "document": {"type": "integer", "minimum": 0,
+                                  "description": "0-based, among the file's non-empty "
+                                                 "documents"}}),
+    "ManagedBy": _obj({
+        "tool": {"enum": ["flux", "argocd"]}, "name": {"type": "string"},
+        "hint": {"type": "boolean", "description": "only the app.kubernetes.io/instance "
+                                                   "label says so (Helm sets it too)"}}),
+    "GitSealedSecret": _obj({
+        "source": {"const": "git"}, "repo": {"type": "string"}, "path": {"type": "string"},
+        "document": {"type": "integer", "minimum": 0},
+        "namespace": {"type": "string"}, "name": {"type": "string"},
+        "scope": {"enum": ["strict", "namespace-wide", "cluster-wide"]},
+        "state": {"enum": _STATES},
+        "clusters": {"type": "array", "items": {"type": "string"},
+                     "description": "the clusters whose keys should open it"},
+        "observed_at": _TIME, "malformed_reason": _STR_OR_NULL,
+        "ciphertext_fingerprint": {"type": "string"},
+        "items": {"type": "array", "items": _obj({
+            "item": {"type": "string"}, "fingerprint": _STR_OR_NULL})},
+    }),
     "SealedSecret": _obj({
+        "source": {"const": "cluster"},
+        "git": {"oneOf": [{"type": "null"}, _ref("GitLink")],
+                "description": "the Git document of the same ciphertext, if any"},
+        "managed_by": {"oneOf": [{"type": "null"}, _ref("ManagedBy")]},
         "cluster": {"type": "string"}, "namespace": {"type": "string"},
         "name": {"type": "string"}, "uid": {"type": "string"},
         "resource_version": {"type": "string"}, "generation": {"type": "integer"},
@@ -123,9 +168,55 @@ SCHEMAS: dict[str, Any] = {
             "item": {"type": "string"}, "fingerprint": _STR_OR_NULL})},
     }),
     "SealedSecretPage": _obj({
-        "items": {"type": "array", "items": _ref("SealedSecret")},
+        "items": {"type": "array", "items": {"oneOf": [_ref("SealedSecret"),
+                                                       _ref("GitSealedSecret")]}},
         "next_cursor": {"type": ["string", "null"],
                         "description": "pass as ?cursor= for the next page; null on the last"},
+    }),
+    "CheckRequest": {**_obj({
+        "documents": {"type": "array", "maxItems": 500, "items": {
+            "type": "object",
+            "properties": {
+                "source": {"type": "string", "maxLength": 4096,
+                           "description": "a name for errors and the answer (a file name)"},
+                "document": {"type": "integer", "minimum": 0,
+                             "description": "its index in the source (with object)"},
+                "object": {"type": "object", "description": "a SealedSecret"},
+                "content": {"type": "string", "description": "a YAML or JSON manifest "
+                            "file; only its SealedSecret documents are checked"}},
+            "oneOf": [{"required": ["object"], "not": {"required": ["content"]}},
+                      {"required": ["content"], "not": {"required": ["object"]}}]}},
+        "clusters": {"type": "array", "maxItems": 100,
+                     "items": {"type": "string", "minLength": 1},
+                     "description": "clusters that must each unseal every document; "
+                                    "default: every cluster, one of which must"},
+        "require_current": {"type": "boolean", "description": "also fail a document not "
+                            "sealed with a cluster's current sealing key"},
+    }, required=["documents"])},
+    "CheckVerdict": _obj({
+        "cluster": {"type": "string"},
+        "decryptable": {"type": ["boolean", "null"],
+                        "description": "the cluster holds the key of every item under the "
+                                       "document's scope label; null: cannot be told"},
+        "current": {"type": ["boolean", "null"],
+                    "description": "every item is sealed with the cluster's sealing key"},
+        "sealing_key": _STR_OR_NULL, "state": {"enum": _STATES},
+        "reasons": {"type": "array", "items": {"type": "string"}}}),
+    "CheckResult": _obj({
+        "ok": {"type": "boolean"}, "clusters": {"type": "array", "items": {"type": "string"}},
+        "require_current": {"type": "boolean"},
+        "documents": {"type": "array", "items": _obj({
+            "source": {"type": "string"}, "document": {"type": "integer"},
+            "namespace": {"type": "string"}, "name": {"type": "string"},
+            "scope": {"enum": ["strict", "namespace-wide", "cluster-wide"]},
+            "ok": {"type": "boolean"},
+            "items": {"type": "array", "items": _obj({
+                "item": {"type": "string"}, "fingerprint": _STR_OR_NULL})},
+            "clusters": {"type": "array", "items": _ref("CheckVerdict")}})},
+        "ignored_documents": {"type": "integer", "minimum": 0,
+                              "description": "documents that are not SealedSecrets"},
+        "errors": {"type": "array", "items": _obj({"source": {"type": "string"},
+                                                   "error": {"type": "string"}})},
     }),
     "Health": _obj({"status": {"const": "ok"}}),
     "JobStep": _obj({"ref": {"type": "string"},
@@ -264,6 +355,10 @@ def document() -> dict[str, Any]:
                                      "default": 100}, "page size (ASCII digits)"),
                     _query("cursor", {"type": "string", "minLength": 1},
                            "next_cursor of the previous page"),
+                    _query("source", {"enum": ["cluster", "git"], "default": "cluster"},
+                           "cluster: in-cluster objects, in (cluster, namespace, name) "
+                           "order; git: documents found in the repos, in (repo, path, "
+                           "document) order, where cluster= keeps those meant for it"),
                 ]),
             "/api/v1/keys/sync": _post(
                 "Bring every cluster's key Secrets to the fleet key set (master mode)",
@@ -308,6 +403,22 @@ def document() -> dict[str, Any]:
                     "400": _ERRORS["400"],
                     "404": _json(_ref("Error"), "No such cluster, or no certificate yet"),
                     "503": _ERRORS["503"]}}},
+            "/api/v1/check": {"post": {
+                "summary": "Can these SealedSecrets be unsealed, and are they sealed with "
+                           "the current key (per document and cluster)?  Nothing is "
+                           "decrypted beyond the RSA unwrap attribution does; no value is "
+                           "returned.  The read token is enough.",
+                "requestBody": {"required": True, "content": {"application/json": {
+                    "schema": _ref("CheckRequest")}}},
+                "responses": {
+                    "200": _json(_ref("CheckResult"), "The verdicts (ok false: a document "
+                                 "would fail, or an input does not parse)"),
+                    "400": _json(_ref("Error"), "Not a check request, or too many items"),
+                    "401": _ERRORS["401"],
+                    "404": _json(_ref("Error"), "A named cluster is not configured"),
+                    "413": _json(_ref("Error"), "The body is larger than 1 MiB"),
+                    "503": _json(_ref("Error"), "No checker (keys) available here"),
+                }}},
             "/api/v1/openapi.json": _get("This document", {
                 "description": "OpenAPI 3.1", "content": {"application/json": {
                     "schema": {"type": "object"}}}}, errors=("401",)),

@@ -27,7 +27,13 @@ import structlog
 
 from sealfleet.adapters.store import Store
 from sealfleet.adapters.store.records import KeyRecord, KeyUsage
-from sealfleet.domain.staleness import ClusterFacts, StalenessPolicy, build_report, iso
+from sealfleet.domain.staleness import (
+    ClusterFacts,
+    RepoFacts,
+    StalenessPolicy,
+    build_report,
+    iso,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -135,6 +141,8 @@ class InventoryView:
         counts = await inventory.state_counts()
         held = await inventory.key_holdings_by_cluster()
         malformed = await inventory.malformed_key_secrets_by_cluster()
+        repos = await self._repo_facts()
+        git_counts = await self._store.git.state_counts()
         facts = []
         details: dict[str, dict[str, Any]] = {}
         for cluster in clusters:
@@ -154,7 +162,7 @@ class InventoryView:
                                      "controller_namespace": cluster.controller_namespace,
                                      "controller_name": cluster.controller_name}
         report = build_report(self.policy, self._clock(), facts, records, counts,
-                              master)
+                              master, repos=repos, git_counts=git_counts)
         clusters_out = [{**c, **details.get(c["name"], {})} for c in report["clusters"]]
         keys = [key_entry(r, usage.get(r.fingerprint)) for r in records]
         snap = Snapshot(
@@ -172,6 +180,17 @@ class InventoryView:
         log.debug("snapshot_built", clusters=len(facts), keys=len(keys),
                   duration_ms=round((time.perf_counter() - started) * 1000, 1))
         return snap
+
+    async def _repo_facts(self) -> list[RepoFacts]:
+        git = self._store.git
+        files = await git.file_counts()
+        unparseable = await git.unparseable_files()
+        return [RepoFacts(name=r.name, path=r.path, is_git=r.is_git, head_commit=r.head_commit,
+                          head_branch=r.head_branch, last_scan_at=r.last_scan_at,
+                          last_error=r.last_error, scan_duration_ms=r.scan_duration_ms,
+                          files=files.get(r.name, 0),
+                          unparseable_files=tuple(unparseable.get(r.name, ())))
+                for r in await git.list_repos() if not r.removed]
 
     async def run_refresher(self, *, poll_interval: float = 0.25) -> None:
         """Keep the snapshot fresh until cancelled (run as a named task by the service)."""

@@ -25,6 +25,7 @@ from sealfleet.adapters.store.records import (
     KeyRecord,
     SealedSecretRecord,
 )
+from sealfleet.domain.observed import ManagedBy
 from sealfleet.domain.scopes import Scope
 from sealfleet.domain.staleness import SecretState
 from sealfleet.errors import StoreError
@@ -155,7 +156,8 @@ SEALED_SECRET_COLUMNS = (
     "cluster", "namespace", "name", "uid", "resource_version", "generation", "scope",
     "item_count", "ciphertext_fingerprint", "items", "keys", "key_items", "state", "synced",
     "synced_message",
-    "malformed_reason", "last_seen",
+    "malformed_reason", "managed_by_tool", "managed_by_name", "managed_by_hint",
+    "last_seen",   # last: the upsert reuses its parameter for first_seen/state_changed_at
 )
 
 
@@ -173,31 +175,37 @@ def sealed_secret_rows(records: Sequence[SealedSecretRecord],
         if r.observed_at is not last_time:
             last_time, last_text = r.observed_at, timestamp(r.observed_at)
         items, keys, key_items = encode_items(r.items, refs)
+        managed = r.managed_by
         # sqlite3 binds int and str subclasses as such: Scope (IntEnum) is stored as its
         # number, SecretState (StrEnum) as its value, a bool as 0/1, with no conversion.
         append((r.cluster, r.namespace, r.name, r.uid, r.resource_version, r.generation,
                 r.scope, len(r.items), r.ciphertext_fingerprint, items, keys, key_items,
-                r.state, r.synced, r.synced_message, r.malformed_reason, last_text))
+                r.state, r.synced, r.synced_message, r.malformed_reason,
+                managed.tool if managed else None, managed.name if managed else None,
+                managed.hint if managed else None, last_text))
     return rows
 
 
 SEALED_SECRET_SELECT = (
     "SELECT cluster, namespace, name, uid, resource_version, generation, scope, "  # noqa: S105
     "ciphertext_fingerprint, items, keys, state, synced, synced_message, last_seen, "
-    "malformed_reason FROM sealed_secrets"
+    "malformed_reason, managed_by_tool, managed_by_name, managed_by_hint FROM sealed_secrets"
 )
 
 
 def sealed_secret_record(row: Sequence[Any], refs: Mapping[str, str]) -> SealedSecretRecord:
     (cluster, namespace, name, uid, resource_version, generation, scope, fingerprint,
-     items, keys, state, synced, synced_message, last_seen, malformed_reason) = row
+     items, keys, state, synced, synced_message, last_seen, malformed_reason,
+     managed_tool, managed_name, managed_hint) = row
     return SealedSecretRecord(
         cluster=cluster, namespace=namespace, name=name, uid=uid,
         resource_version=resource_version, generation=generation, scope=Scope(scope),
         ciphertext_fingerprint=fingerprint, items=decode_items(items, keys, refs),
         state=SecretState(state), synced=None if synced is None else bool(synced),
         synced_message=synced_message, observed_at=dt.datetime.fromisoformat(last_seen),
-        malformed_reason=malformed_reason)
+        malformed_reason=malformed_reason,
+        managed_by=None if managed_tool is None else ManagedBy(
+            managed_tool, managed_name or "", bool(managed_hint)))
 
 
 KEY_SELECT = (

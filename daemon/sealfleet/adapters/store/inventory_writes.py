@@ -182,7 +182,9 @@ def prune_attributions(conn: sqlite3.Connection, older_than: dt.datetime) -> int
     conn.execute("CREATE TEMP TABLE IF NOT EXISTS live_item_hashes "
                  "(item_hash TEXT PRIMARY KEY) WITHOUT ROWID")
     conn.execute("DELETE FROM temp.live_item_hashes")
-    rows = conn.execute("SELECT items, keys FROM sealed_secrets").fetchall()
+    # Git documents (migration 0007) hold items too: their answers are just as live.
+    rows = conn.execute("SELECT items, keys FROM sealed_secrets UNION ALL "
+                        "SELECT items, keys FROM git_sealed_secrets").fetchall()
     refs = inventory_reads.key_refs(conn)
     conn.executemany("INSERT OR IGNORE INTO temp.live_item_hashes VALUES (?)",
                      ((fact.item_hash,) for items, keys in rows

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import TypeAlias
 
 from sealfleet.domain.keys import SealingKey
+from sealfleet.domain.observed import ManagedBy
 from sealfleet.domain.scopes import Scope
 from sealfleet.domain.staleness import SecretState
 
@@ -84,10 +85,81 @@ class SealedSecretRecord:
     synced_message: str | None
     observed_at: dt.datetime
     malformed_reason: str | None = None   # set when the object could not be parsed
+    managed_by: ManagedBy | None = None   # the GitOps tool that applied it (migration 0007)
 
     @property
     def item_count(self) -> int:
         return len(self.items)
+
+
+# ---------------------------------------------------------------- git (migration 0007)
+
+
+@dataclass(frozen=True)
+class GitRepoRecord:
+    """A configured GitOps working tree with the outcome of its last scan."""
+
+    name: str
+    path: str
+    is_git: bool | None                 # None = never scanned
+    head_commit: str | None             # HEAD at the last scan (None: not a git tree)
+    head_branch: str | None             # checked-out branch (None: detached, or not git)
+    last_scan_at: dt.datetime | None
+    last_error: str | None              # why the last scan failed or was skipped
+    scan_duration_ms: int | None
+    removed_at: dt.datetime | None = None
+
+    @property
+    def removed(self) -> bool:
+        return self.removed_at is not None
+
+
+@dataclass(frozen=True)
+class GitFileRecord:
+    """A file of a tree that matched the repo's paths, as last parsed."""
+
+    repo: str
+    path: str                           # relative to the tree, '/'-separated
+    signature: str                      # what says it changed (blob hash, size, mtime)
+    documents: int                      # non-empty documents of any kind
+    error: str | None                   # why it does not parse (None = it parsed)
+    scanned_at: dt.datetime
+
+
+@dataclass(frozen=True)
+class GitSealedSecretRecord:
+    """One SealedSecret document of a file in a GitOps tree.
+
+    *document* is the 0-based index among the file's non-empty documents (the order
+    of ``documents.parse_documents``); *clusters* are the configured clusters whose
+    keys should open it, and its *state* is judged against them.
+    """
+
+    repo: str
+    path: str
+    document: int
+    namespace: str                      # '' when a cluster-wide document names none
+    name: str
+    scope: Scope
+    ciphertext_fingerprint: str
+    items: tuple[ItemFact, ...]
+    clusters: tuple[str, ...]
+    state: SecretState
+    observed_at: dt.datetime
+    malformed_reason: str | None = None
+
+    @property
+    def item_count(self) -> int:
+        return len(self.items)
+
+
+@dataclass(frozen=True)
+class GitLink:
+    """Where in Git an object comes from: a document of a file of a repo."""
+
+    repo: str
+    path: str
+    document: int
 
 
 # ---------------------------------------------------------------- inventory

@@ -55,6 +55,7 @@ from sealfleet.adapters.store import (
     migrations,
 )
 from sealfleet.adapters.store.audit import AuditLog
+from sealfleet.adapters.store.git_inventory import GitInventory
 from sealfleet.adapters.store.inventory import Inventory
 from sealfleet.adapters.store.jobs import JobJournal
 from sealfleet.adapters.store.kek import KeyEncryptionKey
@@ -93,6 +94,7 @@ class Store:
         self.keys = KeyRecords(self, kek)
         self.audit = AuditLog(self)
         self.jobs = JobJournal(self)
+        self.git = GitInventory(self)
 
     # ------------------------------------------------------------ lifecycle
 

@@ -47,6 +47,7 @@ COMMAND_MODULES: dict[str, tuple[str, ...]] = {
     "sandbox": ("sandbox",),
     "daemon": ("run", "status", "staleness", "demo"),
     "jobs": ("jobs", "audit"),
+    "check": ("check",),
 }
 
 Handler = Callable[[argparse.Namespace], int]

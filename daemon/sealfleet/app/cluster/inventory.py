@@ -139,7 +139,7 @@ class ClusterInventory:
             scope=parsed.scope, ciphertext_fingerprint=parsed.ciphertext_fingerprint,
             items=items, state=state, synced=parsed.synced,
             synced_message=parsed.synced_message, observed_at=now,
-            malformed_reason=parsed.malformed_reason)
+            malformed_reason=parsed.malformed_reason, managed_by=parsed.managed_by)
 
     def reclassify(self, entry: Entry, context: KeyContext) -> None:
         """Judge *entry* again (new facts about its keys or the controller's answer)."""
