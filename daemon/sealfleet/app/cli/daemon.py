@@ -287,13 +287,13 @@ def _demo(args: argparse.Namespace) -> int:
 async def _demo_async(state_dir: Path, clusters: int, *, once: bool, output: str) -> int:
     import asyncio
     import contextlib
-    import importlib
 
+    # Imported here, not at the top: only the demo needs the sandbox, never the daemon
+    # (the layer contract allows this one import from app/cli/daemon.py).
+    import sealfleet.sandbox as sandbox_module
     from sealfleet.app import service
     from sealfleet.app.config import load_settings
 
-    # Imported lazily and by name: only the demo needs the sandbox, never the daemon.
-    sandbox_module = importlib.import_module("sealfleet.sandbox")
     # Two keys per cluster (NotBefore 35 and 5 days ago): SealedSecrets sealed with the
     # older one are stale.  2048-bit keys keep the demo's start-up quick.
     seed = sandbox_module.SeedSpec(namespaces=3, sealed_secrets=20, keys=2, key_bits=2048)
