@@ -37,7 +37,7 @@ from sealfleet.sandbox import Sandbox, SeedSpec
 
 OPTIONS = WorkerOptions(backoff=retry.BackoffPolicy(initial=0.05, cap=0.3),
                         resync_interval=600, request_timeout=5, watch_timeout=2)
-SPEC = SeedSpec(namespaces=2, sealed_secrets=6, keys=2, seed=5, key_bits=2048)
+SPEC = SeedSpec(namespaces=2, sealed_secrets=4, keys=2, seed=5, key_bits=2048)
 SEALED = "sealedsecrets.bitnami.com"
 
 
@@ -50,7 +50,7 @@ def executor() -> Iterator[ThreadPoolExecutor]:
 @pytest.fixture
 async def sandbox(tmp_path: Path) -> AsyncIterator[Sandbox]:
     # Controllers with their own renewal on (the upstream default, 720h).
-    async with Sandbox(tmp_path / "sandbox", clusters=3, seed=SPEC, seed_processes=0,
+    async with Sandbox(tmp_path / "sandbox", clusters=5, seed=SPEC, seed_processes=0,
                        bookmark_interval=0.3, crash_backoff=(0.1, 0.5),
                        startup_delay=0.3) as started:
         yield started
@@ -134,6 +134,12 @@ async def test_sync_gives_every_cluster_one_master_key_and_nothing_sealed_is_los
     assert before
     assert all(synced == "True" for synced, _ in before.values())
     async with daemon(sandbox, executor) as fleet:
+        for name in sandbox.names:      # each cluster's own keys into fleet custody first
+            adopted = await fleet.run_job("adopt", {"cluster": name})
+            assert adopted.state == "succeeded", adopted.error
+            (step,) = await fleet.store.jobs.job_items(adopted.id)
+            assert isinstance(step.detail["adopted"], list)
+            assert len(step.detail["adopted"]) == SPEC.keys, name
         job = await fleet.run_job("key_sync")
         assert job.state == "succeeded", job.error
         master = job.params["new_key"]

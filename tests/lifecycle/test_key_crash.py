@@ -29,6 +29,7 @@ from sealfleet.adapters.kube import controller, fleet_keys
 from sealfleet.adapters.kube.client import KubeClient
 from sealfleet.app import config
 from sealfleet.domain import key_secrets
+from sealfleet.domain.keys import load_certificate
 from sealfleet.sandbox.runner import SandboxProcess
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
@@ -150,5 +151,12 @@ def test_a_renewal_killed_at_any_point_finishes_with_one_new_key_everywhere(
             generated = {row[0] for row in db.execute(
                 "SELECT fingerprint FROM sealing_keys WHERE source = 'generated'")}
         assert generated == set(masters)
+        # The CLI shows them: every master key listed, and the certificate that seals.
+        listed_keys = json.loads(sealfleet("keys", "list", "-o", "json", "-c",
+                                           str(sandbox)).stdout)["keys"]
+        assert {k["fingerprint"] for k in listed_keys if k["fleet_master"]} == set(masters)
+        cert = sealfleet("keys", "cert", "-c", str(sandbox))
+        assert cert.returncode == 0, cert.stderr
+        assert load_certificate(cert.stdout.encode()).fingerprint == masters[-1]
     finally:
         daemon.stop()

@@ -42,11 +42,16 @@ class ApiClient:
     async def get_json(self, path: str) -> Any:
         return await self.request_json("GET", path)
 
+    async def get_text(self, path: str) -> str:
+        """A non-JSON document (a PEM certificate); errors still come as JSON."""
+        return str(await self.request_json("GET", path, text=True))
+
     async def post_json(self, path: str, document: Any) -> Any:
         """POST *document* as JSON (``check``: the read token is enough for it on TCP)."""
         return await self.request_json("POST", path, document)
 
-    async def request_json(self, method: str, path: str, body: Any = None) -> Any:
+    async def request_json(self, method: str, path: str, body: Any = None, *,
+                           text: bool = False) -> Any:
         dirfd = None
         if self._use_socket() and self._socket_path is not None:
             # Paths longer than sun_path are reached through /proc/self/fd/<dir fd>/name.
@@ -73,6 +78,8 @@ class ApiClient:
         finally:
             if dirfd is not None:
                 os.close(dirfd)
+        if text and response.status < 400:
+            return answer.decode("ascii", errors="replace")
         try:
             document = json.loads(answer)
         except ValueError:

@@ -78,6 +78,37 @@ def add_key_commands(commands: argparse._SubParsersAction[argparse.ArgumentParse
         parser.add_argument("--wait", action="store_true",
                             help="follow the job; exit 0 succeeded, 1 failed")
         parser.set_defaults(handler=_submit_key_job)
+    listing = commands.add_parser("list", help="every key the fleet knows: validity, state, "
+                                               "source, where held, what it sealed")
+    _config_arg(listing)
+    _output_arg(listing)
+    listing.set_defaults(handler=_list_keys)
+    cert = commands.add_parser("cert", help="print the fleet master certificate (the one "
+                                            "GET /api/v1/cert.pem serves)")
+    cert.add_argument("--cluster", metavar="NAME", help="that cluster's sealing certificate")
+    _config_arg(cert)
+    cert.set_defaults(handler=_print_cert)
+
+
+def _list_keys(args: argparse.Namespace) -> int:
+    found = asyncio.run(_client(args).get_json("/api/v1/keys"))
+    if args.output == "json":
+        print(json.dumps(found, indent=2))
+        return 0
+    for key in found["keys"]:
+        master = " master" if key.get("fleet_master") else ""
+        print(f"{key['fingerprint']}  {key['state']:<11} {key['source']:<9} "
+              f"{key['not_before'][:10]}..{key['not_after'][:10]}  "
+              f"{key.get('items', 0):>6} items  {','.join(key.get('clusters', [])) or '-'}"
+              f"{master}")
+    return 0
+
+
+def _print_cert(args: argparse.Namespace) -> int:
+    query = f"?cluster={urllib.parse.quote(args.cluster)}" if args.cluster else ""
+    pem = asyncio.run(_client(args).get_text(f"/api/v1/cert.pem{query}"))
+    print(pem, end="")
+    return 0
 
 
 def _key_request(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
