@@ -217,7 +217,7 @@ class Keystore:
             if not self._stored:
                 return
             wanted = set(self._stored)
-            loaded = await self._keys.load_private_keys()
+            loaded = await self._keys.load_private_keys(only=sorted(wanted))
             for key in loaded.keys:
                 self._loaded.setdefault(key.fingerprint, key)
             for rejected in loaded.rejected:   # one bad row never stops the others

@@ -100,13 +100,16 @@ class KeyRecords:
         """fingerprint -> holding clusters, items and SealedSecrets sealed by the key."""
         return await self._store.read(keys_sql.key_usage)
 
-    async def load_private_keys(self) -> LoadedKeys:
-        """Every stored private key that opens and matches its row; the others, with reasons.
+    async def load_private_keys(self, only: Sequence[str] | None = None) -> LoadedKeys:
+        """Every stored private key (or those of *only*) that opens and matches its row;
+        the others, with reasons.  Opening one costs tens of CPU-ms (the RSA check): ask
+        only for the keys not loaded yet.
 
         One bad row never keeps the others from loading.  No KEK while the store holds
         private keys is a StoreError: that is the configuration's fault, not a row's.
         """
-        rows = await self._store.read(keys_sql.encrypted_keys)
+        rows = await self._store.read(keys_sql.encrypted_keys,
+                                      None if only is None else list(only))
         if not rows:
             return LoadedKeys()
         if self._kek is None:

@@ -119,12 +119,15 @@ def list_keys(conn: sqlite3.Connection) -> list[KeyRecord]:
     return [codec.key_record(row) for row in rows]
 
 
-def encrypted_keys(conn: sqlite3.Connection) -> list[EncryptedKey]:
-    """Every stored private key, still encrypted, oldest first."""
+def encrypted_keys(conn: sqlite3.Connection,
+                   only: Sequence[str] | None = None) -> list[EncryptedKey]:
+    """Every stored private key (or those of *only*), still encrypted, oldest first."""
+    wanted = None if only is None else codec.encode_json(list(only))
     rows = conn.execute(
         "SELECT fingerprint, not_before, not_after, source, certificate_pem, "
         "private_key_ciphertext, kek_id FROM sealing_keys "
-        "WHERE private_key_ciphertext IS NOT NULL ORDER BY not_before, fingerprint")
+        "WHERE private_key_ciphertext IS NOT NULL AND (?1 IS NULL OR fingerprint IN "
+        "(SELECT value FROM json_each(?1))) ORDER BY not_before, fingerprint", (wanted,))
     return [EncryptedKey(fingerprint=fingerprint, not_before=codec.parse_time(not_before),
                          not_after=codec.parse_time(not_after), source=source,
                          certificate_pem=certificate_pem, ciphertext=bytes(ciphertext),
