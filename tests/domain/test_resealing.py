@@ -12,7 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sealfleet.domain import hybrid, keys, resealing, sealed_secrets
+from sealfleet.domain import documents, hybrid, keys, resealing, sealed_secrets
 from sealfleet.domain.scopes import Scope
 from sealfleet.errors import DecryptionError, InputError
 
@@ -221,3 +221,80 @@ def test_reseal_round_trips_any_values(rsa2048_keys: list[keys.SealingKey], scop
     result = resealing.reseal(sealed, resealing.KeyRing(rsa2048_keys), new.certificate)
     assert _opened(result.apply(sealed), new) == data
     assert result.changed is (old is not new)
+
+
+# ------------------------------------------------------------------------- files
+
+
+def _manifest(key: keys.SealingKey, *, name: str, nl: str = "\n",
+              block_item: bool = False) -> str:
+    sealed = _sealed(key, {"password": b"p-" + name.encode(), "token": b"t-" + name.encode()},
+                     name=name)
+    values = sealed["spec"]["encryptedData"]
+    token = (f"|{nl}      {values['token']}{nl}" if block_item
+             else f"\"{values['token']}\"  # rotated{nl}")
+    return (f"# {name}: managed by hand{nl}apiVersion: bitnami.com/v1alpha1{nl}"
+            f"kind: SealedSecret{nl}metadata:{nl}  name: {name}{nl}  namespace: prod{nl}"
+            f"spec:{nl}  encryptedData:{nl}    password: {values['password']}{nl}"
+            f"    token: {token}  template:{nl}    metadata:{nl}      name: {name}{nl}")
+
+
+def test_a_file_is_resealed_in_place_touching_only_ciphertext_lines(
+        rsa2048_keys: list[keys.SealingKey], ring: resealing.KeyRing) -> None:
+    old, _, new = rsa2048_keys
+    nl = "\r\n"
+    text = (_manifest(old, name="a", nl=nl) + f"---{nl}kind: ConfigMap{nl}data: {{x: y}}{nl}"
+            + f"---{nl}" + _manifest(old, name="b", nl=nl, block_item=True))
+    outcome = resealing.reseal_file(
+        resealing.FileRequest("apps/db.yaml", text.encode(), new.certificate), ring)
+    assert outcome.changed
+    assert outcome.result is not None
+    after = outcome.result.content.decode()
+    changed = [(a, b) for a, b in zip(text.split(nl), after.split(nl), strict=True) if a != b]
+    assert [a.split(":")[0].strip() for a, _ in changed] == ["password", "token", "password"]
+    assert outcome.errors == (
+        "apps/db.yaml: document 2: spec.encryptedData.token: is a block scalar (| or >)",)
+    assert [(d.index, d.display, [(c.item, c.old_key, c.new_key) for c in d.changes])
+            for d in outcome.documents] == [
+        (0, "prod/a", [("password", old.fingerprint, new.fingerprint),
+                       ("token", old.fingerprint, new.fingerprint)]),
+        (2, "prod/b", [("password", old.fingerprint, new.fingerprint)])]
+    docs = documents.parse_documents(outcome.result.content)
+    assert _opened(docs[0], new) == {"password": b"p-a", "token": b"t-a"}
+    assert sealed_secrets.decrypt_items(
+        {**docs[2], "spec": {"encryptedData": {"password": docs[2]["spec"]["encryptedData"][
+            "password"]}}}, [new.private_key]) == {"password": b"p-b"}
+
+
+def test_only_the_requested_documents_are_resealed(rsa2048_keys: list[keys.SealingKey],
+                                                   ring: resealing.KeyRing) -> None:
+    old, _, new = rsa2048_keys
+    text = _manifest(old, name="a") + "---\n" + _manifest(old, name="b")
+    outcome = resealing.reseal_file(resealing.FileRequest(
+        "x.yaml", text.encode(), new.certificate,
+        documents={1: {"password": old.fingerprint}, 5: {}}), ring)
+    assert [d.index for d in outcome.documents] == [1]
+    assert outcome.errors == ("x.yaml: document 5: is not a SealedSecret",)
+    assert outcome.result is not None
+    assert outcome.result.content.decode().split("---\n")[0] == text.split("---\n")[0]
+
+
+def test_current_and_unreadable_files_are_not_touched(rsa2048_keys: list[keys.SealingKey],
+                                                      ring: resealing.KeyRing) -> None:
+    _, _, new = rsa2048_keys
+    content = _manifest(new, name="a").encode()
+    requests = [resealing.FileRequest("current.yaml", content, new.certificate),
+                resealing.FileRequest("bad.yaml", b"a: [unclosed\n", new.certificate),
+                resealing.FileRequest("foreign.yaml", _manifest(rsa2048_keys[0], name="f")
+                                      .encode(), new.certificate)]
+    current, bad, foreign = resealing.iter_reseal_files(
+        requests, resealing.KeyRing([new]), chunk_files=1)
+    assert not current.changed
+    assert current.result is not None
+    assert current.result.content == content
+    assert current.errors == ()
+    assert bad.result is None
+    assert bad.errors == ("bad.yaml: invalid YAML at line 2",)
+    assert not foreign.changed
+    assert foreign.errors == ("foreign.yaml: document 0: prod/f: no key could decrypt "
+                              "item(s) 'password', 'token'",)

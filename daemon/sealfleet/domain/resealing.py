@@ -18,21 +18,26 @@ GIL during RSA, so threads scale, and requests go out in chunks of about
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import os
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from sealfleet.domain import attribution, hybrid, sealed_secrets
+from sealfleet.domain import attribution, hybrid, sealed_secrets, splice
 from sealfleet.domain.keys import SealingKey
 from sealfleet.domain.sealed_secrets import ItemsDecryptionError, SealedIdentity
 from sealfleet.errors import DecryptionError, FleetError, InputError
 
 LEGACY_ITEM = "spec.data"
 DEFAULT_CHUNK_ITEMS = 32
+DEFAULT_CHUNK_FILES = 8
+T = TypeVar("T")
+R = TypeVar("R")
 
 
 class TargetKey(Protocol):
@@ -250,10 +255,6 @@ def chunks(requests: Iterable[ResealRequest], chunk_items: int) -> Iterator[list
         yield chunk
 
 
-def _reseal_chunk(chunk: Sequence[ResealRequest], keyring: KeyRing) -> list[ResealOutcome]:
-    return [reseal_one(request, keyring) for request in chunk]
-
-
 def rsa_threads() -> int:
     """Threads worth running RSA on: the CPUs this process may use."""
     try:
@@ -262,35 +263,36 @@ def rsa_threads() -> int:
         return os.cpu_count() or 1
 
 
+def _pipeline(chunked: Iterable[list[T]], work: Callable[[list[T]], list[R]],
+              executor: Executor | None) -> Iterator[R]:
+    """*work* on every chunk on a thread pool, results in input order, at most two
+    chunks per thread in flight (a long input is never all in memory at once).
+    Without an *executor*, a pool sized to the CPUs is made for the call."""
+    threads = rsa_threads()
+    with contextlib.ExitStack() as stack:
+        if executor is None:
+            executor = stack.enter_context(
+                ThreadPoolExecutor(max_workers=threads, thread_name_prefix="reseal"))
+        in_flight: collections.deque[Future[list[R]]] = collections.deque()
+        try:
+            for chunk in chunked:
+                in_flight.append(executor.submit(work, chunk))
+                while len(in_flight) > 2 * threads:
+                    yield from in_flight.popleft().result()
+            while in_flight:
+                yield from in_flight.popleft().result()
+        finally:
+            for future in in_flight:  # the caller stopped early: drop what has not started
+                future.cancel()
+
+
 def iter_reseal(requests: Iterable[ResealRequest], keyring: KeyRing, *,
                 executor: Executor | None = None,
                 chunk_items: int = DEFAULT_CHUNK_ITEMS) -> Iterator[ResealOutcome]:
-    """Reseal *requests* on a thread pool, yielding outcomes in request order.
-
-    At most two chunks per thread are in flight, so a long input is never all in
-    memory at once.  Without an *executor*, a pool sized to the CPUs is made for the call.
-    """
-    if executor is None:
-        with ThreadPoolExecutor(max_workers=rsa_threads(),
-                                thread_name_prefix="reseal") as pool:
-            yield from _pipeline(requests, keyring, pool, rsa_threads(), chunk_items)
-        return
-    yield from _pipeline(requests, keyring, executor, rsa_threads(), chunk_items)
-
-
-def _pipeline(requests: Iterable[ResealRequest], keyring: KeyRing, executor: Executor,
-              threads: int, chunk_items: int) -> Iterator[ResealOutcome]:
-    in_flight: list[Future[list[ResealOutcome]]] = []
-    try:
-        for chunk in chunks(requests, chunk_items):
-            in_flight.append(executor.submit(_reseal_chunk, chunk, keyring))
-            while len(in_flight) > 2 * threads:
-                yield from in_flight.pop(0).result()
-        while in_flight:
-            yield from in_flight.pop(0).result()
-    finally:
-        for future in in_flight:  # the caller stopped early: drop what has not started
-            future.cancel()
+    """Reseal *requests* on a thread pool (see :func:`_pipeline`), outcomes in request order."""
+    def work(chunk: list[ResealRequest]) -> list[ResealOutcome]:
+        return [reseal_one(request, keyring) for request in chunk]
+    return _pipeline(chunks(requests, chunk_items), work, executor)
 
 
 def reseal_batch(requests: Iterable[ResealRequest], keyring: KeyRing, *,
@@ -298,3 +300,114 @@ def reseal_batch(requests: Iterable[ResealRequest], keyring: KeyRing, *,
                  chunk_items: int = DEFAULT_CHUNK_ITEMS) -> list[ResealOutcome]:
     """Every outcome of :func:`iter_reseal`, in request order."""
     return list(iter_reseal(requests, keyring, executor=executor, chunk_items=chunk_items))
+
+
+# ------------------------------------------------------------------------- files
+
+
+@dataclass(frozen=True)
+class FileRequest:
+    """One manifest file to reseal in place (YAML or JSON, any number of documents).
+
+    *documents* maps the indexes to reseal to their items' hints (see :func:`reseal`);
+    None reseals every SealedSecret of the file.
+    """
+
+    source: str
+    content: bytes = field(repr=False)
+    target: TargetKey
+    documents: Mapping[int, Mapping[str, str | None]] | None = None
+    force: bool = False
+
+
+@dataclass(frozen=True)
+class DocumentChange:
+    """The items of one document whose ciphertext was replaced in the file."""
+
+    index: int
+    namespace: str
+    name: str
+    changes: tuple[ItemChange, ...]
+
+    @property
+    def display(self) -> str:
+        return f"{self.namespace}/{self.name}" if self.namespace else self.name
+
+
+@dataclass(frozen=True)
+class FileOutcome:
+    """The new content of a file (*result*; None when it could not be read) and what
+    changed.  *errors* are one line each and name file, document and item, never a value."""
+
+    source: str
+    result: splice.SpliceResult | None
+    documents: tuple[DocumentChange, ...]
+    errors: tuple[str, ...]
+
+    @property
+    def changed(self) -> bool:
+        return self.result is not None and self.result.changed
+
+
+def reseal_file(request: FileRequest, keyring: KeyRing) -> FileOutcome:
+    """Locate, reseal and splice one file: only ciphertext bytes change (see
+    :mod:`sealfleet.domain.splice`); a value that cannot be spliced is reported."""
+    source = request.source
+    try:
+        located = splice.locate(request.content, source=source)
+    except InputError as exc:
+        return FileOutcome(source, None, (), (str(exc),))
+    wanted = request.documents
+    errors: list[str] = []
+    if wanted is not None:
+        found = {d.index for d in located.documents}
+        errors.extend(f"{source}: document {index}: is not a SealedSecret"
+                      for index in sorted(set(wanted) - found))
+    edits: list[splice.Edit] = []
+    resealed_docs: list[tuple[splice.LocatedDocument, Resealed]] = []
+    for document in located.documents:
+        if wanted is not None and document.index not in wanted:
+            continue
+        errors.extend(str(splice.Problem(source, document.index, item or None, reason))
+                      for item, reason in document.problems.items())
+        if not document.values:
+            continue
+        try:
+            resealed = reseal(document.sealed_secret(), keyring, request.target,
+                              hints=(wanted or {}).get(document.index), force=request.force)
+        except FleetError as exc:
+            errors.append(f"{source}: document {document.index}: {exc}")
+            continue
+        if resealed.replaced:
+            edits.append(splice.Edit(document.index, document.namespace, document.name,
+                                     resealed.replaced))
+            resealed_docs.append((document, resealed))
+    result = splice.splice(located, edits)
+    errors.extend(str(problem) for problem in result.problems)
+    done = set(result.replaced)
+    changes = tuple(
+        DocumentChange(document.index, document.namespace, document.name,
+                       tuple(c for c in resealed.changes if (document.index, c.item) in done))
+        for document, resealed in resealed_docs
+        if any((document.index, c.item) in done for c in resealed.changes))
+    return FileOutcome(source, result, changes, tuple(errors))
+
+
+def iter_reseal_files(requests: Iterable[FileRequest], keyring: KeyRing, *,
+                      executor: Executor | None = None,
+                      chunk_files: int = DEFAULT_CHUNK_FILES) -> Iterator[FileOutcome]:
+    """:func:`reseal_file` for every request on a thread pool, outcomes in request order."""
+    def work(chunk: list[FileRequest]) -> list[FileOutcome]:
+        return [reseal_file(request, keyring) for request in chunk]
+    return _pipeline(_batched(requests, chunk_files), work, executor)
+
+
+def _batched(values: Iterable[T], size: int) -> Iterator[list[T]]:
+    batch: list[T] = []
+    for value in values:
+        batch.append(value)
+        if len(batch) >= size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
