@@ -298,3 +298,19 @@ def test_current_and_unreadable_files_are_not_touched(rsa2048_keys: list[keys.Se
     assert not foreign.changed
     assert foreign.errors == ("foreign.yaml: document 0: prod/f: no key could decrypt "
                               "item(s) 'password', 'token'",)
+
+
+def test_items_hinted_current_are_kept_when_the_target_key_is_not_held(
+        rsa2048_keys: list[keys.SealingKey]) -> None:
+    old, _, new = rsa2048_keys
+    sealed = _sealed(new)
+    identity = sealed_secrets.identity_of(sealed)
+    sealed["spec"]["encryptedData"]["token"] = sealed_secrets.seal_value(
+        old.public_key, PLAINTEXTS["token"], identity)
+    hints: dict[str, str | None] = {"password": new.fingerprint, "empty": new.fingerprint,
+                                    "token": old.fingerprint}
+    result = resealing.reseal(sealed, resealing.KeyRing([old]), new.certificate, hints=hints)
+    assert result.replaced.keys() == {"token"}
+    assert _opened(result.apply(sealed), new) == PLAINTEXTS
+    with pytest.raises(sealed_secrets.ItemsDecryptionError, match=r"'empty', 'password'$"):
+        resealing.reseal(sealed, resealing.KeyRing([old]), new.certificate)

@@ -137,7 +137,9 @@ def reseal(sealed: Mapping[str, Any], keyring: KeyRing, target: TargetKey, *,
     """Reseal every item of *sealed* for *target*, under the same label.
 
     *hints* maps items to the fingerprint the inventory attributed them to; that key is
-    tried first (one RSA decrypt in the common case), then every other key.  Raises
+    tried first (one RSA decrypt in the common case), then every other key.  An item
+    hinted to be sealed with the target already is kept without a decrypt when the
+    target's private key is not in *keyring* (nothing could check it).  Raises
     :class:`ItemsDecryptionError` naming every item no key opens, and
     :class:`InputError` for a malformed object; neither ever carries a value.
     """
@@ -159,6 +161,12 @@ def reseal(sealed: Mapping[str, Any], keyring: KeyRing, target: TargetKey, *,
     for item, value in encrypted.items():
         ciphertext = sealed_secrets.decode_item(item, value)
         hinted = hints.get(item)
+        if hinted == target.fingerprint and not force and hinted not in keyring:
+            # Sealed for the target already (the inventory says so) and nothing here
+            # could check it: a cluster whose private key sealfleet does not hold.
+            values[item] = value
+            changes.append(ItemChange(item, hinted, hinted, resealed=False))
+            continue
         if hinted and order[0].fingerprint != hinted:
             for index, key in enumerate(order):
                 if key.fingerprint == hinted:
