@@ -1,0 +1,302 @@
+"""Writing a reseal into a Git repository: a branch, one commit per job, a push.
+
+The user's checkout is never touched: the work happens in a separate worktree
+(``git worktree add --detach``) under a directory sealfleet owns, remote refs are
+fetched into sealfleet's own namespace (``refs/sealfleet/...``, not ``refs/remotes``,
+and no ``FETCH_HEAD``), and the commit is pushed as ``sealfleet/reseal-<YYYYMMDD>-<job8>``
+(``git push <remote> HEAD:refs/heads/<branch>``) without a local branch.
+
+Idempotent per job: the commit carries a ``Sealfleet-Job: <id>`` trailer, and a
+re-run of the job (after a crash, say) finds it, on the remote branch or on the
+private ref ``refs/sealfleet/jobs/<branch>`` it records locally before pushing, and
+makes no second commit.  The commit message names files, objects, items and key
+fingerprints, never a value.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import os
+import re
+import shutil
+import stat
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+
+import structlog
+
+from sealfleet.adapters.git.cli import Git
+from sealfleet.domain.resealing import DocumentChange
+from sealfleet.errors import InputError
+
+log = structlog.get_logger(__name__)
+
+BRANCH_PREFIX = "sealfleet/reseal-"
+JOB_TRAILER = "Sealfleet-Job"
+_PRIVATE = "refs/sealfleet"
+_SHA = re.compile(r"[0-9a-f]{40,64}")
+# No FETCH_HEAD, and no "opportunistic" update of the clone's remote-tracking refs.
+_FETCH_OPTIONS = ("--no-tags", "--no-write-fetch-head", "--refmap=", "--quiet")
+
+
+@dataclass(frozen=True)
+class Author:
+    """Who the commits are by (author and committer)."""
+
+    name: str = "sealfleet"
+    email: str = "sealfleet@localhost"
+
+    def environment(self) -> dict[str, str]:
+        return {"GIT_AUTHOR_NAME": self.name, "GIT_AUTHOR_EMAIL": self.email,
+                "GIT_COMMITTER_NAME": self.name, "GIT_COMMITTER_EMAIL": self.email}
+
+
+def branch_name(job_id: str, day: dt.date) -> str:
+    """``sealfleet/reseal-<YYYYMMDD>-<first 8 characters of the job id>``."""
+    short = re.sub(r"[^a-z0-9]", "", job_id.lower())[:8]
+    if not short:
+        raise ValueError("a job id needs letters or digits")
+    return f"{BRANCH_PREFIX}{day:%Y%m%d}-{short}"
+
+
+@dataclass(frozen=True)
+class FileChange:
+    """A file's new content (*path* relative to the repository root, ``/``-separated)
+    and what was resealed in it."""
+
+    path: str
+    content: bytes = field(repr=False)
+    documents: tuple[DocumentChange, ...] = ()
+
+
+def commit_message(job_id: str, changes: Sequence[FileChange]) -> str:
+    """Subject, one line per resealed object (items, old key -> new key), the trailer."""
+    objects = [(change.path, document) for change in changes for document in change.documents]
+    new_keys = sorted({c.new_key for _, d in objects for c in d.changes})
+    subject = (f"sealfleet: reseal {len(objects)} SealedSecret(s) in {len(changes)} file(s)"
+               + (f" with {new_keys[0]}" if len(new_keys) == 1 else ""))
+    lines = [subject, ""]
+    for path, document in objects:
+        by_keys: dict[tuple[str, str], list[str]] = {}
+        for change in document.changes:
+            by_keys.setdefault((change.old_key, change.new_key), []).append(change.item)
+        detail = "; ".join(f"{', '.join(items)}: {old} -> {new}"
+                           for (old, new), items in by_keys.items())
+        lines.append(f"- {path} [{document.index}] {document.display}: {detail}")
+    return "\n".join([*lines, "", f"{JOB_TRAILER}: {job_id}", ""])
+
+
+@dataclass(frozen=True)
+class Workspace:
+    """A job's worktree: detached at *base* (or at the job's earlier commit)."""
+
+    path: Path
+    branch: str
+    base: str                 # commit of the base branch the work starts from
+    commit: str | None        # the job's commit, when a previous run already made it
+    pushed: bool              # that commit is on the remote branch
+
+
+@dataclass(frozen=True)
+class PendingBranch:
+    """A ``sealfleet/reseal-*`` branch on the remote, not merged into the base."""
+
+    name: str
+    commit: str
+    job_ids: tuple[str, ...]
+    files: tuple[str, ...]
+
+
+def _safe_relative(path: str) -> PurePosixPath:
+    relative = PurePosixPath(path)
+    if (not path or relative.is_absolute() or ".." in relative.parts
+            or relative.parts[:1] == (".git",) or "\0" in path):
+        raise InputError(f"{path!r}: not a path inside the repository")
+    return relative
+
+
+def _write_file(root: Path, path: str, content: bytes) -> bool:
+    """Write *content* to *root*/*path* atomically (mode kept) unless it is already so.
+
+    Never follows a symlink out of the worktree: every directory on the way and the
+    file itself must be real.
+    """
+    relative = _safe_relative(path)
+    target = root.joinpath(*relative.parts)
+    current = root
+    for part in relative.parts[:-1]:
+        current = current / part
+        if current.is_symlink() or not current.is_dir():
+            raise InputError(f"{path}: {current.relative_to(root)} is not a directory "
+                             "of the repository")
+    try:
+        info = os.lstat(target)
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such file in the repository") from None
+    if not stat.S_ISREG(info.st_mode):
+        raise InputError(f"{path}: not a regular file (a symlink?)")
+    with open(target, "rb") as handle:
+        if handle.read() == content:
+            return False
+    fd, temporary = tempfile.mkstemp(dir=target.parent, prefix=".sealfleet-")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(content)
+            os.fchmod(handle.fileno(), stat.S_IMODE(info.st_mode))
+        os.replace(temporary, target)
+    except BaseException:
+        os.unlink(temporary)
+        raise
+    return True
+
+
+class RepoWriter:
+    """Writes reseals into one repository: *repo_dir* is a local clone (bare or not,
+    never modified beyond ``refs/sealfleet/`` and its worktree list), *remote* a remote
+    name or URL, *worktrees_dir* a directory sealfleet owns."""
+
+    def __init__(self, git: Git, repo_dir: Path, *, base_branch: str, worktrees_dir: Path,
+                 remote: str = "origin", author: Author | None = None) -> None:
+        self._git = git
+        self._repo = repo_dir
+        self._base = base_branch
+        self._worktrees = worktrees_dir
+        self._remote = remote
+        self._author = author or Author()
+
+    async def _rev(self, ref: str, cwd: Path | None = None) -> str | None:
+        result = await self._git.run("rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}",
+                                     cwd=cwd or self._repo, ok_codes=(0, 1))
+        sha = result.stdout.decode().strip()
+        return sha if result.returncode == 0 and _SHA.fullmatch(sha) else None
+
+    async def job_commit(self, job_id: str, base: str, tip: str) -> str | None:
+        """The commit in *base*..*tip* whose ``Sealfleet-Job`` trailer is *job_id*."""
+        result = await self._git.run(
+            "log", "--format=%H %(trailers:key=" + JOB_TRAILER + ",valueonly,separator=%x20)",
+            f"{base}..{tip}", cwd=self._repo)
+        for line in result.stdout.decode().splitlines():
+            sha, _, jobs = line.partition(" ")
+            if job_id in jobs.split():
+                return sha
+        return None
+
+    async def prepare(self, job_id: str, day: dt.date) -> Workspace:
+        """Fetch, find what an earlier run of the job did, and make a fresh worktree."""
+        branch = branch_name(job_id, day)
+        base_ref, remote_ref = f"{_PRIVATE}/base/{self._base}", f"{_PRIVATE}/remote/{branch}"
+        job_ref = f"{_PRIVATE}/jobs/{branch}"
+        listed = await self._git.run("ls-remote", "--heads", self._remote,
+                                     f"refs/heads/{branch}", cwd=self._repo)
+        refspecs = [f"+refs/heads/{self._base}:{base_ref}"]
+        if listed.stdout.strip():
+            refspecs.append(f"+refs/heads/{branch}:{remote_ref}")
+        await self._git.run("fetch", *_FETCH_OPTIONS, self._remote, *refspecs,
+                            cwd=self._repo)
+        base = await self._rev(base_ref)
+        if base is None:
+            raise InputError(f"{self._remote}: no branch {self._base}")
+        start, commit, pushed = base, None, False
+        for ref, on_remote in ((remote_ref, True), (job_ref, False)):
+            if on_remote and not listed.stdout.strip():
+                continue
+            tip = await self._rev(ref)
+            found = await self.job_commit(job_id, base, tip) if tip else None
+            if tip and found:
+                start, commit, pushed = tip, found, on_remote
+                break
+        path = self._worktrees / branch.replace("/", "-")
+        await self._remove_worktree(path)
+        await asyncio.to_thread(self._worktrees.mkdir, parents=True, exist_ok=True)
+        await self._git.run("worktree", "add", "--quiet", "--detach", str(path), start,
+                            cwd=self._repo)
+        log.info("git_worktree_ready", branch=branch, base=base, resumed=commit is not None)
+        return Workspace(path, branch, base, commit, pushed)
+
+    async def _remove_worktree(self, path: Path) -> None:
+        if await asyncio.to_thread(path.exists):
+            await self._git.run("worktree", "remove", "--force", str(path), cwd=self._repo,
+                                check=False)
+            if await asyncio.to_thread(path.exists):  # not registered (any more): ours
+                await asyncio.to_thread(shutil.rmtree, path)
+        await self._git.run("worktree", "prune", cwd=self._repo)
+
+    async def write_files(self, workspace: Workspace,
+                          changes: Sequence[FileChange]) -> list[str]:
+        """Write the changed files into the worktree; returns the paths that differed."""
+        def write_all() -> list[str]:
+            return [c.path for c in changes if _write_file(workspace.path, c.path, c.content)]
+        return await asyncio.to_thread(write_all)
+
+    async def commit(self, workspace: Workspace, job_id: str,
+                     changes: Sequence[FileChange]) -> str | None:
+        """One commit for the job (None when nothing changed); the earlier run's commit
+        when it exists.  Records it under ``refs/sealfleet/jobs/`` before any push."""
+        if workspace.commit is not None:
+            return workspace.commit
+        paths = b"\0".join(_safe_relative(c.path).as_posix().encode() for c in changes)
+        if paths:
+            await self._git.run("add", "--pathspec-from-file=-", "--pathspec-file-nul",
+                                cwd=workspace.path, stdin=paths)
+        staged = await self._git.run("diff", "--cached", "--quiet", cwd=workspace.path,
+                                     ok_codes=(0, 1))
+        if staged.returncode == 0:
+            return None
+        await self._git.run("commit", "--quiet", "--no-verify", "-F", "-", cwd=workspace.path,
+                            stdin=commit_message(job_id, changes).encode(),
+                            env=self._author.environment())
+        sha = await self._rev("HEAD", workspace.path)
+        if sha is None:
+            raise InputError(f"{workspace.branch}: the commit did not land")
+        await self._git.run("update-ref", f"{_PRIVATE}/jobs/{workspace.branch}", sha,
+                            cwd=self._repo)
+        log.info("git_reseal_committed", branch=workspace.branch, commit=sha,
+                 files=len(changes))
+        return sha
+
+    async def push(self, workspace: Workspace, commit: str) -> None:
+        """``git push <remote> <commit>:refs/heads/<branch>`` (never forced).
+
+        A remote *name* is pushed to by its push URL, so git does not update the
+        clone's remote-tracking refs as it would for the name.
+        """
+        remote = self._remote
+        named = await self._git.run("remote", "get-url", "--push", remote, cwd=self._repo,
+                                    ok_codes=(0, 2))
+        if named.returncode == 0 and named.stdout.strip():
+            remote = named.stdout.decode().strip()
+        await self._git.run("push", "--quiet", remote,
+                            f"{commit}:refs/heads/{workspace.branch}", cwd=self._repo)
+        log.info("git_reseal_pushed", branch=workspace.branch, commit=commit)
+
+    async def cleanup(self, workspace: Workspace) -> None:
+        await self._remove_worktree(workspace.path)
+
+    async def pending_branches(self) -> list[PendingBranch]:
+        """The remote's ``sealfleet/reseal-*`` branches, their jobs and the files they touch."""
+        base_ref = f"{_PRIVATE}/base/{self._base}"
+        await self._git.run(
+            "fetch", *_FETCH_OPTIONS, "--prune", self._remote,
+            f"+refs/heads/{self._base}:{base_ref}",
+            f"+refs/heads/{BRANCH_PREFIX}*:{_PRIVATE}/remote/{BRANCH_PREFIX}*", cwd=self._repo)
+        listed = await self._git.run("for-each-ref", "--sort=refname",
+                                     "--format=%(objectname) %(refname)",
+                                     f"{_PRIVATE}/remote/{BRANCH_PREFIX}*", cwd=self._repo)
+        pending = []
+        for line in listed.stdout.decode().splitlines():
+            sha, _, ref = line.partition(" ")
+            name = ref.removeprefix(f"{_PRIVATE}/remote/")
+            if not name.startswith(BRANCH_PREFIX):
+                continue
+            diff = await self._git.run("diff", "--name-only", "-z", f"{base_ref}...{sha}",
+                                       cwd=self._repo)
+            jobs = await self._git.run(
+                "log", "--format=%(trailers:key=" + JOB_TRAILER + ",valueonly,separator=%x20)",
+                f"{base_ref}..{sha}", cwd=self._repo)
+            pending.append(PendingBranch(
+                name, sha, tuple(dict.fromkeys(jobs.stdout.decode().split())),
+                tuple(p for p in diff.stdout.decode("utf-8", "replace").split("\0") if p)))
+        return pending
