@@ -154,6 +154,10 @@ def reseal(sealed: Mapping[str, Any], keyring: KeyRing, target: TargetKey, *,
         return _reseal_legacy(sealed, identity, str(legacy), keyring, target,
                               hints.get(LEGACY_ITEM))
     order = keyring.likeliest_first(hints.values())
+    if target.fingerprint not in hints.values():
+        # Without a hint for it, the target is the least likely key: what is resealed
+        # is mostly sealed with something else (this saves an RSA decrypt per object).
+        order.sort(key=lambda k: k.fingerprint == target.fingerprint)
     label = identity.label
     values: dict[str, str] = {}
     changes: list[ItemChange] = []

@@ -80,6 +80,8 @@ def fleet(tmp_path: Path, rsa2048_keys: list[keys.SealingKey]) -> Fleet:
     for path, content in files.items():
         (seed / path).parent.mkdir(parents=True, exist_ok=True)
         (seed / path).write_bytes(content)
+    (seed / "apps" / "link.yaml").symlink_to("config.yaml")  # tracked symlinks
+    (seed / "linked").symlink_to("apps")
     git("init", "-q", "-b", "main", str(seed), cwd=tmp_path)
     git("add", "-A", cwd=seed)
     git("commit", "-qm", "initial", cwd=seed)
@@ -110,9 +112,10 @@ async def _run_job(writer: writing.RepoWriter, fleet: Fleet, *, push: bool = Tru
     sha = workspace.commit
     if sha is None:
         ring = resealing.KeyRing([fleet.old, fleet.new])
-        requests = [resealing.FileRequest(path, (workspace.path / path).read_bytes(),
-                                          fleet.new.certificate)
-                    for path in sorted(fleet.files) if path.endswith(".yaml")]
+        contents = await writer.read_files(
+            workspace, sorted(p for p in fleet.files if p.endswith(".yaml")))
+        requests = [resealing.FileRequest(path, content, fleet.new.certificate)
+                    for path, content in contents.items() if content is not None]
         changes = [writing.FileChange(o.source, o.result.content, o.documents)
                    for o in resealing.iter_reseal_files(requests, ring)
                    if o.changed and o.result is not None]
@@ -195,6 +198,23 @@ async def test_a_rerun_of_the_job_makes_no_second_commit(fleet: Fleet, git_cli: 
          ("apps/crlf.yaml", "apps/db.yaml"))]
 
 
+async def test_the_commit_holds_exactly_the_files_written(fleet: Fleet, git_cli: cli.Git,
+                                                          tmp_path: Path) -> None:
+    writer = _writer(git_cli, fleet.cache, tmp_path)
+    workspace = await writer.prepare(JOB, DAY)
+    # Something else put a file in the worktree: not ours, not committed.
+    await asyncio.to_thread((workspace.path / "README.md").write_bytes, b"# changed\n")
+    change = writing.FileChange("apps/config.yaml", b"apiVersion: v1\nkind: ConfigMap\n")
+    assert await writer.write_files(workspace, [change]) == ["apps/config.yaml"]
+    assert await writer.write_files(workspace, [change]) == []  # already so
+    sha = await writer.commit(workspace, JOB, [change])
+    assert sha is not None
+    assert git("diff-tree", "--no-commit-id", "--name-only", "-r", sha,
+               cwd=fleet.cache).split() == ["apps/config.yaml"]
+    assert await writer.commit(workspace, "another-job", []) is None  # nothing of its own
+    await writer.cleanup(workspace)
+
+
 async def test_nothing_stale_means_no_commit_and_no_branch(fleet: Fleet, git_cli: cli.Git,
                                                            tmp_path: Path) -> None:
     fleet.old = fleet.new  # every object is sealed with the target already (or current)
@@ -227,11 +247,15 @@ async def test_paths_that_leave_the_worktree_are_refused(fleet: Fleet, git_cli: 
                                                          tmp_path: Path) -> None:
     writer = _writer(git_cli, fleet.cache, tmp_path)
     workspace = await writer.prepare(JOB, DAY)
+    assert await writer.read_files(workspace, ["README.md", "apps", "missing"]) == {
+        "README.md": b"# apps\n", "apps": None, "missing": None}
     outside = tmp_path / "outside.yaml"
     outside.write_bytes(b"x: 1\n")
-    (workspace.path / "apps" / "link.yaml").symlink_to(outside)
+    # A symlink put into the worktree where a tracked file will be written.
+    await asyncio.to_thread((workspace.path / "apps").mkdir)
+    (workspace.path / "apps" / "db.yaml").symlink_to(outside)
     for path in ("../outside.yaml", "/etc/passwd", ".git/config", "apps/link.yaml",
-                 "apps/missing.yaml"):
+                 "linked/x.yaml", "apps/missing.yaml", "apps", "apps/db.yaml"):
         with pytest.raises(InputError):
             await writer.write_files(workspace, [writing.FileChange(path, b"y: 2\n")])
     assert outside.read_bytes() == b"x: 1\n"

@@ -4,7 +4,15 @@ The user's checkout is never touched: the work happens in a separate worktree
 (``git worktree add --detach``) under a directory sealfleet owns, remote refs are
 fetched into sealfleet's own namespace (``refs/sealfleet/...``, not ``refs/remotes``,
 and no ``FETCH_HEAD``), and the commit is pushed as ``sealfleet/reseal-<YYYYMMDD>-<job8>``
-(``git push <remote> HEAD:refs/heads/<branch>``) without a local branch.
+(``git push <remote> <commit>:refs/heads/<branch>``) without a local branch.
+
+The worktree is sparse in effect: its index holds the whole start commit
+(``read-tree``), but only the files sealfleet rewrites are ever written to it.  Files
+are read from the object store (``cat-file --batch``) and staged by exact path
+(``update-index``: ``git add`` matches every pathspec against every index entry, which
+for thousands of files costs more than the RSA work), so a reseal of 5,000 files writes
+5,000 files once, and a reseal of three writes three.  Only regular files the start
+commit tracks can be written (no symlinks, no submodules, nothing outside).
 
 Idempotent per job: the commit carries a ``Sealfleet-Job: <id>`` trailer, and a
 re-run of the job (after a crash, say) finds it, on the remote branch or on the
@@ -21,7 +29,6 @@ import os
 import re
 import shutil
 import stat
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -91,11 +98,13 @@ def commit_message(job_id: str, changes: Sequence[FileChange]) -> str:
 
 @dataclass(frozen=True)
 class Workspace:
-    """A job's worktree: detached at *base* (or at the job's earlier commit)."""
+    """A job's worktree, detached at *start* (its index holds the start commit; its
+    directory only the files written)."""
 
     path: Path
     branch: str
-    base: str                 # commit of the base branch the work starts from
+    base: str                 # commit of the base branch
+    start: str                # commit the worktree is at: the base, or the job's commit
     commit: str | None        # the job's commit, when a previous run already made it
     pushed: bool              # that commit is on the remote branch
 
@@ -118,38 +127,34 @@ def _safe_relative(path: str) -> PurePosixPath:
     return relative
 
 
-def _write_file(root: Path, path: str, content: bytes) -> bool:
-    """Write *content* to *root*/*path* atomically (mode kept) unless it is already so.
+_REGULAR_MODES = {"100644": 0o644, "100755": 0o755}
 
-    Never follows a symlink out of the worktree: every directory on the way and the
-    file itself must be real.
-    """
+
+def _write_file(root: Path, path: str, content: bytes, mode: int) -> bool:
+    """Write *content* to *root*/*path* unless it is already so; directories on the way
+    are created, and none of them (nor the file) may be a symlink.  Written in place:
+    the worktree is sealfleet's own, and a torn write there is harmless (the next run
+    makes a fresh worktree)."""
     relative = _safe_relative(path)
-    target = root.joinpath(*relative.parts)
     current = root
     for part in relative.parts[:-1]:
         current = current / part
-        if current.is_symlink() or not current.is_dir():
-            raise InputError(f"{path}: {current.relative_to(root)} is not a directory "
-                             "of the repository")
+        if current.is_symlink() or (current.exists() and not current.is_dir()):
+            raise InputError(f"{path}: {current.relative_to(root)} is not a directory")
+        current.mkdir(mode=0o755, exist_ok=True)
+    flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW
     try:
-        info = os.lstat(target)
-    except FileNotFoundError:
-        raise InputError(f"{path}: no such file in the repository") from None
-    if not stat.S_ISREG(info.st_mode):
-        raise InputError(f"{path}: not a regular file (a symlink?)")
-    with open(target, "rb") as handle:
+        fd = os.open(root.joinpath(*relative.parts), flags, mode)
+    except OSError:  # ELOOP: a symlink put there since
+        raise InputError(f"{path}: not a regular file") from None
+    with os.fdopen(fd, "r+b") as handle:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise InputError(f"{path}: not a regular file")
         if handle.read() == content:
             return False
-    fd, temporary = tempfile.mkstemp(dir=target.parent, prefix=".sealfleet-")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(content)
-            os.fchmod(handle.fileno(), stat.S_IMODE(info.st_mode))
-        os.replace(temporary, target)
-    except BaseException:
-        os.unlink(temporary)
-        raise
+        handle.seek(0)
+        handle.write(content)
+        handle.truncate()
     return True
 
 
@@ -166,6 +171,9 @@ class RepoWriter:
         self._worktrees = worktrees_dir
         self._remote = remote
         self._author = author or Author()
+        self._modes: dict[Path, dict[str, int]] = {}     # per worktree: tracked files
+        self._unstaged: dict[Path, set[str]] = {}        # per worktree: written, not staged
+        self._stage_lock = asyncio.Lock()
 
     async def _rev(self, ref: str, cwd: Path | None = None) -> str | None:
         result = await self._git.run("rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}",
@@ -209,12 +217,66 @@ class RepoWriter:
                 start, commit, pushed = tip, found, on_remote
                 break
         path = self._worktrees / branch.replace("/", "-")
+        self._forget(path)
         await self._remove_worktree(path)
         await asyncio.to_thread(self._worktrees.mkdir, parents=True, exist_ok=True)
-        await self._git.run("worktree", "add", "--quiet", "--detach", str(path), start,
-                            cwd=self._repo)
-        log.info("git_worktree_ready", branch=branch, base=base, resumed=commit is not None)
-        return Workspace(path, branch, base, commit, pushed)
+        await self._git.run("worktree", "add", "--quiet", "--no-checkout", "--detach",
+                            str(path), start, cwd=self._repo)
+        await self._git.run("read-tree", start, cwd=path)  # the index only: no files
+        log.info("git_worktree_added", branch=branch, base=base, resumed=commit is not None)
+        return Workspace(path, branch, base, start, commit, pushed)
+
+    async def _tracked(self, workspace: Workspace) -> dict[str, int]:
+        """The regular files of the start commit, path -> file mode (read once)."""
+        tracked = self._modes.get(workspace.path)
+        if tracked is None:
+            listed = await self._git.run("ls-files", "--stage", "-z", cwd=workspace.path)
+            tracked = {}
+            for entry in listed.stdout.decode("utf-8", "surrogateescape").split("\0"):
+                info, _, name = entry.partition("\t")
+                mode = _REGULAR_MODES.get(info.split(" ")[0])
+                if name and mode is not None:
+                    tracked[name] = mode
+            self._modes[workspace.path] = tracked
+        return tracked
+
+    async def read_files(self, workspace: Workspace,
+                         paths: Sequence[str]) -> dict[str, bytes | None]:
+        """The files at the workspace's start commit (None: no such file), read from the
+        object store (``git cat-file --batch``)."""
+        wanted = [_safe_relative(p).as_posix() for p in paths]
+        if any("\n" in p for p in wanted):
+            raise InputError("a path with a line break cannot be read")
+        query = "".join(f"{workspace.start}:{p}\n" for p in wanted).encode()
+        result = await self._git.run("cat-file", "--batch", cwd=self._repo, stdin=query)
+        out, pos = result.stdout, 0
+        files: dict[str, bytes | None] = {}
+        for path in wanted:
+            end = out.index(b"\n", pos)
+            header = out[pos:end].split()
+            pos = end + 1
+            if len(header) != 3 or header[1] != b"blob":
+                files[path] = None  # "<name> missing", or not a file (a tree, a submodule)
+                if len(header) == 3:
+                    pos += int(header[2]) + 1
+                continue
+            size = int(header[2])
+            files[path] = out[pos:pos + size]
+            pos += size + 1
+        return files
+
+    async def stage(self, workspace: Workspace) -> None:
+        """Stage the files written so far (call it while writing goes on: it hashes only
+        what was written since the last call)."""
+        async with self._stage_lock:  # one update-index at a time (the index lock)
+            await self._stage(workspace)
+
+    async def _stage(self, workspace: Workspace) -> None:
+        pending = self._unstaged.pop(workspace.path, set())
+        if pending:
+            await self._git.run("update-index", "-z", "--stdin", cwd=workspace.path,
+                                stdin=b"".join(p.encode("utf-8", "surrogateescape") + b"\0"
+                                               for p in sorted(pending)))
 
     async def _remove_worktree(self, path: Path) -> None:
         if await asyncio.to_thread(path.exists):
@@ -226,10 +288,19 @@ class RepoWriter:
 
     async def write_files(self, workspace: Workspace,
                           changes: Sequence[FileChange]) -> list[str]:
-        """Write the changed files into the worktree; returns the paths that differed."""
+        """Write the changed files into the worktree; returns the paths written (a file
+        written before with the same content is not written again)."""
+        tracked = await self._tracked(workspace)
+        for change in changes:
+            if _safe_relative(change.path).as_posix() not in tracked:
+                raise InputError(f"{change.path}: not a regular file of {self._base}")
+
         def write_all() -> list[str]:
-            return [c.path for c in changes if _write_file(workspace.path, c.path, c.content)]
-        return await asyncio.to_thread(write_all)
+            return [c.path for c in changes
+                    if _write_file(workspace.path, c.path, c.content, tracked[c.path])]
+        written = await asyncio.to_thread(write_all)
+        self._unstaged.setdefault(workspace.path, set()).update(written)
+        return written
 
     async def commit(self, workspace: Workspace, job_id: str,
                      changes: Sequence[FileChange]) -> str | None:
@@ -237,13 +308,10 @@ class RepoWriter:
         when it exists.  Records it under ``refs/sealfleet/jobs/`` before any push."""
         if workspace.commit is not None:
             return workspace.commit
-        paths = b"\0".join(_safe_relative(c.path).as_posix().encode() for c in changes)
-        if paths:
-            await self._git.run("add", "--pathspec-from-file=-", "--pathspec-file-nul",
-                                cwd=workspace.path, stdin=paths)
-        staged = await self._git.run("diff", "--cached", "--quiet", cwd=workspace.path,
-                                     ok_codes=(0, 1))
-        if staged.returncode == 0:
+        await self.stage(workspace)
+        staged = await self._git.run("diff", "--cached", "--name-only", "-z",
+                                     cwd=workspace.path)
+        if not staged.stdout.strip(b"\0"):
             return None
         await self._git.run("commit", "--quiet", "--no-verify", "-F", "-", cwd=workspace.path,
                             stdin=commit_message(job_id, changes).encode(),
@@ -272,7 +340,12 @@ class RepoWriter:
                             f"{commit}:refs/heads/{workspace.branch}", cwd=self._repo)
         log.info("git_reseal_pushed", branch=workspace.branch, commit=commit)
 
+    def _forget(self, path: Path) -> None:
+        self._modes.pop(path, None)
+        self._unstaged.pop(path, None)
+
     async def cleanup(self, workspace: Workspace) -> None:
+        self._forget(workspace.path)
         await self._remove_worktree(workspace.path)
 
     async def pending_branches(self) -> list[PendingBranch]:
