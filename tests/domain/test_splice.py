@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sealfleet.domain import splice
+from sealfleet.domain import documents, splice
 from sealfleet.errors import InputError
 
 B64 = st.binary(min_size=1, max_size=40).map(lambda b: base64.b64encode(b).decode())
@@ -315,3 +315,20 @@ def test_a_wrong_span_is_caught_by_the_reparse(shift: int) -> None:
     assert result.content == text.encode()
     assert [p.reason.endswith("left unchanged") or "did not get" in p.reason
             for p in result.problems] == [True]
+
+
+def test_documents_are_numbered_as_parse_documents_numbers_them() -> None:
+    """Empty documents are not counted, so inventory indexes and splice indexes agree."""
+    text = ("---\n# nothing here\n---\nkind: ConfigMap\n---\n~\n---\n" + HEAD
+            + "  encryptedData:\n    a: AgBx\n---\n")
+    located = splice.locate(text.encode(), source="x.yaml")
+    parsed = documents.parse_documents(text)
+    (doc,) = located.documents
+    assert parsed[doc.index]["metadata"]["name"] == "db"
+    json_text = '{"kind": "ConfigMap"}\nnull\n' + json.dumps(
+        {"apiVersion": "bitnami.com/v1alpha1", "kind": "SealedSecret",
+         "metadata": {"name": "db", "namespace": "prod"},
+         "spec": {"encryptedData": {"a": "AgBx"}}})
+    (json_doc,) = splice.locate(json_text.encode(), source="x.json").documents
+    assert json_doc.index == 1
+    assert documents.parse_documents(json_text)[1]["metadata"]["name"] == "db"

@@ -16,9 +16,9 @@ key on the way, or a legacy ``spec.data`` object.
 
 YAML is read with libyaml through PyYAML (the C composer is some 30 times faster than
 a pure-Python one and its marks are code-point offsets, verified on every span before
-it is replaced); JSON with the ``json`` module.  Document indexes count every
-document of the stream from 0, empty ones included.  Pure; messages name the file,
-the document and the item, never a value.
+it is replaced); JSON with the ``json`` module.  Documents are numbered from 0 as
+:func:`sealfleet.domain.documents.parse_documents` numbers them (empty documents are
+not counted).  Pure; messages name the file, the document and the item, never a value.
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ from sealfleet.errors import InputError
 
 Style = Literal["plain", "single", "double", "json"]
 _STR = "tag:yaml.org,2002:str"
+_NULL = "tag:yaml.org,2002:null"
 _MERGE = "tag:yaml.org,2002:merge"
 _BOM = "\ufeff"
 _LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
@@ -160,8 +161,14 @@ def _compose(source: str, text: str, offset: int) -> list[Any]:
         raise InputError(f"{source}: invalid YAML{where}") from None
 
 
+def _compose_documents(source: str, text: str, offset: int) -> list[Any]:
+    """The stream's documents, empty (null) ones left out as ``parse_documents`` does."""
+    return [root for root in _compose(source, text, offset)
+            if not (isinstance(root, yaml.ScalarNode) and root.tag == _NULL)]
+
+
 def _locate_yaml(source: str, text: str, offset: int) -> LocatedFile:
-    trees = _compose(source, text, offset)
+    trees = _compose_documents(source, text, offset)
     documents = [doc for index, root in enumerate(trees)
                  if (doc := _yaml_document(text, offset, index, root)) is not None]
     return LocatedFile(source, text, False, tuple(documents), tuple(trees))
@@ -285,7 +292,8 @@ def _skip_space(text: str, pos: int) -> int:
 
 
 def _json_values(source: str, text: str, offset: int) -> Iterator[tuple[int, int, Any]]:
-    """(start, end, value) of every JSON value of a concatenated stream."""
+    """(start, end, value) of every JSON value of a concatenated stream but ``null``
+    (left out as ``parse_documents`` leaves it out)."""
     pos = _skip_space(text, offset)
     index = 0
     while pos < len(text):
@@ -294,8 +302,9 @@ def _json_values(source: str, text: str, offset: int) -> Iterator[tuple[int, int
         except json.JSONDecodeError as exc:
             raise InputError(f"{source}: document {index}: invalid JSON "
                              f"at line {exc.lineno}") from None
-        yield pos, end, value
-        index += 1
+        if value is not None:
+            yield pos, end, value
+            index += 1
         pos = _skip_space(text, end)
 
 
@@ -441,7 +450,7 @@ def _check(located: LocatedFile, new_text: str,
     offset = 1 if new_text.startswith(_BOM) else 0
     try:
         trees = ([value for _, _, value in _json_values(located.source, new_text, offset)]
-                 if located.is_json else _compose(located.source, new_text, offset))
+                 if located.is_json else _compose_documents(located.source, new_text, offset))
     except InputError:
         return "the spliced text no longer parses; left unchanged"
     if len(trees) != len(located.trees):
