@@ -253,7 +253,7 @@ async def _reseal_write_stage(writer: writing.RepoWriter, workspace: writing.Wor
     queue: asyncio.Queue[resealing.FileOutcome | None] = asyncio.Queue()
     requests = [resealing.FileRequest(
         p.path or "", contents[p.path or ""] or b"", new.certificate,
-        documents={p.document_index or 0: {i.item: i.fingerprint for i in p.items}})
+        documents={p.document or 0: {i.item: i.fingerprint for i in p.items}})
         for p in plan.planned]
 
     def produce() -> None:

@@ -10,14 +10,13 @@ from typing import TypeVar
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from sealfleet.domain.observed import ManagedBy
 from sealfleet.domain.planning import resealing as planning
 from sealfleet.domain.planning.resealing import (
     ClusterSealedSecret,
-    GitOpsTool,
     GitOrigin,
     GitSealedSecret,
     ItemKey,
-    ManagedBy,
     Selection,
     Source,
     Targets,
@@ -43,9 +42,8 @@ item_keys = st.lists(st.builds(ItemKey, st.sampled_from(("a", "b", "c", "d")),
                                  st.sampled_from((*KEYS, *KEYS, None))),
                      min_size=1, max_size=3, unique_by=lambda i: i.item).map(tuple) | st.just(())
 managed = _often_none(st.builds(
-    ManagedBy, st.sampled_from(list(GitOpsTool)), st.sampled_from(("apps", "infra")),
-    st.sampled_from(("flux-system", "argocd", "")),
-    repo_url=st.sampled_from((None, "https://git.example/apps.git"))))
+    ManagedBy, st.sampled_from(("flux", "argocd")),
+    st.sampled_from(("flux-system/apps", "web")), st.booleans()))
 origins = _often_none(st.builds(
     GitOrigin, st.sampled_from((*REPOS, "unconfigured")), st.sampled_from(("a.yaml", "b.yaml")),
     st.sampled_from((None, 0, 1))))
@@ -59,7 +57,7 @@ git_documents = st.lists(st.builds(
     st.integers(0, 2), st.sampled_from(NAMESPACES), st.sampled_from(("db", "api", "web")),
     st.sampled_from(list(Scope)), item_keys,
     st.lists(st.sampled_from(CLUSTERS), max_size=2, unique=True).map(tuple)),
-    min_size=1, max_size=10, unique_by=lambda d: (d.repo, d.path, d.document_index))
+    min_size=1, max_size=10, unique_by=lambda d: (d.repo, d.path, d.document))
 targets = st.builds(
     Targets,
     st.fixed_dictionaries(dict.fromkeys(CLUSTERS, keys_or_none)),
@@ -186,18 +184,21 @@ def _obj(name: str, *keys: str | None, cluster: str = "c1",
 
 
 def test_gitops_objects_without_a_known_repository_are_reported_not_planned() -> None:
-    flux = ManagedBy(GitOpsTool.FLUX, "apps", "flux-system")
-    argo = ManagedBy(GitOpsTool.ARGO_CD, "web", "argocd", kind="Application",
-                     repo_url="https://git.example/web.git")
+    flux = ManagedBy("flux", "flux-system/apps")
+    argo = ManagedBy("argocd", "web")
+    helm = ManagedBy("argocd", "db-chart", hint=True)
     plan = planning.plan_reseal(
         [_obj("by-flux", OLD, managed_by=flux), _obj("by-argo", OLD, managed_by=argo),
-         _obj("plain", OLD), _obj("current", NEW)], [], Targets({"c1": NEW}))
+         _obj("by-helm", OLD, managed_by=helm), _obj("plain", OLD), _obj("current", NEW)],
+        [], Targets({"c1": NEW}))
     assert [p.ref for p in plan.planned] == ["c1/team-a/plain"]
     assert [(n.ref, n.reason) for n in plan.not_planned] == [
-        ("c1/team-a/by-argo", "managed by Argo CD application argocd/web "
-                              "(from https://git.example/web.git); add its repository to "
+        ("c1/team-a/by-argo", "managed by Argo CD application web; add its repository to "
                               "reseal it there"),
-        ("c1/team-a/by-flux", "managed by Flux kustomization flux-system/apps; add its "
+        ("c1/team-a/by-flux", "managed by Flux flux-system/apps; add its repository to "
+                              "reseal it there"),
+        ("c1/team-a/by-helm", "possibly managed by Argo CD application db-chart (its "
+                              "app.kubernetes.io/instance label; Helm sets it too); add its "
                               "repository to reseal it there")]
 
 
@@ -207,7 +208,7 @@ def test_a_cluster_object_and_its_document_are_planned_once_in_the_repository() 
                           (ItemKey("i0", OLD),))
     plan = planning.plan_reseal(
         [_obj("db", OLD, cluster="c1", origin=origin,
-              managed_by=ManagedBy(GitOpsTool.FLUX, "apps")),
+              managed_by=ManagedBy("flux", "flux-system/apps")),
          _obj("db", OLD, cluster="c2", origin=origin),
          _obj("other", OLD, cluster="c2", origin=GitOrigin("apps", "prod/other.yaml", 0))],
         [doc], Targets({"c1": NEW, "c2": NEW}, {"apps": None}))

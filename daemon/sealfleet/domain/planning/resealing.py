@@ -11,9 +11,10 @@ Rules:
 - An object's state is judged against its *target* key (``staleness.classify``): an
   item sealed with another key is ``stale``, with a compromised key ``compromised``.
   By default stale and compromised objects are resealed; any set of states may be chosen.
-- An object managed by a GitOps tool (Flux, Argo CD) is resealed in its repository,
-  never in the cluster, where the tool would put the old ciphertext back.  One whose
-  repository sealfleet does not know is reported, not planned.
+- An object managed by a GitOps tool (Flux, Argo CD: ``observed.ManagedBy``, a mere
+  hint included) is resealed in its repository, never in the cluster, where the tool
+  would put the old ciphertext back.  One whose repository sealfleet does not know is
+  reported, not planned.
 - A cluster object and the repository document it comes from are planned once, as the
   document.
 - An object with an item no known key opens, or (when the held private keys are given)
@@ -28,6 +29,7 @@ from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
+from sealfleet.domain.observed import ManagedBy
 from sealfleet.domain.scopes import Scope
 from sealfleet.domain.staleness import KeyContext, SecretState, classify
 
@@ -41,11 +43,6 @@ class Source(enum.StrEnum):
     GIT = "git"
 
 
-class GitOpsTool(enum.StrEnum):
-    FLUX = "flux"
-    ARGO_CD = "argocd"
-
-
 @dataclass(frozen=True)
 class ItemKey:
     """One item and the fingerprint of the key that sealed it (None: no known key opens it)."""
@@ -54,24 +51,14 @@ class ItemKey:
     fingerprint: str | None
 
 
-@dataclass(frozen=True)
-class ManagedBy:
-    """The GitOps object that applies a SealedSecret (a Flux Kustomization or HelmRelease,
-    an Argo CD Application), and the source URL it names, when known."""
-
-    tool: GitOpsTool
-    name: str
-    namespace: str = ""
-    kind: str = ""
-    repo_url: str | None = None
-
-    def describe(self) -> str:
-        kind = self.kind.lower() or ("kustomization" if self.tool is GitOpsTool.FLUX
-                                     else "application")
-        tool = "Flux" if self.tool is GitOpsTool.FLUX else "Argo CD"
-        where = f"{self.namespace}/{self.name}" if self.namespace else self.name
-        source = f" (from {self.repo_url})" if self.repo_url else ""
-        return f"managed by {tool} {kind} {where}{source}"
+def describe(managed_by: ManagedBy) -> str:
+    """``managed by Flux flux-system/apps``, ``managed by Argo CD application web``."""
+    if managed_by.tool == "flux":
+        return f"managed by Flux {managed_by.name}"
+    if managed_by.hint:
+        return (f"possibly managed by Argo CD application {managed_by.name} (its "
+                "app.kubernetes.io/instance label; Helm sets it too)")
+    return f"managed by Argo CD application {managed_by.name}"
 
 
 @dataclass(frozen=True)
@@ -80,7 +67,7 @@ class GitOrigin:
 
     repo: str
     path: str
-    document_index: int | None = None
+    document: int | None = None
 
 
 @dataclass(frozen=True)
@@ -104,7 +91,7 @@ class GitSealedSecret:
 
     repo: str
     path: str
-    document_index: int
+    document: int
     namespace: str
     name: str
     scope: Scope
@@ -145,7 +132,7 @@ class Selection:
 @dataclass(frozen=True)
 class PlannedReseal:
     """One SealedSecret to reseal: in *cluster*, or in *repo* at *path* (document
-    *document_index*; None when only the file is known)."""
+    *document*; None when only the file is known)."""
 
     source: Source
     reason: SecretState
@@ -157,14 +144,14 @@ class PlannedReseal:
     cluster: str | None = None
     repo: str | None = None
     path: str | None = None
-    document_index: int | None = None
+    document: int | None = None
     clusters: tuple[str, ...] = ()  # git: the clusters it is deployed to, when known
 
     @property
     def ref(self) -> str:
         if self.source is Source.CLUSTER:
             return f"{self.cluster}/{self.namespace}/{self.name}"
-        return _git_ref(self.repo or "", self.path or "", self.document_index, self.namespace,
+        return _git_ref(self.repo or "", self.path or "", self.document, self.namespace,
                         self.name)
 
     @property
@@ -217,7 +204,7 @@ class ResealPlan:
             "reseals": [{
                 "ref": p.ref, "source": p.source.value, "reason": p.reason.value,
                 "cluster": p.cluster, "repository": p.repo, "path": p.path,
-                "document_index": p.document_index, "namespace": p.namespace,
+                "document": p.document, "namespace": p.namespace,
                 "name": p.name, "scope": p.scope.cli_name, "target_key": p.target_key,
                 "old_keys": list(p.old_keys), "items": [i.item for i in p.items],
                 "clusters": list(p.clusters)} for p in self.planned],
@@ -344,7 +331,7 @@ class _Planner:
                            recorded=obj.state)
         if state is None:
             return
-        managed = obj.managed_by.describe() if obj.managed_by else "applied from Git"
+        managed = describe(obj.managed_by) if obj.managed_by else "applied from Git"
         where = f" {origin.repo}" if origin else ""
         self.not_planned.append(NotPlanned(
             f"{obj.cluster}/{obj.namespace}/{obj.name}", Source.GIT,
@@ -366,13 +353,13 @@ class _Planner:
                                                repo=repo))
             return
         self.planned.append(PlannedReseal(Source.GIT, state, namespace, name, scope, target,
-                                          items, repo=repo, path=path, document_index=index,
+                                          items, repo=repo, path=path, document=index,
                                           clusters=clusters))
 
     def plan(self) -> ResealPlan:
         planned = sorted(self.planned, key=lambda p: (
             p.source, p.cluster or "", p.repo or "", p.path or "",
-            -1 if p.document_index is None else p.document_index, p.namespace, p.name))
+            -1 if p.document is None else p.document, p.namespace, p.name))
         warnings = tuple(f"{count} SealedSecret(s) not judged: {why}"
                          for why, count in sorted(self.unjudged.items()))
         return ResealPlan(tuple(planned),
@@ -387,12 +374,13 @@ def plan_reseal(cluster_objects: Iterable[ClusterSealedSecret],
     in any order give equal plans."""
     planner = _Planner(targets, selection)
     documents: dict[tuple[str, str, int | None], GitSealedSecret] = {
-        (d.repo, d.path, d.document_index): d for d in git_documents}
+        (d.repo, d.path, d.document): d for d in git_documents}
     by_name = {(d.repo, d.path, d.namespace, d.name): k for k, d in documents.items()}
     deployed = {k: set(d.clusters) for k, d in documents.items()}
     # Cluster objects known from their cluster only (the repository not walked yet, or
-    # the file moved): planned by file and name; the write side finds the document.
-    loose: dict[tuple[str, str, str, str], list[ClusterSealedSecret]] = {}
+    # the file moved): planned by file and document (or name, without an index); the
+    # write side checks that the document is the object it expects.
+    loose: dict[tuple[str, str, int | str], list[ClusterSealedSecret]] = {}
     for obj in cluster_objects:
         origin = obj.origin
         if obj.managed_by is None and origin is None:
@@ -400,21 +388,22 @@ def plan_reseal(cluster_objects: Iterable[ClusterSealedSecret],
         elif origin is None or origin.repo not in targets.repo_keys:
             planner.unroutable(obj)
         else:
-            key = (origin.repo, origin.path, origin.document_index)
+            key = (origin.repo, origin.path, origin.document)
             if key not in documents:  # no index, or the file changed since: by name
                 key = by_name.get((origin.repo, origin.path, obj.namespace, obj.name), key)
             if key in deployed:
                 deployed[key].add(obj.cluster)
             else:
-                loose.setdefault((origin.repo, origin.path, obj.namespace, obj.name),
-                                 []).append(obj)
+                where = (origin.document if origin.document is not None
+                         else f"{obj.namespace}/{obj.name}")
+                loose.setdefault((origin.repo, origin.path, where), []).append(obj)
     for key, document in documents.items():
-        planner.document(document.repo, document.path, document.document_index,
+        planner.document(document.repo, document.path, document.document,
                          document.namespace, document.name, document.scope, document.items,
                          tuple(sorted(deployed[key])))
-    for (repo, path, namespace, name), objs in sorted(loose.items()):
-        first = min(objs, key=lambda o: o.cluster)
-        index = first.origin.document_index if first.origin else None
-        planner.document(repo, path, index, namespace, name, first.scope, first.items,
-                         tuple(sorted({o.cluster for o in objs})))
+    for (repo, path, _), objs in sorted(loose.items(), key=lambda kv: str(kv[0])):
+        first = min(objs, key=lambda o: (o.cluster, o.namespace, o.name))
+        index = first.origin.document if first.origin else None
+        planner.document(repo, path, index, first.namespace, first.name, first.scope,
+                         first.items, tuple(sorted({o.cluster for o in objs})))
     return planner.plan()
