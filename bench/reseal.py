@@ -27,6 +27,7 @@ import asyncio
 import base64
 import datetime as dt
 import json
+import logging
 import os
 import random
 import resource
@@ -39,6 +40,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import structlog
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding
 
@@ -326,6 +328,7 @@ def main() -> None:
     parser.add_argument("--skip-git", action="store_true")
     parser.add_argument("--skip-engine", action="store_true")
     args = parser.parse_args()
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
     threads = resealing.rsa_threads()
     old, new = keys.generate_sealing_key(), keys.generate_sealing_key()  # 4096 bits
     print(f"sealfleet reseal benchmark: RSA-{old.private_key.key_size}, {threads} CPU(s), "

@@ -123,6 +123,9 @@ def test_undecryptable_items_are_named_without_values(rsa2048_keys: list[keys.Se
     identity = sealed_secrets.identity_of(sealed)
     sealed["spec"]["encryptedData"]["foreign"] = sealed_secrets.seal_value(
         other.public_key, b"foreign-plaintext", identity)
+    with pytest.raises(sealed_secrets.ItemsDecryptionError):  # no keys at all
+        resealing.reseal(sealed, resealing.KeyRing([]), new.certificate,
+                         hints={"password": old.fingerprint})
     only_old = resealing.KeyRing([old])
     with pytest.raises(sealed_secrets.ItemsDecryptionError) as caught:
         resealing.reseal(sealed, only_old, new.certificate)

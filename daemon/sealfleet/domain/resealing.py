@@ -171,7 +171,7 @@ def reseal(sealed: Mapping[str, Any], keyring: KeyRing, target: TargetKey, *,
             values[item] = value
             changes.append(ItemChange(item, hinted, hinted, resealed=False))
             continue
-        if hinted and order[0].fingerprint != hinted:
+        if hinted and order and order[0].fingerprint != hinted:
             for index, key in enumerate(order):
                 if key.fingerprint == hinted:
                     _promote(order, index)

@@ -28,6 +28,7 @@ import os
 import shlex
 import shutil
 import tempfile
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -175,6 +176,7 @@ class Git:
             raise RuntimeError("Git is used outside 'async with'")
         command = next((a for a in args if not a.startswith("-")), "git")
         argv = [self._binary, *_HERMETIC, *args]
+        started = time.monotonic()
         try:
             process = await asyncio.create_subprocess_exec(
                 *argv, cwd=cwd, env={**self._env, **(env or {})},
@@ -199,6 +201,8 @@ class Git:
             await process.wait()
             raise
         returncode = process.returncode if process.returncode is not None else -1
+        log.debug("git_command_finished", command=command, returncode=returncode,
+                  duration_ms=round((time.monotonic() - started) * 1000, 1))
         result = Completed(stdout, stderr, returncode)
         if check and returncode not in ok_codes:
             raise self.error(command, result)

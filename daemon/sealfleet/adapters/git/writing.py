@@ -291,13 +291,14 @@ class RepoWriter:
         """Write the changed files into the worktree; returns the paths written (a file
         written before with the same content is not written again)."""
         tracked = await self._tracked(workspace)
-        for change in changes:
-            if _safe_relative(change.path).as_posix() not in tracked:
-                raise InputError(f"{change.path}: not a regular file of {self._base}")
+        paths = [_safe_relative(change.path).as_posix() for change in changes]
+        for path in paths:
+            if path not in tracked:
+                raise InputError(f"{path}: not a regular file of {self._base}")
 
         def write_all() -> list[str]:
-            return [c.path for c in changes
-                    if _write_file(workspace.path, c.path, c.content, tracked[c.path])]
+            return [path for path, change in zip(paths, changes, strict=True)
+                    if _write_file(workspace.path, path, change.content, tracked[path])]
         written = await asyncio.to_thread(write_all)
         self._unstaged.setdefault(workspace.path, set()).update(written)
         return written
