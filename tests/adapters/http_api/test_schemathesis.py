@@ -71,7 +71,10 @@ async def test_schemathesis_finds_no_5xx_and_no_undocumented_response(api: Api) 
     _, page, _ = await api.get("/api/v1/sealed-secrets?limit=2")
     problems, cases = await asyncio.to_thread(
         run_schemathesis, api.base_url, token=READ_TOKEN,
-        parameters={"query.cursor": page["next_cursor"]})
+        # A key fingerprint holds "/" and "+": random path segments are mostly filtered
+        # out by the generator (a flaky health check), so the path gets a well-formed one.
+        parameters={"query.cursor": page["next_cursor"],
+                    "path.fingerprint": "SHA256:" + "A" * 43})
     assert not problems, "\n".join(problems)
     assert cases > 100  # it really exercised the API (about 190 cases at the time of writing)
 
