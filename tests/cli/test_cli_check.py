@@ -10,53 +10,21 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
-import os
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from sealfleet.adapters.store import KeyEncryptionKey, Store, generate_kek_file
+import offline_daemon
+from sealfleet.adapters.store import KeyEncryptionKey, Store
 from sealfleet.adapters.store.records import KeyHolding, KeyMaterial, KeyRecord
 from sealfleet.domain import documents
 from sealfleet.domain.keys import SealingKey
 from sealfleet.domain.sealed_secrets import seal_secret
 
 NOW = dt.datetime.now(dt.UTC)
-KUBECONFIG = """apiVersion: v1
-kind: Config
-clusters:
-- name: dead
-  cluster: {server: "https://127.0.0.1:1", insecure-skip-tls-verify: true}
-users:
-- name: u
-  user: {token: not-a-real-token}
-contexts:
-- name: dead
-  context: {cluster: dead, user: u}
-current-context: dead
-"""
-CONFIG = """
-[store]
-database = "inventory.db"
-kek_file = "kek"
-[api]
-socket = "api.sock"
-[logging]
-format = "json"
-[[clusters]]
-name = "alpha"
-kubeconfig = "kubeconfig"
-[[clusters]]
-name = "beta"
-kubeconfig = "kubeconfig"
-"""
-
-
 def sealfleet(*args: str | Path) -> subprocess.CompletedProcess[str]:
     completed = subprocess.run([sys.executable, "-m", "sealfleet", *map(str, args)],
                                capture_output=True, text=True, timeout=60, check=False)
@@ -81,36 +49,11 @@ async def populate(directory: Path, keys: list[SealingKey]) -> None:
 
 @pytest.fixture
 def daemon(tmp_path: Path, rsa2048_keys: list[SealingKey]) -> Iterator[Path]:
-    generate_kek_file(tmp_path / "kek")
-    (tmp_path / "kubeconfig").write_text(KUBECONFIG)
-    config = tmp_path / "sealfleet.toml"
-    config.write_text(CONFIG)
+    config = offline_daemon.prepare(tmp_path, offline_daemon.config_text())
     asyncio.run(populate(tmp_path, rsa2048_keys))
-    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    notify.bind(str(tmp_path / "notify"))
-    notify.settimeout(0.5)
-    errors = tmp_path / "daemon.err"
-    with errors.open("w") as stderr, subprocess.Popen(
-            [sys.executable, "-m", "sealfleet", "run", "-c", str(config)],
-            env={**os.environ, "NOTIFY_SOCKET": str(tmp_path / "notify")},
-            stdout=subprocess.DEVNULL, stderr=stderr) as process:
-        try:
-            deadline = time.monotonic() + 40
-            while "READY=1" not in _received(notify):
-                if process.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail(f"daemon not ready: {errors.read_text()}")
-            yield config
-        finally:
-            process.terminate()
-            process.wait(timeout=30)
-            notify.close()
-
-
-def _received(notify: socket.socket) -> list[str]:
-    try:
-        return notify.recv(4096).decode().split("\n")
-    except TimeoutError:
-        return []
+    with offline_daemon.started(config) as running:
+        running.wait_for("READY=1")
+        yield config
 
 
 def manifest(tmp_path: Path, name: str, key: SealingKey) -> Path:

@@ -6,18 +6,16 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
-import os
 import signal
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from sealfleet.adapters.store import KeyEncryptionKey, Store, generate_kek_file
+import offline_daemon
+from sealfleet.adapters.store import KeyEncryptionKey, Store
 from sealfleet.adapters.store.records import ItemFact, KeyHolding, KeyRecord, SealedSecretRecord
 from sealfleet.domain.keys import SealingKey
 from sealfleet.domain.scopes import Scope
@@ -25,38 +23,6 @@ from sealfleet.domain.staleness import SecretState
 
 NOW = dt.datetime.now(dt.UTC)
 DAY = dt.timedelta(days=1)
-KUBECONFIG = """apiVersion: v1
-kind: Config
-clusters:
-- name: dead
-  cluster: {server: "https://127.0.0.1:1", insecure-skip-tls-verify: true}
-users:
-- name: u
-  user: {token: not-a-real-token}
-contexts:
-- name: dead
-  context: {cluster: dead, user: u}
-current-context: dead
-"""
-CONFIG = """
-[store]
-database = "inventory.db"
-kek_file = "kek"
-[api]
-socket = "api.sock"
-[fleet]
-backoff_initial = "1s"
-[logging]
-format = "json"
-[[clusters]]
-name = "alpha"
-kubeconfig = "kubeconfig"
-[[clusters]]
-name = "beta"
-kubeconfig = "kubeconfig"
-"""
-
-
 def sealfleet(*args: str, check: bool = False) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "sealfleet", *args], capture_output=True,
                           text=True, timeout=60, check=check)
@@ -82,50 +48,20 @@ async def populate(directory: Path, keys: list[SealingKey]) -> None:
             synced_message=None, observed_at=NOW)])
 
 
-def wait_for(notify: socket.socket, line: str, process: subprocess.Popen[str],
-             timeout: float = 40) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            stderr = process.stderr.read() if process.stderr else ""
-            pytest.fail(f"daemon exited {process.returncode}: {stderr}")
-        try:
-            if line in notify.recv(4096).decode().split("\n"):
-                return
-        except TimeoutError:
-            continue
-    pytest.fail(f"no {line} from the daemon within {timeout}s")
-
-
 @pytest.fixture
-def daemon(tmp_path: Path, rsa2048_keys: list[SealingKey],
-           ) -> Iterator[tuple[Path, subprocess.Popen[str], socket.socket]]:
-    generate_kek_file(tmp_path / "kek")
-    (tmp_path / "kubeconfig").write_text(KUBECONFIG)
-    config = tmp_path / "sealfleet.toml"
-    config.write_text(CONFIG)
+def daemon(tmp_path: Path, rsa2048_keys: list[SealingKey]) -> Iterator[offline_daemon.Daemon]:
+    config = offline_daemon.prepare(
+        tmp_path, offline_daemon.config_text(fleet='backoff_initial = "1s"'))
     asyncio.run(populate(tmp_path, rsa2048_keys))
-    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    notify.bind(str(tmp_path / "notify"))
-    notify.settimeout(0.5)
-    env = {**os.environ, "NOTIFY_SOCKET": str(tmp_path / "notify")}
-    process = subprocess.Popen([sys.executable, "-m", "sealfleet", "run", "-c", str(config)],
-                               env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               text=True)
-    try:
-        wait_for(notify, "READY=1", process)
-        yield config, process, notify
-    finally:
-        if process.poll() is None:
-            process.kill()
-        process.communicate(timeout=10)
-        notify.close()
+    with offline_daemon.started(config) as running:
+        running.wait_for("READY=1")
+        yield running
 
 
 @pytest.mark.slow
 def test_daemon_serves_clients_and_stops_on_sigterm(
-        daemon: tuple[Path, subprocess.Popen[str], socket.socket]) -> None:
-    config, process, notify = daemon
+        daemon: offline_daemon.Daemon) -> None:
+    config, process = daemon.config, daemon.process
     status = sealfleet("status", "-c", str(config))
     assert status.returncode == 0, status.stderr
     assert "alpha" in status.stdout
@@ -146,7 +82,7 @@ def test_daemon_serves_clients_and_stops_on_sigterm(
     assert bad.returncode == 2
 
     process.send_signal(signal.SIGTERM)
-    wait_for(notify, "STOPPING=1", process)
+    daemon.wait_for("STOPPING=1")
     assert process.wait(timeout=30) == 0
     assert not (config.parent / "api.sock").exists()
     out, _ = process.communicate()

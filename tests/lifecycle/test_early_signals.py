@@ -15,7 +15,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -23,27 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from sealfleet.adapters.store import generate_kek_file
-
-DEAD_KUBECONFIG = """apiVersion: v1
-kind: Config
-clusters: [{name: dead, cluster: {server: "https://127.0.0.1:1"}}]
-users: [{name: u, user: {token: not-a-real-token}}]
-contexts: [{name: dead, context: {cluster: dead, user: u}}]
-current-context: dead
-"""
-CONFIG = """
-[store]
-database = "inventory.db"
-kek_file = "kek"
-[api]
-socket = "api.sock"
-[logging]
-format = "json"
-[[clusters]]
-name = "alpha"
-kubeconfig = "kubeconfig"
-"""
+import offline_daemon
 
 
 @dataclass
@@ -88,24 +67,10 @@ class Starting:
 
 @pytest.fixture
 def starting(tmp_path: Path) -> Iterator[Starting]:
-    generate_kek_file(tmp_path / "kek")
-    (tmp_path / "kubeconfig").write_text(DEAD_KUBECONFIG)
-    (tmp_path / "sealfleet.toml").write_text(CONFIG)
-    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    notify.bind(str(tmp_path / "notify"))
-    notify.setblocking(False)
+    config = offline_daemon.prepare(tmp_path, offline_daemon.config_text(("alpha",)))
     env = {k: v for k, v in os.environ.items() if k != "SEALFLEET_DEBUG"}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "sealfleet", "run", "-c", str(tmp_path / "sealfleet.toml")],
-        env={**env, "NOTIFY_SOCKET": str(tmp_path / "notify")},
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        yield Starting(process, notify)
-    finally:
-        if process.poll() is None:
-            process.kill()
-        process.communicate(timeout=10)
-        notify.close()
+    with offline_daemon.started(config, env=env, blocking_notify=False) as daemon:
+        yield Starting(daemon.process, daemon.notify)
 
 
 @pytest.mark.slow
