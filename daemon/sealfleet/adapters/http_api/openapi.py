@@ -248,6 +248,10 @@ SCHEMAS: dict[str, Any] = {
             "enum": ["strict", "namespace-wide", "cluster-wide"]}},
         "sources": {"type": "array", "items": {"enum": ["cluster", "git"]}},
         "include_git": {"type": "boolean", "description": "false: clusters only"},
+        "include_hinted": {"type": "boolean",
+                           "description": "reseal in the cluster what only the "
+                                          "app.kubernetes.io/instance label says may be "
+                                          "GitOps-managed (Helm sets it too)"},
         "dry_run": {"type": "boolean", "description": "answer the plan, journal nothing"},
     }, required=[]),
     "ResealPlan": _obj({

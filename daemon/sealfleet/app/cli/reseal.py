@@ -37,6 +37,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                         help="states to reseal (repeatable; default stale and compromised)")
     parser.add_argument("--no-git", action="store_true",
                         help="only in-cluster objects, no repository is written")
+    parser.add_argument("--include-hinted", action="store_true",
+                        help="reseal in the cluster objects only hinted to be GitOps-managed "
+                             "(app.kubernetes.io/instance alone, which Helm sets too)")
     parser.add_argument("--dry-run", action="store_true",
                         help="print the plan; nothing is journaled or written")
     parser.add_argument("--wait", action="store_true",
@@ -55,6 +58,8 @@ def request_body(args: argparse.Namespace) -> dict[str, Any]:
             body[key] = list(dict.fromkeys(values))
     if args.no_git:
         body["include_git"] = False
+    if args.include_hinted:
+        body["include_hinted"] = True
     if args.dry_run:
         body["dry_run"] = True
     return body

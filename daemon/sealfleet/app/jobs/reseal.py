@@ -59,8 +59,11 @@ def _refusal(plan: ResealPlan) -> str:
     shown = "; ".join(f"{n.ref}: {n.reason}" for n in plan.not_planned[:_SHOWN])
     more = f" and {len(plan.not_planned) - _SHOWN} more" if len(plan.not_planned) > _SHOWN \
         else ""
+    hint = ("; include_hinted (sealfleet reseal --include-hinted) reseals in the cluster "
+            "what only app.kubernetes.io/instance says may be managed"
+            if any("app.kubernetes.io/instance" in n.reason for n in plan.not_planned) else "")
     return (f"nothing can be resealed as asked: {len(plan.not_planned)} selected "
-            f"SealedSecret(s) cannot be ({shown}{more})")
+            f"SealedSecret(s) cannot be ({shown}{more}){hint}")
 
 
 class ResealExecutor:
@@ -86,10 +89,12 @@ class ResealExecutor:
         unknown = sorted((selection.repos or frozenset()) - {r.name for r in settings.repos})
         if unknown:
             raise RefusedError(f"no repository named {', '.join(unknown)} in the config")
-        inputs = await reseal_inventory.load(self._ctx.store, self._ctx.keystore, settings)
+        hinted = params.get("include_hinted") is True
+        inputs = await reseal_inventory.load(self._ctx.store, self._ctx.keystore, settings,
+                                             include_hinted=hinted)
         plan = plan_reseal(inputs.cluster_objects, inputs.git_documents, inputs.targets,
                            selection)
-        return plan, selection_document(selection)
+        return plan, {**selection_document(selection), "include_hinted": hinted}
 
     async def dry_run(self, params: JsonObject) -> JsonObject:
         """The plan as ``ResealPlan.dry_run`` documents it; nothing is journaled."""

@@ -146,12 +146,16 @@ class ClusterResealer:
                   for value in sealed_secrets.encrypted_items(obj).values()]
         self._known = await ctx.store.inventory.get_attributions(hashes)
 
-    async def run(self, refs: Sequence[str]) -> StepOutcome:
+    async def run(self, refs: Sequence[str], *,
+                  snapshot: Mapping[str, dict[str, Any]] | None = None) -> StepOutcome:
+        """Reseal *refs* (``namespace/name``) as the cluster shows them now, or as
+        *snapshot* shows those it holds (a read made earlier: a 409 then re-reads)."""
         cluster = self._cluster
         self.tally.planned = len(refs)
         async with self._ctx.connect(cluster) as client:
-            listed = await list_objects(client)
-            planned = {ref: listed.get(ref) for ref in refs}
+            snapshot = snapshot or {}
+            listed = await list_objects(client) if set(refs) - set(snapshot) else {}
+            planned = {ref: snapshot.get(ref) or listed.get(ref) for ref in refs}
             await self._prepare({r: o for r, o in planned.items() if o is not None})
             gate = asyncio.Semaphore(WRITE_CONCURRENCY)
 

@@ -51,8 +51,15 @@ async def master_key(store: Store, keystore: Keystore) -> str | None:
     return newest.fingerprint if newest is not None else None
 
 
-async def load(store: Store, keystore: Keystore, settings: Settings) -> ResealInputs:
-    """The planner's inputs for every configured cluster and repository."""
+async def load(store: Store, keystore: Keystore, settings: Settings, *,
+               include_hinted: bool = False) -> ResealInputs:
+    """The planner's inputs for every configured cluster and repository.
+
+    *include_hinted*: an object whose only sign of a GitOps tool is the
+    ``app.kubernetes.io/instance`` label (Helm sets it too) is taken as not managed,
+    so it is resealed in the cluster; by default the planner treats the hint as
+    management and never writes such an object in the cluster.
+    """
     await keystore.refresh()
     configured = {c.name for c in settings.clusters}
     cluster_keys: dict[str, str | None] = dict.fromkeys(configured)
@@ -71,7 +78,8 @@ async def load(store: Store, keystore: Keystore, settings: Settings) -> ResealIn
         objects.append(ClusterSealedSecret(
             cluster=record.cluster, namespace=record.namespace, name=record.name,
             scope=record.scope, items=_items(record.items), state=record.state,
-            managed_by=record.managed_by, origin=origin))
+            managed_by=None if include_hinted and record.managed_by is not None
+            and record.managed_by.hint else record.managed_by, origin=origin))
     documents = []
     for repo in settings.repos:
         for doc in await store.git.sealed_secrets_of_repo(repo.name):

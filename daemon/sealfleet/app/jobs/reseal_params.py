@@ -3,7 +3,8 @@ JSON: parsed with one-line errors naming the field, and written back the same wa
 
 Asked: ``states`` (default stale and compromised), ``clusters``, ``repos``,
 ``namespaces`` and ``names`` (shell patterns), ``scopes``, ``sources`` (``cluster``,
-``git``) or ``include_git: false``, ``dry_run``.  A repository entry journaled for a
+``git``) or ``include_git: false``, ``include_hinted`` (objects only hinted to be
+GitOps-managed, by ``app.kubernetes.io/instance``, resealed in the cluster), ``dry_run``.  A repository entry journaled for a
 ``repo:`` step holds names, paths and fingerprints only, never a value.
 """
 
@@ -24,7 +25,8 @@ from sealfleet.domain.staleness import SecretState
 from sealfleet.errors import InputError
 
 FIELDS = frozenset({"states", "clusters", "repos", "namespaces", "names", "scopes",
-                    "sources", "include_git", "dry_run", "after_job"})
+                    "sources", "include_git", "include_hinted", "dry_run",
+                    "after_job"})
 MAX_ENTRIES = 1000
 
 
@@ -53,7 +55,7 @@ def selection_of(params: Mapping[str, JsonValue]) -> Selection:
     unknown = sorted(set(params) - FIELDS)
     if unknown:
         raise InputError(f"unknown field {unknown[0]!r}: expected {', '.join(sorted(FIELDS))}")
-    for flag in ("include_git", "dry_run"):
+    for flag in ("include_git", "include_hinted", "dry_run"):
         if flag in params and not isinstance(params[flag], bool):
             raise InputError(f"{flag} must be true or false")
     states = _choices(params, "states", [s.value for s in SecretState])
