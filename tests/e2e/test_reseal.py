@@ -136,7 +136,7 @@ def unsealed(sandbox: Sandbox) -> dict[tuple[str, str, str], str]:
     for (name, namespace, secret), _ in sealed_objects(sandbox).items():
         try:
             data = sandbox.cluster(name).store.get("secrets", namespace, secret).get("data")
-        except Exception:
+        except Exception:  # noqa: S112 - a SealedSecret whose Secret is not there (yet)
             continue
         found[(name, namespace, secret)] = hashlib.sha256(
             json.dumps(data, sort_keys=True).encode()).hexdigest()
@@ -303,7 +303,8 @@ async def test_a_conflicting_write_is_read_again_and_resealed_on_top_of_it(
                                                          entry["name"])
         assert obj["metadata"]["annotations"]["team"] == "bumped"     # kept: read again
         key = fleet.manager.keystore.get(entry["target_key"])
-        assert key is not None and opens_with(obj, key)
+        assert key is not None
+        assert opens_with(obj, key)
         assert synced_now(obj)
     assert expected
 
@@ -326,7 +327,8 @@ async def test_a_cluster_without_the_old_private_keys_reseals_through_v1_rotate(
     # The cluster no longer shows sealfleet its key Secrets: it cannot learn them back.
     settings = settings_of(sandbox, master=False, least_privilege=(victim,))
     async with daemon(settings, executor) as fleet:
-        assert old and not old & fleet.manager.keystore.fingerprints()
+        assert old
+        assert not old & fleet.manager.keystore.fingerprints()
         plan = await eventually(planned, within=30)
         job = await fleet.run_job("reseal", {"clusters": [victim], "include_hinted": True})
         assert job.state == "succeeded", job.error

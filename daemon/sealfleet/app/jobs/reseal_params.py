@@ -4,8 +4,9 @@ JSON: parsed with one-line errors naming the field, and written back the same wa
 Asked: ``states`` (default stale and compromised), ``clusters``, ``repos``,
 ``namespaces`` and ``names`` (shell patterns), ``scopes``, ``sources`` (``cluster``,
 ``git``) or ``include_git: false``, ``include_hinted`` (objects only hinted to be
-GitOps-managed, by ``app.kubernetes.io/instance``, resealed in the cluster), ``dry_run``.  A repository entry journaled for a
-``repo:`` step holds names, paths and fingerprints only, never a value.
+GitOps-managed, by ``app.kubernetes.io/instance``, resealed in the cluster),
+``dry_run``.  A repository entry journaled for a ``repo:`` step holds names, paths and
+fingerprints only, never a value.
 """
 
 from __future__ import annotations
