@@ -35,7 +35,7 @@ from sealfleet.adapters.store.records import JobRecord
 from sealfleet.app import config
 from sealfleet.app.cluster.state import WorkerOptions
 from sealfleet.app.fleet import FleetManager
-from sealfleet.app.jobs import key_jobs, reseal_cluster
+from sealfleet.app.jobs import key_jobs, reseal, reseal_cluster
 from sealfleet.app.jobs.context import JobContext
 from sealfleet.app.jobs.reseal import ResealExecutor
 from sealfleet.app.jobs.runner import JobRunner
@@ -108,8 +108,10 @@ async def daemon(settings: config.Settings, executor: ThreadPoolExecutor,
     async with Store.open(settings.store.database, kek=kek) as store:
         manager = FleetManager(settings, store, executor=executor, options=OPTIONS)
         context = JobContext(store, manager.keystore, lambda: settings)
-        resealer = ResealExecutor(context, executor)
-        runner = JobRunner(store, [*key_jobs.build(context), resealer])
+        executors, resealer = reseal.build(
+            context, executor, key_jobs.build(context),
+            lambda kind, params, actor: runner.submit(kind, params, actor=actor))
+        runner = JobRunner(store, executors)
         async with running(manager):
             jobs = asyncio.create_task(runner.run())
             try:
@@ -343,3 +345,56 @@ async def test_a_cluster_without_the_old_private_keys_reseals_through_v1_rotate(
     for ref in rotated:
         assert opens_with(after[ref], key), ref
         assert synced_now(after[ref]), ref
+
+
+async def test_auto_reseal_after_a_renewal(sandbox: Sandbox,
+                                           executor: ThreadPoolExecutor) -> None:
+    data = tomllib.loads(sandbox.config.read_text())
+    data["fleet"] = {"master": True, "key_bits": 2048, "auto_reseal": True}
+    settings = config.settings_from_mapping(data, base_dir=sandbox.config.parent)
+    # Objects without the instance label: nothing hints at a GitOps tool, so the
+    # automatic reseal (which never takes hinted objects) writes them in the cluster.
+    unhinted = sorted(r for r in resealable(sandbox) if r[0] == sandbox.names[0])
+    where = settings.clusters[0]
+    async with KubeClient.connect(str(where.kubeconfig), where.context,
+                                  request_timeout=5) as client:
+        for _, namespace, name in unhinted:
+            await client.patch_json(controller.sealed_secret_path(namespace, name), {
+                "metadata": {"labels": {"app.kubernetes.io/instance": None}}})
+    async with daemon(settings, executor) as fleet:
+        for name in sandbox.names:
+            assert (await fleet.run_job("adopt", {"cluster": name})).state == "succeeded"
+        sync = await fleet.run_job("key_sync")
+        assert sync.state == "succeeded"
+        assert "auto_reseal" not in sync.result          # only after a renewal/compromise
+
+        async def attributed() -> bool:
+            # The plan needs the inventory to know what sealed each item first.
+            plan = await fleet.resealer.dry_run({})
+            return plan["planned"] == len(unhinted)
+
+        await eventually(attributed, within=30)
+        renewal = await fleet.run_job("renewal")
+        assert renewal.state == "succeeded", renewal.error
+        reseal_id = renewal.result["auto_reseal"]
+        assert isinstance(reseal_id, str), renewal.result
+
+        async def reseal_done() -> JobRecord | None:
+            found = await fleet.store.jobs.get_job(reseal_id)
+            return found if found is not None and found.state in ("succeeded", "failed") \
+                else None
+
+        reseal_job: JobRecord = await eventually(reseal_done, within=60)
+        assert reseal_job.state == "succeeded", reseal_job.error
+        assert reseal_job.actor == "auto_reseal"
+        assert reseal_job.params["after_job"] == renewal.id
+        assert reseal_job.params["by_cluster"] == {sandbox.names[0]: len(unhinted)}
+        entries = await fleet.store.audit.entries(limit=500)
+        requested = [e for e in entries if e.event == "reseal_requested"]
+        assert [e.actor for e in requested] == ["auto_reseal"]
+        assert requested[0].details["target_keys"] == [renewal.params["new_key"]]
+    key = fleet.manager.keystore.get(str(renewal.params["new_key"]))
+    assert key is not None
+    after = sealed_objects(sandbox)
+    for ref in unhinted:
+        assert opens_with(after[ref], key), ref

@@ -20,11 +20,13 @@ from typing import Any
 import pytest
 
 from lifecycle.test_key_crash import Daemon, job, sealfleet
+from sealfleet.adapters.http_api.client import ApiClient
 from sealfleet.adapters.kube import controller, fleet_keys
 from sealfleet.adapters.kube.client import KubeClient
 from sealfleet.app import config
 from sealfleet.domain import hybrid, key_secrets, sealed_secrets
 from sealfleet.domain.keys import SealingKey
+from sealfleet.errors import FleetError
 from sealfleet.sandbox.runner import SandboxProcess
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
@@ -99,6 +101,13 @@ def test_a_reseal_killed_at_any_point_finishes_with_the_same_result(sandbox: Pat
         refused = sealfleet("reseal", "--cluster", "nope", "--wait", *conf)
         assert refused.returncode == 2, refused.stderr
         assert "no cluster named nope" in refused.stderr
+        # A malformed selection is a 400 naming the field; nothing is journaled.
+        assert settings.api.socket is not None
+        api = ApiClient(socket_path=settings.api.socket)
+        with pytest.raises(FleetError, match=r"HTTP 400 bad_request: states: 'nope'"):
+            asyncio.run(api.request_json("POST", "/api/v1/reseal", {"states": ["nope"]}))
+        with pytest.raises(FleetError, match="HTTP 400 bad_request: unknown field 'colour'"):
+            asyncio.run(api.request_json("POST", "/api/v1/reseal", {"colour": "red"}))
         rng = random.Random(3)
         # Killed once the first cluster step runs: at once, then at random moments of it.
         kill_points = [0.0, rng.uniform(0.02, 0.2), rng.uniform(0.02, 0.2)]

@@ -186,11 +186,10 @@ class Service:
                     changes=lambda: fleet.changes, render_status_page=status_page.render)
                 context = JobContext(store=store, keystore=fleet.keystore,
                                      settings=lambda: self.settings)
-                resealer = reseal.ResealExecutor(context, executor)
-                executors = reseal.with_auto_reseal(
-                    key_jobs.build(context), context,
+                executors, resealer = reseal.build(
+                    context, executor, key_jobs.build(context),
                     lambda kind, params, actor: jobs.submit(kind, params, actor=actor))
-                jobs = self.jobs = JobRunner(store, [*executors, resealer])
+                jobs = self.jobs = JobRunner(store, executors)
                 self._scheduler = Scheduler(
                     jobs, store, settings=lambda: self.settings,
                     report=lambda: view.snapshot.report if view.snapshot else None)

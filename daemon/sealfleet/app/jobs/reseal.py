@@ -291,3 +291,11 @@ def with_auto_reseal(executors: Sequence[JobExecutor], ctx: JobContext,
     """*executors* with the renewal and compromise ones wrapped in :class:`AutoReseal`."""
     return [AutoReseal(e, ctx, submit) if e.kind in (JobKind.RENEWAL, JobKind.COMPROMISE)
             else e for e in executors]
+
+
+def build(ctx: JobContext, pool: Executor | None, others: Sequence[JobExecutor],
+          submit: Submit) -> tuple[list[JobExecutor], ResealExecutor]:
+    """The daemon's executors: *others* (the key jobs) with auto reseal, and the reseal
+    executor (also returned alone: the API's dry runs)."""
+    resealer = ResealExecutor(ctx, pool)
+    return [*with_auto_reseal(others, ctx, submit), resealer], resealer
