@@ -68,6 +68,7 @@ class Tally:
     conflicts_replanned: int = 0
     gone: int = 0
     failures: dict[str, str] = dataclasses.field(default_factory=dict)
+    seconds: dict[str, float] = dataclasses.field(default_factory=dict)  # per phase
 
     def detail(self, target_key: str) -> JsonObject:
         shown: list[JsonValue] = [{"ref": ref, "reason": reason} for ref, reason
@@ -75,7 +76,8 @@ class Tally:
         return {"target_key": target_key, "planned": self.planned, "resealed": self.resealed,
                 "skipped": self.skipped, "rotated_via_controller": self.rotated_via_controller,
                 "conflicts_replanned": self.conflicts_replanned, "gone": self.gone,
-                "failed": len(self.failures), "failures": shown}
+                "failed": len(self.failures), "failures": shown,
+                "seconds": dict(self.seconds)}
 
 
 def object_path(namespace: str, name: str) -> str:
@@ -166,8 +168,12 @@ class ClusterResealer:
                     except FleetError as error:
                         self.tally.failures[ref] = str(error)
 
+            started = time.monotonic()
             await asyncio.gather(*(one(ref, obj) for ref, obj in planned.items()))
+            written = time.monotonic()
             await self._wait_synced(client)
+            self.tally.seconds = {"write": round(written - started, 3),
+                                  "synced": round(time.monotonic() - written, 3)}
         log.info("reseal_cluster_done", cluster=cluster.name, resealed=self.tally.resealed,
                  rotated=self.tally.rotated_via_controller, skipped=self.tally.skipped,
                  conflicts=self.tally.conflicts_replanned, failed=len(self.tally.failures))
