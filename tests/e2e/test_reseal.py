@@ -239,7 +239,12 @@ async def test_renewal_then_reseal_leaves_everything_sealed_with_the_new_key(
         again = await fleet.resealer.run_step(job, f"cluster:{sandbox.names[0]}")
         assert again.detail["resealed"] == 0
         assert again.detail["skipped"] == plan["by_cluster"][sandbox.names[0]]
-        # Nothing is left to reseal but the Flux-managed object: refused, with why.
+        # Nothing is left to reseal but the Flux-managed object (once the inventory has
+        # seen the new ciphertexts): refused, with why.
+        async def caught_up() -> bool:
+            return (await fleet.planned())["planned"] == 0
+
+        await eventually(caught_up)
         with pytest.raises(RefusedError, match="managed by Flux"):
             await fleet.runner.submit("reseal", {"include_hinted": True}, actor="test")
 

@@ -51,7 +51,9 @@ log = structlog.get_logger(__name__)
 WRITE_CONCURRENCY = 8        # objects read, resealed and written at once per cluster
 MAX_CONFLICTS = 5            # re-reads of one object changed under us before giving up
 SYNC_TIMEOUT = 120.0         # seconds for the controller to report Synced after the writes
-_SYNC_POLL = 0.3
+_SYNC_POLL = 0.2            # first pause between Synced polls, growing to _SYNC_POLL_MAX
+_SYNC_POLL_MAX = 2.0
+_SYNC_GETS = 16             # objects left to wait for that are read one by one
 _FAILURES_SHOWN = 50
 _BACKOFF = retry.BackoffPolicy(initial=0.5, cap=5.0)
 _ATTEMPTS = 6                # transient failures (an unreachable apiserver) per call
@@ -254,10 +256,11 @@ class ClusterResealer:
             except ItemsDecryptionError:
                 resealed = None   # opened by no key held here: the controller may
             if resealed is not None:
-                if not resealed.changed:
-                    return None, False
-                await self._remember(identity.label, resealed.replaced.values())
-                return resealed.apply(obj), False
+                # Every item is sealed with the target now, kept or new.
+                await self._remember(identity.label, resealed.encrypted_data.values())
+                return (resealed.apply(obj) if resealed.changed else None), False
+        if legacy:   # the controller's rotation would rebuild it: not a splice of values
+            raise PermanentError(f"{ref}: legacy spec.data that no key held here opens")
         return await self._rotated(client, ref, obj, needing), True
 
     async def _rotated(self, client: KubeClient, ref: str, obj: dict[str, Any],
@@ -329,18 +332,20 @@ class ClusterResealer:
         waiting = dict(self._written)
         deadline = time.monotonic() + SYNC_TIMEOUT
         last: dict[str, str] = {}
+        pause = _SYNC_POLL
         while waiting:
+            listed: dict[str, dict[str, Any]] | None
             try:
-                listed = await list_objects(client)
+                listed = await self._read_waiting(client, waiting)
             except TransientError as error:
                 if time.monotonic() > deadline:
                     raise
                 log.info("reseal_sync_poll_failed", error=str(error))
-                listed = {}
+                listed = None    # unknown: nothing is taken as deleted
             for ref, generation in list(waiting.items()):
-                obj = listed.get(ref)
+                obj = listed.get(ref) if listed is not None else None
                 if obj is None:
-                    if listed:
+                    if listed is not None:
                         waiting.pop(ref)
                         self.tally.failures[ref] = "deleted before the controller synced it"
                     continue
@@ -359,4 +364,19 @@ class ClusterResealer:
                         f"within {SYNC_TIMEOUT:.0f}s ({last.get(ref, 'no status')})")
                 return
             if waiting:
-                await asyncio.sleep(_SYNC_POLL)
+                await asyncio.sleep(pause)
+                pause = min(pause * 1.5, _SYNC_POLL_MAX)
+
+    async def _read_waiting(self, client: KubeClient,
+                            waiting: Mapping[str, int]) -> dict[str, dict[str, Any]]:
+        """The objects still waited for: one GET each when few are left, else a list."""
+        if len(waiting) > _SYNC_GETS:
+            return await list_objects(client)
+        found: dict[str, dict[str, Any]] = {}
+        for ref in waiting:
+            namespace, _, name = ref.partition("/")
+            try:
+                found[ref] = await client.get_json(object_path(namespace, name))
+            except NotFound:
+                continue
+        return found
