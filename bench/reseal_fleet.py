@@ -73,21 +73,25 @@ class Floor:
         self._part = old.public_key.encrypt(os.urandom(32), self._oaep)
         self._pool, self._threads = pool, threads
         self.rates: list[float] = []
+        self.cpu_per_item: list[float] = []   # CPU seconds of the RSA threads per item
 
-    def _work(self, count: int) -> int:
+    def _work(self, count: int) -> tuple[int, float]:
+        started = time.thread_time()
         for _ in range(count):
             self._public.encrypt(self._private.decrypt(self._part, self._oaep), self._oaep)
-        return count
+        return count, time.thread_time() - started
 
     async def slice(self, items: int) -> float:
         """Items/s over one slice of *items* pairs (recorded)."""
         loop = asyncio.get_running_loop()
         per = max(items // self._threads, 1)
         started = time.perf_counter()
-        done = sum(await asyncio.gather(*(loop.run_in_executor(self._pool, self._work, per)
-                                          for _ in range(self._threads))))
+        parts = await asyncio.gather(*(loop.run_in_executor(self._pool, self._work, per)
+                                       for _ in range(self._threads)))
+        done = sum(count for count, _ in parts)
         rate = done / (time.perf_counter() - started)
         self.rates.append(rate)
+        self.cpu_per_item.append(sum(cpu for _, cpu in parts) / done)
         return rate
 
 
@@ -217,7 +221,7 @@ def main() -> None:
               f"{measured.wall:6.2f} s wall  {measured.rate:7.1f} items/s  ratio "
               f"{ratio:4.2f} {'ok' if ratio >= TARGET_RATIO else 'BELOW TARGET'} "
               f"(target >= {TARGET_RATIO})")
-        floor_cpu = measured.items / median * rsa_threads()
+        floor_cpu = measured.items * statistics.median(floor.cpu_per_item)
         print(f"           CPU: daemon {measured.daemon_cpu:6.2f} s, sandbox "
               f"{measured.sandbox_cpu:6.2f} s; the floor's CPU for these items "
               f"{floor_cpu:6.2f} s (ratio per daemon CPU-second "

@@ -130,8 +130,9 @@ class ResealExecutor:
             "old_keys": old_keys}
         not_planned: list[JsonValue] = [{"ref": n.ref, "reason": n.reason}
                                         for n in plan.not_planned]
-        params_out: dict[str, JsonValue] = {"selection": selection, "clusters": clusters,
-                                  "repos": repos, "not_planned": not_planned, **summary}
+        params_out: dict[str, JsonValue] = {
+            "selection": selection, "clusters": clusters, "repos": repos,
+            "not_planned": not_planned, **summary}
         if "after_job" in params:
             params_out["after_job"] = params["after_job"]
         return Plan(steps=steps, params=params_out, audit={**summary, "selection": selection})
