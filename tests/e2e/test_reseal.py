@@ -403,3 +403,38 @@ async def test_auto_reseal_after_a_renewal(sandbox: Sandbox,
     after = sealed_objects(sandbox)
     for ref in unhinted:
         assert opens_with(after[ref], key), ref
+
+
+async def test_an_unreachable_cluster_pauses_its_part_while_the_rest_goes_on(
+        sandbox: Sandbox, executor: ThreadPoolExecutor) -> None:
+    settings = settings_of(sandbox, master=False)
+    first, down = sandbox.names
+    async with daemon(settings, executor) as fleet:
+        async def both_planned() -> dict[str, Any] | None:
+            plan = await fleet.planned()
+            return plan if set(plan["by_cluster"]) == {first, down} else None
+
+        plan = await eventually(both_planned, within=30)
+        await sandbox.cluster(down).api.set_faults(outage=True)
+        try:
+            job = await fleet.runner.submit("reseal", {"include_hinted": True}, actor="test")
+
+            async def first_done_while_down_waits() -> bool:
+                steps = {s.ref: s.state for s in await fleet.store.jobs.job_items(job.id)}
+                return steps == {f"cluster:{first}": "done", f"cluster:{down}": "running"}
+
+            await eventually(first_done_while_down_waits, within=60)
+        finally:
+            await sandbox.cluster(down).api.set_faults(outage=False)
+
+        async def finished() -> JobRecord | None:
+            found = await fleet.store.jobs.get_job(job.id)
+            return found if found is not None and found.state in ("succeeded", "failed") \
+                else None
+
+        done: JobRecord = await eventually(finished, within=60)
+        assert done.state == "succeeded", done.error
+        clusters = done.result["clusters"]
+        assert isinstance(clusters, dict)
+        assert clusters[down]["resealed"] == plan["by_cluster"][down]  # type: ignore[index]
+        assert clusters[first]["resealed"] == plan["by_cluster"][first]  # type: ignore[index]

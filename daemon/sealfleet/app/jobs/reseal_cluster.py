@@ -27,9 +27,9 @@ import asyncio
 import dataclasses
 import functools
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from concurrent.futures import Executor
-from typing import Any
+from typing import Any, TypeVar
 
 import structlog
 
@@ -56,7 +56,9 @@ _SYNC_POLL_MAX = 2.0
 _SYNC_GETS = 16             # objects left to wait for that are read one by one
 _FAILURES_SHOWN = 50
 _BACKOFF = retry.BackoffPolicy(initial=0.5, cap=5.0)
-_ATTEMPTS = 6                # transient failures (an unreachable apiserver) per call
+_ATTEMPTS = 6                # transient failures per call when nothing waits (verification)
+PAUSE_LIMIT = 600.0          # seconds a cluster may stay unreachable before its step fails
+T = TypeVar("T")
 
 
 @dataclasses.dataclass
@@ -102,16 +104,48 @@ def generation_of(obj: Mapping[str, Any]) -> int:
     return value if isinstance(value, int) else 0
 
 
-async def list_objects(client: KubeClient) -> dict[str, dict[str, Any]]:
+async def list_now(client: KubeClient) -> dict[str, dict[str, Any]]:
     """Every SealedSecret of the cluster by ``namespace/name`` (one paginated list)."""
-    async def listing() -> dict[str, dict[str, Any]]:
-        found: dict[str, dict[str, Any]] = {}
-        async for page in client.list_pages(controller.SEALED_SECRETS_PATH):
-            for obj in page.items:
-                meta = obj.get("metadata") or {}
-                found[f"{meta.get('namespace', '')}/{meta.get('name', '')}"] = obj
-        return found
-    return await retry.retry_call(listing, policy=_BACKOFF, attempts=_ATTEMPTS)
+    found: dict[str, dict[str, Any]] = {}
+    async for page in client.list_pages(controller.SEALED_SECRETS_PATH):
+        for obj in page.items:
+            meta = obj.get("metadata") or {}
+            found[f"{meta.get('namespace', '')}/{meta.get('name', '')}"] = obj
+    return found
+
+
+async def list_objects(client: KubeClient) -> dict[str, dict[str, Any]]:
+    """:func:`list_now`, a few transient failures retried."""
+    return await retry.retry_call(functools.partial(list_now, client), policy=_BACKOFF,
+                                  attempts=_ATTEMPTS)
+
+
+class Patience:
+    """Calls to one cluster retried while it is unreachable, up to one deadline for the
+    whole step: its part of the job pauses while the other clusters' steps go on."""
+
+    def __init__(self, cluster: str, limit: float = PAUSE_LIMIT) -> None:
+        self._cluster = cluster
+        self._limit = limit
+        self._deadline = asyncio.get_running_loop().time() + limit
+        self._paused = False
+
+    def _on_retry(self, error: TransientError, delay: float) -> None:
+        if not self._paused:
+            self._paused = True
+            log.warning("reseal_cluster_paused", cluster=self._cluster, error=str(error))
+
+    async def call(self, fn: Callable[[], Awaitable[T]]) -> T:
+        try:
+            async with asyncio.timeout_at(self._deadline):
+                result = await retry.retry_call(fn, policy=_BACKOFF, on_retry=self._on_retry)
+        except TimeoutError:
+            raise TransientError(f"cluster {self._cluster} unreachable for "
+                                 f"{self._limit:.0f}s") from None
+        if self._paused:
+            self._paused = False
+            log.info("reseal_cluster_resumed", cluster=self._cluster)
+        return result
 
 
 class ClusterResealer:
@@ -129,6 +163,7 @@ class ClusterResealer:
         self._proxy: str | None = None
         self._rotate_refusal: str | None = None
         self._written: dict[str, int] = {}      # ref -> generation to see Synced for
+        self._patience = Patience(cluster.name)
         self.tally = Tally()
 
     async def _prepare(self, objects: Mapping[str, Mapping[str, Any]]) -> None:
@@ -158,7 +193,8 @@ class ClusterResealer:
         self.tally.planned = len(refs)
         async with self._ctx.connect(cluster) as client:
             snapshot = snapshot or {}
-            listed = await list_objects(client) if set(refs) - set(snapshot) else {}
+            listed = await self._patience.call(functools.partial(list_now, client)) \
+                if set(refs) - set(snapshot) else {}
             planned = {ref: snapshot.get(ref) or listed.get(ref) for ref in refs}
             await self._prepare({r: o for r, o in planned.items() if o is not None})
             gate = asyncio.Semaphore(WRITE_CONCURRENCY)
@@ -203,9 +239,8 @@ class ClusterResealer:
                 self._written[ref] = generation_of(obj)   # still wait for its Synced
                 return
             try:
-                written = await retry.retry_call(
-                    functools.partial(client.replace_json, path, body),
-                    policy=_BACKOFF, attempts=_ATTEMPTS)
+                written = await self._patience.call(
+                    functools.partial(client.replace_json, path, body))
             except Conflict:
                 self.tally.conflicts_replanned += 1
                 obj = await self._read(client, path)
@@ -221,8 +256,8 @@ class ClusterResealer:
 
     async def _read(self, client: KubeClient, path: str) -> dict[str, Any] | None:
         try:
-            found: dict[str, Any] = await retry.retry_call(lambda: client.get_json(path),
-                                                           policy=_BACKOFF, attempts=_ATTEMPTS)
+            found: dict[str, Any] = await self._patience.call(
+                functools.partial(client.get_json, path))
         except NotFound:
             return None
         hashes = [attribution.item_hash(v, sealed_secrets.identity_of(found).label)
@@ -268,9 +303,10 @@ class ClusterResealer:
         """The object with the values ``/v1/rotate`` gives for *needing* spliced in."""
         namespace = self._cluster.controller_namespace
         if self._proxy is None and self._rotate_refusal is None:
-            proxy = await controller.proxy_name(client, namespace,
-                                                self._cluster.controller_name)
-            served = await controller.fetch_certificate(client, namespace, proxy)
+            proxy = await self._patience.call(functools.partial(
+                controller.proxy_name, client, namespace, self._cluster.controller_name))
+            served = await self._patience.call(functools.partial(
+                controller.fetch_certificate, client, namespace, proxy))
             if served.fingerprint != self._target_fp:
                 self._rotate_refusal = (f"sealfleet holds no key for it and the controller "
                                         f"seals with {served.fingerprint}, not the target "
@@ -280,9 +316,8 @@ class ClusterResealer:
         if self._proxy is None:
             raise PermanentError(f"{ref}: {self._rotate_refusal}")
         proxy_name = self._proxy
-        values = await retry.retry_call(
-            lambda: controller.rotate(client, namespace, proxy_name, obj),
-            policy=_BACKOFF, attempts=_ATTEMPTS)
+        values = await self._patience.call(
+            functools.partial(controller.rotate, client, namespace, proxy_name, obj))
         missing = [item for item in needing if item not in values]
         if missing:
             raise PermanentError(f"{ref}: /v1/rotate returned no value for item(s) "
