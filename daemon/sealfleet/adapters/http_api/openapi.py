@@ -235,6 +235,41 @@ SCHEMAS: dict[str, Any] = {
         "counts": {"type": "object", "additionalProperties": {"type": "integer"}},
         "steps": {"type": "array", "items": _ref("JobStep")}}),
     "JobList": _obj({"jobs": {"type": "array", "items": _ref("Job")}}),
+    "ResealRequest": _obj({
+        "states": {"type": "array", "items": {"enum": _STATES},
+                   "description": "default stale and compromised"},
+        "clusters": {"type": "array", "items": {"type": "string", "minLength": 1}},
+        "repos": {"type": "array", "items": {"type": "string", "minLength": 1}},
+        "namespaces": {"type": "array", "items": {"type": "string", "minLength": 1},
+                       "description": "shell patterns (team-*)"},
+        "names": {"type": "array", "items": {"type": "string", "minLength": 1},
+                  "description": "shell patterns"},
+        "scopes": {"type": "array", "items": {
+            "enum": ["strict", "namespace-wide", "cluster-wide"]}},
+        "sources": {"type": "array", "items": {"enum": ["cluster", "git"]}},
+        "include_git": {"type": "boolean", "description": "false: clusters only"},
+        "include_hinted": {"type": "boolean",
+                           "description": "reseal in the cluster what only the "
+                                          "app.kubernetes.io/instance label says may be "
+                                          "GitOps-managed (Helm sets it too)"},
+        "dry_run": {"type": "boolean", "description": "answer the plan, journal nothing"},
+    }, required=[]),
+    "ResealPlan": _obj({
+        "dry_run": {"const": True}, "selection": {"type": "object"},
+        "planned": {"type": "integer", "minimum": 0},
+        "items": {"type": "integer", "minimum": 0},
+        "not_planned": {"type": "integer", "minimum": 0},
+        "by_cluster": {"type": "object", "additionalProperties": {"type": "integer"}},
+        "by_repository": {"type": "object", "additionalProperties": {"type": "integer"}},
+        "by_reason": {"type": "object", "additionalProperties": {"type": "integer"}},
+        "reseals": {"type": "array", "items": {"type": "object"},
+                    "description": "each planned reseal: ref, source, reason, cluster or "
+                                   "repository and path, namespace, name, scope, "
+                                   "target_key, old_keys, items (names only)"},
+        "not_resealable": {"type": "array", "items": _obj({
+            "ref": {"type": "string"}, "source": {"enum": ["cluster", "git"]},
+            "state": {"enum": _STATES}, "reason": {"type": "string"}})},
+        "warnings": {"type": "array", "items": {"type": "string"}}}),
     "AuditList": _obj({"entries": {"type": "array", "items": _obj({
         "id": {"type": "integer"}, "at": _TIME, "event": {"type": "string"},
         "actor": {"type": "string"}, "details": {"type": "object"}})}}),
@@ -285,6 +320,16 @@ def _post(summary: str, *, body: dict[str, Any] | None = None,
     if parameters:
         op["parameters"] = parameters
     return {"post": op}
+
+
+def _reseal_post() -> dict[str, Any]:
+    op = _post("Reseal what is stale or compromised with the current key, in the clusters "
+               "and in their repositories (job steps cluster:NAME and repo:NAME; each step's "
+               "detail counts resealed, skipped, rotated_via_controller, "
+               "conflicts_replanned, failed)", body=_ref("ResealRequest"))
+    op["post"]["responses"]["200"] = _json(_ref("ResealPlan"),
+                                           "dry_run: the plan; nothing was journaled")
+    return op
 
 
 # A fingerprint holds "/" and "+": percent-encode it in the path (%2F, %2B).  Anything
@@ -376,6 +421,7 @@ def document() -> dict[str, Any]:
                 "Take a key out of every cluster (refused while anything needs it)",
                 body=_obj({"purge": {"type": "boolean"}}, required=[]),
                 parameters=[_FINGERPRINT_PARAM]),
+            "/api/v1/reseal": _reseal_post(),
             "/api/v1/jobs": _get("Jobs, newest first", _json(_ref("JobList"), "Jobs"),
                                  parameters=[_query("state", {"enum": [
                                      "pending", "running", "succeeded", "failed",

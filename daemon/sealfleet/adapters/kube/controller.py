@@ -8,6 +8,7 @@ kubeseal (``services/proxy`` on those names) is all the daemon needs.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -103,6 +104,37 @@ async def verify(client: KubeClient, namespace: str, proxy: str,
     if response.status == 429:
         raise TransientError(f"POST {path}: rate limited", retry_after=response.retry_after)
     raise error_for_status(response.status, f"POST {path}", message, response.retry_after)
+
+
+async def rotate(client: KubeClient, namespace: str, proxy: str,
+                 sealed_secret: Mapping[str, Any]) -> dict[str, str]:
+    """``/v1/rotate``: the controller reseals every item with its newest key.
+
+    Only the returned ``spec.encryptedData`` is given back: the controller rebuilds the
+    object's metadata (name, namespace and the scope annotation only; template labels
+    copied from the top level), so the caller splices these values into the object it
+    read and never writes the response whole.  Any failure is a 500 from the controller
+    (no 409 exists for this endpoint); its message is not quoted (it may echo the body).
+    """
+    path = _proxy_path(namespace, proxy, "rotate")
+    body = {key: sealed_secret[key] for key in ("apiVersion", "kind", "metadata", "spec")
+            if key in sealed_secret}
+    body.setdefault("apiVersion", "bitnami.com/v1alpha1")
+    body.setdefault("kind", "SealedSecret")
+    # The answer's Content-Type is Go's sniffed text/plain (the handler sets it too late).
+    response = await client.request("POST", path, body=body, accept="application/json, */*")
+    if response.status != 200:
+        raise error_for_status(response.status, f"POST {path}", "", response.retry_after)
+    try:
+        document = json.loads(response.body)
+    except ValueError:
+        raise TransientError(f"POST {path}: malformed response") from None
+    spec = document.get("spec") if isinstance(document, dict) else None
+    encrypted = spec.get("encryptedData") if isinstance(spec, dict) else None
+    if not isinstance(encrypted, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in encrypted.items()):
+        raise TransientError(f"POST {path}: the answer has no spec.encryptedData")
+    return dict(encrypted)
 
 
 

@@ -22,6 +22,9 @@ from sealfleet.errors import InputError
 
 _POLL_SECONDS = 0.5
 _FINISHED = frozenset({"succeeded", "failed", "cancelled"})
+# Counts a step's detail may carry (a reseal's), printed after the step when not zero.
+_STEP_COUNTS = ("planned", "resealed", "rotated_via_controller", "skipped",
+                "conflicts_replanned", "gone", "failed")
 
 
 def _config_arg(parser: argparse.ArgumentParser) -> None:
@@ -203,7 +206,12 @@ def _print_job(job: dict[str, Any], output: str, *, brief: bool = False) -> None
         print(f"  error: {job['error']}")
     for step in job.get("steps", []):
         error = f" - {step['error']}" if step.get("error") else ""
-        print(f"  {step['state']:<8} {step['ref']}{error}")
+        detail = step.get("detail") or {}
+        counts = ", ".join(f"{key.replace('_', ' ')} {detail[key]}" for key in _STEP_COUNTS
+                           if isinstance(detail.get(key), int) and detail[key])
+        print(f"  {step['state']:<8} {step['ref']}{error}" + (f" ({counts})" if counts else ""))
+        for failure in detail.get("failures") or []:
+            print(f"           {failure.get('ref')}: {failure.get('reason')}")
 
 
 def _audit(args: argparse.Namespace) -> int:

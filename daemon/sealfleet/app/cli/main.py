@@ -48,6 +48,7 @@ COMMAND_MODULES: dict[str, tuple[str, ...]] = {
     "daemon": ("run", "status", "staleness", "demo"),
     "jobs": ("jobs", "audit"),
     "check": ("check",),
+    "reseal": ("reseal",),
 }
 
 Handler = Callable[[argparse.Namespace], int]

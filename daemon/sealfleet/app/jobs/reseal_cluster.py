@@ -1,0 +1,417 @@
+"""One cluster's part of a reseal job: its planned SealedSecrets, sealed for the target key.
+
+For each planned object, as the cluster shows it now:
+
+- every item already sealed with the target key (the attribution cache says so for its
+  ciphertext): nothing is written (*skipped*); this is what makes a replay idempotent;
+- else, when sealfleet holds the private key of every item to reseal: each such item
+  is opened with the key that sealed it and sealed for the target under the same label
+  (``domain.resealing``, on the RSA thread pool); only ``spec.encryptedData`` values
+  change;
+- else the object goes to the controller's ``/v1/rotate`` (through the service proxy,
+  as kubeseal does) and only the returned values of the items to reseal are spliced
+  into the object read, provided the controller seals with the target key now.
+
+The object is written back with the resourceVersion it was read at (PUT); a 409 means
+someone else changed it: read it again and decide again (bounded).  Before the write,
+the new values are recorded in the attribution cache as sealed with the target (they
+are: we just sealed them), so neither the collect side nor a replay spends RSA on them.
+An object counts as done only once the controller reports ``Synced=True`` for the
+generation written (polled, bounded).  A plaintext exists only inside
+``domain.resealing``, one item at a time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import functools
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from concurrent.futures import Executor
+from typing import Any, TypeVar
+
+import structlog
+
+from sealfleet.adapters import retry
+from sealfleet.adapters.kube import controller
+from sealfleet.adapters.kube.client import Conflict, KubeClient, NotFound
+from sealfleet.adapters.store.records import JsonObject, JsonValue
+from sealfleet.app.config import ClusterSettings
+from sealfleet.app.jobs.context import JobContext
+from sealfleet.app.jobs.executor import StepOutcome
+from sealfleet.domain import attribution, hybrid, resealing, sealed_secrets
+from sealfleet.domain.jobs import StepState
+from sealfleet.domain.keys import load_certificate
+from sealfleet.domain.sealed_secrets import ItemsDecryptionError
+from sealfleet.errors import FleetError, PermanentError, TransientError
+
+log = structlog.get_logger(__name__)
+
+WRITE_CONCURRENCY = 8        # objects read, resealed and written at once per cluster
+MAX_CONFLICTS = 5            # re-reads of one object changed under us before giving up
+SYNC_TIMEOUT = 120.0         # seconds for the controller to report Synced after the writes
+_SYNC_POLL = 0.2            # first pause between Synced polls, growing to _SYNC_POLL_MAX
+_SYNC_POLL_MAX = 2.0
+_SYNC_GETS = 16             # objects left to wait for that are read one by one
+_FAILURES_SHOWN = 50
+_BACKOFF = retry.BackoffPolicy(initial=0.5, cap=5.0)
+_ATTEMPTS = 6                # transient failures per call when nothing waits (verification)
+PAUSE_LIMIT = 600.0          # seconds a cluster may stay unreachable before its step fails
+T = TypeVar("T")
+
+
+@dataclasses.dataclass
+class Tally:
+    """What one cluster step did, for its detail (counts; failures named with reasons)."""
+
+    planned: int = 0
+    resealed: int = 0
+    skipped: int = 0
+    rotated_via_controller: int = 0
+    conflicts_replanned: int = 0
+    gone: int = 0
+    failures: dict[str, str] = dataclasses.field(default_factory=dict)
+    seconds: dict[str, float] = dataclasses.field(default_factory=dict)  # per phase
+
+    def detail(self, target_key: str) -> JsonObject:
+        shown: list[JsonValue] = [{"ref": ref, "reason": reason} for ref, reason
+                                  in sorted(self.failures.items())[:_FAILURES_SHOWN]]
+        return {"target_key": target_key, "planned": self.planned, "resealed": self.resealed,
+                "skipped": self.skipped, "rotated_via_controller": self.rotated_via_controller,
+                "conflicts_replanned": self.conflicts_replanned, "gone": self.gone,
+                "failed": len(self.failures), "failures": shown,
+                "seconds": dict(self.seconds)}
+
+
+def object_path(namespace: str, name: str) -> str:
+    return controller.sealed_secret_path(namespace, name)
+
+
+def synced_state(obj: Mapping[str, Any]) -> tuple[int | None, str | None, str | None]:
+    """(observedGeneration, Synced status, its message) from an object's status."""
+    status = obj.get("status") or {}
+    observed = status.get("observedGeneration")
+    for condition in status.get("conditions") or []:
+        if isinstance(condition, Mapping) and condition.get("type") == "Synced":
+            return (observed if isinstance(observed, int) else None,
+                    str(condition.get("status")), condition.get("message"))
+    return (observed if isinstance(observed, int) else None, None, None)
+
+
+def generation_of(obj: Mapping[str, Any]) -> int:
+    value = (obj.get("metadata") or {}).get("generation")
+    return value if isinstance(value, int) else 0
+
+
+async def list_now(client: KubeClient) -> dict[str, dict[str, Any]]:
+    """Every SealedSecret of the cluster by ``namespace/name`` (one paginated list)."""
+    found: dict[str, dict[str, Any]] = {}
+    async for page in client.list_pages(controller.SEALED_SECRETS_PATH):
+        for obj in page.items:
+            meta = obj.get("metadata") or {}
+            found[f"{meta.get('namespace', '')}/{meta.get('name', '')}"] = obj
+    return found
+
+
+async def list_objects(client: KubeClient) -> dict[str, dict[str, Any]]:
+    """:func:`list_now`, a few transient failures retried."""
+    return await retry.retry_call(functools.partial(list_now, client), policy=_BACKOFF,
+                                  attempts=_ATTEMPTS)
+
+
+class Patience:
+    """Calls to one cluster retried while it is unreachable, up to one deadline for the
+    whole step: its part of the job pauses while the other clusters' steps go on."""
+
+    def __init__(self, cluster: str, limit: float = PAUSE_LIMIT) -> None:
+        self._cluster = cluster
+        self._limit = limit
+        self._deadline = asyncio.get_running_loop().time() + limit
+        self._paused = False
+
+    def _on_retry(self, error: TransientError, delay: float) -> None:
+        if not self._paused:
+            self._paused = True
+            log.warning("reseal_cluster_paused", cluster=self._cluster, error=str(error))
+
+    async def call(self, fn: Callable[[], Awaitable[T]]) -> T:
+        try:
+            async with asyncio.timeout_at(self._deadline):
+                result = await retry.retry_call(fn, policy=_BACKOFF, on_retry=self._on_retry)
+        except TimeoutError:
+            raise TransientError(f"cluster {self._cluster} unreachable for "
+                                 f"{self._limit:.0f}s") from None
+        if self._paused:
+            self._paused = False
+            log.info("reseal_cluster_resumed", cluster=self._cluster)
+        return result
+
+
+class ClusterResealer:
+    """One ``cluster:<name>`` step of a reseal job (see the module docstring)."""
+
+    def __init__(self, ctx: JobContext, pool: Executor, cluster: ClusterSettings,
+                 target_key: str) -> None:
+        self._ctx = ctx
+        self._pool = pool
+        self._cluster = cluster
+        self._target_fp = target_key
+        self._keyring = resealing.KeyRing(())
+        self._target: resealing.TargetKey | None = None
+        self._known: dict[str, str | None] = {}
+        self._proxy: str | None = None
+        self._rotate_refusal: str | None = None
+        self._written: dict[str, int] = {}      # ref -> generation to see Synced for
+        self._patience = Patience(cluster.name)
+        self.tally = Tally()
+
+    async def _prepare(self, objects: Mapping[str, Mapping[str, Any]]) -> None:
+        ctx = self._ctx
+        await ctx.keystore.materialize()
+        self._keyring = resealing.KeyRing(ctx.keystore.loaded_keys())
+        held = ctx.keystore.get(self._target_fp)
+        if held is not None:
+            self._target = held
+        else:
+            record = next((r for r in await ctx.store.keys.list_keys()
+                           if r.fingerprint == self._target_fp and r.certificate_pem), None)
+            if record is None or record.certificate_pem is None:
+                raise PermanentError(f"no certificate is known for the target key "
+                                     f"{self._target_fp}")
+            self._target = load_certificate(record.certificate_pem.encode())
+        hashes = [attribution.item_hash(value, sealed_secrets.identity_of(obj).label)
+                  for obj in objects.values()
+                  for value in sealed_secrets.encrypted_items(obj).values()]
+        self._known = await ctx.store.inventory.get_attributions(hashes)
+
+    async def run(self, refs: Sequence[str], *,
+                  snapshot: Mapping[str, dict[str, Any]] | None = None) -> StepOutcome:
+        """Reseal *refs* (``namespace/name``) as the cluster shows them now, or as
+        *snapshot* shows those it holds (a read made earlier: a 409 then re-reads)."""
+        cluster = self._cluster
+        self.tally.planned = len(refs)
+        async with self._ctx.connect(cluster) as client:
+            snapshot = snapshot or {}
+            listed = await self._patience.call(functools.partial(list_now, client)) \
+                if set(refs) - set(snapshot) else {}
+            planned = {ref: snapshot.get(ref) or listed.get(ref) for ref in refs}
+            await self._prepare({r: o for r, o in planned.items() if o is not None})
+            gate = asyncio.Semaphore(WRITE_CONCURRENCY)
+
+            async def one(ref: str, obj: dict[str, Any] | None) -> None:
+                async with gate:
+                    try:
+                        await self._reseal_object(client, ref, obj)
+                    except FleetError as error:
+                        self.tally.failures[ref] = str(error)
+
+            started = time.monotonic()
+            await asyncio.gather(*(one(ref, obj) for ref, obj in planned.items()))
+            written = time.monotonic()
+            await self._wait_synced(client)
+            self.tally.seconds = {"write": round(written - started, 3),
+                                  "synced": round(time.monotonic() - written, 3)}
+        log.info("reseal_cluster_done", cluster=cluster.name, resealed=self.tally.resealed,
+                 rotated=self.tally.rotated_via_controller, skipped=self.tally.skipped,
+                 conflicts=self.tally.conflicts_replanned, failed=len(self.tally.failures))
+        state = StepState.FAILED if self.tally.failures else (
+            StepState.DONE if self._written or self.tally.skipped < self.tally.planned
+            else StepState.SKIPPED)
+        return StepOutcome(state, self.tally.detail(self._target_fp))
+
+    # ------------------------------------------------------------ one object
+
+    async def _reseal_object(self, client: KubeClient, ref: str,
+                             obj: dict[str, Any] | None) -> None:
+        namespace, _, name = ref.partition("/")
+        path = object_path(namespace, name)
+        for _ in range(MAX_CONFLICTS + 1):
+            if obj is None:
+                self.tally.gone += 1      # deleted since the plan: nothing left to reseal
+                return
+            try:
+                body, via_controller = await self._resealed_body(client, ref, obj)
+            except ItemsDecryptionError as error:
+                raise PermanentError(str(error)) from None
+            if body is None:
+                self.tally.skipped += 1
+                self._written[ref] = generation_of(obj)   # still wait for its Synced
+                return
+            try:
+                written = await self._patience.call(
+                    functools.partial(client.replace_json, path, body))
+            except Conflict:
+                self.tally.conflicts_replanned += 1
+                obj = await self._read(client, path)
+                continue
+            self._written[ref] = generation_of(written)
+            if via_controller:
+                self.tally.rotated_via_controller += 1
+            else:
+                self.tally.resealed += 1
+            return
+        raise PermanentError(f"{ref}: changed by another writer {MAX_CONFLICTS + 1} times "
+                             "while being resealed")
+
+    async def _read(self, client: KubeClient, path: str) -> dict[str, Any] | None:
+        try:
+            found: dict[str, Any] = await self._patience.call(
+                functools.partial(client.get_json, path))
+        except NotFound:
+            return None
+        hashes = [attribution.item_hash(v, sealed_secrets.identity_of(found).label)
+                  for v in sealed_secrets.encrypted_items(found).values()]
+        self._known.update(await self._ctx.store.inventory.get_attributions(
+            [h for h in hashes if h not in self._known]))
+        return found
+
+    async def _resealed_body(self, client: KubeClient, ref: str, obj: dict[str, Any],
+                             ) -> tuple[dict[str, Any] | None, bool]:
+        """The object to write (None: already sealed with the target), and whether the
+        controller resealed it."""
+        target = self._target
+        assert target is not None
+        identity = sealed_secrets.identity_of(obj)
+        values = sealed_secrets.encrypted_items(obj)
+        known = {item: self._known.get(attribution.item_hash(value, identity.label))
+                 for item, value in values.items()}
+        legacy = bool((obj.get("spec") or {}).get("data"))
+        needing = [item for item in values if known[item] != self._target_fp]
+        if not needing and not legacy:
+            return None, False
+        hints = {item: fp for item, fp in known.items() if fp is not None}
+        unheld = [item for item in needing if known[item] is not None
+                  and known[item] not in self._keyring]
+        if not unheld:
+            try:
+                resealed = await asyncio.get_running_loop().run_in_executor(
+                    self._pool, lambda: resealing.reseal(obj, self._keyring, target,
+                                                         hints=hints))
+            except ItemsDecryptionError:
+                resealed = None   # opened by no key held here: the controller may
+            if resealed is not None:
+                # Every item is sealed with the target now, kept or new.
+                await self._remember(identity.label, resealed.encrypted_data.values())
+                return (resealed.apply(obj) if resealed.changed else None), False
+        if legacy:   # the controller's rotation would rebuild it: not a splice of values
+            raise PermanentError(f"{ref}: legacy spec.data that no key held here opens")
+        return await self._rotated(client, ref, obj, needing), True
+
+    async def _rotated(self, client: KubeClient, ref: str, obj: dict[str, Any],
+                       needing: Sequence[str]) -> dict[str, Any]:
+        """The object with the values ``/v1/rotate`` gives for *needing* spliced in."""
+        namespace = self._cluster.controller_namespace
+        if self._proxy is None and self._rotate_refusal is None:
+            proxy = await self._patience.call(functools.partial(
+                controller.proxy_name, client, namespace, self._cluster.controller_name))
+            served = await self._patience.call(functools.partial(
+                controller.fetch_certificate, client, namespace, proxy))
+            if served.fingerprint != self._target_fp:
+                self._rotate_refusal = (f"sealfleet holds no key for it and the controller "
+                                        f"seals with {served.fingerprint}, not the target "
+                                        f"{self._target_fp}")
+            else:
+                self._proxy = proxy
+        if self._proxy is None:
+            raise PermanentError(f"{ref}: {self._rotate_refusal}")
+        proxy_name = self._proxy
+        values = await self._patience.call(
+            functools.partial(controller.rotate, client, namespace, proxy_name, obj))
+        missing = [item for item in needing if item not in values]
+        if missing:
+            raise PermanentError(f"{ref}: /v1/rotate returned no value for item(s) "
+                                 + ", ".join(repr(i) for i in missing))
+        replaced = {item: values[item] for item in needing}
+        label = sealed_secrets.identity_of(obj).label
+        if self._target_fp in self._keyring:
+            await self._check_opens(ref, label, replaced)
+            await self._remember(label, replaced.values())
+        spec = dict(obj.get("spec") or {})
+        spec["encryptedData"] = {**sealed_secrets.encrypted_items(obj), **replaced}
+        return {**obj, "spec": spec}
+
+    async def _check_opens(self, ref: str, label: bytes, values: Mapping[str, str]) -> None:
+        """The controller's new values open with the target key (checked when held)."""
+        key = self._ctx.keystore.get(self._target_fp)
+        if key is None:
+            return
+
+        def check() -> list[str]:
+            failed = []
+            for item, value in values.items():
+                try:
+                    hybrid.decrypt_with_index([key.private_key],
+                                              sealed_secrets.decode_item(item, value), label)
+                except FleetError:
+                    failed.append(item)
+            return failed
+        failed = await asyncio.get_running_loop().run_in_executor(self._pool, check)
+        if failed:
+            raise PermanentError(f"{ref}: the controller's new value of item(s) "
+                                 + ", ".join(repr(i) for i in failed)
+                                 + " does not open with the target key")
+
+    async def _remember(self, label: bytes, values: Any) -> None:
+        """New values are sealed with the target: so says the attribution cache."""
+        computed = [(attribution.item_hash(v, label), self._target_fp) for v in values]
+        for item_hash, fingerprint in computed:
+            self._known[item_hash] = fingerprint
+        await self._ctx.store.inventory.put_attributions(
+            computed, known_keys_epoch=self._ctx.keystore.epoch)
+
+    # ------------------------------------------------------------ Synced
+
+    async def _wait_synced(self, client: KubeClient) -> None:
+        """Until the controller reports Synced for every generation written (bounded)."""
+        waiting = dict(self._written)
+        deadline = time.monotonic() + SYNC_TIMEOUT
+        last: dict[str, str] = {}
+        pause = _SYNC_POLL
+        while waiting:
+            listed: dict[str, dict[str, Any]] | None
+            try:
+                listed = await self._read_waiting(client, waiting)
+            except TransientError as error:
+                if time.monotonic() > deadline:
+                    raise
+                log.info("reseal_sync_poll_failed", error=str(error))
+                listed = None    # unknown: nothing is taken as deleted
+            for ref, generation in list(waiting.items()):
+                obj = listed.get(ref) if listed is not None else None
+                if obj is None:
+                    if listed is not None:
+                        waiting.pop(ref)
+                        self.tally.failures[ref] = "deleted before the controller synced it"
+                    continue
+                observed, status, message = synced_state(obj)
+                if observed is not None and observed >= generation and status == "True":
+                    waiting.pop(ref)
+                elif observed is not None and observed >= generation and status == "False":
+                    waiting.pop(ref)
+                    self.tally.failures[ref] = f"the controller reports Synced=False: {message}"
+                else:
+                    last[ref] = f"observedGeneration {observed}, Synced {status}"
+            if waiting and time.monotonic() > deadline:
+                for ref, generation in waiting.items():
+                    self.tally.failures[ref] = (
+                        f"the controller did not report Synced for generation {generation} "
+                        f"within {SYNC_TIMEOUT:.0f}s ({last.get(ref, 'no status')})")
+                return
+            if waiting:
+                await asyncio.sleep(pause)
+                pause = min(pause * 1.5, _SYNC_POLL_MAX)
+
+    async def _read_waiting(self, client: KubeClient,
+                            waiting: Mapping[str, int]) -> dict[str, dict[str, Any]]:
+        """The objects still waited for: one GET each when few are left, else a list."""
+        if len(waiting) > _SYNC_GETS:
+            return await list_objects(client)
+        found: dict[str, dict[str, Any]] = {}
+        for ref in waiting:
+            namespace, _, name = ref.partition("/")
+            try:
+                found[ref] = await client.get_json(object_path(namespace, name))
+            except NotFound:
+                continue
+        return found
