@@ -184,14 +184,18 @@ def hang_once(tmp_path: Path, subcommand: str, marker: Path) -> str:
     words = subcommand.split()
     shim = tmp_path / "shim" / "git"
     shim.parent.mkdir(exist_ok=True)
+    second = words[1] if len(words) > 1 else ""
     shim.write_text(f"""#!/bin/sh
-hermetic=0; sub=""; next=""; skip=0; prev=""
+hermetic=0; sub=""; next=""; skip=0
 for arg in "$@"; do
-  if [ "$skip" = 1 ]; then skip=0; [ "$arg" = "core.hooksPath=/dev/null" ] && hermetic=1; continue; fi
+  if [ "$skip" = 1 ]; then
+    skip=0; [ "$arg" = "core.hooksPath=/dev/null" ] && hermetic=1; continue
+  fi
   if [ -n "$sub" ]; then next="$arg"; break; fi
   case "$arg" in -c) skip=1 ;; -*) ;; *) sub="$arg" ;; esac
 done
-if [ "$hermetic" = 1 ] && [ "$sub" = "{words[0]}" ] && [ "{words[1] if len(words) > 1 else ''}" = "" -o "$next" = "{words[-1]}" ] && [ ! -e "{marker}" ]; then
+if [ "$hermetic" = 1 ] && [ "$sub" = "{words[0]}" ] && [ "{second}" = "$next" -o -z "{second}" ] \
+   && [ ! -e "{marker}" ]; then
   : > "{marker}"
   exec sleep 3600
 fi

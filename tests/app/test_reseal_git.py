@@ -81,15 +81,18 @@ async def test_a_reseal_pushes_one_commit_that_changes_only_ciphertext_spans(
     assert detail["skipped"] == ["gitops:apps/current.yaml#0"]
     (problem,) = detail["problems"]
     assert problem.startswith("apps/multi.yaml: document 2: spec.encryptedData.password: ")
-    assert verified["documents"] == 3 and verified["verified_items"] == 4
-    assert verified["commit"] == detail["commit"] and verified["pushed"] is True
+    assert verified["documents"] == 3
+    assert verified["verified_items"] == 4
+    assert verified["commit"] == detail["commit"]
+    assert verified["pushed"] is True
 
     message = git("log", "-1", "--format=%B", branch, cwd=repo.remote)
     old, new = repo.old.fingerprint, repo.new.fingerprint
     assert f"- apps/multi.yaml [1] prod/db: password, user: {old} -> {new}" in message
     assert f"Sealfleet-Job: {JOB}" in message
     history = git("log", "--all", "-p", cwd=repo.remote)
-    assert PLAINTEXT.decode() not in history and "admin" not in history
+    assert PLAINTEXT.decode() not in history
+    assert "admin" not in history
     assert PLAINTEXT.decode() not in json.dumps(detail)
 
     for path, original in repo.files.items():
@@ -124,13 +127,16 @@ async def test_without_push_the_commit_stays_under_a_private_ref(
         again = await resealer.reseal_step(job, "gitops", [repo.db, repo.api])
         verified = await resealer.verify(job, "gitops", outcome.detail)
     branch = branch_of(JOB, job.created_at)
-    assert outcome.detail["pushed"] is False and repo.remote_branches() == []
+    assert outcome.detail["pushed"] is False
+    assert repo.remote_branches() == []
     ref = f"refs/sealfleet/jobs/{branch}"
     assert git("rev-parse", ref, cwd=repo.tree).strip() == outcome.detail["commit"]
     assert git("rev-list", "--count", f"main..{ref}", cwd=repo.tree).strip() == "1"
-    assert again.detail["commit"] == outcome.detail["commit"] and again.detail["replayed"]
+    assert again.detail["commit"] == outcome.detail["commit"]
+    assert again.detail["replayed"]
     assert again.detail["documents"] == outcome.detail["documents"]
-    assert verified["pushed"] is False and verified["verified_items"] == 3
+    assert verified["pushed"] is False
+    assert verified["verified_items"] == 3
     assert git("status", "--porcelain", cwd=repo.tree) == ""
 
 
@@ -156,7 +162,8 @@ async def test_a_replay_after_a_crash_makes_no_second_commit(
             await running
     async with job_context(settings) as ctx:           # the next start: keys from the store
         resumed = await ctx.store.jobs.get_job(JOB)
-        assert resumed is not None and resumed.created_at == job.created_at
+        assert resumed is not None
+        assert resumed.created_at == job.created_at
         job = resumed
         outcome = await GitResealer(ctx).reseal_step(job, "gitops", entries)
         verified = await GitResealer(ctx).verify(job, "gitops", outcome.detail)
@@ -199,11 +206,14 @@ async def test_a_later_reseal_adds_to_the_pending_branch_instead_of_a_new_one(
     assert second.detail["files_changed"] == ["apps/api.json"]
     assert sorted((p["ref"], p["branch"]) for p in second.detail["pending"]) == [
         ("gitops:apps/crlf.yaml#0", branch), ("gitops:apps/multi.yaml#1", branch)]
-    assert replay.detail["commit"] == second.detail["commit"] and replay.detail["replayed"]
+    assert replay.detail["commit"] == second.detail["commit"]
+    assert replay.detail["replayed"]
     assert verified["documents"] == 1
     # Everything planned is done on the pending branch: nothing to commit.
-    assert third.state is StepState.SKIPPED and third.detail["commit"] is None
-    assert third.detail["branch"] == branch and len(third.detail["pending"]) == 2
+    assert third.state is StepState.SKIPPED
+    assert third.detail["commit"] is None
+    assert third.detail["branch"] == branch
+    assert len(third.detail["pending"]) == 2
     assert git("rev-list", "--count", f"main..{branch}", cwd=repo.remote).strip() == "2"
     assert sorted((r.path, r.document, r.branch) for r in rows) == [
         ("apps/api.json", 0, branch), ("apps/crlf.yaml", 0, branch),
@@ -232,7 +242,8 @@ async def test_a_document_that_moved_in_its_file_is_reported_not_guessed(
     async with job_context(settings, [repo.old, repo.new]) as ctx:
         outcome = await GitResealer(ctx).reseal_step(await new_job(ctx, JOB), "gitops",
                                                      [moved])
-    assert outcome.state is StepState.SKIPPED and outcome.detail["commit"] is None
+    assert outcome.state is StepState.SKIPPED
+    assert outcome.detail["commit"] is None
     assert outcome.detail["problems"] == [
         "apps/multi.yaml: document 2: is prod/blocky, expected prod/db (the file changed "
         "since it was scanned)"]
@@ -280,7 +291,8 @@ async def test_the_report_names_the_pending_branch_until_it_is_merged(
         git("update-ref", "refs/heads/main", branch, cwd=repo.remote)
         later = await GitResealer(ctx).reseal_step(await new_job(ctx, OTHER_JOB), "gitops",
                                                    [repo.api])
-        assert later.detail["branch"] != branch and later.detail["pending"] == []
+        assert later.detail["branch"] != branch
+        assert later.detail["pending"] == []
         assert later.detail["reused_pending_branch"] is None
         (report_repo,) = (await view.rebuild()).report["repos"]
         assert report_repo["pending_branches"] == [

@@ -43,9 +43,9 @@ the target's private key; without it a document never counts as done).  Then:
   that holds most of the planned documents (newest on a tie), which is pushed as a
   fast-forward; only when no planned document is done anywhere is a new branch made.
 
-Each step records what it found and made in ``store.git_pending`` (migration 0010, git_pending_reseals) and
-drops the rows of branches no longer pending, so the staleness listing names the
-branch beside each document still stale on the base.
+Each step records what it found and made in ``store.git_pending`` (migration 0010's
+``git_pending_reseals``) and drops the rows of branches no longer pending, so the
+staleness listing names the branch beside each document still stale on the base.
 
 :meth:`GitResealer.verify` reads what the repository shows: the branch (on the remote
 when pushed, else the private ref) holds the job's commit, and every document it
