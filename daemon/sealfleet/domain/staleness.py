@@ -124,6 +124,7 @@ class RepoFacts:
     scan_duration_ms: int | None = None
     files: int = 0                                       # files that matched its paths
     unparseable_files: tuple[tuple[str, str], ...] = ()  # (path, reason)
+    pending_branches: tuple[tuple[str, int], ...] = ()   # (reseal branch, documents not current)
 
 
 # The report lists this many unparseable files per repo (the store holds them all).
@@ -140,6 +141,8 @@ def _repo_report(repo: RepoFacts, counts: dict[str, int]) -> dict[str, Any]:
                               in repo.unparseable_files[:MAX_LISTED_UNPARSEABLE]],
         "unparseable_files_total": len(repo.unparseable_files),
         "sealed_secrets": counts,
+        "pending_branches": [{"name": name, "documents": documents}
+                             for name, documents in repo.pending_branches],
     }
 
 

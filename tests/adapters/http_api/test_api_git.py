@@ -12,6 +12,7 @@ import aiohttp
 from apitesting import ADMIN_TOKEN, NOW, READ_TOKEN, Api, secret
 from jsonschema import Draft202012Validator, FormatChecker
 
+from sealfleet.adapters.store.git_pending import PendingReseal
 from sealfleet.adapters.store.records import (
     GitFileRecord,
     GitSealedSecretRecord,
@@ -85,7 +86,7 @@ async def test_git_documents_are_listed_with_source_git_and_linked_objects_show_
         "namespace": "apps", "name": "db", "scope": "strict", "state": "stale",
         "clusters": ["alpha"], "observed_at": entry["observed_at"], "malformed_reason": None,
         "ciphertext_fingerprint": linked.ciphertext_fingerprint,
-        "items": [{"item": "k0", "fingerprint": api.fleet.old}]}
+        "items": [{"item": "k0", "fingerprint": api.fleet.old}], "pending_branch": None}
     status, none, _ = await api.get("/api/v1/sealed-secrets?source=git&cluster=beta")
     assert none["items"] == []
 
@@ -105,6 +106,46 @@ async def test_git_documents_are_listed_with_source_git_and_linked_objects_show_
                                           "reason": "invalid YAML at line 2"}]
     assert repo["sealed_secrets"]["stale"] == 1
     assert report["fleet"]["git_sealed_secrets"]["total"] == 1
+
+
+async def test_a_document_stale_on_the_base_names_its_pending_reseal_branch(
+        api: Api) -> None:
+    store = api.store
+    await store.git.upsert_repo("gitops", path="/srv/gitops")
+    docs = [GitSealedSecretRecord(
+        repo="gitops", path="apps/db.yaml", document=i, namespace="apps", name=name,
+        scope=Scope.STRICT, ciphertext_fingerprint=f"ct{i}",
+        items=(ItemFact("k0", f"h{i}", api.fleet.old),), clusters=("alpha",), state=state,
+        observed_at=NOW)
+        for i, (name, state) in enumerate([("db", SecretState.STALE),
+                                           ("moved", SecretState.STALE),
+                                           ("done", SecretState.CURRENT),
+                                           ("plain", SecretState.STALE)])]
+    await store.git.apply_scan("gitops", files=[], documents=docs)
+    branch = "sealfleet/reseal-20260102-3f2a9c1e"
+    await store.git_pending.record("gitops", [
+        PendingReseal("gitops", "apps/db.yaml", 0, "apps", "db", branch, "c" * 40,
+                      api.fleet.new, "job"),
+        # Document 1 is another object on the base now: the row says nothing about it.
+        PendingReseal("gitops", "apps/db.yaml", 1, "apps", "elsewhere", branch, "c" * 40,
+                      api.fleet.new, "job"),
+        PendingReseal("gitops", "apps/db.yaml", 2, "apps", "done", branch, "c" * 40,
+                      api.fleet.new, "job")], pending=[branch])
+    _, document, _ = await api.get("/api/v1/openapi.json")
+    status, page, _ = await api.get("/api/v1/sealed-secrets?source=git")
+    assert status == 200
+    validate(document, response_schema(document, "/api/v1/sealed-secrets", "get", 200), page)
+    assert {e["name"]: e["pending_branch"] for e in page["items"]} == {
+        "db": branch, "moved": None, "done": None, "plain": None}
+    api.bump()
+    _, report, _ = await api.get("/api/v1/staleness")
+    validate(document, response_schema(document, "/api/v1/staleness", "get", 200), report)
+    (repo,) = report["repos"]
+    assert repo["pending_branches"] == [{"name": branch, "documents": 1}]
+    # The branch merged (no longer pending): its rows go with the next record.
+    await store.git_pending.record("gitops", [], pending=[])
+    _, page, _ = await api.get("/api/v1/sealed-secrets?source=git")
+    assert all(e["pending_branch"] is None for e in page["items"])
 
 
 async def test_git_pages_follow_their_cursor(api: Api) -> None:

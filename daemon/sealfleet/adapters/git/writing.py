@@ -192,9 +192,17 @@ class RepoWriter:
                 return sha
         return None
 
-    async def prepare(self, job_id: str, day: dt.date) -> Workspace:
-        """Fetch, find what an earlier run of the job did, and make a fresh worktree."""
-        branch = branch_name(job_id, day)
+    async def prepare(self, job_id: str, day: dt.date, *, onto: str | None = None) -> Workspace:
+        """Fetch, find what an earlier run of the job did, and make a fresh worktree.
+
+        *onto* names an existing ``sealfleet/reseal-*`` branch (a pending one, on the
+        remote or only under the private ref) to add the job's commit to, instead of a
+        new branch from the base: the worktree then starts at that branch's tip (the
+        private ref when it is ahead of the remote one, e.g. not pushed yet).
+        """
+        branch = onto if onto is not None else branch_name(job_id, day)
+        if not branch.startswith(BRANCH_PREFIX):
+            raise InputError(f"{branch}: not a {BRANCH_PREFIX}* branch")
         base_ref, remote_ref = f"{_PRIVATE}/base/{self._base}", f"{_PRIVATE}/remote/{branch}"
         job_ref = f"{_PRIVATE}/jobs/{branch}"
         listed = await self._git.run("ls-remote", "--heads", self._remote,
@@ -216,6 +224,9 @@ class RepoWriter:
             if tip and found:
                 start, commit, pushed = tip, found, on_remote
                 break
+        if onto is not None and commit is None:
+            start = await self._onto_tip(remote_ref if listed.stdout.strip() else None,
+                                         job_ref, branch)
         path = self._worktrees / branch.replace("/", "-")
         self._forget(path)
         await self._remove_worktree(path)
@@ -240,14 +251,36 @@ class RepoWriter:
             self._modes[workspace.path] = tracked
         return tracked
 
+    async def _onto_tip(self, remote_ref: str | None, job_ref: str, branch: str) -> str:
+        """The tip a commit onto *branch* builds on: the private ref when the remote
+        branch is absent or behind it, else the remote branch."""
+        remote_tip = await self._rev(remote_ref) if remote_ref else None
+        local_tip = await self._rev(job_ref)
+        if local_tip and (remote_tip is None or await self.is_ancestor(remote_tip, local_tip)):
+            return local_tip
+        if remote_tip is None:
+            raise InputError(f"{branch}: no such branch")
+        return remote_tip
+
+    async def is_ancestor(self, ancestor: str, descendant: str) -> bool:
+        result = await self._git.run("merge-base", "--is-ancestor", ancestor, descendant,
+                                     cwd=self._repo, ok_codes=(0, 1))
+        return result.returncode == 0
+
     async def read_files(self, workspace: Workspace,
                          paths: Sequence[str]) -> dict[str, bytes | None]:
         """The files at the workspace's start commit (None: no such file), read from the
         object store (``git cat-file --batch``)."""
+        return await self.read_files_at(workspace.start, paths)
+
+    async def read_files_at(self, commit: str, paths: Sequence[str]) -> dict[str, bytes | None]:
+        """The files at *commit* (None: no such file)."""
+        if not _SHA.fullmatch(commit):
+            raise InputError(f"{commit!r}: not a commit id")
         wanted = [_safe_relative(p).as_posix() for p in paths]
         if any("\n" in p for p in wanted):
             raise InputError("a path with a line break cannot be read")
-        query = "".join(f"{workspace.start}:{p}\n" for p in wanted).encode()
+        query = "".join(f"{commit}:{p}\n" for p in wanted).encode()
         result = await self._git.run("cat-file", "--batch", cwd=self._repo, stdin=query)
         out, pos = result.stdout, 0
         files: dict[str, bytes | None] = {}
@@ -341,6 +374,20 @@ class RepoWriter:
                             f"{commit}:refs/heads/{workspace.branch}", cwd=self._repo)
         log.info("git_reseal_pushed", branch=workspace.branch, commit=commit)
 
+    async def branch_tip(self, branch: str, *, on_remote: bool) -> str | None:
+        """The tip of *branch* on the remote (fetched into the private namespace), or
+        under the private job ref; None when there is no such branch."""
+        if not on_remote:
+            return await self._rev(f"{_PRIVATE}/jobs/{branch}")
+        listed = await self._git.run("ls-remote", "--heads", self._remote,
+                                     f"refs/heads/{branch}", cwd=self._repo)
+        if not listed.stdout.strip():
+            return None
+        remote_ref = f"{_PRIVATE}/remote/{branch}"
+        await self._git.run("fetch", *_FETCH_OPTIONS, self._remote,
+                            f"+refs/heads/{branch}:{remote_ref}", cwd=self._repo)
+        return await self._rev(remote_ref)
+
     def _forget(self, path: Path) -> None:
         self._modes.pop(path, None)
         self._unstaged.pop(path, None)
@@ -356,13 +403,27 @@ class RepoWriter:
             "fetch", *_FETCH_OPTIONS, "--prune", self._remote,
             f"+refs/heads/{self._base}:{base_ref}",
             f"+refs/heads/{BRANCH_PREFIX}*:{_PRIVATE}/remote/{BRANCH_PREFIX}*", cwd=self._repo)
+        return await self._branches_under(f"{_PRIVATE}/remote/")
+
+    async def local_branches(self, *, fetch: bool = True) -> list[PendingBranch]:
+        """The branches recorded under the private job refs (committed, pushed or not),
+        against the base (fetched first unless *fetch* is false: :meth:`pending_branches`
+        just did); a merged one has no jobs and no files."""
+        if fetch:
+            await self._git.run("fetch", *_FETCH_OPTIONS, self._remote,
+                                f"+refs/heads/{self._base}:{_PRIVATE}/base/{self._base}",
+                                cwd=self._repo)
+        return await self._branches_under(f"{_PRIVATE}/jobs/")
+
+    async def _branches_under(self, prefix: str) -> list[PendingBranch]:
+        base_ref = f"{_PRIVATE}/base/{self._base}"
         listed = await self._git.run("for-each-ref", "--sort=refname",
                                      "--format=%(objectname) %(refname)",
-                                     f"{_PRIVATE}/remote/{BRANCH_PREFIX}*", cwd=self._repo)
+                                     f"{prefix}{BRANCH_PREFIX}*", cwd=self._repo)
         pending = []
         for line in listed.stdout.decode().splitlines():
             sha, _, ref = line.partition(" ")
-            name = ref.removeprefix(f"{_PRIVATE}/remote/")
+            name = ref.removeprefix(prefix)
             if not name.startswith(BRANCH_PREFIX):
                 continue
             diff = await self._git.run("diff", "--name-only", "-z", f"{base_ref}...{sha}",

@@ -296,7 +296,10 @@ async def sealed_secrets(request: web.Request) -> web.Response:
     store = request.app[DEPS].store
     if source == "git":
         documents, next_cursor = await store.git.list_sealed_secrets(**params)
-        return _json_body(dumps({"items": [gitops.git_entry(d) for d in documents],
+        pending = await store.git_pending.branches_for([gitops.pending_key(d)
+                                                        for d in documents])
+        return _json_body(dumps({"items": [gitops.git_entry(d, pending.get(gitops.pending_key(d)))
+                                           for d in documents],
                                  "next_cursor": next_cursor}))
     records, next_cursor = await store.inventory.list_sealed_secrets(**params)
     links = await store.git.links_for([gitops.link_key(r) for r in records if r.items])

@@ -23,7 +23,7 @@ from typing import Any, Protocol
 from sealfleet.adapters.git import manifests
 from sealfleet.adapters.store.records import GitLink, GitSealedSecretRecord, SealedSecretRecord
 from sealfleet.domain import check, documents
-from sealfleet.domain.staleness import iso
+from sealfleet.domain.staleness import SecretState, iso
 from sealfleet.errors import InputError
 
 CHECK_PATH = "/api/v1/check"
@@ -60,8 +60,15 @@ def link_key(record: SealedSecretRecord) -> tuple[str, str, str]:
     return (record.ciphertext_fingerprint, record.namespace, record.name)
 
 
-def git_entry(record: GitSealedSecretRecord) -> dict[str, Any]:
-    """One Git document as ``/api/v1/sealed-secrets?source=git`` lists it."""
+def pending_key(record: GitSealedSecretRecord) -> tuple[str, str, int, str, str]:
+    """What ``store.git_pending`` knows a document by."""
+    return (record.repo, record.path, record.document, record.namespace, record.name)
+
+
+def git_entry(record: GitSealedSecretRecord,
+              pending_branch: str | None = None) -> dict[str, Any]:
+    """One Git document as ``/api/v1/sealed-secrets?source=git`` lists it; a document not
+    current on the base branch names the unmerged reseal branch that already fixes it."""
     return {
         "source": "git", "repo": record.repo, "path": record.path,
         "document": record.document, "namespace": record.namespace, "name": record.name,
@@ -71,6 +78,7 @@ def git_entry(record: GitSealedSecretRecord) -> dict[str, Any]:
         "ciphertext_fingerprint": record.ciphertext_fingerprint,
         "items": [{"item": item.item, "fingerprint": item.fingerprint}
                   for item in record.items],
+        "pending_branch": pending_branch if record.state is not SecretState.CURRENT else None,
     }
 
 

@@ -116,6 +116,11 @@ SCHEMAS: dict[str, Any] = {
                                   "path": {"type": "string"}, "reason": {"type": "string"}})},
         "unparseable_files_total": {"type": "integer", "minimum": 0},
         "sealed_secrets": _ref("Counts"),
+        "pending_branches": {"type": "array", "description": "unmerged sealfleet/reseal-* "
+                             "branches that reseal documents still not current on the "
+                             "base branch", "items": _obj({
+                                 "name": {"type": "string"},
+                                 "documents": {"type": "integer", "minimum": 1}})},
     }),
     "ClusterList": _obj({"generated_at": _TIME,
                          "clusters": {"type": "array", "items": _ref("ClusterDetail")}}),
@@ -150,6 +155,9 @@ SCHEMAS: dict[str, Any] = {
         "ciphertext_fingerprint": {"type": "string"},
         "items": {"type": "array", "items": _obj({
             "item": {"type": "string"}, "fingerprint": _STR_OR_NULL})},
+        "pending_branch": {"type": ["string", "null"],
+                           "description": "not current on the base branch, but resealed "
+                                          "on this unmerged sealfleet/reseal-* branch"},
     }),
     "SealedSecret": _obj({
         "source": {"const": "cluster"},

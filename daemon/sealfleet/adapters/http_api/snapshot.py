@@ -185,11 +185,13 @@ class InventoryView:
         git = self._store.git
         files = await git.file_counts()
         unparseable = await git.unparseable_files()
+        pending = await self._store.git_pending.stale_counts()
         return [RepoFacts(name=r.name, path=r.path, is_git=r.is_git, head_commit=r.head_commit,
                           head_branch=r.head_branch, last_scan_at=r.last_scan_at,
                           last_error=r.last_error, scan_duration_ms=r.scan_duration_ms,
                           files=files.get(r.name, 0),
-                          unparseable_files=tuple(unparseable.get(r.name, ())))
+                          unparseable_files=tuple(unparseable.get(r.name, ())),
+                          pending_branches=tuple(sorted(pending.get(r.name, {}).items())))
                 for r in await git.list_repos() if not r.removed]
 
     async def run_refresher(self, *, poll_interval: float = 0.25) -> None:

@@ -56,6 +56,7 @@ from sealfleet.adapters.store import (
 )
 from sealfleet.adapters.store.audit import AuditLog
 from sealfleet.adapters.store.git_inventory import GitInventory
+from sealfleet.adapters.store.git_pending import GitPendingReseals
 from sealfleet.adapters.store.inventory import Inventory
 from sealfleet.adapters.store.jobs import JobJournal
 from sealfleet.adapters.store.kek import KeyEncryptionKey
@@ -95,6 +96,7 @@ class Store:
         self.audit = AuditLog(self)
         self.jobs = JobJournal(self)
         self.git = GitInventory(self)
+        self.git_pending = GitPendingReseals(self)
 
     # ------------------------------------------------------------ lifecycle
 

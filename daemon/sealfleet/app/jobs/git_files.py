@@ -1,0 +1,248 @@
+"""The CPU side of a Git reseal, run on the RSA threads: one file at a time.
+
+For a file and the documents planned in it: locate them (each must still be the
+object the plan names: a file whose documents moved since the scan is reported, not
+guessed at), reseal their items for the target key (:func:`resealing.reseal_file`:
+only ciphertext spans change, the re-parse check included), and then open every new
+value with the target's private key, when sealfleet holds it, so that nothing is
+written that would not decrypt.  A file that fails that check is not written at all.
+
+Also here: whether a document on another branch is already sealed with the target key
+(the pending-branch check) and the same check for ``verify``.  Nothing here does I/O;
+messages name file, document and item, never a value.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from sealfleet.domain import attribution, hybrid, resealing, sealed_secrets, splice
+from sealfleet.domain.keys import SealingKey
+from sealfleet.domain.planning.resealing import PlannedReseal
+from sealfleet.domain.resealing import DocumentChange, KeyRing, TargetKey
+from sealfleet.errors import DecryptionError, InputError
+
+
+class DocumentRef(Protocol):
+    """A document as a plan or a step detail names it."""
+
+    @property
+    def namespace(self) -> str: ...
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def document(self) -> int | None: ...
+
+
+@dataclass(frozen=True)
+class ResealedDocument:
+    """One document a job's commit reseals, as the step detail records it (names only)."""
+
+    path: str
+    document: int
+    namespace: str
+    name: str
+    target_key: str
+    items: tuple[str, ...]
+
+    @property
+    def ref(self) -> str:
+        return f"{self.path}#{self.document}"
+
+    @property
+    def display(self) -> str:
+        return f"{self.namespace}/{self.name}" if self.namespace else self.name
+
+
+@dataclass(frozen=True)
+class FileResult:
+    """What became of one file: *content* is the new content (None: not rewritten)."""
+
+    path: str
+    content: bytes | None = field(default=None, repr=False)
+    documents: tuple[DocumentChange, ...] = ()
+    problems: tuple[str, ...] = ()
+    skipped: tuple[str, ...] = ()         # refs of documents sealed with the target already
+    verified_items: int = 0               # new values opened with the target's private key
+    unverified_items: int = 0             # target's private key not held: not opened
+
+
+def _locate(path: str, content: bytes | None) -> splice.LocatedFile | str:
+    if content is None:
+        return f"{path}: no such file on the branch"
+    try:
+        return splice.locate(content, source=path)
+    except InputError as exc:
+        return str(exc)
+
+
+def find_document(located: splice.LocatedFile, entry: DocumentRef,
+                  ) -> splice.LocatedDocument | str:
+    """The planned document in *located*, or why it is not there."""
+    path = located.source
+    expected = f"{entry.namespace}/{entry.name}" if entry.namespace else entry.name
+    if entry.document is None:
+        matches = [d for d in located.documents
+                   if (d.namespace, d.name) == (entry.namespace, entry.name)]
+        if len(matches) != 1:
+            return (f"{path}: {len(matches)} SealedSecrets named {expected}: rescan the "
+                    "repository and plan again")
+        return matches[0]
+    document = located.document(entry.document)
+    if document is None:
+        return f"{path}: document {entry.document}: is not a SealedSecret (the file changed)"
+    if (document.namespace, document.name) != (entry.namespace, entry.name):
+        found = f"{document.namespace}/{document.name}" if document.namespace else document.name
+        return (f"{path}: document {entry.document}: is {found}, expected {expected} "
+                "(the file changed since it was scanned)")
+    return document
+
+
+def _problem_index(problem: str, path: str) -> int | None:
+    """The document a reseal_file error line names (``<path>: document <n>: ...``)."""
+    rest = problem[len(path) + 2:] if problem.startswith(f"{path}: ") else ""
+    number = rest.removeprefix("document ").partition(":")[0]
+    return int(number) if rest.startswith("document ") and number.isdigit() else None
+
+
+def _check_new_values(path: str, content: bytes, changes: Sequence[DocumentChange],
+                      check_keys: Mapping[str, SealingKey]) -> tuple[int, int, str | None]:
+    """Open every new value of *content* with its key: (verified, unverified, problem)."""
+    located = splice.locate(content, source=path)
+    verified = unverified = 0
+    for change in changes:
+        document = located.document(change.index)
+        if document is None:
+            return verified, unverified, f"{path}: document {change.index}: lost by the splice"
+        label = sealed_secrets.identity_of(document.sealed_secret()).label
+        for item in change.changes:
+            if not item.resealed:
+                continue
+            key = check_keys.get(item.new_key)
+            if key is None:
+                unverified += 1
+                continue
+            spot = document.values.get(item.item)
+            try:
+                if spot is None:
+                    raise DecryptionError("not found")
+                plaintext = hybrid.decrypt([key.private_key],
+                                           sealed_secrets.decode_item(item.item, spot.value),
+                                           label)
+                del plaintext
+            except (DecryptionError, InputError):
+                return verified, unverified, (
+                    f"{path}: document {change.index}: spec.encryptedData.{item.item}: the "
+                    f"new value does not decrypt with {item.new_key}; file left unchanged")
+            verified += 1
+    return verified, unverified, None
+
+
+def reseal_one_file(path: str, content: bytes | None, entries: Sequence[PlannedReseal],
+                    targets: Mapping[str, TargetKey], keyring: KeyRing,
+                    check_keys: Mapping[str, SealingKey]) -> FileResult:
+    """Reseal the planned documents of one file (see the module docstring)."""
+    located = _locate(path, content)
+    if isinstance(located, str):
+        return FileResult(path, problems=(located,))
+    assert content is not None
+    problems: list[str] = []
+    by_target: dict[str, dict[int, Mapping[str, str | None]]] = {}
+    refs: dict[int, str] = {}
+    for entry in entries:
+        document = find_document(located, entry)
+        if isinstance(document, str):
+            problems.append(document)
+            continue
+        if entry.target_key not in targets:
+            problems.append(f"{path}: document {document.index}: no certificate of the "
+                            f"target key {entry.target_key}")
+            continue
+        refs[document.index] = entry.ref
+        by_target.setdefault(entry.target_key, {})[document.index] = {
+            item.item: item.fingerprint for item in entry.items}
+    current = content
+    changes: dict[int, DocumentChange] = {}
+    failed: set[int] = set()
+    file_failed = False
+    for fingerprint, wanted in by_target.items():   # one pass per target key (rarely two)
+        outcome = resealing.reseal_file(
+            resealing.FileRequest(path, current, targets[fingerprint], documents=wanted),
+            keyring)
+        for problem in outcome.errors:
+            problems.append(problem)
+            index = _problem_index(problem, path)
+            if index is None:
+                file_failed = True
+            else:
+                failed.add(index)
+        if outcome.changed and outcome.result is not None:
+            current = outcome.result.content
+            changes.update({d.index: d for d in outcome.documents})
+    done = tuple(changes[i] for i in sorted(changes))
+    skipped = () if file_failed else tuple(
+        refs[i] for i in sorted(refs) if i not in changes and i not in failed)
+    if not done:
+        return FileResult(path, problems=tuple(problems), skipped=skipped)
+    verified, unverified, failure = _check_new_values(path, current, done, check_keys)
+    if failure is not None:
+        return FileResult(path, problems=(*problems, failure))
+    return FileResult(path, current, done, tuple(problems), skipped, verified, unverified)
+
+
+def sealed_with_target(path: str, content: bytes | None, entry: PlannedReseal,
+                       target: SealingKey) -> bool:
+    """Whether the planned document, in this version of its file, is the same object
+    with every planned item (and every other item) sealed with *target*."""
+    located = _locate(path, content)
+    if isinstance(located, str):
+        return False
+    document = find_document(located, entry)
+    if isinstance(document, str) or document.problems or not document.values:
+        return False
+    if not {item.item for item in entry.items} <= set(document.values):
+        return False
+    label = sealed_secrets.identity_of(document.sealed_secret()).label
+    return all(attribution.attribute_item(value.value, label, [target]).fingerprint
+               == target.fingerprint for value in document.values.values())
+
+
+@dataclass(frozen=True)
+class DocumentCheck:
+    """``verify``'s finding for one resealed document."""
+
+    ref: str
+    problem: str | None
+    verified_items: int = 0
+    unverified_items: int = 0
+
+
+def check_document(content: bytes | None, resealed: ResealedDocument,
+                   target: SealingKey | None) -> DocumentCheck:
+    """The document parses on the branch, is the same object, and each resealed item is
+    attributed to the target key (when its private key is held; else only parsed)."""
+    path, ref = resealed.path, resealed.ref
+    located = _locate(path, content)
+    if isinstance(located, str):
+        return DocumentCheck(ref, located)
+    document = find_document(located, resealed)
+    if isinstance(document, str):
+        return DocumentCheck(ref, document)
+    missing = [item for item in resealed.items if item not in document.values]
+    if missing:
+        return DocumentCheck(ref, f"{path}: document {document.index}: item(s) "
+                                  f"{', '.join(missing)} not found or not readable")
+    if target is None:
+        return DocumentCheck(ref, None, unverified_items=len(resealed.items))
+    label = sealed_secrets.identity_of(document.sealed_secret()).label
+    wrong = [item for item in resealed.items
+             if attribution.attribute_item(document.values[item].value, label,
+                                           [target]).fingerprint != target.fingerprint]
+    if wrong:
+        return DocumentCheck(ref, f"{path}: document {document.index}: item(s) "
+                                  f"{', '.join(wrong)} not sealed with {target.fingerprint}")
+    return DocumentCheck(ref, None, verified_items=len(resealed.items))

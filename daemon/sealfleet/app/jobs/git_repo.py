@@ -1,0 +1,368 @@
+"""One repository's part of a Git reseal step: branches, files, the commit, the push.
+
+:class:`RepoRun` does what :mod:`reseal_git` describes for one ``[[repos]]`` entry with
+one :class:`RepoWriter`; the RSA work runs on a thread pool sized to the CPUs
+(:mod:`git_files`).  Paths in plans and details are relative to the configured tree,
+which may be a subdirectory of its repository (the writer's paths carry the prefix).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TypeVar
+
+from sealfleet.adapters.git import cli, writing
+from sealfleet.adapters.store import Store
+from sealfleet.adapters.store.git_pending import PendingReseal
+from sealfleet.adapters.store.records import JsonObject, JsonValue
+from sealfleet.app.config import RepoSettings
+from sealfleet.app.jobs import git_files
+from sealfleet.app.jobs.context import JobContext
+from sealfleet.domain import resealing
+from sealfleet.domain.keys import SealingKey, load_certificate
+from sealfleet.domain.planning.resealing import PlannedReseal
+from sealfleet.domain.resealing import KeyRing, TargetKey
+from sealfleet.errors import InputError, PermanentError
+
+T = TypeVar("T")
+R = TypeVar("R")
+_FILES_PER_TASK = 8
+# "- <path> [<index>] <namespace/name>: <items>: <old> -> <new>; ..." (writing.commit_message)
+_MESSAGE_LINE = re.compile(r"^- (?P<path>.+) \[(?P<index>[0-9]+)\] (?P<display>[^ ]+): "
+                           r"(?P<detail>.+)$")
+
+
+@dataclass(frozen=True)
+class RepoKeys:
+    """The keys a step works with: every held private key (to open old items), the
+    targets' certificates (to seal for), and the targets whose private key is held."""
+
+    keyring: KeyRing
+    targets: Mapping[str, TargetKey]
+    held: Mapping[str, SealingKey]
+
+    @classmethod
+    async def load(cls, ctx: JobContext, planned: Sequence[PlannedReseal]) -> RepoKeys:
+        await ctx.keystore.materialize()
+        loaded = ctx.keystore.loaded_keys()
+        held = {key.fingerprint: key for key in loaded}
+        targets: dict[str, TargetKey] = {}
+        wanted = {entry.target_key for entry in planned}
+        for fingerprint in wanted & set(held):
+            targets[fingerprint] = held[fingerprint].certificate
+        if wanted - set(held):
+            for record in await ctx.store.keys.list_keys():
+                if record.fingerprint in wanted - set(held) and record.certificate_pem:
+                    try:
+                        targets[record.fingerprint] = load_certificate(
+                            record.certificate_pem.encode())
+                    except InputError:
+                        continue   # reported per document: no certificate of the target
+        return cls(KeyRing(loaded), targets, held)
+
+
+@dataclass(frozen=True)
+class Branch:
+    """A pending branch and where its tip is (the remote, or only the private ref)."""
+
+    pending: writing.PendingBranch
+    on_remote: bool
+
+    @property
+    def name(self) -> str:
+        return self.pending.name
+
+
+@dataclass
+class StepDetail:
+    """What a step did (names, paths and fingerprints only)."""
+
+    branch: str | None = None
+    base: str | None = None
+    commit: str | None = None
+    pushed: bool = False
+    reused_pending_branch: str | None = None
+    replayed: bool = False
+    files_changed: list[str] = field(default_factory=list)
+    documents: list[git_files.ResealedDocument] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    pending: list[tuple[PlannedReseal, Branch]] = field(default_factory=list)
+    verified_items: int = 0
+    unverified_items: int = 0
+
+    def to_json(self, repo: str) -> JsonObject:
+        documents: list[JsonValue] = [
+            {"path": d.path, "document": d.document, "namespace": d.namespace,
+             "name": d.name, "target_key": d.target_key, "items": list(d.items)}
+            for d in self.documents]
+        pending: list[JsonValue] = [
+            {"ref": entry.ref, "path": entry.path or "", "document": entry.document,
+             "namespace": entry.namespace, "name": entry.name, "branch": branch.name,
+             "commit": branch.pending.commit} for entry, branch in self.pending]
+        return {
+            "repo": repo, "branch": self.branch, "base": self.base, "commit": self.commit,
+            "pushed": self.pushed, "reused_pending_branch": self.reused_pending_branch,
+            "replayed": self.replayed, "files_changed": list(self.files_changed),
+            "documents_resealed": len(self.documents),
+            "items": sum(len(d.items) for d in self.documents),
+            "verified_items": self.verified_items, "unverified_items": self.unverified_items,
+            "documents": documents, "problems": list(self.problems),
+            "skipped": list(self.skipped), "pending": pending,
+        }
+
+
+async def branch_ahead(writer: writing.RepoWriter, commit: str, tip: str) -> bool:
+    """*tip* is *commit* or has it in its history."""
+    return tip == commit or await writer.is_ancestor(commit, tip)
+
+
+def _parse_message(message: str, files: Iterable[str]) -> list[git_files.ResealedDocument]:
+    """The documents a job's commit message lists (see ``writing.commit_message``)."""
+    changed = set(files)
+    found = []
+    for line in message.splitlines():
+        match = _MESSAGE_LINE.match(line)
+        if match is None or match["path"] not in changed:
+            continue
+        namespace, _, name = match["display"].rpartition("/")
+        items: list[str] = []
+        targets: set[str] = set()
+        for group in match["detail"].split("; "):
+            names, _, keys = group.rpartition(": ")
+            targets.add(keys.partition(" -> ")[2])
+            items.extend(names.split(", "))
+        if len(targets) == 1:
+            found.append(git_files.ResealedDocument(match["path"], int(match["index"]),
+                                                    namespace, name, targets.pop(),
+                                                    tuple(items)))
+    return found
+
+
+class RepoRun:
+    """One step's work on one repository (see :mod:`reseal_git`)."""
+
+    def __init__(self, git: cli.Git, repo: RepoSettings, writer: writing.RepoWriter,
+                 prefix: str) -> None:
+        self.git = git
+        self.repo = repo
+        self.writer = writer
+        self._prefix = prefix      # the tree's path inside its repository ("" or "a/b/")
+        self._pending: set[str] = set()   # pending branch names, as the step last listed
+
+    @classmethod
+    async def open(cls, git: cli.Git, repo: RepoSettings, worktrees: Path) -> RepoRun:
+        base = repo.base_branch
+        if base is None:
+            current = await git.run("symbolic-ref", "-q", "--short", "HEAD", cwd=repo.path,
+                                    ok_codes=(0, 1))
+            base = current.stdout.decode("utf-8", "replace").strip()
+            if current.returncode or not base:
+                raise PermanentError(f"repo {repo.name}: {repo.path} has a detached HEAD and "
+                                     "no base_branch is set: nothing to branch from")
+        prefix = await git.run("rev-parse", "--show-prefix", cwd=repo.path)
+        writer = writing.RepoWriter(git, repo.path, base_branch=base, worktrees_dir=worktrees,
+                                    remote=repo.remote or ".")
+        return cls(git, repo, writer, prefix.stdout.decode("utf-8", "surrogateescape").strip())
+
+    @property
+    def _pushes(self) -> bool:
+        return self.repo.push and self.repo.remote is not None
+
+    def _in_repo(self, path: str) -> str:
+        return self._prefix + path
+
+    def _in_tree(self, path: str) -> str:
+        return path.removeprefix(self._prefix)
+
+    # ------------------------------------------------------------ pending branches
+
+    async def branches(self) -> tuple[dict[str, Branch], dict[str, Branch]]:
+        """(pending branches, branches with a commit not pushed yet): see the module
+        docstring of :mod:`reseal_git` for what counts as pending."""
+        pending: dict[str, Branch] = {}
+        if self.repo.remote is not None:
+            for branch in await self.writer.pending_branches():
+                if branch.job_ids:
+                    pending[branch.name] = Branch(branch, on_remote=True)
+        unpushed: dict[str, Branch] = {}
+        for branch in await self.writer.local_branches(fetch=self.repo.remote is None):
+            if not branch.job_ids:
+                continue                                   # merged
+            known = pending.get(branch.name)
+            if known is not None:
+                if known.pending.commit != branch.commit and await self.writer.is_ancestor(
+                        known.pending.commit, branch.commit):
+                    unpushed[branch.name] = Branch(branch, on_remote=False)  # ahead locally
+                continue
+            if self._pushes:
+                unpushed[branch.name] = Branch(branch, on_remote=False)
+            else:
+                pending[branch.name] = Branch(branch, on_remote=False)
+        return pending, unpushed
+
+    async def covered(self, branches: Iterable[Branch], planned: Sequence[PlannedReseal],
+                      keys: RepoKeys) -> dict[str, Branch]:
+        """entry ref -> the newest pending branch on which it is done already."""
+        found: dict[str, Branch] = {}
+        for branch in sorted(branches, key=lambda b: b.name, reverse=True):
+            touched = set(branch.pending.files)
+            candidates = [e for e in planned if e.ref not in found and e.path is not None
+                          and self._in_repo(e.path) in touched and e.target_key in keys.held]
+            if not candidates:
+                continue
+            contents = await self.writer.read_files_at(
+                branch.pending.commit, sorted({self._in_repo(e.path or "") for e in candidates}))
+
+            def done(entry: PlannedReseal, contents: Mapping[str, bytes | None] = contents,
+                     ) -> bool:
+                path = entry.path or ""
+                return git_files.sealed_with_target(
+                    path, contents.get(self._in_repo(path)), entry, keys.held[entry.target_key])
+            answers = await _on_threads(candidates, lambda chunk: [done(e) for e in chunk])
+            found.update({e.ref: branch for e, yes in zip(candidates, answers, strict=True)
+                          if yes})
+        return found
+
+    # ------------------------------------------------------------ the step
+
+    async def reseal(self, job_id: str, day: dt.date, planned: Sequence[PlannedReseal],
+                     keys: RepoKeys) -> StepDetail:
+        pending, unpushed = await self.branches()
+        self._pending = set(pending)
+        mine = next((b for b in [*unpushed.values(), *pending.values()]
+                     if job_id in b.pending.job_ids), None)
+        covered = await self.covered(pending.values(), planned, keys)
+        onto = mine
+        if onto is None and covered:
+            tally: dict[str, int] = {}
+            for branch in covered.values():
+                tally[branch.name] = tally.get(branch.name, 0) + 1
+            best = max(tally.items(), key=lambda kv: (kv[1], kv[0]))[0]
+            onto = pending[best]
+        detail = StepDetail()
+        todo = [e for e in planned if e.ref not in covered]
+        if mine is None and not todo:
+            detail.pending = [(e, covered[e.ref]) for e in planned]
+            detail.branch = onto.name if onto else None
+            return detail
+        workspace = await self.writer.prepare(job_id, day,
+                                              onto=onto.name if onto is not None else None)
+        try:
+            detail.branch, detail.base = workspace.branch, workspace.base
+            own = writing.branch_name(job_id, day)
+            detail.reused_pending_branch = None if workspace.branch == own else workspace.branch
+            if workspace.commit is not None:
+                detail.replayed = True
+                detail.commit = workspace.commit
+                detail.files_changed, detail.documents = await self._summary(workspace.commit)
+            else:
+                await self._reseal_files(workspace, job_id, todo, keys, detail)
+            detail.pushed = workspace.pushed
+            if detail.commit is not None and self._pushes and not workspace.pushed:
+                await self.writer.push(workspace, detail.commit)
+                detail.pushed = True
+        finally:
+            await self.writer.cleanup(workspace)
+        done = {(d.path, d.document) for d in detail.documents}
+        detail.pending = [(e, b) for ref, b in covered.items()
+                          for e in planned if e.ref == ref and (e.path, e.document) not in done]
+        return detail
+
+    async def _reseal_files(self, workspace: writing.Workspace, job_id: str,
+                            todo: Sequence[PlannedReseal], keys: RepoKeys,
+                            detail: StepDetail) -> None:
+        by_path: dict[str, list[PlannedReseal]] = {}
+        for entry in todo:
+            by_path.setdefault(entry.path or "", []).append(entry)
+        paths = sorted(by_path)
+        contents = await self.writer.read_files(workspace, [self._in_repo(p) for p in paths])
+
+        def one(path: str) -> git_files.FileResult:
+            return git_files.reseal_one_file(path, contents[self._in_repo(path)],
+                                             by_path[path], keys.targets, keys.keyring,
+                                             keys.held)
+        results = await _on_threads(paths, lambda chunk: [one(p) for p in chunk])
+        changes = []
+        for result in results:
+            detail.problems.extend(result.problems)
+            detail.skipped.extend(result.skipped)
+            if result.content is None:
+                continue
+            changes.append(writing.FileChange(self._in_repo(result.path), result.content,
+                                              result.documents))
+            detail.verified_items += result.verified_items
+            detail.unverified_items += result.unverified_items
+            for change in result.documents:
+                resealed = tuple(c.item for c in change.changes if c.resealed)
+                new_keys = {c.new_key for c in change.changes if c.resealed}
+                detail.documents.append(git_files.ResealedDocument(
+                    result.path, change.index, change.namespace, change.name,
+                    new_keys.pop() if len(new_keys) == 1 else "", resealed))
+        if not changes:
+            return
+        await self.writer.write_files(workspace, changes)
+        detail.commit = await self.writer.commit(workspace, job_id, changes)
+        detail.files_changed = [self._in_tree(c.path) for c in changes] if detail.commit else []
+
+    async def _summary(self, commit: str) -> tuple[list[str], list[git_files.ResealedDocument]]:
+        """A found commit's files and the documents its message lists (a replay)."""
+        message = await self.git.run("log", "-1", "--format=%B", commit, cwd=self.repo.path)
+        listed = await self.git.run("diff-tree", "--no-commit-id", "--name-only", "-r", "-z",
+                                    commit, cwd=self.repo.path)
+        files = [self._in_tree(p) for p in listed.stdout.decode("utf-8", "surrogateescape")
+                 .split("\0") if p]
+        in_repo = {self._in_repo(p) for p in files}
+        documents = [git_files.ResealedDocument(self._in_tree(d.path), d.document, d.namespace,
+                                                d.name, d.target_key, d.items)
+                     for d in _parse_message(message.stdout.decode("utf-8", "replace"),
+                                             in_repo)]
+        return files, documents
+
+    # ------------------------------------------------------------ store and verify
+
+    async def record_pending(self, store: Store, job_id: str, detail: StepDetail,
+                             keys: RepoKeys) -> None:
+        """The documents waiting on pending branches (made or found by this step)."""
+        rows = [PendingReseal(self.repo.name, d.path, d.document, d.namespace, d.name,
+                              detail.branch, detail.commit, d.target_key, job_id)
+                for d in detail.documents if detail.branch and detail.commit]
+        rows += [PendingReseal(self.repo.name, e.path or "", e.document, e.namespace, e.name,
+                               b.name, b.pending.commit, e.target_key, job_id)
+                 for e, b in detail.pending if e.document is not None]
+        names = set(self._pending)
+        if detail.branch is not None and detail.commit is not None:
+            names.add(detail.branch)
+        await store.git_pending.record(self.repo.name, rows, pending=names)
+
+    async def check_documents(self, tip: str, documents: Sequence[git_files.ResealedDocument],
+                              keys: RepoKeys) -> list[git_files.DocumentCheck]:
+        contents = await self.writer.read_files_at(
+            tip, sorted({self._in_repo(d.path) for d in documents}))
+
+        def check(document: git_files.ResealedDocument) -> git_files.DocumentCheck:
+            return git_files.check_document(contents.get(self._in_repo(document.path)),
+                                            document, keys.held.get(document.target_key))
+        return await _on_threads(list(documents), lambda chunk: [check(d) for d in chunk])
+
+
+async def _on_threads(values: Sequence[T], work: Callable[[list[T]], list[R]]) -> list[R]:
+    """*work* over *values* in chunks on a thread pool sized to the CPUs, in order."""
+    if not values:
+        return []
+    loop = asyncio.get_running_loop()
+    chunks = [list(values[i:i + _FILES_PER_TASK])
+              for i in range(0, len(values), _FILES_PER_TASK)]
+    pool = ThreadPoolExecutor(max_workers=min(resealing.rsa_threads(), len(chunks)),
+                              thread_name_prefix="reseal-git")
+    try:
+        done = await asyncio.gather(*(loop.run_in_executor(pool, work, c) for c in chunks))
+    finally:   # never block the loop on a cancelled step's chunks
+        pool.shutdown(wait=False, cancel_futures=True)
+    return [result for chunk in done for result in chunk]
