@@ -137,7 +137,7 @@ class Daemon:
         """Until the plan holds every object (the inventory caught up); its items."""
         async with asyncio.timeout(JOB_TIMEOUT):
             while True:
-                plan = await self.resealer.dry_run({"include_hinted": True})
+                plan = await self.resealer.dry_run({})
                 if plan["planned"] == objects:
                     items = plan["items"]
                     assert isinstance(items, int)
@@ -177,7 +177,7 @@ async def measure(state_dir: Path, pid: int, args: argparse.Namespace,
                 await floor.slice(args.slice)
                 cpu, sandbox_cpu = time.process_time(), proc_cpu(pid)
                 started = time.perf_counter()
-                job = await fleet.run_job("reseal", {"include_hinted": True})
+                job = await fleet.run_job("reseal", {})
                 wall = time.perf_counter() - started
                 totals = job.result["totals"]
                 assert isinstance(totals, dict), totals

@@ -86,8 +86,7 @@ class Daemon:
         return done
 
     async def planned(self, **params: Any) -> dict[str, Any]:
-        # Every seeded object carries app.kubernetes.io/instance (a hint of Argo CD).
-        return dict(await self.resealer.dry_run({"include_hinted": True, **params}))
+        return dict(await self.resealer.dry_run(params))
 
 
 def settings_of(sandbox: Sandbox, *, master: bool,
@@ -225,7 +224,7 @@ async def test_renewal_then_reseal_leaves_everything_sealed_with_the_new_key(
         assert [n["ref"] for n in plan["not_resealable"]] == ["/".join(managed)]
         assert "managed by Flux flux-system/apps" in plan["not_resealable"][0]["reason"]
 
-        job = await fleet.run_job("reseal", {"include_hinted": True})
+        job = await fleet.run_job("reseal")
         assert job.state == "succeeded", job.error
         steps = {s.ref: s for s in await fleet.store.jobs.job_items(job.id)}
         assert set(steps) == {f"cluster:{c}" for c in sandbox.names}
@@ -246,7 +245,7 @@ async def test_renewal_then_reseal_leaves_everything_sealed_with_the_new_key(
 
         await eventually(caught_up)
         with pytest.raises(RefusedError, match="managed by Flux"):
-            await fleet.runner.submit("reseal", {"include_hinted": True}, actor="test")
+            await fleet.runner.submit("reseal", {}, actor="test")
 
     after = sealed_objects(sandbox)
     for ref in expected:
@@ -337,7 +336,7 @@ async def test_a_cluster_without_the_old_private_keys_reseals_through_v1_rotate(
         assert old
         assert not old & fleet.manager.keystore.fingerprints()
         plan = await eventually(planned, within=30)
-        job = await fleet.run_job("reseal", {"clusters": [victim], "include_hinted": True})
+        job = await fleet.run_job("reseal", {"clusters": [victim]})
         assert job.state == "succeeded", job.error
         (step,) = await fleet.store.jobs.job_items(job.id)
         assert step.detail["rotated_via_controller"] == plan["planned"]
@@ -357,15 +356,16 @@ async def test_auto_reseal_after_a_renewal(sandbox: Sandbox,
     data = tomllib.loads(sandbox.config.read_text())
     data["fleet"] = {"master": True, "key_bits": 2048, "auto_reseal": True}
     settings = config.settings_from_mapping(data, base_dir=sandbox.config.parent)
-    # Objects without the instance label: nothing hints at a GitOps tool, so the
-    # automatic reseal (which never takes hinted objects) writes them in the cluster.
-    unhinted = sorted(r for r in resealable(sandbox) if r[0] == sandbox.names[0])
-    where = settings.clusters[0]
+    # One object carries only app.kubernetes.io/instance (Argo CD's older tracking, but
+    # Helm sets it too): the automatic reseal, which never takes such hinted objects,
+    # leaves it; a reseal asked with include_hinted would write it.
+    everything = sorted(resealable(sandbox))
+    hinted, unhinted = everything[0], everything[1:]
+    where = next(c for c in settings.clusters if c.name == hinted[0])
     async with KubeClient.connect(str(where.kubeconfig), where.context,
                                   request_timeout=5) as client:
-        for _, namespace, name in unhinted:
-            await client.patch_json(controller.sealed_secret_path(namespace, name), {
-                "metadata": {"labels": {"app.kubernetes.io/instance": None}}})
+        await client.patch_json(controller.sealed_secret_path(*hinted[1:]), {
+            "metadata": {"labels": {"app.kubernetes.io/instance": "web"}}})
     async with daemon(settings, executor) as fleet:
         for name in sandbox.names:
             assert (await fleet.run_job("adopt", {"cluster": name})).state == "succeeded"
@@ -379,6 +379,11 @@ async def test_auto_reseal_after_a_renewal(sandbox: Sandbox,
             return plan["planned"] == len(unhinted)
 
         await eventually(attributed, within=30)
+        plan = await fleet.resealer.dry_run({})
+        assert [n["ref"] for n in plan["not_resealable"]] == ["/".join(hinted)]
+        assert "possibly managed by Argo CD" in str(plan["not_resealable"])
+        assert (await fleet.resealer.dry_run({"include_hinted": True}))["planned"] \
+            == len(everything)
         renewal = await fleet.run_job("renewal")
         assert renewal.state == "succeeded", renewal.error
         reseal_id = renewal.result["auto_reseal"]
@@ -393,7 +398,8 @@ async def test_auto_reseal_after_a_renewal(sandbox: Sandbox,
         assert reseal_job.state == "succeeded", reseal_job.error
         assert reseal_job.actor == "auto_reseal"
         assert reseal_job.params["after_job"] == renewal.id
-        assert reseal_job.params["by_cluster"] == {sandbox.names[0]: len(unhinted)}
+        assert reseal_job.params["by_cluster"] == {
+            name: sum(1 for r in unhinted if r[0] == name) for name in sandbox.names}
         entries = await fleet.store.audit.entries(limit=500)
         requested = [e for e in entries if e.event == "reseal_requested"]
         assert [e.actor for e in requested] == ["auto_reseal"]
@@ -403,6 +409,7 @@ async def test_auto_reseal_after_a_renewal(sandbox: Sandbox,
     after = sealed_objects(sandbox)
     for ref in unhinted:
         assert opens_with(after[ref], key), ref
+    assert not opens_with(after[hinted], key)
 
 
 async def test_an_unreachable_cluster_pauses_its_part_while_the_rest_goes_on(
@@ -417,7 +424,7 @@ async def test_an_unreachable_cluster_pauses_its_part_while_the_rest_goes_on(
         plan = await eventually(both_planned, within=30)
         await sandbox.cluster(down).api.set_faults(outage=True)
         try:
-            job = await fleet.runner.submit("reseal", {"include_hinted": True}, actor="test")
+            job = await fleet.runner.submit("reseal", {}, actor="test")
 
             async def first_done_while_down_waits() -> bool:
                 steps = {s.ref: s.state for s in await fleet.store.jobs.job_items(job.id)}

@@ -118,7 +118,7 @@ def test_a_reseal_killed_at_any_point_finishes_with_the_same_result(sandbox: Pat
             master = renewal["params"]["new_key"]
             deadline = time.monotonic() + 60
             while True:      # until the inventory has attributed what the renewal left
-                code, plan = cli_json("reseal", "--include-hinted", "--dry-run", "-o",
+                code, plan = cli_json("reseal", "--dry-run", "-o",
                                       "json", *conf)
                 assert code == 0, plan
                 if plan["planned"] == 2 * PER_CLUSTER:
@@ -131,7 +131,7 @@ def test_a_reseal_killed_at_any_point_finishes_with_the_same_result(sandbox: Pat
             listed = json.loads(sealfleet("jobs", "list", "-o", "json", *conf).stdout)
             reseals_before = [j for j in listed["jobs"] if j["kind"] == "reseal"]
             before = asyncio.run(cluster_objects(settings, master))
-            code, asked = cli_json("reseal", "--include-hinted", "-o", "json", *conf)
+            code, asked = cli_json("reseal", "-o", "json", *conf)
             assert code == 0, asked
             job_id = asked["id"]
             deadline = time.monotonic() + 60
@@ -160,7 +160,7 @@ def test_a_reseal_killed_at_any_point_finishes_with_the_same_result(sandbox: Pat
                 == len(reseals_before) + 1                        # no second job
         assert any(interrupted), "every kill came after its job had finished"
         # Everything is current now: a reseal has nothing to do and succeeds (exit 0).
-        done = sealfleet("reseal", "--include-hinted", "--wait", *conf)
+        done = sealfleet("reseal", "--wait", *conf)
         assert done.returncode == 0, done.stdout + done.stderr
     finally:
         daemon.stop()

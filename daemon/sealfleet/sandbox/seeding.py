@@ -446,9 +446,9 @@ class Seeder:
         annotations = with_scope_annotations(None, planned.scope)
         template_meta: dict[str, Any] = {
             "name": planned.name, "namespace": planned.namespace, "creationTimestamp": None,
-            "labels": {"app.kubernetes.io/instance": planned.namespace}}
+            "labels": {"app.kubernetes.io/part-of": planned.namespace}}
         top: dict[str, Any] = {"name": planned.name, "namespace": planned.namespace,
-                               "labels": {"app.kubernetes.io/instance": planned.namespace}}
+                               "labels": {"app.kubernetes.io/part-of": planned.namespace}}
         if annotations:
             template_meta["annotations"] = dict(annotations)
             top["annotations"] = dict(annotations)
