@@ -237,3 +237,21 @@ def test_bare_credential_names_resolve_in_credentials_directory_first(tmp_path: 
     dotted = load_settings(write(tmp_path, '[store]\nkek_file = "./kek"\n'), env=env)
     assert dotted.store.kek_file == tmp_path / "kek"             # not a bare name
     assert load_settings(write(tmp_path, ""), env={}).store.kek_file == tmp_path / "kek"
+
+
+def test_repo_credentials_are_credential_files(tmp_path: Path) -> None:
+    """A [[repos]] deploy key or token: a bare name from systemd's credentials first."""
+    credentials = tmp_path / "credentials"
+    credentials.mkdir()
+    (credentials / "deploy-key").write_bytes(b"x")
+    (tmp_path / "tree").mkdir()
+    text = ('[[clusters]]\nname = "prod"\nkubeconfig = "kc"\n'
+            '[[repos]]\nname = "gitops"\npath = "tree"\nclusters = ["prod"]\n'
+            'remote = "origin"\npush = true\nssh_key_file = "deploy-key"\n'
+            'known_hosts_file = "known_hosts"\ntoken_file = "token"\n')
+    repo, = load_settings(write(tmp_path, text),
+                          env={"CREDENTIALS_DIRECTORY": str(credentials)}).repos
+    assert repo.ssh_key_file == credentials / "deploy-key"
+    assert repo.known_hosts_file == tmp_path / "known_hosts"
+    assert repo.token_file == tmp_path / "token"
+    assert repo.token_username == "x-access-token"

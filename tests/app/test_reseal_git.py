@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -297,3 +298,36 @@ async def test_the_report_names_the_pending_branch_until_it_is_merged(
         (report_repo,) = (await view.rebuild()).report["repos"]
         assert report_repo["pending_branches"] == [
             {"name": later.detail["branch"], "documents": 1}]
+
+
+async def test_a_deploy_key_from_the_config_reaches_ssh_and_the_push_lands(
+        tmp_path: Path, repo: Repo, monkeypatch: pytest.MonkeyPatch) -> None:
+    # An ``ssh`` on PATH that records how git called it and then serves the repository
+    # locally (what sshd would run: git-upload-pack / git-receive-pack), so the remote is
+    # a real ssh:// URL without a network.
+    record = tmp_path / "ssh-calls"
+    shim = tmp_path / "ssh-shim" / "ssh"
+    shim.parent.mkdir()
+    shim.write_text(f'#!/bin/sh\nprintf "%s\\n" "$*" >> "{record}"\n'
+                    'for last; do :; done\nexec sh -c "$last"\n')
+    shim.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{shim.parent}:{os.environ['PATH']}")
+    git("remote", "set-url", "origin", f"ssh://git@localhost{repo.remote}", cwd=repo.tree)
+    key_file = tmp_path / "deploy_key"
+    key_file.write_text("-----BEGIN OPENSSH PRIVATE KEY-----\nnot-a-real-key\n"
+                        "-----END OPENSSH PRIVATE KEY-----\n")
+    key_file.chmod(0o600)
+    settings = settings_for(tmp_path, repo, ssh_key_file="deploy_key",
+                            known_hosts_file="known_hosts")
+    async with job_context(settings, [repo.old, repo.new]) as ctx:
+        job = await new_job(ctx, JOB)
+        outcome = await GitResealer(ctx).reseal_step(job, "gitops", [repo.db])
+        await GitResealer(ctx).verify(job, "gitops", outcome.detail)
+    assert outcome.detail["pushed"] is True
+    assert repo.remote_branches() == [branch_of(JOB, job.created_at)]
+    calls = record.read_text().splitlines()
+    assert calls
+    assert all(f"-i {key_file} -o IdentitiesOnly=yes" in call for call in calls)
+    assert all(f"UserKnownHostsFile={tmp_path / 'known_hosts'}" in call for call in calls)
+    assert any("git-receive-pack" in call for call in calls)     # the push went over it
+    assert "not-a-real-key" not in "".join(calls) + json.dumps(outcome.detail)

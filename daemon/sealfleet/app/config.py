@@ -480,6 +480,21 @@ class RepoSettings(_Section):
     rules: tuple[RepoRule, ...] = ()
     """Finer rules per path: the first whose patterns match a file names its clusters."""
 
+    ssh_key_file: Path | None = None
+    """A deploy key (SSH private key, owner-only) for *remote*: passed to git by its path
+    in ``GIT_SSH_COMMAND``, host keys checked (``known_hosts_file``, else ssh's own).  A
+    bare name is looked up in systemd's ``$CREDENTIALS_DIRECTORY`` first."""
+
+    known_hosts_file: Path | None = None
+    """The SSH host keys *remote* must present (``UserKnownHostsFile``)."""
+
+    token_file: Path | None = None
+    """A token (first line of an owner-only file) for an HTTPS *remote*: git asks for it
+    through ``GIT_ASKPASS``, so it is never in an argv, a URL or a log."""
+
+    token_username: str = "x-access-token"  # noqa: S105 - a user name, not a secret
+    """The user name sent with *token_file* (GitHub's; GitLab and Gitea take any name)."""
+
     rescan_interval: PositiveDuration = dt.timedelta(minutes=1)
     """How often the tree is listed again (also on SIGHUP).  Default 1m: listing costs one
     ``git ls-files`` and a stat per file; only changed files are read."""
@@ -506,6 +521,13 @@ class RepoSettings(_Section):
         if not path.is_dir():
             raise ValueError(f"{quoted(str(path))} is not an existing directory")
         return path
+
+    @field_validator("ssh_key_file", "known_hosts_file", "token_file", mode="before")
+    @classmethod
+    def _credential(cls, value: str | Path | None, info: ValidationInfo) -> Path | None:
+        if value is None:
+            return None
+        return _resolve_credential(value, info)
 
     @field_validator("remote", "base_branch")
     @classmethod

@@ -79,6 +79,13 @@ log = structlog.get_logger(__name__)
 _SHOWN = 5   # mismatches named in a verify error before "and N more"
 
 
+def credentials_of(repo: RepoSettings) -> cli.Credentials:
+    """How git authenticates to *repo*'s remote (paths only; git reads the files)."""
+    return cli.Credentials(ssh_key_file=repo.ssh_key_file,
+                           known_hosts_file=repo.known_hosts_file,
+                           token_file=repo.token_file, username=repo.token_username)
+
+
 class GitResealer:
     """Reseal steps and their verification for the configured ``[[repos]]``."""
 
@@ -111,7 +118,7 @@ class GitResealer:
         planned = [e for e in entries
                    if e.source is Source.GIT and e.repo == repo and e.path is not None]
         day = job.created_at.astimezone(dt.UTC).date()
-        async with self._lock(repo), cli.Git() as git:
+        async with self._lock(repo), cli.Git(credentials=credentials_of(settings)) as git:
             run = await self._run(git, settings)
             keys = await RepoKeys.load(self._ctx, planned)
             detail = await run.reseal(job.id, day, planned, keys)
@@ -131,7 +138,7 @@ class GitResealer:
             return {"repo": repo, "branch": recorded.branch, "commit": None, "tip": None,
                     "pushed": False, "documents": 0, "items": 0, "verified_items": 0,
                     "unverified_items": 0, "pending": recorded.pending}
-        async with self._lock(repo), cli.Git() as git:
+        async with self._lock(repo), cli.Git(credentials=credentials_of(settings)) as git:
             run = await self._run(git, settings)
             tip = await run.writer.branch_tip(recorded.branch, on_remote=recorded.pushed)
             where = "the remote" if recorded.pushed else "the private ref"
