@@ -13,6 +13,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from sealfleet.domain import drift
+from sealfleet.domain.controller_state import ControllerState
 from sealfleet.domain.staleness import SHOWN_STATES
 
 MAX_PAGE = 1000
@@ -69,6 +71,14 @@ SCHEMAS: dict[str, Any] = {
         "controller_error": {"type": ["string", "null"],
                              "description": "why the sealed-secrets controller cannot be "
                                             "asked (no ready replica, crash loop, no Service)"},
+        "controller_state": {"enum": [*(s.value for s in ControllerState), None],
+                             "description": "what the controller probe found (null: not "
+                                            "probed yet); crash-looping is "
+                                            "no_ready_replicas"},
+        "controller_key_renew_period_seconds": {
+            "type": ["integer", "null"], "minimum": 0,
+            "description": "the controller's --key-renew-period (0: off; null: not known); "
+                           "other than 0 is drift in master mode (controller_self_renewal)"},
         "malformed_key_secrets": {
             "type": "array", "description": "Secrets in the controller namespace that look "
             "like key Secrets but are not keys (never taken as keys)",
@@ -82,6 +92,10 @@ SCHEMAS: dict[str, Any] = {
             "missing": {"type": "array", "items": {"type": "string"}},
             "extra": {"type": "array", "items": {"type": "string"}},
             "sealing_key_outside_master_set": {"type": "boolean"}})]},
+        "drift_reasons": {"type": "array", "description": "why the cluster drifts (empty "
+                          "when in sync or without a master key set)", "items": _obj({
+                              "reason": {"enum": list(drift.REASONS)},
+                              "fingerprint": _STR_OR_NULL, "detail": {"type": "string"}})},
         "sealed_secrets": _ref("Counts"),
     }),
     "ClusterDetail": {"allOf": [_ref("ClusterReport"), _obj({
@@ -95,6 +109,18 @@ SCHEMAS: dict[str, Any] = {
         "fleet": _obj({"clusters": {"type": "integer"}, "reachable": {"type": "integer"},
                        "stale_sealing_keys": {"type": "integer"},
                        "drifting": {"type": "integer"}, "sealed_secrets": _ref("Counts"),
+                       "in_sync": {"type": "integer", "description": "clusters holding the "
+                                   "fleet key set and sealing with the newest master key"},
+                       "drifting_clusters": {"type": "array", "items": {"type": "string"}},
+                       "master_key": {"oneOf": [{"type": "null"}, _obj({
+                           "fingerprint": {"type": "string", "pattern": "^SHA256:"},
+                           "not_before": _TIME, "not_after": _TIME})],
+                           "description": "the newest fleet master key (null: none)"},
+                       "jobs_running": {"type": "array", "items": _obj({
+                           "id": {"type": "string"}, "kind": {"type": "string"},
+                           "state": {"enum": ["pending", "running"]},
+                           "actor": {"type": "string"}, "created_at": _TIME,
+                           "started_at": _TIME_OR_NULL})},
                        "repos": {"type": "integer"},
                        "git_sealed_secrets": _ref("Counts")}),
         "clusters": {"type": "array", "items": _ref("ClusterReport")},
