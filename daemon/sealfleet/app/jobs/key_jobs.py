@@ -104,13 +104,15 @@ class KeySync(_KeyJob):
     """Every cluster to the master set; the first master key is made when there is none,
     and a newer one when a controller's own renewal made a key newer than the newest
     master key (it would seal with its own; what it sealed stays readable: its key is
-    kept where it is and in the keystore)."""
+    kept where it is and in the keystore).  Each cluster also gets back the keys adopted
+    from it that it lost; outside master mode that is all a sync does."""
 
     kind = JobKind.KEY_SYNC
 
     async def plan(self, params: JsonObject) -> Plan:
         ctx = self._ctx
-        _require_master_mode(ctx, "keys sync")
+        if not ctx.settings().fleet.master:
+            return await self._restore_plan(params)
         await ctx.keystore.refresh()
         if not ctx.keystore.master:
             return await _new_key_plan(ctx, [], {"reason": "no master key yet"}, params)
@@ -121,16 +123,36 @@ class KeySync(_KeyJob):
                                                  "clusters": clusters}, params)
         return Plan(steps=_cluster_steps(ctx), params=dict(params), audit={})
 
+    async def _restore_plan(self, params: JsonObject) -> Plan:
+        """Outside master mode a sync only gives clusters back the keys adopted from
+        them (``keys adopt``) that they lost: no master key, nothing unloaded."""
+        ctx = self._ctx
+        configured = {c.name for c in ctx.settings().clusters}
+        adopted = sorted(name for name in await ctx.store.keys.adopted_keys()
+                         if name in configured)
+        if not adopted:
+            _require_master_mode(ctx, "keys sync")
+        return Plan(steps=[f"cluster:{name}" for name in adopted], params=dict(params),
+                    audit={"restore_adopted_keys": list[JsonValue](adopted)})
+
     async def _outran_by_a_controller(self) -> list[str]:
+        """Clusters whose sealing key, or a key adopted from them (it would seal once
+        written back), is newer than the newest master key."""
         ctx = self._ctx
         records = {r.fingerprint: r for r in await ctx.store.keys.list_keys()}
         newest = most_recent_key(records[f] for f in ctx.keystore.master if f in records)
         if newest is None:
             return []
+
+        def newer(fingerprint: str | None) -> bool:
+            return (fingerprint is not None and fingerprint not in ctx.keystore.master
+                    and fingerprint in records
+                    and records[fingerprint].not_before > newest.not_before)
+
+        adopted = await ctx.store.keys.adopted_keys()   # active ones only
         return sorted(c.name for c in await ctx.store.inventory.list_clusters()
-                      if not c.removed and c.sealing_key and c.sealing_key not in
-                      ctx.keystore.master and c.sealing_key in records
-                      and records[c.sealing_key].not_before > newest.not_before)
+                      if not c.removed and (newer(c.sealing_key) or any(
+                          newer(fp) for fp in adopted.get(c.name, ()))))
 
 
 class Renewal(_KeyJob):
@@ -243,6 +265,9 @@ class Adopt(_KeyJob):
             if seen.problem is None:
                 found.append(await asyncio.to_thread(seen.load))
         await ctx.keystore.adopt(found, source=KeySource.CLUSTER)
+        # Custody: written back to this cluster by every sync if it loses them.
+        await ctx.store.keys.record_adoption(cluster.name, [k.fingerprint for k in found],
+                                             job_id=job.id)
         if job.params.get("share"):
             for key in found:
                 await ctx.keystore.add_master(key.fingerprint)
