@@ -331,6 +331,25 @@ def _query(name: str, schema: dict[str, Any], description: str) -> dict[str, Any
             "description": description}
 
 
+def _key_transfer(summary: str, content: dict[str, Any],
+                  success: dict[str, Any]) -> dict[str, Any]:
+    """Imports and exports carry private keys: refused on the TCP listener (403)."""
+    return {"post": {
+        "summary": summary,
+        "security": [{"bearer": []}, {}],
+        "requestBody": {"required": False, "content": content},
+        "responses": {
+            **success,
+            "400": _ERRORS["400"],
+            "401": _ERRORS["401"],
+            "403": _json(_ref("Error"), "Over TCP, whatever the token: only on the daemon's "
+                                        "unix socket (code forbidden)"),
+            "409": _json(_ref("Error"), "Refused (code refused)"),
+            "503": _ERRORS["503"],
+        },
+    }}
+
+
 def _post(summary: str, *, body: dict[str, Any] | None = None,
           parameters: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     op: dict[str, Any] = {
@@ -448,6 +467,23 @@ def document() -> dict[str, Any]:
                 "Take a cluster's keys into fleet custody",
                 body=_obj({"cluster": {"type": "string", "minLength": 1},
                            "share": {"type": "boolean"}}, required=["cluster"])),
+            "/api/v1/keys/import": _key_transfer(
+                "Import keys (a plaintext key List of the controller's key Secrets, states "
+                "in sealfleet/ annotations) as a key_import job; unix socket only",
+                {"application/yaml": {"schema": {"type": "string"}}},
+                {"202": _json(_ref("Job"), "Journaled: the key_import job document")}),
+            "/api/v1/keys/export": _key_transfer(
+                "Every stored key as an age file for the recipients or passphrase given "
+                "(else the daemon's [backup] encryption), or the plaintext key List when "
+                "asked; audited; unix socket only",
+                {"application/json": {"schema": _obj({
+                    "recipients": {"type": "string", "description": "a recipients file's "
+                                   "text: age1..., ssh-ed25519, ssh-rsa lines"},
+                    "passphrase": {"type": "string", "minLength": 12},
+                    "plaintext": {"type": "boolean"}}, required=[])}},
+                {"200": {"description": "The backup (age) or the key List",
+                         "content": {"application/octet-stream": {
+                             "schema": {"type": "string", "format": "binary"}}}}}),
             "/api/v1/keys/{fingerprint}/compromise": _post(
                 "Mark a key compromised, renew at once; the result lists the blast radius",
                 body={"type": "object"}, parameters=[_FINGERPRINT_PARAM]),
