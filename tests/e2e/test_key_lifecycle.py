@@ -31,7 +31,7 @@ from sealfleet.adapters.store.records import JobRecord
 from sealfleet.app import config
 from sealfleet.app.cluster.state import WorkerOptions
 from sealfleet.app.fleet import FleetManager
-from sealfleet.app.jobs import key_jobs
+from sealfleet.app.jobs import compromised_keys, key_jobs
 from sealfleet.app.jobs.context import JobContext
 from sealfleet.app.jobs.runner import JobRunner
 from sealfleet.domain import key_secrets
@@ -207,6 +207,13 @@ async def test_compromise_lists_exactly_what_the_key_sealed_and_retire_is_refuse
         assert sorted((r["cluster"], r["namespace"], r["name"]) for r in radius) == expected
         assert victim in fleet.manager.keystore.compromised
         assert victim not in fleet.manager.keystore.master
+        # The reseal hook: the compromised key still seals exactly those, so no sync
+        # may relabel it yet.
+        (use,) = await compromised_keys.still_sealing(fleet.store)
+        assert use.fingerprint == victim
+        assert use.in_use
+        assert sorted(use.cluster_objects) == expected
+        assert use.git_documents == ()
 
 
 def key_fingerprints(sandbox: Sandbox, name: str) -> dict[str, str]:
