@@ -5,46 +5,18 @@ daemon's database behind its back.  The real daemon process and the real CLI."""
 from __future__ import annotations
 
 import json
-import os
-import socket
 import stat
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+import offline_daemon
 from sealfleet.adapters.store import generate_kek_file
 
 pytestmark = pytest.mark.slow
-
-KUBECONFIG = """apiVersion: v1
-kind: Config
-clusters:
-- name: dead
-  cluster: {server: "https://127.0.0.1:1", insecure-skip-tls-verify: true}
-users:
-- name: u
-  user: {token: not-a-real-token}
-contexts:
-- name: dead
-  context: {cluster: dead, user: u}
-current-context: dead
-"""
-CONFIG = """
-[store]
-database = "inventory.db"
-kek_file = "kek"
-[api]
-socket = "api.sock"
-[logging]
-format = "json"
-[[clusters]]
-name = "alpha"
-kubeconfig = "kubeconfig"
-"""
 
 
 def sealfleet(*args: str | Path) -> subprocess.CompletedProcess[str]:
@@ -54,32 +26,10 @@ def sealfleet(*args: str | Path) -> subprocess.CompletedProcess[str]:
 
 @pytest.fixture
 def running(tmp_path: Path) -> Iterator[Path]:
-    generate_kek_file(tmp_path / "kek")
-    (tmp_path / "kubeconfig").write_text(KUBECONFIG)
-    config = tmp_path / "sealfleet.toml"
-    config.write_text(CONFIG)
-    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    notify.bind(str(tmp_path / "notify"))
-    notify.settimeout(0.5)
-    process = subprocess.Popen([sys.executable, "-m", "sealfleet", "run", "-c", str(config)],
-                               env={**os.environ, "NOTIFY_SOCKET": str(tmp_path / "notify")},
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.monotonic() + 40
-        while time.monotonic() < deadline:
-            assert process.poll() is None, process.communicate()[1]
-            try:
-                if "READY=1" in notify.recv(4096).decode().split("\n"):
-                    break
-            except TimeoutError:
-                continue
-        else:
-            pytest.fail("the daemon did not get ready")
+    config = offline_daemon.prepare(tmp_path, offline_daemon.config_text(("alpha",)))
+    with offline_daemon.started(config) as daemon:
+        daemon.wait_for("READY=1")
         yield config
-    finally:
-        process.kill()
-        process.communicate(timeout=10)
-        notify.close()
 
 
 def private(path: Path, text: str) -> Path:
