@@ -15,6 +15,7 @@ from typing import Any
 
 from sealfleet.domain import drift
 from sealfleet.domain.controller_state import ControllerState
+from sealfleet.domain.jobs import JobKind
 from sealfleet.domain.staleness import SHOWN_STATES
 
 MAX_PAGE = 1000
@@ -259,7 +260,7 @@ SCHEMAS: dict[str, Any] = {
                      "detail": {"type": "object"}, "updated_at": _TIME}),
     "Job": _obj({
         "id": {"type": "string"},
-        "kind": {"enum": ["key_sync", "renewal", "compromise", "retire", "adopt", "reseal"]},
+        "kind": {"enum": [kind.value for kind in JobKind]},
         "state": {"enum": ["pending", "running", "succeeded", "failed", "cancelled"]},
         "actor": {"type": "string"}, "params": {"type": "object"}, "error": _STR_OR_NULL,
         "result": {"type": "object", "description": "the outcome's details, e.g. a "
