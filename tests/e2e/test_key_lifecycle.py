@@ -24,7 +24,7 @@ from polling import eventually
 from running_fleet import running
 from sealfleet.adapters import retry
 from sealfleet.adapters.http_api.snapshot import InventoryView
-from sealfleet.adapters.kube import controller
+from sealfleet.adapters.kube import controller, fleet_keys
 from sealfleet.adapters.kube.client import KubeClient
 from sealfleet.adapters.store import KeyEncryptionKey, Store
 from sealfleet.adapters.store.records import JobRecord
@@ -34,8 +34,9 @@ from sealfleet.app.fleet import FleetManager
 from sealfleet.app.jobs import compromised_keys, key_jobs
 from sealfleet.app.jobs.context import JobContext
 from sealfleet.app.jobs.runner import JobRunner
-from sealfleet.domain import key_secrets
-from sealfleet.domain.keys import KEY_LABEL
+from sealfleet.domain import documents, key_secrets
+from sealfleet.domain.keys import KEY_LABEL, KeySource, SealingKey
+from sealfleet.domain.sealed_secrets import seal_secret
 from sealfleet.domain.staleness import StalenessPolicy
 from sealfleet.errors import RefusedError
 from sealfleet.sandbox import Sandbox, SeedSpec
@@ -80,15 +81,19 @@ class Daemon:
         return done
 
 
-def master_settings(sandbox: Sandbox) -> config.Settings:
+def master_settings(sandbox: Sandbox, repos: list[dict[str, Any]] | None = None,
+                    ) -> config.Settings:
     data = tomllib.loads(sandbox.config.read_text())
     data["fleet"] = {"master": True, "key_bits": 2048}
+    if repos:
+        data["repos"] = repos
     return config.settings_from_mapping(data, base_dir=sandbox.config.parent)
 
 
 @contextlib.asynccontextmanager
-async def daemon(sandbox: Sandbox, executor: ThreadPoolExecutor) -> AsyncIterator[Daemon]:
-    settings = master_settings(sandbox)
+async def daemon(sandbox: Sandbox, executor: ThreadPoolExecutor,
+                 repos: list[dict[str, Any]] | None = None) -> AsyncIterator[Daemon]:
+    settings = master_settings(sandbox, repos)
     kek = KeyEncryptionKey.from_file(settings.store.kek_file)
     async with Store.open(settings.store.database, kek=kek) as store:
         manager = FleetManager(settings, store, executor=executor, options=OPTIONS)
@@ -309,3 +314,43 @@ async def test_an_adopted_key_lost_by_its_cluster_is_written_back_there_only(
         return all(after.get(ref) == value for ref, value in before.items())
 
     await eventually(settled)
+
+
+async def test_a_key_only_git_still_needs_is_neither_retired_nor_relabelled(
+        two_clusters: Sandbox, executor: ThreadPoolExecutor, tmp_path: Path,
+        rsa2048_keys: list[SealingKey]) -> None:
+    """A key no cluster object uses, but a Git document meant for sandbox-1 does: retire
+    is refused naming the document, and a sync does not unload it from sandbox-1 even
+    once the keystore says retired (the controller must open that document once
+    applied)."""
+    sandbox = two_clusters
+    key = rsa2048_keys[2]
+    tree = tmp_path / "gitops"
+    tree.mkdir()
+    secret = {"metadata": {"name": "from-git", "namespace": "default"},
+              "stringData": {"password": "only-in-git"}}
+    (tree / "db.yaml").write_text(documents.dump_yaml(seal_secret(secret, key.public_key)))
+    repos = [{"name": "gitops", "path": str(tree), "clusters": ["sandbox-1"]}]
+    async with daemon(sandbox, executor, repos) as fleet:
+        first = await fleet.run_job("key_sync")
+        assert first.state == "succeeded", first.error
+        await fleet.manager.keystore.adopt([key], source=KeySource.IMPORTED)
+        cluster = next(c for c in fleet.settings.clusters if c.name == "sandbox-1")
+        async with KubeClient.connect(str(cluster.kubeconfig), cluster.context,
+                                      request_timeout=5) as client:
+            await fleet_keys.ensure_key_secret(client, "kube-system", key, "test")
+
+        async def attributed() -> bool:
+            links = await fleet.store.git.sealed_secrets_using_key(key.fingerprint)
+            return [(link.repo, link.path) for link in links] == [("gitops", "db.yaml")]
+
+        await eventually(attributed)
+        with pytest.raises(RefusedError, match=r"repo:gitops/db\.yaml"):
+            await fleet.runner.submit("retire", {"fingerprint": key.fingerprint},
+                                      actor="test")
+        await fleet.store.keys.set_key_state(key.fingerprint, "retired", actor="test")
+        sync = await fleet.run_job("key_sync")
+        assert sync.state == "succeeded", sync.error
+        steps = {s.ref: s for s in await fleet.store.jobs.job_items(sync.id)}
+        assert "retirement_blocked" in steps["cluster:sandbox-1"].detail["drift"]
+        assert key_fingerprints(sandbox, "sandbox-1")[key.fingerprint] == "active"

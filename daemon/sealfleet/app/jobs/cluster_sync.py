@@ -86,16 +86,18 @@ async def custody_keys(ctx: JobContext, cluster: str,
 
 async def _needed(ctx: JobContext, cluster: str) -> tuple[frozenset[str], bool]:
     """Keys the cluster's inventoried SealedSecrets are sealed with, and whether any of
-    them opens with no known key (then no key may be unloaded: it might be that one)."""
-    needed: set[str] = set()
-    unattributed = False
-    for record in await ctx.store.inventory.sealed_secrets_of_cluster(cluster):
-        for item in record.items:
-            if item.fingerprint is None:
-                unattributed = True
-            else:
-                needed.add(item.fingerprint)
-    return frozenset(needed), unattributed
+    them opens with no known key (then no key may be unloaded: it might be that one).
+    The Git documents of every ``[[repos]]`` entry that names the cluster (in its
+    ``clusters`` or any rule's: more than the rules may send here, never less) count
+    too: once applied, the controller must open them."""
+    items = [item for record in await ctx.store.inventory.sealed_secrets_of_cluster(cluster)
+             for item in record.items]
+    for repo in ctx.settings().repos:
+        if cluster in repo.clusters or any(cluster in rule.clusters for rule in repo.rules):
+            items += [item for document in await ctx.store.git.sealed_secrets_of_repo(repo.name)
+                      for item in document.items]
+    needed = frozenset(item.fingerprint for item in items if item.fingerprint is not None)
+    return needed, any(item.fingerprint is None for item in items)
 
 
 async def _served(client: KubeClient, cluster: ClusterSettings) -> str | None:

@@ -213,6 +213,9 @@ class Retire(_KeyJob):
         if fingerprint not in {r.fingerprint for r in await ctx.store.keys.list_keys()}:
             raise RefusedError(f"no key {fingerprint} is known to the fleet")
         users = await ctx.store.inventory.sealed_secrets_using_key(fingerprint)
+        # Git documents too: a key retired under them would not open them once applied.
+        users += [(f"repo:{link.repo}", link.path, f"document {link.document}")
+                  for link in await ctx.store.git.sealed_secrets_using_key(fingerprint)]
         if users:
             shown = ", ".join("/".join(ref) for ref in users[:_SHOWN])
             more = f" and {len(users) - _SHOWN} more" if len(users) > _SHOWN else ""
