@@ -177,6 +177,9 @@ def run_fingerprint(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------- export, import
 
 
+# An export runs scrypt (a passphrase) and opens every stored key on the daemon's side:
+# seconds on a loaded host, more than the API client's usual 10 s allows for.
+_TRANSFER_TIMEOUT = 120.0
 _HOW_TO_ENCRYPT = ("give --recipients-file or --passphrase-file (or -c CONFIG with [backup] "
                    "recipients_file or passphrase_file), or --plaintext-kubeseal-list")
 
@@ -292,7 +295,7 @@ def _export_via_daemon(args: argparse.Namespace, settings: Settings, out: Path) 
         how = "UNENCRYPTED key List: keep it as safe as the keys themselves"
     else:
         how = "age, encrypted as the daemon's [backup] says"
-    client = ApiClient(socket_path=settings.api.socket)
+    client = ApiClient(socket_path=settings.api.socket, timeout=_TRANSFER_TIMEOUT)
     data = asyncio.run(client.post_bytes("/api/v1/keys/export", json.dumps(body).encode(),
                                          headers={"Content-Type": "application/json"}))
     files.atomic_write(out, data, mode=0o600)
@@ -375,7 +378,7 @@ def _import_via_daemon(args: argparse.Namespace, settings: Settings,
                          not_after=key.not_after, source=facts.source or "imported",
                          state=facts.state) for key, facts in entries]
     document = backup.plaintext_key_list([key for key, _ in entries], records)
-    client = ApiClient(socket_path=settings.api.socket)
+    client = ApiClient(socket_path=settings.api.socket, timeout=_TRANSFER_TIMEOUT)
 
     async def run() -> int:
         answer = await client.post_bytes("/api/v1/keys/import", document, headers={

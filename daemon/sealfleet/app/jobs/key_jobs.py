@@ -48,9 +48,32 @@ def _require_master_mode(ctx: JobContext, what: str) -> None:
                            "sealfleet observes and backs up keys, it renews none itself")
 
 
+# A new master key must be strictly newer than the newest one (the controller keeps the
+# first of equal NotBefores); waiting for the next second costs at most a second.
+_MAX_NOT_BEFORE_WAIT = 2.0
+
+
+async def _after_newest_master(ctx: JobContext) -> None:
+    """Wait, if need be, until a key made now has a later NotBefore (whole seconds)
+    than the newest master key: else a renewal within the second of the previous one
+    would make a key no controller seals with."""
+    records = {r.fingerprint: r for r in await ctx.store.keys.list_keys()}
+    newest = most_recent_key(records[f] for f in ctx.keystore.master if f in records)
+    if newest is None:
+        return
+    wait = (newest.not_before + dt.timedelta(seconds=1)
+            - dt.datetime.now(dt.UTC)).total_seconds()
+    if wait > _MAX_NOT_BEFORE_WAIT:   # a master key dated in the future (imported): say so
+        log.warning("master_key_not_before_in_future", fingerprint=newest.fingerprint,
+                    seconds=round(wait, 1))
+    elif wait > 0:
+        await asyncio.sleep(wait)
+
+
 async def _new_key_plan(ctx: JobContext, first_steps: Sequence[str], audit: JsonObject,
                         params: JsonObject) -> Plan:
     bits = ctx.settings().fleet.key_bits
+    await _after_newest_master(ctx)
     key = await asyncio.to_thread(generate_sealing_key, bits=bits)   # seconds of CPU
     return Plan(steps=[*first_steps, f"master:{key.fingerprint}", *_cluster_steps(ctx)],
                 params={**params, "new_key": key.fingerprint},
