@@ -16,7 +16,7 @@ beside it as a ratio, with the targets (ratio < 3, < 20 s).  Each figure is the 
 the same sandbox (each renewal adds one key to every cluster).
 
 Usage: ``python bench/keys.py [--clusters 50] [--startup-delay 1.0]
-[--concurrency 4 16 50] [--repeats 3]``
+[--concurrency 64 32 4] [--repeats 3]`` (64 is the daemon's default).
 """
 
 from __future__ import annotations
@@ -189,7 +189,7 @@ def main() -> None:
                         help="SealedSecrets seeded per cluster (a restart unseals them)")
     parser.add_argument("--startup-delay", type=float, default=1.0,
                         help="sandbox controllers' start-up delay after a restart, seconds")
-    parser.add_argument("--concurrency", type=int, nargs="+", default=[4, 16, 50],
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[64, 32, 4],
                         help="[fleet] restart_concurrency values; the first is the headline")
     parser.add_argument("--repeats", type=int, default=3,
                         help="renewals per figure; the median is printed (the serving "

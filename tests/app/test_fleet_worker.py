@@ -245,6 +245,7 @@ async def test_a_controller_without_ready_replicas_is_reported_on_a_reachable_cl
         assert cluster.reachable is True
         assert cluster.controller_error is not None
         assert "no ready replicas" in cluster.controller_error
+        assert cluster.controller_state == "no_ready_replicas"
 
 
 async def test_a_locked_database_is_not_blamed_on_the_cluster(harness: Harness) -> None:

@@ -176,6 +176,25 @@ def test_drift_names_extra_keys_self_renewal_key_order_and_unknown_flags() -> No
             DriftReason.CONTROLLER_FLAGS_UNRESOLVED} <= reasons(plan)
 
 
+def test_a_lost_adopted_key_is_written_back_to_its_own_cluster_only() -> None:
+    """Custody: the key adopted from this cluster comes back when its Secret is gone;
+    a cluster it was not adopted from gets only the master set."""
+    fleet = FleetKeySet((fleet_key(4),))
+    lost = dataclasses.replace(state(ours(4, created=5), served=FPS[4]),
+                               custody=(fleet_key(0),))
+    plan = plan_key_sync(fleet, lost)
+    assert [c.fingerprint for c in plan.create] == [FPS[0]]
+    assert plan.expected_sealing_key == FPS[4]          # older: the master key still seals
+    assert DriftReason.MISSING_ADOPTED_KEY in reasons(plan)
+    assert DriftReason.EXTRA_ACTIVE_KEY not in reasons(plan)
+    back = apply(lost, plan)
+    again = plan_key_sync(fleet, back)
+    assert not again.has_actions
+    assert reasons(again) == set()
+    other = plan_key_sync(fleet, state(ours(4, created=5), served=FPS[4]))
+    assert not other.has_actions
+
+
 def test_restarts_disabled_by_policy_are_reported() -> None:
     plan = plan_key_sync(FleetKeySet((fleet_key(0),)), state(ours(2)),
                          SyncPolicy(RestartMode.NONE))
@@ -270,7 +289,10 @@ def scenarios(draw: st.DrawFn) -> tuple[FleetKeySet, ClusterKeyState, SyncPolicy
                *sorted({h.fingerprint for h in held_keys})]
     served = options[draw(st.integers(0, len(options) - 1))]
     needed = frozenset(FPS[i] for i in draw(st.lists(INDEX, unique=True, max_size=3)))
-    cluster = ClusterKeyState("c1", held_keys, flags, served, needed, draw(st.booleans()))
+    custody = tuple(fleet_key(i) for i in draw(st.lists(INDEX, unique=True, max_size=2))
+                    if i not in master and i not in unwanted)
+    cluster = ClusterKeyState("c1", held_keys, flags, served, needed, draw(st.booleans()),
+                              custody=custody)
     return fleet, cluster, SyncPolicy(draw(MODES), draw(st.booleans()))
 
 
@@ -333,6 +355,7 @@ def test_every_master_key_ends_up_loaded_under_a_safe_name(
     after = apply(cluster, plan)
     taken = {d.fingerprint for d in plan.drift if d.reason is DriftReason.SECRET_NAME_TAKEN}
     assert {k.fingerprint for k in fleet.master} - taken <= loaded(after)
+    assert {k.fingerprint for k in cluster.custody} - taken <= loaded(after)
     existing = {h.secret_name for h in cluster.held}
     for new in plan.create:
         assert new.fingerprint not in loaded(cluster)  # nothing written that is there

@@ -119,7 +119,13 @@ def read_recipients_file(path: str | os.PathLike[str]) -> Recipients:
     data = files.read_file(source)
     if len(data) > _MAX_LIST_FILE:
         raise InputError(f"{source}: larger than 1 MiB: not a recipients file")
-    text = _text(data, source)
+    return parse_recipients(_text(data, source), source=source)
+
+
+def parse_recipients(text: str, *, source: str) -> Recipients:
+    """A recipients file's text, read as :func:`read_recipients_file` reads the file."""
+    if len(text) > _MAX_LIST_FILE:
+        raise InputError(f"{source}: larger than 1 MiB: not a recipients file")
     parsed: list[Recipient] = []
     for number, line in _lines(text):
         try:

@@ -32,6 +32,8 @@ from sealfleet.errors import FleetError
 
 log = structlog.get_logger(__name__)
 
+_UNFIXABLE = frozenset({"controller_self_renewal"})   # drift reasons no sync can fix
+
 TICK = 30.0                                  # seconds between looks
 SYNC_SPACING = dt.timedelta(minutes=5)       # at most one scheduled sync this often
 _KEY_JOBS = frozenset({JobKind.KEY_SYNC, JobKind.RENEWAL, JobKind.COMPROMISE,
@@ -87,8 +89,13 @@ class Scheduler:
         return None
 
     def _drifting(self) -> list[str]:
+        """Reachable clusters whose drift a sync can fix: a controller's own renewal
+        setting alone is reported, but no sync changes a Deployment's flags (a sync
+        every SYNC_SPACING for it would only fill the journal)."""
         report = self._report()
         if report is None:
             return []
         return sorted(c["name"] for c in report.get("clusters", ())
-                      if c.get("drift") and c.get("reachable"))
+                      if c.get("drift") and c.get("reachable") and any(
+                          r.get("reason") not in _UNFIXABLE
+                          for r in c.get("drift_reasons") or [{}]))

@@ -51,7 +51,7 @@ from sealfleet.app import backups, preflight
 from sealfleet.app.checking import Checker
 from sealfleet.app.config import Settings, load_settings
 from sealfleet.app.fleet import FleetManager
-from sealfleet.app.jobs import key_jobs, reseal
+from sealfleet.app.jobs import key_jobs, key_transfer, reseal
 from sealfleet.app.jobs.context import JobContext
 from sealfleet.app.jobs.runner import JobRunner
 from sealfleet.app.keystore import Keystore
@@ -189,7 +189,8 @@ class Service:
                 executors, resealer = reseal.build(
                     context, executor, key_jobs.build(context),
                     lambda kind, params, actor: jobs.submit(kind, params, actor=actor))
-                jobs = self.jobs = JobRunner(store, executors)
+                importer = key_transfer.KeyImport(context)
+                jobs = self.jobs = JobRunner(store, [*executors, importer])
                 self._scheduler = Scheduler(
                     jobs, store, settings=lambda: self.settings,
                     report=lambda: view.snapshot.report if view.snapshot else None)
@@ -198,7 +199,10 @@ class Service:
                                admin_token=credentials.admin_token,
                                attribution_backlog=lambda: fleet.attribution_backlog,
                                last_backup=metrics.newest_file_timestamp(settings.backup.dir),
-                               jobs=jobs, check=fleet.checker, reseal=resealer)
+                               jobs=jobs, check=fleet.checker, reseal=resealer,
+                               key_transfer=key_transfer.KeyTransfer(
+                                   context, importer, jobs,
+                                   backup_policy=lambda: backup_policy))
                 if backup_policy is not None:
                     self._backups = backups.BackupKeeper(backup_policy, fleet.keystore, store)
                 budget = settings.service.shutdown_timeout_seconds

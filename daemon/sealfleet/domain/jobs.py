@@ -42,6 +42,7 @@ class JobKind(enum.StrEnum):
     COMPROMISE = "compromise"    # mark a key compromised, renew, report the blast radius
     RETIRE = "retire"            # take a key out of every cluster
     ADOPT = "adopt"              # take a cluster's keys into fleet custody
+    KEY_IMPORT = "key_import"    # keys from a backup or a PEM pair into fleet custody
     RESEAL = "reseal"            # re-encrypt stale SealedSecrets with the current key
 
 

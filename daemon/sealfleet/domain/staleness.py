@@ -12,6 +12,7 @@ from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from sealfleet.domain.drift import cluster_drift
 from sealfleet.domain.keys import SealingKeySource, most_recent_key
 
 
@@ -108,6 +109,21 @@ class ClusterFacts:
     scan_duration_ms: int | None = None
     controller_error: str | None = None     # why the controller cannot be asked, if so
     malformed_keys: tuple[tuple[str, str], ...] = ()  # (Secret name, reason): not keys
+    controller_state: str | None = None     # domain.controller_state value; None: not probed
+    key_renew_seconds: int | None = None    # its --key-renew-period (0: off; None: unknown)
+    adopted_keys: tuple[str, ...] = ()      # adopted from it, still wanted there
+
+
+@dataclass(frozen=True)
+class RunningJob:
+    """An unfinished job, as the fleet view lists it."""
+
+    id: str
+    kind: str
+    state: str
+    actor: str
+    created_at: dt.datetime
+    started_at: dt.datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -219,19 +235,26 @@ def _cluster_report(cluster: ClusterFacts, policy: StalenessPolicy, now: dt.date
         })
     drift: bool | None = None
     drift_detail: dict[str, Any] | None = None
+    drift_reasons: list[dict[str, Any]] = []
     if master and (active or fingerprint is not None):  # never observed: unknown, not drift
-        missing = sorted(master - active)
-        extra = sorted(active - master)
-        sealing_outside = fingerprint is not None and fingerprint not in master
-        drift = bool(missing or extra or sealing_outside)
-        drift_detail = {"missing": missing, "extra": extra,
-                        "sealing_key_outside_master_set": sealing_outside}
+        newest = most_recent_key(keys[f] for f in master if f in keys)
+        found = cluster_drift(master=master, newest_master=newest.fingerprint if newest
+                              else None, active=active, sealing_key=fingerprint,
+                              adopted=cluster.adopted_keys,
+                              key_renew_seconds=cluster.key_renew_seconds)
+        drift = found.drifting
+        drift_detail = {"missing": list(found.missing), "extra": list(found.extra),
+                        "sealing_key_outside_master_set": found.sealing_key_outside_master_set}
+        drift_reasons = [{"reason": r.reason, "fingerprint": r.fingerprint,
+                          "detail": r.detail} for r in found.reasons]
     return {
         "name": cluster.name,
         "reachable": cluster.reachable,
         "last_scan_at": iso(cluster.last_scan_at),
         "last_error": cluster.last_error,
         "controller_error": cluster.controller_error,
+        "controller_state": cluster.controller_state,
+        "controller_key_renew_period_seconds": cluster.key_renew_seconds,
         "malformed_key_secrets": [{"secret": name, "reason": reason}
                                   for name, reason in cluster.malformed_keys],
         "scan_duration_ms": cluster.scan_duration_ms,
@@ -239,6 +262,7 @@ def _cluster_report(cluster: ClusterFacts, policy: StalenessPolicy, now: dt.date
         "keys": key_list,
         "drift": drift,
         "drift_detail": drift_detail,
+        "drift_reasons": drift_reasons,
         "sealed_secrets": counts,
     }
 
@@ -248,12 +272,14 @@ def build_report(policy: StalenessPolicy, now: dt.datetime,
                  counts: Mapping[str, Mapping[SecretState, int] | Mapping[str, int]],
                  master_keys: Collection[str], repos: Iterable[RepoFacts] = (),
                  git_counts: Mapping[str, Mapping[SecretState, int] | Mapping[str, int]]
-                 | None = None) -> dict[str, Any]:
+                 | None = None, jobs_running: Iterable[RunningJob] = ()) -> dict[str, Any]:
     """The staleness report, JSON-ready (the exact shape of ``GET /api/v1/staleness``).
 
     *repos* and *git_counts* (repo -> state -> documents) add the SealedSecrets found in
     Git: per repo under ``repos``, in total under ``fleet.git_sealed_secrets``;
-    ``fleet.sealed_secrets`` counts the in-cluster objects only.
+    ``fleet.sealed_secrets`` counts the in-cluster objects only.  The fleet view:
+    ``fleet.master_key`` (the newest master key), the clusters ``in_sync`` and
+    ``drifting`` (with each cluster's ``drift_reasons``) and the ``jobs_running``.
     """
     key_map = {k.fingerprint: k for k in keys}
     master = frozenset(master_keys)
@@ -270,6 +296,7 @@ def build_report(policy: StalenessPolicy, now: dt.datetime,
     for report in repo_reports:
         for name, n in report["sealed_secrets"].items():
             git_totals[name] += n
+    newest_master = most_recent_key(key_map[f] for f in master if f in key_map)
     return {
         "generated_at": iso(now),
         "policy": {
@@ -283,6 +310,15 @@ def build_report(policy: StalenessPolicy, now: dt.datetime,
             "stale_sealing_keys": sum(1 for r in cluster_reports
                                       if r["sealing_key"] and r["sealing_key"]["stale"]),
             "drifting": sum(1 for r in cluster_reports if r["drift"]),
+            "in_sync": sum(1 for r in cluster_reports if r["drift"] is False),
+            "drifting_clusters": [r["name"] for r in cluster_reports if r["drift"]],
+            "master_key": None if newest_master is None else {
+                "fingerprint": newest_master.fingerprint,
+                "not_before": iso(newest_master.not_before),
+                "not_after": iso(newest_master.not_after)},
+            "jobs_running": [{"id": j.id, "kind": j.kind, "state": j.state, "actor": j.actor,
+                              "created_at": iso(j.created_at), "started_at": iso(j.started_at)}
+                             for j in jobs_running],
             "sealed_secrets": fleet_counts,
             "repos": len(repo_reports),
             "git_sealed_secrets": git_totals,

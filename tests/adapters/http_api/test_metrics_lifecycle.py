@@ -103,10 +103,16 @@ async def test_job_outcomes_and_the_last_successful_renewal_and_sync(api: Api) -
 
 
 async def test_controller_problems_and_crash_loops_per_cluster(api: Api) -> None:
+    """Both metrics follow the probe's structured controller_state, not the error's
+    wording: a 503 text with replicas ready is a problem, not a crash loop; a crash loop
+    worded like nothing known still counts."""
     inventory = api.store.inventory
-    await inventory.record_cluster_status("alpha", reachable=True, controller_error=CRASHING)
+    await inventory.record_cluster_status("alpha", reachable=True, controller_error=CRASHING,
+                                          controller_state="no_ready_replicas")
     await inventory.record_cluster_status("beta", reachable=True,
-                                          controller_error="service kube-system/x has no ports")
+                                          controller_error="service kube-system/x has no ports",
+                                          controller_state="not_serving")
+    await inventory.record_cluster_status("gamma", reachable=True, controller_state="serving")
     api.bump()
     samples = await scrape(api)
 
@@ -117,13 +123,22 @@ async def test_controller_problems_and_crash_loops_per_cluster(api: Api) -> None
         [1, 1, 0]
     assert [value("sealfleet_controller_crashlooping", c)
             for c in ("alpha", "beta", "gamma")] == [1, 0, 0]
-    # A crash loop seen through the service proxy: the Service has no endpoints.
-    await inventory.record_cluster_status("beta", reachable=True, controller_error=NO_ENDPOINTS)
-    await inventory.record_cluster_status("alpha", reachable=True)
+    await inventory.record_cluster_status("beta", reachable=True, controller_error=NO_ENDPOINTS,
+                                          controller_state="not_serving")
+    await inventory.record_cluster_status("alpha", reachable=True, controller_state="serving")
+    await inventory.record_cluster_status("gamma", reachable=True,
+                                          controller_error="something new",
+                                          controller_state="no_ready_replicas")
     api.bump()
     samples = await scrape(api)
-    assert [value("sealfleet_controller_crashlooping", c) for c in ("alpha", "beta")] == [0, 1]
-    assert value("sealfleet_controller_error", "alpha") == 0
+    assert [value("sealfleet_controller_crashlooping", c)
+            for c in ("alpha", "beta", "gamma")] == [0, 0, 1]
+    assert [value("sealfleet_controller_error", c) for c in ("alpha", "beta", "gamma")] == \
+        [0, 1, 1]
+    status, body, _ = await api.get("/api/v1/staleness")
+    assert status == 200
+    states = {c["name"]: c["controller_state"] for c in body["clusters"]}
+    assert states == {"alpha": "serving", "beta": "not_serving", "gamma": "no_ready_replicas"}
 
 
 async def test_no_backup_metric_unless_backups_are_configured(api: Api) -> None:
@@ -193,7 +208,8 @@ async def test_a_whole_scrape_passes_promtool_check_metrics(api: Api, promtool: 
     jobs = api.store.jobs
     await jobs.set_job_state(await jobs.create_job("renewal", {}, []), "succeeded")
     await api.store.inventory.record_cluster_status("alpha", reachable=True,
-                                                    controller_error=CRASHING)
+                                                    controller_error=CRASHING,
+                                                    controller_state="no_ready_replicas")
     api.bump()
     status, text, _ = await api.get("/metrics")
     assert status == 200

@@ -67,7 +67,8 @@ def next_link(html: str) -> str | None:
 async def test_overview_cards_link_to_cluster_pages_and_show_controller_problems(
         api: Api) -> None:
     await api.store.inventory.record_cluster_status("alpha", reachable=True,
-                                                    controller_error=CRASHING + " <now>")
+                                                    controller_error=CRASHING + " <now>",
+                                                    controller_state="no_ready_replicas")
     holding = KeyHolding(fingerprint=api.fleet.old, secret_name="k-old", label_value="active",
                          resource_version="1", creation_timestamp=NOW, observed_at=NOW)
     await api.store.inventory.replace_cluster_keys(
@@ -78,7 +79,7 @@ async def test_overview_cards_link_to_cluster_pages_and_show_controller_problems
         assert f'<a href="clusters/{name}">{name}</a>' in html
     assert 'href="clusters/alpha?state=stale"' in html
     assert 'href="clusters/alpha?state=compromised"' not in html  # no count, no link
-    assert "<b>Controller:</b> " + CRASHING + " &lt;now&gt;" in html
+    assert "<b>Controller no ready replicas:</b> " + CRASHING + " &lt;now&gt;" in html
     assert "<code>mixed&lt;up&gt;</code>: tls.crt is &lt;another&gt; key" in html
     assert "<now>" not in html
     assert "<another>" not in html

@@ -33,7 +33,14 @@ from multidict import CIMultiDict, MultiMapping
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import CollectorRegistry
 
-from sealfleet.adapters.http_api import gitops, jobs_api, openapi, reseal_api, status_page
+from sealfleet.adapters.http_api import (
+    gitops,
+    jobs_api,
+    key_transfer_api,
+    openapi,
+    reseal_api,
+    status_page,
+)
 from sealfleet.adapters.http_api.metrics import InventoryCollector, ScrapeInputs, make_registry
 from sealfleet.adapters.http_api.pages import cluster as cluster_page
 from sealfleet.adapters.http_api.pages import jobs as jobs_page
@@ -78,6 +85,7 @@ class ApiDeps:
     last_backup: Callable[[], float | None] | None = None
     check: gitops.DocumentChecker | None = None   # POST /api/v1/check (the daemon's keys)
     reseal: reseal_api.ResealPlanner | None = None   # POST /api/v1/reseal dry runs
+    key_transfer: key_transfer_api.KeyTransferPort | None = None   # keys import/export
 
 
 DEPS = web.AppKey("deps", ApiDeps)
@@ -394,6 +402,7 @@ def build_app(deps: ApiDeps) -> web.Application:
     jobs_api.register(app, store=deps.store, submitter=deps.jobs,
                       certificates=deps.certificates or jobs_api.StoreCertificates(deps.store))
     reseal_api.register(app, planner=deps.reseal)
+    key_transfer_api.register(app, deps.key_transfer)
     app.router.add_get("/clusters/{name}", cluster_html)
     app.router.add_get("/keys", keys_html)
     app.router.add_get("/jobs", jobs_html)

@@ -50,6 +50,47 @@ class ApiClient:
         """POST *document* as JSON (``check``: the read token is enough for it on TCP)."""
         return await self.request_json("POST", path, document)
 
+    async def post_bytes(self, path: str, data: bytes, *,
+                         headers: dict[str, str] | None = None) -> bytes:
+        """POST raw bytes and return the raw answer, on the unix socket only (the key
+        import and export endpoints: their bodies are private keys)."""
+        if self._socket_path is None or not self._socket_path.exists():
+            raise TransientError(f"no daemon socket at {self._socket_path}: key imports and "
+                                 "exports go through the daemon's socket only")
+        return await self._send("POST", path, data=data, headers=headers or {})
+
+    async def _send(self, method: str, path: str, *, data: bytes,
+                    headers: dict[str, str]) -> bytes:
+        assert self._socket_path is not None
+        try:
+            spelled, dirfd = short_socket_path(self._socket_path)
+        except OSError as exc:
+            raise TransientError(f"cannot reach the sealfleet daemon at {self.where} "
+                                 f"({exc.strerror}); is it running?") from exc
+        try:
+            async with aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=spelled),
+                                             timeout=self._timeout) as http, \
+                    http.request(method, yarl.URL("http://sealfleet" + path, encoded=True),
+                                 headers=headers, data=data) as response:
+                answer = await response.read()
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            raise TransientError(f"cannot reach the sealfleet daemon at {self.where} "
+                                 f"({type(exc).__name__}); is it running?") from exc
+        finally:
+            if dirfd is not None:
+                os.close(dirfd)
+        if response.status < 400:
+            return answer
+        try:
+            document = json.loads(answer)
+        except ValueError:
+            document = {}
+        error = document.get("error", {}) if isinstance(document, dict) else {}
+        if response.status == 409:
+            raise RefusedError(f"refused: {error.get('message', '')}")
+        raise FleetError(f"{self.where}{path}: HTTP {response.status} "
+                         f"{error.get('code', '')}: {error.get('message', '')}")
+
     async def request_json(self, method: str, path: str, body: Any = None, *,
                            text: bool = False) -> Any:
         dirfd = None

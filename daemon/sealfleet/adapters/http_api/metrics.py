@@ -26,6 +26,7 @@ from prometheus_client.registry import Collector, CollectorRegistry
 
 from sealfleet.adapters.http_api.snapshot import Snapshot
 from sealfleet.adapters.store.records import JobTally
+from sealfleet.domain import controller_state
 from sealfleet.domain.jobs import JobKind, JobState
 from sealfleet.domain.staleness import STATE_KEYS
 from sealfleet.errors import StoreError
@@ -36,24 +37,12 @@ RENEWAL_KIND = JobKind.RENEWAL.value
 KEY_SYNC_KIND = JobKind.KEY_SYNC.value
 FINISHED_STATES = tuple(state.value for state in JobState if state.finished)
 IN_PROGRESS_STATES = tuple(state.value for state in JobState if not state.finished)
-# How a controller that keeps crashing looks from outside: its Deployment has no ready
-# replica (the probe's wording), and so its Service has no endpoints (the apiserver's
-# wording, which the probe reports when asking for the certificate fails too).  The
-# report carries the problem as text only, so this is where it is told apart from the
-# controller's other problems (no Service, no port, a broken certificate).
-_CRASH_LOOP_SIGNS = ("has no ready replicas", "no endpoints available")
 
 
 def _epoch(text: str | None) -> float | None:
     if not text:
         return None
     return dt.datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
-
-
-def crash_looping(controller_error: str | None) -> bool:
-    """Whether a controller problem is one of a controller without a running Pod."""
-    return controller_error is not None and any(sign in controller_error
-                                                for sign in _CRASH_LOOP_SIGNS)
 
 
 def newest_file_timestamp(directory: Path) -> Callable[[], float | None]:
@@ -238,9 +227,10 @@ class InventoryCollector(Collector):
         controller_error = GaugeMetricFamily(
             "sealfleet_controller_error", "1 when the cluster's sealed-secrets controller "
             "cannot be asked (no ready replica, crash loop, no Service)", labels=["cluster"])
+        # Both read the probe's structured controller_state, never the error's wording.
         crashing = GaugeMetricFamily(
             "sealfleet_controller_crashlooping", "1 when the controller has no running Pod "
-            "(Deployment without a ready replica, Service without endpoints)",
+            "(its Deployment has no ready replica: crash loop, start-up, scaled to 0)",
             labels=["cluster"])
         malformed = GaugeMetricFamily(
             "sealfleet_malformed_key_secrets", "Secrets that look like key Secrets but are "
@@ -264,9 +254,9 @@ class InventoryCollector(Collector):
                 last_scan.add_metric([name], scanned)
             for state in STATE_KEYS[1:]:
                 secrets.add_metric([name, state], cluster["sealed_secrets"][state])
-            problem = cluster.get("controller_error")
-            controller_error.add_metric([name], 0 if problem is None else 1)
-            crashing.add_metric([name], 1 if crash_looping(problem) else 0)
+            state = cluster.get("controller_state")
+            controller_error.add_metric([name], 1 if controller_state.is_problem(state) else 0)
+            crashing.add_metric([name], 1 if controller_state.is_down(state) else 0)
             malformed.add_metric([name], len(cluster.get("malformed_key_secrets") or ()))
         yield from (reachable, age, stale, expiry, drift, duration, last_scan, secrets,
                     controller_error, crashing, malformed)

@@ -13,6 +13,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from sealfleet.domain import drift
+from sealfleet.domain.controller_state import ControllerState
+from sealfleet.domain.jobs import JobKind
 from sealfleet.domain.staleness import SHOWN_STATES
 
 MAX_PAGE = 1000
@@ -69,6 +72,14 @@ SCHEMAS: dict[str, Any] = {
         "controller_error": {"type": ["string", "null"],
                              "description": "why the sealed-secrets controller cannot be "
                                             "asked (no ready replica, crash loop, no Service)"},
+        "controller_state": {"enum": [*(s.value for s in ControllerState), None],
+                             "description": "what the controller probe found (null: not "
+                                            "probed yet); crash-looping is "
+                                            "no_ready_replicas"},
+        "controller_key_renew_period_seconds": {
+            "type": ["integer", "null"], "minimum": 0,
+            "description": "the controller's --key-renew-period (0: off; null: not known); "
+                           "other than 0 is drift in master mode (controller_self_renewal)"},
         "malformed_key_secrets": {
             "type": "array", "description": "Secrets in the controller namespace that look "
             "like key Secrets but are not keys (never taken as keys)",
@@ -82,6 +93,10 @@ SCHEMAS: dict[str, Any] = {
             "missing": {"type": "array", "items": {"type": "string"}},
             "extra": {"type": "array", "items": {"type": "string"}},
             "sealing_key_outside_master_set": {"type": "boolean"}})]},
+        "drift_reasons": {"type": "array", "description": "why the cluster drifts (empty "
+                          "when in sync or without a master key set)", "items": _obj({
+                              "reason": {"enum": list(drift.REASONS)},
+                              "fingerprint": _STR_OR_NULL, "detail": {"type": "string"}})},
         "sealed_secrets": _ref("Counts"),
     }),
     "ClusterDetail": {"allOf": [_ref("ClusterReport"), _obj({
@@ -95,6 +110,18 @@ SCHEMAS: dict[str, Any] = {
         "fleet": _obj({"clusters": {"type": "integer"}, "reachable": {"type": "integer"},
                        "stale_sealing_keys": {"type": "integer"},
                        "drifting": {"type": "integer"}, "sealed_secrets": _ref("Counts"),
+                       "in_sync": {"type": "integer", "description": "clusters holding the "
+                                   "fleet key set and sealing with the newest master key"},
+                       "drifting_clusters": {"type": "array", "items": {"type": "string"}},
+                       "master_key": {"oneOf": [{"type": "null"}, _obj({
+                           "fingerprint": {"type": "string", "pattern": "^SHA256:"},
+                           "not_before": _TIME, "not_after": _TIME})],
+                           "description": "the newest fleet master key (null: none)"},
+                       "jobs_running": {"type": "array", "items": _obj({
+                           "id": {"type": "string"}, "kind": {"type": "string"},
+                           "state": {"enum": ["pending", "running"]},
+                           "actor": {"type": "string"}, "created_at": _TIME,
+                           "started_at": _TIME_OR_NULL})},
                        "repos": {"type": "integer"},
                        "git_sealed_secrets": _ref("Counts")}),
         "clusters": {"type": "array", "items": _ref("ClusterReport")},
@@ -233,7 +260,7 @@ SCHEMAS: dict[str, Any] = {
                      "detail": {"type": "object"}, "updated_at": _TIME}),
     "Job": _obj({
         "id": {"type": "string"},
-        "kind": {"enum": ["key_sync", "renewal", "compromise", "retire", "adopt", "reseal"]},
+        "kind": {"enum": [kind.value for kind in JobKind]},
         "state": {"enum": ["pending", "running", "succeeded", "failed", "cancelled"]},
         "actor": {"type": "string"}, "params": {"type": "object"}, "error": _STR_OR_NULL,
         "result": {"type": "object", "description": "the outcome's details, e.g. a "
@@ -303,6 +330,25 @@ def _query(name: str, schema: dict[str, Any], description: str) -> dict[str, Any
     # (minLength 1 on strings), so "?cluster=" is not a filter that matches nothing.
     return {"name": name, "in": "query", "required": False, "schema": schema,
             "description": description}
+
+
+def _key_transfer(summary: str, content: dict[str, Any],
+                  success: dict[str, Any]) -> dict[str, Any]:
+    """Imports and exports carry private keys: refused on the TCP listener (403)."""
+    return {"post": {
+        "summary": summary,
+        "security": [{"bearer": []}, {}],
+        "requestBody": {"required": False, "content": content},
+        "responses": {
+            **success,
+            "400": _ERRORS["400"],
+            "401": _ERRORS["401"],
+            "403": _json(_ref("Error"), "Over TCP, whatever the token: only on the daemon's "
+                                        "unix socket (code forbidden)"),
+            "409": _json(_ref("Error"), "Refused (code refused)"),
+            "503": _ERRORS["503"],
+        },
+    }}
 
 
 def _post(summary: str, *, body: dict[str, Any] | None = None,
@@ -422,6 +468,23 @@ def document() -> dict[str, Any]:
                 "Take a cluster's keys into fleet custody",
                 body=_obj({"cluster": {"type": "string", "minLength": 1},
                            "share": {"type": "boolean"}}, required=["cluster"])),
+            "/api/v1/keys/import": _key_transfer(
+                "Import keys (a plaintext key List of the controller's key Secrets, states "
+                "in sealfleet/ annotations) as a key_import job; unix socket only",
+                {"application/yaml": {"schema": {"type": "string"}}},
+                {"202": _json(_ref("Job"), "Journaled: the key_import job document")}),
+            "/api/v1/keys/export": _key_transfer(
+                "Every stored key as an age file for the recipients or passphrase given "
+                "(else the daemon's [backup] encryption), or the plaintext key List when "
+                "asked; audited; unix socket only",
+                {"application/json": {"schema": _obj({
+                    "recipients": {"type": "string", "description": "a recipients file's "
+                                   "text: age1..., ssh-ed25519, ssh-rsa lines"},
+                    "passphrase": {"type": "string", "minLength": 12},
+                    "plaintext": {"type": "boolean"}}, required=[])}},
+                {"200": {"description": "The backup (age) or the key List",
+                         "content": {"application/octet-stream": {
+                             "schema": {"type": "string", "format": "binary"}}}}}),
             "/api/v1/keys/{fingerprint}/compromise": _post(
                 "Mark a key compromised, renew at once; the result lists the blast radius",
                 body={"type": "object"}, parameters=[_FINGERPRINT_PARAM]),

@@ -30,6 +30,7 @@ from sealfleet.adapters.store.records import KeyRecord, KeyUsage
 from sealfleet.domain.staleness import (
     ClusterFacts,
     RepoFacts,
+    RunningJob,
     StalenessPolicy,
     build_report,
     iso,
@@ -143,6 +144,10 @@ class InventoryView:
         malformed = await inventory.malformed_key_secrets_by_cluster()
         repos = await self._repo_facts()
         git_counts = await self._store.git.state_counts()
+        adopted = await keystore.adopted_keys()
+        running = [RunningJob(id=j.id, kind=j.kind, state=j.state, actor=j.actor,
+                              created_at=j.created_at, started_at=j.started_at)
+                   for j in await self._store.jobs.unfinished()]
         facts = []
         details: dict[str, dict[str, Any]] = {}
         for cluster in clusters:
@@ -156,13 +161,17 @@ class InventoryView:
                 held_keys=tuple(h.fingerprint for h in holdings),
                 scan_duration_ms=cluster.scan_duration_ms,
                 controller_error=cluster.controller_error,
+                controller_state=cluster.controller_state,
+                key_renew_seconds=cluster.controller_key_renew_seconds,
+                adopted_keys=tuple(adopted.get(cluster.name, ())),
                 malformed_keys=tuple((m.secret_name, m.reason)
                                      for m in malformed.get(cluster.name, ()))))
             details[cluster.name] = {"server": cluster.server,
                                      "controller_namespace": cluster.controller_namespace,
                                      "controller_name": cluster.controller_name}
         report = build_report(self.policy, self._clock(), facts, records, counts,
-                              master, repos=repos, git_counts=git_counts)
+                              master, repos=repos, git_counts=git_counts,
+                              jobs_running=running)
         clusters_out = [{**c, **details.get(c["name"], {})} for c in report["clusters"]]
         keys = [key_entry(r, usage.get(r.fingerprint)) for r in records]
         snap = Snapshot(

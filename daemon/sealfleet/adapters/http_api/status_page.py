@@ -12,6 +12,7 @@ from typing import Any
 
 from sealfleet.adapters.http_api.pages import layout
 from sealfleet.adapters.http_api.pages.layout import badge, esc
+from sealfleet.domain import controller_state
 from sealfleet.domain.staleness import SHOWN_STATES
 
 _STATES = tuple(state.value for state in SHOWN_STATES)
@@ -29,9 +30,11 @@ def problems(cluster: dict[str, Any]) -> str:
     parts = []
     if cluster.get("last_error"):
         parts.append(f'<p class="error">{esc(cluster["last_error"])}</p>')
-    if cluster.get("controller_error"):
-        parts.append(f'<p class="error"><b>Controller:</b> '
-                     f'{esc(cluster["controller_error"])}</p>')
+    state = cluster.get("controller_state")
+    if cluster.get("controller_error") or controller_state.is_problem(state):
+        shown = esc(str(state).replace("_", " ")) if state else "problem"
+        parts.append(f'<p class="error"><b>Controller {shown}:</b> '
+                     f'{esc(cluster.get("controller_error") or "")}</p>')
     malformed = cluster.get("malformed_key_secrets") or []
     if malformed:
         rows = "".join(f"<li><code>{esc(m['secret'])}</code>: {esc(m['reason'])}</li>"
@@ -66,7 +69,14 @@ def sealing_key_summary(cluster: dict[str, Any], period: int, root: str) -> str:
 def drift_summary(cluster: dict[str, Any]) -> str:
     drift = cluster.get("drift")
     if drift is True:
-        return (f'<div>{badge("drift", "bad")} keys differ from the fleet master set</div>')
+        reasons = "".join(f"<li>{esc(r['reason'].replace('_', ' '))}"
+                          + (f" {layout.key_link(r['fingerprint'], ROOT)}"
+                             if r.get("fingerprint") else "")
+                          + (f' <span class="muted">{esc(r["detail"])}</span>'
+                             if r.get("detail") else "") + "</li>"
+                          for r in cluster.get("drift_reasons") or [])
+        return (f'<div>{badge("drift", "bad")} keys differ from the fleet master set'
+                f'{f"<ul>{reasons}</ul>" if reasons else ""}</div>')
     if drift is False:
         return f'<div>{badge("in sync", "ok")} with the fleet master set</div>'
     return ""
@@ -103,9 +113,17 @@ def render(report: dict[str, Any]) -> bytes:
                + ", ".join(f"{totals[s]} {s}" for s in _STATES))
     cards = "".join(_card(c, period) for c in report["clusters"]) or \
         '<section class="muted">No clusters configured.</section>'
+    master = fleet.get("master_key")
+    fleet_view = (f'Master key {layout.key_link(master["fingerprint"], ROOT)}: '
+                  f'{fleet.get("in_sync", 0)} in sync, {fleet.get("drifting", 0)} drifting'
+                  if master else "No fleet master key.")
+    running = fleet.get("jobs_running") or []
+    if running:
+        fleet_view += " " + ", ".join(
+            f'<a href="jobs">{esc(j["kind"])} {esc(j["state"])}</a>' for j in running)
     return layout.page(
         title=f"sealfleet: {fleet['clusters']} clusters", root=ROOT, here="overview",
         body=cards, refresh=30, main_class="cards",
-        summary=(esc(summary),
+        summary=(esc(summary), fleet_view,
                  f"Report generated {esc(report['generated_at'])}; key renew period "
                  f"{layout.days(period)}."))

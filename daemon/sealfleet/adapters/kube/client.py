@@ -38,6 +38,8 @@ from typing import Any
 from urllib.parse import urlencode
 
 import aiohttp
+import yarl
+from aiohttp.helpers import get_env_proxy_for_url
 
 from sealfleet.adapters.kube import kubeconfig as kubeconfig_files
 from sealfleet.adapters.kube import writing
@@ -178,6 +180,19 @@ def _translate(exc: BaseException, what: str) -> TransientError | PermanentError
     return PermanentError(f"{what}: {type(exc).__name__}")
 
 
+def _proxy_for(access: kubeconfig_files.ClusterAccess,
+               ) -> tuple[str | None, aiohttp.BasicAuth | None]:
+    """The kubeconfig's ``proxy-url``, else HTTPS_PROXY / HTTP_PROXY unless NO_PROXY
+    names the server (what trust_env did per request, once)."""
+    if access.proxy:
+        return access.proxy, None
+    try:
+        proxy, auth = get_env_proxy_for_url(yarl.URL(access.server))
+    except LookupError:
+        return None, None
+    return str(proxy), auth
+
+
 class KubeClient:
     """Raw JSON calls to one cluster, with errors already translated."""
 
@@ -186,6 +201,7 @@ class KubeClient:
         self._session = session
         self._access = access
         self.request_timeout = request_timeout
+        self._proxy, self._proxy_auth = _proxy_for(access)
 
     @classmethod
     @asynccontextmanager
@@ -205,8 +221,12 @@ class KubeClient:
         connector = aiohttp.TCPConnector(
             limit=_CONNECTIONS_PER_CLUSTER,
             ssl=access.ssl_context if access.ssl_context is not None else True)
-        # trust_env: HTTPS_PROXY and NO_PROXY apply, as for kubectl and kubernetes-asyncio.
-        session = aiohttp.ClientSession(connector=connector, trust_env=True,
+        # No trust_env: it makes aiohttp read ~/.netrc and the proxy variables in the
+        # default thread pool on every request (two thread hops each: with a fleet
+        # restarting at once, that small pool became the queue every request waited
+        # in).  HTTPS_PROXY and NO_PROXY are read once per client instead (_proxy_for),
+        # and netrc is not a kubeconfig credential (kubectl ignores it too).
+        session = aiohttp.ClientSession(connector=connector, trust_env=False,
                                         read_bufsize=_READ_BUFFER)
         try:
             yield cls(session, access, request_timeout=request_timeout)
@@ -235,7 +255,8 @@ class KubeClient:
         try:
             response = await self._session.request(
                 method, url, headers=headers, data=data, timeout=client_timeout,
-                proxy=self._access.proxy, server_hostname=self._access.tls_server_name)
+                proxy=self._proxy, proxy_auth=self._proxy_auth,
+                server_hostname=self._access.tls_server_name)
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             raise _translate(exc, f"{method} {path}") from exc
         return response

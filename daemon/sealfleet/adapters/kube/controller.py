@@ -30,6 +30,8 @@ class Deployment:
     replicas: int
     ready_replicas: int
     generation: int
+    # Its key flags (None: the controller would refuse them, or the container is absent).
+    flags: controller_flags.ControllerFlags | None = None
 
     @property
     def available(self) -> bool:
@@ -50,9 +52,14 @@ async def read_deployment(client: KubeClient, namespace: str, name: str) -> Depl
     spec = document.get("spec") or {}
     status = document.get("status") or {}
     metadata = document.get("metadata") or {}
+    try:
+        flags: controller_flags.ControllerFlags | None = flags_of_deployment(
+            document, f"{namespace}/{name}")
+    except PermanentError:
+        flags = None
     return Deployment(name=name, replicas=_int(spec.get("replicas"), 1),
                       ready_replicas=_int(status.get("readyReplicas"), 0),
-                      generation=_int(metadata.get("generation"), 0))
+                      generation=_int(metadata.get("generation"), 0), flags=flags)
 
 
 def _int(value: Any, default: int) -> int:

@@ -225,21 +225,22 @@ def key_record(row: Sequence[Any]) -> KeyRecord:
 CLUSTER_SELECT = (
     "SELECT name, server, controller_namespace, controller_name, reachable, last_error, "
     "last_scan_at, scan_duration_ms, sealing_key, sealing_key_source, removed_at, "
-    "controller_error FROM clusters"
+    "controller_error, controller_state, controller_key_renew_seconds FROM clusters"
 )
 
 
 def cluster_record(row: Sequence[Any]) -> ClusterRecord:
     (name, server, controller_namespace, controller_name, reachable, last_error,
      last_scan_at, scan_duration_ms, sealing_key, sealing_key_source, removed_at,
-     controller_error) = row
+     controller_error, controller_state, key_renew_seconds) = row
     return ClusterRecord(
         name=name, server=server, controller_namespace=controller_namespace,
         controller_name=controller_name,
         reachable=None if reachable is None else bool(reachable), last_error=last_error,
         last_scan_at=parse_timestamp(last_scan_at), scan_duration_ms=scan_duration_ms,
         sealing_key=sealing_key, sealing_key_source=sealing_key_source,
-        removed_at=parse_timestamp(removed_at), controller_error=controller_error)
+        removed_at=parse_timestamp(removed_at), controller_error=controller_error,
+        controller_state=controller_state, controller_key_renew_seconds=key_renew_seconds)
 
 
 def key_holding(row: Sequence[Any]) -> KeyHolding:

@@ -53,13 +53,17 @@ class Inventory:
                                     scan_duration_ms: int | None = None,
                                     sealing_key: str | None = None,
                                     sealing_key_source: str | None = None,
-                                    controller_error: str | None = None) -> None:
+                                    controller_error: str | None = None,
+                                    controller_state: str | None = None,
+                                    key_renew_seconds: int | None = None) -> None:
         """The outcome of a scan; None keeps what was recorded (except the errors)."""
         await self._store.write(inventory_writes.record_cluster_status, name,
                                 reachable=reachable, last_error=last_error,
                                 last_scan_at=last_scan_at, scan_duration_ms=scan_duration_ms,
                                 sealing_key=sealing_key, sealing_key_source=sealing_key_source,
-                                controller_error=controller_error)
+                                controller_error=controller_error,
+                                controller_state=controller_state,
+                                key_renew_seconds=key_renew_seconds)
 
     async def list_clusters(self) -> list[ClusterRecord]:
         """Every cluster ever recorded, removed ones included, by name."""

@@ -51,15 +51,19 @@ def mark_cluster_removed(conn: sqlite3.Connection, name: str) -> None:
 def record_cluster_status(conn: sqlite3.Connection, name: str, *, reachable: bool,
                           last_error: str | None, last_scan_at: dt.datetime | None,
                           scan_duration_ms: int | None, sealing_key: str | None,
-                          sealing_key_source: str | None, controller_error: str | None) -> None:
+                          sealing_key_source: str | None, controller_error: str | None,
+                          controller_state: str | None,
+                          key_renew_seconds: int | None) -> None:
     ensure_clusters(conn, [name])
     conn.execute(
         "UPDATE clusters SET reachable = ?, last_error = ?, controller_error = ?, "
+        "controller_state = coalesce(?, controller_state), "
+        "controller_key_renew_seconds = coalesce(?, controller_key_renew_seconds), "
         "last_scan_at = coalesce(?, last_scan_at), "
         "scan_duration_ms = coalesce(?, scan_duration_ms), "
         "sealing_key = coalesce(?, sealing_key), "
         "sealing_key_source = coalesce(?, sealing_key_source), updated_at = ? WHERE name = ?",
-        (int(reachable), last_error, controller_error,
+        (int(reachable), last_error, controller_error, controller_state, key_renew_seconds,
          codec.optional_timestamp(last_scan_at), scan_duration_ms,
          sealing_key, sealing_key_source, codec.now(), name))
 

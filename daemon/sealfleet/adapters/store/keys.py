@@ -117,6 +117,18 @@ class KeyRecords:
                              "key-encryption key is configured")
         return await asyncio.to_thread(key_material.open_all, rows, self._kek)
 
+    async def record_adoption(self, cluster: str, fingerprints: Sequence[str], *,
+                              job_id: str | None = None) -> None:
+        """Which cluster adopted keys came from: a sync writes them back there if the
+        cluster loses them (and elsewhere only once shared into the master set)."""
+        if fingerprints:
+            await self._store.write(keys_sql.record_adoption, cluster, list(fingerprints),
+                                    job_id)
+
+    async def adopted_keys(self) -> dict[str, list[str]]:
+        """cluster -> keys adopted from it, still active in the keystore."""
+        return await self._store.read(keys_sql.adopted_keys)
+
     async def quarantined_keys(self) -> list[QuarantinedKey]:
         """Material moved out of the keystore at open (migration 0004), oldest first."""
         return await self._store.read(keys_sql.quarantined_keys)

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sealfleet.adapters.store import audit, codec, inventory_reads
+from sealfleet.adapters.store import audit, codec, inventory_reads, inventory_writes
 from sealfleet.adapters.store.key_material import EncryptedKey, Refusal
 from sealfleet.adapters.store.records import KeyRecord, KeyUsage, QuarantinedKey
 from sealfleet.domain.keys import KeyState
@@ -213,3 +213,24 @@ def key_usage(conn: sqlite3.Connection) -> dict[str, KeyUsage]:
     return {fingerprint: KeyUsage(clusters=tuple(u.clusters), items=u.items,
                                   sealed_secrets=u.sealed_secrets)
             for fingerprint, u in usage.items()}
+
+
+def record_adoption(conn: sqlite3.Connection, cluster: str, fingerprints: Sequence[str],
+                    job_id: str | None) -> None:
+    """Keys adopted from *cluster* (idempotent: the first adoption's time and job kept)."""
+    now = codec.now()
+    inventory_writes.ensure_clusters(conn, [cluster])
+    conn.executemany(
+        "INSERT OR IGNORE INTO adopted_keys (cluster, fingerprint, adopted_at, job_id) "
+        "VALUES (?, ?, ?, ?)", [(cluster, fp, now, job_id) for fp in fingerprints])
+
+
+def adopted_keys(conn: sqlite3.Connection) -> dict[str, list[str]]:
+    """cluster -> the keys adopted from it that are still wanted there (state active)."""
+    out: dict[str, list[str]] = {}
+    for cluster, fingerprint in conn.execute(
+            "SELECT a.cluster, a.fingerprint FROM adopted_keys a JOIN sealing_keys k "
+            "ON k.fingerprint = a.fingerprint WHERE k.state = 'active' "
+            "ORDER BY a.cluster, a.fingerprint"):
+        out.setdefault(cluster, []).append(fingerprint)
+    return out

@@ -181,6 +181,8 @@ class ClusterRecord:
     sealing_key_source: str | None      # 'cert.pem' | 'newest-active'
     removed_at: dt.datetime | None      # set when dropped from the config
     controller_error: str | None = None  # why the controller cannot be asked, if so
+    controller_state: str | None = None  # domain.controller_state.ControllerState value
+    controller_key_renew_seconds: int | None = None  # --key-renew-period; None: unknown
 
     @property
     def removed(self) -> bool:

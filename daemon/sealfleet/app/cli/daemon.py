@@ -253,9 +253,36 @@ def render_table(report: dict[str, Any], *, file: Any = None) -> None:
                   f"{totals['total']} SealedSecrets: "
                   + ", ".join(f"{totals[s]} {s}" for s in _STATES)
                   + f" (report {report['generated_at']})")
+    for line in fleet_view_lines(report):
+        console.print(line, markup=False, highlight=False)
     errors = [(c["name"], c["last_error"]) for c in report["clusters"] if c.get("last_error")]
     for name, error in errors:
         console.print(f"[red]{name}[/]: {error}", markup=True, highlight=False)
+
+
+def fleet_view_lines(report: dict[str, Any]) -> list[str]:
+    """The fleet view as plain lines: master key, clusters in sync and drifting (why),
+    controllers not serving, jobs running."""
+    fleet = report["fleet"]
+    lines = []
+    master = fleet.get("master_key")
+    if master:
+        lines.append(f"master key {master['fingerprint']} (since {master['not_before']}); "
+                     f"{fleet.get('in_sync', 0)} clusters in sync, "
+                     f"{fleet.get('drifting', 0)} drifting")
+    for cluster in report["clusters"]:
+        reasons = cluster.get("drift_reasons") or []
+        if reasons:
+            why = ", ".join(r["reason"] + (f" {r['fingerprint']}" if r.get("fingerprint")
+                                           else "") for r in reasons)
+            lines.append(f"  {cluster['name']} drifts: {why}")
+        state = cluster.get("controller_state")
+        if state not in (None, "serving"):
+            lines.append(f"  {cluster['name']} controller {state}: "
+                         f"{cluster.get('controller_error') or ''}".rstrip(": "))
+    for job in fleet.get("jobs_running") or []:
+        lines.append(f"job {job['id']} {job['kind']} {job['state']} (by {job['actor']})")
+    return lines
 
 
 # ----------------------------------------------------------------------- demo

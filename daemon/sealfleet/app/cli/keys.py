@@ -18,7 +18,7 @@ import argparse
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from sealfleet.adapters import files
 from sealfleet.domain import documents, keyfiles
@@ -177,6 +177,9 @@ def run_fingerprint(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------- export, import
 
 
+# An export runs scrypt (a passphrase) and opens every stored key on the daemon's side:
+# seconds on a loaded host, more than the API client's usual 10 s allows for.
+_TRANSFER_TIMEOUT = 120.0
 _HOW_TO_ENCRYPT = ("give --recipients-file or --passphrase-file (or -c CONFIG with [backup] "
                    "recipients_file or passphrase_file), or --plaintext-kubeseal-list")
 
@@ -205,6 +208,23 @@ def _location(args: argparse.Namespace, *, need_settings: bool) -> _Location:
     return _Location(Path(database), kek, settings)
 
 
+def _daemon_settings(args: argparse.Namespace) -> Settings | None:
+    """The config when a daemon runs on it (its socket is there) and no flag points at
+    a store of its own: the export or import then goes through the daemon, as a job
+    with its audit entry; otherwise the store is opened here, as without a daemon."""
+    from sealfleet.app.cli.main import DEFAULT_CONFIG_PATH
+    from sealfleet.app.config import load_settings
+
+    if args.database is not None or args.kek_file is not None:
+        return None
+    path = args.config or DEFAULT_CONFIG_PATH
+    if args.config is None and not Path(path).exists():
+        return None
+    settings = load_settings(path)
+    socket_path = settings.api.socket
+    return settings if socket_path is not None and socket_path.exists() else None
+
+
 def _configure_cli_logging() -> None:
     from sealfleet.app.logging import configure_logging
 
@@ -227,6 +247,9 @@ def run_export(args: argparse.Namespace) -> int:
     if not explicit and args.config is None and args.database is not None \
             and args.kek_file is not None:
         raise InputError(_HOW_TO_ENCRYPT)
+    daemon = _daemon_settings(args)
+    if daemon is not None:
+        return _export_via_daemon(args, daemon, out)
     where = _location(args, need_settings=not explicit)
     encryption: backup.Encryption | None = None
     if args.recipients_file is not None:
@@ -249,6 +272,34 @@ def run_export(args: argparse.Namespace) -> int:
     kind = ("UNENCRYPTED key List: keep it as safe as the keys themselves"
             if encryption is None else f"age, encrypted for {encryption.source}")
     print(f"wrote {out} ({kind})")
+    return 0
+
+
+def _export_via_daemon(args: argparse.Namespace, settings: Settings, out: Path) -> int:
+    import asyncio
+    import json
+
+    from sealfleet.adapters import backup
+    from sealfleet.adapters.http_api.client import ApiClient
+
+    body: dict[str, Any] = {}
+    if args.recipients_file is not None:
+        recipients = backup.read_recipients_file(args.recipients_file)   # checked here
+        body["recipients"] = files.read_file(args.recipients_file).decode()
+        how = f"age, encrypted for {recipients.source}"
+    elif args.passphrase_file is not None:
+        body["passphrase"] = backup.read_passphrase_file(args.passphrase_file).value
+        how = f"age, encrypted with the passphrase of {args.passphrase_file}"
+    elif args.plaintext_kubeseal_list:
+        body["plaintext"] = True
+        how = "UNENCRYPTED key List: keep it as safe as the keys themselves"
+    else:
+        how = "age, encrypted as the daemon's [backup] says"
+    client = ApiClient(socket_path=settings.api.socket, timeout=_TRANSFER_TIMEOUT)
+    data = asyncio.run(client.post_bytes("/api/v1/keys/export", json.dumps(body).encode(),
+                                         headers={"Content-Type": "application/json"}))
+    files.atomic_write(out, data, mode=0o600)
+    print(f"wrote {out} ({how}; exported by the daemon, audited)")
     return 0
 
 
@@ -289,6 +340,9 @@ def run_import(args: argparse.Namespace) -> int:
         entries = backup.read_backup(files.read_file(args.file), decryption,
                                      source=str(args.file))
         origin = str(args.file)
+    daemon = _daemon_settings(args)
+    if daemon is not None:
+        return _import_via_daemon(args, daemon, entries, origin)
     where = _location(args, need_settings=False)
     check_database(where.database, where=None, writable=True)
     _configure_cli_logging()
@@ -306,6 +360,48 @@ def run_import(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 1
     return 0
+
+
+def _import_via_daemon(args: argparse.Namespace, settings: Settings,
+                       entries: list[tuple[sealing_keys.SealingKey, backup.BackedUpKey]],
+                       origin: str) -> int:
+    """The opened keys, as a key List with their states, to the daemon's ``key_import``
+    job over its socket; waits for the job and prints what it did."""
+    import asyncio
+    import json
+
+    from sealfleet.adapters import backup
+    from sealfleet.adapters.http_api.client import ApiClient
+    from sealfleet.adapters.store.records import KeyRecord
+
+    records = [KeyRecord(fingerprint=key.fingerprint, not_before=key.not_before,
+                         not_after=key.not_after, source=facts.source or "imported",
+                         state=facts.state) for key, facts in entries]
+    document = backup.plaintext_key_list([key for key, _ in entries], records)
+    client = ApiClient(socket_path=settings.api.socket, timeout=_TRANSFER_TIMEOUT)
+
+    async def run() -> int:
+        answer = await client.post_bytes("/api/v1/keys/import", document, headers={
+            "Content-Type": "application/yaml",
+            "X-Sealfleet-Origin": origin.encode("ascii", "replace").decode()[:200]})
+        job = json.loads(answer)
+        while job["state"] not in ("succeeded", "failed", "cancelled"):
+            await asyncio.sleep(0.2)
+            job = await client.get_json(f"/api/v1/jobs/{job['id']}")
+        result = job.get("result") or {}
+        for fingerprint in result.get("added", []):
+            print(f"imported {fingerprint}")
+        for fingerprint in result.get("already_held", []):
+            print(f"already held {fingerprint}")
+        for restored in result.get("states_restored", []):
+            print(f"restored state {restored['state']} of {restored['fingerprint']}")
+        print(f"job {job['id']} {job['state']} (the daemon backs up new keys itself)")
+        if job["state"] != "succeeded":
+            print(f"sealfleet: error: {job.get('error')}", file=sys.stderr)
+            return 1
+        return 0
+
+    return asyncio.run(run())
 
 
 async def _import(where: _Location, entries: list[tuple[sealing_keys.SealingKey,

@@ -18,6 +18,7 @@ from sealfleet.adapters.kube import controller
 from sealfleet.adapters.kube.client import Gone, KubeClient, NotFound
 from sealfleet.app.cluster import status
 from sealfleet.app.cluster.state import ClusterState, Deps
+from sealfleet.domain.controller_state import ControllerState
 from sealfleet.domain.keys import SealingKeySource, most_recent_key
 from sealfleet.errors import PermanentError, TransientError
 
@@ -46,24 +47,49 @@ class ControllerProbe:
         fingerprint: str | None = None
         source: SealingKeySource | None = None
         problem: str | None = None
+        controller_state = ControllerState.NOT_SERVING
+        changed_flags = False
         try:
             deployment = await controller.read_deployment(client, namespace, name)
+            if deployment.flags is not None:
+                renew = int(deployment.flags.key_renew_period.total_seconds())
+                if renew != state.key_renew_seconds:
+                    state.key_renew_seconds = renew
+                    changed_flags = True
             if not deployment.available:
+                # The cause: what the certificate fetch then fails with (a Service
+                # without endpoints, a 503) is only its consequence.
                 problem = f"deployment {namespace}/{name} has no ready replicas"
+                controller_state = ControllerState.NO_READY_REPLICAS
             state.proxy = await controller.proxy_name(client, namespace, name)
-            certificate = await controller.fetch_certificate(client, namespace, state.proxy)
         except Gone:
             raise
-        except (NotFound, TransientError, PermanentError) as error:
-            problem = str(error)
+        except NotFound as error:
+            problem, controller_state = str(error), ControllerState.NOT_INSTALLED
+        except (TransientError, PermanentError) as error:
+            problem = problem or str(error)
         else:
-            fingerprint, source = certificate.fingerprint, SealingKeySource.CERT_PEM
-            if not state.cluster.read_key_secrets:
-                await self._deps.keystore.record_certificate(certificate)
+            try:
+                certificate = await controller.fetch_certificate(client, namespace,
+                                                                 state.proxy)
+            except Gone:
+                raise
+            except (NotFound, TransientError, PermanentError) as error:
+                problem = problem or str(error)
+            else:
+                # The certificate is the sealing key's truth; a Deployment saying it has
+                # no ready replica is still reported (an answer from a Pod on its way
+                # out, a status that lags): the next probe sees which it was.
+                if controller_state is not ControllerState.NO_READY_REPLICAS:
+                    controller_state = ControllerState.SERVING
+                fingerprint, source = certificate.fingerprint, SealingKeySource.CERT_PEM
+                if not state.cluster.read_key_secrets:
+                    await self._deps.keystore.record_certificate(certificate)
         if fingerprint is None:
             fingerprint = self._newest_active_key()
             source = SealingKeySource.NEWEST_ACTIVE if fingerprint else None
-        await self._note(fingerprint, source, problem)
+        await self._note(fingerprint, source, problem, controller_state,
+                         changed_flags=changed_flags)
 
     def _newest_active_key(self) -> str | None:
         held = [k for k in self._state.holdings.values() if k.active]
@@ -71,15 +97,18 @@ class ControllerProbe:
         return newest.fingerprint if newest else None
 
     async def _note(self, fingerprint: str | None, source: SealingKeySource | None,
-                    problem: str | None) -> None:
+                    problem: str | None, controller_state: ControllerState, *,
+                    changed_flags: bool = False) -> None:
         state = self._state
         if problem != state.controller_problem:
             if problem is not None:
-                log.warning("controller_unavailable", error=problem, sealing_key_source=source)
+                log.warning("controller_unavailable", error=problem,
+                            controller_state=controller_state, sealing_key_source=source)
             else:
                 log.info("controller_recovered")
-        changed_problem = problem != state.controller_problem
-        state.controller_problem = problem
+        changed_problem = (changed_flags or problem != state.controller_problem
+                           or controller_state != state.controller_state)
+        state.controller_problem, state.controller_state = problem, controller_state
         changed_key = fingerprint != state.sealing_key
         if not changed_key and source == state.sealing_key_source and not changed_problem:
             return

@@ -18,6 +18,7 @@ from sealfleet.app.attributing import Attributor
 from sealfleet.app.cluster.inventory import ClusterInventory
 from sealfleet.app.config import ClusterSettings, FleetSettings
 from sealfleet.app.keystore import Keystore
+from sealfleet.domain.controller_state import ControllerState
 from sealfleet.domain.key_secrets import KeySecret
 from sealfleet.domain.keys import SealingKeySource
 from sealfleet.domain.observed import Ref
@@ -68,6 +69,8 @@ class ClusterState:
     sealing_key: str | None = None
     sealing_key_source: SealingKeySource | None = None
     controller_problem: str | None = None   # why the controller cannot be used, if so
+    controller_state: ControllerState | None = None   # None until probed
+    key_renew_seconds: int | None = None   # its --key-renew-period (None: unknown)
     key_problems: dict[str, str] = field(default_factory=dict)  # Secret name -> why not a key
     holdings: dict[str, KeySecret] = field(default_factory=dict)  # key Secrets, by name
     proxy: str | None = None              # service proxy name of the controller

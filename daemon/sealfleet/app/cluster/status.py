@@ -20,7 +20,9 @@ async def record(state: ClusterState, deps: Deps, *,
         state.name, reachable=state.reachable is not False, last_error=state.last_error,
         last_scan_at=dt.datetime.now(dt.UTC) if scan_duration_ms is not None else None,
         scan_duration_ms=scan_duration_ms, sealing_key=state.sealing_key,
-        sealing_key_source=state.sealing_key_source, controller_error=state.controller_problem)
+        sealing_key_source=state.sealing_key_source, controller_error=state.controller_problem,
+        controller_state=state.controller_state,
+        key_renew_seconds=state.key_renew_seconds)
 
 
 async def mark_failed(state: ClusterState, deps: Deps, error: FleetError) -> None:
@@ -31,7 +33,9 @@ async def mark_failed(state: ClusterState, deps: Deps, error: FleetError) -> Non
     await deps.store.inventory.record_cluster_status(
         state.name, reachable=False, last_error=message, last_scan_at=None,
         scan_duration_ms=None, sealing_key=state.sealing_key,
-        sealing_key_source=state.sealing_key_source, controller_error=state.controller_problem)
+        sealing_key_source=state.sealing_key_source, controller_error=state.controller_problem,
+        controller_state=state.controller_state,
+        key_renew_seconds=state.key_renew_seconds)
     state.first_pass.set()
     deps.on_change()
 

@@ -43,9 +43,13 @@ SERVING_TIMEOUT = 300.0
 async def fleet_key_set(ctx: JobContext) -> tuple[FleetKeySet, dict[str, SealingKey]]:
     """The keys every cluster must load (the master set, private halves loaded) and those
     to unload (retired, compromised).  The keystore is refreshed first: a renewal's key
-    was stored with its job, behind the keystore's back."""
+    was stored with its job, behind the keystore's back.  Outside master mode the set is
+    empty and nothing is unloaded: a sync then only gives clusters back their own
+    adopted keys (:func:`custody_keys`)."""
     await ctx.keystore.refresh()
     await ctx.keystore.materialize()
+    if not ctx.settings().fleet.master:
+        return FleetKeySet(master=()), {}
     keys: dict[str, SealingKey] = {}
     for fingerprint in sorted(ctx.keystore.master):
         key = ctx.keystore.get(fingerprint)
@@ -62,18 +66,38 @@ async def fleet_key_set(ctx: JobContext) -> tuple[FleetKeySet, dict[str, Sealing
     return FleetKeySet(master=master, retired=retired, compromised=compromised), keys
 
 
+async def custody_keys(ctx: JobContext, cluster: str,
+                       fleet: FleetKeySet) -> dict[str, SealingKey]:
+    """The keys adopted from *cluster*, still active and not in the master set, with
+    their private halves: the cluster gets them back if it lost them (no other does)."""
+    master = {k.fingerprint for k in fleet.master}
+    custody: dict[str, SealingKey] = {}
+    for fingerprint in (await ctx.store.keys.adopted_keys()).get(cluster, []):
+        if fingerprint in master or fleet.unwanted_label(fingerprint) is not None:
+            continue
+        key = ctx.keystore.get(fingerprint)
+        if key is None:   # never written without its private key (it would not load)
+            log.warning("adopted_key_not_in_keystore", cluster=cluster,
+                        fingerprint=fingerprint)
+            continue
+        custody[fingerprint] = key
+    return custody
+
+
 async def _needed(ctx: JobContext, cluster: str) -> tuple[frozenset[str], bool]:
     """Keys the cluster's inventoried SealedSecrets are sealed with, and whether any of
-    them opens with no known key (then no key may be unloaded: it might be that one)."""
-    needed: set[str] = set()
-    unattributed = False
-    for record in await ctx.store.inventory.sealed_secrets_of_cluster(cluster):
-        for item in record.items:
-            if item.fingerprint is None:
-                unattributed = True
-            else:
-                needed.add(item.fingerprint)
-    return frozenset(needed), unattributed
+    them opens with no known key (then no key may be unloaded: it might be that one).
+    The Git documents of every ``[[repos]]`` entry that names the cluster (in its
+    ``clusters`` or any rule's: more than the rules may send here, never less) count
+    too: once applied, the controller must open them."""
+    items = [item for record in await ctx.store.inventory.sealed_secrets_of_cluster(cluster)
+             for item in record.items]
+    for repo in ctx.settings().repos:
+        if cluster in repo.clusters or any(cluster in rule.clusters for rule in repo.rules):
+            items += [item for document in await ctx.store.git.sealed_secrets_of_repo(repo.name)
+                      for item in document.items]
+    needed = frozenset(item.fingerprint for item in items if item.fingerprint is not None)
+    return needed, any(item.fingerprint is None for item in items)
 
 
 async def _served(client: KubeClient, cluster: ClusterSettings) -> str | None:
@@ -91,6 +115,8 @@ async def sync_cluster(ctx: JobContext, job: JobRecord, name: str) -> StepOutcom
     cluster = ctx.cluster(name)
     namespace, deployment = cluster.controller_namespace, cluster.controller_name
     fleet, keys = await fleet_key_set(ctx)
+    custody = await custody_keys(ctx, name, fleet)
+    keys = {**keys, **custody}
     needed, unattributed = await _needed(ctx, name)
     async with ctx.connect(cluster) as client:
         flags = await controller.read_controller_flags(client, namespace, deployment)
@@ -98,7 +124,9 @@ async def sync_cluster(ctx: JobContext, job: JobRecord, name: str) -> StepOutcom
                                                       key_prefix=flags.key_prefix)
         state = ClusterKeyState(cluster=name, held=holdings.held, flags=flags,
                                 served_fingerprint=await _served(client, cluster),
-                                needed=needed, unattributed=unattributed)
+                                needed=needed, unattributed=unattributed,
+                                custody=tuple(FleetKey(k.fingerprint, k.not_before)
+                                              for k in custody.values()))
         plan = plan_key_sync(fleet, state, SyncPolicy(restart_mode=RestartMode(cluster.restart)))
         for create in plan.create:
             await fleet_keys.ensure_key_secret(client, namespace, keys[create.fingerprint],

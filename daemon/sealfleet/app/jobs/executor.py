@@ -9,7 +9,7 @@ from typing import Protocol
 
 from sealfleet.adapters.store.records import JobItem, JobRecord, JsonObject
 from sealfleet.domain.jobs import JobKind, StepState
-from sealfleet.domain.keys import SealingKey
+from sealfleet.domain.keys import KeySource, SealingKey
 
 
 @dataclass(frozen=True)
@@ -21,6 +21,7 @@ class Plan:
     params: JsonObject = field(default_factory=dict)
     audit: JsonObject = field(default_factory=dict)
     new_keys: Sequence[SealingKey] = field(default=(), repr=False)
+    new_key_source: KeySource = KeySource.GENERATED   # IMPORTED: a key_import's keys
 
 
 @dataclass(frozen=True)

@@ -48,9 +48,32 @@ def _require_master_mode(ctx: JobContext, what: str) -> None:
                            "sealfleet observes and backs up keys, it renews none itself")
 
 
+# A new master key must be strictly newer than the newest one (the controller keeps the
+# first of equal NotBefores); waiting for the next second costs at most a second.
+_MAX_NOT_BEFORE_WAIT = 2.0
+
+
+async def _after_newest_master(ctx: JobContext) -> None:
+    """Wait, if need be, until a key made now has a later NotBefore (whole seconds)
+    than the newest master key: else a renewal within the second of the previous one
+    would make a key no controller seals with."""
+    records = {r.fingerprint: r for r in await ctx.store.keys.list_keys()}
+    newest = most_recent_key(records[f] for f in ctx.keystore.master if f in records)
+    if newest is None:
+        return
+    wait = (newest.not_before + dt.timedelta(seconds=1)
+            - dt.datetime.now(dt.UTC)).total_seconds()
+    if wait > _MAX_NOT_BEFORE_WAIT:   # a master key dated in the future (imported): say so
+        log.warning("master_key_not_before_in_future", fingerprint=newest.fingerprint,
+                    seconds=round(wait, 1))
+    elif wait > 0:
+        await asyncio.sleep(wait)
+
+
 async def _new_key_plan(ctx: JobContext, first_steps: Sequence[str], audit: JsonObject,
                         params: JsonObject) -> Plan:
     bits = ctx.settings().fleet.key_bits
+    await _after_newest_master(ctx)
     key = await asyncio.to_thread(generate_sealing_key, bits=bits)   # seconds of CPU
     return Plan(steps=[*first_steps, f"master:{key.fingerprint}", *_cluster_steps(ctx)],
                 params={**params, "new_key": key.fingerprint},
@@ -104,13 +127,15 @@ class KeySync(_KeyJob):
     """Every cluster to the master set; the first master key is made when there is none,
     and a newer one when a controller's own renewal made a key newer than the newest
     master key (it would seal with its own; what it sealed stays readable: its key is
-    kept where it is and in the keystore)."""
+    kept where it is and in the keystore).  Each cluster also gets back the keys adopted
+    from it that it lost; outside master mode that is all a sync does."""
 
     kind = JobKind.KEY_SYNC
 
     async def plan(self, params: JsonObject) -> Plan:
         ctx = self._ctx
-        _require_master_mode(ctx, "keys sync")
+        if not ctx.settings().fleet.master:
+            return await self._restore_plan(params)
         await ctx.keystore.refresh()
         if not ctx.keystore.master:
             return await _new_key_plan(ctx, [], {"reason": "no master key yet"}, params)
@@ -121,16 +146,36 @@ class KeySync(_KeyJob):
                                                  "clusters": clusters}, params)
         return Plan(steps=_cluster_steps(ctx), params=dict(params), audit={})
 
+    async def _restore_plan(self, params: JsonObject) -> Plan:
+        """Outside master mode a sync only gives clusters back the keys adopted from
+        them (``keys adopt``) that they lost: no master key, nothing unloaded."""
+        ctx = self._ctx
+        configured = {c.name for c in ctx.settings().clusters}
+        adopted = sorted(name for name in await ctx.store.keys.adopted_keys()
+                         if name in configured)
+        if not adopted:
+            _require_master_mode(ctx, "keys sync")
+        return Plan(steps=[f"cluster:{name}" for name in adopted], params=dict(params),
+                    audit={"restore_adopted_keys": list[JsonValue](adopted)})
+
     async def _outran_by_a_controller(self) -> list[str]:
+        """Clusters whose sealing key, or a key adopted from them (it would seal once
+        written back), is newer than the newest master key."""
         ctx = self._ctx
         records = {r.fingerprint: r for r in await ctx.store.keys.list_keys()}
         newest = most_recent_key(records[f] for f in ctx.keystore.master if f in records)
         if newest is None:
             return []
+
+        def newer(fingerprint: str | None) -> bool:
+            return (fingerprint is not None and fingerprint not in ctx.keystore.master
+                    and fingerprint in records
+                    and records[fingerprint].not_before > newest.not_before)
+
+        adopted = await ctx.store.keys.adopted_keys()   # active ones only
         return sorted(c.name for c in await ctx.store.inventory.list_clusters()
-                      if not c.removed and c.sealing_key and c.sealing_key not in
-                      ctx.keystore.master and c.sealing_key in records
-                      and records[c.sealing_key].not_before > newest.not_before)
+                      if not c.removed and (newer(c.sealing_key) or any(
+                          newer(fp) for fp in adopted.get(c.name, ()))))
 
 
 class Renewal(_KeyJob):
@@ -191,6 +236,9 @@ class Retire(_KeyJob):
         if fingerprint not in {r.fingerprint for r in await ctx.store.keys.list_keys()}:
             raise RefusedError(f"no key {fingerprint} is known to the fleet")
         users = await ctx.store.inventory.sealed_secrets_using_key(fingerprint)
+        # Git documents too: a key retired under them would not open them once applied.
+        users += [(f"repo:{link.repo}", link.path, f"document {link.document}")
+                  for link in await ctx.store.git.sealed_secrets_using_key(fingerprint)]
         if users:
             shown = ", ".join("/".join(ref) for ref in users[:_SHOWN])
             more = f" and {len(users) - _SHOWN} more" if len(users) > _SHOWN else ""
@@ -243,6 +291,9 @@ class Adopt(_KeyJob):
             if seen.problem is None:
                 found.append(await asyncio.to_thread(seen.load))
         await ctx.keystore.adopt(found, source=KeySource.CLUSTER)
+        # Custody: written back to this cluster by every sync if it loses them.
+        await ctx.store.keys.record_adoption(cluster.name, [k.fingerprint for k in found],
+                                             job_id=job.id)
         if job.params.get("share"):
             for key in found:
                 await ctx.keystore.add_master(key.fingerprint)

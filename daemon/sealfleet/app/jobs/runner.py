@@ -24,7 +24,6 @@ from sealfleet.adapters.store.key_material import EncryptedKey
 from sealfleet.adapters.store.records import JobItem, JobRecord, JsonObject, KeyMaterial
 from sealfleet.app.jobs.executor import Executor
 from sealfleet.domain.jobs import JobKind, JobState, StepState, outcome
-from sealfleet.domain.keys import KeySource
 from sealfleet.errors import FleetError, RefusedError
 
 log = structlog.get_logger(__name__)
@@ -66,7 +65,7 @@ class JobRunner:
         sealed: list[EncryptedKey] = []
         if plan.new_keys:
             sealed, refused = await self._store.keys.seal(
-                [KeyMaterial(key=k, source=KeySource.GENERATED) for k in plan.new_keys])
+                [KeyMaterial(key=k, source=plan.new_key_source) for k in plan.new_keys])
             if refused:
                 raise RefusedError(f"{kind}: a new key was refused: {refused[0].reason}")
         job_id = await self._store.jobs.create_job(

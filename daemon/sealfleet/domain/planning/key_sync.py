@@ -18,7 +18,8 @@ Rules, each one a guard against losing something:
 
 - a master key not loaded gets a Secret: sealfleet's own (relabelled ``active`` if it
   exists, else created under its fleet name); a Secret someone else wrote is never
-  edited to activate a key;
+  edited to activate a key; so does a key adopted from this very cluster (its
+  *custody* keys: ``keys adopt``) that the cluster lost, and only this cluster;
 - a retired or compromised key that is loaded is relabelled (``retired``/``compromised``)
   in every Secret that loads it, or in none: not when a SealedSecret of the cluster is
   still sealed with it, not when some SealedSecret's key is unknown (it might be this
@@ -58,6 +59,7 @@ class RestartMode(enum.StrEnum):
 
 class DriftReason(enum.StrEnum):
     MISSING_MASTER_KEY = "missing_master_key"
+    MISSING_ADOPTED_KEY = "missing_adopted_key"
     EXTRA_ACTIVE_KEY = "extra_active_key"
     RETIRED_KEY_ACTIVE = "retired_key_active"
     RETIREMENT_BLOCKED = "retirement_blocked"
@@ -130,6 +132,9 @@ class ClusterKeyState:
     served_fingerprint: str | None = None   # /v1/cert.pem; None when unknown
     needed: frozenset[str] = frozenset()    # keys its SealedSecrets are sealed with
     unattributed: bool = False              # a SealedSecret opens with no known key
+    # Keys adopted from this cluster (not shared into the master set): it keeps them
+    # loaded, and gets them back if it loses them.
+    custody: tuple[FleetKey, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -208,7 +213,7 @@ def plan_key_sync(fleet: FleetKeySet, cluster: ClusterKeyState,
                           | {c.fingerprint for c in create}, policy=policy, drift=drift)
     relabel = (*activate, *retire)
 
-    after = _applied(cluster.held, create, relabel, fleet)
+    after = _applied(cluster.held, create, relabel, _wanted(fleet, cluster))
     loaded_after = {h.fingerprint for h in after if loads(h, flags)}
     expected_before = sealing_key(cluster.held, flags)
     expected_after = sealing_key(after, flags)
@@ -247,7 +252,7 @@ def _activations(fleet: FleetKeySet, cluster: ClusterKeyState, drift: list[Drift
     names = {h.secret_name: h for h in cluster.held}
     create: list[CreateKeySecret] = []
     activate: list[SetKeyLabel] = []
-    for key in sorted(fleet.master, key=lambda k: k.not_before):
+    for key in sorted(_wanted(fleet, cluster), key=lambda k: k.not_before):
         holders = [h for h in cluster.held if h.fingerprint == key.fingerprint]
         if any(loads(h, flags) for h in holders):
             continue
@@ -263,6 +268,13 @@ def _activations(fleet: FleetKeySet, cluster: ClusterKeyState, drift: list[Drift
             continue
         create.append(CreateKeySecret(name, key.fingerprint))
     return tuple(create), tuple(activate)
+
+
+def _wanted(fleet: FleetKeySet, cluster: ClusterKeyState) -> tuple[FleetKey, ...]:
+    """The keys this cluster must load: the master set and its own adopted keys."""
+    master = {k.fingerprint for k in fleet.master}
+    return (*fleet.master, *(k for k in cluster.custody if k.fingerprint not in master
+                             and fleet.unwanted_label(k.fingerprint) is None))
 
 
 def _retirements(fleet: FleetKeySet, cluster: ClusterKeyState, loaded_before: set[str], *,
@@ -314,12 +326,12 @@ def _retirement_blocked(fingerprint: str, holders: Sequence[HeldKey],
 
 
 def _applied(held: Iterable[HeldKey], create: Sequence[CreateKeySecret],
-             relabel: Sequence[SetKeyLabel], fleet: FleetKeySet) -> list[HeldKey]:
+             relabel: Sequence[SetKeyLabel], wanted: Sequence[FleetKey]) -> list[HeldKey]:
     """The key Secrets once the plan is carried out (new ones last, as created)."""
     labels = {r.secret_name: r.label for r in relabel}
     after = [dataclasses.replace(h, label=labels[h.secret_name])
              if h.secret_name in labels else h for h in held]
-    not_before = {k.fingerprint: k.not_before for k in fleet.master}
+    not_before = {k.fingerprint: k.not_before for k in wanted}
     newest = max((h.created for h in after if h.created is not None), default=None)
     for index, new in enumerate(create):
         # Created after everything there, in order (a second apart, the controller's
@@ -336,9 +348,12 @@ def _observed_drift(fleet: FleetKeySet, cluster: ClusterKeyState, loaded: set[st
     flags = cluster.flags
     drift: list[Drift] = []
     master = {k.fingerprint for k in fleet.master}
+    custody = {k.fingerprint for k in _wanted(fleet, cluster)} - master
     for fingerprint in sorted(master - loaded):
         drift.append(Drift(DriftReason.MISSING_MASTER_KEY, fingerprint))
-    for fingerprint in sorted(loaded - master):
+    for fingerprint in sorted(custody - loaded):
+        drift.append(Drift(DriftReason.MISSING_ADOPTED_KEY, fingerprint))
+    for fingerprint in sorted(loaded - master - custody):
         unwanted = fleet.unwanted_label(fingerprint) is not None
         drift.append(Drift(DriftReason.RETIRED_KEY_ACTIVE if unwanted
                            else DriftReason.EXTRA_ACTIVE_KEY, fingerprint))
