@@ -9,6 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import pytest
+import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -17,6 +18,10 @@ from sealfleet.errors import InputError
 
 B64 = st.binary(min_size=1, max_size=40).map(lambda b: base64.b64encode(b).decode())
 ITEM = st.from_regex(r"[a-z][a-z0-9._-]{0,10}", fullmatch=True)
+# A plain key that YAML 1.1 (kubectl's sigs.k8s.io/yaml) reads as something else (``no``,
+# ``on``, ``null``) is not the item name it looks like: kubectl would apply ``no`` as an
+# item "false".  Such keys are reported, not located (tested below).
+YAML_ITEM = ITEM.filter(lambda name: yaml.safe_load(f"{name}: x") == {name: "x"})
 Render = Callable[[dict[str, str]], str]
 
 
@@ -80,7 +85,7 @@ def yaml_layouts(draw: st.DrawFn) -> Layout:
         template_first = draw(st.booleans())
         if template_first:
             chunks.append(template)
-        names = draw(st.lists(ITEM, min_size=1, max_size=4, unique=True))
+        names = draw(st.lists(YAML_ITEM, min_size=1, max_size=4, unique=True))
         flow = draw(st.booleans())
         chunks.append(f"{indent}encryptedData:" + ("" if flow else nl))
         if flow:
@@ -332,3 +337,15 @@ def test_documents_are_numbered_as_parse_documents_numbers_them() -> None:
     (json_doc,) = splice.locate(json_text.encode(), source="x.json").documents
     assert json_doc.index == 1
     assert documents.parse_documents(json_text)[1]["metadata"]["name"] == "db"
+
+
+def test_an_item_name_yaml_reads_as_a_boolean_is_reported_not_located() -> None:
+    # Unquoted, ``no`` is YAML 1.1's false: the cluster would get an item "false".
+    located = splice.locate((HEAD + "  encryptedData:\n    no: AgBx\n").encode(),
+                            source="x.yaml")
+    (document,) = located.documents
+    assert document.values == {}
+    assert "key that is not a string" in document.problems[""]
+    quoted = splice.locate((HEAD + "  encryptedData:\n    'no': AgBx\n").encode(),
+                           source="x.yaml")
+    assert set(quoted.documents[0].values) == {"no"}

@@ -359,12 +359,35 @@ class _Planner:
     def plan(self) -> ResealPlan:
         planned = sorted(self.planned, key=lambda p: (
             p.source, p.cluster or "", p.repo or "", p.path or "",
-            -1 if p.document is None else p.document, p.namespace, p.name))
+            -1 if p.document is None else p.document, p.namespace, p.name,
+            _items_key(p.items), p.reason, p.scope, p.target_key, p.clusters))
         warnings = tuple(f"{count} SealedSecret(s) not judged: {why}"
                          for why, count in sorted(self.unjudged.items()))
         return ResealPlan(tuple(planned),
-                          tuple(sorted(self.not_planned, key=lambda n: (n.source, n.ref))),
+                          tuple(sorted(self.not_planned, key=lambda n: (
+                              n.source, n.ref, n.reason, n.state, n.cluster or "",
+                              n.repo or ""))),
                           warnings)
+
+
+def _items_key(items: tuple[ItemKey, ...]) -> tuple[tuple[str, str], ...]:
+    return tuple((i.item, i.fingerprint or "") for i in items)
+
+
+# Total orders over the inputs: the store never holds two objects (or documents) with
+# one identity, but the planner must not depend on that for its answer, nor on the
+# order the inputs come in (a dict built from them keeps the last of equal keys).
+def _object_key(obj: ClusterSealedSecret) -> tuple[object, ...]:
+    origin = obj.origin
+    return (obj.cluster, obj.namespace, obj.name, obj.scope, _items_key(obj.items),
+            obj.state, repr(obj.managed_by),
+            () if origin is None else (origin.repo, origin.path,
+                                       -1 if origin.document is None else origin.document))
+
+
+def _document_key(doc: GitSealedSecret) -> tuple[object, ...]:
+    return (doc.repo, doc.path, doc.document, doc.namespace, doc.name, doc.scope,
+            _items_key(doc.items), doc.clusters)
 
 
 def plan_reseal(cluster_objects: Iterable[ClusterSealedSecret],
@@ -374,14 +397,14 @@ def plan_reseal(cluster_objects: Iterable[ClusterSealedSecret],
     in any order give equal plans."""
     planner = _Planner(targets, selection)
     documents: dict[tuple[str, str, int | None], GitSealedSecret] = {
-        (d.repo, d.path, d.document): d for d in git_documents}
+        (d.repo, d.path, d.document): d for d in sorted(git_documents, key=_document_key)}
     by_name = {(d.repo, d.path, d.namespace, d.name): k for k, d in documents.items()}
     deployed = {k: set(d.clusters) for k, d in documents.items()}
     # Cluster objects known from their cluster only (the repository not walked yet, or
     # the file moved): planned by file and document (or name, without an index); the
     # write side checks that the document is the object it expects.
     loose: dict[tuple[str, str, int | str], list[ClusterSealedSecret]] = {}
-    for obj in cluster_objects:
+    for obj in sorted(cluster_objects, key=_object_key):
         origin = obj.origin
         if obj.managed_by is None and origin is None:
             planner.cluster_object(obj)
@@ -402,7 +425,7 @@ def plan_reseal(cluster_objects: Iterable[ClusterSealedSecret],
                          document.namespace, document.name, document.scope, document.items,
                          tuple(sorted(deployed[key])))
     for (repo, path, _), objs in sorted(loose.items(), key=lambda kv: str(kv[0])):
-        first = min(objs, key=lambda o: (o.cluster, o.namespace, o.name))
+        first = min(objs, key=_object_key)
         index = first.origin.document if first.origin else None
         planner.document(repo, path, index, first.namespace, first.name, first.scope,
                          first.items, tuple(sorted({o.cluster for o in objs})))
