@@ -67,7 +67,8 @@ async def passes_after(sandbox: Sandbox, count: int) -> None:
 async def test_the_seeded_flux_objects_are_in_git_byte_for_byte_and_applied_unchanged(
         sandbox: Sandbox, client: KubeClient) -> None:
     entries = managed(sandbox)
-    assert entries and len(entries) < SPEC.sealed_secrets
+    assert entries
+    assert len(entries) < SPEC.sealed_secrets
     assert sandbox.gitops is not None
     clone = sandbox.gitops.clone
     head = git("rev-parse", "main", cwd=sandbox.gitops.remote).strip()

@@ -320,6 +320,7 @@ async def _demo_async(state_dir: Path, clusters: int, *, once: bool, output: str
     import sealfleet.sandbox as sandbox_module
     from sealfleet.app import service
     from sealfleet.app.config import load_settings
+    from sealfleet.app.repos import RepoScanner
 
     # Two keys per cluster (NotBefore 35 and 5 days ago): SealedSecrets sealed with the
     # older one are stale.  2048-bit keys keep the demo's start-up quick.  A third of
@@ -356,12 +357,14 @@ async def _demo_async(state_dir: Path, clusters: int, *, once: bool, output: str
                               f"{address.removeprefix('unix:')} http://sealfleet/"
                               "api/v1/staleness", file=info)
             view = daemon.view
-            if daemon.fleet is not None:
-                # The report should show the GitOps repository scanned, not pending.
+            scanner = getattr(daemon.fleet, "repos", None)
+            if isinstance(scanner, RepoScanner):
+                # The report should show the GitOps repository scanned, not pending.  The
+                # scanner counts passes (no event to wait on), so the demo polls it.
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(30):
-                        while any(scan.passes == 0
-                                  for scan in daemon.fleet.repos.scans.values()):
+                        while any(scan.passes == 0  # noqa: ASYNC110
+                                  for scan in scanner.scans.values()):
                             await asyncio.sleep(0.05)
             if view is not None:
                 _print_report((await view.rebuild()).report, output)

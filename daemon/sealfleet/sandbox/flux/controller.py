@@ -87,10 +87,10 @@ def _condition(previous: Obj | None, status: str, reason: str, message: str,
     """The Ready condition; lastTransitionTime moves only when the status does."""
     old = next((c for c in (previous or {}).get("conditions") or []
                 if c.get("type") == "Ready"), None)
-    moved = old is None or old.get("status") != status
+    since = (old.get("lastTransitionTime") if old is not None
+             and old.get("status") == status else None)
     return [{"type": "Ready", "status": status, "reason": reason, "message": message,
-             "observedGeneration": generation,
-             "lastTransitionTime": now_rfc3339() if moved else old["lastTransitionTime"]}]
+             "observedGeneration": generation, "lastTransitionTime": since or now_rfc3339()}]
 
 
 class FluxController:

@@ -2,7 +2,10 @@
 remote (never anyone's working tree) and keep its files as an artifact.
 
 The revision is named as source-controller v1 names it, ``<branch>@sha1:<commit>``; an
-artifact is read again only when the branch moved.  The remote is a local one (a
+artifact is read again only when the branch moved.  Whether it moved is read from the
+remote's ref files (loose, else ``packed-refs``) without running git: at a fetch every
+fraction of a second per cluster, a process per look would be most of the sandbox's
+work (and asyncio's child watcher starts a thread for each).  The remote is a local one (a
 ``file://`` URL, as the sandbox's GitOps repository is), read in place with
 ``git --git-dir``: the commit's tree and its blobs, nothing checked out.
 """
@@ -62,6 +65,28 @@ async def _git(git_dir: Path, *args: str, stdin: bytes | None = None) -> bytes:
     return out
 
 
+def _ref_from_files(git_dir: Path, branch: str) -> str | None:
+    """The branch's commit from the ref files, or None (not found, or not plain)."""
+    ref = f"refs/heads/{branch}"
+    try:
+        text = (git_dir / ref).read_text().strip()
+    except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+        text = ""
+    except OSError:
+        return None
+    if len(text) == 40 and all(c in "0123456789abcdef" for c in text):
+        return text
+    try:
+        packed = (git_dir / "packed-refs").read_text()
+    except OSError:
+        return None
+    for line in packed.splitlines():
+        sha, _, name = line.partition(" ")
+        if name == ref and len(sha) == 40:
+            return sha
+    return None
+
+
 def _wanted(path: str) -> bool:
     name = path.rsplit("/", 1)[-1]
     return name.endswith(_MANIFEST_SUFFIXES) or name in _KUSTOMIZATION_FILES
@@ -73,9 +98,13 @@ async def fetch(url: str, branch: str, previous: Artifact | None = None) -> Arti
     if not git_dir.is_dir():
         raise SourceError(f"failed to checkout and determine revision: repository "
                           f"{url} does not exist")
+    commit = _ref_from_files(git_dir, branch)
+    if commit is not None and previous is not None and previous.commit == commit:
+        return previous
     try:
-        commit = (await _git(git_dir, "rev-parse", "--verify", "--quiet",
-                             f"refs/heads/{branch}^{{commit}}")).decode().strip()
+        if commit is None:
+            commit = (await _git(git_dir, "rev-parse", "--verify", "--quiet",
+                                 f"refs/heads/{branch}^{{commit}}")).decode().strip()
     except SourceError:
         raise SourceError(f"failed to checkout and determine revision: unable to clone "
                           f"'{url}': couldn't find remote ref \"refs/heads/{branch}\"") from None
