@@ -194,5 +194,10 @@ def prune(store: ObjectStore, previous: Iterable[dict[str, str]], changes: Chang
                 or _marked(existing, PRUNE, "disabled") \
                 or _marked(existing, RECONCILE, "disabled"):
             continue
-        store.delete(rtype.key, namespace or None, name)
+        try:
+            store.delete(rtype.key, namespace or None, name)
+        except ApiError as error:
+            if error.code != 404:   # gone meanwhile: what pruning wanted
+                raise ApplyError(f"{kind}/{namespace}/{name} prune failed: "
+                                 f"{error.message}") from None
         changes.actions[entry["id"]] = "deleted"
