@@ -9,6 +9,7 @@ import json
 import signal
 import subprocess
 import sys
+import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -129,3 +130,14 @@ def test_demo_once_reports_the_seeded_truth(tmp_path: Path) -> None:
         assert cluster["sealed_secrets"]["total"] == len(mine)
         assert cluster["sealed_secrets"]["stale"] == len(stale)
         assert cluster["sealed_secrets"]["current"] == len(mine) - len(stale)
+    # A share of them is applied by Flux from the sandbox's GitOps repository, which the
+    # demo's config names and whose first scan the report shows.
+    settings = tomllib.loads((tmp_path / "sealfleet.toml").read_text())
+    (repo,) = settings["repos"]
+    assert (repo["name"], repo["path"], repo["remote"], repo["push"]) == (
+        "gitops", "gitops/clone", "origin", True)
+    in_git = [s for s in seed["sealed_secrets"] if "git_path" in s]
+    assert in_git
+    (scanned,) = report["repos"]
+    assert scanned["head_branch"] == "main"
+    assert scanned["sealed_secrets"]["total"] == len(in_git)

@@ -4,6 +4,8 @@ The controller's two Services are wired into the apiserver's service proxy: a re
 ``/api/v1/namespaces/kube-system/services/http:sealed-secrets-controller:/proxy/v1/cert.pem``
 reaches the running controller process in-process, or gets the apiserver's 503 "no
 endpoints available" while the Pod is not ready (restarting, crash-looping, deleted).
+With :meth:`SandboxCluster.enable_flux` an emulated Flux (:mod:`sealfleet.sandbox.flux`)
+runs beside it, applying the cluster's directory of the sandbox's GitOps repository.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from sealfleet.sandbox.apiserver import ApiServer, Tokens
 from sealfleet.sandbox.apiserver.proxy import unavailable
 from sealfleet.sandbox.controller import ControllerFlags, ControllerWorkload
 from sealfleet.sandbox.controller.workload import DEFAULT_STARTUP_DELAY
+from sealfleet.sandbox.flux import FluxController
 from sealfleet.sandbox.objects import ObjectStore
 from sealfleet.sandbox.seeding import SeedTarget
 from sealfleet.sandbox.tls import CertificateAuthority
@@ -43,7 +46,17 @@ class SandboxCluster:
                                            flags=flags, crash_backoff=crash_backoff, rng=rng,
                                            startup_delay=startup_delay)
         self.workload.install()
+        self.flux: FluxController | None = None
         self._task: asyncio.Task[None] | None = None
+        self._flux_task: asyncio.Task[None] | None = None
+
+    def enable_flux(self, url: str, *, interval: float, source_interval: float,
+                    prune: bool = True) -> FluxController:
+        """Flux's objects and controllers for this cluster (before ``async with``)."""
+        self.flux = FluxController(self.store, cluster=self.name)
+        self.flux.install(url, interval=interval, source_interval=source_interval,
+                          prune_objects=prune)
+        return self.flux
 
     @property
     def seed_target(self) -> SeedTarget:
@@ -64,9 +77,16 @@ class SandboxCluster:
         for service in (name, f"{name}-metrics"):
             self.api.register_service_handler(namespace, service, self._handler(service))
         self._task = asyncio.create_task(self.workload.run(), name=f"{self.name}-kubelet")
+        if self.flux is not None:
+            self._flux_task = asyncio.create_task(self.flux.run(), name=f"{self.name}-flux")
         return self
 
     async def __aexit__(self, *exc: object) -> None:
+        if self._flux_task is not None:
+            self._flux_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._flux_task
+            self._flux_task = None
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -75,8 +95,12 @@ class SandboxCluster:
         await self.api.stop()
 
     async def wait_serving(self) -> None:
-        """Until the controller answers (its Pod is ready)."""
-        while self.workload.process is None:
+        """Until the controller answers (its Pod is ready) and Flux, if any, has made its
+        first pass."""
+        while self.workload.process is None or (
+                self.flux is not None and not self.flux.first_pass.is_set()):
+            if self._flux_task is not None and self._flux_task.done():
+                self._flux_task.result()  # surface a Flux-loop failure
             if self._task is not None and self._task.done():
                 self._task.result()  # surface a kubelet-loop failure
             if self.workload.last_crash is not None:

@@ -5,6 +5,12 @@ Order matters and is what a real fleet looks like when a client arrives: the obj
 then the apiservers listen, then the controllers start and load their keys, and only
 when every controller serves is ``DIR/ready`` written.  On exit ``ready`` goes first,
 then the controllers and apiservers stop.
+
+With ``SeedSpec.gitops_fraction`` the seeded objects Flux applies are also written to a
+GitOps repository (``DIR/gitops/remote.git``, bare, and ``DIR/gitops/clone``, the
+user's checkout; :mod:`sealfleet.sandbox.gitops`), each cluster runs an emulated Flux
+(:mod:`sealfleet.sandbox.flux`) on it, whose first pass is done before ``ready``, and
+``sealfleet.toml`` gets the repository as ``[[repos]]``.
 """
 
 from __future__ import annotations
@@ -28,6 +34,12 @@ import structlog
 from sealfleet.sandbox.cluster import SandboxCluster
 from sealfleet.sandbox.controller import ControllerFlags
 from sealfleet.sandbox.controller.workload import DEFAULT_STARTUP_DELAY
+from sealfleet.sandbox.gitops import (
+    FLUX_NAME_LABEL,
+    GitOpsRepo,
+    create_repository,
+    repository_files,
+)
 from sealfleet.sandbox.kubeconfig import KubeconfigContext, write_kubeconfig
 from sealfleet.sandbox.seeding import Seeder, SeedSpec
 from sealfleet.sandbox.tls import CertificateAuthority
@@ -35,6 +47,10 @@ from sealfleet.sandbox.tls import CertificateAuthority
 _log = structlog.get_logger(__name__)
 
 RSA_THREADS = 2
+SEALED = "sealedsecrets.bitnami.com"
+REPO_NAME = "gitops"
+FLUX_INTERVAL = 600.0        # the Kustomization's spec.interval: 10m, as flux bootstrap
+FLUX_SOURCE_INTERVAL = 60.0  # the GitRepository's: 1m, as flux bootstrap
 
 
 def _write_private(path: Path, data: bytes) -> None:
@@ -52,8 +68,20 @@ def _write_parts(path: Path, parts: Sequence[bytes]) -> None:
         handle.writelines(parts)
 
 
+def repo_config(cluster_names: Sequence[str], path: str) -> list[str]:
+    """The ``[[repos]]`` entry of the GitOps repository: ``clusters/<name>/`` is meant
+    for that cluster alone (its key opens it), so one rule per cluster."""
+    lines = ["", "[[repos]]", f'name = "{REPO_NAME}"', f"path = {json.dumps(path)}",
+             'remote = "origin"', "push = true", 'base_branch = "main"',
+             "clusters = [" + ", ".join(json.dumps(n) for n in cluster_names) + "]"]
+    for name in cluster_names:
+        lines += ["", "[[repos.rules]]", f"paths = [{json.dumps(f'clusters/{name}/**')}]",
+                  f"clusters = [{json.dumps(name)}]"]
+    return lines
+
+
 def daemon_config(cluster_names: Sequence[str], *, master_keys: Sequence[str] = (),
-                  key_renew_period: str = "30d") -> str:
+                  key_renew_period: str = "30d", repo_path: str | None = None) -> str:
     """``sealfleet.toml`` for these clusters (the daemon config), paths relative to DIR."""
     lines = [
         "# Written by `sealfleet sandbox`: a daemon config for the sandbox clusters.",
@@ -82,6 +110,8 @@ def daemon_config(cluster_names: Sequence[str], *, master_keys: Sequence[str] = 
         lines += ["", "[[clusters]]", f'name = "{name}"', 'kubeconfig = "kubeconfig"',
                   f'context = "{name}"', 'controller_namespace = "kube-system"',
                   'controller_name = "sealed-secrets-controller"', "read_key_secrets = true"]
+    if repo_path is not None:
+        lines += repo_config(cluster_names, repo_path)
     return "\n".join(lines) + "\n"
 
 
@@ -93,7 +123,10 @@ class Sandbox:
                  cluster_flags: dict[str, ControllerFlags] | None = None,
                  crash_backoff: tuple[float, float] = (10.0, 300.0),
                  seed_processes: int | None = None, bookmark_interval: float = 5.0,
-                 startup_delay: float = DEFAULT_STARTUP_DELAY) -> None:
+                 startup_delay: float = DEFAULT_STARTUP_DELAY,
+                 flux_interval: float = FLUX_INTERVAL,
+                 flux_source_interval: float = FLUX_SOURCE_INTERVAL,
+                 flux_prune: bool = True) -> None:
         if clusters < 1:
             raise ValueError("a sandbox needs at least one cluster")
         self.state_dir = Path(state_dir)
@@ -105,6 +138,8 @@ class Sandbox:
         self._seed_processes = seed_processes
         self._bookmark_interval = bookmark_interval
         self._startup_delay = startup_delay
+        self._flux = (flux_interval, flux_source_interval, flux_prune)
+        self.gitops: GitOpsRepo | None = None
         self.clusters: dict[str, SandboxCluster] = {}
         self.seed_record: dict[str, Any] | None = None
         self.timings: dict[str, float] = {}
@@ -171,10 +206,28 @@ class Sandbox:
             self.timings["seed_seconds"] = time.perf_counter() - seeding_started
             await asyncio.to_thread(_write_parts, self.seed_file,
                                     seeder.encoded(self.seed_record))
+            if self._seed.gitops_fraction > 0:
+                await self._start_gitops()
         for cluster in self.clusters.values():
             await self._stack.enter_async_context(cluster)
         await asyncio.gather(*(c.wait_serving() for c in self.clusters.values()))
         await asyncio.to_thread(self._write_files, ca)
+
+    async def _start_gitops(self) -> None:
+        """The repository of what Flux applies (the seeded objects with Flux's labels, as
+        they are in the clusters), and each cluster's Flux on its remote."""
+        applied = {}
+        for name, cluster in self.clusters.items():
+            objects, _ = cluster.store.list(SEALED, None)
+            applied[name] = [o for o in objects
+                             if FLUX_NAME_LABEL in (o["metadata"].get("labels") or {})]
+        files = repository_files(applied)
+        self.gitops = await asyncio.to_thread(create_repository, self.state_dir / "gitops",
+                                              files)
+        interval, source_interval, prune = self._flux
+        for cluster in self.clusters.values():
+            cluster.enable_flux(self.gitops.url, interval=interval,
+                                source_interval=source_interval, prune=prune)
 
     def _write_files(self, ca: CertificateAuthority) -> None:
         contexts = []
@@ -194,7 +247,10 @@ class Sandbox:
         if self._seed is not None and self._seed.shared_key and self.seed_record:
             first = next(iter(self.seed_record["clusters"].values()))
             master = [first["sealing_key"]]
-        self.config.write_text(daemon_config(self.names, master_keys=master))
+        repo_path = (str(self.gitops.clone.relative_to(self.state_dir))
+                     if self.gitops is not None else None)
+        self.config.write_text(daemon_config(self.names, master_keys=master,
+                                             repo_path=repo_path))
 
 
 class SandboxProcess:

@@ -29,6 +29,11 @@ Objects are as old as the keys that sealed them: each SealedSecret (and its Secr
 created at a random time between the NotBefore of the key that sealed its first item
 and the next newer key's (or now), the time when kubeseal sealed with that key, as on a
 real cluster whose objects were created over the keys' lifetimes.
+
+``gitops_fraction`` makes that share of each cluster's good SealedSecrets (chosen per
+object from the seed, without moving anything else the seed decides) applied by Flux:
+they carry the labels the kustomize-controller sets, and the sandbox writes them, the
+same ciphertext byte for byte, into its GitOps repository (:mod:`sealfleet.sandbox.gitops`).
 """
 
 from __future__ import annotations
@@ -58,6 +63,7 @@ from sealfleet.domain import sealed_secrets as sealing
 from sealfleet.domain.scopes import Scope, encryption_label, with_scope_annotations
 from sealfleet.sandbox.controller.keyring import remember_parsed
 from sealfleet.sandbox.controller.unsealing import SyncKnowledge, build_secret
+from sealfleet.sandbox.gitops import document_path, flux_labels
 from sealfleet.sandbox.objects import ApiError, ObjectStore
 
 SEALED = "sealedsecrets.bitnami.com"
@@ -82,6 +88,11 @@ class SeedSpec:
     shared_key: bool = False
     key_bits: int = 4096
     malformed: int = 0
+    gitops_fraction: float = 0.0  # share of good SealedSecrets applied by Flux from Git
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.gitops_fraction <= 1.0:
+            raise ValueError("gitops_fraction must be between 0 and 1")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,6 +119,7 @@ class _Planned:
     scope: Scope
     items: list[_Item]
     broken: bool = False
+    gitops: bool = False  # applied by Flux from the sandbox's GitOps repository
 
     @property
     def label(self) -> bytes:
@@ -263,6 +275,8 @@ class Seeder:
             ready = {target.name: loop.create_future() for target in targets}
             rng = random.Random(spec.seed)
             plans = {target.name: plan_cluster(spec, rng) for target in targets}
+            for target in targets:
+                self._choose_gitops(target.name, plans[target.name])
             async with asyncio.TaskGroup() as group:
                 group.create_task(self._keys_in_turn(loop, key_pool, own_ages, first, shared,
                                                      ready), name="seed-keys")
@@ -275,6 +289,16 @@ class Seeder:
                 "spec": dataclasses.asdict(spec),
                 "clusters": {t.name: r[0] for t, r in zip(targets, records, strict=True)},
                 "sealed_secrets": [entry for r in records for entry in r[1]]}
+
+    def _choose_gitops(self, cluster: str, planned: list[_Planned]) -> None:
+        """Which objects Flux applies: a draw of their own per object (not from the
+        plan's random sequence, so a seed's objects stay what they were without it)."""
+        fraction = self.spec.gitops_fraction
+        if fraction <= 0:
+            return
+        for p in planned:
+            draw = random.Random(f"{self.spec.seed}/{cluster}/{p.namespace}/{p.name}/gitops")
+            p.gitops = not p.broken and draw.random() < fraction
 
     def encoded(self, record: dict[str, Any]) -> list[bytes]:
         """``seed.json`` in parts: together exactly ``json.dumps(record, separators=(",",
@@ -401,6 +425,8 @@ class Seeder:
         sealed_objects = [self._sealed_object(p, ciphertexts) for p in chunk]
         for planned, sealed in zip(chunk, sealed_objects, strict=True):
             sealed["metadata"]["creationTimestamp"] = self._creation(target, planned, windows)
+            if planned.gitops:
+                sealed["metadata"]["labels"].update(flux_labels())
         target.store.load(SEALED, sealed_objects, keep_creation_timestamps=True)
         owned = [(p, o) for p, o in zip(chunk, sealed_objects, strict=True) if not p.broken]
         secrets = [build_secret(sealed, sealing.identity_of(sealed),
@@ -421,6 +447,8 @@ class Seeder:
                        "key": fingerprints[i.key_index] if i.key_index >= 0 else None,
                        "sha256": hashlib.sha256(i.plaintext).hexdigest()}
                       for i in p.items],
+            **({"git_path": document_path(target.name, p.namespace, p.name)}
+               if p.gitops else {}),
         } for p in chunk]
 
     def _creation(self, target: SeedTarget, planned: _Planned,

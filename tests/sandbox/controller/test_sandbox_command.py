@@ -74,6 +74,14 @@ def test_sandbox_command_rejects_bad_arguments(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert result.stderr.strip() == \
         "sealfleet: error: --controller-startup-delay must be between 0 and 3600 seconds"
+    for flag, value, message in (
+            ("--gitops", "1.5", "--gitops: FRACTION must be between 0 and 1"),
+            ("--flux-interval", "often", "--flux-interval: invalid duration 'often'")):
+        command[-2:] = [flag, value]
+        result = subprocess.run(command, capture_output=True, text=True, check=False,
+                                timeout=30)
+        assert result.returncode == 2
+        assert result.stderr.strip() == f"sealfleet: error: {message}"
 
 
 def test_sandbox_command_ready_names_the_server_and_sigint_removes_it(tmp_path: Path) -> None:

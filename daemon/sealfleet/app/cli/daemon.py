@@ -320,10 +320,13 @@ async def _demo_async(state_dir: Path, clusters: int, *, once: bool, output: str
     import sealfleet.sandbox as sandbox_module
     from sealfleet.app import service
     from sealfleet.app.config import load_settings
+    from sealfleet.app.repos import RepoScanner
 
     # Two keys per cluster (NotBefore 35 and 5 days ago): SealedSecrets sealed with the
-    # older one are stale.  2048-bit keys keep the demo's start-up quick.
-    seed = sandbox_module.SeedSpec(namespaces=3, sealed_secrets=20, keys=2, key_bits=2048)
+    # older one are stale.  2048-bit keys keep the demo's start-up quick.  A third of
+    # them are applied by Flux from the sandbox's GitOps repository (a [[repos]] entry).
+    seed = sandbox_module.SeedSpec(namespaces=3, sealed_secrets=20, keys=2, key_bits=2048,
+                                   gitops_fraction=0.3)
     info = sys.stderr if output == "json" else sys.stdout
     print(f"Starting {clusters} emulated clusters in {state_dir} ...", file=info, flush=True)
     async with sandbox_module.Sandbox(state_dir, clusters=clusters, seed=seed) as sandbox:
@@ -354,6 +357,15 @@ async def _demo_async(state_dir: Path, clusters: int, *, once: bool, output: str
                               f"{address.removeprefix('unix:')} http://sealfleet/"
                               "api/v1/staleness", file=info)
             view = daemon.view
+            scanner = getattr(daemon.fleet, "repos", None)
+            if isinstance(scanner, RepoScanner):
+                # The report should show the GitOps repository scanned, not pending.  The
+                # scanner counts passes (no event to wait on), so the demo polls it.
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(30):
+                        while any(scan.passes == 0  # noqa: ASYNC110
+                                  for scan in scanner.scans.values()):
+                            await asyncio.sleep(0.05)
             if view is not None:
                 _print_report((await view.rebuild()).report, output)
             if once:

@@ -52,6 +52,18 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                         help="seconds from a new controller Pod to its process starting, as a "
                              "node takes; meanwhile an old Pod keeps serving (default 2.5; "
                              "0 for instant restarts)")
+    parser.add_argument("--gitops", nargs="?", type=float, const=0.3, default=0.0,
+                        metavar="FRACTION",
+                        help="a GitOps repository (DIR/gitops: bare remote.git and its clone, "
+                             "a [[repos]] entry in sealfleet.toml) holding FRACTION of each "
+                             "cluster's SealedSecrets (default 0.3 when given), applied by an "
+                             "emulated Flux per cluster")
+    parser.add_argument("--flux-interval", default="10m", metavar="D",
+                        help="the Kustomization's spec.interval (drift correction), Go "
+                             "syntax (default 10m)")
+    parser.add_argument("--flux-source-interval", default="1m", metavar="D",
+                        help="the GitRepository's spec.interval (how often the remote is "
+                             "fetched), Go syntax (default 1m)")
     parser.set_defaults(handler=run_sandbox)
 
 
@@ -66,6 +78,18 @@ def _renew_period(text: str) -> dt.timedelta:
         raise InputError(f"--key-renew-period: invalid duration {text!r}") from None
 
 
+def _interval(flag: str, text: str) -> float:
+    from sealfleet.sandbox.controller.flags import FlagError, parse_go_duration
+
+    try:
+        seconds = parse_go_duration(text).total_seconds()
+    except FlagError:
+        raise InputError(f"--{flag}: invalid duration {text!r}") from None
+    if seconds <= 0:
+        raise InputError(f"--{flag} must be more than 0")
+    return seconds
+
+
 def run_sandbox(args: argparse.Namespace) -> int:
     from sealfleet.sandbox import Sandbox, SeedSpec
     from sealfleet.sandbox.controller import ControllerFlags
@@ -78,11 +102,16 @@ def run_sandbox(args: argparse.Namespace) -> int:
     for flag in ("namespaces", "sealed_secrets", "malformed"):
         if getattr(args, flag) < 0 or (flag == "namespaces" and args.namespaces < 1):
             raise InputError(f"--{flag.replace('_', '-')} is out of range")
+    if not 0 <= args.gitops <= 1:
+        raise InputError("--gitops: FRACTION must be between 0 and 1")
+    flux_interval = _interval("flux-interval", args.flux_interval)
+    flux_source_interval = _interval("flux-source-interval", args.flux_source_interval)
     flags = ControllerFlags(key_renew_period=_renew_period(args.key_renew_period),
                             key_size=args.key_bits, watch_for_secrets=args.watch_for_secrets)
     spec = SeedSpec(namespaces=args.namespaces, sealed_secrets=args.sealed_secrets,
                     keys=args.keys, seed=args.seed, shared_key=args.shared_key,
-                    key_bits=args.key_bits, malformed=args.malformed)
+                    key_bits=args.key_bits, malformed=args.malformed,
+                    gitops_fraction=args.gitops)
     state_dir = Path(args.state_dir)
 
     async def serve() -> None:
@@ -91,7 +120,9 @@ def run_sandbox(args: argparse.Namespace) -> int:
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, stop.set)
         async with Sandbox(state_dir, clusters=args.clusters, seed=spec, flags=flags,
-                           startup_delay=args.controller_startup_delay) as sandbox:
+                           startup_delay=args.controller_startup_delay,
+                           flux_interval=flux_interval,
+                           flux_source_interval=flux_source_interval) as sandbox:
             print(f"sandbox ready: {len(sandbox.clusters)} cluster(s) in "
                   f"{sandbox.timings['start_seconds']:.1f}s; "
                   f"export KUBECONFIG={sandbox.kubeconfig}", file=sys.stderr, flush=True)

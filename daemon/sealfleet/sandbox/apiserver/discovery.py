@@ -104,6 +104,20 @@ def _served() -> dict[str, Served]:
             tuple(_ALL_VERBS),
             subresources=(("status", "SealedSecret", tuple(_STATUS_VERBS)),),
         ),
+        Served(
+            rt["gitrepositories.source.toolkit.fluxcd.io"],
+            "gitrepository",
+            tuple(_ALL_VERBS),
+            ("gitrepo",),
+            subresources=(("status", "GitRepository", tuple(_STATUS_VERBS)),),
+        ),
+        Served(
+            rt["kustomizations.kustomize.toolkit.fluxcd.io"],
+            "kustomization",
+            tuple(_ALL_VERBS),
+            ("ks",),
+            subresources=(("status", "Kustomization", tuple(_STATUS_VERBS)),),
+        ),
     ]
     return {s.rtype.key: s for s in items}
 

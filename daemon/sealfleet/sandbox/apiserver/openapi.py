@@ -34,6 +34,9 @@ _SCHEMA_PACKAGES = {
     "coordination.k8s.io": "io.k8s.api.coordination.v1",
     "apiextensions.k8s.io": "io.k8s.apiextensions-apiserver.pkg.apis.apiextensions.v1",
     "bitnami.com": "com.bitnami.v1alpha1",
+    # CRDs are published under their group reversed, as the apiserver names them.
+    "source.toolkit.fluxcd.io": "io.fluxcd.toolkit.source.v1",
+    "kustomize.toolkit.fluxcd.io": "io.fluxcd.toolkit.kustomize.v1",
 }
 
 

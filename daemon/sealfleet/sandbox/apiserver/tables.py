@@ -234,6 +234,27 @@ _PRINTERS: dict[str, Printer] = {
             _age(o),
         ],
     ),
+    # Flux's printer columns (its CRDs' additionalPrinterColumns).
+    "gitrepositories.source.toolkit.fluxcd.io": (
+        [_col("Name", fmt="name"), _col("URL"), _col("Age", "date"), _col("Ready"),
+         _col("Status")],
+        lambda o: [
+            _name(o),
+            (o.get("spec") or {}).get("url", ""),
+            _age(o),
+            _first_condition(o, "status"),
+            _first_condition(o, "message"),
+        ],
+    ),
+    "kustomizations.kustomize.toolkit.fluxcd.io": (
+        [_col("Name", fmt="name"), _col("Age", "date"), _col("Ready"), _col("Status")],
+        lambda o: [
+            _name(o),
+            _age(o),
+            _first_condition(o, "status"),
+            _first_condition(o, "message"),
+        ],
+    ),
 }
 
 

@@ -55,6 +55,15 @@ RESOURCE_TYPES: dict[str, ResourceType] = {
         ResourceType(
             "sealedsecrets", "SealedSecret", "bitnami.com", "v1alpha1", True, "custom", True
         ),
+        # Flux's, for the sandbox's emulated source- and kustomize-controller (sandbox/flux).
+        ResourceType(
+            "gitrepositories", "GitRepository", "source.toolkit.fluxcd.io", "v1", True,
+            "custom", True,
+        ),
+        ResourceType(
+            "kustomizations", "Kustomization", "kustomize.toolkit.fluxcd.io", "v1", True,
+            "custom", True,
+        ),
     )
 }
 
