@@ -150,12 +150,10 @@ async def test_a_reseal_through_git_reaches_the_clusters_once_merged(
                 git("show", f"main:{path}", cwd=remote))]
             assert now[ref]["spec"] == doc_spec, ref        # what Git says, byte for byte
 
-    # The user's checkout pulls the merge (sealfleet reads that working tree), and the
-    # daemon, started again, reports what it sees.  (A restart, because the running one
-    # would learn the renewed sealing key only at its next cert.pem poll, a minute on:
-    # the probe a key-Secret change triggers runs before the controller has restarted.)
-    git("pull", "-q", "--ff-only", cwd=sandbox.gitops.clone)
-    async with daemon(settings, executor) as fleet:
+        # The user's checkout pulls the merge (sealfleet reads that working tree), and the
+        # same daemon reports what it sees: it learned the renewed sealing key while the
+        # controllers restarted (the probe settles in seconds, not at the next minute).
+        git("pull", "-q", "--ff-only", cwd=sandbox.gitops.clone)
         view = InventoryView(fleet.store, policy=policy_of(settings))
 
         async def nothing_stale() -> dict[str, Any] | None:

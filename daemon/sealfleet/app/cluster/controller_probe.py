@@ -10,6 +10,7 @@ while a broken apiserver is noticed by the lists and watches.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable
 
 import structlog
@@ -25,6 +26,11 @@ from sealfleet.errors import PermanentError, TransientError
 log = structlog.get_logger(__name__)
 
 POLL_INTERVAL = 60.0    # seconds between cert.pem checks between key events
+# While the controller does not serve the newest active key it holds (it loads key
+# Secrets only when it starts: a renewal's restart is under way) or is not serving at
+# all, probe again after 1, 2, 4... seconds (up to POLL_INTERVAL): the report learns the
+# new sealing key within seconds of the restart, not a minute later.
+SETTLING_FIRST = 1.0
 
 
 class ControllerProbe:
@@ -33,10 +39,19 @@ class ControllerProbe:
         self._state = state
         self._deps = deps
         self._on_sealing_key_changed = on_sealing_key_changed
+        self._settling: float | None = None      # the next short interval, while unsettled
+        self._unsettled = asyncio.Event()
 
     async def poll(self, client: KubeClient) -> None:
         while True:
-            await asyncio.sleep(POLL_INTERVAL)
+            interval = POLL_INTERVAL if self._settling is None else self._settling
+            with contextlib.suppress(TimeoutError):
+                # A probe that finds the controller unsettled cuts a long wait short.
+                async with asyncio.timeout(interval):
+                    await self._unsettled.wait()
+            self._unsettled.clear()
+            if self._settling is not None:
+                self._settling = min(POLL_INTERVAL, self._settling * 2)
             self._deps.on_progress()
             await self.probe(client)
 
@@ -85,11 +100,21 @@ class ControllerProbe:
                 fingerprint, source = certificate.fingerprint, SealingKeySource.CERT_PEM
                 if not state.cluster.read_key_secrets:
                     await self._deps.keystore.record_certificate(certificate)
+        newest = self._newest_active_key()
+        self._settle(controller_state is ControllerState.SERVING
+                     and (newest is None or fingerprint == newest))
         if fingerprint is None:
-            fingerprint = self._newest_active_key()
+            fingerprint = newest
             source = SealingKeySource.NEWEST_ACTIVE if fingerprint else None
         await self._note(fingerprint, source, problem, controller_state,
                          changed_flags=changed_flags)
+
+    def _settle(self, settled: bool) -> None:
+        if settled:
+            self._settling = None
+        elif self._settling is None:
+            self._settling = SETTLING_FIRST
+            self._unsettled.set()
 
     def _newest_active_key(self) -> str | None:
         held = [k for k in self._state.holdings.values() if k.active]
