@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import hashlib
 import os
 import re
 import shutil
@@ -67,6 +68,13 @@ def branch_name(job_id: str, day: dt.date) -> str:
     if not short:
         raise ValueError("a job id needs letters or digits")
     return f"{BRANCH_PREFIX}{day:%Y%m%d}-{short}"
+
+
+def blob_id(content: bytes, object_id: str) -> str:
+    """The id git gives *content* as a blob (no clean filter applied), in the object
+    format of the repository *object_id* comes from (40 hex digits: SHA-1, 64: SHA-256)."""
+    algorithm = "sha256" if len(object_id) == 64 else "sha1"
+    return hashlib.new(algorithm, b"blob %d\0" % len(content) + content).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -273,13 +281,18 @@ class RepoWriter:
         object store (``git cat-file --batch``)."""
         return await self.read_files_at(workspace.start, paths)
 
-    async def read_files_at(self, commit: str, paths: Sequence[str]) -> dict[str, bytes | None]:
-        """The files at *commit* (None: no such file)."""
+    @staticmethod
+    def _query_paths(commit: str, paths: Sequence[str]) -> list[str]:
         if not _SHA.fullmatch(commit):
             raise InputError(f"{commit!r}: not a commit id")
         wanted = [_safe_relative(p).as_posix() for p in paths]
         if any("\n" in p for p in wanted):
             raise InputError("a path with a line break cannot be read")
+        return wanted
+
+    async def read_files_at(self, commit: str, paths: Sequence[str]) -> dict[str, bytes | None]:
+        """The files at *commit* (None: no such file)."""
+        wanted = self._query_paths(commit, paths)
         query = "".join(f"{commit}:{p}\n" for p in wanted).encode()
         result = await self._git.run("cat-file", "--batch", cwd=self._repo, stdin=query)
         out, pos = result.stdout, 0
@@ -297,6 +310,23 @@ class RepoWriter:
             files[path] = out[pos:pos + size]
             pos += size + 1
         return files
+
+    async def blob_ids_at(self, commit: str, paths: Sequence[str]) -> dict[str, str | None]:
+        """The blob id of each file at *commit* (None: no such file, or not a file), from
+        ``git cat-file --batch-check``: no content is read."""
+        wanted = self._query_paths(commit, paths)
+        query = "".join(f"{commit}:{p}\n" for p in wanted).encode()
+        result = await self._git.run("cat-file", "--batch-check=%(objectname) %(objecttype)",
+                                     cwd=self._repo, stdin=query)
+        lines = result.stdout.decode("utf-8", "surrogateescape").splitlines()
+        if len(lines) != len(wanted):
+            raise InputError(f"{commit}: git cat-file answered {len(lines)} of "
+                             f"{len(wanted)} paths")
+        found: dict[str, str | None] = {}
+        for path, line in zip(wanted, lines, strict=True):
+            sha, _, kind = line.partition(" ")
+            found[path] = sha if kind == "blob" and _SHA.fullmatch(sha) else None
+        return found
 
     async def stage(self, workspace: Workspace) -> None:
         """Stage the files written so far (call it while writing goes on: it hashes only

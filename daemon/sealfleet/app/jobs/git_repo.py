@@ -9,9 +9,11 @@ which may be a subdirectory of its repository (the writer's paths carry the pref
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import re
-from collections.abc import Callable, Iterable, Mapping, Sequence
+import time
+from collections.abc import AsyncGenerator, Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +35,9 @@ from sealfleet.errors import InputError, PermanentError
 T = TypeVar("T")
 R = TypeVar("R")
 _FILES_PER_TASK = 8
+# Changed files are written and staged in batches of this many while the RSA work goes
+# on: git's hashing and the file I/O overlap the crypto instead of following it.
+_WRITE_BATCH = 500
 # "- <path> [<index>] <namespace/name>: <items>: <old> -> <new>; ..." (writing.commit_message)
 _MESSAGE_LINE = re.compile(r"^- (?P<path>.+) \[(?P<index>[0-9]+)\] (?P<display>[^ ]+): "
                            r"(?P<detail>.+)$")
@@ -96,6 +101,10 @@ class StepDetail:
     pending: list[tuple[PlannedReseal, Branch]] = field(default_factory=list)
     verified_items: int = 0
     unverified_items: int = 0
+    # tree path -> blob id of the content the step checked, for files whose every new
+    # value it opened with the target key: verify compares the branch with these.
+    checked_blobs: dict[str, str] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)   # per phase (Clock)
 
     def to_json(self, repo: str) -> JsonObject:
         documents: list[JsonValue] = [
@@ -115,7 +124,25 @@ class StepDetail:
             "verified_items": self.verified_items, "unverified_items": self.unverified_items,
             "documents": documents, "problems": list(self.problems),
             "skipped": list(self.skipped), "pending": pending,
+            "checked_blobs": dict(self.checked_blobs),
+            "seconds": {name: round(value, 3) for name, value in self.seconds.items()},
         }
+
+
+class Clock:
+    """Wall-clock seconds per phase of a step, added up (phases that overlap the RSA
+    work, such as ``write`` and ``stage``, are counted on their own as well)."""
+
+    def __init__(self, seconds: dict[str, float] | None = None) -> None:
+        self.seconds = seconds if seconds is not None else {}
+
+    @contextlib.contextmanager
+    def __call__(self, phase: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[phase] = self.seconds.get(phase, 0.0) + time.perf_counter() - start
 
 
 async def branch_ahead(writer: writing.RepoWriter, commit: str, tip: str) -> bool:
@@ -234,11 +261,13 @@ class RepoRun:
 
     async def reseal(self, job_id: str, day: dt.date, planned: Sequence[PlannedReseal],
                      keys: RepoKeys) -> StepDetail:
-        pending, unpushed = await self.branches()
-        self._pending = set(pending)
-        mine = next((b for b in [*unpushed.values(), *pending.values()]
-                     if job_id in b.pending.job_ids), None)
-        covered = await self.covered(pending.values(), planned, keys)
+        clock = Clock()
+        with clock("branches"):
+            pending, unpushed = await self.branches()
+            self._pending = set(pending)
+            mine = next((b for b in [*unpushed.values(), *pending.values()]
+                         if job_id in b.pending.job_ids), None)
+            covered = await self.covered(pending.values(), planned, keys)
         onto = mine
         if onto is None and covered:
             tally: dict[str, int] = {}
@@ -246,14 +275,15 @@ class RepoRun:
                 tally[branch.name] = tally.get(branch.name, 0) + 1
             best = max(tally.items(), key=lambda kv: (kv[1], kv[0]))[0]
             onto = pending[best]
-        detail = StepDetail()
+        detail = StepDetail(seconds=clock.seconds)
         todo = [e for e in planned if e.ref not in covered]
         if mine is None and not todo:
             detail.pending = [(e, covered[e.ref]) for e in planned]
             detail.branch = onto.name if onto else None
             return detail
-        workspace = await self.writer.prepare(job_id, day,
-                                              onto=onto.name if onto is not None else None)
+        with clock("prepare"):
+            workspace = await self.writer.prepare(job_id, day,
+                                                  onto=onto.name if onto is not None else None)
         try:
             detail.branch, detail.base = workspace.branch, workspace.base
             own = writing.branch_name(job_id, day)
@@ -263,13 +293,15 @@ class RepoRun:
                 detail.commit = workspace.commit
                 detail.files_changed, detail.documents = await self._summary(workspace.commit)
             else:
-                await self._reseal_files(workspace, job_id, todo, keys, detail)
+                await self._reseal_files(workspace, job_id, todo, keys, detail, clock)
             detail.pushed = workspace.pushed
             if detail.commit is not None and self._pushes and not workspace.pushed:
-                await self.writer.push(workspace, detail.commit)
+                with clock("push"):
+                    await self.writer.push(workspace, detail.commit)
                 detail.pushed = True
         finally:
-            await self.writer.cleanup(workspace)
+            with clock("cleanup"):
+                await self.writer.cleanup(workspace)
         done = {(d.path, d.document) for d in detail.documents}
         detail.pending = [(e, b) for ref, b in covered.items()
                           for e in planned if e.ref == ref and (e.path, e.document) not in done]
@@ -277,39 +309,52 @@ class RepoRun:
 
     async def _reseal_files(self, workspace: writing.Workspace, job_id: str,
                             todo: Sequence[PlannedReseal], keys: RepoKeys,
-                            detail: StepDetail) -> None:
+                            detail: StepDetail, clock: Clock) -> None:
         by_path: dict[str, list[PlannedReseal]] = {}
         for entry in todo:
             by_path.setdefault(entry.path or "", []).append(entry)
         paths = sorted(by_path)
-        contents = await self.writer.read_files(workspace, [self._in_repo(p) for p in paths])
+        with clock("read"):
+            contents = await self.writer.read_files(workspace,
+                                                    [self._in_repo(p) for p in paths])
 
         def one(path: str) -> git_files.FileResult:
-            return git_files.reseal_one_file(path, contents[self._in_repo(path)],
+            return git_files.reseal_one_file(path, contents.pop(self._in_repo(path)),
                                              by_path[path], keys.targets, keys.keyring,
                                              keys.held)
-        results = await _on_threads(paths, lambda chunk: [one(p) for p in chunk])
-        changes = []
-        for result in results:
-            detail.problems.extend(result.problems)
-            detail.skipped.extend(result.skipped)
-            if result.content is None:
-                continue
-            changes.append(writing.FileChange(self._in_repo(result.path), result.content,
-                                              result.documents))
-            detail.verified_items += result.verified_items
-            detail.unverified_items += result.unverified_items
-            for change in result.documents:
-                resealed = tuple(c.item for c in change.changes if c.resealed)
-                new_keys = {c.new_key for c in change.changes if c.resealed}
-                detail.documents.append(git_files.ResealedDocument(
-                    result.path, change.index, change.namespace, change.name,
-                    new_keys.pop() if len(new_keys) == 1 else "", resealed))
+        changes: list[writing.FileChange] = []
+        checked: dict[str, bytes] = {}
+        writes = _Writes(self.writer, workspace, clock)
+        try:
+            with clock("reseal"):   # the RSA threads; writes and stages overlap it
+                async with contextlib.aclosing(_iter_on_threads(
+                        paths, lambda chunk: [one(p) for p in chunk])) as results:
+                    async for result in results:
+                        detail.problems.extend(result.problems)
+                        detail.skipped.extend(result.skipped)
+                        if result.content is None:
+                            continue
+                        change = writing.FileChange(self._in_repo(result.path), result.content,
+                                                    result.documents)
+                        changes.append(change)
+                        await writes.add(change)
+                        detail.verified_items += result.verified_items
+                        detail.unverified_items += result.unverified_items
+                        if result.unverified_items == 0:
+                            checked[result.path] = result.content
+                        detail.documents.extend(_resealed(result))
+            with clock("write_stage_tail"):   # what is left once the last file is resealed
+                await writes.finish()
+        finally:
+            await writes.close()
         if not changes:
             return
-        await self.writer.write_files(workspace, changes)
-        detail.commit = await self.writer.commit(workspace, job_id, changes)
-        detail.files_changed = [self._in_tree(c.path) for c in changes] if detail.commit else []
+        with clock("commit"):
+            detail.commit = await self.writer.commit(workspace, job_id, changes)
+        if detail.commit is not None:
+            detail.files_changed = [self._in_tree(c.path) for c in changes]
+            detail.checked_blobs = {path: writing.blob_id(content, detail.commit)
+                                    for path, content in checked.items()}
 
     async def _summary(self, commit: str) -> tuple[list[str], list[git_files.ResealedDocument]]:
         """A found commit's files and the documents its message lists (a replay)."""
@@ -341,8 +386,30 @@ class RepoRun:
             names.add(detail.branch)
         await store.git_pending.record(self.repo.name, rows, pending=names)
 
-    async def check_documents(self, tip: str, documents: Sequence[git_files.ResealedDocument],
-                              keys: RepoKeys) -> list[git_files.DocumentCheck]:
+    async def verify_documents(self, tip: str, documents: Sequence[git_files.ResealedDocument],
+                               checked_blobs: Mapping[str, str], keys: RepoKeys,
+                               ) -> list[git_files.DocumentCheck]:
+        """What *tip* shows for each resealed document.  A file whose blob at *tip* is
+        the one the step checked (every new value opened with the target key before it
+        was written) holds those very values: nothing to decrypt again.  Any other file
+        (changed on the branch since, or one the step could not open, or a replay whose
+        detail was read back from the commit) is parsed and its items are opened with
+        the target key (:func:`git_files.check_document`)."""
+        paths = sorted({d.path for d in documents})
+        blobs = await self.writer.blob_ids_at(tip, [self._in_repo(p) for p in paths])
+        same = {p for p in paths
+                if p in checked_blobs and blobs.get(self._in_repo(p)) == checked_blobs[p]}
+        rest = [d for d in documents if d.path not in same]
+        checked = {d.ref: check for d, check in zip(
+            rest, await self._check_documents(tip, rest, keys), strict=True)}
+        return [checked[d.ref] if d.ref in checked else git_files.DocumentCheck(
+            d.ref, None, verified_items=len(d.items), unchanged=True) for d in documents]
+
+    async def _check_documents(self, tip: str,
+                               documents: Sequence[git_files.ResealedDocument],
+                               keys: RepoKeys) -> list[git_files.DocumentCheck]:
+        if not documents:
+            return []
         contents = await self.writer.read_files_at(
             tip, sorted({self._in_repo(d.path) for d in documents}))
 
@@ -352,17 +419,85 @@ class RepoRun:
         return await _on_threads(list(documents), lambda chunk: [check(d) for d in chunk])
 
 
-async def _on_threads(values: Sequence[T], work: Callable[[list[T]], list[R]]) -> list[R]:
-    """*work* over *values* in chunks on a thread pool sized to the CPUs, in order."""
+def _resealed(result: git_files.FileResult) -> Iterator[git_files.ResealedDocument]:
+    """The step detail's entries for a written file's documents."""
+    for change in result.documents:
+        resealed = tuple(c.item for c in change.changes if c.resealed)
+        new_keys = {c.new_key for c in change.changes if c.resealed}
+        yield git_files.ResealedDocument(result.path, change.index, change.namespace,
+                                         change.name,
+                                         new_keys.pop() if len(new_keys) == 1 else "",
+                                         resealed)
+
+
+class _Writes:
+    """Changed files written into the worktree and staged in batches while the RSA
+    threads go on (one ``update-index`` at a time, in the background)."""
+
+    def __init__(self, writer: writing.RepoWriter, workspace: writing.Workspace,
+                 clock: Clock) -> None:
+        self._writer, self._workspace, self._clock = writer, workspace, clock
+        self._batch: list[writing.FileChange] = []
+        self._staging: asyncio.Task[None] | None = None
+
+    async def add(self, change: writing.FileChange) -> None:
+        self._batch.append(change)
+        if len(self._batch) >= _WRITE_BATCH:
+            await self._flush()
+
+    async def _flush(self) -> None:
+        batch, self._batch = self._batch, []
+        if batch:
+            with self._clock("write"):
+                await self._writer.write_files(self._workspace, batch)
+        if self._staging is not None and not self._staging.done():
+            return            # staging the previous batch: this one goes with the next
+        if self._staging is not None:
+            await self._staging               # its error, if any
+        self._staging = asyncio.create_task(self._stage(), name="reseal-git:stage")
+
+    async def _stage(self) -> None:
+        with self._clock("stage"):
+            await self._writer.stage(self._workspace)
+
+    async def finish(self) -> None:
+        """Write what is left and wait for the staging under way (the commit stages
+        whatever was written after it started)."""
+        await self._flush()
+        if self._staging is not None:
+            await self._staging
+
+    async def close(self) -> None:
+        if self._staging is not None and not self._staging.done():
+            self._staging.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._staging
+
+
+async def _iter_on_threads(values: Sequence[T], work: Callable[[list[T]], list[R]],
+                           ) -> AsyncGenerator[R, None]:
+    """*work* over *values* in chunks on a thread pool sized to the CPUs, results in
+    order as they come: every chunk is queued at once, so the threads stay busy while
+    the caller handles what came back."""
     if not values:
-        return []
+        return
     loop = asyncio.get_running_loop()
     chunks = [list(values[i:i + _FILES_PER_TASK])
               for i in range(0, len(values), _FILES_PER_TASK)]
     pool = ThreadPoolExecutor(max_workers=min(resealing.rsa_threads(), len(chunks)),
                               thread_name_prefix="reseal-git")
+    futures = [loop.run_in_executor(pool, work, chunk) for chunk in chunks]
     try:
-        done = await asyncio.gather(*(loop.run_in_executor(pool, work, c) for c in chunks))
+        for future in futures:
+            for result in await future:
+                yield result
     finally:   # never block the loop on a cancelled step's chunks
         pool.shutdown(wait=False, cancel_futures=True)
-    return [result for chunk in done for result in chunk]
+        for future in futures:
+            future.cancel()
+
+
+async def _on_threads(values: Sequence[T], work: Callable[[list[T]], list[R]]) -> list[R]:
+    """*work* over *values* on the threads (:func:`_iter_on_threads`), all results."""
+    async with contextlib.aclosing(_iter_on_threads(values, work)) as results:
+        return [result async for result in results]
