@@ -37,7 +37,7 @@ R = TypeVar("R")
 _FILES_PER_TASK = 8
 # Changed files are written and staged in batches of this many while the RSA work goes
 # on: git's hashing and the file I/O overlap the crypto instead of following it.
-_WRITE_BATCH = 500
+_WRITE_BATCH = 200
 # "- <path> [<index>] <namespace/name>: <items>: <old> -> <new>; ..." (writing.commit_message)
 _MESSAGE_LINE = re.compile(r"^- (?P<path>.+) \[(?P<index>[0-9]+)\] (?P<display>[^ ]+): "
                            r"(?P<detail>.+)$")
