@@ -1,11 +1,14 @@
 """The CPU side of a Git reseal, run on the RSA threads: one file at a time.
 
-For a file and the documents planned in it: locate them (each must still be the
-object the plan names: a file whose documents moved since the scan is reported, not
-guessed at), reseal their items for the target key (:func:`resealing.reseal_file`:
-only ciphertext spans change, the re-parse check included), and then open every new
-value with the target's private key, when sealfleet holds it, so that nothing is
-written that would not decrypt.  A file that fails that check is not written at all.
+For a file and the documents planned in it: locate them, parsing the file once (each
+must still be the object the plan names: a file whose documents moved since the scan is
+reported, not guessed at), reseal their items for their target key
+(:func:`resealing.reseal`: one RSA decrypt and one encrypt per item), splice every new
+value in one pass (:func:`splice.splice`: only ciphertext spans change, and its
+re-parse checks that nothing else did), and then open every new value with the
+target's private key, when sealfleet holds it, so that nothing is written that would
+not decrypt: one more RSA decrypt per item, the only way to know a value opens with a
+private key.  A file that fails any check is not written at all.
 
 Also here: whether a document on another branch is already sealed with the target key
 (the pending-branch check) and the same check for ``verify``.  Nothing here does I/O;

@@ -2,42 +2,34 @@
 
 :class:`RepoRun` does what :mod:`reseal_git` describes for one ``[[repos]]`` entry with
 one :class:`RepoWriter`; the RSA work runs on a thread pool sized to the CPUs
-(:mod:`git_files`).  Paths in plans and details are relative to the configured tree,
-which may be a subdirectory of its repository (the writer's paths carry the prefix).
+(:mod:`git_files`), every file queued at once, and the files it changed are written
+and staged in batches while it goes on (:mod:`git_pipeline`), so that little but the
+commit and the push is left when the last item is resealed.  Paths in plans and
+details are relative to the configured tree, which may be a subdirectory of its
+repository (the writer's paths carry the prefix).
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import datetime as dt
 import re
-import time
-from collections.abc import AsyncGenerator, Callable, Iterable, Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
 
 from sealfleet.adapters.git import cli, writing
 from sealfleet.adapters.store import Store
 from sealfleet.adapters.store.git_pending import PendingReseal
 from sealfleet.adapters.store.records import JsonObject, JsonValue
 from sealfleet.app.config import RepoSettings
-from sealfleet.app.jobs import git_files
+from sealfleet.app.jobs import git_files, git_pipeline
 from sealfleet.app.jobs.context import JobContext
-from sealfleet.domain import resealing
 from sealfleet.domain.keys import SealingKey, load_certificate
 from sealfleet.domain.planning.resealing import PlannedReseal
 from sealfleet.domain.resealing import KeyRing, TargetKey
 from sealfleet.errors import InputError, PermanentError
 
-T = TypeVar("T")
-R = TypeVar("R")
-_FILES_PER_TASK = 8
-# Changed files are written and staged in batches of this many while the RSA work goes
-# on: git's hashing and the file I/O overlap the crypto instead of following it.
-_WRITE_BATCH = 200
 # "- <path> [<index>] <namespace/name>: <items>: <old> -> <new>; ..." (writing.commit_message)
 _MESSAGE_LINE = re.compile(r"^- (?P<path>.+) \[(?P<index>[0-9]+)\] (?P<display>[^ ]+): "
                            r"(?P<detail>.+)$")
@@ -104,7 +96,7 @@ class StepDetail:
     # tree path -> blob id of the content the step checked, for files whose every new
     # value it opened with the target key: verify compares the branch with these.
     checked_blobs: dict[str, str] = field(default_factory=dict)
-    seconds: dict[str, float] = field(default_factory=dict)   # per phase (Clock)
+    seconds: dict[str, float] = field(default_factory=dict)   # per phase (git_pipeline.Clock)
 
     def to_json(self, repo: str) -> JsonObject:
         documents: list[JsonValue] = [
@@ -127,22 +119,6 @@ class StepDetail:
             "checked_blobs": dict(self.checked_blobs),
             "seconds": {name: round(value, 3) for name, value in self.seconds.items()},
         }
-
-
-class Clock:
-    """Wall-clock seconds per phase of a step, added up (phases that overlap the RSA
-    work, such as ``write`` and ``stage``, are counted on their own as well)."""
-
-    def __init__(self, seconds: dict[str, float] | None = None) -> None:
-        self.seconds = seconds if seconds is not None else {}
-
-    @contextlib.contextmanager
-    def __call__(self, phase: str) -> Iterator[None]:
-        start = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.seconds[phase] = self.seconds.get(phase, 0.0) + time.perf_counter() - start
 
 
 async def branch_ahead(writer: writing.RepoWriter, commit: str, tip: str) -> bool:
@@ -252,7 +228,8 @@ class RepoRun:
                 path = entry.path or ""
                 return git_files.sealed_with_target(
                     path, contents.get(self._in_repo(path)), entry, keys.held[entry.target_key])
-            answers = await _on_threads(candidates, lambda chunk: [done(e) for e in chunk])
+            answers = await git_pipeline.on_threads(candidates,
+                                                    lambda chunk: [done(e) for e in chunk])
             found.update({e.ref: branch for e, yes in zip(candidates, answers, strict=True)
                           if yes})
         return found
@@ -261,7 +238,7 @@ class RepoRun:
 
     async def reseal(self, job_id: str, day: dt.date, planned: Sequence[PlannedReseal],
                      keys: RepoKeys) -> StepDetail:
-        clock = Clock()
+        clock = git_pipeline.Clock()
         with clock("branches"):
             pending, unpushed = await self.branches()
             self._pending = set(pending)
@@ -309,7 +286,7 @@ class RepoRun:
 
     async def _reseal_files(self, workspace: writing.Workspace, job_id: str,
                             todo: Sequence[PlannedReseal], keys: RepoKeys,
-                            detail: StepDetail, clock: Clock) -> None:
+                            detail: StepDetail, clock: git_pipeline.Clock) -> None:
         by_path: dict[str, list[PlannedReseal]] = {}
         for entry in todo:
             by_path.setdefault(entry.path or "", []).append(entry)
@@ -324,10 +301,10 @@ class RepoRun:
                                              keys.held)
         changes: list[writing.FileChange] = []
         checked: dict[str, bytes] = {}
-        writes = _Writes(self.writer, workspace, clock)
+        writes = git_pipeline.Writes(self.writer, workspace, clock)
         try:
             with clock("reseal"):   # the RSA threads; writes and stages overlap it
-                async with contextlib.aclosing(_iter_on_threads(
+                async with contextlib.aclosing(git_pipeline.iter_on_threads(
                         paths, lambda chunk: [one(p) for p in chunk])) as results:
                     async for result in results:
                         detail.problems.extend(result.problems)
@@ -416,7 +393,8 @@ class RepoRun:
         def check(document: git_files.ResealedDocument) -> git_files.DocumentCheck:
             return git_files.check_document(contents.get(self._in_repo(document.path)),
                                             document, keys.held.get(document.target_key))
-        return await _on_threads(list(documents), lambda chunk: [check(d) for d in chunk])
+        return await git_pipeline.on_threads(list(documents),
+                                             lambda chunk: [check(d) for d in chunk])
 
 
 def _resealed(result: git_files.FileResult) -> Iterator[git_files.ResealedDocument]:
@@ -428,76 +406,3 @@ def _resealed(result: git_files.FileResult) -> Iterator[git_files.ResealedDocume
                                          change.name,
                                          new_keys.pop() if len(new_keys) == 1 else "",
                                          resealed)
-
-
-class _Writes:
-    """Changed files written into the worktree and staged in batches while the RSA
-    threads go on (one ``update-index`` at a time, in the background)."""
-
-    def __init__(self, writer: writing.RepoWriter, workspace: writing.Workspace,
-                 clock: Clock) -> None:
-        self._writer, self._workspace, self._clock = writer, workspace, clock
-        self._batch: list[writing.FileChange] = []
-        self._staging: asyncio.Task[None] | None = None
-
-    async def add(self, change: writing.FileChange) -> None:
-        self._batch.append(change)
-        if len(self._batch) >= _WRITE_BATCH:
-            await self._flush()
-
-    async def _flush(self) -> None:
-        batch, self._batch = self._batch, []
-        if batch:
-            with self._clock("write"):
-                await self._writer.write_files(self._workspace, batch)
-        if self._staging is not None and not self._staging.done():
-            return            # staging the previous batch: this one goes with the next
-        if self._staging is not None:
-            await self._staging               # its error, if any
-        self._staging = asyncio.create_task(self._stage(), name="reseal-git:stage")
-
-    async def _stage(self) -> None:
-        with self._clock("stage"):
-            await self._writer.stage(self._workspace)
-
-    async def finish(self) -> None:
-        """Write what is left and wait for the staging under way (the commit stages
-        whatever was written after it started)."""
-        await self._flush()
-        if self._staging is not None:
-            await self._staging
-
-    async def close(self) -> None:
-        if self._staging is not None and not self._staging.done():
-            self._staging.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._staging
-
-
-async def _iter_on_threads(values: Sequence[T], work: Callable[[list[T]], list[R]],
-                           ) -> AsyncGenerator[R, None]:
-    """*work* over *values* in chunks on a thread pool sized to the CPUs, results in
-    order as they come: every chunk is queued at once, so the threads stay busy while
-    the caller handles what came back."""
-    if not values:
-        return
-    loop = asyncio.get_running_loop()
-    chunks = [list(values[i:i + _FILES_PER_TASK])
-              for i in range(0, len(values), _FILES_PER_TASK)]
-    pool = ThreadPoolExecutor(max_workers=min(resealing.rsa_threads(), len(chunks)),
-                              thread_name_prefix="reseal-git")
-    futures = [loop.run_in_executor(pool, work, chunk) for chunk in chunks]
-    try:
-        for future in futures:
-            for result in await future:
-                yield result
-    finally:   # never block the loop on a cancelled step's chunks
-        pool.shutdown(wait=False, cancel_futures=True)
-        for future in futures:
-            future.cancel()
-
-
-async def _on_threads(values: Sequence[T], work: Callable[[list[T]], list[R]]) -> list[R]:
-    """*work* over *values* on the threads (:func:`_iter_on_threads`), all results."""
-    async with contextlib.aclosing(_iter_on_threads(values, work)) as results:
-        return [result async for result in results]
