@@ -1,11 +1,14 @@
 """The CPU side of a Git reseal, run on the RSA threads: one file at a time.
 
-For a file and the documents planned in it: locate them (each must still be the
-object the plan names: a file whose documents moved since the scan is reported, not
-guessed at), reseal their items for the target key (:func:`resealing.reseal_file`:
-only ciphertext spans change, the re-parse check included), and then open every new
-value with the target's private key, when sealfleet holds it, so that nothing is
-written that would not decrypt.  A file that fails that check is not written at all.
+For a file and the documents planned in it: locate them, parsing the file once (each
+must still be the object the plan names: a file whose documents moved since the scan is
+reported, not guessed at), reseal their items for their target key
+(:func:`resealing.reseal`: one RSA decrypt and one encrypt per item), splice every new
+value in one pass (:func:`splice.splice`: only ciphertext spans change, and its
+re-parse checks that nothing else did), and then open every new value with the
+target's private key, when sealfleet holds it, so that nothing is written that would
+not decrypt: one more RSA decrypt per item, the only way to know a value opens with a
+private key.  A file that fails any check is not written at all.
 
 Also here: whether a document on another branch is already sealed with the target key
 (the pending-branch check) and the same check for ``verify``.  Nothing here does I/O;
@@ -22,7 +25,7 @@ from sealfleet.domain import attribution, hybrid, resealing, sealed_secrets, spl
 from sealfleet.domain.keys import SealingKey
 from sealfleet.domain.planning.resealing import PlannedReseal
 from sealfleet.domain.resealing import DocumentChange, KeyRing, TargetKey
-from sealfleet.errors import DecryptionError, InputError
+from sealfleet.errors import DecryptionError, FleetError, InputError
 
 
 class DocumentRef(Protocol):
@@ -102,42 +105,67 @@ def find_document(located: splice.LocatedFile, entry: DocumentRef,
     return document
 
 
-def _problem_index(problem: str, path: str) -> int | None:
-    """The document a reseal_file error line names (``<path>: document <n>: ...``)."""
-    rest = problem[len(path) + 2:] if problem.startswith(f"{path}: ") else ""
-    number = rest.removeprefix("document ").partition(":")[0]
-    return int(number) if rest.startswith("document ") and number.isdigit() else None
+@dataclass
+class _Planned:
+    """One planned document of the file, located, and what became of it."""
+
+    document: splice.LocatedDocument
+    target: TargetKey
+    resealed: resealing.Resealed | None = None
 
 
-def _check_new_values(path: str, content: bytes, changes: Sequence[DocumentChange],
+def _reseal_documents(path: str, planned: Mapping[int, _Planned],
+                      hints: Mapping[int, Mapping[str, str | None]], keyring: KeyRing,
+                      problems: list[str]) -> set[int]:
+    """Reseal every planned document (:func:`resealing.reseal`, one RSA decrypt and
+    encrypt per item); returns the indexes that failed (reported in *problems*)."""
+    failed: set[int] = set()
+    for index, entry in planned.items():
+        document = entry.document
+        for item, reason in document.problems.items():
+            problems.append(str(splice.Problem(path, index, item or None, reason)))
+            failed.add(index)
+        if not document.values:
+            continue
+        try:
+            entry.resealed = resealing.reseal(document.sealed_secret(), keyring, entry.target,
+                                              hints=hints[index])
+        except FleetError as exc:
+            problems.append(f"{path}: document {index}: {exc}")
+            failed.add(index)
+    return failed
+
+
+def _check_new_values(path: str, planned: Mapping[int, _Planned], done: set[tuple[int, str]],
                       check_keys: Mapping[str, SealingKey]) -> tuple[int, int, str | None]:
-    """Open every new value of *content* with its key: (verified, unverified, problem)."""
-    located = splice.locate(content, source=path)
+    """Open every new value with the target's private key: (verified, unverified, problem).
+
+    The values opened are the ones :func:`splice.splice` put into the file: its re-parse
+    proved that the new text holds exactly these values at these items and that nothing
+    else (the identity, hence the label) changed, so no third parse is needed here; the
+    RSA decrypt itself is the check and is never skipped for a held key.
+    """
     verified = unverified = 0
-    for change in changes:
-        document = located.document(change.index)
-        if document is None:
-            return verified, unverified, f"{path}: document {change.index}: lost by the splice"
-        label = sealed_secrets.identity_of(document.sealed_secret()).label
-        for item in change.changes:
-            if not item.resealed:
+    for index, entry in sorted(planned.items()):
+        resealed = entry.resealed
+        if resealed is None:
+            continue
+        label = resealed.identity.label
+        for change in resealed.changes:
+            if not change.resealed or (index, change.item) not in done:
                 continue
-            key = check_keys.get(item.new_key)
+            key = check_keys.get(change.new_key)
             if key is None:
                 unverified += 1
                 continue
-            spot = document.values.get(item.item)
             try:
-                if spot is None:
-                    raise DecryptionError("not found")
-                plaintext = hybrid.decrypt([key.private_key],
-                                           sealed_secrets.decode_item(item.item, spot.value),
-                                           label)
+                plaintext = hybrid.decrypt([key.private_key], sealed_secrets.decode_item(
+                    change.item, resealed.encrypted_data[change.item]), label)
                 del plaintext
             except (DecryptionError, InputError):
                 return verified, unverified, (
-                    f"{path}: document {change.index}: spec.encryptedData.{item.item}: the "
-                    f"new value does not decrypt with {item.new_key}; file left unchanged")
+                    f"{path}: document {index}: spec.encryptedData.{change.item}: the "
+                    f"new value does not decrypt with {change.new_key}; file left unchanged")
             verified += 1
     return verified, unverified, None
 
@@ -145,53 +173,56 @@ def _check_new_values(path: str, content: bytes, changes: Sequence[DocumentChang
 def reseal_one_file(path: str, content: bytes | None, entries: Sequence[PlannedReseal],
                     targets: Mapping[str, TargetKey], keyring: KeyRing,
                     check_keys: Mapping[str, SealingKey]) -> FileResult:
-    """Reseal the planned documents of one file (see the module docstring)."""
+    """Reseal the planned documents of one file (see the module docstring): the file is
+    parsed once, spliced once (whatever the target keys) and parsed once more by the
+    splice's check."""
     located = _locate(path, content)
     if isinstance(located, str):
         return FileResult(path, problems=(located,))
-    assert content is not None
     problems: list[str] = []
-    by_target: dict[str, dict[int, Mapping[str, str | None]]] = {}
+    planned: dict[int, _Planned] = {}
+    hints: dict[int, Mapping[str, str | None]] = {}
     refs: dict[int, str] = {}
     for entry in entries:
         document = find_document(located, entry)
         if isinstance(document, str):
             problems.append(document)
             continue
-        if entry.target_key not in targets:
+        target = targets.get(entry.target_key)
+        if target is None:
             problems.append(f"{path}: document {document.index}: no certificate of the "
                             f"target key {entry.target_key}")
             continue
         refs[document.index] = entry.ref
-        by_target.setdefault(entry.target_key, {})[document.index] = {
-            item.item: item.fingerprint for item in entry.items}
-    current = content
-    changes: dict[int, DocumentChange] = {}
-    failed: set[int] = set()
+        planned[document.index] = _Planned(document, target)
+        hints[document.index] = {item.item: item.fingerprint for item in entry.items}
+    failed = _reseal_documents(path, planned, hints, keyring, problems)
+    edits = [splice.Edit(i, p.document.namespace, p.document.name, p.resealed.replaced)
+             for i, p in sorted(planned.items()) if p.resealed is not None and p.resealed.replaced]
+    result = splice.splice(located, edits)
     file_failed = False
-    for fingerprint, wanted in by_target.items():   # one pass per target key (rarely two)
-        outcome = resealing.reseal_file(
-            resealing.FileRequest(path, current, targets[fingerprint], documents=wanted),
-            keyring)
-        for problem in outcome.errors:
-            problems.append(problem)
-            index = _problem_index(problem, path)
-            if index is None:
-                file_failed = True
-            else:
-                failed.add(index)
-        if outcome.changed and outcome.result is not None:
-            current = outcome.result.content
-            changes.update({d.index: d for d in outcome.documents})
-    done = tuple(changes[i] for i in sorted(changes))
+    for problem in result.problems:
+        problems.append(str(problem))
+        if problem.index is None:
+            file_failed = True
+        else:
+            failed.add(problem.index)
+    done = set(result.replaced)
+    changes = tuple(
+        DocumentChange(i, p.document.namespace, p.document.name,
+                       tuple(c for c in p.resealed.changes if (i, c.item) in done))
+        for i, p in sorted(planned.items())
+        if p.resealed is not None and any((i, c.item) in done for c in p.resealed.changes))
+    changed = {change.index for change in changes}
     skipped = () if file_failed else tuple(
-        refs[i] for i in sorted(refs) if i not in changes and i not in failed)
-    if not done:
+        refs[i] for i in sorted(refs) if i not in changed and i not in failed)
+    if not changes or not result.changed:
         return FileResult(path, problems=tuple(problems), skipped=skipped)
-    verified, unverified, failure = _check_new_values(path, current, done, check_keys)
+    verified, unverified, failure = _check_new_values(path, planned, done, check_keys)
     if failure is not None:
         return FileResult(path, problems=(*problems, failure))
-    return FileResult(path, current, done, tuple(problems), skipped, verified, unverified)
+    return FileResult(path, result.content, changes, tuple(problems), skipped, verified,
+                      unverified)
 
 
 def sealed_with_target(path: str, content: bytes | None, entry: PlannedReseal,
@@ -217,8 +248,9 @@ class DocumentCheck:
 
     ref: str
     problem: str | None
-    verified_items: int = 0
+    verified_items: int = 0       # opened with the target key by the step or by verify
     unverified_items: int = 0
+    unchanged: bool = False       # the file is the blob the step checked: not reopened
 
 
 def check_document(content: bytes | None, resealed: ResealedDocument,

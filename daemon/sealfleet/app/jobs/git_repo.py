@@ -2,37 +2,34 @@
 
 :class:`RepoRun` does what :mod:`reseal_git` describes for one ``[[repos]]`` entry with
 one :class:`RepoWriter`; the RSA work runs on a thread pool sized to the CPUs
-(:mod:`git_files`).  Paths in plans and details are relative to the configured tree,
-which may be a subdirectory of its repository (the writer's paths carry the prefix).
+(:mod:`git_files`), every file queued at once, and the files it changed are written
+and staged in batches while it goes on (:mod:`git_pipeline`), so that little but the
+commit and the push is left when the last item is resealed.  Paths in plans and
+details are relative to the configured tree, which may be a subdirectory of its
+repository (the writer's paths carry the prefix).
 """
 
 from __future__ import annotations
 
-import asyncio
+import contextlib
 import datetime as dt
 import re
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
 
 from sealfleet.adapters.git import cli, writing
 from sealfleet.adapters.store import Store
 from sealfleet.adapters.store.git_pending import PendingReseal
 from sealfleet.adapters.store.records import JsonObject, JsonValue
 from sealfleet.app.config import RepoSettings
-from sealfleet.app.jobs import git_files
+from sealfleet.app.jobs import git_files, git_pipeline
 from sealfleet.app.jobs.context import JobContext
-from sealfleet.domain import resealing
 from sealfleet.domain.keys import SealingKey, load_certificate
 from sealfleet.domain.planning.resealing import PlannedReseal
 from sealfleet.domain.resealing import KeyRing, TargetKey
 from sealfleet.errors import InputError, PermanentError
 
-T = TypeVar("T")
-R = TypeVar("R")
-_FILES_PER_TASK = 8
 # "- <path> [<index>] <namespace/name>: <items>: <old> -> <new>; ..." (writing.commit_message)
 _MESSAGE_LINE = re.compile(r"^- (?P<path>.+) \[(?P<index>[0-9]+)\] (?P<display>[^ ]+): "
                            r"(?P<detail>.+)$")
@@ -96,6 +93,10 @@ class StepDetail:
     pending: list[tuple[PlannedReseal, Branch]] = field(default_factory=list)
     verified_items: int = 0
     unverified_items: int = 0
+    # tree path -> blob id of the content the step checked, for files whose every new
+    # value it opened with the target key: verify compares the branch with these.
+    checked_blobs: dict[str, str] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)   # per phase (git_pipeline.Clock)
 
     def to_json(self, repo: str) -> JsonObject:
         documents: list[JsonValue] = [
@@ -115,6 +116,8 @@ class StepDetail:
             "verified_items": self.verified_items, "unverified_items": self.unverified_items,
             "documents": documents, "problems": list(self.problems),
             "skipped": list(self.skipped), "pending": pending,
+            "checked_blobs": dict(self.checked_blobs),
+            "seconds": {name: round(value, 3) for name, value in self.seconds.items()},
         }
 
 
@@ -225,7 +228,8 @@ class RepoRun:
                 path = entry.path or ""
                 return git_files.sealed_with_target(
                     path, contents.get(self._in_repo(path)), entry, keys.held[entry.target_key])
-            answers = await _on_threads(candidates, lambda chunk: [done(e) for e in chunk])
+            answers = await git_pipeline.on_threads(candidates,
+                                                    lambda chunk: [done(e) for e in chunk])
             found.update({e.ref: branch for e, yes in zip(candidates, answers, strict=True)
                           if yes})
         return found
@@ -234,11 +238,13 @@ class RepoRun:
 
     async def reseal(self, job_id: str, day: dt.date, planned: Sequence[PlannedReseal],
                      keys: RepoKeys) -> StepDetail:
-        pending, unpushed = await self.branches()
-        self._pending = set(pending)
-        mine = next((b for b in [*unpushed.values(), *pending.values()]
-                     if job_id in b.pending.job_ids), None)
-        covered = await self.covered(pending.values(), planned, keys)
+        clock = git_pipeline.Clock()
+        with clock("branches"):
+            pending, unpushed = await self.branches()
+            self._pending = set(pending)
+            mine = next((b for b in [*unpushed.values(), *pending.values()]
+                         if job_id in b.pending.job_ids), None)
+            covered = await self.covered(pending.values(), planned, keys)
         onto = mine
         if onto is None and covered:
             tally: dict[str, int] = {}
@@ -246,14 +252,15 @@ class RepoRun:
                 tally[branch.name] = tally.get(branch.name, 0) + 1
             best = max(tally.items(), key=lambda kv: (kv[1], kv[0]))[0]
             onto = pending[best]
-        detail = StepDetail()
+        detail = StepDetail(seconds=clock.seconds)
         todo = [e for e in planned if e.ref not in covered]
         if mine is None and not todo:
             detail.pending = [(e, covered[e.ref]) for e in planned]
             detail.branch = onto.name if onto else None
             return detail
-        workspace = await self.writer.prepare(job_id, day,
-                                              onto=onto.name if onto is not None else None)
+        with clock("prepare"):
+            workspace = await self.writer.prepare(job_id, day,
+                                                  onto=onto.name if onto is not None else None)
         try:
             detail.branch, detail.base = workspace.branch, workspace.base
             own = writing.branch_name(job_id, day)
@@ -263,13 +270,15 @@ class RepoRun:
                 detail.commit = workspace.commit
                 detail.files_changed, detail.documents = await self._summary(workspace.commit)
             else:
-                await self._reseal_files(workspace, job_id, todo, keys, detail)
+                await self._reseal_files(workspace, job_id, todo, keys, detail, clock)
             detail.pushed = workspace.pushed
             if detail.commit is not None and self._pushes and not workspace.pushed:
-                await self.writer.push(workspace, detail.commit)
+                with clock("push"):
+                    await self.writer.push(workspace, detail.commit)
                 detail.pushed = True
         finally:
-            await self.writer.cleanup(workspace)
+            with clock("cleanup"):
+                await self.writer.cleanup(workspace)
         done = {(d.path, d.document) for d in detail.documents}
         detail.pending = [(e, b) for ref, b in covered.items()
                           for e in planned if e.ref == ref and (e.path, e.document) not in done]
@@ -277,39 +286,52 @@ class RepoRun:
 
     async def _reseal_files(self, workspace: writing.Workspace, job_id: str,
                             todo: Sequence[PlannedReseal], keys: RepoKeys,
-                            detail: StepDetail) -> None:
+                            detail: StepDetail, clock: git_pipeline.Clock) -> None:
         by_path: dict[str, list[PlannedReseal]] = {}
         for entry in todo:
             by_path.setdefault(entry.path or "", []).append(entry)
         paths = sorted(by_path)
-        contents = await self.writer.read_files(workspace, [self._in_repo(p) for p in paths])
+        with clock("read"):
+            contents = await self.writer.read_files(workspace,
+                                                    [self._in_repo(p) for p in paths])
 
         def one(path: str) -> git_files.FileResult:
-            return git_files.reseal_one_file(path, contents[self._in_repo(path)],
+            return git_files.reseal_one_file(path, contents.pop(self._in_repo(path)),
                                              by_path[path], keys.targets, keys.keyring,
                                              keys.held)
-        results = await _on_threads(paths, lambda chunk: [one(p) for p in chunk])
-        changes = []
-        for result in results:
-            detail.problems.extend(result.problems)
-            detail.skipped.extend(result.skipped)
-            if result.content is None:
-                continue
-            changes.append(writing.FileChange(self._in_repo(result.path), result.content,
-                                              result.documents))
-            detail.verified_items += result.verified_items
-            detail.unverified_items += result.unverified_items
-            for change in result.documents:
-                resealed = tuple(c.item for c in change.changes if c.resealed)
-                new_keys = {c.new_key for c in change.changes if c.resealed}
-                detail.documents.append(git_files.ResealedDocument(
-                    result.path, change.index, change.namespace, change.name,
-                    new_keys.pop() if len(new_keys) == 1 else "", resealed))
+        changes: list[writing.FileChange] = []
+        checked: dict[str, bytes] = {}
+        writes = git_pipeline.Writes(self.writer, workspace, clock)
+        try:
+            with clock("reseal"):   # the RSA threads; writes and stages overlap it
+                async with contextlib.aclosing(git_pipeline.iter_on_threads(
+                        paths, lambda chunk: [one(p) for p in chunk])) as results:
+                    async for result in results:
+                        detail.problems.extend(result.problems)
+                        detail.skipped.extend(result.skipped)
+                        if result.content is None:
+                            continue
+                        change = writing.FileChange(self._in_repo(result.path), result.content,
+                                                    result.documents)
+                        changes.append(change)
+                        await writes.add(change)
+                        detail.verified_items += result.verified_items
+                        detail.unverified_items += result.unverified_items
+                        if result.unverified_items == 0:
+                            checked[result.path] = result.content
+                        detail.documents.extend(_resealed(result))
+            with clock("write_stage_tail"):   # what is left once the last file is resealed
+                await writes.finish()
+        finally:
+            await writes.close()
         if not changes:
             return
-        await self.writer.write_files(workspace, changes)
-        detail.commit = await self.writer.commit(workspace, job_id, changes)
-        detail.files_changed = [self._in_tree(c.path) for c in changes] if detail.commit else []
+        with clock("commit"):
+            detail.commit = await self.writer.commit(workspace, job_id, changes)
+        if detail.commit is not None:
+            detail.files_changed = [self._in_tree(c.path) for c in changes]
+            detail.checked_blobs = {path: writing.blob_id(content, detail.commit)
+                                    for path, content in checked.items()}
 
     async def _summary(self, commit: str) -> tuple[list[str], list[git_files.ResealedDocument]]:
         """A found commit's files and the documents its message lists (a replay)."""
@@ -341,28 +363,46 @@ class RepoRun:
             names.add(detail.branch)
         await store.git_pending.record(self.repo.name, rows, pending=names)
 
-    async def check_documents(self, tip: str, documents: Sequence[git_files.ResealedDocument],
-                              keys: RepoKeys) -> list[git_files.DocumentCheck]:
+    async def verify_documents(self, tip: str, documents: Sequence[git_files.ResealedDocument],
+                               checked_blobs: Mapping[str, str], keys: RepoKeys,
+                               ) -> list[git_files.DocumentCheck]:
+        """What *tip* shows for each resealed document.  A file whose blob at *tip* is
+        the one the step checked (every new value opened with the target key before it
+        was written) holds those very values: nothing to decrypt again.  Any other file
+        (changed on the branch since, or one the step could not open, or a replay whose
+        detail was read back from the commit) is parsed and its items are opened with
+        the target key (:func:`git_files.check_document`)."""
+        paths = sorted({d.path for d in documents})
+        blobs = await self.writer.blob_ids_at(tip, [self._in_repo(p) for p in paths])
+        same = {p for p in paths
+                if p in checked_blobs and blobs.get(self._in_repo(p)) == checked_blobs[p]}
+        rest = [d for d in documents if d.path not in same]
+        checked = {d.ref: check for d, check in zip(
+            rest, await self._check_documents(tip, rest, keys), strict=True)}
+        return [checked[d.ref] if d.ref in checked else git_files.DocumentCheck(
+            d.ref, None, verified_items=len(d.items), unchanged=True) for d in documents]
+
+    async def _check_documents(self, tip: str,
+                               documents: Sequence[git_files.ResealedDocument],
+                               keys: RepoKeys) -> list[git_files.DocumentCheck]:
+        if not documents:
+            return []
         contents = await self.writer.read_files_at(
             tip, sorted({self._in_repo(d.path) for d in documents}))
 
         def check(document: git_files.ResealedDocument) -> git_files.DocumentCheck:
             return git_files.check_document(contents.get(self._in_repo(document.path)),
                                             document, keys.held.get(document.target_key))
-        return await _on_threads(list(documents), lambda chunk: [check(d) for d in chunk])
+        return await git_pipeline.on_threads(list(documents),
+                                             lambda chunk: [check(d) for d in chunk])
 
 
-async def _on_threads(values: Sequence[T], work: Callable[[list[T]], list[R]]) -> list[R]:
-    """*work* over *values* in chunks on a thread pool sized to the CPUs, in order."""
-    if not values:
-        return []
-    loop = asyncio.get_running_loop()
-    chunks = [list(values[i:i + _FILES_PER_TASK])
-              for i in range(0, len(values), _FILES_PER_TASK)]
-    pool = ThreadPoolExecutor(max_workers=min(resealing.rsa_threads(), len(chunks)),
-                              thread_name_prefix="reseal-git")
-    try:
-        done = await asyncio.gather(*(loop.run_in_executor(pool, work, c) for c in chunks))
-    finally:   # never block the loop on a cancelled step's chunks
-        pool.shutdown(wait=False, cancel_futures=True)
-    return [result for chunk in done for result in chunk]
+def _resealed(result: git_files.FileResult) -> Iterator[git_files.ResealedDocument]:
+    """The step detail's entries for a written file's documents."""
+    for change in result.documents:
+        resealed = tuple(c.item for c in change.changes if c.resealed)
+        new_keys = {c.new_key for c in change.changes if c.resealed}
+        yield git_files.ResealedDocument(result.path, change.index, change.namespace,
+                                         change.name,
+                                         new_keys.pop() if len(new_keys) == 1 else "",
+                                         resealed)

@@ -49,7 +49,16 @@ staleness listing names the branch beside each document still stale on the base.
 
 :meth:`GitResealer.verify` reads what the repository shows: the branch (on the remote
 when pushed, else the private ref) holds the job's commit, and every document it
-resealed parses there and its items open with the target key.
+resealed is there as the step checked it.  The step already opened every new value
+with the target key before writing its file, and records the blob id of each file
+whose values it all opened (``checked_blobs``); a file the branch shows with that very
+blob holds those very values, so verify compares blob ids (``git cat-file
+--batch-check``, no content read) instead of decrypting every item a third time.  A
+file with another blob (edited on the branch since, or the step could not open it: the
+target's private key not held, or a replay whose detail was read back from the commit)
+is parsed and its items are opened with the target key, as before; a value changed or
+reverted on the branch fails there.  Its detail counts ``unchanged_documents`` and
+``decrypted_items``; both details carry ``seconds`` per phase.
 """
 
 from __future__ import annotations
@@ -69,6 +78,7 @@ from sealfleet.app.config import RepoSettings
 from sealfleet.app.jobs import git_files
 from sealfleet.app.jobs.context import JobContext
 from sealfleet.app.jobs.executor import StepOutcome
+from sealfleet.app.jobs.git_pipeline import Clock
 from sealfleet.app.jobs.git_repo import RepoKeys, RepoRun, branch_ahead
 from sealfleet.domain.jobs import StepState
 from sealfleet.domain.planning.resealing import PlannedReseal, Source
@@ -122,7 +132,8 @@ class GitResealer:
             run = await self._run(git, settings)
             keys = await RepoKeys.load(self._ctx, planned)
             detail = await run.reseal(job.id, day, planned, keys)
-            await run.record_pending(self._ctx.store, job.id, detail, keys)
+            with Clock(detail.seconds)("record"):
+                await run.record_pending(self._ctx.store, job.id, detail, keys)
         state = StepState.DONE if detail.commit is not None else StepState.SKIPPED
         log.info("git_reseal_step_done", repo=repo, job=job.id, branch=detail.branch,
                  commit=detail.commit, pushed=detail.pushed,
@@ -131,25 +142,36 @@ class GitResealer:
         return StepOutcome(state, detail.to_json(repo))
 
     async def verify(self, job: JobRecord, repo: str, detail: JsonObject) -> JsonObject:
-        """What the repository shows for the step's *detail*; a FleetError on mismatch."""
+        """What the repository shows for the step's *detail*; a FleetError on mismatch.
+
+        The branch must hold the job's commit, and each resealed document must be there
+        as the step checked it: a file whose blob is the one the step wrote after
+        opening every new value with the target key (``checked_blobs``) is not opened
+        again; any other is parsed and its items opened with the target key.
+        """
         settings = self._repo(repo)
         recorded = recorded_detail(detail)
         if recorded.commit is None or recorded.branch is None:
             return {"repo": repo, "branch": recorded.branch, "commit": None, "tip": None,
                     "pushed": False, "documents": 0, "items": 0, "verified_items": 0,
-                    "unverified_items": 0, "pending": recorded.pending}
+                    "unverified_items": 0, "unchanged_documents": 0, "decrypted_items": 0,
+                    "pending": recorded.pending}
+        clock = Clock()
         async with self._lock(repo), cli.Git(credentials=credentials_of(settings)) as git:
             run = await self._run(git, settings)
-            tip = await run.writer.branch_tip(recorded.branch, on_remote=recorded.pushed)
-            where = "the remote" if recorded.pushed else "the private ref"
-            if tip is None:
-                raise PermanentError(f"repo {repo}: branch {recorded.branch} not found on "
-                                     f"{where}")
-            if not await branch_ahead(run.writer, recorded.commit, tip):
-                raise PermanentError(f"repo {repo}: branch {recorded.branch} on {where} does "
-                                     f"not hold the job's commit {recorded.commit}")
+            with clock("fetch"):
+                tip = await run.writer.branch_tip(recorded.branch, on_remote=recorded.pushed)
+                where = "the remote" if recorded.pushed else "the private ref"
+                if tip is None:
+                    raise PermanentError(f"repo {repo}: branch {recorded.branch} not found "
+                                         f"on {where}")
+                if not await branch_ahead(run.writer, recorded.commit, tip):
+                    raise PermanentError(f"repo {repo}: branch {recorded.branch} on {where} "
+                                         f"does not hold the job's commit {recorded.commit}")
             keys = await RepoKeys.load(self._ctx, ())
-            checks = await run.check_documents(tip, recorded.documents, keys)
+            with clock("check"):
+                checks = await run.verify_documents(tip, recorded.documents,
+                                                    recorded.checked_blobs, keys)
         wrong = [c.problem for c in checks if c.problem is not None]
         if wrong:
             more = f" and {len(wrong) - _SHOWN} more" if len(wrong) > _SHOWN else ""
@@ -160,7 +182,10 @@ class GitResealer:
                 "items": sum(len(d.items) for d in recorded.documents),
                 "verified_items": sum(c.verified_items for c in checks),
                 "unverified_items": sum(c.unverified_items for c in checks),
-                "pending": recorded.pending}
+                "unchanged_documents": sum(c.unchanged for c in checks),
+                "decrypted_items": sum(c.verified_items for c in checks if not c.unchanged),
+                "pending": recorded.pending,
+                "seconds": {name: round(value, 3) for name, value in clock.seconds.items()}}
 
 
 @dataclass(frozen=True)
@@ -170,6 +195,7 @@ class _Recorded:
     pushed: bool
     documents: tuple[git_files.ResealedDocument, ...]
     pending: int
+    checked_blobs: dict[str, str]
 
 
 def _document(entry: JsonValue) -> git_files.ResealedDocument:
@@ -189,9 +215,11 @@ def recorded_detail(detail: JsonObject) -> _Recorded:
     """The parts of a step detail verify reads (a malformed one is a PermanentError)."""
     branch, commit, pushed = detail.get("branch"), detail.get("commit"), detail.get("pushed")
     documents, pending = detail.get("documents", []), detail.get("pending", [])
+    blobs = detail.get("checked_blobs", {})   # absent in a detail from before it existed
     if not (isinstance(branch, str | None) and isinstance(commit, str | None)
             and isinstance(pushed, bool) and isinstance(documents, list)
-            and isinstance(pending, list)):
+            and isinstance(pending, list) and isinstance(blobs, dict)
+            and all(isinstance(b, str) for b in blobs.values())):
         raise PermanentError("the step detail is not a Git reseal step's")
     return _Recorded(branch, commit, pushed, tuple(_document(d) for d in documents),
-                     len(pending))
+                     len(pending), {path: str(blob) for path, blob in blobs.items()})
