@@ -19,6 +19,13 @@ are: we just sealed them), so neither the collect side nor a replay spends RSA o
 An object counts as done only once the controller reports ``Synced=True`` for the
 generation written (polled, bounded).  A plaintext exists only inside
 ``domain.resealing``, one item at a time.
+
+With a per-object journal (:class:`~sealfleet.app.jobs.reseal_journal.ObjectJournal`)
+each object is marked as it goes: ``written`` (with the generation) once the PUT
+succeeded, then ``done`` once Synced, ``skipped`` (already sealed with the target, or
+gone), ``failed`` with the reason.  A replay does not read a done or skipped object
+again, waits only for the Synced of a written one, and reads the rest: one GET each when
+few are left, else one list.  The step's counts are then the journal's, over every run.
 """
 
 from __future__ import annotations
@@ -40,6 +47,7 @@ from sealfleet.adapters.store.records import JsonObject, JsonValue
 from sealfleet.app.config import ClusterSettings
 from sealfleet.app.jobs.context import JobContext
 from sealfleet.app.jobs.executor import StepOutcome
+from sealfleet.app.jobs.reseal_journal import ObjectJournal
 from sealfleet.domain import attribution, hybrid, resealing, sealed_secrets
 from sealfleet.domain.jobs import StepState
 from sealfleet.domain.keys import load_certificate
@@ -55,6 +63,7 @@ _SYNC_POLL = 0.2            # first pause between Synced polls, growing to _SYNC
 _SYNC_POLL_MAX = 2.0
 _SYNC_GETS = 16             # objects left to wait for that are read one by one
 _FAILURES_SHOWN = 50
+_REPLAY_GETS = 64           # a replay reads what is left one by one up to this many
 _BACKOFF = retry.BackoffPolicy(initial=0.5, cap=5.0)
 _ATTEMPTS = 6                # transient failures per call when nothing waits (verification)
 PAUSE_LIMIT = 600.0          # seconds a cluster may stay unreachable before its step fails
@@ -73,6 +82,8 @@ class Tally:
     gone: int = 0
     failures: dict[str, str] = dataclasses.field(default_factory=dict)
     seconds: dict[str, float] = dataclasses.field(default_factory=dict)  # per phase
+    read: int = 0               # objects read (listed or got) by this run of the step
+    from_journal: int = 0       # objects the journal held as done or skipped at its start
 
     def detail(self, target_key: str) -> JsonObject:
         shown: list[JsonValue] = [{"ref": ref, "reason": reason} for ref, reason
@@ -81,7 +92,24 @@ class Tally:
                 "skipped": self.skipped, "rotated_via_controller": self.rotated_via_controller,
                 "conflicts_replanned": self.conflicts_replanned, "gone": self.gone,
                 "failed": len(self.failures), "failures": shown,
-                "seconds": dict(self.seconds)}
+                "seconds": dict(self.seconds), "read": self.read,
+                "from_journal": self.from_journal}
+
+    def add_journaled(self, journaled: Mapping[str, Any]) -> None:
+        """Count what earlier runs of the step finished (done or skipped objects)."""
+        for obj in journaled.values():
+            if obj.state == "done" and obj.outcome == "rotated_via_controller":
+                self.rotated_via_controller += 1
+            elif obj.state == "done":
+                self.resealed += 1
+            elif obj.state == "skipped" and obj.outcome == "gone":
+                self.gone += 1
+            elif obj.state == "skipped":
+                self.skipped += 1
+            else:
+                continue
+            self.conflicts_replanned += obj.conflicts
+            self.from_journal += 1
 
 
 def object_path(namespace: str, name: str) -> str:
@@ -152,7 +180,7 @@ class ClusterResealer:
     """One ``cluster:<name>`` step of a reseal job (see the module docstring)."""
 
     def __init__(self, ctx: JobContext, pool: Executor, cluster: ClusterSettings,
-                 target_key: str) -> None:
+                 target_key: str, journal: ObjectJournal | None = None) -> None:
         self._ctx = ctx
         self._pool = pool
         self._cluster = cluster
@@ -163,6 +191,9 @@ class ClusterResealer:
         self._proxy: str | None = None
         self._rotate_refusal: str | None = None
         self._written: dict[str, int] = {}      # ref -> generation to see Synced for
+        self._journal = journal
+        self._outcome: dict[str, str] = {}      # ref -> resealed, already_target...
+        self._conflicts: dict[str, int] = {}    # ref -> 409s met
         self._patience = Patience(cluster.name)
         self.tally = Tally()
 
@@ -191,20 +222,52 @@ class ClusterResealer:
         *snapshot* shows those it holds (a read made earlier: a 409 then re-reads)."""
         cluster = self._cluster
         self.tally.planned = len(refs)
+        todo = list(refs)
+        journal = self._journal
+        if journal is not None:
+            self.tally.add_journaled({r: o for r, o in journal.journaled.items()
+                                      if r in set(refs) and journal.final(r)})
+            todo = [ref for ref in refs if not journal.final(ref)]
+            for ref in todo:
+                found = journal.journaled.get(ref)
+                if found is not None and found.state == "written" and \
+                        found.generation is not None:
+                    self._written[ref] = found.generation     # its Synced still to see
+                    self._outcome[ref] = found.outcome or "resealed"
+                    self._conflicts[ref] = found.conflicts
+                    self.tally.conflicts_replanned += found.conflicts
+                    if found.outcome == "already_target":
+                        self.tally.skipped += 1
+                    elif found.outcome == "rotated_via_controller":
+                        self.tally.rotated_via_controller += 1
+                    else:
+                        self.tally.resealed += 1
+            todo = [ref for ref in todo if ref not in self._written]
         async with self._ctx.connect(cluster) as client:
             snapshot = snapshot or {}
+            unread = set(todo) - set(snapshot)
+            # A replay with little left reads it one by one; a first run lists.
+            one_by_one = bool(unread) and journal is not None and \
+                len(todo) < len(refs) and len(unread) <= _REPLAY_GETS
             listed = await self._patience.call(functools.partial(list_now, client)) \
-                if set(refs) - set(snapshot) else {}
-            planned = {ref: snapshot.get(ref) or listed.get(ref) for ref in refs}
+                if unread and not one_by_one else {}
+            if listed:
+                self.tally.read += len(todo)
+            planned = {ref: snapshot.get(ref) or listed.get(ref) for ref in todo}
             await self._prepare({r: o for r, o in planned.items() if o is not None})
             gate = asyncio.Semaphore(WRITE_CONCURRENCY)
 
             async def one(ref: str, obj: dict[str, Any] | None) -> None:
                 async with gate:
                     try:
+                        if obj is None and one_by_one:
+                            namespace, _, name = ref.partition("/")
+                            self.tally.read += 1
+                            obj = await self._read(client, object_path(namespace, name))
                         await self._reseal_object(client, ref, obj)
                     except FleetError as error:
                         self.tally.failures[ref] = str(error)
+                        self._mark(ref, "failed", error=str(error))
 
             started = time.monotonic()
             await asyncio.gather(*(one(ref, obj) for ref, obj in planned.items()))
@@ -229,6 +292,7 @@ class ClusterResealer:
         for _ in range(MAX_CONFLICTS + 1):
             if obj is None:
                 self.tally.gone += 1      # deleted since the plan: nothing left to reseal
+                self._mark(ref, "skipped", outcome="gone")
                 return
             try:
                 body, via_controller = await self._resealed_body(client, ref, obj)
@@ -237,12 +301,15 @@ class ClusterResealer:
             if body is None:
                 self.tally.skipped += 1
                 self._written[ref] = generation_of(obj)   # still wait for its Synced
+                self._mark(ref, "written", outcome="already_target",
+                           generation=generation_of(obj))
                 return
             try:
                 written = await self._patience.call(
                     functools.partial(client.replace_json, path, body))
             except Conflict:
                 self.tally.conflicts_replanned += 1
+                self._conflicts[ref] = self._conflicts.get(ref, 0) + 1
                 obj = await self._read(client, path)
                 continue
             self._written[ref] = generation_of(written)
@@ -250,9 +317,26 @@ class ClusterResealer:
                 self.tally.rotated_via_controller += 1
             else:
                 self.tally.resealed += 1
+            self._mark(ref, "written", outcome="rotated_via_controller" if via_controller
+                       else "resealed", generation=generation_of(written))
             return
         raise PermanentError(f"{ref}: changed by another writer {MAX_CONFLICTS + 1} times "
                              "while being resealed")
+
+    def _mark(self, ref: str, state: str, *, outcome: str | None = None,
+              generation: int | None = None, error: str | None = None) -> None:
+        """The object's new state into the journal (batched there)."""
+        if outcome is not None:
+            self._outcome[ref] = outcome
+        if self._journal is not None:
+            self._journal.record(ref, state, outcome=self._outcome.get(ref),
+                                 generation=generation if generation is not None
+                                 else self._written.get(ref),
+                                 conflicts=self._conflicts.get(ref, 0), error=error)
+
+    def _synced(self, ref: str) -> None:
+        already = self._outcome.get(ref) == "already_target"
+        self._mark(ref, "skipped" if already else "done")
 
     async def _read(self, client: KubeClient, path: str) -> dict[str, Any] | None:
         try:
@@ -382,25 +466,30 @@ class ClusterResealer:
                 if obj is None:
                     if listed is not None:
                         waiting.pop(ref)
-                        self.tally.failures[ref] = "deleted before the controller synced it"
+                        self._fail(ref, "deleted before the controller synced it")
                     continue
                 observed, status, message = synced_state(obj)
                 if observed is not None and observed >= generation and status == "True":
                     waiting.pop(ref)
+                    self._synced(ref)
                 elif observed is not None and observed >= generation and status == "False":
                     waiting.pop(ref)
-                    self.tally.failures[ref] = f"the controller reports Synced=False: {message}"
+                    self._fail(ref, f"the controller reports Synced=False: {message}")
                 else:
                     last[ref] = f"observedGeneration {observed}, Synced {status}"
             if waiting and time.monotonic() > deadline:
                 for ref, generation in waiting.items():
-                    self.tally.failures[ref] = (
-                        f"the controller did not report Synced for generation {generation} "
-                        f"within {SYNC_TIMEOUT:.0f}s ({last.get(ref, 'no status')})")
+                    self._fail(ref, f"the controller did not report Synced for generation "
+                                    f"{generation} within {SYNC_TIMEOUT:.0f}s "
+                                    f"({last.get(ref, 'no status')})")
                 return
             if waiting:
                 await asyncio.sleep(pause)
                 pause = min(pause * 1.5, _SYNC_POLL_MAX)
+
+    def _fail(self, ref: str, reason: str) -> None:
+        self.tally.failures[ref] = reason
+        self._mark(ref, "failed", error=reason)
 
     async def _read_waiting(self, client: KubeClient,
                             waiting: Mapping[str, int]) -> dict[str, dict[str, Any]]:
