@@ -34,13 +34,12 @@ import asyncio
 import dataclasses
 import functools
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import Executor
-from typing import Any, TypeVar
+from typing import Any
 
 import structlog
 
-from sealfleet.adapters import retry
 from sealfleet.adapters.kube import controller
 from sealfleet.adapters.kube.client import Conflict, KubeClient, NotFound
 from sealfleet.adapters.store.records import JsonObject, JsonValue
@@ -48,6 +47,13 @@ from sealfleet.app.config import ClusterSettings
 from sealfleet.app.jobs.context import JobContext
 from sealfleet.app.jobs.executor import StepOutcome
 from sealfleet.app.jobs.reseal_journal import ObjectJournal
+from sealfleet.app.jobs.reseal_reads import PAUSE_LIMIT as PAUSE_LIMIT
+from sealfleet.app.jobs.reseal_reads import Patience as Patience
+from sealfleet.app.jobs.reseal_reads import generation_of as generation_of
+from sealfleet.app.jobs.reseal_reads import list_now as list_now
+from sealfleet.app.jobs.reseal_reads import list_objects as list_objects
+from sealfleet.app.jobs.reseal_reads import object_path as object_path
+from sealfleet.app.jobs.reseal_reads import synced_state as synced_state
 from sealfleet.domain import attribution, hybrid, resealing, sealed_secrets
 from sealfleet.domain.jobs import StepState
 from sealfleet.domain.keys import load_certificate
@@ -64,10 +70,6 @@ _SYNC_POLL_MAX = 2.0
 _SYNC_GETS = 16             # objects left to wait for that are read one by one
 _FAILURES_SHOWN = 50
 _REPLAY_GETS = 64           # a replay reads what is left one by one up to this many
-_BACKOFF = retry.BackoffPolicy(initial=0.5, cap=5.0)
-_ATTEMPTS = 6                # transient failures per call when nothing waits (verification)
-PAUSE_LIMIT = 600.0          # seconds a cluster may stay unreachable before its step fails
-T = TypeVar("T")
 
 
 @dataclasses.dataclass
@@ -110,70 +112,6 @@ class Tally:
                 continue
             self.conflicts_replanned += obj.conflicts
             self.from_journal += 1
-
-
-def object_path(namespace: str, name: str) -> str:
-    return controller.sealed_secret_path(namespace, name)
-
-
-def synced_state(obj: Mapping[str, Any]) -> tuple[int | None, str | None, str | None]:
-    """(observedGeneration, Synced status, its message) from an object's status."""
-    status = obj.get("status") or {}
-    observed = status.get("observedGeneration")
-    for condition in status.get("conditions") or []:
-        if isinstance(condition, Mapping) and condition.get("type") == "Synced":
-            return (observed if isinstance(observed, int) else None,
-                    str(condition.get("status")), condition.get("message"))
-    return (observed if isinstance(observed, int) else None, None, None)
-
-
-def generation_of(obj: Mapping[str, Any]) -> int:
-    value = (obj.get("metadata") or {}).get("generation")
-    return value if isinstance(value, int) else 0
-
-
-async def list_now(client: KubeClient) -> dict[str, dict[str, Any]]:
-    """Every SealedSecret of the cluster by ``namespace/name`` (one paginated list)."""
-    found: dict[str, dict[str, Any]] = {}
-    async for page in client.list_pages(controller.SEALED_SECRETS_PATH):
-        for obj in page.items:
-            meta = obj.get("metadata") or {}
-            found[f"{meta.get('namespace', '')}/{meta.get('name', '')}"] = obj
-    return found
-
-
-async def list_objects(client: KubeClient) -> dict[str, dict[str, Any]]:
-    """:func:`list_now`, a few transient failures retried."""
-    return await retry.retry_call(functools.partial(list_now, client), policy=_BACKOFF,
-                                  attempts=_ATTEMPTS)
-
-
-class Patience:
-    """Calls to one cluster retried while it is unreachable, up to one deadline for the
-    whole step: its part of the job pauses while the other clusters' steps go on."""
-
-    def __init__(self, cluster: str, limit: float = PAUSE_LIMIT) -> None:
-        self._cluster = cluster
-        self._limit = limit
-        self._deadline = asyncio.get_running_loop().time() + limit
-        self._paused = False
-
-    def _on_retry(self, error: TransientError, delay: float) -> None:
-        if not self._paused:
-            self._paused = True
-            log.warning("reseal_cluster_paused", cluster=self._cluster, error=str(error))
-
-    async def call(self, fn: Callable[[], Awaitable[T]]) -> T:
-        try:
-            async with asyncio.timeout_at(self._deadline):
-                result = await retry.retry_call(fn, policy=_BACKOFF, on_retry=self._on_retry)
-        except TimeoutError:
-            raise TransientError(f"cluster {self._cluster} unreachable for "
-                                 f"{self._limit:.0f}s") from None
-        if self._paused:
-            self._paused = False
-            log.info("reseal_cluster_resumed", cluster=self._cluster)
-        return result
 
 
 class ClusterResealer:
