@@ -8,8 +8,9 @@ repository steps and:
 
 1. reads every cluster's SealedSecrets as they are now and looks their items up in the
    attribution cache: any item sealed with the key, or not attributed yet (it might be
-   the key's), and the step is *skipped*, naming what still uses it.  Git documents do
-   not hold the key back: until their reseal branch merges, base branches still carry
+   the key's), and the step is *skipped*, naming what still uses it.  Git documents
+   (``compromised_keys.still_sealing``, the inventory's view) are named in the detail
+   but do not hold the key back: until their reseal branch merges, base branches still carry
    old ciphertexts, but it is the in-cluster objects the controller must decrypt (a
    Flux- or Argo-managed object is one of those: resealed in Git, not in the cluster,
    it keeps the key loaded until its branch is merged and applied);
@@ -37,7 +38,7 @@ from sealfleet.adapters.kube.client import KubeClient
 from sealfleet.adapters.store.job_objects import JobObject
 from sealfleet.adapters.store.records import JobRecord, JsonValue
 from sealfleet.app.config import ClusterSettings
-from sealfleet.app.jobs import cluster_sync, reseal_cluster
+from sealfleet.app.jobs import cluster_sync, compromised_keys, reseal_cluster
 from sealfleet.app.jobs.context import JobContext
 from sealfleet.app.jobs.executor import StepOutcome
 from sealfleet.domain import attribution, sealed_secrets
@@ -106,6 +107,11 @@ async def relabel_step(ctx: JobContext, job: JobRecord, fingerprint: str) -> Ste
         *(_cluster_use(ctx, name, fingerprint) for name in clusters)), strict=True))
     in_use: dict[str, JsonValue] = {name: list(use.using[:_SHOWN])
                                     for name, use in uses.items() if use.using}
+    # Reported, not waited for: Git documents on base branches keep the old ciphertext
+    # until their reseal branch is merged (the hook reads the inventory).
+    documents = [f"{repo}:{path}#{index}" for use in await compromised_keys.still_sealing(
+        ctx.store, [fingerprint]) for repo, path, index in use.git_documents]
+    git: list[JsonValue] = list(documents[:_SHOWN])
     unattributed: dict[str, JsonValue] = {name: use.unattributed
                                           for name, use in uses.items() if use.unattributed}
     if in_use or unattributed:
@@ -114,7 +120,7 @@ async def relabel_step(ctx: JobContext, job: JobRecord, fingerprint: str) -> Ste
                  unattributed=sum(u.unattributed for u in uses.values()))
         return StepOutcome(StepState.SKIPPED, {
             "fingerprint": fingerprint, "in_use": in_use, "in_use_count": count,
-            "unattributed_items": unattributed,
+            "unattributed_items": unattributed, "git_documents": git,
             "reason": "SealedSecrets in the clusters are still sealed with it"
             if in_use else "some items are not attributed yet: they might be this key's"})
     journaled = {o.ref: o for o in await ctx.store.jobs.step_objects(job.id, step)}
@@ -138,7 +144,8 @@ async def relabel_step(ctx: JobContext, job: JobRecord, fingerprint: str) -> Ste
              clusters=len(relabelled), blocked=len(blocked))
     return StepOutcome(StepState.DONE if relabelled else StepState.SKIPPED, {
         "fingerprint": fingerprint, "relabelled": relabelled, "blocked": blocked,
-        "unchanged": [r.ref for r in results if r.outcome == "unchanged"]})
+        "unchanged": [r.ref for r in results if r.outcome == "unchanged"],
+        "git_documents": git})
 
 
 async def _relabel_cluster(ctx: JobContext, job: JobRecord, step: str, name: str,
