@@ -234,10 +234,21 @@ async def test_renewal_then_reseal_leaves_everything_sealed_with_the_new_key(
         assert totals["failed"] == 0
         assert job.params["target_keys"] == [new_key]
 
-        # A replay of the same plan finds the work done: nothing is written again.
-        again = await fleet.resealer.run_step(job, f"cluster:{sandbox.names[0]}")
-        assert again.detail["resealed"] == 0
-        assert again.detail["skipped"] == plan["by_cluster"][sandbox.names[0]]
+        # A replay of the same plan finds the work done in the per-object journal: no
+        # object is read, nothing is written again, the counts are the journal's.
+        first = sandbox.names[0]
+        again = await fleet.resealer.run_step(job, f"cluster:{first}")
+        assert again.detail["read"] == 0
+        assert again.detail["from_journal"] == plan["by_cluster"][first]
+        assert again.detail["resealed"] == steps[f"cluster:{first}"].detail["resealed"]
+        journal = await fleet.store.jobs.step_objects(job.id, f"cluster:{first}")
+        assert {o.ref for o in journal} == {f"{e[1]}/{e[2]}" for e in expected
+                                            if e[0] == first and e != managed}
+        assert {(o.state, o.outcome) for o in journal} == {("done", "resealed")}
+        assert all(o.generation is not None and o.error is None for o in journal)
+        counts = await fleet.store.jobs.object_counts(job.id)
+        assert counts[f"cluster:{first}"].done == plan["by_cluster"][first]
+        assert counts[f"cluster:{first}"].remaining == 0
         # Nothing is left to reseal but the Flux-managed object (once the inventory has
         # seen the new ciphertexts): refused, with why.
         async def caught_up() -> bool:

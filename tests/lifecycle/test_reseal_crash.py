@@ -10,8 +10,15 @@ random points.  Also the CLI's exit codes and its dry run.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import os
+import pty
 import random
+import re
+import sqlite3
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -81,6 +88,33 @@ async def cluster_objects(settings: config.Settings, fingerprint: str,
     return seen
 
 
+def journal_rows(settings: config.Settings, job_id: str) -> list[tuple[str, str, str, str]]:
+    """The job's cluster objects in the per-object journal (read-only)."""
+    uri = f"{settings.store.database.as_uri()}?mode=ro"
+    with contextlib.closing(sqlite3.connect(uri, uri=True)) as db:
+        return db.execute("SELECT step, ref, state, outcome FROM job_objects "
+                          "WHERE job_id = ? AND step LIKE 'cluster:%'", (job_id,)).fetchall()
+
+
+def on_a_terminal(*args: str) -> tuple[int, str]:
+    """The CLI with its stdout and stderr on a pseudo-terminal: exit code, what it shows."""
+    main, secondary = pty.openpty()
+    process = subprocess.Popen([sys.executable, "-m", "sealfleet", *args], stdin=secondary,
+                               stdout=secondary, stderr=secondary, close_fds=True)
+    os.close(secondary)
+    shown = bytearray()
+    while True:
+        try:
+            chunk = os.read(main, 4096)
+        except OSError:          # EIO: the terminal's other end closed
+            break
+        if not chunk:
+            break
+        shown += chunk
+    os.close(main)
+    return process.wait(timeout=120), shown.decode(errors="replace")
+
+
 def cli_json(*args: str) -> tuple[int, Any]:
     done = sealfleet(*args)
     try:
@@ -135,8 +169,14 @@ def test_a_reseal_killed_at_any_point_finishes_with_the_same_result(sandbox: Pat
             assert code == 0, asked
             job_id = asked["id"]
             deadline = time.monotonic() + 60
-            while not any(s["ref"].startswith("cluster:") and s["state"] != "pending"
-                          for s in job(settings, job_id)["steps"]):
+            while True:
+                document = job(settings, job_id)
+                # Counts in the job document, from the per-object journal, while it runs.
+                assert document["progress"]["total"]["planned"] == 2 * PER_CLUSTER
+                assert set(document["progress"]["clusters"]) == {"sandbox-1", "sandbox-2"}
+                if any(s["ref"].startswith("cluster:") and s["state"] != "pending"
+                       for s in document["steps"]):
+                    break
                 assert time.monotonic() < deadline, "no cluster step ever ran"
                 time.sleep(0.02)
             time.sleep(point)
@@ -155,10 +195,38 @@ def test_a_reseal_killed_at_any_point_finishes_with_the_same_result(sandbox: Pat
             totals = finished["result"]["totals"]
             assert totals["failed"] == 0
             assert totals["resealed"] + totals["skipped"] >= 2 * PER_CLUSTER
+            # The per-object journal after the replays: every object marked once, final.
+            progress = finished["progress"]["total"]
+            assert (progress["remaining"], progress["failed"]) == (0, 0), progress
+            assert progress["done"] + progress["skipped"] == 2 * PER_CLUSTER
+            rows = journal_rows(settings, job_id)
+            assert sorted(f"{step[len('cluster:'):]}/{ref}" for step, ref, _, _ in rows) \
+                == sorted(after), point
+            assert {(state, outcome) for _, _, state, outcome in rows} <= {
+                ("done", "resealed"), ("skipped", "already_target")}, point
+            for cluster in ("sandbox-1", "sandbox-2"):
+                assert finished["result"]["clusters"][cluster]["objects"]["remaining"] == 0
             listed = json.loads(sealfleet("jobs", "list", "-o", "json", *conf).stdout)
             assert len([j for j in listed["jobs"] if j["kind"] == "reseal"]) \
                 == len(reseals_before) + 1                        # no second job
         assert any(interrupted), "every kill came after its job had finished"
+        # On a terminal, --wait shows the objects' progress and ends with the final state.
+        code, renewal = cli_json("keys", "renew", "--wait", "-o", "json", *conf)
+        assert code == 0, renewal
+        deadline = time.monotonic() + 60
+        while cli_json("reseal", "--dry-run", "-o", "json", *conf)[1]["planned"] \
+                != 2 * PER_CLUSTER:
+            assert time.monotonic() < deadline
+            time.sleep(0.3)
+        code, shown = on_a_terminal("reseal", "--wait", *conf)
+        assert code == 0, shown
+        lines = [line for line in shown.replace("\r", "\n").splitlines() if line.strip()]
+        assert any(re.search(r"reseal \w{8} \w+ \[[#.]{24}\] \d+/160 objects", line)
+                   for line in lines), shown
+        final = next(line for line in reversed(lines) if "objects" in line)
+        assert "succeeded" in final, shown
+        assert "160/160 objects" in final, shown
+        assert "  reseal succeeded" in shown, shown    # then the plain final document
         # Everything is current now: a reseal has nothing to do and succeeds (exit 0).
         done = sealfleet("reseal", "--wait", *conf)
         assert done.returncode == 0, done.stdout + done.stderr

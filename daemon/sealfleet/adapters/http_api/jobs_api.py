@@ -14,12 +14,13 @@ import json
 import pwd
 import socket
 import struct
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Protocol
 
 from aiohttp import web
 
 from sealfleet.adapters.store import Store
+from sealfleet.adapters.store.job_objects import StepCounts, progress_document
 from sealfleet.adapters.store.records import AuditEntry, JobItem, JobRecord, JsonObject, JsonValue
 from sealfleet.domain.jobs import JobState
 from sealfleet.domain.keys import most_recent_key
@@ -65,9 +66,11 @@ class StoreCertificates:
         return None
 
 
-def job_document(job: JobRecord, steps: Sequence[JobItem]) -> dict[str, JsonValue]:
-    """A job as the API and ``sealfleet jobs show -o json`` print it."""
-    return {
+def job_document(job: JobRecord, steps: Sequence[JobItem],
+                 objects: Mapping[str, StepCounts] | None = None) -> dict[str, JsonValue]:
+    """A job as the API and ``sealfleet jobs show -o json`` print it; with *objects* (the
+    per-object journal's counts per step) also its ``progress``."""
+    document: dict[str, JsonValue] = {
         "id": job.id, "kind": job.kind, "state": job.state, "actor": job.actor,
         "params": dict(job.params), "error": job.error, "result": dict(job.result),
         "created_at": iso(job.created_at), "started_at": iso(job.started_at),
@@ -76,6 +79,9 @@ def job_document(job: JobRecord, steps: Sequence[JobItem]) -> dict[str, JsonValu
         "steps": [{"ref": s.ref, "state": s.state, "attempt": s.attempt, "error": s.error,
                    "detail": dict(s.detail), "updated_at": iso(s.updated_at)} for s in steps],
     }
+    if objects:
+        document["progress"] = progress_document(objects)
+    return document
 
 
 def actor_of(request: web.Request) -> str:
@@ -122,7 +128,8 @@ async def _submit(request: web.Request, kind: str, params: JsonObject) -> web.Re
     except RefusedError as refused:
         return _json({"error": {"code": "refused", "message": str(refused)}}, status=409)
     store: Store = request.app[STORE]
-    return _json(job_document(job, await store.jobs.job_items(job.id)), status=202)
+    return _json(job_document(job, await store.jobs.job_items(job.id),
+                              await store.jobs.object_counts(job.id)), status=202)
 
 
 def _fingerprint(request: web.Request) -> str:
@@ -180,7 +187,8 @@ async def job(request: web.Request) -> web.Response:
     found = await store.jobs.get_job(request.match_info["id"])
     if found is None:
         raise web.HTTPNotFound(reason="no such job")
-    return _json(job_document(found, await store.jobs.job_items(found.id)))
+    return _json(job_document(found, await store.jobs.job_items(found.id),
+                              await store.jobs.object_counts(found.id)))
 
 
 async def audit(request: web.Request) -> web.Response:

@@ -268,7 +268,20 @@ SCHEMAS: dict[str, Any] = {
         "created_at": _TIME, "started_at": _TIME_OR_NULL, "finished_at": _TIME_OR_NULL,
         "updated_at": _TIME,
         "counts": {"type": "object", "additionalProperties": {"type": "integer"}},
-        "steps": {"type": "array", "items": _ref("JobStep")}}),
+        "steps": {"type": "array", "items": _ref("JobStep")},
+        "progress": _ref("JobProgress")}, required=[
+            "id", "kind", "state", "actor", "params", "error", "result", "created_at",
+            "started_at", "finished_at", "updated_at", "counts", "steps"]),
+    "ObjectCounts": _obj({
+        **{name: {"type": "integer", "minimum": 0} for name in (
+            "planned", "done", "skipped", "failed", "conflicts", "awaiting_synced",
+            "remaining")}}),
+    "JobProgress": _obj({
+        "clusters": {"type": "object", "additionalProperties": _ref("ObjectCounts"),
+                     "description": "per cluster step: its SealedSecrets by state, from "
+                                    "the per-object journal, live while the job runs"},
+        "repositories": {"type": "object", "additionalProperties": _ref("ObjectCounts")},
+        "total": _ref("ObjectCounts")}),
     "JobList": _obj({"jobs": {"type": "array", "items": _ref("Job")}}),
     "ResealRequest": _obj({
         "states": {"type": "array", "items": {"enum": _STATES},

@@ -17,7 +17,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from sealfleet.adapters.store import audit, codec, keys_sql
+from sealfleet.adapters.store import audit, codec, job_objects, keys_sql
+from sealfleet.adapters.store.job_objects import JobObject, StepCounts
 from sealfleet.adapters.store.key_material import EncryptedKey
 from sealfleet.adapters.store.records import JobItem, JobRecord, JobTally, JsonObject
 from sealfleet.domain.jobs import JobState, StepState
@@ -40,7 +41,8 @@ class AuditNote:
 
 def create_job(conn: sqlite3.Connection, job_id: str, kind: str, params: JsonObject,
                refs: Sequence[str], actor: str, note: AuditNote | None,
-               keys: Sequence[EncryptedKey]) -> None:
+               keys: Sequence[EncryptedKey],
+               objects: Sequence[tuple[str, str]] = ()) -> None:
     now = codec.now()
     try:
         conn.execute("INSERT INTO jobs (id, kind, state, params, actor, created_at, updated_at) "
@@ -51,6 +53,8 @@ def create_job(conn: sqlite3.Connection, job_id: str, kind: str, params: JsonObj
     conn.executemany("INSERT OR IGNORE INTO job_items (job_id, ref, state, position, updated_at) "
                      "VALUES (?, ?, 'pending', ?, ?)",
                      [(job_id, ref, position, now) for position, ref in enumerate(refs)])
+    if objects:
+        job_objects.insert_planned(conn, job_id, objects, now)
     if keys:
         keys_sql.store_encrypted_keys(conn, keys)
     if note is not None:
@@ -171,13 +175,28 @@ class JobJournal:
     async def create_job(self, kind: str, params: JsonObject, refs: Sequence[str], *,
                          job_id: str | None = None, actor: str = "sealfleet",
                          note: AuditNote | None = None,
-                         keys: Sequence[EncryptedKey] = ()) -> str:
-        """Journal a job, every step it will take (all pending), its audit entry and any
-        new keys it brings, in one transaction; returns its id."""
+                         keys: Sequence[EncryptedKey] = (),
+                         objects: Sequence[tuple[str, str]] = ()) -> str:
+        """Journal a job, every step it will take (all pending), the (step, ref) objects
+        its steps will work through (all planned), its audit entry and any new keys it
+        brings, in one transaction; returns its id."""
         job_id = job_id or uuid.uuid4().hex
         await self._store.write(create_job, job_id, kind, dict(params), list(refs), actor, note,
-                                list(keys))
+                                list(keys), list(objects))
         return job_id
+
+    async def update_objects(self, job_id: str, objects: Sequence[JobObject]) -> None:
+        """A batch of a job's objects moved to new states, in one transaction."""
+        if objects:
+            await self._store.write(job_objects.update_objects, job_id, list(objects))
+
+    async def step_objects(self, job_id: str, step: str) -> list[JobObject]:
+        """The objects of one step as journaled, by ref."""
+        return await self._store.read(job_objects.step_objects, job_id, step)
+
+    async def object_counts(self, job_id: str) -> dict[str, StepCounts]:
+        """Per step of *job_id*: its objects in each state (steps without any left out)."""
+        return await self._store.read(job_objects.step_counts, job_id)
 
     async def add_steps(self, job_id: str, refs: Sequence[str]) -> None:
         if refs:

@@ -21,6 +21,8 @@ from sealfleet.app.cli.main import DEFAULT_CONFIG_PATH
 from sealfleet.errors import InputError
 
 _POLL_SECONDS = 0.5
+_BAR = 24           # characters of the progress bar
+_BUSY_SHOWN = 3     # clusters still at work named on the progress line
 _FINISHED = frozenset({"succeeded", "failed", "cancelled"})
 # Counts a step's detail may carry (a reseal's), printed after the step when not zero.
 _STEP_COUNTS = ("planned", "resealed", "rotated_via_controller", "skipped",
@@ -180,18 +182,39 @@ async def _follow(client: Any, job: dict[str, Any], output: str) -> int:
     shown = ""
     while job["state"] not in _FINISHED:
         if tty:
-            counts = job.get("counts", {})
-            done = sum(counts.get(s, 0) for s in ("done", "skipped", "failed"))
-            line = f"\r{job['kind']} {job['id'][:8]}: {done}/{sum(counts.values())} steps"
+            line = "\r" + progress_line(job) + "\x1b[K"   # erase what a longer line left
             if line != shown:
                 print(line, end="", file=sys.stderr, flush=True)
                 shown = line
         await asyncio.sleep(_POLL_SECONDS)
         job = await client.get_json(f"/api/v1/jobs/{job['id']}")
     if tty and shown:
-        print(file=sys.stderr)
+        print("\r" + progress_line(job) + "\x1b[K", file=sys.stderr, flush=True)
     _print_job(job, output)
     return 0 if job["state"] == "succeeded" else 1
+
+
+def progress_line(job: dict[str, Any]) -> str:
+    """One line of progress: objects finished of planned (a bar, counts, the clusters
+    still at work) for a job with a per-object journal, else its steps."""
+    counts = job.get("counts", {})
+    finished = sum(counts.get(s, 0) for s in ("done", "skipped", "failed"))
+    steps = f"{finished}/{sum(counts.values())} steps"
+    head = f"{job['kind']} {job['id'][:8]} {job['state']}"
+    progress = job.get("progress")
+    if not isinstance(progress, dict):
+        return f"{head}: {steps}"
+    total = progress.get("total") or {}
+    planned = int(total.get("planned", 0))
+    ended = planned - int(total.get("remaining", 0))
+    filled = _BAR * ended // planned if planned else _BAR
+    busy = [f"{name} {c['planned'] - c['remaining']}/{c['planned']}"
+            for name, c in sorted((progress.get("clusters") or {}).items())
+            if c.get("remaining")][:_BUSY_SHOWN]
+    extra = "".join(f", {total[k]} {k}" for k in ("failed", "conflicts") if total.get(k))
+    return (f"{head} [{'#' * filled}{'.' * (_BAR - filled)}] {ended}/{planned} objects "
+            f"({total.get('done', 0)} done, {total.get('skipped', 0)} skipped{extra}), "
+            f"{steps}" + (f"; {', '.join(busy)}" if busy else ""))
 
 
 def _print_job(job: dict[str, Any], output: str, *, brief: bool = False) -> None:
@@ -204,6 +227,14 @@ def _print_job(job: dict[str, Any], output: str, *, brief: bool = False) -> None
     print(f"  {job['kind']} {job['state']} (by {job['actor']}, {job['created_at']})")
     if job.get("error"):
         print(f"  error: {job['error']}")
+    progress = job.get("progress")
+    if isinstance(progress, dict):
+        for title, key in (("cluster", "clusters"), ("repository", "repositories")):
+            for name, c in sorted((progress.get(key) or {}).items()):
+                print(f"  {title} {name}: {c['planned']} planned, {c['done']} done, "
+                      f"{c['skipped']} skipped, {c['failed']} failed, "
+                      f"{c['conflicts']} conflicts" + (f", {c['remaining']} to go"
+                                                       if c.get("remaining") else ""))
     for step in job.get("steps", []):
         error = f" - {step['error']}" if step.get("error") else ""
         detail = step.get("detail") or {}

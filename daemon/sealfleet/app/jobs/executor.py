@@ -15,13 +15,16 @@ from sealfleet.domain.keys import KeySource, SealingKey
 @dataclass(frozen=True)
 class Plan:
     """A job as it will be journaled: its steps (in order), its parameters as resolved,
-    what the audit entry says, and keys it brings (stored encrypted with the entry)."""
+    what the audit entry says, keys it brings (stored encrypted with the entry), and the
+    objects its steps will work through (the per-object journal)."""
 
     steps: Sequence[str]
     params: JsonObject = field(default_factory=dict)
     audit: JsonObject = field(default_factory=dict)
     new_keys: Sequence[SealingKey] = field(default=(), repr=False)
     new_key_source: KeySource = KeySource.GENERATED   # IMPORTED: a key_import's keys
+    # (step, ref) objects the steps work through, journaled as planned with the job
+    objects: Sequence[tuple[str, str]] = field(default=(), repr=False)
 
 
 @dataclass(frozen=True)

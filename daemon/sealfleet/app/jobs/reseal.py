@@ -3,13 +3,20 @@ in the clusters and in their GitOps repositories.
 
 ``plan`` reads the inventory (``reseal_inventory``), asks the pure planner what to reseal
 and journals the answer: one ``cluster:<name>`` step per cluster with objects to write
-there, one ``repo:<name>`` step per repository with documents to rewrite, and in the
-job's params every planned object with the key it is to be sealed with (names and
-fingerprints only), so a replay after a crash reaches the same result.  ``dry_run``
-returns the plan document and journals nothing.  Cluster steps are
+there, one ``repo:<name>`` step per repository with documents to rewrite, and a
+``relabel:<fp>`` step per compromised key (``reseal_relabel``: once no in-cluster
+SealedSecret uses it, its key Secrets are labelled ``compromised`` in every cluster).
+Every planned object is journaled with the job, in the same transaction, as a row of
+the per-object journal (``store.jobs`` objects, see ``reseal_journal``): the cluster
+step marks them in batches as it goes and a replay reads only what is not marked done;
+the job's params keep each cluster's target key and each repository's planned
+documents (names and fingerprints only), so a replay after a crash reaches the same
+result.  ``dry_run`` returns the plan document and journals nothing.  Cluster steps are
 :class:`~sealfleet.app.jobs.reseal_cluster.ClusterResealer`; repository steps are
-``reseal_git.GitResealer``'s.  ``finish`` checks what the clusters really show: every
-resealed object's items attributed to the target key and Synced for its generation.
+``reseal_git.GitResealer``'s (their documents marked from the step's detail when it
+ends).  ``finish`` checks what the clusters really show: every resealed object's items
+attributed to the target key and Synced for its generation; the result carries the
+journal's counts per cluster and repository.
 
 Objects managed by Flux or Argo CD are never written in the cluster (the planner
 routes them to their repository, or reports them).  :class:`AutoReseal` starts a
@@ -25,11 +32,13 @@ from concurrent.futures import Executor, ThreadPoolExecutor
 
 import structlog
 
+from sealfleet.adapters.store.job_objects import counts_document
 from sealfleet.adapters.store.records import JobItem, JobRecord, JsonObject, JsonValue
-from sealfleet.app.jobs import reseal_cluster, reseal_git, reseal_inventory
+from sealfleet.app.jobs import reseal_cluster, reseal_git, reseal_inventory, reseal_relabel
 from sealfleet.app.jobs.context import JobContext
 from sealfleet.app.jobs.executor import Executor as JobExecutor
 from sealfleet.app.jobs.executor import Plan, StepOutcome
+from sealfleet.app.jobs.reseal_journal import ObjectJournal, document_ref, repo_marks
 from sealfleet.app.jobs.reseal_params import (
     entry_document,
     entry_from_document,
@@ -109,17 +118,22 @@ class ResealExecutor:
             raise RefusedError(_refusal(plan))
         clusters: dict[str, JsonValue] = {}
         repos: dict[str, JsonValue] = {}
+        objects: list[tuple[str, str]] = []     # the per-object journal's planned rows
         for (source, where), entries in plan.by_destination().items():
             if source is Source.CLUSTER:
                 targets = {e.target_key for e in entries}
                 if len(targets) != 1:   # the planner gives one key per cluster
                     raise RefusedError(f"cluster {where}: more than one target key planned")
-                objects: list[JsonValue] = [f"{e.namespace}/{e.name}" for e in entries]
-                clusters[where] = {"target_key": targets.pop(), "objects": objects}
+                objects += [(f"cluster:{where}", f"{e.namespace}/{e.name}") for e in entries]
+                clusters[where] = {"target_key": targets.pop(), "planned": len(entries)}
             else:
                 repos[where] = [entry_document(e) for e in entries]
+                objects += [(f"repo:{where}", document_ref(e.path, e.document))
+                            for e in entries]
+        relabels = await reseal_relabel.planned(self._ctx)
         steps = [f"cluster:{name}" for name in sorted(clusters)] + \
-            [f"repo:{name}" for name in sorted(repos)]
+            [f"repo:{name}" for name in sorted(repos)] + \
+            [f"relabel:{fingerprint}" for fingerprint in relabels]
         counts = _json_value(plan.dry_run())
         target_keys: list[JsonValue] = [*sorted({p.target_key for p in plan.planned})]
         old_keys: list[JsonValue] = [*sorted({k for p in plan.planned for k in p.old_keys})]
@@ -135,7 +149,10 @@ class ResealExecutor:
             "not_planned": not_planned, **summary}
         if "after_job" in params:
             params_out["after_job"] = params["after_job"]
-        return Plan(steps=steps, params=params_out, audit={**summary, "selection": selection})
+        if relabels:
+            params_out["blast_radius"] = blast_radius(plan.planned, relabels)
+        return Plan(steps=steps, params=params_out, audit={**summary, "selection": selection},
+                    objects=objects)
 
     # ------------------------------------------------------------ steps
 
@@ -146,14 +163,22 @@ class ResealExecutor:
             entry = planned.get(name) if isinstance(planned, dict) else None
             if not isinstance(entry, dict):
                 raise PermanentError(f"the job's params hold no objects for cluster {name}")
-            objects = [str(ref) for ref in entry.get("objects") or []]  # type: ignore[union-attr]
-            resealer = reseal_cluster.ClusterResealer(self._ctx, self._pool,
-                                                      self._ctx.cluster(name),
-                                                      str(entry["target_key"]))
-            return await resealer.run(objects)
+            async with ObjectJournal.open(self._ctx.store, job.id, step) as journal:
+                # Jobs journaled before the per-object journal name their objects in params.
+                objects = sorted(journal.journaled) or [
+                    str(ref) for ref in entry.get("objects") or []]  # type: ignore[union-attr]
+                resealer = reseal_cluster.ClusterResealer(
+                    self._ctx, self._pool, self._ctx.cluster(name), str(entry["target_key"]),
+                    journal if journal.journaled else None)
+                return await resealer.run(objects)
         if phase == "repo":
-            return await reseal_git.GitResealer(self._ctx).reseal_step(
-                job, name, self._repo_entries(job, name))
+            entries = self._repo_entries(job, name)
+            outcome = await reseal_git.GitResealer(self._ctx).reseal_step(job, name, entries)
+            await self._ctx.store.jobs.update_objects(
+                job.id, repo_marks(step, entries, outcome.detail))
+            return outcome
+        if phase == "relabel":
+            return await reseal_relabel.relabel_step(self._ctx, job, name)
         raise PermanentError(f"unknown step {step}")
 
     @staticmethod
@@ -169,14 +194,22 @@ class ResealExecutor:
     async def finish(self, job: JobRecord, steps: Sequence[JobItem]) -> JsonObject:
         clusters: dict[str, JsonValue] = {}
         repositories: dict[str, JsonValue] = {}
+        relabelled: dict[str, JsonValue] = {}
         totals: Counter[str] = Counter()
         problems: list[str] = []
+        journal_counts = await self._ctx.store.jobs.object_counts(job.id)
         for step in steps:
             phase, _, name = step.ref.partition(":")
+            if phase == "relabel":
+                relabelled[name] = {"state": step.state, "error": step.error,
+                                    **step.detail}
+                continue
             counts = {k: v for k, v in step.detail.items()
                       if isinstance(v, int) and not isinstance(v, bool)}
             entry: dict[str, JsonValue] = {"state": step.state, "error": step.error, **counts,
                                  "failures": step.detail.get("failures", [])}
+            if step.ref in journal_counts:
+                entry["objects"] = dict(counts_document(journal_counts[step.ref]))
             if phase == "cluster":
                 if step.state in (StepState.DONE, StepState.SKIPPED):
                     verified, found = await self._verify_cluster(job, name)
@@ -194,11 +227,14 @@ class ResealExecutor:
             more = f" and {len(problems) - _SHOWN} more" if len(problems) > _SHOWN else ""
             raise FleetError(f"{len(problems)} resealed object(s) not as expected: "
                              f"{shown}{more}")
-        result: JsonObject = {
+        result: dict[str, JsonValue] = {
             "clusters": clusters, "repositories": repositories, "totals": dict(totals),
             "by_reason": job.params.get("by_reason", {}),
             "target_keys": job.params.get("target_keys", []),
             "not_planned": job.params.get("not_planned", [])}
+        if relabelled:
+            result["compromised_keys"] = relabelled
+            result["blast_radius"] = job.params.get("blast_radius", {})
         await self._ctx.store.audit.record("reseal_result", job.actor, {
             "job": job.id, "totals": dict(totals),
             "target_keys": job.params.get("target_keys", []),
@@ -213,7 +249,8 @@ class ResealExecutor:
         if not isinstance(entry, dict):
             return 0, []
         target = str(entry["target_key"])
-        refs = [str(r) for r in entry.get("objects") or []]  # type: ignore[union-attr]
+        refs = [o.ref for o in await self._ctx.store.jobs.step_objects(job.id, f"cluster:{name}")
+                ] or [str(r) for r in entry.get("objects") or []]  # type: ignore[union-attr]
         async with self._ctx.connect(self._ctx.cluster(name)) as client:
             listed = await reseal_cluster.list_objects(client)
         hashes: dict[str, list[str]] = {}
@@ -242,6 +279,26 @@ class ResealExecutor:
             else:
                 verified += 1
         return verified, problems
+
+
+def blast_radius(planned: Sequence[PlannedReseal],
+                 fingerprints: Sequence[str]) -> dict[str, JsonValue]:
+    """Per compromised key: the planned SealedSecrets with an item sealed with it (their
+    values must change: old ciphertexts stay readable in Git history and backups)."""
+    radius: dict[str, list[JsonValue]] = {fp: [] for fp in fingerprints}
+    for entry in planned:
+        for fingerprint in radius:
+            items: list[JsonValue] = [i.item for i in entry.items
+                                      if i.fingerprint == fingerprint]
+            if not items:
+                continue
+            where: dict[str, JsonValue] = {"source": entry.source.value, "cluster": entry.cluster}
+            if entry.source is not Source.CLUSTER:
+                where = {"source": entry.source.value, "repo": entry.repo,
+                         "path": entry.path, "document": entry.document}
+            radius[fingerprint].append({**where, "namespace": entry.namespace,
+                                        "name": entry.name, "items": items})
+    return {fp: list(found) for fp, found in radius.items()}
 
 
 class AutoReseal:

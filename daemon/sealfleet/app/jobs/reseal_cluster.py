@@ -19,6 +19,13 @@ are: we just sealed them), so neither the collect side nor a replay spends RSA o
 An object counts as done only once the controller reports ``Synced=True`` for the
 generation written (polled, bounded).  A plaintext exists only inside
 ``domain.resealing``, one item at a time.
+
+With a per-object journal (:class:`~sealfleet.app.jobs.reseal_journal.ObjectJournal`)
+each object is marked as it goes: ``written`` (with the generation) once the PUT
+succeeded, then ``done`` once Synced, ``skipped`` (already sealed with the target, or
+gone), ``failed`` with the reason.  A replay does not read a done or skipped object
+again, waits only for the Synced of a written one, and reads the rest: one GET each when
+few are left, else one list.  The step's counts are then the journal's, over every run.
 """
 
 from __future__ import annotations
@@ -27,19 +34,26 @@ import asyncio
 import dataclasses
 import functools
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import Executor
-from typing import Any, TypeVar
+from typing import Any
 
 import structlog
 
-from sealfleet.adapters import retry
 from sealfleet.adapters.kube import controller
 from sealfleet.adapters.kube.client import Conflict, KubeClient, NotFound
 from sealfleet.adapters.store.records import JsonObject, JsonValue
 from sealfleet.app.config import ClusterSettings
 from sealfleet.app.jobs.context import JobContext
 from sealfleet.app.jobs.executor import StepOutcome
+from sealfleet.app.jobs.reseal_journal import ObjectJournal
+from sealfleet.app.jobs.reseal_reads import PAUSE_LIMIT as PAUSE_LIMIT
+from sealfleet.app.jobs.reseal_reads import Patience as Patience
+from sealfleet.app.jobs.reseal_reads import generation_of as generation_of
+from sealfleet.app.jobs.reseal_reads import list_now as list_now
+from sealfleet.app.jobs.reseal_reads import list_objects as list_objects
+from sealfleet.app.jobs.reseal_reads import object_path as object_path
+from sealfleet.app.jobs.reseal_reads import synced_state as synced_state
 from sealfleet.domain import attribution, hybrid, resealing, sealed_secrets
 from sealfleet.domain.jobs import StepState
 from sealfleet.domain.keys import load_certificate
@@ -55,10 +69,7 @@ _SYNC_POLL = 0.2            # first pause between Synced polls, growing to _SYNC
 _SYNC_POLL_MAX = 2.0
 _SYNC_GETS = 16             # objects left to wait for that are read one by one
 _FAILURES_SHOWN = 50
-_BACKOFF = retry.BackoffPolicy(initial=0.5, cap=5.0)
-_ATTEMPTS = 6                # transient failures per call when nothing waits (verification)
-PAUSE_LIMIT = 600.0          # seconds a cluster may stay unreachable before its step fails
-T = TypeVar("T")
+_REPLAY_GETS = 64           # a replay reads what is left one by one up to this many
 
 
 @dataclasses.dataclass
@@ -73,6 +84,8 @@ class Tally:
     gone: int = 0
     failures: dict[str, str] = dataclasses.field(default_factory=dict)
     seconds: dict[str, float] = dataclasses.field(default_factory=dict)  # per phase
+    read: int = 0               # objects read (listed or got) by this run of the step
+    from_journal: int = 0       # objects the journal held as done or skipped at its start
 
     def detail(self, target_key: str) -> JsonObject:
         shown: list[JsonValue] = [{"ref": ref, "reason": reason} for ref, reason
@@ -81,78 +94,31 @@ class Tally:
                 "skipped": self.skipped, "rotated_via_controller": self.rotated_via_controller,
                 "conflicts_replanned": self.conflicts_replanned, "gone": self.gone,
                 "failed": len(self.failures), "failures": shown,
-                "seconds": dict(self.seconds)}
+                "seconds": dict(self.seconds), "read": self.read,
+                "from_journal": self.from_journal}
 
-
-def object_path(namespace: str, name: str) -> str:
-    return controller.sealed_secret_path(namespace, name)
-
-
-def synced_state(obj: Mapping[str, Any]) -> tuple[int | None, str | None, str | None]:
-    """(observedGeneration, Synced status, its message) from an object's status."""
-    status = obj.get("status") or {}
-    observed = status.get("observedGeneration")
-    for condition in status.get("conditions") or []:
-        if isinstance(condition, Mapping) and condition.get("type") == "Synced":
-            return (observed if isinstance(observed, int) else None,
-                    str(condition.get("status")), condition.get("message"))
-    return (observed if isinstance(observed, int) else None, None, None)
-
-
-def generation_of(obj: Mapping[str, Any]) -> int:
-    value = (obj.get("metadata") or {}).get("generation")
-    return value if isinstance(value, int) else 0
-
-
-async def list_now(client: KubeClient) -> dict[str, dict[str, Any]]:
-    """Every SealedSecret of the cluster by ``namespace/name`` (one paginated list)."""
-    found: dict[str, dict[str, Any]] = {}
-    async for page in client.list_pages(controller.SEALED_SECRETS_PATH):
-        for obj in page.items:
-            meta = obj.get("metadata") or {}
-            found[f"{meta.get('namespace', '')}/{meta.get('name', '')}"] = obj
-    return found
-
-
-async def list_objects(client: KubeClient) -> dict[str, dict[str, Any]]:
-    """:func:`list_now`, a few transient failures retried."""
-    return await retry.retry_call(functools.partial(list_now, client), policy=_BACKOFF,
-                                  attempts=_ATTEMPTS)
-
-
-class Patience:
-    """Calls to one cluster retried while it is unreachable, up to one deadline for the
-    whole step: its part of the job pauses while the other clusters' steps go on."""
-
-    def __init__(self, cluster: str, limit: float = PAUSE_LIMIT) -> None:
-        self._cluster = cluster
-        self._limit = limit
-        self._deadline = asyncio.get_running_loop().time() + limit
-        self._paused = False
-
-    def _on_retry(self, error: TransientError, delay: float) -> None:
-        if not self._paused:
-            self._paused = True
-            log.warning("reseal_cluster_paused", cluster=self._cluster, error=str(error))
-
-    async def call(self, fn: Callable[[], Awaitable[T]]) -> T:
-        try:
-            async with asyncio.timeout_at(self._deadline):
-                result = await retry.retry_call(fn, policy=_BACKOFF, on_retry=self._on_retry)
-        except TimeoutError:
-            raise TransientError(f"cluster {self._cluster} unreachable for "
-                                 f"{self._limit:.0f}s") from None
-        if self._paused:
-            self._paused = False
-            log.info("reseal_cluster_resumed", cluster=self._cluster)
-        return result
+    def add_journaled(self, journaled: Mapping[str, Any]) -> None:
+        """Count what earlier runs of the step finished (done or skipped objects)."""
+        for obj in journaled.values():
+            if obj.state == "done" and obj.outcome == "rotated_via_controller":
+                self.rotated_via_controller += 1
+            elif obj.state == "done":
+                self.resealed += 1
+            elif obj.state == "skipped" and obj.outcome == "gone":
+                self.gone += 1
+            elif obj.state == "skipped":
+                self.skipped += 1
+            else:
+                continue
+            self.conflicts_replanned += obj.conflicts
+            self.from_journal += 1
 
 
 class ClusterResealer:
     """One ``cluster:<name>`` step of a reseal job (see the module docstring)."""
 
     def __init__(self, ctx: JobContext, pool: Executor, cluster: ClusterSettings,
-                 target_key: str) -> None:
+                 target_key: str, journal: ObjectJournal | None = None) -> None:
         self._ctx = ctx
         self._pool = pool
         self._cluster = cluster
@@ -163,6 +129,9 @@ class ClusterResealer:
         self._proxy: str | None = None
         self._rotate_refusal: str | None = None
         self._written: dict[str, int] = {}      # ref -> generation to see Synced for
+        self._journal = journal
+        self._outcome: dict[str, str] = {}      # ref -> resealed, already_target...
+        self._conflicts: dict[str, int] = {}    # ref -> 409s met
         self._patience = Patience(cluster.name)
         self.tally = Tally()
 
@@ -191,20 +160,52 @@ class ClusterResealer:
         *snapshot* shows those it holds (a read made earlier: a 409 then re-reads)."""
         cluster = self._cluster
         self.tally.planned = len(refs)
+        todo = list(refs)
+        journal = self._journal
+        if journal is not None:
+            self.tally.add_journaled({r: o for r, o in journal.journaled.items()
+                                      if r in set(refs) and journal.final(r)})
+            todo = [ref for ref in refs if not journal.final(ref)]
+            for ref in todo:
+                found = journal.journaled.get(ref)
+                if found is not None and found.state == "written" and \
+                        found.generation is not None:
+                    self._written[ref] = found.generation     # its Synced still to see
+                    self._outcome[ref] = found.outcome or "resealed"
+                    self._conflicts[ref] = found.conflicts
+                    self.tally.conflicts_replanned += found.conflicts
+                    if found.outcome == "already_target":
+                        self.tally.skipped += 1
+                    elif found.outcome == "rotated_via_controller":
+                        self.tally.rotated_via_controller += 1
+                    else:
+                        self.tally.resealed += 1
+            todo = [ref for ref in todo if ref not in self._written]
         async with self._ctx.connect(cluster) as client:
             snapshot = snapshot or {}
+            unread = set(todo) - set(snapshot)
+            # A replay with little left reads it one by one; a first run lists.
+            one_by_one = bool(unread) and journal is not None and \
+                len(todo) < len(refs) and len(unread) <= _REPLAY_GETS
             listed = await self._patience.call(functools.partial(list_now, client)) \
-                if set(refs) - set(snapshot) else {}
-            planned = {ref: snapshot.get(ref) or listed.get(ref) for ref in refs}
+                if unread and not one_by_one else {}
+            if listed:
+                self.tally.read += len(todo)
+            planned = {ref: snapshot.get(ref) or listed.get(ref) for ref in todo}
             await self._prepare({r: o for r, o in planned.items() if o is not None})
             gate = asyncio.Semaphore(WRITE_CONCURRENCY)
 
             async def one(ref: str, obj: dict[str, Any] | None) -> None:
                 async with gate:
                     try:
+                        if obj is None and one_by_one:
+                            namespace, _, name = ref.partition("/")
+                            self.tally.read += 1
+                            obj = await self._read(client, object_path(namespace, name))
                         await self._reseal_object(client, ref, obj)
                     except FleetError as error:
                         self.tally.failures[ref] = str(error)
+                        self._mark(ref, "failed", error=str(error))
 
             started = time.monotonic()
             await asyncio.gather(*(one(ref, obj) for ref, obj in planned.items()))
@@ -229,6 +230,7 @@ class ClusterResealer:
         for _ in range(MAX_CONFLICTS + 1):
             if obj is None:
                 self.tally.gone += 1      # deleted since the plan: nothing left to reseal
+                self._mark(ref, "skipped", outcome="gone")
                 return
             try:
                 body, via_controller = await self._resealed_body(client, ref, obj)
@@ -237,12 +239,15 @@ class ClusterResealer:
             if body is None:
                 self.tally.skipped += 1
                 self._written[ref] = generation_of(obj)   # still wait for its Synced
+                self._mark(ref, "written", outcome="already_target",
+                           generation=generation_of(obj))
                 return
             try:
                 written = await self._patience.call(
                     functools.partial(client.replace_json, path, body))
             except Conflict:
                 self.tally.conflicts_replanned += 1
+                self._conflicts[ref] = self._conflicts.get(ref, 0) + 1
                 obj = await self._read(client, path)
                 continue
             self._written[ref] = generation_of(written)
@@ -250,9 +255,26 @@ class ClusterResealer:
                 self.tally.rotated_via_controller += 1
             else:
                 self.tally.resealed += 1
+            self._mark(ref, "written", outcome="rotated_via_controller" if via_controller
+                       else "resealed", generation=generation_of(written))
             return
         raise PermanentError(f"{ref}: changed by another writer {MAX_CONFLICTS + 1} times "
                              "while being resealed")
+
+    def _mark(self, ref: str, state: str, *, outcome: str | None = None,
+              generation: int | None = None, error: str | None = None) -> None:
+        """The object's new state into the journal (batched there)."""
+        if outcome is not None:
+            self._outcome[ref] = outcome
+        if self._journal is not None:
+            self._journal.record(ref, state, outcome=self._outcome.get(ref),
+                                 generation=generation if generation is not None
+                                 else self._written.get(ref),
+                                 conflicts=self._conflicts.get(ref, 0), error=error)
+
+    def _synced(self, ref: str) -> None:
+        already = self._outcome.get(ref) == "already_target"
+        self._mark(ref, "skipped" if already else "done")
 
     async def _read(self, client: KubeClient, path: str) -> dict[str, Any] | None:
         try:
@@ -382,25 +404,30 @@ class ClusterResealer:
                 if obj is None:
                     if listed is not None:
                         waiting.pop(ref)
-                        self.tally.failures[ref] = "deleted before the controller synced it"
+                        self._fail(ref, "deleted before the controller synced it")
                     continue
                 observed, status, message = synced_state(obj)
                 if observed is not None and observed >= generation and status == "True":
                     waiting.pop(ref)
+                    self._synced(ref)
                 elif observed is not None and observed >= generation and status == "False":
                     waiting.pop(ref)
-                    self.tally.failures[ref] = f"the controller reports Synced=False: {message}"
+                    self._fail(ref, f"the controller reports Synced=False: {message}")
                 else:
                     last[ref] = f"observedGeneration {observed}, Synced {status}"
             if waiting and time.monotonic() > deadline:
                 for ref, generation in waiting.items():
-                    self.tally.failures[ref] = (
-                        f"the controller did not report Synced for generation {generation} "
-                        f"within {SYNC_TIMEOUT:.0f}s ({last.get(ref, 'no status')})")
+                    self._fail(ref, f"the controller did not report Synced for generation "
+                                    f"{generation} within {SYNC_TIMEOUT:.0f}s "
+                                    f"({last.get(ref, 'no status')})")
                 return
             if waiting:
                 await asyncio.sleep(pause)
                 pause = min(pause * 1.5, _SYNC_POLL_MAX)
+
+    def _fail(self, ref: str, reason: str) -> None:
+        self.tally.failures[ref] = reason
+        self._mark(ref, "failed", error=reason)
 
     async def _read_waiting(self, client: KubeClient,
                             waiting: Mapping[str, int]) -> dict[str, dict[str, Any]]:

@@ -70,7 +70,7 @@ class JobRunner:
                 raise RefusedError(f"{kind}: a new key was refused: {refused[0].reason}")
         job_id = await self._store.jobs.create_job(
             executor.kind, plan.params, plan.steps, actor=actor, keys=sealed,
-            note=AuditNote(f"{executor.kind}_requested", plan.audit))
+            note=AuditNote(f"{executor.kind}_requested", plan.audit), objects=plan.objects)
         log.info("job_submitted", job=job_id, kind=executor.kind, actor=actor,
                  steps=len(plan.steps))
         self._enqueue(job_id)

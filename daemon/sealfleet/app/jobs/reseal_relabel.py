@@ -1,0 +1,207 @@
+"""A reseal job's last phase: compromised keys no in-cluster object needs, relabelled.
+
+After a compromise the key stays loaded until nothing in a cluster is sealed with it
+(the controller must still open those objects).  A reseal plans a ``relabel:<fp>`` step
+per compromised key some cluster still holds under another label than ``compromised``
+(as the inventory last saw its key Secrets); the step runs after the cluster and
+repository steps and:
+
+1. reads every cluster's SealedSecrets as they are now and looks their items up in the
+   attribution cache: any item sealed with the key, or not attributed yet (it might be
+   the key's), and the step is *skipped*, naming what still uses it.  Git documents
+   (``compromised_keys.still_sealing``, the inventory's view) are named in the detail
+   but do not hold the key back: until their reseal branch merges, base branches still carry
+   old ciphertexts, but it is the in-cluster objects the controller must decrypt (a
+   Flux- or Argo-managed object is one of those: resealed in Git, not in the cluster,
+   it keeps the key loaded until its branch is merged and applied);
+2. in each cluster, plans with ``planning/key_sync`` (the same guards as a key sync: not
+   the legacy-named Secret, not a Secret sealfleet did not write, never the
+   controller's last key) and applies only the relabels of this key, then restarts the
+   controller if it loaded the key, and waits until it serves what its Secrets say.
+
+Each cluster's relabel is journaled as an object of the step (``written`` before the
+labels change, ``done`` after the controller came back), so a replay after a crash
+between the relabel and the restart still restarts, once (the restart carries the job
+id).  Every relabel is audited; nothing here touches a SealedSecret.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import datetime as dt
+
+import structlog
+
+from sealfleet.adapters.kube import controller, controller_restart, fleet_keys
+from sealfleet.adapters.kube.client import KubeClient
+from sealfleet.adapters.store.job_objects import JobObject
+from sealfleet.adapters.store.records import JobRecord, JsonValue
+from sealfleet.app.config import ClusterSettings
+from sealfleet.app.jobs import cluster_sync, compromised_keys, reseal_cluster
+from sealfleet.app.jobs.context import JobContext
+from sealfleet.app.jobs.executor import StepOutcome
+from sealfleet.domain import attribution, sealed_secrets
+from sealfleet.domain.jobs import StepState
+from sealfleet.domain.keys import KEY_LABEL_COMPROMISED, KeyState
+from sealfleet.domain.planning.key_sync import (
+    ClusterKeyState,
+    DriftReason,
+    FleetKeySet,
+    RestartMode,
+    SyncPolicy,
+    loads,
+    plan_key_sync,
+    sealing_key,
+)
+from sealfleet.errors import PermanentError
+
+log = structlog.get_logger(__name__)
+
+_SHOWN = 20   # objects named per cluster when the key is still in use
+
+
+async def planned(ctx: JobContext) -> list[str]:
+    """Compromised keys some cluster holds under another label (a step each)."""
+    compromised = {r.fingerprint for r in await ctx.store.keys.list_keys()
+                   if r.state == KeyState.COMPROMISED}
+    holdings = await ctx.store.inventory.key_holdings_by_cluster()
+    configured = {c.name for c in ctx.settings().clusters}
+    return sorted({h.fingerprint for cluster, held in holdings.items() if cluster in configured
+                   for h in held if h.fingerprint in compromised
+                   and h.label_value != KEY_LABEL_COMPROMISED})
+
+
+@dataclasses.dataclass(frozen=True)
+class _Use:
+    """What one cluster shows now: keys its SealedSecrets need, refs sealed with *fp*."""
+
+    needed: frozenset[str]
+    unattributed: int           # items the attribution cache has no answer for yet
+    using: tuple[str, ...]      # namespace/name of objects with an item sealed with fp
+
+
+async def _cluster_use(ctx: JobContext, cluster: str, fingerprint: str) -> _Use:
+    async with ctx.connect(ctx.cluster(cluster)) as client:
+        listed = await reseal_cluster.list_objects(client)
+    hashes: dict[str, list[str]] = {}
+    for ref, obj in listed.items():
+        label = sealed_secrets.identity_of(obj).label
+        hashes[ref] = [attribution.item_hash(v, label)
+                       for v in sealed_secrets.encrypted_items(obj).values()]
+    known = await ctx.store.inventory.get_attributions(
+        [h for found in hashes.values() for h in found])
+    # An item cached as None opened with no key the fleet knew, this one included: it is
+    # not this key's.  An item with no answer yet might be.
+    unattributed = sum(1 for found in hashes.values() for h in found if h not in known)
+    needed = frozenset(fp for fp in known.values() if fp is not None)
+    using = tuple(sorted(ref for ref, found in hashes.items()
+                         if any(known.get(h) == fingerprint for h in found)))
+    return _Use(needed, unattributed, using)
+
+
+async def relabel_step(ctx: JobContext, job: JobRecord, fingerprint: str) -> StepOutcome:
+    step = f"relabel:{fingerprint}"
+    clusters = [c.name for c in ctx.settings().clusters]
+    uses = dict(zip(clusters, await asyncio.gather(
+        *(_cluster_use(ctx, name, fingerprint) for name in clusters)), strict=True))
+    in_use: dict[str, JsonValue] = {name: list(use.using[:_SHOWN])
+                                    for name, use in uses.items() if use.using}
+    # Reported, not waited for: Git documents on base branches keep the old ciphertext
+    # until their reseal branch is merged (the hook reads the inventory).
+    documents = [f"{repo}:{path}#{index}" for use in await compromised_keys.still_sealing(
+        ctx.store, [fingerprint]) for repo, path, index in use.git_documents]
+    git: list[JsonValue] = list(documents[:_SHOWN])
+    unattributed: dict[str, JsonValue] = {name: use.unattributed
+                                          for name, use in uses.items() if use.unattributed}
+    if in_use or unattributed:
+        count = sum(len(use.using) for use in uses.values())
+        log.info("compromised_key_still_used", fingerprint=fingerprint, objects=count,
+                 unattributed=sum(u.unattributed for u in uses.values()))
+        return StepOutcome(StepState.SKIPPED, {
+            "fingerprint": fingerprint, "in_use": in_use, "in_use_count": count,
+            "unattributed_items": unattributed, "git_documents": git,
+            "reason": "SealedSecrets in the clusters are still sealed with it"
+            if in_use else "some items are not attributed yet: they might be this key's"})
+    journaled = {o.ref: o for o in await ctx.store.jobs.step_objects(job.id, step)}
+    gate = asyncio.Semaphore(ctx.settings().fleet.restart_concurrency)
+
+    async def one(name: str) -> JobObject:
+        async with gate:
+            return await _relabel_cluster(ctx, job, step, name, fingerprint,
+                                          uses[name].needed, journaled.get(name))
+
+    results = await asyncio.gather(*(one(name) for name in clusters))
+    await ctx.store.jobs.update_objects(job.id, results)
+    relabelled: list[JsonValue] = [r.ref for r in results if r.outcome == "relabelled"]
+    blocked: dict[str, JsonValue] = {r.ref: r.error for r in results if r.state == "skipped"
+                                     and r.error}
+    if relabelled:
+        await ctx.store.audit.record("compromised_key_relabelled", job.actor, {
+            "job": job.id, "fingerprint": fingerprint, "clusters": relabelled,
+            "blocked": blocked})
+    log.info("compromised_key_relabelled", fingerprint=fingerprint,
+             clusters=len(relabelled), blocked=len(blocked))
+    return StepOutcome(StepState.DONE if relabelled else StepState.SKIPPED, {
+        "fingerprint": fingerprint, "relabelled": relabelled, "blocked": blocked,
+        "unchanged": [r.ref for r in results if r.outcome == "unchanged"],
+        "git_documents": git})
+
+
+async def _relabel_cluster(ctx: JobContext, job: JobRecord, step: str, name: str,
+                           fingerprint: str, needed: frozenset[str],
+                           journaled: JobObject | None) -> JobObject:
+    cluster = ctx.cluster(name)
+    namespace, deployment = cluster.controller_namespace, cluster.controller_name
+    fleet, _ = await cluster_sync.fleet_key_set(ctx)
+    if fingerprint in {k.fingerprint for k in fleet.master}:
+        raise PermanentError(f"key {fingerprint} is compromised yet in the master set")
+    wanted = FleetKeySet(master=fleet.master, compromised=frozenset({fingerprint}))
+    async with ctx.connect(cluster) as client:
+        flags = await controller.read_controller_flags(client, namespace, deployment)
+        holdings = await fleet_keys.read_key_holdings(client, namespace,
+                                                      key_prefix=flags.key_prefix)
+        state = ClusterKeyState(cluster=name, held=holdings.held, flags=flags,
+                                needed=needed, unattributed=False)
+        # A compromised key goes from Secrets sealfleet did not write too (an adopted
+        # cluster key): a label is all that changes, the key material stays.
+        plan = plan_key_sync(wanted, state, SyncPolicy(
+            restart_mode=RestartMode(cluster.restart), relabel_unmanaged=True))
+        relabels = [r for r in plan.relabel if r.fingerprint == fingerprint]
+        blocked = next((d.detail for d in plan.drift if d.fingerprint == fingerprint
+                        and d.reason is DriftReason.RETIREMENT_BLOCKED), None)
+        held = {h.secret_name: h for h in holdings.held}
+        unloading = any(loads(held[r.secret_name], flags) for r in relabels)
+        owed = journaled is not None and journaled.state == "written"   # a crash came first
+        if not relabels and not owed:
+            return JobObject(step, name, "skipped", outcome="blocked" if blocked
+                             else "unchanged", error=blocked)
+        if unloading:
+            await ctx.store.jobs.update_objects(job.id, [JobObject(step, name, "written",
+                                                                   outcome="relabelled")])
+        for relabel in relabels:
+            await fleet_keys.set_key_label(client, namespace, relabel.secret_name,
+                                           relabel.label, key_prefix=flags.key_prefix)
+        if unloading or owed:
+            after = [dataclasses.replace(h, label=KEY_LABEL_COMPROMISED)
+                     if h.fingerprint == fingerprint and h.secret_name in
+                     {r.secret_name for r in relabels} else h for h in holdings.held]
+            await _restart(client, job, cluster, sealing_key(after, flags))
+    return JobObject(step, name, "done", outcome="relabelled")
+
+
+async def _restart(client: KubeClient, job: JobRecord, cluster: ClusterSettings,
+                   expected: str | None) -> None:
+    """The controller restarted once for this job, then serving *expected*."""
+    namespace, deployment = cluster.controller_namespace, cluster.controller_name
+    mode = RestartMode(cluster.restart)
+    restart = await controller_restart.restart_controller(
+        client, namespace, deployment, mode=mode, job_id=job.id, now=dt.datetime.now(dt.UTC))
+    if expected is None or mode is RestartMode.NONE:
+        return
+    serving = await controller_restart.wait_until_serving(
+        client, namespace, deployment, expected, cluster_sync.SERVING_TIMEOUT,
+        replaced_pods=restart.replaced_pods)
+    if not serving.serving:
+        raise PermanentError(f"cluster {cluster.name}: the controller does not serve {expected} "
+                             f"after the relabel: {serving.reason}")
