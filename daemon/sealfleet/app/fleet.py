@@ -5,10 +5,19 @@ in a guard that turns a crash (a bug, a store hiccup) into a logged restart afte
 backoff: a broken worker never takes the fleet, the API or the watchdog with it.
 ``apply_settings`` hands over a new settings tree; the manager starts workers for new
 clusters, stops those removed (marking them removed in the store) and restarts those
-whose connection settings changed.  The manager owns the fleet's :class:`Keystore` and
-:class:`Attributor`, shared by every worker, by the repo scanner (``[[repos]]``, see
-:mod:`sealfleet.app.repos`) and by the checker behind ``POST /api/v1/check``, and the
-periodic upkeep (keystore refresh, pruning the attribution cache, giving freed heap back).
+whose connection settings changed.
+
+One fleet-wide gate, handed to every worker, bounds how many clusters connect and scan
+at once (``[fleet] connect_concurrency``): a first pass over 1,000 clusters, or every
+cluster coming back together after an outage or a restart, proceeds a few dozen
+clusters at a time, each cluster's result visible as soon as it is done, while the API
+and the watchdog stay responsive.  The workers' jittered backoff spreads the attempts
+in time; the gate bounds how many are under way at any moment.
+
+The manager owns the fleet's :class:`Keystore` and :class:`Attributor`, shared by every
+worker, by the repo scanner (``[[repos]]``, see :mod:`sealfleet.app.repos`) and by the
+checker behind ``POST /api/v1/check``, and the periodic upkeep (keystore refresh,
+pruning the attribution cache, giving freed heap back).
 
 What the service uses (its ``Fleet`` protocol): ``first_pass_done`` (every cluster
 scanned once or marked unreachable), ``progress`` (bumped on every loop iteration of
@@ -80,10 +89,12 @@ class FleetManager:
 
     *options* overrides the pacing read from the settings (tests run with short
     backoffs); otherwise :meth:`WorkerOptions.from_settings` is the one reader of it.
+    *connect_concurrency* likewise overrides ``[fleet] connect_concurrency``.
     """
 
     def __init__(self, settings: Settings, store: Store, *, executor: Executor,
-                 options: WorkerOptions | None = None) -> None:
+                 options: WorkerOptions | None = None,
+                 connect_concurrency: int | None = None) -> None:
         self._settings = settings
         self.store = store
         self._options = options
@@ -102,6 +113,9 @@ class FleetManager:
         self._reconcile = asyncio.Event()
         self._group: asyncio.TaskGroup | None = None
         self._load_gate = asyncio.Semaphore(_LOAD_CONCURRENCY)
+        # Read once: a reload changes the clusters, not how many connect at once.
+        self.connect_concurrency = connect_concurrency or settings.fleet.connect_concurrency
+        self._connect_gate = asyncio.Semaphore(self.connect_concurrency)
 
     # ------------------------------------------------------------------ seams
 
@@ -191,7 +205,8 @@ class FleetManager:
         for name, cluster in wanted.items():
             if name in self._running:
                 continue
-            worker = ClusterWorker(cluster, deps, load_gate=self._load_gate)
+            worker = ClusterWorker(cluster, deps, load_gate=self._load_gate,
+                                   connect_gate=self._connect_gate)
             task = self._group.create_task(self._guard(worker), name=f"cluster:{name}")
             self._running[name] = _Running(cluster, worker, task)
         return removed
@@ -236,14 +251,21 @@ class FleetManager:
 
     async def _await_first_pass(self) -> None:
         """Set ``first_pass_done`` once every cluster configured at the time has been
-        scanned once or marked unreachable (clusters added later do not unset it)."""
-        while not self.first_pass_done.is_set():
-            workers = [r.worker for r in self._running.values()]
-            if all(w.first_pass.is_set() for w in workers):
-                self.first_pass_done.set()
-                log.info("fleet_first_pass_done", clusters=len(workers))
-                return
-            pending = [w.first_pass.wait() for w in workers if not w.first_pass.is_set()]
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(1.0):
-                    await asyncio.gather(*pending)
+        scanned once or marked unreachable (clusters added later do not count, and a
+        cluster removed before its first pass is not waited for).
+
+        One worker at a time: a thousand clusters cost a thousand wakeups in all, not a
+        thousand every second.
+        """
+        workers = [r.worker for r in self._running.values()]
+        for worker in workers:
+            while not worker.first_pass.is_set() and self._is_running(worker):
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(1.0):  # to notice a removal
+                        await worker.first_pass.wait()
+        self.first_pass_done.set()
+        log.info("fleet_first_pass_done", clusters=len(workers))
+
+    def _is_running(self, worker: ClusterWorker) -> bool:
+        running = self._running.get(worker.name)
+        return running is not None and running.worker is worker
