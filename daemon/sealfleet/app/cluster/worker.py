@@ -40,6 +40,7 @@ from sealfleet.app.cluster.state import ClusterState, Deps
 from sealfleet.app.cluster.verifier import Verifier
 from sealfleet.app.cluster.write_behind import WriteBehind
 from sealfleet.app.config import ClusterSettings
+from sealfleet.app.connect_gate import ConnectGate
 from sealfleet.errors import FleetError, StoreError, TransientError, first_error
 
 log = structlog.get_logger(__name__)
@@ -56,7 +57,7 @@ class _ResyncDue(Exception):
 class _Turn:
     """One turn at a gate, given back exactly once: early, or when the block ends."""
 
-    def __init__(self, gate: asyncio.Semaphore) -> None:
+    def __init__(self, gate: ConnectGate) -> None:
         self._gate = gate
         self._held = False
 
@@ -82,7 +83,7 @@ class ClusterWorker:
     """
 
     def __init__(self, cluster: ClusterSettings, deps: Deps, *,
-                 load_gate: asyncio.Semaphore, connect_gate: asyncio.Semaphore) -> None:
+                 load_gate: asyncio.Semaphore, connect_gate: ConnectGate) -> None:
         self.state = ClusterState(cluster=cluster, inventory=ClusterInventory(cluster.name))
         self._deps = deps
         self._load_gate = load_gate
