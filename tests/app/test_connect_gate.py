@@ -89,3 +89,33 @@ async def test_a_cancelled_waiter_loses_no_turn() -> None:
     with pytest.raises(asyncio.CancelledError):
         await other
     assert gate.taken == 0
+
+
+async def test_a_recovery_hint_ends_the_waits_of_those_backing_off() -> None:
+    gate = ConnectGate(4, rng=lambda: 0.0)   # woken: no further jitter
+    waiting = [asyncio.create_task(gate.back_off(3600, spread=1.0)) for _ in range(3)]
+    await settle()
+    assert not any(w.done() for w in waiting)
+    gate.note_recovered()
+    await asyncio.wait_for(asyncio.gather(*waiting), 10)  # a guard against a hang
+    assert gate.hints == 1
+
+
+async def test_hints_come_at_most_once_an_interval() -> None:
+    gate = ConnectGate(4, rng=lambda: 0.0)
+    gate.note_recovered()
+    late = asyncio.create_task(gate.back_off(3600, spread=1.0))
+    await settle()
+    gate.note_recovered()                    # right after the first: no second hint
+    await settle()
+    assert not late.done()
+    assert gate.hints == 1
+    late.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await late
+
+
+async def test_a_wait_without_a_hint_is_the_whole_delay() -> None:
+    gate = ConnectGate(1)
+    await asyncio.wait_for(gate.back_off(0.01, spread=1.0), 10)
+    assert gate.hints == 0

@@ -1,6 +1,8 @@
 """A fleet-wide outage, seen from both sides: the daemon's store says every cluster is
 reachable again afterwards, and the sandbox's listeners saw at most a bounded number of
 TLS handshakes at once (the fleet's connect gate), on the first pass and on recovery.
+The fleet's one kubeconfig (a context per cluster) is parsed once for all of it: the
+first pass and every reconnect after the outage.
 
 A stop while the store fails ends the fleet too (a failing task at the moment of the
 cancellation must not turn the stop into a retry).
@@ -19,6 +21,7 @@ import pytest
 from polling import eventually
 from running_fleet import running
 from sealfleet.adapters import retry
+from sealfleet.adapters.kube import kubeconfig
 from sealfleet.adapters.store import KeyEncryptionKey, Store
 from sealfleet.app import config
 from sealfleet.app.cluster.state import WorkerOptions
@@ -64,7 +67,9 @@ async def all_reachable(store: Store, expected: bool) -> bool:
 async def test_a_fleet_wide_outage_recovers_with_bounded_concurrent_connects(
         sandbox: Sandbox, executor: ThreadPoolExecutor) -> None:
     gauge = sandbox.connections
+    parses = kubeconfig.shared_cache().parses
     async with store_of(sandbox) as (settings, store):
+        assert len({c.kubeconfig for c in settings.clusters}) == 1
         manager = FleetManager(settings, store, executor=executor, options=OPTIONS,
                                connect_concurrency=GATE)
         async with running(manager):
@@ -80,6 +85,8 @@ async def test_a_fleet_wide_outage_recovers_with_bounded_concurrent_connects(
             await eventually(lambda: all_reachable(store, True))
             recovery_peak = gauge.peak_handshaking
             assert gauge.accepted - accepted >= 2 * CLUSTERS  # every cluster came back
+    # One parse of the fleet's kubeconfig for 12 contexts and 24+ sessions.
+    assert kubeconfig.shared_cache().parses - parses == 1
     assert 1 <= first_pass_peak <= GATE * HANDSHAKES_PER_TURN
     assert 1 <= recovery_peak <= GATE * HANDSHAKES_PER_TURN
     # Recovery resumed every watch from its stored position: nothing was listed again.

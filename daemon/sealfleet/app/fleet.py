@@ -244,7 +244,7 @@ class FleetManager:
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(1.0):  # to notice a removal
                         await worker.first_pass.wait()
-        self._heap.settle()  # the fleet's long-lived objects are in place
+        await self._heap.settle()  # the fleet's long-lived objects are in place
         self.first_pass_done.set()
         log.info("fleet_first_pass_done", clusters=len(workers))
 

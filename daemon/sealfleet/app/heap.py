@@ -7,12 +7,16 @@ of them: measured 250 to 450 ms each, several times during a first pass (the hea
 by a quarter, a full collection follows) and now and then afterwards, with the event
 loop stopped meanwhile (API requests, watch events, the watchdog's heartbeat).  So:
 
+- when the fleet starts, what the process holds by then (its modules, classes and
+  settings: a few hundred thousand objects that never become garbage) is frozen after
+  one full collection, so that no later collection walks it again;
 - while the fleet makes its first pass, the collector's automatic full collections are
   held back (the young generations are still collected as usual: cheap, and they free
   almost all the garbage there is, cycles of short-lived objects);
-- at the end of the first pass one full collection runs, and what survives it, the
-  fleet's long-lived objects, is frozen (``gc.freeze``): later full collections walk
-  only what was allocated since, a few milliseconds' worth;
+- at the end of the first pass one full collection runs (over the fleet's objects only),
+  what survives it, the fleet's long-lived objects, is frozen (``gc.freeze``) and the
+  freed memory handed back: later full collections walk only what was allocated since,
+  a few milliseconds' worth;
 - the freeze is lifted for one full collection, and the survivors frozen again, once as
   many sessions have started since as the fleet has clusters (a fleet-wide reconnect
   leaves the old sessions' cycles among the frozen objects) and at least every
@@ -72,17 +76,25 @@ class Heap:
         self._since_refreeze = 0.0
 
     def hold_full_collections(self) -> None:
-        """Until :meth:`settle`: young generations only (a first pass is under way)."""
+        """The process's heap so far frozen; until :meth:`settle`, young generations only
+        (a first pass is under way)."""
+        gc.collect()
+        gc.freeze()
         young, middle, _ = self._thresholds
         gc.set_threshold(young, middle, _NO_FULL_COLLECTIONS)
 
-    def settle(self) -> None:
-        """The long-lived heap is in place: one full collection, then freeze it."""
+    async def settle(self) -> None:
+        """The long-lived heap is in place: one full collection of what the first pass
+        left, freeze it, give the freed memory back."""
         if self._settled:
             return
         self._settled = True
-        self._refreeze()
+        gc.collect()  # the startup heap stays frozen: only the fleet's objects are walked
+        gc.freeze()
+        self._sessions_at_freeze = self._sessions()
         gc.set_threshold(*self._thresholds)
+        if self._trim is not None:
+            await asyncio.to_thread(self._trim)
         log.info("heap_settled", frozen_objects=gc.get_freeze_count())
 
     def _refreeze(self) -> None:

@@ -17,7 +17,10 @@ reason; it never ends anything.
 A session holds a turn at the fleet's connect gate from its first connection attempt
 until its watches stream (the scan in between), so the fleet bounds how many clusters
 connect and scan at once; a session that fails gives its turn back at once.  Once the
-watches stream, the cluster's upkeep (events, the controller poll) needs no turn.
+watches stream, the cluster's upkeep (events, the controller poll) needs no turn.  The
+backoff starts small again after a session that scanned, and a transient failure's wait
+ends early when another cluster comes back (the gate's recovery hint: after a
+fleet-wide outage the fleet is whole again soon, not after the longest backoff).
 """
 
 from __future__ import annotations
@@ -95,6 +98,8 @@ class ClusterWorker:
         self._keys = KeySecretObserver(self.state, deps, after_change=self._controller.probe)
         self._verifier = Verifier(self.state, deps)
         self._store_backoff = retry.Backoff(_STORE_BACKOFF)
+        self._backoff = retry.Backoff(deps.options.backoff)   # the cluster's failures
+        self._scanned = False                                 # this session scanned
 
     # What the fleet manager, the tests and the benchmarks read of a worker.
     @property
@@ -125,8 +130,9 @@ class ClusterWorker:
         with structlog.contextvars.bound_contextvars(cluster=self.name):
             try:
                 await self._load()
-                backoff = retry.Backoff(options.backoff)
+                backoff = self._backoff
                 while True:
+                    self._scanned = False
                     try:
                         await self._session()
                     except _ResyncDue:
@@ -140,13 +146,19 @@ class ClusterWorker:
                         continue
                     except FleetError as error:
                         await status.mark_failed(self.state, self._deps, error)
-                        if isinstance(error, TransientError):
-                            delay = backoff.delay_for(error)
-                        else:
-                            delay = backoff.next_delay(options.backoff.cap / 2)
+                        if self._scanned:  # a failure after a good session: start small
+                            backoff.reset()
                         # Next session: try to resume the watch where it stopped.
                         self.state.resume = True
-                        await asyncio.sleep(delay)
+                        if isinstance(error, TransientError) and error.retry_after is None:
+                            # Another cluster's recovery may end this wait early (never
+                            # one the server asked for, nor one after a permanent error).
+                            await self._connect_gate.back_off(
+                                backoff.delay_for(error), spread=options.backoff.initial)
+                        elif isinstance(error, TransientError):
+                            await asyncio.sleep(backoff.delay_for(error))
+                        else:
+                            await asyncio.sleep(backoff.next_delay(options.backoff.cap / 2))
             finally:
                 self._sealed.close()
 
@@ -192,6 +204,9 @@ class ClusterWorker:
             self._store_ok()
             await status.mark_scanned(self.state, deps,
                                       int((time.monotonic() - started) * 1000))
+            self._scanned = True
+            if self._backoff.failures:
+                self._connect_gate.note_recovered()  # back after failing: others may be too
             try:
                 async with asyncio.TaskGroup() as group:
                     def spawn(task: str, coro: Coroutine[Any, Any, None]) -> None:
