@@ -79,6 +79,25 @@ class RsaSampler:
         return Floor(median=statistics.median(samples), p10=deciles[0], p90=deciles[-1],
                      samples=len(samples), sampler_cpu=self._cpu)
 
+    def run_floor(self, count: int, threads: int) -> float:
+        """Wall seconds of *count* decrypts on *threads* threads, measured now: the floor
+        as this machine gives it at the moment (a shared machine's other load
+        included), beside the ideal of the samples' CPU cost spread over every core."""
+        per_thread = [count // threads + (1 if i < count % threads else 0)
+                      for i in range(threads)]
+
+        def work(n: int) -> None:
+            for _ in range(n):
+                self._key.decrypt(self._ciphertext, self._padding)
+
+        workers = [threading.Thread(target=work, args=(n,)) for n in per_thread]
+        started = time.perf_counter()
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join()
+        return time.perf_counter() - started
+
     @property
     def cpu_so_far(self) -> float:
         """CPU seconds of the sampler's decrypts so far (subtract from process CPU)."""
