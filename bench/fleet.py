@@ -36,9 +36,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import contextlib
 import itertools
 import json
 import os
+import shutil
 import signal
 import socket
 import ssl
@@ -486,10 +488,18 @@ async def main_async(args: argparse.Namespace) -> None:
     results = []
     for clusters, bits in runs:
         with tempfile.TemporaryDirectory(prefix="sealfleet-fleet-") as tmp:
-            results.append(await measure(
-                clusters, bits, Path(tmp) / "state", concurrency=args.concurrency,
-                outage=clusters == outage_at and bits == 2048,
-                outage_seconds=args.outage_seconds))
+            try:
+                results.append(await measure(
+                    clusters, bits, Path(tmp) / "state", concurrency=args.concurrency,
+                    outage=clusters == outage_at and bits == 2048,
+                    outage_seconds=args.outage_seconds))
+            finally:
+                if args.log_dir is not None:  # the state directory goes, its logs stay
+                    args.log_dir.mkdir(parents=True, exist_ok=True)
+                    for name in ("daemon.log", "sandbox.log"):
+                        with contextlib.suppress(OSError):
+                            shutil.copy(Path(tmp) / "state" / name,
+                                        args.log_dir / f"{clusters}-{bits}-{name}")
     summary(results)
     print(f"1-min load average at the end {os.getloadavg()[0]:.1f} (other processes stretch "
           "wall times; CPU times hardly)")
@@ -504,6 +514,8 @@ def main() -> None:
     parser.add_argument("--outage-at", type=int, default=None,
                         help="fleet size of the outage and restart runs (default the largest)")
     parser.add_argument("--outage-seconds", type=float, default=20.0)
+    parser.add_argument("--log-dir", type=Path, default=None,
+                        help="copy each run's daemon and sandbox logs here")
     parser.add_argument("--concurrency", type=int,
                         default=config.FleetSettings().connect_concurrency,
                         help="the daemon's [fleet] connect_concurrency (its default), for the "
