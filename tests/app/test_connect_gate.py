@@ -119,3 +119,17 @@ async def test_a_wait_without_a_hint_is_the_whole_delay() -> None:
     gate = ConnectGate(1)
     await asyncio.wait_for(gate.back_off(0.01, spread=1.0), 10)
     assert gate.hints == 0
+
+
+async def test_idle_while_nobody_holds_or_waits_for_a_turn() -> None:
+    gate = ConnectGate(1)
+    assert gate.idle
+    await gate.acquire()
+    waiting = asyncio.create_task(gate.acquire())
+    await settle()
+    assert not gate.idle
+    gate.release()                           # the waiter takes it
+    await waiting
+    assert not gate.idle
+    gate.release()
+    assert gate.idle

@@ -65,8 +65,9 @@ def test_a_fleet_stopped_before_its_first_pass_gives_the_collector_back() -> Non
 async def test_the_heap_is_frozen_again_once_the_fleet_has_reconnected() -> None:
     """A fleet-wide reconnect leaves the old sessions among the frozen objects: once as
     many sessions have started as there are clusters, one full collection frees them."""
-    sessions = [10]
-    pacing = heap.Heap(lambda: 0, sessions=lambda: sessions[0], clusters=lambda: 10)
+    sessions, connecting = [10], [False]
+    pacing = heap.Heap(lambda: 0, sessions=lambda: sessions[0], clusters=lambda: 10,
+                       connecting=lambda: connecting[0])
     assert not pacing.maybe_refreeze(30.0)       # not settled yet: nothing to refreeze
     pacing.hold_full_collections()
     await pacing.settle()
@@ -80,6 +81,9 @@ async def test_the_heap_is_frozen_again_once_the_fleet_has_reconnected() -> None
     gc.collect()
     assert gone() is not None                    # frozen: the collector never sees it
     sessions[0] += 1
+    connecting[0] = True
+    assert not pacing.maybe_refreeze(30.0)       # the wave is still under way
+    connecting[0] = False
     assert pacing.maybe_refreeze(30.0)
     assert gone() is None
     assert not pacing.maybe_refreeze(30.0)       # counted from the refreeze

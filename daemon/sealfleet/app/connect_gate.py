@@ -57,6 +57,11 @@ class ConnectGate:
         self._hinted_at = float("-inf")
         self.hints = 0                      # recovery hints given so far
 
+    @property
+    def idle(self) -> bool:
+        """No cluster connecting or waiting to (no first pass or reconnect under way)."""
+        return self.taken == 0 and not self._waiters
+
     async def acquire(self) -> None:
         if self.taken < self.allowed and not self._waiters:
             self.taken += 1

@@ -104,7 +104,8 @@ class FleetManager:
                                         or settings.fleet.connect_concurrency)
         self._heap = heap.Heap(lambda: self.progress, trim=heap.malloc_trim(),
                                sessions=lambda: self.connect_gate.granted,
-                               clusters=lambda: len(self._running))
+                               clusters=lambda: len(self._running),
+                               connecting=lambda: not self.connect_gate.idle)
 
     # ------------------------------------------------------------------ seams
 

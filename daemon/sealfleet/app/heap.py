@@ -19,9 +19,9 @@ loop stopped meanwhile (API requests, watch events, the watchdog's heartbeat).  
   a few milliseconds' worth;
 - the freeze is lifted for one full collection, and the survivors frozen again, once as
   many sessions have started since as the fleet has clusters (a fleet-wide reconnect
-  leaves the old sessions' cycles among the frozen objects) and at least every
-  ``_REFREEZE`` anyway, so that cycles among long-lived objects that died since are
-  freed too.
+  leaves the old sessions' cycles among the frozen objects; once no cluster is
+  connecting, not in the middle of the wave) and at least every ``_REFREEZE`` anyway,
+  so that cycles among long-lived objects that died since are freed too.
 
 glibc keeps freed memory in its heaps (a scan frees hundreds of megabytes of ciphertext
 strings interleaved with the long-lived inventory); ``malloc_trim`` hands the holes
@@ -64,11 +64,13 @@ class Heap:
     def __init__(self, progress: Callable[[], int], *,
                  trim: Callable[[], object] | None = None,
                  sessions: Callable[[], int] = lambda: 0,
-                 clusters: Callable[[], int] = lambda: 0) -> None:
+                 clusters: Callable[[], int] = lambda: 0,
+                 connecting: Callable[[], bool] = lambda: False) -> None:
         self._progress = progress
         self._trim = trim
         self._sessions = sessions      # cluster sessions started so far
         self._clusters = clusters      # clusters in the fleet now
+        self._connecting = connecting  # clusters connecting now (a reconnect wave)
         current = gc.get_threshold()
         self._thresholds = current if current[2] < _NO_FULL_COLLECTIONS else _USUAL_THRESHOLDS
         self._settled = False
@@ -127,5 +129,7 @@ class Heap:
         if not self._settled or (self._since_refreeze < _REFREEZE
                                  and churned < max(1, self._clusters())):
             return False
+        if self._connecting():
+            return False  # not in the middle of a reconnect wave: once it is over
         self._refreeze()
         return True
