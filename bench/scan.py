@@ -5,14 +5,16 @@ the daemon (FleetManager + Store, the production code).  Every figure is printed
 to a baseline measured in the same run, as a ratio:
 
 1. first full scan with attribution, against the RSA floor: total items x one RSA
-   decrypt, at the decrypt rate measured here with threads = cores;
+   decrypt, at the cost per decrypt sampled by a thread throughout the scan (median and
+   spread printed; see ``rsa_floor``), spread over threads = cores;
 2. a rescan with nothing changed (restart, stored resourceVersions dropped so that
    every cluster relists), against a raw paginated list-and-parse of the same objects
    with the same client code; it must cost zero RSA operations;
 3. the daemon process's peak RSS.
 
 Usage: ``python bench/scan.py [--clusters 20] [--sealed-secrets 5000] [--state-dir DIR]``
-(an existing ``--state-dir`` with a running sandbox is reused).
+(an existing ``--state-dir`` with a running sandbox is reused).  ``bench/fleet.py``
+measures the fleet's scaling (10 to 1,000 clusters) against the same kind of floor.
 """
 
 from __future__ import annotations
@@ -31,14 +33,13 @@ from typing import Any
 
 import structlog
 
+from rsa_floor import RsaSampler
 from sealfleet.adapters.kube import controller
 from sealfleet.adapters.kube.client import KubeClient
 from sealfleet.adapters.store import KeyEncryptionKey, Store
 from sealfleet.app import config
 from sealfleet.app.cluster import sealed_secret_observer
 from sealfleet.app.fleet import FleetManager
-from sealfleet.domain import observed
-from sealfleet.domain.attribution import attribute_item
 from sealfleet.sandbox import SandboxProcess
 
 
@@ -92,55 +93,32 @@ async def raw_list(settings: Any) -> tuple[float, int]:
     return time.perf_counter() - started, sum(counts)
 
 
-async def rsa_rate(store: Store, executor: ThreadPoolExecutor, cluster: Any,
-                   sample: int) -> tuple[float, float]:
-    """Decrypts per wall second with threads = cores (each with the right key first),
-    and CPU seconds per decrypt."""
-    keys = {k.fingerprint: k for k in (await store.keys.load_private_keys()).keys}
-    records, _ = await store.inventory.list_sealed_secrets(cluster=cluster.name, limit=sample)
-    jobs: list[tuple[str, bytes, Any]] = []
-    async with KubeClient.connect(str(cluster.kubeconfig), cluster.context) as client:
-        for record in records:
-            path = (f"/apis/bitnami.com/v1alpha1/namespaces/{record.namespace}"
-                    f"/sealedsecrets/{record.name}")
-            parsed = observed.parse(await client.get_json(path))
-            for (_, _, ciphertext), fact in zip(parsed.items, record.items, strict=True):
-                if fact.fingerprint in keys:
-                    jobs.append((ciphertext, parsed.label, keys[fact.fingerprint]))
-    loop = asyncio.get_running_loop()
-    per_thread = max(1, len(jobs) // (os.cpu_count() or 1))
-    chunks = [jobs[i:i + per_thread] for i in range(0, len(jobs), per_thread)]
-
-    def run(chunk: list[tuple[str, bytes, Any]]) -> int:
-        return sum(attribute_item(c, label, [key]).rsa_attempts for c, label, key in chunk)
-
-    started, cpu_started = time.perf_counter(), time.process_time()
-    done = sum(await asyncio.gather(*(loop.run_in_executor(executor, run, c) for c in chunks)))
-    return (done / (time.perf_counter() - started),
-            (time.process_time() - cpu_started) / done)
-
-
 async def main_async(args: argparse.Namespace, state_dir: Path) -> None:
     settings = config.load_settings(state_dir / "sealfleet.toml")
     database = Path(tempfile.mkdtemp(prefix="sealfleet-bench-")) / "inventory.db"
     kek = KeyEncryptionKey.from_file(settings.store.kek_file)
     cores = os.cpu_count() or 1
-    with ThreadPoolExecutor(cores, thread_name_prefix="rsa") as executor:
+    with ThreadPoolExecutor(cores, thread_name_prefix="rsa") as executor, \
+            RsaSampler(args.key_bits) as sampler:
         async with Store.open(database, kek=kek) as store:
+            sampler_cpu = sampler.cpu_so_far
             first_scan, first_cpu, rsa_ops, items = await scan(settings, store, executor)
+            first_cpu -= sampler.cpu_so_far - sampler_cpu  # the sampling is not the scan's
+            floor_sample = sampler.floor()
             rss_first_scan = peak_rss_mb()
             counts = await store.inventory.state_counts()
             objects = sum(sum(c.values()) for c in counts.values())
-            rate, cpu_per_rsa = await rsa_rate(store, executor, settings.clusters[0],
-                                               args.rsa_sample)
-            floor, cpu_floor = items / rate, items * cpu_per_rsa
+            cpu_floor = items * floor_sample.median
+            floor = cpu_floor / cores
             print(f"objects={objects} items={items} rsa_ops={rsa_ops} "
-                  f"({rsa_ops / items:.3f} per item) rsa_rate={rate:.0f}/s (threads={cores}), "
-                  f"{cpu_per_rsa * 1000:.2f} CPU-ms per decrypt")
-            print(f"first full scan: {first_scan:.2f} s; RSA floor {floor:.2f} s; "
-                  f"ratio {first_scan / floor:.2f} (target <= 1.25)")
+                  f"({rsa_ops / items:.3f} per item); RSA floor: {floor_sample.describe()}")
+            print(f"first full scan: {first_scan:.2f} s; RSA floor {floor:.2f} s "
+                  f"({cores} threads); ratio {first_scan / floor:.2f} (target <= 1.25)")
             print(f"first full scan CPU: {first_cpu:.1f} CPU-s; RSA CPU floor {cpu_floor:.1f} "
-                  f"CPU-s; ratio {first_cpu / cpu_floor:.2f} (steadier on a shared machine)")
+                  f"CPU-s; ratio {first_cpu / cpu_floor:.2f} (p10..p90 of the floor: "
+                  f"{first_cpu / (items * floor_sample.p90):.2f}..."
+                  f"{first_cpu / (items * floor_sample.p10):.2f}; steadier on a shared "
+                  "machine)")
 
             for cluster in settings.clusters:
                 await store.inventory.set_watch_resource_version(
@@ -152,8 +130,8 @@ async def main_async(args: argparse.Namespace, state_dir: Path) -> None:
                   f"{listed} objects {baseline:.2f} s; ratio {rescan / baseline:.2f} "
                   "(target <= 2, zero RSA)")
     print(f"daemon peak RSS: {rss_daemon:.0f} MB over both scans ({rss_first_scan:.0f} MB "
-          f"after the first; target < 400); process peak including the raw-list baseline "
-          f"and the RSA-rate probe: {peak_rss_mb():.0f} MB")
+          f"after the first; target < 400); process peak including the raw-list baseline: "
+          f"{peak_rss_mb():.0f} MB")
 
 
 def main() -> None:
@@ -164,8 +142,6 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--keys", type=int, default=3)
     parser.add_argument("--key-bits", type=int, default=4096, choices=(2048, 3072, 4096))
-    parser.add_argument("--rsa-sample", type=int, default=500,
-                        help="SealedSecrets whose items measure the RSA decrypt rate")
     parser.add_argument("--state-dir", type=Path, default=None)
     args = parser.parse_args()
     if args.state_dir is not None:

@@ -13,7 +13,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -83,9 +83,11 @@ class Daemon:
 
 @contextlib.contextmanager
 def started(config: Path, *, env: dict[str, str] | None = None,
-            blocking_notify: bool = True) -> Iterator[Daemon]:
+            blocking_notify: bool = True,
+            preexec_fn: Callable[[], object] | None = None) -> Iterator[Daemon]:
     """``sealfleet run -c CONFIG`` with a notify socket beside the config; killed (if
-    still running) and reaped at the end."""
+    still running) and reaped at the end.  *preexec_fn* runs in the child before the
+    daemon starts (process limits, say)."""
     path = config.parent / "notify"
     notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     notify.bind(str(path))
@@ -96,7 +98,7 @@ def started(config: Path, *, env: dict[str, str] | None = None,
     process = subprocess.Popen(
         [sys.executable, "-m", "sealfleet", "run", "-c", str(config)],
         env={**(os.environ if env is None else env), "NOTIFY_SOCKET": str(path)},
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=preexec_fn)
     try:
         yield Daemon(config, process, notify)
     finally:

@@ -85,6 +85,18 @@ def test_the_time_prior_ranks_only_the_clusters_own_keys(
         likely_keys.by_sealing_time(base, [when])
 
 
+@given(days=key_days, others=key_days, when=a_day)
+def test_local_keys_in_front_give_the_same_order_as_anywhere(
+        days: list[int], others: list[int], when: dt.datetime) -> None:
+    """The attributor's order (local keys first) takes the shortcut; same answer."""
+    local = fake_keys(days)
+    foreign = [FakeKey(f"other-{k.fingerprint}", k.not_before) for k in fake_keys(others)]
+    fingerprints = {k.fingerprint for k in local}
+    in_front = likely_keys.likeliest_first(local + foreign, [when], local=fingerprints)
+    behind = likely_keys.likeliest_first(foreign + local, [when], local=fingerprints)
+    assert in_front == behind == likely_keys.by_sealing_time(local, [when]) + foreign
+
+
 def test_promote_moves_a_key_to_the_front_and_ignores_unknown_names() -> None:
     candidates = fake_keys([1, 2, 3])
     likely_keys.promote(candidates, "k2")

@@ -23,6 +23,7 @@ import asyncio
 import datetime as dt
 import functools
 import os
+import time
 from collections import Counter
 from collections.abc import Collection, Iterator, Sequence
 from concurrent.futures import Executor
@@ -47,6 +48,7 @@ MEMORY_CACHE_ITEMS = 32768
 # that the clusters take turns often (:mod:`fair_share`).
 _CHUNK_GROUPS = 16
 _CHUNK_ITEMS = 64
+_RERANK_INTERVAL = 1.0  # seconds: how stale the keys' usage order may be
 
 
 @dataclass(frozen=True)
@@ -90,6 +92,9 @@ class Attributor:
         self._unknown: dict[bytes, int] = {}    # item hash -> epoch it was unknown at
         self._usage: Counter[str] = Counter()   # fingerprint -> items it sealed so far
         self._candidates: dict[str, Candidate] = {}  # fingerprint -> key with its modulus
+        self._ranked: list[Candidate] = []      # every loaded key, most used first (cached)
+        self._rank: dict[str, int] = {}         # fingerprint -> position in _ranked
+        self._ranked_at = float("-inf")
         self.backlog = 0                        # items waiting for RSA right now
         self.rsa_operations = 0                 # RSA decrypts done since start
 
@@ -119,14 +124,43 @@ class Attributor:
     def candidates(self, preferred: Sequence[str],
                    likely: Collection[str] = ()) -> list[Candidate]:
         """The base order: *preferred* in order (the cluster's sealing key), then the
-        *likely* keys (those the cluster holds), each group by items sealed so far."""
+        *likely* keys (those the cluster holds), then the rest, each group by items
+        sealed so far (then newest first)."""
+        return self._order(preferred, likely)[0]
+
+    def _order(self, preferred: Sequence[str],
+               likely: Collection[str]) -> tuple[list[Candidate], set[str]]:
+        """:meth:`candidates`, and the fingerprints of its leading (the cluster's) keys.
+
+        Costs a copy of the fleet's ranking, not a sort of it: sorting thousands of keys
+        for every page of every cluster grew a first pass quadratically with the fleet.
+        """
+        ranked, rank = self._ranking()
+        head = list(dict.fromkeys(f for f in preferred if f in rank))
+        chosen = set(head)
+        head += sorted((f for f in likely if f in rank and f not in chosen), key=rank.__getitem__)
+        chosen.update(head)
+        lead = [ranked[rank[f]] for f in head]
+        return lead + [c for c in ranked if c.fingerprint not in chosen], chosen
+
+    def _ranking(self) -> tuple[list[Candidate], dict[str, int]]:
+        """Every loaded key by items sealed so far, then newest: ranked again at most
+        every second (usage only orders the tries); keys loaded in between join at the
+        end (a first pass loads a cluster's keys, cluster after cluster)."""
         keys = self._keystore.loaded_keys()
-        rank = {fingerprint: index for index, fingerprint in enumerate(preferred)}
-        ordered = sorted(keys, key=lambda k: (rank.get(k.fingerprint, len(rank)),
-                                              k.fingerprint not in likely,
-                                              -self._usage[k.fingerprint],
-                                              -k.not_before.timestamp()))
-        return [self._candidate(key) for key in ordered]
+        now = time.monotonic()
+        if len(keys) < len(self._ranked) or now - self._ranked_at > _RERANK_INTERVAL:
+            ordered = sorted(keys, key=lambda k: (-self._usage[k.fingerprint],
+                                                  -k.not_before.timestamp()))
+            self._ranked = [self._candidate(key) for key in ordered]
+            self._rank = {c.fingerprint: index for index, c in enumerate(self._ranked)}
+            self._ranked_at = now
+        elif len(keys) > len(self._ranked):
+            for key in keys:
+                if key.fingerprint not in self._rank:
+                    self._rank[key.fingerprint] = len(self._ranked)
+                    self._ranked.append(self._candidate(key))
+        return self._ranked, self._rank
 
     def _candidate(self, key: SealingKey) -> Candidate:
         known = self._candidates.get(key.fingerprint)
@@ -160,8 +194,8 @@ class Attributor:
         if not todo:
             return result
         await self._keystore.materialize()
-        local = set(preferred) | set(likely)
-        computed = await self._run_rsa(owner, todo, self.candidates(preferred, likely), local)
+        ordered, local = self._order(preferred, likely)
+        computed = await self._run_rsa(owner, todo, ordered, local)
         # The epoch of the keys actually tried, not whatever it is by now.
         await self._cache.put_attributions(computed, known_keys_epoch=epoch)
         for item_hash, fingerprint in computed:

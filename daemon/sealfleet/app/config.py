@@ -247,6 +247,14 @@ class FleetSettings(_Section):
     Default 64: a renewal of 50 clusters is one round of restarts, not two
     (bench/keys.py)."""
 
+    connect_concurrency: int = Field(default=16, ge=1, le=1024)
+    """Clusters connecting and scanning at once, fleet-wide: from a cluster's first
+    connection attempt until its watches stream (fewer while the event loop runs late:
+    ``app.connect_gate``).  Default 16: enough to keep the RSA threads busy and hide
+    apiserver round trips, few enough that a first pass over 1,000 clusters, or all of
+    them reconnecting after an outage, keeps the API and the watchdog responsive.  Read
+    at start."""
+
     resync_interval: PositiveDuration = dt.timedelta(minutes=10)
     """Full relist period on top of watches, seconds-precision.  Default 10m: cheap with
     the attribution cache and bounds how long a missed watch event can hide."""

@@ -5,10 +5,21 @@ in a guard that turns a crash (a bug, a store hiccup) into a logged restart afte
 backoff: a broken worker never takes the fleet, the API or the watchdog with it.
 ``apply_settings`` hands over a new settings tree; the manager starts workers for new
 clusters, stops those removed (marking them removed in the store) and restarts those
-whose connection settings changed.  The manager owns the fleet's :class:`Keystore` and
-:class:`Attributor`, shared by every worker, by the repo scanner (``[[repos]]``, see
-:mod:`sealfleet.app.repos`) and by the checker behind ``POST /api/v1/check``, and the
-periodic upkeep (keystore refresh, pruning the attribution cache, giving freed heap back).
+whose connection settings changed.
+
+One fleet-wide gate (:mod:`connect_gate`), handed to every worker, bounds how many
+clusters connect and scan at once (``[fleet] connect_concurrency``, fewer while the
+event loop lags): a first pass over 1,000 clusters, or every cluster coming back
+together after an outage or a restart, proceeds a few clusters at a time, each
+cluster's result visible as soon as it is done, while the API and the watchdog stay
+responsive.  The workers' jittered backoff spreads the attempts in time; the gate
+bounds how many are under way at any moment.
+
+The manager owns the fleet's :class:`Keystore` and :class:`Attributor`, shared by every
+worker, by the repo scanner (``[[repos]]``, see :mod:`sealfleet.app.repos`) and by the
+checker behind ``POST /api/v1/check``, and the periodic upkeep (keystore refresh,
+pruning the attribution cache, and the heap: :mod:`heap` paces the garbage collector
+and gives freed memory back).
 
 What the service uses (its ``Fleet`` protocol): ``first_pass_done`` (every cluster
 scanned once or marked unreachable), ``progress`` (bumped on every loop iteration of
@@ -20,9 +31,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import datetime as dt
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from concurrent.futures import Executor
 from dataclasses import dataclass
 
@@ -30,11 +40,13 @@ import structlog
 
 from sealfleet.adapters import retry
 from sealfleet.adapters.store import Store
+from sealfleet.app import heap
 from sealfleet.app.attributing import Attributor
 from sealfleet.app.checking import Checker
 from sealfleet.app.cluster.state import Deps, WorkerOptions
 from sealfleet.app.cluster.worker import ClusterWorker
 from sealfleet.app.config import ClusterSettings, Settings
+from sealfleet.app.connect_gate import ConnectGate
 from sealfleet.app.keystore import Keystore
 from sealfleet.app.repos import RepoScanner
 from sealfleet.errors import FleetError
@@ -42,7 +54,6 @@ from sealfleet.errors import FleetError
 log = structlog.get_logger(__name__)
 
 _KEYSTORE_REFRESH = 30.0   # seconds: pick up keys imported or marked compromised elsewhere
-_TRIM_INTERVAL = 5.0       # seconds between returning freed heap memory to the OS
 # The attribution cache keeps answers for items no stored SealedSecret holds any more
 # (deleted objects, resealed items); a day's grace keeps a briefly deleted and
 # re-created object free, a daily pass keeps the table from growing forever.  The
@@ -50,22 +61,6 @@ _TRIM_INTERVAL = 5.0       # seconds between returning freed heap memory to the 
 _PRUNE_INTERVAL = 24 * 3600.0
 _PRUNE_GRACE = dt.timedelta(days=1)
 _LOAD_CONCURRENCY = 2      # stored inventories loaded at once (full records are big)
-
-
-def _malloc_trim() -> Callable[[], object] | None:
-    """glibc's ``malloc_trim`` (None elsewhere, e.g. musl or macOS).
-
-    A scan allocates and frees hundreds of megabytes of ciphertext strings (each larger
-    than pymalloc's 512-byte limit, so they live on the C heap) interleaved with the
-    long-lived inventory; glibc keeps the freed holes, and RSS ends up near the sum of
-    everything ever in flight.  Trimming hands the holes back.
-    """
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        trim: Callable[[int], object] = libc.malloc_trim
-    except (OSError, AttributeError):
-        return None
-    return lambda: trim(0)
 
 
 @dataclass
@@ -80,10 +75,12 @@ class FleetManager:
 
     *options* overrides the pacing read from the settings (tests run with short
     backoffs); otherwise :meth:`WorkerOptions.from_settings` is the one reader of it.
+    *connect_concurrency* likewise overrides ``[fleet] connect_concurrency``.
     """
 
     def __init__(self, settings: Settings, store: Store, *, executor: Executor,
-                 options: WorkerOptions | None = None) -> None:
+                 options: WorkerOptions | None = None,
+                 connect_concurrency: int | None = None) -> None:
         self._settings = settings
         self.store = store
         self._options = options
@@ -102,6 +99,13 @@ class FleetManager:
         self._reconcile = asyncio.Event()
         self._group: asyncio.TaskGroup | None = None
         self._load_gate = asyncio.Semaphore(_LOAD_CONCURRENCY)
+        # Read once: a reload changes the clusters, not how many connect at once.
+        self.connect_gate = ConnectGate(connect_concurrency
+                                        or settings.fleet.connect_concurrency)
+        self._heap = heap.Heap(lambda: self.progress, trim=heap.malloc_trim(),
+                               sessions=lambda: self.connect_gate.granted,
+                               clusters=lambda: len(self._running),
+                               connecting=lambda: not self.connect_gate.idle)
 
     # ------------------------------------------------------------------ seams
 
@@ -144,19 +148,20 @@ class FleetManager:
         if not self._settings.fleet.master:  # in master mode the jobs keep the set
             await self.keystore.set_master(self._settings.fleet.master_keys)
         await self.refresh_keys()
+        self._heap.hold_full_collections()
         try:
             async with asyncio.TaskGroup() as group:
                 self._group = group
                 self._apply()
                 group.create_task(self._manage(), name="fleet:manage")
                 group.create_task(self._heartbeat(), name="fleet:heartbeat")
+                group.create_task(self.connect_gate.run(), name="fleet:connect-gate")
                 group.create_task(self._await_first_pass(), name="fleet:first-pass")
                 group.create_task(self._prune_attributions(), name="fleet:prune")
                 group.create_task(self.repos.run(), name="fleet:repos")
-                trim = _malloc_trim()
-                if trim is not None:
-                    group.create_task(self._trim_memory(trim), name="fleet:trim-memory")
+                group.create_task(self._heap.run(), name="fleet:heap")
         finally:
+            self._heap.release()
             self._group = None
             self._running.clear()
 
@@ -191,7 +196,8 @@ class FleetManager:
         for name, cluster in wanted.items():
             if name in self._running:
                 continue
-            worker = ClusterWorker(cluster, deps, load_gate=self._load_gate)
+            worker = ClusterWorker(cluster, deps, load_gate=self._load_gate,
+                                   connect_gate=self.connect_gate)
             task = self._group.create_task(self._guard(worker), name=f"cluster:{name}")
             self._running[name] = _Running(cluster, worker, task)
         return removed
@@ -207,15 +213,6 @@ class FleetManager:
                 log.exception("cluster_worker_crashed", cluster=worker.name)
             worker.first_pass.set()  # a crashed worker must not hold readiness hostage
             await asyncio.sleep(backoff.next_delay())
-
-    async def _trim_memory(self, trim: Callable[[], object]) -> None:
-        """While the inventory moves, give freed C-heap memory back every few seconds."""
-        previous = self.progress
-        while True:
-            await asyncio.sleep(_TRIM_INTERVAL)
-            moved, previous = self.progress - previous, self.progress
-            if moved > _TRIM_INTERVAL + 1:  # more than the heartbeat alone: work happened
-                await asyncio.to_thread(trim)
 
     async def _prune_attributions(self) -> None:
         """Daily: drop cached attributions no stored SealedSecret refers to any more."""
@@ -236,14 +233,22 @@ class FleetManager:
 
     async def _await_first_pass(self) -> None:
         """Set ``first_pass_done`` once every cluster configured at the time has been
-        scanned once or marked unreachable (clusters added later do not unset it)."""
-        while not self.first_pass_done.is_set():
-            workers = [r.worker for r in self._running.values()]
-            if all(w.first_pass.is_set() for w in workers):
-                self.first_pass_done.set()
-                log.info("fleet_first_pass_done", clusters=len(workers))
-                return
-            pending = [w.first_pass.wait() for w in workers if not w.first_pass.is_set()]
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(1.0):
-                    await asyncio.gather(*pending)
+        scanned once or marked unreachable (clusters added later do not count, and a
+        cluster removed before its first pass is not waited for).
+
+        One worker at a time: a thousand clusters cost a thousand wakeups in all, not a
+        thousand every second.
+        """
+        workers = [r.worker for r in self._running.values()]
+        for worker in workers:
+            while not worker.first_pass.is_set() and self._is_running(worker):
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(1.0):  # to notice a removal
+                        await worker.first_pass.wait()
+        await self._heap.settle()  # the fleet's long-lived objects are in place
+        self.first_pass_done.set()
+        log.info("fleet_first_pass_done", clusters=len(workers))
+
+    def _is_running(self, worker: ClusterWorker) -> bool:
+        running = self._running.get(worker.name)
+        return running is not None and running.worker is worker

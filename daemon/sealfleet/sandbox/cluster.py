@@ -21,6 +21,7 @@ from multidict import CIMultiDict
 
 from sealfleet.errors import PermanentError
 from sealfleet.sandbox.apiserver import ApiServer, Tokens
+from sealfleet.sandbox.apiserver.listener import ConnectionGauge
 from sealfleet.sandbox.apiserver.proxy import unavailable
 from sealfleet.sandbox.controller import ControllerFlags, ControllerWorkload
 from sealfleet.sandbox.controller.workload import DEFAULT_STARTUP_DELAY
@@ -31,17 +32,22 @@ from sealfleet.sandbox.tls import CertificateAuthority
 
 
 class SandboxCluster:
-    """Use as ``async with SandboxCluster(...)``; the controller runs while inside."""
+    """Use as ``async with SandboxCluster(...)``; the controller runs while inside.
+
+    *connections* is the gauge its apiserver counts connections on (a sandbox shares one
+    between all its clusters).
+    """
 
     def __init__(self, name: str, *, ca: CertificateAuthority, executor: Executor,
                  flags: ControllerFlags | None = None,
                  crash_backoff: tuple[float, float] = (10.0, 300.0),
                  rng: random.Random | None = None, bookmark_interval: float = 5.0,
-                 startup_delay: float = DEFAULT_STARTUP_DELAY) -> None:
+                 startup_delay: float = DEFAULT_STARTUP_DELAY,
+                 connections: ConnectionGauge | None = None) -> None:
         self.name = name
         self.store = ObjectStore()
         self.api = ApiServer(self.store, ca.issue_server(), tokens=Tokens(),
-                             bookmark_interval=bookmark_interval)
+                             bookmark_interval=bookmark_interval, connections=connections)
         self.workload = ControllerWorkload(self.store, executor=executor, cluster=name,
                                            flags=flags, crash_backoff=crash_backoff, rng=rng,
                                            startup_delay=startup_delay)

@@ -11,6 +11,12 @@ GitOps repository (``DIR/gitops/remote.git``, bare, and ``DIR/gitops/clone``, th
 user's checkout; :mod:`sealfleet.sandbox.gitops`), each cluster runs an emulated Flux
 (:mod:`sealfleet.sandbox.flux`) on it, whose first pass is done before ``ready``, and
 ``sealfleet.toml`` gets the repository as ``[[repos]]``.
+
+A thousand clusters fit in one process (one listener each; measured with
+``bench/fleet.py``: start time is the seeding's RSA key generation, on every core).
+Their apiservers share one :class:`ConnectionGauge`; :meth:`Sandbox.set_faults` reaches
+them all at once (a fleet-wide outage), and ``sealfleet sandbox`` serves both on its
+control socket (:mod:`sealfleet.sandbox.control`).
 """
 
 from __future__ import annotations
@@ -24,14 +30,18 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from asyncio import sslproto
+from collections import Counter
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import structlog
 
+from sealfleet.sandbox.apiserver.listener import ConnectionGauge
 from sealfleet.sandbox.cluster import SandboxCluster
+from sealfleet.sandbox.control import ControlClient, process_memory_mb
 from sealfleet.sandbox.controller import ControllerFlags
 from sealfleet.sandbox.controller.workload import DEFAULT_STARTUP_DELAY
 from sealfleet.sandbox.gitops import (
@@ -51,6 +61,11 @@ SEALED = "sealedsecrets.bitnami.com"
 REPO_NAME = "gitops"
 FLUX_INTERVAL = 600.0        # the Kustomization's spec.interval: 10m, as flux bootstrap
 FLUX_SOURCE_INTERVAL = 60.0  # the GitRepository's: 1m, as flux bootstrap
+# asyncio gives every TLS connection a receive buffer of ``SSLProtocol.max_size`` bytes
+# (256 KiB in CPython 3.11 to 3.13) for as long as it is open; a daemon holds two or
+# three connections to each cluster, so a 1,000-cluster sandbox held 0.7 GB of buffers
+# for requests of a few hundred bytes.  16 KiB is one TLS record.
+TLS_RECEIVE_BUFFER = 16 * 1024
 
 
 def _write_private(path: Path, data: bytes) -> None:
@@ -141,6 +156,7 @@ class Sandbox:
         self._flux = (flux_interval, flux_source_interval, flux_prune)
         self.gitops: GitOpsRepo | None = None
         self.clusters: dict[str, SandboxCluster] = {}
+        self.connections = ConnectionGauge()  # every cluster's apiserver counts here
         self.seed_record: dict[str, Any] | None = None
         self.timings: dict[str, float] = {}
         self._executor: ThreadPoolExecutor | None = None
@@ -167,6 +183,32 @@ class Sandbox:
     def cluster(self, name: str) -> SandboxCluster:
         return self.clusters[name]
 
+    def requests(self) -> Counter[tuple[str, str]]:
+        """Requests every apiserver received, by (verb, resource)."""
+        total: Counter[tuple[str, str]] = Counter()
+        for cluster in self.clusters.values():
+            total.update(cluster.api.ctx.requests)
+        return total
+
+    async def set_faults(self, changes: Mapping[str, Any], *,
+                         clusters: Sequence[str] | None = None) -> None:
+        """Apply fault settings to every cluster (or those named) at once.
+
+        All or nothing: settings one cluster rejects are rejected before any applies
+        (``ApiError``); an unknown cluster name is a ``KeyError``.
+        """
+        targets = [self.clusters[name] for name in clusters] if clusters is not None \
+            else list(self.clusters.values())
+        for cluster in targets:
+            cluster.api.faults.updated(dict(changes))  # validates; raises ApiError
+        await asyncio.gather(*(c.api.set_faults(**changes) for c in targets))
+
+    def stats(self) -> dict[str, Any]:
+        rss, peak = process_memory_mb()
+        return {"clusters": len(self.clusters), **{k: round(v, 2) for k, v in
+                                                   self.timings.items()},
+                "rss_mb": round(rss, 1), "peak_rss_mb": round(peak, 1)}
+
     # --------------------------------------------------------------- lifecycle
 
     async def __aenter__(self) -> Sandbox:
@@ -180,8 +222,11 @@ class Sandbox:
             raise
         self.timings["start_seconds"] = time.perf_counter() - started
         self.ready_file.write_text(f"{os.getpid()}\n")
+        rss, peak = process_memory_mb()
         _log.info("sandbox_ready", clusters=len(self.clusters), state_dir=str(self.state_dir),
-                  seconds=round(self.timings["start_seconds"], 2))
+                  seconds=round(self.timings["start_seconds"], 2),
+                  seed_seconds=round(self.timings.get("seed_seconds", 0.0), 2),
+                  rss_mb=round(rss), peak_rss_mb=round(peak))
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -189,6 +234,8 @@ class Sandbox:
         await self._stack.aclose()
 
     async def _start(self) -> None:
+        if sslproto.SSLProtocol.max_size > TLS_RECEIVE_BUFFER:  # process-wide; only lowered
+            sslproto.SSLProtocol.max_size = TLS_RECEIVE_BUFFER
         self._executor = ThreadPoolExecutor(max_workers=RSA_THREADS,
                                             thread_name_prefix="sandbox-rsa")
         self._stack.callback(self._executor.shutdown, wait=False, cancel_futures=True)
@@ -198,7 +245,7 @@ class Sandbox:
                 name, ca=ca, executor=self._executor,
                 flags=self._cluster_flags.get(name, self._flags),
                 crash_backoff=self._crash_backoff, bookmark_interval=self._bookmark_interval,
-                startup_delay=self._startup_delay)
+                startup_delay=self._startup_delay, connections=self.connections)
         if self._seed is not None:
             seeding_started = time.perf_counter()
             seeder = Seeder(self._seed, processes=self._seed_processes)
@@ -300,3 +347,8 @@ class SandboxProcess:
     def pid(self) -> int:
         assert self.process is not None
         return self.process.pid
+
+    @property
+    def control(self) -> ControlClient:
+        """The running sandbox's control socket (faults everywhere, counters, stats)."""
+        return ControlClient.for_state_dir(self.state_dir)

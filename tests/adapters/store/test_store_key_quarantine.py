@@ -12,6 +12,7 @@ import sqlite3
 from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 from structlog.testing import capture_logs
 
 from sealfleet.adapters.store import KeyEncryptionKey, Store, codec
@@ -129,3 +130,37 @@ async def test_a_key_whose_certificate_is_another_keys_is_not_stored(
     assert [k.fingerprint for k in await store.keys.list_keys()] == [good.fingerprint]
     assert [k.fingerprint for k in (await store.keys.load_private_keys()).keys] == [
         good.fingerprint]
+
+
+def insert_inconsistent_row(conn: sqlite3.Connection, kek: KeyEncryptionKey, *,
+                            key: SealingKey) -> None:
+    """*key*'s row with private numbers that do not fit together (one CRT exponent off):
+    OpenSSL's validation is skipped at load (it costs 40 CPU-ms a key), the cheap checks
+    must still refuse it."""
+    numbers = key.private_key.private_numbers()
+    broken = rsa.RSAPrivateNumbers(
+        p=numbers.p, q=numbers.q, d=numbers.d, dmp1=numbers.dmp1 + 2, dmq1=numbers.dmq1,
+        iqmp=numbers.iqmp, public_numbers=numbers.public_numbers,
+    ).private_key(unsafe_skip_rsa_key_validation=True)
+    der = broken.private_bytes(serialization.Encoding.DER, serialization.PrivateFormat.PKCS8,
+                               serialization.NoEncryption())
+    now = codec.now()
+    certificate = key.certificate
+    conn.execute(
+        "INSERT INTO sealing_keys (fingerprint, not_before, not_after, source, "
+        "certificate_pem, private_key_ciphertext, kek_id, created_at, updated_at) "
+        "VALUES (?, ?, ?, 'cluster', ?, ?, ?, ?, ?)",
+        (key.fingerprint, codec.timestamp(certificate.not_before),
+         codec.timestamp(certificate.not_after), certificate.pem.decode(),
+         kek.encrypt(der, fingerprint=key.fingerprint), kek.id, now, now))
+
+
+async def test_a_row_whose_private_numbers_do_not_fit_is_refused(
+        store: Store, kek: KeyEncryptionKey, rsa2048_keys: list[SealingKey]) -> None:
+    good, broken, _ = rsa2048_keys
+    await store.keys.store_key_material([KeyMaterial(good, "generated")])
+    await store.write(insert_inconsistent_row, kek, key=broken)
+    loaded = await store.keys.load_private_keys()
+    assert [k.fingerprint for k in loaded.keys] == [good.fingerprint]
+    assert [(r.fingerprint, r.reason) for r in loaded.rejected] == [
+        (broken.fingerprint, "decrypted material is not a consistent RSA private key")]

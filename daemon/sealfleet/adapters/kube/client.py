@@ -7,6 +7,11 @@ ourselves rather than through kubernetes-asyncio's ``ApiClient``: its generated 
 cost several times the JSON parse on a list of thousands of objects (the inventory
 needs plain dicts anyway), and each ``ApiClient`` builds its own SSL context.
 
+What a connection holds is kept to what it needs, because a fleet daemon holds one per
+cluster for as long as it runs: small TLS receive buffers (:mod:`tls`), no cookie jar,
+idle pooled connections closed after a few seconds, and the environment's proxy read
+once per client.
+
 Every library error is translated here, exactly once, into our hierarchy:
 
 - :class:`Gone` (HTTP 410 or a watch ERROR event with code 410): the resourceVersion
@@ -42,7 +47,7 @@ import yarl
 from aiohttp.helpers import get_env_proxy_for_url
 
 from sealfleet.adapters.kube import kubeconfig as kubeconfig_files
-from sealfleet.adapters.kube import writing
+from sealfleet.adapters.kube import tls, writing
 from sealfleet.domain.redaction import mask_text
 from sealfleet.errors import PermanentError, TransientError
 
@@ -52,6 +57,10 @@ _TRANSIENT_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 _USER_AGENT = "sealfleet"
 # Parallel requests per cluster (kubernetes-asyncio's default pool size, kept).
 _CONNECTIONS_PER_CLUSTER = 100
+# Seconds an idle pooled connection is kept: long enough for a scan's or a probe's
+# requests one after another, short enough that between the minute's probes a cluster
+# holds only its watches' connections (one TLS connection is some 60 KB of memory).
+_IDLE_KEEPALIVE = 5.0
 # Watch events carrying large objects exceed aiohttp's default read buffer; etcd's
 # default request limit is 1.5 MiB (kubernetes-asyncio uses the same figure).
 _READ_BUFFER = 2**21
@@ -202,6 +211,8 @@ class KubeClient:
         self._access = access
         self.request_timeout = request_timeout
         self._proxy, self._proxy_auth = _proxy_for(access)
+        self.watches_opened = 0              # watch streams that have started, so far
+        self._watch_waiter: tuple[int, asyncio.Future[None]] | None = None
 
     @classmethod
     @asynccontextmanager
@@ -217,16 +228,20 @@ class KubeClient:
         """
         cache = cache if cache is not None else kubeconfig_files.shared_cache()
         access = await cache.access(kubeconfig, context)
-        # One connector per connection; its TLS context is the shared one.
+        tls.limit_receive_buffers()
+        # One connector per connection (its pool is this cluster's sockets, closed with
+        # it); its TLS context is the shared one.
         connector = aiohttp.TCPConnector(
-            limit=_CONNECTIONS_PER_CLUSTER,
+            limit=_CONNECTIONS_PER_CLUSTER, keepalive_timeout=_IDLE_KEEPALIVE,
             ssl=access.ssl_context if access.ssl_context is not None else True)
         # No trust_env: it makes aiohttp read ~/.netrc and the proxy variables in the
         # default thread pool on every request (two thread hops each: with a fleet
         # restarting at once, that small pool became the queue every request waited
         # in).  HTTPS_PROXY and NO_PROXY are read once per client instead (_proxy_for),
-        # and netrc is not a kubeconfig credential (kubectl ignores it too).
+        # and netrc is not a kubeconfig credential (kubectl ignores it too).  Cookies
+        # mean nothing to an apiserver.
         session = aiohttp.ClientSession(connector=connector, trust_env=False,
+                                        cookie_jar=aiohttp.DummyCookieJar(),
                                         read_bufsize=_READ_BUFFER)
         try:
             yield cls(session, access, request_timeout=request_timeout)
@@ -416,12 +431,33 @@ class KubeClient:
                     raise _translate(exc, what) from exc
                 raise error_for_status(response.status, what, status_message(text),
                                        _retry_after(response.headers))
+            self._note_watch_opened()
             async for line in _lines(response, what):
                 event = _parse_event(line, what)
                 if event is not None:
                     yield event
         finally:
             response.release()
+
+
+    async def wait_for_watches(self, count: int) -> None:
+        """Until *count* watches of this client have started streaming (ever, in all).
+        One waiter at a time."""
+        if self.watches_opened >= count:
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        self._watch_waiter = (count, waiter)
+        try:
+            await waiter
+        finally:
+            self._watch_waiter = None
+
+    def _note_watch_opened(self) -> None:
+        self.watches_opened += 1
+        if self._watch_waiter is not None:
+            count, waiter = self._watch_waiter
+            if self.watches_opened >= count and not waiter.done():
+                waiter.set_result(None)
 
 
 async def _lines(response: aiohttp.ClientResponse, what: str) -> AsyncIterator[bytes]:

@@ -123,6 +123,7 @@ def _run(args: argparse.Namespace) -> int:
 
     settings = load_settings(args.config)
     configure_logging(level=settings.logging.level, fmt=settings.logging.format)
+    _raise_open_files_limit()
     daemon = service.Service(settings, hard_exit=True)
     signals.deliver_to(stop=daemon.request_stop, reload=daemon.request_reload)
     try:
@@ -130,6 +131,29 @@ def _run(args: argparse.Namespace) -> int:
     except BaseExceptionGroup as group:
         raise errors.first_error(group) from None
     return 0
+
+
+def _raise_open_files_limit() -> None:
+    """Soft limit of open files up to the hard one: a cluster takes two or three sockets
+    for as long as the daemon runs, and systemd's default soft limit (1024, kept low for
+    programs that use select()) would end a fleet at some 300 clusters.  asyncio polls
+    with epoll, which has no such limit; systemd's default hard limit is 524288."""
+    import resource
+
+    import structlog
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    unlimited = resource.RLIM_INFINITY
+    if soft == unlimited or (hard != unlimited and soft >= hard):
+        return
+    wanted = hard if hard != unlimited else max(soft, 1 << 20)  # Linux's nr_open
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+    except (ValueError, OSError) as exc:  # a container may refuse; the soft one stays
+        structlog.get_logger(__name__).warning("open_files_limit_kept", soft=soft,
+                                               hard=hard, error=str(exc))
+        return
+    structlog.get_logger(__name__).debug("open_files_limit_raised", soft=soft, to=wanted)
 
 
 # ----------------------------------------------------------------------- clients

@@ -2,8 +2,10 @@
 
 Runs until SIGINT or SIGTERM.  ``DIR/ready`` appears once every cluster serves and is
 removed on exit; ``DIR/kubeconfig`` (contexts ``sandbox-1`` ...) works with kubectl and
-kubeseal, ``DIR/sealfleet.toml`` with ``sealfleet run -c``.  The sandbox package is
-imported inside the handler only, so no other command (and never the daemon) loads it.
+kubeseal, ``DIR/sealfleet.toml`` with ``sealfleet run -c``; ``DIR/control`` names the
+control socket (every cluster's faults at once, connection and request counters: see
+``sandbox.control``).  The sandbox package is imported inside the handler only, so no
+other command (and never the daemon) loads it.
 """
 
 from __future__ import annotations
@@ -92,6 +94,7 @@ def _interval(flag: str, text: str) -> float:
 
 def run_sandbox(args: argparse.Namespace) -> int:
     from sealfleet.sandbox import Sandbox, SeedSpec
+    from sealfleet.sandbox.control import ControlServer
     from sealfleet.sandbox.controller import ControllerFlags
 
     for flag in ("clusters", "keys"):
@@ -119,12 +122,15 @@ def run_sandbox(args: argparse.Namespace) -> int:
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, stop.set)
-        async with Sandbox(state_dir, clusters=args.clusters, seed=spec, flags=flags,
-                           startup_delay=args.controller_startup_delay,
-                           flux_interval=flux_interval,
-                           flux_source_interval=flux_source_interval) as sandbox:
+        sandbox = Sandbox(state_dir, clusters=args.clusters, seed=spec, flags=flags,
+                          startup_delay=args.controller_startup_delay,
+                          flux_interval=flux_interval,
+                          flux_source_interval=flux_source_interval)
+        # The control socket first: it is there by the time DIR/ready is.
+        async with ControlServer(sandbox, state_dir), sandbox:
+            stats = sandbox.stats()
             print(f"sandbox ready: {len(sandbox.clusters)} cluster(s) in "
-                  f"{sandbox.timings['start_seconds']:.1f}s; "
+                  f"{sandbox.timings['start_seconds']:.1f}s, {stats['rss_mb']:.0f} MB resident; "
                   f"export KUBECONFIG={sandbox.kubeconfig}", file=sys.stderr, flush=True)
             await stop.wait()
 

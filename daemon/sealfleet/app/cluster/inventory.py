@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import sys
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -57,7 +57,9 @@ class ClusterInventory:
 
     def __init__(self, cluster: str) -> None:
         self.cluster = cluster
+        self.on_pending: Callable[[], None] = _nothing  # a write was queued (the writer's)
         self._entries: dict[Ref, Entry] = {}
+        self._unknown: set[Ref] = set()   # entries with an item no known key opens
         self.pending_upserts: dict[Ref, SealedSecretRecord] = {}
         self.pending_deletes: set[Ref] = set()
         self.pending_states: dict[Ref, SecretState] = {}
@@ -73,12 +75,23 @@ class ClusterInventory:
                 item_keys=tuple(item.fingerprint for item in record.items),
                 synced=record.synced, state=record.state,
                 malformed=record.malformed_reason is not None)
+            self._note_unknown(self._entries[ref])
 
     def get(self, ref: Ref) -> Entry | None:
         return self._entries.get(ref)
 
     def entries(self) -> Iterator[Entry]:
         return iter(list(self._entries.values()))
+
+    def unknown_entries(self) -> list[Entry]:
+        """The entries with an item no known key opens (without a look at the others)."""
+        return [self._entries[ref] for ref in self._unknown]
+
+    def _note_unknown(self, entry: Entry) -> None:
+        if entry.has_unknown:
+            self._unknown.add(entry.ref)
+        else:
+            self._unknown.discard(entry.ref)
 
     def refs(self) -> set[Ref]:
         return set(self._entries)
@@ -96,6 +109,7 @@ class ClusterInventory:
 
     def forget(self, ref: Ref) -> None:
         self._entries.pop(ref, None)
+        self._unknown.discard(ref)
         self.pending_upserts.pop(ref, None)
         self.pending_states.pop(ref, None)
 
@@ -104,6 +118,7 @@ class ClusterInventory:
         self.pending_deletes.discard(ref)
         self.pending_states.pop(ref, None)
         self.pending_upserts[ref] = record
+        self.on_pending()
 
     def store_parsed(self, parsed: Parsed, items: tuple[ItemFact, ...],
                      context: KeyContext, now: dt.datetime) -> Entry:
@@ -119,6 +134,7 @@ class ClusterInventory:
             _log_malformed_once(parsed, previous)
         entry.state = entry.classify(context)
         self._entries[parsed.ref] = entry
+        self._note_unknown(entry)
         self._queue(self._record(parsed, items, entry.state, now))
         return entry
 
@@ -129,6 +145,7 @@ class ClusterInventory:
                                           resource_version=parsed.resource_version,
                                           item_keys=(), synced=parsed.synced,
                                           state=SecretState.UNKNOWN, malformed=True)
+        self._unknown.discard(parsed.ref)
         self._queue(self._record(parsed, (), SecretState.UNKNOWN, now))
 
     def _record(self, parsed: Parsed, items: tuple[ItemFact, ...], state: SecretState,
@@ -159,10 +176,12 @@ class ClusterInventory:
             self.pending_upserts[entry.ref] = dataclasses.replace(queued, state=state)
         else:
             self.pending_states[entry.ref] = state
+        self.on_pending()
 
     def delete(self, ref: Ref) -> None:
         self.forget(ref)
         self.pending_deletes.add(ref)
+        self.on_pending()
 
     def pending_count(self) -> int:
         return len(self.pending_upserts) + len(self.pending_deletes) + len(self.pending_states)
@@ -190,6 +209,10 @@ class ClusterInventory:
                                   for (ns, name), state in self.pending_states.items()])
         self.pending_upserts, self.pending_deletes, self.pending_states = {}, set(), {}
         return pending
+
+
+def _nothing() -> None:
+    return None
 
 
 def _log_malformed_once(parsed: Parsed, previous: Entry | None) -> None:

@@ -12,6 +12,7 @@ reason and never taken as a key.  After every change the controller is probed ag
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as dt
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
@@ -106,7 +107,9 @@ class KeySecretObserver:
                 continue
             state.key_problems.pop(name, None)
             observed.append(found)
-            state.holdings[name] = found
+            # The cluster's state keeps the public facts only: the private key goes to
+            # the keystore (once, fleet-wide), not into every cluster's memory for good.
+            state.holdings[name] = dataclasses.replace(found, secret={})
         await self._deps.keystore.observe_key_secrets(observed)
         now = dt.datetime.now(dt.UTC)
         await self._deps.store.inventory.replace_cluster_keys(state.name, [KeyHolding(

@@ -33,6 +33,7 @@ log = structlog.get_logger(__name__)
 
 RESOURCE = "sealedsecrets.bitnami.com"
 _RELIST_ATTEMPTS = 3
+KEYSTORE_SETTLE = 1.0   # seconds from a key change to acting on it (and those after it)
 
 
 class SealedSecretObserver:
@@ -117,10 +118,16 @@ class SealedSecretObserver:
     # ------------------------------------------------------------ keystore changes
 
     async def follow_keystore(self, client: KubeClient) -> None:
-        """New keys: retry the unknown items; compromised set changed: reclassify."""
+        """New keys: retry the unknown items; compromised set changed: reclassify.
+
+        Changes are taken together, a moment after the first: a fleet's first pass
+        learns a key or two per cluster, cluster after cluster, and waking every worker
+        for each key would cost clusters x keys wakeups.
+        """
         keystore = self._deps.keystore
         while True:
             await self._keys_changed.wait()
+            await asyncio.sleep(KEYSTORE_SETTLE)
             self._keys_changed.clear()
             self._deps.on_progress()
             if keystore.compromised != self._seen_compromised:
@@ -138,7 +145,7 @@ class SealedSecretObserver:
         """
         inventory = self._state.inventory
         objects = []
-        for entry in [e for e in inventory.entries() if e.has_unknown]:
+        for entry in inventory.unknown_entries():
             try:
                 obj = await client.get_json(controller.sealed_secret_path(*entry.ref))
             except NotFound:

@@ -71,6 +71,9 @@ class ClusterState:
     controller_problem: str | None = None   # why the controller cannot be used, if so
     controller_state: ControllerState | None = None   # None until probed
     key_renew_seconds: int | None = None   # its --key-renew-period (None: unknown)
+    # What the store last got from a failed session (None after a good one): a cluster
+    # failing the same way again is not written again.
+    recorded_failure: tuple[object, ...] | None = None
     key_problems: dict[str, str] = field(default_factory=dict)  # Secret name -> why not a key
     holdings: dict[str, KeySecret] = field(default_factory=dict)  # key Secrets, by name
     proxy: str | None = None              # service proxy name of the controller

@@ -16,6 +16,7 @@ log = structlog.get_logger(__name__)
 async def record(state: ClusterState, deps: Deps, *,
                  scan_duration_ms: int | None = None) -> None:
     """Write the cluster's status row (a scan time only when a scan just finished)."""
+    state.recorded_failure = None  # the row changes: the next failure is written again
     await deps.store.inventory.record_cluster_status(
         state.name, reachable=state.reachable is not False, last_error=state.last_error,
         last_scan_at=dt.datetime.now(dt.UTC) if scan_duration_ms is not None else None,
@@ -30,13 +31,20 @@ async def mark_failed(state: ClusterState, deps: Deps, error: FleetError) -> Non
     if state.reachable is not False:
         log.warning("cluster_unreachable", error=message, error_kind=type(error).__name__)
     state.reachable, state.last_error = False, message
+    state.first_pass.set()
+    # The same failure again (a cluster down for a while, retried with backoff; the
+    # whole fleet during an outage): nothing new for the store or the report.
+    failure = (message, state.sealing_key, state.sealing_key_source,
+               state.controller_problem, state.controller_state, state.key_renew_seconds)
+    if failure == state.recorded_failure:
+        return
     await deps.store.inventory.record_cluster_status(
         state.name, reachable=False, last_error=message, last_scan_at=None,
         scan_duration_ms=None, sealing_key=state.sealing_key,
         sealing_key_source=state.sealing_key_source, controller_error=state.controller_problem,
         controller_state=state.controller_state,
         key_renew_seconds=state.key_renew_seconds)
-    state.first_pass.set()
+    state.recorded_failure = failure
     deps.on_change()
 
 

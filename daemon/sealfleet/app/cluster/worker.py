@@ -13,6 +13,14 @@ Errors end the session, never the worker: the cluster is marked unreachable with
 last error (logged once on failure and once on recovery), waits with jittered
 exponential backoff, and starts a new session.  A malformed object is recorded with its
 reason; it never ends anything.
+
+A session holds a turn at the fleet's connect gate from its first connection attempt
+until its watches stream (the scan in between), so the fleet bounds how many clusters
+connect and scan at once; a session that fails gives its turn back at once.  Once the
+watches stream, the cluster's upkeep (events, the controller poll) needs no turn.  The
+backoff starts small again after a session that scanned, and a transient failure's wait
+ends early when another cluster comes back (the gate's recovery hint: after a
+fleet-wide outage the fleet is whole again soon, not after the longest backoff).
 """
 
 from __future__ import annotations
@@ -35,6 +43,7 @@ from sealfleet.app.cluster.state import ClusterState, Deps
 from sealfleet.app.cluster.verifier import Verifier
 from sealfleet.app.cluster.write_behind import WriteBehind
 from sealfleet.app.config import ClusterSettings
+from sealfleet.app.connect_gate import ConnectGate
 from sealfleet.errors import FleetError, StoreError, TransientError, first_error
 
 log = structlog.get_logger(__name__)
@@ -48,14 +57,40 @@ class _ResyncDue(Exception):
     """Internal: the resync interval has passed; end the session and list again."""
 
 
+class _Turn:
+    """One turn at a gate, given back exactly once: early, or when the block ends."""
+
+    def __init__(self, gate: ConnectGate) -> None:
+        self._gate = gate
+        self._held = False
+
+    async def __aenter__(self) -> _Turn:
+        await self._gate.acquire()
+        self._held = True
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.release()
+
+    def release(self) -> None:
+        if self._held:
+            self._held = False
+            self._gate.release()
+
+
 class ClusterWorker:
-    """Keeps one cluster's inventory current; :meth:`run` never returns."""
+    """Keeps one cluster's inventory current; :meth:`run` never returns.
+
+    *load_gate* bounds how many stored inventories load at once, *connect_gate* how
+    many clusters connect and scan at once; both are the fleet's.
+    """
 
     def __init__(self, cluster: ClusterSettings, deps: Deps, *,
-                 load_gate: asyncio.Semaphore) -> None:
+                 load_gate: asyncio.Semaphore, connect_gate: ConnectGate) -> None:
         self.state = ClusterState(cluster=cluster, inventory=ClusterInventory(cluster.name))
         self._deps = deps
         self._load_gate = load_gate
+        self._connect_gate = connect_gate
         self._writer = WriteBehind(self.state, deps)
         self._sealed = SealedSecretObserver(self.state, deps, self._writer)
         self._controller = ControllerProbe(self.state, deps,
@@ -63,6 +98,8 @@ class ClusterWorker:
         self._keys = KeySecretObserver(self.state, deps, after_change=self._controller.probe)
         self._verifier = Verifier(self.state, deps)
         self._store_backoff = retry.Backoff(_STORE_BACKOFF)
+        self._backoff = retry.Backoff(deps.options.backoff)   # the cluster's failures
+        self._scanned = False                                 # this session scanned
 
     # What the fleet manager, the tests and the benchmarks read of a worker.
     @property
@@ -93,8 +130,9 @@ class ClusterWorker:
         with structlog.contextvars.bound_contextvars(cluster=self.name):
             try:
                 await self._load()
-                backoff = retry.Backoff(options.backoff)
+                backoff = self._backoff
                 while True:
+                    self._scanned = False
                     try:
                         await self._session()
                     except _ResyncDue:
@@ -108,13 +146,19 @@ class ClusterWorker:
                         continue
                     except FleetError as error:
                         await status.mark_failed(self.state, self._deps, error)
-                        if isinstance(error, TransientError):
-                            delay = backoff.delay_for(error)
-                        else:
-                            delay = backoff.next_delay(options.backoff.cap / 2)
+                        if self._scanned:  # a failure after a good session: start small
+                            backoff.reset()
                         # Next session: try to resume the watch where it stopped.
                         self.state.resume = True
-                        await asyncio.sleep(delay)
+                        if isinstance(error, TransientError) and error.retry_after is None:
+                            # Another cluster's recovery may end this wait early (never
+                            # one the server asked for, nor one after a permanent error).
+                            await self._connect_gate.back_off(
+                                backoff.delay_for(error), spread=options.backoff.initial)
+                        elif isinstance(error, TransientError):
+                            await asyncio.sleep(backoff.delay_for(error))
+                        else:
+                            await asyncio.sleep(backoff.next_delay(options.backoff.cap / 2))
             finally:
                 self._sealed.close()
 
@@ -131,9 +175,23 @@ class ClusterWorker:
         self._deps.on_progress()
 
     async def _session(self) -> None:
+        try:
+            await self._connected()
+        except (_ResyncDue, FleetError):
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                # Stopped while a task of the session failed: the TaskGroup (or the last
+                # flush) raised that failure instead of the cancellation.  The stop
+                # wins: nothing is marked or retried.
+                raise asyncio.CancelledError from None
+            raise
+
+    async def _connected(self) -> None:
+        """One connection: scan, then follow until an error or the resync interval."""
         cluster, deps = self.state.cluster, self._deps
-        async with KubeClient.connect(str(cluster.kubeconfig), cluster.context,
-                                      request_timeout=deps.options.request_timeout) as client:
+        async with _Turn(self._connect_gate) as turn, KubeClient.connect(
+                str(cluster.kubeconfig), cluster.context,
+                request_timeout=deps.options.request_timeout) as client:
             started = time.monotonic()
             await deps.store.inventory.upsert_cluster(
                 self.name, server=client.server,
@@ -146,6 +204,9 @@ class ClusterWorker:
             self._store_ok()
             await status.mark_scanned(self.state, deps,
                                       int((time.monotonic() - started) * 1000))
+            self._scanned = True
+            if self._backoff.failures:
+                self._connect_gate.note_recovered()  # back after failing: others may be too
             try:
                 async with asyncio.TaskGroup() as group:
                     def spawn(task: str, coro: Coroutine[Any, Any, None]) -> None:
@@ -160,6 +221,13 @@ class ClusterWorker:
                     if not cluster.read_key_secrets:
                         spawn("verify", self._verifier.run(client))
                     spawn("resync", self._resync_timer())
+                    await client.wait_for_watches(1 if keys_rv is None else 2)
+                    turn.release()  # connected and following: the next cluster's turn
+                    # Only the tasks end a session.  The body waits for that, so that a
+                    # failing task cancels it: a task failing after the body returned
+                    # would leave this task marked as being cancelled (Python 3.11's
+                    # TaskGroup), and a cancelled worker stops.
+                    await asyncio.get_running_loop().create_future()
             except BaseExceptionGroup as group_error:
                 raise first_error(group_error, prefer=(FleetError, _ResyncDue)) from None
             finally:

@@ -1,16 +1,23 @@
 """Write-behind for one cluster: what the observers queue in the inventory goes to the
-store in a few batched transactions, every fraction of a second or once enough is
-pending, and the watch resourceVersions only after the data they cover (so a resumed
-watch never skips an event)."""
+store in a few batched transactions, a fraction of a second after the first change or
+once enough is pending, and the watch resourceVersions only after the data they cover
+(so a resumed watch never skips an event).  A cluster where nothing changes costs
+nothing: the writer sleeps until a change is queued (a timer per cluster five times a
+second was a fleet of 1,000 clusters' largest idle cost).  A watch position alone (a
+bookmark) waits up to a minute for company: it only saves replaying a few events after
+a restart, and 1,000 clusters' bookmarks were hundreds of transactions a second."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 from sealfleet.app.cluster.state import ClusterState, Deps
 
 FLUSH_INTERVAL = 0.2      # seconds: watch events are written in batches this often
 FLUSH_SIZE = 500          # ... or as soon as this many records are pending
+POSITION_INTERVAL = 60.0  # seconds a watch position alone may wait (well inside etcd's
+                          # 5-minute compaction: a resume from it still finds its events)
 
 
 class WriteBehind:
@@ -19,17 +26,32 @@ class WriteBehind:
         self._deps = deps
         self._lock = asyncio.Lock()
         self._pending_rv: dict[str, str] = {}
+        self._dirty = asyncio.Event()      # anything to write
+        self._data = asyncio.Event()       # ... and more than watch positions
+        state.inventory.on_pending = self._data_queued
+
+    def _data_queued(self) -> None:
+        self._data.set()
+        self._dirty.set()
 
     def note_resource_version(self, resource: str, resource_version: str) -> None:
         """Store *resource_version* with the next flush (after the data it covers)."""
         self._pending_rv[resource] = resource_version
+        self._dirty.set()
 
     def full(self) -> bool:
         return self._state.inventory.pending_count() >= FLUSH_SIZE
 
     async def run(self) -> None:
         while True:
-            await asyncio.sleep(FLUSH_INTERVAL)
+            await self._dirty.wait()
+            if not self._data.is_set():
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(POSITION_INTERVAL):
+                        await self._data.wait()
+            await asyncio.sleep(FLUSH_INTERVAL)  # what else comes meanwhile joins the batch
+            self._dirty.clear()
+            self._data.clear()
             self._deps.on_progress()
             await self.flush()
 

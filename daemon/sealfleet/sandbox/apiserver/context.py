@@ -6,6 +6,7 @@ depend on data, not on the object that starts and stops them.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import random
 from collections.abc import Awaitable, Callable
@@ -33,6 +34,10 @@ class ClusterContext:
     # Open watch streams: closed when the server stops or goes into outage, which ends them.
     active_watches: set[WatchStream] = dataclasses.field(default_factory=set)
     server_address: str = "127.0.0.1:0"
+    # Resource requests received, by (verb, resource): e.g. ("list", "sealedsecrets").
+    requests: collections.Counter[tuple[str, str]] = dataclasses.field(
+        default_factory=collections.Counter
+    )
 
     def end_watches(self) -> None:
         for stream in list(self.active_watches):

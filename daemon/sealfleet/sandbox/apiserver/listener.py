@@ -12,12 +12,17 @@ and tracking are one synchronous step) and hands each socket to
 ``loop.connect_accepted_socket``, which needs no Server.  Every accepted socket is tracked
 from accept to close; ``close`` stops accepting, cancels handshakes, aborts established
 connections and waits until each socket is closed and its aiohttp handler has finished.
+
+A :class:`ConnectionGauge` (one per listener, or shared by a sandbox's listeners) counts
+what a client fleet's pacing looks like from here: connections accepted, and TLS
+handshakes under way, with their peak.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import socket
 import ssl
 
@@ -30,13 +35,35 @@ _BACKLOG = 128
 _CLOSE_TIMEOUT = 5.0
 
 
+@dataclasses.dataclass
+class ConnectionGauge:
+    """Connections accepted, and TLS handshakes in flight (accepted, not yet done)."""
+
+    accepted: int = 0
+    handshaking: int = 0
+    peak_handshaking: int = 0   # since the start or the last reset_peak()
+
+    def reset_peak(self) -> None:
+        self.peak_handshaking = self.handshaking
+
+    def to_json(self) -> dict[str, int]:
+        return dataclasses.asdict(self)
+
+    def _started(self) -> None:
+        self.accepted += 1
+        self.handshaking += 1
+        self.peak_handshaking = max(self.peak_handshaking, self.handshaking)
+
+
 class Listener:
     """TLS connections for one aiohttp ``web.Server`` on a fixed ``host:port``."""
 
-    def __init__(self, server: web.Server, ssl_context: ssl.SSLContext, host: str) -> None:
+    def __init__(self, server: web.Server, ssl_context: ssl.SSLContext, host: str,
+                 gauge: ConnectionGauge | None = None) -> None:
         self._server = server
         self._ssl = ssl_context
         self._host = host
+        self.gauge = gauge if gauge is not None else ConnectionGauge()
         self._sock: socket.socket | None = None
         self._handshakes: dict[socket.socket, asyncio.Task[None]] = {}
         self._established: dict[socket.socket, tuple[asyncio.Transport, object]] = {}
@@ -78,7 +105,7 @@ class Listener:
             # A task cancelled before its first step never ran its body (not even its
             # ``finally``): nothing else closes that socket or forgets it.  Closing one
             # that its transport already closed is a no-op.
-            self._handshakes.pop(conn, None)
+            self._handshake_over(conn)
             if conn not in self._established:
                 conn.close()
         for transport, _ in self._established.values():
@@ -109,6 +136,7 @@ class Listener:
             self._handshakes[conn] = asyncio.get_running_loop().create_task(
                 self._handshake(conn)
             )
+            self.gauge._started()
 
     async def _handshake(self, conn: socket.socket) -> None:
         loop = asyncio.get_running_loop()
@@ -121,8 +149,12 @@ class Listener:
         else:
             self._established[conn] = (transport, protocol)
         finally:
-            self._handshakes.pop(conn, None)
+            self._handshake_over(conn)
         self._forget_closed()
+
+    def _handshake_over(self, conn: socket.socket) -> None:
+        if self._handshakes.pop(conn, None) is not None:
+            self.gauge.handshaking -= 1
 
     def _forget_closed(self) -> None:
         """Drop entries whose socket is closed and whose aiohttp handler has finished."""

@@ -160,6 +160,7 @@ class ResourceHandlers:
         watch = flag(query.get("watch"))
         verb = verb_of(request.method, target, watch)
         rtype = target.served.rtype
+        self.ctx.requests[(verb, rtype.plural)] += 1
         authorize(
             user,
             verb=verb,

@@ -18,7 +18,7 @@ from sealfleet.sandbox.apiserver import discovery, openapi, rest
 from sealfleet.sandbox.apiserver.auth import Tokens, forbid_path
 from sealfleet.sandbox.apiserver.context import ClusterContext, ServiceHandler
 from sealfleet.sandbox.apiserver.faults import Faults
-from sealfleet.sandbox.apiserver.listener import Listener
+from sealfleet.sandbox.apiserver.listener import ConnectionGauge, Listener
 from sealfleet.sandbox.controller import manifests
 from sealfleet.sandbox.objects import ApiError, ObjectStore
 from sealfleet.sandbox.tls import ServerCertificate
@@ -43,8 +43,8 @@ async def _errors(request: web.Request, handler: Any) -> web.StreamResponse:
         return response
     except ApiError as exc:
         return error_response(exc)
-    except (web.HTTPException, asyncio.CancelledError):
-        raise
+    except (web.HTTPException, asyncio.CancelledError, ConnectionResetError):
+        raise  # (a connection an outage dropped mid-request is aiohttp's to ignore)
     except Exception:  # a bug here must look like a real apiserver's 500, not crash a test
         _log.exception("sandbox_apiserver_handler_failed", method=request.method, path=request.path)
         return error_response(ApiError(500, "InternalError", "Internal error occurred"))
@@ -59,8 +59,10 @@ class ApiServer:
     whose path is the proxied sub-path, without the caller's Authorization header).
     ``set_faults(**settings)`` / ``clear_faults()`` change fault injection (see
     ``faults.Faults``); ``set_faults(outage=True)`` closes the listener and drops every
-    connection, ``outage=False`` listens again on the same port.  The SealedSecret CRD is
-    installed into the store on construction.
+    connection, ``outage=False`` listens again on the same port.  ``connections`` (a
+    ``ConnectionGauge``, which several servers may share) counts accepted connections and
+    TLS handshakes in flight; ``ctx.requests`` counts requests by verb and resource.  The
+    SealedSecret CRD is installed into the store on construction.
     """
 
     def __init__(
@@ -73,6 +75,7 @@ class ApiServer:
         host: str = "127.0.0.1",
         port: int = 0,
         bookmark_interval: float = 5.0,
+        connections: ConnectionGauge | None = None,
     ) -> None:
         self.ctx = ClusterContext(
             store=store,
@@ -84,6 +87,7 @@ class ApiServer:
         self.host = host
         self.port = port
         self._ssl = certificate.ssl_context()
+        self.connections = connections if connections is not None else ConnectionGauge()
         self._resources = rest.ResourceHandlers(self.ctx)
         self._runner: web.AppRunner | None = None
         self._listener: Listener | None = None
@@ -144,7 +148,7 @@ class ApiServer:
         )
         await self._runner.setup()
         assert self._runner.server is not None
-        self._listener = Listener(self._runner.server, self._ssl, self.host)
+        self._listener = Listener(self._runner.server, self._ssl, self.host, self.connections)
         self._listen()
         _log.info("sandbox_apiserver_started", url=self.url)
 

@@ -1,0 +1,528 @@
+"""Fleet benchmark: ``sealfleet run`` against 10 to 1,000 emulated clusters.
+
+For each fleet size N (``--clusters 10,100,1000``; default the quick ``10,100``), a
+sandbox of N clusters x 20 SealedSecrets (2 keys each, 2048 bits; also 4096 bits at
+``--rsa4096-at``) runs in one process (``sealfleet sandbox``), the real daemon in
+another (``sealfleet run`` on the sandbox's config, systemd's notify socket and watchdog
+emulated here), and this process measures.  Every figure is printed beside a baseline
+measured in the same run:
+
+1. the first full pass (from the daemon's "scanning clusters" to READY=1), wall and
+   CPU time, against the RSA floor of the items (CPU: their count x the CPU cost of one
+   decrypt, sampled throughout the run: ``rsa_floor``; wall: that many decrypts run on
+   every core just before the daemon starts, so that the machine's other load at the
+   time counts in the floor too, and beside it the ideal of the CPU floor spread over
+   idle cores) plus a plain aiohttp client doing, with the daemon's concurrency
+   (``[fleet] connect_concurrency``), one TLS connect, one paginated list and a JSON
+   parse per cluster; and the time per cluster at each N;
+2. the daemon's RSS per cluster: after the pass settles, minus its RSS when the fleet
+   started, over N (and between fleet sizes, the slope);
+3. ``GET /api/v1/staleness`` latency over the API socket, p50/p99, during the first pass
+   and after it; the longest gap between watchdog pings; how many clusters the report
+   showed scanned over time (each cluster's result is visible once it is done);
+4. at ``--outage-at`` (default the largest N): every cluster's apiserver down at once
+   (listeners closed, connections dropped) for ``--outage-seconds``, then back: the time
+   until the report shows every cluster reachable again, the peak number of TLS
+   handshakes in flight at the sandbox's listeners (the daemon's connect gate bounds it),
+   and how many SealedSecret lists the recovery made (resumed watches: none);
+5. then a daemon restart: time to READY and lists made (stored resourceVersions: none).
+
+Usage: ``python bench/fleet.py [--clusters 10,100,1000]`` (the 1,000-cluster run takes
+several minutes, most of them the sandbox's RSA key generation).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import contextlib
+import itertools
+import json
+import os
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import yaml
+
+from rsa_floor import RsaSampler
+from sealfleet.app import config
+from sealfleet.sandbox import SandboxProcess
+
+SEALED_SECRETS = 20
+KEYS = 2
+LIST_PATH = "/apis/bitnami.com/v1alpha1/sealedsecrets"
+PROBE_INTERVAL = 0.1        # seconds between /api/v1/staleness requests
+SETTLE_SECONDS = 15.0       # after READY: idle connections close, RSS settles
+WATCHDOG_USEC = 60_000_000  # WatchdogSec=60, as the shipped unit
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def proc_cpu(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def proc_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+# --------------------------------------------------------------------- baseline
+
+
+async def plain_client(kubeconfig: dict[str, Any], concurrency: int) -> tuple[float, int]:
+    """Per cluster: one TLS connect, a paginated list, a JSON parse (wall s, objects)."""
+    clusters = {c["name"]: c["cluster"] for c in kubeconfig["clusters"]}
+    users = {u["name"]: u["user"] for u in kubeconfig["users"]}
+    contexts = [c["context"] for c in kubeconfig["contexts"]
+                if not c["name"].endswith("-restricted")]
+    ca = base64.b64decode(clusters[contexts[0]["cluster"]]["certificate-authority-data"])
+    context = ssl.create_default_context(cadata=ca.decode())
+    gate = asyncio.Semaphore(concurrency)
+
+    async def one(ctx: dict[str, str]) -> int:
+        server = clusters[ctx["cluster"]]["server"]
+        headers = {"Authorization": f"Bearer {users[ctx['user']]['token']}"}
+        count = 0
+        async with gate, aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(ssl=context)) as session:
+            token = ""
+            while True:
+                params = {"limit": "500", **({"continue": token} if token else {})}
+                async with session.get(server + LIST_PATH, params=params,
+                                       headers=headers) as response:
+                    page = json.loads(await response.read())
+                count += len(page["items"])
+                token = page["metadata"].get("continue") or ""
+                if not token:
+                    return count
+
+    started = time.perf_counter()
+    counts = await asyncio.gather(*(one(c) for c in contexts))
+    return time.perf_counter() - started, sum(counts)
+
+
+# --------------------------------------------------------------------- the daemon
+
+
+class Notifications(asyncio.DatagramProtocol):
+    """systemd's side of sd_notify: every message the daemon sends, with its arrival."""
+
+    def __init__(self, on_message: Callable[[str], None]) -> None:
+        self.messages: list[tuple[float, str]] = []
+        self._on_message = on_message
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        text = data.decode(errors="replace")
+        self.messages.append((time.perf_counter(), text))
+        self._on_message(text)
+
+    def watchdog_gaps(self, start: float, end: float) -> list[float]:
+        pings = [start] + [t for t, m in self.messages
+                           if "WATCHDOG=1" in m.splitlines() and start <= t <= end] + [end]
+        return [b - a for a, b in itertools.pairwise(pings)]
+
+
+@dataclass
+class DaemonRun:
+    """One ``sealfleet run``: when it started scanning and was ready, CPU and RSS then."""
+
+    process: subprocess.Popen[bytes]
+    notifications: Notifications
+    scanning_at: float = 0.0
+    ready_at: float = 0.0
+    cpu_scanning: float = 0.0
+    cpu_ready: float = 0.0
+    rss_scanning: float = 0.0
+    scanning: asyncio.Event = field(default_factory=asyncio.Event)
+    ready: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+async def start_daemon(state: Path, notify_path: Path, log: Any) -> tuple[DaemonRun, Any]:
+    run: DaemonRun | None = None
+
+    def on_message(text: str) -> None:
+        assert run is not None
+        lines = text.splitlines()
+        if "STATUS=scanning clusters" in lines and not run.scanning.is_set():
+            run.scanning_at, run.cpu_scanning = time.perf_counter(), proc_cpu(run.process.pid)
+            run.rss_scanning = proc_rss_mb(run.process.pid)
+            run.scanning.set()
+        if "READY=1" in lines and not run.ready.is_set():
+            run.ready_at, run.cpu_ready = time.perf_counter(), proc_cpu(run.process.pid)
+            run.ready.set()
+
+    loop = asyncio.get_running_loop()
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(notify_path))
+    transport, notifications = await loop.create_datagram_endpoint(
+        lambda: Notifications(on_message), sock=sock)
+    env = {**os.environ, "NOTIFY_SOCKET": str(notify_path), "WATCHDOG_USEC": str(WATCHDOG_USEC)}
+    env.pop("WATCHDOG_PID", None)
+    process = await asyncio.to_thread(
+        subprocess.Popen, [sys.executable, "-m", "sealfleet", "run", "-c",
+                           str(state / "sealfleet.toml")], env=env, stdout=log,
+        stderr=subprocess.STDOUT)
+    run = DaemonRun(process, notifications)
+    return run, transport
+
+
+def stop_daemon(run: DaemonRun) -> None:
+    if run.process.poll() is None:
+        run.process.send_signal(signal.SIGTERM)
+        try:
+            run.process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            run.process.kill()
+            run.process.wait()
+
+
+class Prober:
+    """GET /api/v1/staleness over the API socket, every PROBE_INTERVAL: latencies, and
+    now and then the report's count of scanned and reachable clusters."""
+
+    def __init__(self, socket_path: Path) -> None:
+        self._socket = socket_path
+        self.latencies: list[tuple[float, float]] = []      # (when, seconds)
+        self.reports: list[tuple[float, int, int]] = []     # (when, scanned, reachable)
+        self._task: asyncio.Task[None] | None = None
+        self.parse_every = 10
+
+    async def __aenter__(self) -> Prober:
+        self._task = asyncio.create_task(self._run())
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._task is not None
+        self._task.cancel()
+        await asyncio.gather(self._task, return_exceptions=True)
+
+    async def _run(self) -> None:
+        connector = aiohttp.UnixConnector(path=str(self._socket))
+        async with aiohttp.ClientSession(connector=connector) as session:
+            count = 0
+            while True:
+                started = time.perf_counter()
+                try:
+                    async with session.get("http://daemon/api/v1/staleness") as response:
+                        body = await response.read()
+                        status = response.status
+                except aiohttp.ClientError:
+                    await asyncio.sleep(PROBE_INTERVAL)  # not listening yet
+                    continue
+                finished = time.perf_counter()
+                if status == 200:
+                    self.latencies.append((started, finished - started))
+                    count += 1
+                    if count % self.parse_every == 0:
+                        self._note(finished, body)
+                await asyncio.sleep(max(0.0, PROBE_INTERVAL - (finished - started)))
+
+    def _note(self, when: float, body: bytes) -> None:
+        report = json.loads(body)
+        clusters = report.get("clusters") or []
+        scanned = sum(1 for c in clusters if c.get("last_scan_at"))
+        self.reports.append((when, scanned, int(report["fleet"]["reachable"])))
+
+    async def report_now(self) -> tuple[int, int, int]:
+        """(clusters, scanned, reachable) from a fresh request."""
+        connector = aiohttp.UnixConnector(path=str(self._socket))
+        async with aiohttp.ClientSession(connector=connector) as session, \
+                session.get("http://daemon/api/v1/staleness") as response:
+            report = json.loads(await response.read())
+        clusters = report.get("clusters") or []
+        return (len(clusters), sum(1 for c in clusters if c.get("last_scan_at")),
+                int(report["fleet"]["reachable"]))
+
+    def between(self, start: float, end: float) -> list[float]:
+        return [latency for when, latency in self.latencies if start <= when <= end]
+
+
+async def wait_for(check: Callable[[], Any], *, every: float = 0.5,
+                   within: float = 1800.0) -> float:
+    """Poll the async *check* until true; returns when it became true."""
+    deadline = time.perf_counter() + within
+    while True:
+        if await check():
+            return time.perf_counter()
+        if time.perf_counter() > deadline:
+            raise TimeoutError("benchmark condition not reached")
+        await asyncio.sleep(every)
+
+
+# --------------------------------------------------------------------- one fleet size
+
+
+@dataclass
+class Result:
+    clusters: int
+    bits: int
+    items: int
+    wall: float
+    cpu: float
+    base_wall: float
+    base_cpu: float
+    rss_per_cluster_kb: float
+    rss_after_mb: float
+    rss_before_mb: float
+    ideal_wall: float
+    load: float          # 1-minute load average at the end of the run
+
+
+def latency_line(name: str, values: list[float]) -> str:
+    return (f"{name}: p50 {percentile(values, 0.5) * 1000:.1f} ms, "
+            f"p99 {percentile(values, 0.99) * 1000:.1f} ms, max "
+            f"{max(values, default=float('nan')) * 1000:.1f} ms ({len(values)} requests)")
+
+
+async def measure(clusters: int, bits: int, state: Path, *, concurrency: int, outage: bool,
+                  outage_seconds: float) -> Result:
+    cores = os.cpu_count() or 1
+    sandbox_args = ["--clusters", str(clusters), "--sealed-secrets", str(SEALED_SECRETS),
+                    "--keys", str(KEYS), "--key-bits", str(bits), "--namespaces", "10",
+                    "--seed", "1", "--controller-startup-delay", "0"]
+    print(f"\n=== {clusters} clusters x {SEALED_SECRETS} SealedSecrets, {KEYS} keys of "
+          f"{bits} bits each", flush=True)
+    with SandboxProcess(state, sandbox_args, timeout=3600) as sandbox:
+        control = sandbox.control
+        stats = await asyncio.to_thread(control.stats)
+        seed = json.loads((state / "seed.json").read_text())
+        items = sum(len(e["items"]) for e in seed["sealed_secrets"])
+        print(f"sandbox: ready in {sandbox.ready_after:.1f} s (seeding "
+              f"{stats.get('seed_seconds', 0):.1f} s), {stats['rss_mb']:.0f} MB resident; "
+              f"{items} items", flush=True)
+        with RsaSampler(bits) as sampler:
+            # Baseline: the plain client, with the daemon's concurrency.
+            kubeconfig = yaml.load((state / "kubeconfig").read_bytes(),
+                                   Loader=yaml.CSafeLoader)
+            mark = sampler.mark()
+            cpu_before, sampled = time.process_time(), sampler.cpu_so_far
+            base_client_wall, listed = await plain_client(kubeconfig, concurrency)
+            base_client_cpu = time.process_time() - cpu_before - (sampler.cpu_so_far - sampled)
+            assert listed == clusters * SEALED_SECRETS, listed
+            # ... and the RSA floor's wall time, measured: the items' decrypts on every core.
+            rsa_wall = await asyncio.to_thread(sampler.run_floor, items, cores)
+            # The daemon.
+            with tempfile.TemporaryDirectory(prefix="sf-notify-") as notify_dir, \
+                    (state / "daemon.log").open("ab") as log:
+                run, transport = await start_daemon(state, Path(notify_dir) / "notify", log)
+                try:
+                    result = await observe_daemon(run, clusters, state, control, items, bits,
+                                                  cores, concurrency, sampler, mark,
+                                                  base_client_wall, base_client_cpu, rsa_wall,
+                                                  outage=outage, outage_seconds=outage_seconds)
+                finally:
+                    stop_daemon(run)
+                    transport.close()
+        stats = await asyncio.to_thread(control.stats)
+        print(f"sandbox at the end: {stats['rss_mb']:.0f} MB resident, peak "
+              f"{stats['peak_rss_mb']:.0f} MB", flush=True)
+    return result
+
+
+async def observe_daemon(run: DaemonRun, clusters: int, state: Path, control: Any, items: int,
+                         bits: int, cores: int, concurrency: int, sampler: RsaSampler,
+                         mark: int, base_client_wall: float, base_client_cpu: float,
+                         rsa_wall: float, *, outage: bool, outage_seconds: float) -> Result:
+    async with Prober(state / "api.sock") as prober:
+        await asyncio.wait_for(run.scanning.wait(), 120)
+        await asyncio.wait_for(run.ready.wait(), 3600)
+        wall, cpu = run.ready_at - run.scanning_at, run.cpu_ready - run.cpu_scanning
+        floor = sampler.floor(mark)
+        rsa_cpu = items * floor.median
+        base_cpu = rsa_cpu + base_client_cpu
+        ideal_wall = rsa_cpu / cores + base_client_wall
+        base_wall = rsa_wall + base_client_wall
+        print(f"RSA floor: {floor.describe()}: {rsa_cpu:.1f} CPU-s, {rsa_cpu / cores:.1f} s "
+              f"on {cores} idle cores; the {items} decrypts run on {cores} threads here took "
+              f"{rsa_wall:.1f} s")
+        print(f"plain client (TLS connect + paginated list + JSON parse per cluster, "
+              f"{concurrency} at once): {base_client_wall:.2f} s wall, "
+              f"{base_client_cpu:.2f} CPU-s")
+        print(f"baseline = RSA floor (measured) + plain client: {base_wall:.2f} s wall "
+              f"(ideal, RSA on idle cores: {ideal_wall:.2f} s), {base_cpu:.2f} CPU-s")
+        print(f"daemon first full pass: {wall:.2f} s wall (ratio {wall / base_wall:.2f}; "
+              f"{wall / ideal_wall:.2f} to the ideal), "
+              f"{cpu:.2f} CPU-s (ratio {cpu / base_cpu:.2f}; target <= 2 each); per cluster "
+              f"{wall / clusters * 1000:.1f} ms wall, {cpu / clusters * 1000:.1f} CPU-ms "
+              f"(baseline {base_wall / clusters * 1000:.1f} ms, "
+              f"{base_cpu / clusters * 1000:.1f} CPU-ms)", flush=True)
+        visible = [(when - run.scanning_at, scanned) for when, scanned, _ in prober.reports
+                   if when <= run.ready_at]
+        if visible:
+            marks = []
+            for share in (0.1, 0.5, 0.9):
+                first = next((t for t, n in visible if n >= share * clusters), None)
+                if first is not None:
+                    marks.append(f"{share:.0%} after {first:.1f} s")
+            print(f"clusters scanned in the report during the pass: {', '.join(marks)}; "
+                  f"all at READY ({wall:.1f} s)")
+        during = prober.between(run.scanning_at, run.ready_at)
+        gaps = run.notifications.watchdog_gaps(run.scanning_at, run.ready_at)
+        await asyncio.sleep(SETTLE_SECONDS)
+        after_end = time.perf_counter()
+        after = prober.between(run.ready_at + 1.0, after_end)
+        rss_after = proc_rss_mb(run.process.pid)
+        per_cluster = (rss_after - run.rss_scanning) * 1024 / clusters
+        print(f"daemon RSS: {run.rss_scanning:.0f} MB when the fleet started, {rss_after:.0f} "
+              f"MB {SETTLE_SECONDS:.0f} s after READY: {per_cluster:.0f} KB per cluster "
+              "(target < 300 KB beyond its 20 SealedSecrets)")
+        print(latency_line("/api/v1/staleness during the first pass", during))
+        print(latency_line("/api/v1/staleness after it", after))
+        print(f"watchdog (WatchdogSec=60): {len(gaps) - 1} pings during the pass, longest gap "
+              f"{max(gaps, default=0):.1f} s (the daemon pings every 5 s while it progresses)",
+              flush=True)
+        if outage:
+            await outage_and_recovery(run, clusters, control, prober, outage_seconds,
+                                      concurrency)
+    if outage:
+        await restart(run, clusters, state, control)
+    return Result(clusters, bits, items, wall, cpu, base_wall, base_cpu, per_cluster,
+                  rss_after, run.rss_scanning, ideal_wall, os.getloadavg()[0])
+
+
+async def outage_and_recovery(run: DaemonRun, clusters: int, control: Any, prober: Prober,
+                              outage_seconds: float, concurrency: int) -> None:
+    async def reachable(expected: int) -> bool:
+        _, _, count = await prober.report_now()
+        return count == expected
+
+    requests_before = await asyncio.to_thread(control.requests)
+    began = time.perf_counter()
+    await asyncio.to_thread(control.set_faults, outage=True)
+    down = await wait_for(lambda: reachable(0), every=0.25)
+    await asyncio.sleep(max(0.0, outage_seconds - (time.perf_counter() - began)))
+    counters = await asyncio.to_thread(control.reset_peak)
+    during = prober.between(began, time.perf_counter())
+    ended = time.perf_counter()
+    await asyncio.to_thread(control.set_faults, outage=False)
+    whole = await wait_for(lambda: reachable(clusters), every=0.25)
+    after = await asyncio.to_thread(control.connections)
+    requests_after = await asyncio.to_thread(control.requests)
+    lists = requests_after.get("list sealedsecrets", 0) - \
+        requests_before.get("list sealedsecrets", 0)
+    print(f"outage: every cluster's apiserver down at once; the report showed all "
+          f"{clusters} unreachable after {down - began:.1f} s; up again after "
+          f"{ended - began:.1f} s")
+    print(f"recovery: every cluster reachable {whole - ended:.1f} s after the apiservers "
+          f"came back; peak TLS handshakes in flight at the sandbox {after['peak_handshaking']} "
+          f"(connect gate {concurrency}); {after['accepted'] - counters['accepted']} "
+          f"connections accepted; {lists} SealedSecret lists (resumed watches)")
+    print(latency_line("/api/v1/staleness during the outage", during), flush=True)
+
+
+async def restart(run: DaemonRun, clusters: int, state: Path, control: Any) -> None:
+    requests_before = await asyncio.to_thread(control.requests)
+    stop_daemon(run)
+    with tempfile.TemporaryDirectory(prefix="sf-notify-") as notify_dir, \
+            (state / "daemon.log").open("ab") as log:
+        again, transport = await start_daemon(state, Path(notify_dir) / "notify", log)
+        try:
+            await asyncio.wait_for(again.scanning.wait(), 120)
+            await asyncio.wait_for(again.ready.wait(), 3600)
+            requests_after = await asyncio.to_thread(control.requests)
+        finally:
+            stop_daemon(again)
+            transport.close()
+    lists = requests_after.get("list sealedsecrets", 0) - \
+        requests_before.get("list sealedsecrets", 0)
+    watches = requests_after.get("watch sealedsecrets", 0) - \
+        requests_before.get("watch sealedsecrets", 0)
+    print(f"restart: READY {again.ready_at - again.scanning_at:.1f} s after scanning began, "
+          f"{again.cpu_ready - again.cpu_scanning:.1f} CPU-s; {lists} SealedSecret lists, "
+          f"{watches} watches resumed for {clusters} clusters", flush=True)
+
+
+# --------------------------------------------------------------------- main
+
+
+def summary(results: list[Result]) -> None:
+    print("\n=== the curve: time per cluster and memory per cluster")
+    print(f"{'clusters':>8} {'bits':>5} {'wall ms/cl':>11} {'base':>6} {'ratio':>6} "
+          f"{'ideal':>6} {'CPU ms/cl':>10} {'base':>6} {'ratio':>6} {'RSS KB/cl':>10} "
+          f"{'load':>5}")
+    for r in results:
+        print(f"{r.clusters:>8} {r.bits:>5} {r.wall / r.clusters * 1000:>11.1f} "
+              f"{r.base_wall / r.clusters * 1000:>6.1f} {r.wall / r.base_wall:>6.2f} "
+              f"{r.wall / r.ideal_wall:>6.2f} "
+              f"{r.cpu / r.clusters * 1000:>10.1f} {r.base_cpu / r.clusters * 1000:>6.1f} "
+              f"{r.cpu / r.base_cpu:>6.2f} {r.rss_per_cluster_kb:>10.0f} {r.load:>5.1f}")
+    print("(ratio: to the baseline measured in the run; ideal: wall to the RSA floor on idle "
+          "cores plus the plain client)")
+    same = sorted((r for r in results if r.bits == 2048), key=lambda r: r.clusters)
+    for small, big in itertools.pairwise(same):
+        slope = (big.rss_after_mb - big.rss_before_mb - small.rss_after_mb
+                 + small.rss_before_mb) * 1024 / (big.clusters - small.clusters)
+        print(f"RSS slope {small.clusters} -> {big.clusters} clusters: {slope:.0f} KB per "
+              "added cluster")
+
+
+async def main_async(args: argparse.Namespace) -> None:
+    sizes = [int(n) for n in args.clusters.split(",")]
+    outage_at = args.outage_at if args.outage_at is not None else max(sizes)
+    runs = [(n, 2048) for n in sizes]
+    if args.rsa4096_at in sizes:
+        runs.insert(sizes.index(args.rsa4096_at) + 1, (args.rsa4096_at, 4096))
+    print(f"machine: {os.cpu_count()} cores, 1-min load average {os.getloadavg()[0]:.1f}; "
+          f"connect_concurrency {args.concurrency} (the daemon's default)")
+    results = []
+    for clusters, bits in runs:
+        with tempfile.TemporaryDirectory(prefix="sealfleet-fleet-") as tmp:
+            try:
+                results.append(await measure(
+                    clusters, bits, Path(tmp) / "state", concurrency=args.concurrency,
+                    outage=clusters == outage_at and bits == 2048,
+                    outage_seconds=args.outage_seconds))
+            finally:
+                if args.log_dir is not None:  # the state directory goes, its logs stay
+                    args.log_dir.mkdir(parents=True, exist_ok=True)
+                    for name in ("daemon.log", "sandbox.log"):
+                        with contextlib.suppress(OSError):
+                            shutil.copy(Path(tmp) / "state" / name,
+                                        args.log_dir / f"{clusters}-{bits}-{name}")
+    summary(results)
+    print(f"1-min load average at the end {os.getloadavg()[0]:.1f} (other processes stretch "
+          "wall times; CPU times hardly)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--clusters", default="10,100",
+                        help="comma-separated fleet sizes (default 10,100; 10,100,1000 in full)")
+    parser.add_argument("--rsa4096-at", type=int, default=10,
+                        help="also run this fleet size with 4096-bit keys (default 10)")
+    parser.add_argument("--outage-at", type=int, default=None,
+                        help="fleet size of the outage and restart runs (default the largest)")
+    parser.add_argument("--outage-seconds", type=float, default=20.0)
+    parser.add_argument("--log-dir", type=Path, default=None,
+                        help="copy each run's daemon and sandbox logs here")
+    parser.add_argument("--concurrency", type=int,
+                        default=config.FleetSettings().connect_concurrency,
+                        help="the daemon's [fleet] connect_concurrency (its default), for the "
+                             "baseline")
+    args = parser.parse_args()
+    asyncio.run(main_async(args))
+
+
+if __name__ == "__main__":
+    main()

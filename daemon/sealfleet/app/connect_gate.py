@@ -1,0 +1,130 @@
+"""The fleet's connect gate: how many clusters may be connecting and scanning at once.
+
+A cluster holds a turn from its first connection attempt until its watches stream
+(:mod:`sealfleet.app.cluster.worker`).  ``[fleet] connect_concurrency`` is the most turns
+there are; fewer are handed out while the event loop is slow to answer.  A first pass
+is CPU work on the loop (TLS, JSON, the store's round trips) as much as waiting for
+apiservers: against nearby apiservers a dozen scans at once keep the loop so busy that
+an API request or the watchdog waits behind them for tens of milliseconds, while
+against distant ones the loop idles and every turn is worth having.  So the gate
+watches the loop's lag (how late a short sleep wakes up) and halves the turns it hands
+out when the loop is late, and adds one back for each prompt wakeup (additive increase,
+multiplicative decrease, as TCP paces a link).  Turns already taken are never revoked.
+
+The gate also carries the fleet's recovery hint.  After a fleet-wide outage every
+cluster waits out its own jittered, exponential backoff, and the longer the outage,
+the longer the last of those waits: a 20-second outage left a 100-cluster fleet whole
+only two minutes later.  So when a cluster connects again after failing, the clusters
+waiting out a transient failure are woken (at most once every ``HINT_INTERVAL``) and
+try again within a random part of a short *spread*; the turns bound how many connect
+at once, so waking them all is no stampede, and one that still fails backs off further.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import random
+from collections.abc import Callable
+
+# How late (seconds) a wakeup may be before the loop counts as busy: a few of these
+# make up an API request's latency, which should stay under 10 ms.
+LAG_TARGET = 0.003
+_PROBE = 0.02            # seconds between lag measurements
+HINT_INTERVAL = 5.0      # seconds: recovery hints at most this often
+
+
+class ConnectGate:
+    """Up to *limit* turns, fewer while the loop lags (see the module docstring).
+
+    ``acquire``/``release`` as for a semaphore; :meth:`run` (a task of the fleet) adapts
+    the number of turns.  Without it running, the gate is a plain semaphore of *limit*.
+    """
+
+    def __init__(self, limit: int, *, lag_target: float = LAG_TARGET,
+                 rng: Callable[[], float] = random.random) -> None:
+        if limit < 1:
+            raise ValueError("a gate needs at least one turn")
+        self.limit = limit
+        self.allowed = limit          # turns handed out at most, right now
+        self.taken = 0
+        self.granted = 0              # turns handed out since the start, in all
+        self._lag_target = lag_target
+        self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+        self._rng = rng
+        self._recovered = asyncio.Event()   # replaced by a fresh one at every hint
+        self._hinted_at = float("-inf")
+        self.hints = 0                      # recovery hints given so far
+
+    @property
+    def idle(self) -> bool:
+        """No cluster connecting or waiting to (no first pass or reconnect under way)."""
+        return self.taken == 0 and not self._waiters
+
+    async def acquire(self) -> None:
+        if self.taken < self.allowed and not self._waiters:
+            self.taken += 1
+            self.granted += 1
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            await waiter
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():
+                self.release()  # handed a turn just as we were cancelled: give it on
+            else:
+                self._waiters.remove(waiter)
+            raise
+
+    def release(self) -> None:
+        self.taken -= 1
+        self._hand_out()
+
+    def _hand_out(self) -> None:
+        while self._waiters and self.taken < self.allowed:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                self.taken += 1
+                self.granted += 1
+                waiter.set_result(None)
+
+    def note_recovered(self) -> None:
+        """A cluster connected after failing: wake those waiting out a transient failure
+        (unless a hint went out less than ``HINT_INTERVAL`` ago)."""
+        now = asyncio.get_running_loop().time()
+        if now - self._hinted_at < HINT_INTERVAL:
+            return
+        self._hinted_at = now
+        self.hints += 1
+        woken, self._recovered = self._recovered, asyncio.Event()
+        woken.set()
+
+    async def back_off(self, delay: float, *, spread: float) -> None:
+        """Sleep *delay* seconds, or, woken by a recovery hint, a random part of
+        *spread* from then (never longer than *delay* in all)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + delay
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(delay):
+                await self._recovered.wait()
+        remaining = deadline - loop.time()
+        if remaining > 0:
+            await asyncio.sleep(self._rng() * min(spread, remaining))
+
+    async def run(self) -> None:
+        """Until cancelled: measure the loop's lag and adapt the turns to it."""
+        loop = asyncio.get_running_loop()
+        while True:
+            before = loop.time()
+            await asyncio.sleep(_PROBE)
+            self.adapt(loop.time() - before - _PROBE)
+
+    def adapt(self, lag: float) -> None:
+        """One lag measurement: halve the turns when late, else one more."""
+        if lag > self._lag_target:
+            self.allowed = max(1, self.allowed // 2)
+        elif self.allowed < self.limit:
+            self.allowed += 1
+            self._hand_out()

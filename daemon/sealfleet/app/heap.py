@@ -1,0 +1,135 @@
+"""The daemon's heap: garbage collection paced for a large, long-lived one, and freed
+memory handed back to the system.
+
+A fleet of 1,000 clusters keeps a million objects alive (per cluster: its tasks, its
+connections' protocol objects, its inventory), and CPython's full collection walks all
+of them: measured 250 to 450 ms each, several times during a first pass (the heap grows
+by a quarter, a full collection follows) and now and then afterwards, with the event
+loop stopped meanwhile (API requests, watch events, the watchdog's heartbeat).  So:
+
+- when the fleet starts, what the process holds by then (its modules, classes and
+  settings: a few hundred thousand objects that never become garbage) is frozen after
+  one full collection, so that no later collection walks it again;
+- while the fleet makes its first pass, the collector's automatic full collections are
+  held back (the young generations are still collected as usual: cheap, and they free
+  almost all the garbage there is, cycles of short-lived objects);
+- at the end of the first pass one full collection runs (over the fleet's objects only),
+  what survives it, the fleet's long-lived objects, is frozen (``gc.freeze``) and the
+  freed memory handed back: later full collections walk only what was allocated since,
+  a few milliseconds' worth;
+- the freeze is lifted for one full collection, and the survivors frozen again, once as
+  many sessions have started since as the fleet has clusters (a fleet-wide reconnect
+  leaves the old sessions' cycles among the frozen objects; once no cluster is
+  connecting, not in the middle of the wave) and at least every ``_REFREEZE`` anyway,
+  so that cycles among long-lived objects that died since are freed too.
+
+glibc keeps freed memory in its heaps (a scan frees hundreds of megabytes of ciphertext
+strings interleaved with the long-lived inventory); ``malloc_trim`` hands the holes
+back, and holds the allocator's locks while it does (tens of milliseconds for a few
+hundred megabytes), so it runs only every ``_TRIM_INTERVAL`` while the inventory moves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import gc
+from collections.abc import Callable
+
+import structlog
+
+log = structlog.get_logger(__name__)
+
+_TRIM_INTERVAL = 30.0        # seconds between handing freed C-heap memory back
+_REFREEZE = 3600.0           # seconds between full collections of the frozen heap too
+_NO_FULL_COLLECTIONS = 1_000_000_000   # gen-2 threshold: "never, unless asked"
+# The collector's settings before any fleet held them (a second fleet in the same
+# process, as in tests, must not take the held threshold for the normal one).
+_USUAL_THRESHOLDS = gc.get_threshold()
+
+
+def malloc_trim() -> Callable[[], object] | None:
+    """glibc's ``malloc_trim`` (None elsewhere, e.g. musl or macOS)."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        trim: Callable[[int], object] = libc.malloc_trim
+    except (OSError, AttributeError):
+        return None
+    return lambda: trim(0)
+
+
+class Heap:
+    """The collector's pacing for one fleet run; :meth:`run` is the fleet's upkeep task."""
+
+    def __init__(self, progress: Callable[[], int], *,
+                 trim: Callable[[], object] | None = None,
+                 sessions: Callable[[], int] = lambda: 0,
+                 clusters: Callable[[], int] = lambda: 0,
+                 connecting: Callable[[], bool] = lambda: False) -> None:
+        self._progress = progress
+        self._trim = trim
+        self._sessions = sessions      # cluster sessions started so far
+        self._clusters = clusters      # clusters in the fleet now
+        self._connecting = connecting  # clusters connecting now (a reconnect wave)
+        current = gc.get_threshold()
+        self._thresholds = current if current[2] < _NO_FULL_COLLECTIONS else _USUAL_THRESHOLDS
+        self._settled = False
+        self._sessions_at_freeze = 0
+        self._since_refreeze = 0.0
+
+    def hold_full_collections(self) -> None:
+        """The process's heap so far frozen; until :meth:`settle`, young generations only
+        (a first pass is under way)."""
+        gc.collect()
+        gc.freeze()
+        young, middle, _ = self._thresholds
+        gc.set_threshold(young, middle, _NO_FULL_COLLECTIONS)
+
+    async def settle(self) -> None:
+        """The long-lived heap is in place: one full collection of what the first pass
+        left, freeze it, give the freed memory back."""
+        if self._settled:
+            return
+        self._settled = True
+        gc.collect()  # the startup heap stays frozen: only the fleet's objects are walked
+        gc.freeze()
+        self._sessions_at_freeze = self._sessions()
+        gc.set_threshold(*self._thresholds)
+        if self._trim is not None:
+            await asyncio.to_thread(self._trim)
+        log.info("heap_settled", frozen_objects=gc.get_freeze_count())
+
+    def _refreeze(self) -> None:
+        gc.unfreeze()
+        gc.collect()
+        gc.freeze()
+        self._sessions_at_freeze = self._sessions()
+        self._since_refreeze = 0.0
+
+    def release(self) -> None:
+        """The fleet stopped: the collector as it was, the frozen objects collectable."""
+        gc.set_threshold(*self._thresholds)
+        gc.unfreeze()
+
+    async def run(self) -> None:
+        """Until cancelled: trim the C heap while the inventory moves; refreeze now and then."""
+        previous = self._progress()
+        while True:
+            await asyncio.sleep(_TRIM_INTERVAL)
+            self.maybe_refreeze(_TRIM_INTERVAL)
+            moved, previous = self._progress() - previous, self._progress()
+            # More than the one-second heartbeat alone: work happened.
+            if self._trim is not None and moved > _TRIM_INTERVAL + 1:
+                await asyncio.to_thread(self._trim)
+
+    def maybe_refreeze(self, elapsed: float) -> bool:
+        """*elapsed* seconds have passed: refreeze when due (see the module docstring)."""
+        self._since_refreeze += elapsed
+        churned = self._sessions() - self._sessions_at_freeze
+        if not self._settled or (self._since_refreeze < _REFREEZE
+                                 and churned < max(1, self._clusters())):
+            return False
+        if self._connecting():
+            return False  # not in the middle of a reconnect wave: once it is over
+        self._refreeze()
+        return True

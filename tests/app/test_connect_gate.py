@@ -1,0 +1,135 @@
+"""The connect gate: turns up to its limit, first come first served, fewer after a late
+wakeup of the loop and one more after each prompt one; no turn is lost to a cancel."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from sealfleet.app.connect_gate import LAG_TARGET, ConnectGate
+
+LATE, PROMPT = LAG_TARGET * 10, 0.0
+
+
+async def settle() -> None:
+    for _ in range(5):
+        await asyncio.sleep(0)
+
+
+async def test_turns_up_to_the_limit_then_first_come_first_served() -> None:
+    gate = ConnectGate(2)
+    await gate.acquire()
+    await gate.acquire()
+    order: list[int] = []
+
+    async def wait(index: int) -> None:
+        await gate.acquire()
+        order.append(index)
+
+    waiting = [asyncio.create_task(wait(i)) for i in range(3)]
+    await settle()
+    assert order == []
+    assert gate.taken == 2
+    gate.release()
+    await settle()
+    assert order == [0]
+    gate.release()
+    gate.release()
+    await settle()
+    assert order == [0, 1, 2]
+    assert gate.taken == 2      # 2 + 3 turns taken, 3 given back
+    await asyncio.gather(*waiting)
+
+
+async def test_a_late_loop_halves_the_turns_and_prompt_wakeups_give_them_back() -> None:
+    gate = ConnectGate(8)
+    for lag, expected in [(LATE, 4), (LATE, 2), (LATE, 1), (LATE, 1),
+                          (PROMPT, 2), (PROMPT, 3), (LATE, 1)]:
+        gate.adapt(lag)
+        assert gate.allowed == expected
+    for _ in range(20):
+        gate.adapt(PROMPT)
+    assert gate.allowed == 8  # never past the configured limit
+
+
+async def test_turns_taken_are_kept_and_new_ones_wait_for_room() -> None:
+    gate = ConnectGate(4)
+    for _ in range(4):
+        await gate.acquire()
+    gate.adapt(LATE)                       # 2 allowed, 4 taken: nobody is evicted
+    late = asyncio.create_task(gate.acquire())
+    await settle()
+    gate.release()
+    gate.release()                         # 2 taken: still no room under 2
+    await settle()
+    assert not late.done()
+    gate.adapt(PROMPT)                     # 3 allowed: the waiter gets a turn
+    await settle()
+    assert late.done()
+    assert gate.taken == 3
+
+
+async def test_a_cancelled_waiter_loses_no_turn() -> None:
+    gate = ConnectGate(1)
+    await gate.acquire()
+    waiter = asyncio.create_task(gate.acquire())
+    await settle()
+    waiter.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiter
+    gate.release()
+    assert gate.taken == 0
+    await asyncio.wait_for(gate.acquire(), 1)  # the turn is there for the next one
+    # Handed a turn and cancelled before it could run: the turn goes back.
+    other = asyncio.create_task(gate.acquire())
+    await settle()
+    gate.release()                         # hands the turn to `other`...
+    other.cancel()                         # ...which is cancelled before it resumes
+    with pytest.raises(asyncio.CancelledError):
+        await other
+    assert gate.taken == 0
+
+
+async def test_a_recovery_hint_ends_the_waits_of_those_backing_off() -> None:
+    gate = ConnectGate(4, rng=lambda: 0.0)   # woken: no further jitter
+    waiting = [asyncio.create_task(gate.back_off(3600, spread=1.0)) for _ in range(3)]
+    await settle()
+    assert not any(w.done() for w in waiting)
+    gate.note_recovered()
+    await asyncio.wait_for(asyncio.gather(*waiting), 10)  # a guard against a hang
+    assert gate.hints == 1
+
+
+async def test_hints_come_at_most_once_an_interval() -> None:
+    gate = ConnectGate(4, rng=lambda: 0.0)
+    gate.note_recovered()
+    late = asyncio.create_task(gate.back_off(3600, spread=1.0))
+    await settle()
+    gate.note_recovered()                    # right after the first: no second hint
+    await settle()
+    assert not late.done()
+    assert gate.hints == 1
+    late.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await late
+
+
+async def test_a_wait_without_a_hint_is_the_whole_delay() -> None:
+    gate = ConnectGate(1)
+    await asyncio.wait_for(gate.back_off(0.01, spread=1.0), 10)
+    assert gate.hints == 0
+
+
+async def test_idle_while_nobody_holds_or_waits_for_a_turn() -> None:
+    gate = ConnectGate(1)
+    assert gate.idle
+    await gate.acquire()
+    waiting = asyncio.create_task(gate.acquire())
+    await settle()
+    assert not gate.idle
+    gate.release()                           # the waiter takes it
+    await waiting
+    assert not gate.idle
+    gate.release()
+    assert gate.idle

@@ -1,0 +1,146 @@
+"""A fleet-wide outage, seen from both sides: the daemon's store says every cluster is
+reachable again afterwards, and the sandbox's listeners saw at most a bounded number of
+TLS handshakes at once (the fleet's connect gate), on the first pass and on recovery;
+meanwhile the clusters' retries, failing the same way, write nothing.
+The fleet's one kubeconfig (a context per cluster) is parsed once for all of it: the
+first pass and every reconnect after the outage.
+
+A stop while the store fails ends the fleet too (a failing task at the moment of the
+cancellation must not turn the stop into a retry).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from polling import eventually
+from running_fleet import running
+from sealfleet.adapters import retry
+from sealfleet.adapters.kube import kubeconfig
+from sealfleet.adapters.store import KeyEncryptionKey, Store
+from sealfleet.app import config
+from sealfleet.app.cluster.state import WorkerOptions
+from sealfleet.app.fleet import FleetManager
+from sealfleet.sandbox import Sandbox, SeedSpec
+from sealfleet.sandbox.apiserver.listener import ConnectionGauge
+
+CLUSTERS = 12
+GATE = 1
+# Watches longer than the test: every connection a session opens is made under its turn.
+OPTIONS = WorkerOptions(backoff=retry.BackoffPolicy(initial=0.05, cap=0.5),
+                        resync_interval=600, request_timeout=3, watch_timeout=300)
+SPEC = SeedSpec(namespaces=1, sealed_secrets=2, keys=1, seed=5, key_bits=2048)
+# A session opens one connection at a time, except its two watches, which start together.
+HANDSHAKES_PER_TURN = 2
+
+
+@pytest.fixture
+def executor() -> Iterator[ThreadPoolExecutor]:
+    with ThreadPoolExecutor(2) as pool:
+        yield pool
+
+
+@pytest.fixture
+async def sandbox(tmp_path: Path) -> AsyncIterator[Sandbox]:
+    async with Sandbox(tmp_path / "sandbox", clusters=CLUSTERS, seed=SPEC, seed_processes=0,
+                       startup_delay=0, bookmark_interval=0.2) as running_sandbox:
+        yield running_sandbox
+
+
+@contextlib.asynccontextmanager
+async def store_of(sandbox: Sandbox) -> AsyncIterator[tuple[config.Settings, Store]]:
+    settings = config.load_settings(sandbox.config)
+    kek = KeyEncryptionKey.from_file(settings.store.kek_file)
+    async with Store.open(settings.store.database, kek=kek) as store:
+        yield settings, store
+
+
+async def all_reachable(store: Store, expected: bool) -> bool:
+    clusters = await store.inventory.list_clusters()
+    return len(clusters) == CLUSTERS and all(c.reachable is expected for c in clusters)
+
+
+async def all_refused(store: Store) -> bool:
+    """Every cluster unreachable, its last error the refused connection an outage's
+    closed listener gives (not the dropped watch that came first)."""
+    clusters = await store.inventory.list_clusters()
+    return len(clusters) == CLUSTERS and all(
+        c.reachable is False and "Connect call failed" in (c.last_error or "")
+        for c in clusters)
+
+
+async def reconnected(store: Store, gauge: ConnectionGauge, accepted_before: int) -> bool:
+    """Every cluster reachable, and at least its two watches' connections accepted."""
+    return (await all_reachable(store, True)
+            and gauge.accepted - accepted_before >= 2 * CLUSTERS)
+
+
+async def retried(manager: FleetManager, attempts: int) -> bool:
+    return manager.connect_gate.granted >= attempts
+
+
+async def test_a_fleet_wide_outage_recovers_with_bounded_concurrent_connects(
+        sandbox: Sandbox, executor: ThreadPoolExecutor) -> None:
+    gauge = sandbox.connections
+    parses = kubeconfig.shared_cache().parses
+    async with store_of(sandbox) as (settings, store):
+        assert len({c.kubeconfig for c in settings.clusters}) == 1
+        manager = FleetManager(settings, store, executor=executor, options=OPTIONS,
+                               connect_concurrency=GATE)
+        async with running(manager):
+            # Reachable once scanned; the watches (two connections) follow.
+            await eventually(lambda: reconnected(store, gauge, 0))
+            first_pass_peak = gauge.peak_handshaking
+
+            await sandbox.set_faults({"outage": True})
+            await eventually(lambda: all_refused(store))
+            # Retries that fail the same way write nothing and move nothing in the report.
+            changes, attempts = manager.changes, manager.connect_gate.granted
+            await eventually(lambda: retried(manager, attempts + 2 * CLUSTERS))
+            assert manager.changes == changes
+            gauge.reset_peak()
+            accepted = gauge.accepted
+            await sandbox.set_faults({"outage": False})
+            await eventually(lambda: reconnected(store, gauge, accepted))
+            recovery_peak = gauge.peak_handshaking
+    # One parse of the fleet's kubeconfig for 12 contexts and 24+ sessions.
+    assert kubeconfig.shared_cache().parses - parses == 1
+    assert 1 <= first_pass_peak <= GATE * HANDSHAKES_PER_TURN
+    assert 1 <= recovery_peak <= GATE * HANDSHAKES_PER_TURN
+    # Recovery resumed every watch from its stored position: nothing was listed again.
+    assert sandbox.requests()[("list", "sealedsecrets")] == CLUSTERS
+
+
+async def test_without_a_gate_the_same_fleet_connects_all_at_once(
+        sandbox: Sandbox, executor: ThreadPoolExecutor) -> None:
+    """What the bound above is a bound of: with a gate as wide as the fleet, the first
+    pass's handshakes pile up at the listeners well beyond it."""
+    async with store_of(sandbox) as (settings, store):
+        manager = FleetManager(settings, store, executor=executor, options=OPTIONS,
+                               connect_concurrency=CLUSTERS)
+        async with running(manager):
+            await eventually(lambda: all_reachable(store, True))
+    assert sandbox.connections.peak_handshaking > GATE * HANDSHAKES_PER_TURN
+
+
+async def test_a_stop_while_the_store_fails_ends_the_fleet(
+        sandbox: Sandbox, executor: ThreadPoolExecutor) -> None:
+    async with store_of(sandbox) as (settings, store):
+        manager = FleetManager(settings, store, executor=executor, options=OPTIONS,
+                               connect_concurrency=GATE)
+        task = asyncio.create_task(manager.run())
+        await manager.first_pass_done.wait()
+        # Bookmarks arrive; their watch positions wait in each cluster's write-behind.
+        await asyncio.sleep(1.0)
+    # The store is closed under the running fleet: every write fails from now on, the
+    # final flush of each session included.  The stop must still stop it.
+    task.cancel()
+    done, _ = await asyncio.wait({task}, timeout=20)  # a guard against a hang, no measure
+    assert task in done
+    assert task.cancelled()
