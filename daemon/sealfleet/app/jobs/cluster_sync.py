@@ -11,6 +11,7 @@ already made is not made twice (``controller_restart`` records the job id).
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 
 import structlog
@@ -19,6 +20,7 @@ from sealfleet.adapters.kube import controller, controller_restart, fleet_keys
 from sealfleet.adapters.kube.client import KubeClient
 from sealfleet.adapters.store.records import JobRecord, JsonObject
 from sealfleet.app.config import ClusterSettings
+from sealfleet.app.jobs import key_use
 from sealfleet.app.jobs.context import JobContext
 from sealfleet.app.jobs.executor import StepOutcome
 from sealfleet.domain.jobs import StepState
@@ -127,7 +129,16 @@ async def sync_cluster(ctx: JobContext, job: JobRecord, name: str) -> StepOutcom
                                 needed=needed, unattributed=unattributed,
                                 custody=tuple(FleetKey(k.fingerprint, k.not_before)
                                               for k in custody.values()))
-        plan = plan_key_sync(fleet, state, SyncPolicy(restart_mode=RestartMode(cluster.restart)))
+        policy = SyncPolicy(restart_mode=RestartMode(cluster.restart))
+        plan = plan_key_sync(fleet, state, policy)
+        if plan.relabel:
+            # About to unload keys: the inventory may not have seen the latest writes
+            # (a reseal a moment ago), so what the cluster shows now must agree.
+            use = await key_use.live_key_use(ctx, client, none_is_unattributed=True)
+            state = dataclasses.replace(state, needed=state.needed | use.needed,
+                                        unattributed=state.unattributed
+                                        or use.unattributed > 0)
+            plan = plan_key_sync(fleet, state, policy)
         for create in plan.create:
             await fleet_keys.ensure_key_secret(client, namespace, keys[create.fingerprint],
                                                job.id, key_prefix=flags.key_prefix)

@@ -38,10 +38,10 @@ from sealfleet.adapters.kube.client import KubeClient
 from sealfleet.adapters.store.job_objects import JobObject
 from sealfleet.adapters.store.records import JobRecord, JsonValue
 from sealfleet.app.config import ClusterSettings
-from sealfleet.app.jobs import cluster_sync, compromised_keys, reseal_cluster
+from sealfleet.app.jobs import cluster_sync, compromised_keys, key_use
 from sealfleet.app.jobs.context import JobContext
 from sealfleet.app.jobs.executor import StepOutcome
-from sealfleet.domain import attribution, sealed_secrets
+from sealfleet.app.jobs.key_use import KeyUse
 from sealfleet.domain.jobs import StepState
 from sealfleet.domain.keys import KEY_LABEL_COMPROMISED, KeyState
 from sealfleet.domain.planning.key_sync import (
@@ -72,41 +72,19 @@ async def planned(ctx: JobContext) -> list[str]:
                    and h.label_value != KEY_LABEL_COMPROMISED})
 
 
-@dataclasses.dataclass(frozen=True)
-class _Use:
-    """What one cluster shows now: keys its SealedSecrets need, refs sealed with *fp*."""
-
-    needed: frozenset[str]
-    unattributed: int           # items the attribution cache has no answer for yet
-    using: tuple[str, ...]      # namespace/name of objects with an item sealed with fp
-
-
-async def _cluster_use(ctx: JobContext, cluster: str, fingerprint: str) -> _Use:
+async def _cluster_use(ctx: JobContext, cluster: str) -> KeyUse:
     async with ctx.connect(ctx.cluster(cluster)) as client:
-        listed = await reseal_cluster.list_objects(client)
-    hashes: dict[str, list[str]] = {}
-    for ref, obj in listed.items():
-        label = sealed_secrets.identity_of(obj).label
-        hashes[ref] = [attribution.item_hash(v, label)
-                       for v in sealed_secrets.encrypted_items(obj).values()]
-    known = await ctx.store.inventory.get_attributions(
-        [h for found in hashes.values() for h in found])
-    # An item cached as None opened with no key the fleet knew, this one included: it is
-    # not this key's.  An item with no answer yet might be.
-    unattributed = sum(1 for found in hashes.values() for h in found if h not in known)
-    needed = frozenset(fp for fp in known.values() if fp is not None)
-    using = tuple(sorted(ref for ref, found in hashes.items()
-                         if any(known.get(h) == fingerprint for h in found)))
-    return _Use(needed, unattributed, using)
+        return await key_use.live_key_use(ctx, client)
 
 
 async def relabel_step(ctx: JobContext, job: JobRecord, fingerprint: str) -> StepOutcome:
     step = f"relabel:{fingerprint}"
     clusters = [c.name for c in ctx.settings().clusters]
     uses = dict(zip(clusters, await asyncio.gather(
-        *(_cluster_use(ctx, name, fingerprint) for name in clusters)), strict=True))
-    in_use: dict[str, JsonValue] = {name: list(use.using[:_SHOWN])
-                                    for name, use in uses.items() if use.using}
+        *(_cluster_use(ctx, name) for name in clusters)), strict=True))
+    in_use: dict[str, JsonValue] = {name: list(use.objects_using(fingerprint)[:_SHOWN])
+                                    for name, use in uses.items()
+                                    if use.objects_using(fingerprint)}
     # Reported, not waited for: Git documents on base branches keep the old ciphertext
     # until their reseal branch is merged (the hook reads the inventory).
     documents = [f"{repo}:{path}#{index}" for use in await compromised_keys.still_sealing(
@@ -115,7 +93,7 @@ async def relabel_step(ctx: JobContext, job: JobRecord, fingerprint: str) -> Ste
     unattributed: dict[str, JsonValue] = {name: use.unattributed
                                           for name, use in uses.items() if use.unattributed}
     if in_use or unattributed:
-        count = sum(len(use.using) for use in uses.values())
+        count = sum(len(use.objects_using(fingerprint)) for use in uses.values())
         log.info("compromised_key_still_used", fingerprint=fingerprint, objects=count,
                  unattributed=sum(u.unattributed for u in uses.values()))
         return StepOutcome(StepState.SKIPPED, {
