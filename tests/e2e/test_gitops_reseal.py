@@ -14,15 +14,16 @@ from __future__ import annotations
 import json
 import subprocess
 import tomllib
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import pytest
-from test_reseal import daemon, opens_with, resealable, sealed_objects, synced_now
 
+from job_daemon import daemon
 from polling import eventually
+from sandbox_views import opens_with, resealable, sealed_objects, synced_now
 from sealfleet.adapters.http_api import InventoryView
 from sealfleet.app import config
 from sealfleet.app.service import policy_of
@@ -36,12 +37,6 @@ SPEC = SeedSpec(namespaces=2, sealed_secrets=6, keys=2, seed=11, key_bits=2048,
 def git(*args: str, cwd: Path) -> str:
     return subprocess.run(["git", *args], cwd=cwd, env=git_env(), check=True,
                           capture_output=True).stdout.decode()
-
-
-@pytest.fixture
-def executor() -> Iterator[ThreadPoolExecutor]:
-    with ThreadPoolExecutor(2) as pool:
-        yield pool
 
 
 @pytest.fixture

@@ -7,33 +7,24 @@ serves until the new one is ready).  What counts is what the clusters then show.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import datetime as dt
 import json
 import tomllib
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+import job_daemon
 from polling import eventually
-from running_fleet import running
-from sealfleet.adapters import retry
 from sealfleet.adapters.http_api.snapshot import InventoryView
 from sealfleet.adapters.kube import controller, fleet_keys
 from sealfleet.adapters.kube.client import KubeClient
-from sealfleet.adapters.store import KeyEncryptionKey, Store
-from sealfleet.adapters.store.records import JobRecord
 from sealfleet.app import config
-from sealfleet.app.cluster.state import WorkerOptions
-from sealfleet.app.fleet import FleetManager
-from sealfleet.app.jobs import compromised_keys, key_jobs
-from sealfleet.app.jobs.context import JobContext
-from sealfleet.app.jobs.runner import JobRunner
+from sealfleet.app.jobs import compromised_keys
 from sealfleet.domain import documents, key_secrets
 from sealfleet.domain.keys import KEY_LABEL, KeySource, SealingKey
 from sealfleet.domain.sealed_secrets import seal_secret
@@ -41,16 +32,8 @@ from sealfleet.domain.staleness import StalenessPolicy
 from sealfleet.errors import RefusedError
 from sealfleet.sandbox import Sandbox, SeedSpec
 
-OPTIONS = WorkerOptions(backoff=retry.BackoffPolicy(initial=0.05, cap=0.3),
-                        resync_interval=600, request_timeout=5, watch_timeout=2)
 SPEC = SeedSpec(namespaces=2, sealed_secrets=4, keys=2, seed=5, key_bits=2048)
 SEALED = "sealedsecrets.bitnami.com"
-
-
-@pytest.fixture
-def executor() -> Iterator[ThreadPoolExecutor]:
-    with ThreadPoolExecutor(2) as pool:
-        yield pool
 
 
 @pytest.fixture
@@ -62,25 +45,6 @@ async def sandbox(tmp_path: Path) -> AsyncIterator[Sandbox]:
         yield started
 
 
-@dataclass
-class Daemon:
-    manager: FleetManager
-    runner: JobRunner
-    store: Store
-    settings: config.Settings
-
-    async def run_job(self, kind: str, params: dict[str, Any] | None = None) -> JobRecord:
-        job = await self.runner.submit(kind, params or {}, actor="test")
-
-        async def finished() -> JobRecord | None:
-            found = await self.store.jobs.get_job(job.id)
-            return found if found is not None and found.state in ("succeeded", "failed") \
-                else None
-
-        done: JobRecord = await eventually(finished, within=60)
-        return done
-
-
 def master_settings(sandbox: Sandbox, repos: list[dict[str, Any]] | None = None,
                     ) -> config.Settings:
     data = tomllib.loads(sandbox.config.read_text())
@@ -90,23 +54,10 @@ def master_settings(sandbox: Sandbox, repos: list[dict[str, Any]] | None = None,
     return config.settings_from_mapping(data, base_dir=sandbox.config.parent)
 
 
-@contextlib.asynccontextmanager
-async def daemon(sandbox: Sandbox, executor: ThreadPoolExecutor,
-                 repos: list[dict[str, Any]] | None = None) -> AsyncIterator[Daemon]:
-    settings = master_settings(sandbox, repos)
-    kek = KeyEncryptionKey.from_file(settings.store.kek_file)
-    async with Store.open(settings.store.database, kek=kek) as store:
-        manager = FleetManager(settings, store, executor=executor, options=OPTIONS)
-        runner = JobRunner(store, key_jobs.build(JobContext(store, manager.keystore,
-                                                            lambda: settings)))
-        async with running(manager):
-            jobs = asyncio.create_task(runner.run())
-            try:
-                yield Daemon(manager, runner, store, settings)
-            finally:
-                jobs.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await jobs
+def daemon(sandbox: Sandbox, executor: ThreadPoolExecutor,
+           repos: list[dict[str, Any]] | None = None,
+           ) -> contextlib.AbstractAsyncContextManager[job_daemon.Daemon]:
+    return job_daemon.daemon(master_settings(sandbox, repos), executor)
 
 
 async def served(settings: config.Settings, name: str) -> str:

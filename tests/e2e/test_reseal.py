@@ -9,53 +9,39 @@ is the same, nothing but ciphertext changed.
 
 from __future__ import annotations
 
-import asyncio
 import base64
-import contextlib
-import copy
-import hashlib
 import json
 import logging
 import tomllib
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from job_daemon import daemon
 from polling import eventually
-from running_fleet import running
-from sealfleet.adapters import retry
+from sandbox_views import (
+    SEALED,
+    opens_with,
+    resealable,
+    sealed_objects,
+    synced_now,
+    unchanged_part,
+    unsealed,
+)
 from sealfleet.adapters.kube import controller
 from sealfleet.adapters.kube.client import KubeClient
-from sealfleet.adapters.store import KeyEncryptionKey, Store
 from sealfleet.adapters.store.records import JobRecord
 from sealfleet.app import config
-from sealfleet.app.cluster.state import WorkerOptions
-from sealfleet.app.fleet import FleetManager
-from sealfleet.app.jobs import key_jobs, reseal, reseal_cluster
+from sealfleet.app.jobs import reseal_cluster
 from sealfleet.app.jobs.context import JobContext
-from sealfleet.app.jobs.reseal import ResealExecutor
-from sealfleet.app.jobs.runner import JobRunner
-from sealfleet.domain import hybrid, sealed_secrets
-from sealfleet.domain.keys import SealingKey
 from sealfleet.errors import RefusedError
 from sealfleet.sandbox import Sandbox, SeedSpec
 
-OPTIONS = WorkerOptions(backoff=retry.BackoffPolicy(initial=0.05, cap=0.3),
-                        resync_interval=600, request_timeout=5, watch_timeout=2)
 SPEC = SeedSpec(namespaces=2, sealed_secrets=6, keys=2, seed=11, key_bits=2048)
-SEALED = "sealedsecrets.bitnami.com"
 FLUX = "kustomize.toolkit.fluxcd.io/name"
-VOLATILE = ("resourceVersion", "generation", "managedFields")
-
-
-@pytest.fixture
-def executor() -> Iterator[ThreadPoolExecutor]:
-    with ThreadPoolExecutor(2) as pool:
-        yield pool
 
 
 @pytest.fixture
@@ -64,29 +50,6 @@ async def sandbox(tmp_path: Path) -> AsyncIterator[Sandbox]:
                        bookmark_interval=0.3, crash_backoff=(0.1, 0.5),
                        startup_delay=0.2) as started:
         yield started
-
-
-@dataclass
-class Daemon:
-    manager: FleetManager
-    runner: JobRunner
-    resealer: ResealExecutor
-    store: Store
-    settings: config.Settings
-
-    async def run_job(self, kind: str, params: dict[str, Any] | None = None) -> JobRecord:
-        job = await self.runner.submit(kind, params or {}, actor="test")
-
-        async def finished() -> JobRecord | None:
-            found = await self.store.jobs.get_job(job.id)
-            return found if found is not None and found.state in ("succeeded", "failed") \
-                else None
-
-        done: JobRecord = await eventually(finished, within=90)
-        return done
-
-    async def planned(self, **params: Any) -> dict[str, Any]:
-        return dict(await self.resealer.dry_run(params))
 
 
 def settings_of(sandbox: Sandbox, *, master: bool,
@@ -100,76 +63,6 @@ def settings_of(sandbox: Sandbox, *, master: bool,
     return config.settings_from_mapping(data, base_dir=sandbox.config.parent)
 
 
-@contextlib.asynccontextmanager
-async def daemon(settings: config.Settings, executor: ThreadPoolExecutor,
-                 ) -> AsyncIterator[Daemon]:
-    kek = KeyEncryptionKey.from_file(settings.store.kek_file)
-    async with Store.open(settings.store.database, kek=kek) as store:
-        manager = FleetManager(settings, store, executor=executor, options=OPTIONS)
-        context = JobContext(store, manager.keystore, lambda: settings)
-        executors, resealer = reseal.build(
-            context, executor, key_jobs.build(context),
-            lambda kind, params, actor: runner.submit(kind, params, actor=actor))
-        runner = JobRunner(store, executors)
-        async with running(manager):
-            jobs = asyncio.create_task(runner.run())
-            try:
-                yield Daemon(manager, runner, resealer, store, settings)
-            finally:
-                jobs.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await jobs
-
-
-def sealed_objects(sandbox: Sandbox) -> dict[tuple[str, str, str], dict[str, Any]]:
-    found = {}
-    for name, cluster in sandbox.clusters.items():
-        objects, _ = cluster.store.list(SEALED, None)
-        for obj in objects:
-            meta = obj["metadata"]
-            found[(name, meta["namespace"], meta["name"])] = copy.deepcopy(obj)
-    return found
-
-
-def unsealed(sandbox: Sandbox) -> dict[tuple[str, str, str], str]:
-    """A digest of the data of every Secret the controllers wrote (never the values)."""
-    found = {}
-    for (name, namespace, secret), _ in sealed_objects(sandbox).items():
-        try:
-            data = sandbox.cluster(name).store.get("secrets", namespace, secret).get("data")
-        except Exception:  # noqa: S112 - a SealedSecret whose Secret is not there (yet)
-            continue
-        found[(name, namespace, secret)] = hashlib.sha256(
-            json.dumps(data, sort_keys=True).encode()).hexdigest()
-    return found
-
-
-def unchanged_part(obj: dict[str, Any]) -> dict[str, Any]:
-    """Everything a reseal must leave as it is: metadata but what the server bumps, the
-    template, the item names."""
-    meta = {k: v for k, v in obj["metadata"].items() if k not in VOLATILE}
-    spec = obj["spec"]
-    return {"metadata": meta, "template": spec.get("template"),
-            "items": sorted(spec.get("encryptedData") or {})}
-
-
-def opens_with(obj: dict[str, Any], key: SealingKey) -> bool:
-    """Every item opens with *key* alone, under the object's own label."""
-    label = sealed_secrets.identity_of(obj).label
-    try:
-        for item, value in sealed_secrets.encrypted_items(obj).items():
-            hybrid.decrypt_with_index([key.private_key], sealed_secrets.decode_item(item, value),
-                                      label)
-    except Exception:
-        return False
-    return True
-
-
-def synced_now(obj: dict[str, Any]) -> bool:
-    observed, status, _ = reseal_cluster.synced_state(obj)
-    return status == "True" and observed == obj["metadata"]["generation"]
-
-
 async def mark_flux_managed(settings: config.Settings, cluster: str, namespace: str,
                             name: str) -> None:
     where = next(c for c in settings.clusters if c.name == cluster)
@@ -177,13 +70,6 @@ async def mark_flux_managed(settings: config.Settings, cluster: str, namespace: 
                                   request_timeout=5) as client:
         await client.patch_json(controller.sealed_secret_path(namespace, name),
                                 {"metadata": {"labels": {FLUX: "flux-system/apps"}}})
-
-
-def resealable(sandbox: Sandbox) -> set[tuple[str, str, str]]:
-    """The seeded SealedSecrets whose items all open with a key of their cluster."""
-    seed = json.loads(sandbox.seed_file.read_text())
-    return {(e["cluster"], e["namespace"], e["name"]) for e in seed["sealed_secrets"]
-            if all(i["key"] for i in e["items"]) and "broken" not in e["name"]}
 
 
 async def test_renewal_then_reseal_leaves_everything_sealed_with_the_new_key(

@@ -10,18 +10,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from e2e.test_reseal import (
-    daemon,
-    executor,
-    opens_with,
-    resealable,
-    sandbox,
-    sealed_objects,
-    settings_of,
-    synced_now,
-    unsealed,
-)
+from e2e.test_reseal import sandbox, settings_of
+from job_daemon import daemon
 from polling import eventually
+from sandbox_views import opens_with, resealable, sealed_objects, synced_now, unsealed
 from sealfleet.adapters.kube import fleet_keys
 from sealfleet.adapters.kube.client import KubeClient
 from sealfleet.adapters.store import KeyEncryptionKey, Store
@@ -30,7 +22,7 @@ from sealfleet.app import config
 from sealfleet.domain.keys import KEY_LABEL_COMPROMISED
 from sealfleet.sandbox import Sandbox
 
-__all__ = ["executor", "sandbox"]   # the fixtures, shared with test_reseal
+__all__ = ["sandbox"]   # the fixture, shared with test_reseal
 
 
 async def key_labels(settings: config.Settings, fingerprint: str) -> dict[str, set[str | None]]:
@@ -49,7 +41,7 @@ async def test_a_replay_reads_only_what_the_journal_has_not_marked(
     settings = settings_of(sandbox, master=True)
     expected = resealable(sandbox)
     slow = sandbox.names[0]
-    async with daemon(settings, executor) as fleet:   # type: ignore[arg-type]
+    async with daemon(settings, executor) as fleet:
         for name in sandbox.names:
             assert (await fleet.run_job("adopt", {"cluster": name})).state == "succeeded"
         renewal = await fleet.run_job("renewal")
@@ -89,7 +81,7 @@ async def test_a_replay_reads_only_what_the_journal_has_not_marked(
     unmarked = set(at_stop) - marked - waiting
     assert marked | waiting, "nothing was marked before the stop"
     await sandbox.cluster(slow).api.clear_faults()
-    async with daemon(settings, executor) as fleet:   # type: ignore[arg-type]
+    async with daemon(settings, executor) as fleet:
 
         async def finished() -> bool:
             found = await fleet.store.jobs.get_job(job.id)
@@ -137,7 +129,7 @@ async def test_a_compromised_key_is_relabelled_everywhere_once_the_reseal_is_don
     settings = settings_of(sandbox, master=True)
     expected = resealable(sandbox)
     plaintexts_before = unsealed(sandbox)
-    async with daemon(settings, executor) as fleet:   # type: ignore[arg-type]
+    async with daemon(settings, executor) as fleet:
         # A first master key, every SealedSecret resealed with it: every cluster loads
         # it and needs it.  Then it is compromised (a new master key is made and synced;
         # the old one stays loaded while SealedSecrets are sealed with it).
