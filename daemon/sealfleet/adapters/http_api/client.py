@@ -57,44 +57,23 @@ class ApiClient:
         if self._socket_path is None or not self._socket_path.exists():
             raise TransientError(f"no daemon socket at {self._socket_path}: key imports and "
                                  "exports go through the daemon's socket only")
-        return await self._send("POST", path, data=data, headers=headers or {})
+        status, answer = await self._exchange("POST", path, socket=True, data=data,
+                                              headers=headers or {})
+        if status >= 400:
+            try:
+                document = json.loads(answer)
+            except ValueError:
+                document = {}
+            self._raise_for(path, status, document)
+        return answer
 
-    async def _send(self, method: str, path: str, *, data: bytes,
-                    headers: dict[str, str]) -> bytes:
-        assert self._socket_path is not None
-        try:
-            spelled, dirfd = short_socket_path(self._socket_path)
-        except OSError as exc:
-            raise TransientError(f"cannot reach the sealfleet daemon at {self.where} "
-                                 f"({exc.strerror}); is it running?") from exc
-        try:
-            async with aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=spelled),
-                                             timeout=self._timeout) as http, \
-                    http.request(method, yarl.URL("http://sealfleet" + path, encoded=True),
-                                 headers=headers, data=data) as response:
-                answer = await response.read()
-        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-            raise TransientError(f"cannot reach the sealfleet daemon at {self.where} "
-                                 f"({type(exc).__name__}); is it running?") from exc
-        finally:
-            if dirfd is not None:
-                os.close(dirfd)
-        if response.status < 400:
-            return answer
-        try:
-            document = json.loads(answer)
-        except ValueError:
-            document = {}
-        error = document.get("error", {}) if isinstance(document, dict) else {}
-        if response.status == 409:
-            raise RefusedError(f"refused: {error.get('message', '')}")
-        raise FleetError(f"{self.where}{path}: HTTP {response.status} "
-                         f"{error.get('code', '')}: {error.get('message', '')}")
-
-    async def request_json(self, method: str, path: str, body: Any = None, *,
-                           text: bool = False) -> Any:
+    async def _exchange(self, method: str, path: str, *, socket: bool,
+                        headers: dict[str, str], **body: Any) -> tuple[int, bytes]:
+        """One request: on the unix socket (always when *socket*), else over TCP with
+        the token; the status and the raw answer."""
         dirfd = None
-        if self._use_socket() and self._socket_path is not None:
+        if socket or (self._use_socket() and self._socket_path is not None):
+            assert self._socket_path is not None
             # Paths longer than sun_path are reached through /proc/self/fd/<dir fd>/name.
             try:
                 spelled, dirfd = short_socket_path(self._socket_path)
@@ -103,34 +82,42 @@ class ApiClient:
                                      f"({exc.strerror}); is it running?") from exc
             connector: aiohttp.BaseConnector = aiohttp.UnixConnector(path=spelled)
             url = "http://sealfleet" + path
-            headers = {}
         else:
             connector = aiohttp.TCPConnector()
             url = str(self._base_url).rstrip("/") + path
-            headers = {"Authorization": f"Bearer {self._token}"} if self._token else {}
+            if self._token:
+                headers = {**headers, "Authorization": f"Bearer {self._token}"}
         try:
             async with aiohttp.ClientSession(connector=connector, timeout=self._timeout) as http, \
                     http.request(method, yarl.URL(url, encoded=True), headers=headers,
-                                 json=body) as response:
-                answer = await response.read()
+                                 **body) as response:
+                return response.status, await response.read()
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             raise TransientError(f"cannot reach the sealfleet daemon at {self.where} "
                                  f"({type(exc).__name__}); is it running?") from exc
         finally:
             if dirfd is not None:
                 os.close(dirfd)
-        if text and response.status < 400:
+
+    def _raise_for(self, path: str, status: int, document: Any) -> None:
+        """A refusal (409) or another error answer as the exception the CLI maps."""
+        error = document.get("error", {}) if isinstance(document, dict) else {}
+        if status == 409:
+            raise RefusedError(f"refused: {error.get('message', '')}")
+        if status >= 400:
+            raise FleetError(f"{self.where}{path}: HTTP {status} "
+                             f"{error.get('code', '')}: {error.get('message', '')}")
+
+    async def request_json(self, method: str, path: str, body: Any = None, *,
+                           text: bool = False) -> Any:
+        status, answer = await self._exchange(method, path, socket=False, headers={},
+                                              json=body)
+        if text and status < 400:
             return answer.decode("ascii", errors="replace")
         try:
             document = json.loads(answer)
         except ValueError:
-            raise FleetError(f"{self.where}{path}: answered HTTP {response.status} "
+            raise FleetError(f"{self.where}{path}: answered HTTP {status} "
                              "without JSON") from None
-        if response.status == 409:
-            error = document.get("error", {}) if isinstance(document, dict) else {}
-            raise RefusedError(f"refused: {error.get('message', '')}")
-        if response.status >= 400:
-            error = document.get("error", {}) if isinstance(document, dict) else {}
-            raise FleetError(f"{self.where}{path}: HTTP {response.status} "
-                             f"{error.get('code', '')}: {error.get('message', '')}")
+        self._raise_for(path, status, document)
         return document
