@@ -252,3 +252,38 @@ async def test_plan_apply_and_replan_against_a_live_controller(
         assert labels[own.secret_name] == "retired"
         stored = running.cluster.store.get("secrets", NS, own.secret_name)
         assert stored["metadata"]["labels"][KEY_LABEL] == "retired"
+
+
+async def test_a_controller_that_renews_its_own_key_at_start_ends_the_wait_early(
+        start: Start, rsa2048_keys: list[SealingKey]) -> None:
+    """Upstream's default renewal on: a controller whose newest key is older than its
+    --key-renew-period makes a key as it starts, so the key it was restarted for never
+    seals.  The wait says so once the rollout has settled, not at its timeout."""
+    async with start(key_renew_period=dt.timedelta(hours=1)) as running, \
+            running.client() as client:
+        for held in (await fleet_keys.read_key_holdings(client, NS)).held:
+            await client.delete(f"/api/v1/namespaces/{NS}/secrets/{held.secret_name}")
+        day_old = recertified(rsa2048_keys[0], -1)     # older than the renewal period
+        await fleet_keys.ensure_key_secret(client, NS, day_old, "job-7")
+        # The controller counts a key's age from its Secret's creationTimestamp, which no
+        # client can set: the Secret goes back into the store as a day-old one.
+        (held,) = (await fleet_keys.read_key_holdings(client, NS)).held
+        secret = running.cluster.store.get("secrets", NS, held.secret_name)
+        await client.delete(f"/api/v1/namespaces/{NS}/secrets/{held.secret_name}")
+        metadata = {k: v for k, v in secret["metadata"].items()
+                    if k not in ("uid", "resourceVersion", "creationTimestamp")}
+        yesterday = dt.datetime.now(dt.UTC) - dt.timedelta(days=1)
+        running.cluster.store.load("secrets", [{**secret, "metadata": metadata}],
+                                   created_at=yesterday.strftime("%Y-%m-%dT%H:%M:%SZ"))
+        outcome = await controller_restart.restart_controller(
+            client, NS, NAME, mode=RestartMode.ROLLOUT, job_id="job-7")
+        result = await controller_restart.wait_until_serving(
+            client, NS, NAME, day_old.fingerprint, WAIT,
+            replaced_pods=outcome.replaced_pods, policy=FAST, settle=1.0)
+        renewed = {h.fingerprint for h in (await fleet_keys.read_key_holdings(client, NS)).held}
+    assert not result.serving
+    assert result.rollout_complete
+    assert result.served_fingerprint not in (None, day_old.fingerprint)
+    assert result.served_fingerprint in renewed              # the key it made at start
+    assert "after the rollout finished" in result.reason
+    assert not result.reason.startswith("timed out")

@@ -27,6 +27,7 @@ import asyncio
 import contextlib
 import dataclasses
 import datetime as dt
+import time
 from collections.abc import Collection
 from typing import Any
 
@@ -48,6 +49,9 @@ RESTARTED_AT_SEALFLEET = "sealfleet.io/restarted-at"
 # A new Pod is usually serving within seconds: look often, never more than a second apart
 # (measured in bench/keys.py: a 0.5 s start doubling to 5 s added seconds per cluster).
 DEFAULT_POLL = retry.BackoffPolicy(initial=0.2, cap=1.0)
+# A settled rollout serving another key this long has chosen it (a Secret watch, with
+# --watch-for-secrets, picks a new key up within a second or two).
+SETTLE_SECONDS = 15.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -121,7 +125,8 @@ async def wait_until_serving(client: KubeClient, namespace: str, name: str, fing
                              timeout: float,  # noqa: ASYNC109
                              *, replaced_pods: Collection[str] = (),
                              service: str | None = None,
-                             policy: retry.BackoffPolicy = DEFAULT_POLL) -> ServingResult:
+                             policy: retry.BackoffPolicy = DEFAULT_POLL,
+                             settle: float = SETTLE_SECONDS) -> ServingResult:
     """Poll until the controller serves *fingerprint* from a finished, healthy rollout.
 
     Done when ``/v1/cert.pem`` (through the Service *service*, default *name*) names
@@ -131,8 +136,14 @@ async def wait_until_serving(client: KubeClient, namespace: str, name: str, fing
     past *timeout* seconds; the result then says what was still wrong.  Transient
     errors (503 while no Pod is ready, timeouts) are polled through; a permanent one
     (no Deployment, no Service, 403) is raised.
+
+    A finished rollout whose Pods keep serving another key for *settle* seconds ends the
+    wait too: the controller chose that key when it started (its own renewal: a
+    ``--key-renew-period`` whose newest key was older than the period makes a key at
+    once), and waiting on would only end in the timeout.  The result names what it serves.
     """
-    watch = _Watch(client, namespace, name, fingerprint, service or name, replaced_pods)
+    watch = _Watch(client, namespace, name, fingerprint, service or name, replaced_pods,
+                   settle=settle)
     backoff = retry.Backoff(policy)
     try:
         async with asyncio.timeout(timeout):
@@ -155,8 +166,11 @@ class _Watch:
     """The state of one wait: what was seen so far."""
 
     def __init__(self, client: KubeClient, namespace: str, name: str, fingerprint: str,
-                 service: str, replaced: Collection[str]) -> None:
+                 service: str, replaced: Collection[str], *, settle: float) -> None:
         self._client, self._namespace, self._name = client, namespace, name
+        self._settle = settle
+        # When a finished rollout was first seen serving another key, and its Pods.
+        self._other_since: tuple[float, frozenset[tuple[str, str]]] | None = None
         self._fingerprint, self._service = fingerprint, service
         self._replaced = frozenset(replaced)
         self._proxy: str | None = None
@@ -197,6 +211,14 @@ class _Watch:
         self.served = certificate.fingerprint
         if self.served != self._fingerprint:
             self._serve_reason = f"serving {self.served}, not {self._fingerprint}"
+            pods, now = after.live_pods, time.monotonic()
+            if self._other_since is None or self._other_since[1] != pods:
+                self._other_since = (now, pods)
+            elif now - self._other_since[0] >= self._settle:
+                return self.result(False, (
+                    f"{self._serve_reason} for {self._settle:g}s after the rollout "
+                    "finished: the controller chose another key at start (its own "
+                    "renewal: --key-renew-period) or loaded a newer active key"))
             return None
         return self.result(True, "serving")
 
