@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from polling import eventually
 from sealfleet.adapters import retry
 from sealfleet.adapters.kube import controller, controller_restart, fleet_keys
 from sealfleet.adapters.kube.client import KubeClient
@@ -277,6 +278,14 @@ async def test_a_controller_that_renews_its_own_key_at_start_ends_the_wait_early
                                    created_at=yesterday.strftime("%Y-%m-%dT%H:%M:%SZ"))
         outcome = await controller_restart.restart_controller(
             client, NS, NAME, mode=RestartMode.ROLLOUT, job_id="job-7")
+
+        async def renewed_at_start() -> bool:
+            # As upstream, the renewal runs beside the server: for a moment the new Pod
+            # may serve the old key.  The wait below starts once the key is made.
+            held = (await fleet_keys.read_key_holdings(client, NS)).held
+            return len(held) == 2
+
+        await eventually(renewed_at_start, within=WAIT)
         result = await controller_restart.wait_until_serving(
             client, NS, NAME, day_old.fingerprint, WAIT,
             replaced_pods=outcome.replaced_pods, policy=FAST, settle=1.0)
