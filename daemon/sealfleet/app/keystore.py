@@ -2,10 +2,13 @@
 
 Which private keys the fleet holds (loaded, or stored and loaded on first need), which
 keys are compromised, and which form the fleet master set.  Every change goes the same
-way: **the store first, then memory, then the subscribers** (the cluster workers, which
-retry unattributed items on a new key and reclassify on a compromised one).  Reads of
-the store that refresh memory (:meth:`Keystore.refresh`, every 30 s, for keys imported
-or marked by another process) hold the same lock as the writes, so a refresh that read
+way: **the store first, then memory, then the subscribers**.  General subscribers
+(backups, repos) hear of every change.  Cluster workers hear only of what concerns them
+(:meth:`Keystore.want_new_keys`, :meth:`Keystore.watch_keys`): a new key reaches the
+workers holding items no known key opens, a compromised mark those holding items
+sealed with that key, so an idle cluster costs nothing when a fleet learns its keys.
+Reads of the store that refresh memory (:meth:`Keystore.refresh`, every 30 s, for keys
+imported or marked by another process) hold the same lock as the writes, so a refresh that read
 the store before a write can never land after it and undo that write.
 
 The epoch is a digest of every known private key's fingerprint: attribution answers
@@ -47,6 +50,11 @@ class Keystore:
         self.compromised: frozenset[str] = frozenset()
         self.master: frozenset[str] = frozenset()
         self._subscribers: list[asyncio.Event] = []
+        self._want_new_keys: set[asyncio.Event] = set()   # workers with unattributed items
+        self._key_users: dict[str, set[asyncio.Event]] = {}  # fingerprint -> workers using it
+        # Cluster workers woken for a key change since start (a new key, a compromised
+        # mark): what a fleet pays per key, and what the fleet tests count.
+        self.worker_wakeups = 0
         self._state_lock = asyncio.Lock()    # store read/write + memory update, as one
         self._load_lock = asyncio.Lock()
 
@@ -62,6 +70,27 @@ class Keystore:
         if event in self._subscribers:
             self._subscribers.remove(event)
 
+    def want_new_keys(self, event: asyncio.Event, wanted: bool) -> None:
+        """Set *event* on every change of the key set while *wanted* (a worker with
+        items no known key opens)."""
+        if wanted:
+            self._want_new_keys.add(event)
+        else:
+            self._want_new_keys.discard(event)
+
+    def watch_keys(self, event: asyncio.Event, added: Iterable[str] = (),
+                   removed: Iterable[str] = ()) -> None:
+        """Set *event* when any key of *added* is marked compromised (or unmarked);
+        stop doing so for *removed*."""
+        for fingerprint in added:
+            self._key_users.setdefault(fingerprint, set()).add(event)
+        for fingerprint in removed:
+            users = self._key_users.get(fingerprint)
+            if users is not None:
+                users.discard(event)
+                if not users:
+                    del self._key_users[fingerprint]
+
     def _notify(self) -> None:
         for event in self._subscribers:
             event.set()
@@ -69,6 +98,9 @@ class Keystore:
     def _keys_changed(self) -> None:
         self.epoch = keys_epoch(self.fingerprints())
         self._notify()
+        for event in self._want_new_keys:
+            event.set()
+        self.worker_wakeups += len(self._want_new_keys)
 
     # ------------------------------------------------------------ reads (memory)
 
@@ -147,8 +179,14 @@ class Keystore:
         compromised = frozenset(fingerprints)
         if compromised == self.compromised:
             return False
+        changed = compromised ^ self.compromised
         self.compromised = compromised
         self._notify()
+        woken = {event for fingerprint in changed
+                 for event in self._key_users.get(fingerprint, ())}
+        for event in woken:
+            event.set()
+        self.worker_wakeups += len(woken)
         return True
 
     async def observe_key_secrets(self, secrets: Sequence[KeySecret]) -> list[SealingKey]:

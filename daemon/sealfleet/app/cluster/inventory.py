@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import sys
+from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -58,8 +59,12 @@ class ClusterInventory:
     def __init__(self, cluster: str) -> None:
         self.cluster = cluster
         self.on_pending: Callable[[], None] = _nothing  # a write was queued (the writer's)
+        # Unattributed items came or went, or a key came into or out of use: what the
+        # keystore should wake this cluster for changed (the observer's).
+        self.on_interest: Callable[[], None] = _nothing
         self._entries: dict[Ref, Entry] = {}
         self._unknown: set[Ref] = set()   # entries with an item no known key opens
+        self._key_uses: Counter[str] = Counter()  # fingerprint -> entries using it
         self.pending_upserts: dict[Ref, SealedSecretRecord] = {}
         self.pending_deletes: set[Ref] = set()
         self.pending_states: dict[Ref, SecretState] = {}
@@ -70,12 +75,11 @@ class ClusterInventory:
     def load(self, records: Sequence[SealedSecretRecord]) -> None:
         for record in records:
             ref = (sys.intern(record.namespace), record.name)
-            self._entries[ref] = Entry(
+            self._put(Entry(
                 ref=ref, resource_version=record.resource_version,
                 item_keys=tuple(item.fingerprint for item in record.items),
                 synced=record.synced, state=record.state,
-                malformed=record.malformed_reason is not None)
-            self._note_unknown(self._entries[ref])
+                malformed=record.malformed_reason is not None))
 
     def get(self, ref: Ref) -> Entry | None:
         return self._entries.get(ref)
@@ -87,11 +91,44 @@ class ClusterInventory:
         """The entries with an item no known key opens (without a look at the others)."""
         return [self._entries[ref] for ref in self._unknown]
 
-    def _note_unknown(self, entry: Entry) -> None:
-        if entry.has_unknown:
+    @property
+    def has_unknown(self) -> bool:
+        return bool(self._unknown)
+
+    def keys_in_use(self) -> set[str]:
+        """The fingerprints some entry's items were sealed with."""
+        return set(self._key_uses)
+
+    def _put(self, entry: Entry) -> None:
+        """The one way in: keeps the unknown set and the key uses in step."""
+        previous = self._entries.get(entry.ref)
+        self._entries[entry.ref] = entry
+        self._account(previous, entry)
+
+    def _drop(self, ref: Ref) -> None:
+        self._account(self._entries.pop(ref, None), None)
+
+    def _account(self, previous: Entry | None, entry: Entry | None) -> None:
+        old_keys = previous.item_keys if previous is not None else ()
+        new_keys = entry.item_keys if entry is not None else ()
+        if old_keys == new_keys:
+            return  # the common case: an object changed, its items' keys did not
+        had_unknown = bool(self._unknown)
+        interest = False
+        for key in {k for k in old_keys if k is not None}:
+            self._key_uses[key] -= 1
+            if not self._key_uses[key]:
+                del self._key_uses[key]
+                interest = True
+        for key in {k for k in new_keys if k is not None}:
+            self._key_uses[key] += 1
+            interest = interest or self._key_uses[key] == 1
+        if entry is not None and entry.has_unknown:
             self._unknown.add(entry.ref)
-        else:
-            self._unknown.discard(entry.ref)
+        elif previous is not None:
+            self._unknown.discard(previous.ref)
+        if interest or had_unknown != bool(self._unknown):
+            self.on_interest()
 
     def refs(self) -> set[Ref]:
         return set(self._entries)
@@ -108,8 +145,7 @@ class ClusterInventory:
         return not (recheck_unknown and entry.has_unknown)
 
     def forget(self, ref: Ref) -> None:
-        self._entries.pop(ref, None)
-        self._unknown.discard(ref)
+        self._drop(ref)
         self.pending_upserts.pop(ref, None)
         self.pending_states.pop(ref, None)
 
@@ -133,19 +169,16 @@ class ClusterInventory:
         if entry.malformed:
             _log_malformed_once(parsed, previous)
         entry.state = entry.classify(context)
-        self._entries[parsed.ref] = entry
-        self._note_unknown(entry)
+        self._put(entry)
         self._queue(self._record(parsed, items, entry.state, now))
         return entry
 
     def note_malformed(self, parsed: Parsed, now: dt.datetime) -> None:
         """Record an object too malformed to have items."""
         _log_malformed_once(parsed, self._entries.get(parsed.ref))
-        self._entries[parsed.ref] = Entry(ref=parsed.ref,
-                                          resource_version=parsed.resource_version,
-                                          item_keys=(), synced=parsed.synced,
-                                          state=SecretState.UNKNOWN, malformed=True)
-        self._unknown.discard(parsed.ref)
+        self._put(Entry(ref=parsed.ref, resource_version=parsed.resource_version,
+                        item_keys=(), synced=parsed.synced, state=SecretState.UNKNOWN,
+                        malformed=True))
         self._queue(self._record(parsed, (), SecretState.UNKNOWN, now))
 
     def _record(self, parsed: Parsed, items: tuple[ItemFact, ...], state: SecretState,

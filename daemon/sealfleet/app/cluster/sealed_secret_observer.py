@@ -7,7 +7,9 @@ on 410).  Every changed object is parsed (``domain/observed``), its items attrib
 queued for the write-behind.  Unchanged objects cost nothing: the inventory remembers
 each one's resourceVersion.  When the keystore learns a key, objects with unattributed
 items are fetched again and re-attributed; when the compromised set or the sealing
-key changes, the whole cluster is reclassified from memory.
+key changes, the whole cluster is reclassified from memory.  The keystore wakes a
+cluster only for what concerns it (a new key while it has unattributed items, a mark
+on a key its items use), so a fleet learning its keys costs an idle cluster nothing.
 """
 
 from __future__ import annotations
@@ -41,12 +43,33 @@ class SealedSecretObserver:
         self._state = state
         self._deps = deps
         self._writer = writer
-        self._keys_changed = deps.keystore.subscribe()
+        self._keys_changed = asyncio.Event()
         self._seen_epoch = deps.keystore.epoch
         self._seen_compromised = deps.keystore.compromised
+        self._retry_due = False       # unknown answers computed before a newer key
+        self._wants_new_keys = False  # what the keystore was last told
+        self._watched: set[str] = set()
+        state.inventory.on_interest = self._tell_keystore
 
     def close(self) -> None:
-        self._deps.keystore.unsubscribe(self._keys_changed)
+        self._deps.keystore.want_new_keys(self._keys_changed, False)
+        self._deps.keystore.watch_keys(self._keys_changed, removed=self._watched)
+        self._watched = set()
+        self._wants_new_keys = False
+
+    def _tell_keystore(self) -> None:
+        """The inventory's unattributed items or keys in use changed: what the keystore
+        wakes this cluster for follows (rare: an idle cluster never gets here)."""
+        keystore, inventory = self._deps.keystore, self._state.inventory
+        wanted = inventory.has_unknown
+        if wanted != self._wants_new_keys:
+            self._wants_new_keys = wanted
+            keystore.want_new_keys(self._keys_changed, wanted)
+        in_use = inventory.keys_in_use()
+        if in_use != self._watched:
+            keystore.watch_keys(self._keys_changed, added=in_use - self._watched,
+                                removed=self._watched - in_use)
+            self._watched = in_use
 
     def reclassify_all(self) -> None:
         self._state.inventory.reclassify_all(self._state.key_context(self._deps.keystore))
@@ -133,8 +156,9 @@ class SealedSecretObserver:
             if keystore.compromised != self._seen_compromised:
                 self._seen_compromised = keystore.compromised
                 self.reclassify_all()
-            if keystore.epoch != self._seen_epoch:
+            if keystore.epoch != self._seen_epoch or self._retry_due:
                 self._seen_epoch = keystore.epoch
+                self._retry_due = False
                 await self._retry_unknown(client)
 
     async def _retry_unknown(self, client: KubeClient) -> None:
@@ -188,9 +212,15 @@ class SealedSecretObserver:
                   for p in parsed]
         preferred = [state.sealing_key] if state.sealing_key else []
         held = {k.fingerprint for k in state.holdings.values()}
+        epoch = self._deps.keystore.epoch
         answers = await self._deps.attributor.attribute(groups, owner=state.name,
                                                         preferred=preferred, likely=held)
         del groups
+        if self._deps.keystore.epoch != epoch:
+            # A key came while these were attributed: it was not tried on them, and this
+            # cluster may not have been one the keystore woke for it.
+            self._retry_due = True
+            self._keys_changed.set()
         now = dt.datetime.now(dt.UTC)
         context = state.key_context(self._deps.keystore)
         for result in parsed:
