@@ -255,12 +255,18 @@ async def test_unparseable_active_key_crash_loops_until_removed(sandbox: Sandbox
     assert container["lastState"]["terminated"]["reason"] == "Error"
     # kubectl's table comes from the server-side printer: STATUS is the waiting reason,
     # RESTARTS the count with the time of the last termination, as on a real cluster.
-    table = await sandbox.kubectl("get", "pods", "-n", "kube-system")
-    assert table.returncode == 0, table.stderr
-    header, row = table.stdout.splitlines()
-    assert header.split() == ["NAME", "READY", "STATUS", "RESTARTS", "AGE"]
-    shown = re.fullmatch(r"(\S+)\s+0/1\s+CrashLoopBackOff\s+(\d+) \((\S+) ago\)\s+\S+", row)
-    assert shown is not None, row
+    # Between two back-offs the kubelet restarts the container, which runs (0/1 Running)
+    # until it crashes again, so a later read may catch that window: wait for the table
+    # to show the back-off itself.
+    async def table_backing_off() -> re.Match[str] | None:
+        table = await sandbox.kubectl("get", "pods", "-n", "kube-system")
+        assert table.returncode == 0, table.stderr
+        header, row = table.stdout.splitlines()
+        assert header.split() == ["NAME", "READY", "STATUS", "RESTARTS", "AGE"]
+        return re.fullmatch(r"(\S+)\s+0/1\s+CrashLoopBackOff\s+(\d+) \((\S+) ago\)\s+\S+",
+                            row)
+
+    shown = await eventually(table_backing_off)
     assert int(shown.group(2)) >= container["restartCount"]
     proxied = await sandbox.kubectl("get", "--raw", "/api/v1/namespaces/kube-system/services/"
                                     "http:sealed-secrets-controller:/proxy/v1/cert.pem")
