@@ -136,10 +136,12 @@ async def documents_of(manager: FleetManager) -> dict[tuple[str, int], GitSealed
 
 
 async def scanned_with_states(manager: FleetManager) -> dict[str, S] | None:
-    """path#document -> state once the clusters' keys are in and every file judged."""
+    """path#document -> state once the clusters' keys are in, every file judged and the
+    pass recorded (documents are written before the pass's repo record)."""
     found = await documents_of(manager)
     states = {f"{path}#{doc}": record.state for (path, doc), record in found.items()}
-    return states if states.get("prod/web.yaml#0") is S.CURRENT \
+    recorded = all(r.last_scan_at is not None for r in await manager.store.git.list_repos())
+    return states if recorded and states.get("prod/web.yaml#0") is S.CURRENT \
         and states.get("apps/db.yaml#1") is S.CURRENT else None
 
 
