@@ -1,4 +1,5 @@
-"""Fixtures every test directory may use: the kubeseal test vectors and sealing keys.
+"""Fixtures every test directory may use: the kubeseal test vectors, sealing keys and
+the daemon's RSA thread pool.
 
 Keys are generated once per session (RSA generation is the slowest thing a test can
 do); 2048-bit keys wherever 4096 bits are not the point.
@@ -6,6 +7,8 @@ do); 2048-bit keys wherever 4096 bits are not the point.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -41,3 +44,10 @@ def rsa2048_keys() -> list[keys.SealingKey]:
 def rsa4096_key() -> keys.SealingKey:
     """One freshly generated key with the controller's defaults (4096 bits)."""
     return keys.generate_sealing_key()
+
+
+@pytest.fixture
+def executor() -> Iterator[ThreadPoolExecutor]:
+    """The daemon's RSA thread pool, as the service sizes it on a 2-core machine."""
+    with ThreadPoolExecutor(2) as pool:
+        yield pool

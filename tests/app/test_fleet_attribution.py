@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import datetime as dt
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -18,12 +18,6 @@ from sealfleet.domain.attribution import item_hash
 from sealfleet.domain.keys import KeySource, SealingKey
 from sealfleet.domain.scopes import Scope
 from sealfleet.domain.sealed_secrets import SealedIdentity, seal_value
-
-
-@pytest.fixture
-def executor() -> Iterator[ThreadPoolExecutor]:
-    with ThreadPoolExecutor(2) as pool:
-        yield pool
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ and its SealedSecrets turn compromised.  The other clusters pay nothing for eith
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -32,12 +32,6 @@ SEALED = "sealedsecrets.bitnami.com"
 OPTIONS = WorkerOptions(backoff=retry.BackoffPolicy(initial=0.05, cap=0.5),
                         resync_interval=600, request_timeout=3, watch_timeout=300)
 SPEC = SeedSpec(namespaces=1, sealed_secrets=2, keys=1, seed=7, key_bits=2048)
-
-
-@pytest.fixture
-def executor() -> Iterator[ThreadPoolExecutor]:
-    with ThreadPoolExecutor(2) as pool:
-        yield pool
 
 
 @pytest.fixture

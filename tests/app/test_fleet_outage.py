@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -38,12 +38,6 @@ OPTIONS = WorkerOptions(backoff=retry.BackoffPolicy(initial=0.05, cap=0.5),
 SPEC = SeedSpec(namespaces=1, sealed_secrets=2, keys=1, seed=5, key_bits=2048)
 # A session opens one connection at a time, except its two watches, which start together.
 HANDSHAKES_PER_TURN = 2
-
-
-@pytest.fixture
-def executor() -> Iterator[ThreadPoolExecutor]:
-    with ThreadPoolExecutor(2) as pool:
-        yield pool
 
 
 @pytest.fixture

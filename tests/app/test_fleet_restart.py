@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -16,11 +16,9 @@ from typing import Any
 import pytest
 
 from polling import eventually
-from running_fleet import running
+from running_fleet import fleet_of
 from sealfleet.adapters import retry
-from sealfleet.adapters.store import KeyEncryptionKey, Store
 from sealfleet.adapters.store.records import SealedSecretRecord
-from sealfleet.app import config
 from sealfleet.app.cluster.state import WorkerOptions
 from sealfleet.app.fleet import FleetManager
 from sealfleet.domain.key_secrets import load_key_secret
@@ -34,26 +32,15 @@ SPEC = SeedSpec(namespaces=2, sealed_secrets=6, keys=2, seed=7, key_bits=2048)
 
 
 @pytest.fixture
-def executor() -> Iterator[ThreadPoolExecutor]:
-    with ThreadPoolExecutor(2) as pool:
-        yield pool
-
-
-@pytest.fixture
 async def sandbox(tmp_path: Path) -> AsyncIterator[Sandbox]:
     async with Sandbox(tmp_path / "sandbox", clusters=2, seed=SPEC, seed_processes=0,
                        startup_delay=0, bookmark_interval=0.2) as running_sandbox:
         yield running_sandbox
 
 
-@contextlib.asynccontextmanager
-async def fleet(sandbox: Sandbox, executor: ThreadPoolExecutor) -> AsyncIterator[FleetManager]:
-    settings = config.load_settings(sandbox.config)
-    kek = KeyEncryptionKey.from_file(settings.store.kek_file)
-    async with Store.open(settings.store.database, kek=kek) as store:
-        manager = FleetManager(settings, store, executor=executor, options=OPTIONS)
-        async with running(manager):
-            yield manager
+def fleet(sandbox: Sandbox, executor: ThreadPoolExecutor,
+          ) -> contextlib.AbstractAsyncContextManager[FleetManager]:
+    return fleet_of(sandbox.config, executor, OPTIONS)
 
 
 async def records(manager: FleetManager) -> dict[tuple[str, str, str], SealedSecretRecord]:

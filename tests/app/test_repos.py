@@ -16,7 +16,7 @@ import datetime as dt
 import json
 import os
 import subprocess
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -49,12 +49,6 @@ OPTIONS = WorkerOptions(backoff=retry.BackoffPolicy(initial=0.05, cap=0.3),
                         resync_interval=600, request_timeout=3, watch_timeout=2)
 SPEC = SeedSpec(namespaces=1, sealed_secrets=2, keys=2, seed=3, key_bits=2048)
 S = SecretState
-
-
-@pytest.fixture
-def executor() -> Iterator[ThreadPoolExecutor]:
-    with ThreadPoolExecutor(2) as pool:
-        yield pool
 
 
 @pytest.fixture

@@ -9,7 +9,6 @@ import base64
 import hashlib
 import json
 import stat
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -188,12 +187,6 @@ def test_import_with_a_backup_policy_writes_a_backup_at_once(
 OPTIONS = WorkerOptions(backoff=retry.BackoffPolicy(initial=0.05, cap=0.3),
                         resync_interval=600, request_timeout=3, watch_timeout=2)
 SPEC = SeedSpec(namespaces=2, sealed_secrets=8, keys=3, seed=23, key_bits=2048)
-
-
-@pytest.fixture
-def executor() -> Iterator[ThreadPoolExecutor]:
-    with ThreadPoolExecutor(2) as pool:
-        yield pool
 
 
 async def collect_keys(sandbox: Sandbox, executor: ThreadPoolExecutor,

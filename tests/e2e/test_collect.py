@@ -10,7 +10,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -19,10 +19,8 @@ import pytest
 from structlog.testing import capture_logs
 
 from polling import eventually
-from running_fleet import running
+from running_fleet import fleet_of
 from sealfleet.adapters import retry
-from sealfleet.adapters.store import KeyEncryptionKey, Store
-from sealfleet.app import config
 from sealfleet.app.cluster.state import WorkerOptions
 from sealfleet.app.fleet import FleetManager
 from sealfleet.domain.key_secrets import load_key_secret
@@ -38,26 +36,15 @@ SPEC = SeedSpec(namespaces=2, sealed_secrets=12, keys=3, seed=11, key_bits=2048,
 
 
 @pytest.fixture
-def executor() -> Iterator[ThreadPoolExecutor]:
-    with ThreadPoolExecutor(2) as pool:
-        yield pool
-
-
-@pytest.fixture
 async def sandbox(tmp_path: Path) -> AsyncIterator[Sandbox]:
     async with Sandbox(tmp_path / "sandbox", clusters=2, seed=SPEC, seed_processes=0,
                        bookmark_interval=0.3, crash_backoff=(0.1, 0.5)) as running:
         yield running
 
 
-@contextlib.asynccontextmanager
-async def fleet(sandbox: Sandbox, executor: ThreadPoolExecutor) -> AsyncIterator[FleetManager]:
-    settings = config.load_settings(sandbox.config)
-    kek = KeyEncryptionKey.from_file(settings.store.kek_file)
-    async with Store.open(settings.store.database, kek=kek) as store:
-        manager = FleetManager(settings, store, executor=executor, options=OPTIONS)
-        async with running(manager):
-            yield manager
+def fleet(sandbox: Sandbox, executor: ThreadPoolExecutor,
+          ) -> contextlib.AbstractAsyncContextManager[FleetManager]:
+    return fleet_of(sandbox.config, executor, OPTIONS)
 
 
 def truth(sandbox: Sandbox) -> dict[tuple[str, str, str], dict[str, Any]]:
