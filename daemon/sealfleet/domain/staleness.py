@@ -245,7 +245,7 @@ def _cluster_report(cluster: ClusterFacts, policy: StalenessPolicy, now: dt.date
         drift = found.drifting
         drift_detail = {"missing": list(found.missing), "extra": list(found.extra),
                         "sealing_key_outside_master_set": found.sealing_key_outside_master_set}
-        drift_reasons = [{"reason": r.reason, "fingerprint": r.fingerprint,
+        drift_reasons = [{"reason": r.reason.value, "fingerprint": r.fingerprint,
                           "detail": r.detail} for r in found.reasons]
     return {
         "name": cluster.name,

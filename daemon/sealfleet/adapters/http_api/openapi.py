@@ -95,7 +95,7 @@ SCHEMAS: dict[str, Any] = {
             "sealing_key_outside_master_set": {"type": "boolean"}})]},
         "drift_reasons": {"type": "array", "description": "why the cluster drifts (empty "
                           "when in sync or without a master key set)", "items": _obj({
-                              "reason": {"enum": list(drift.REASONS)},
+                              "reason": {"enum": [r.value for r in drift.REASONS]},
                               "fingerprint": _STR_OR_NULL, "detail": {"type": "string"}})},
         "sealed_secrets": _ref("Counts"),
     }),
