@@ -17,3 +17,11 @@ async def test_imports_and_exports_are_refused_over_tcp_even_with_the_admin_toke
         assert status == 403
         status, _, _ = await api.get(path, method="POST", via="tcp")
         assert status == 401
+
+
+def test_an_export_request_never_shows_its_passphrase() -> None:
+    from sealfleet.adapters.http_api.key_transfer_api import ExportRequest
+
+    asked = ExportRequest(passphrase="correct horse battery staple")
+    assert "correct horse" not in repr(asked)
+    assert asked.passphrase == "correct horse battery staple"

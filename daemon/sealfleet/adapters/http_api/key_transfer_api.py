@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from aiohttp import web
@@ -51,7 +51,7 @@ class KeyTransferPort(Protocol):
 @dataclass(frozen=True)
 class ExportRequest:
     recipients: str | None = None      # a recipients file's text (age1..., ssh-...)
-    passphrase: str | None = None
+    passphrase: str | None = field(default=None, repr=False)   # never in a repr or log
     plaintext: bool = False
 
 
