@@ -236,6 +236,14 @@ class FleetSettings(_Section):
     """After each renewal, reseal every stale SealedSecret with the new key (a reseal job).
     Default false: a reseal is a user's decision."""
 
+    auto_relabel: StrictBool = True
+    """Master mode: when a reseal's relabel of a compromised key was skipped because
+    in-cluster SealedSecrets still used it (GitOps-managed ones, resealed on a pending
+    branch), relabel it ``compromised`` by itself (a ``relabel`` job, actor
+    ``scheduler``) once the inventory shows none in the clusters (the branch was merged
+    and applied).  Default true: it finishes the compromise response the reseal began;
+    false leaves the key loaded until the next reseal."""
+
     key_bits: Literal[2048, 3072, 4096] = 4096
     """RSA size of the master keys sealfleet generates.  Default 4096: the controller's."""
 

@@ -4,13 +4,19 @@ Every ``TICK`` seconds, in master mode:
 
 - when the newest master key is older than ``[policy] key_renew_period`` (counted from
   its NotBefore, as the controller counts its own renewal), a ``renewal`` job;
+- else, with ``[fleet] auto_relabel`` on, when a compromised key whose relabel a reseal
+  skipped for in-cluster objects (GitOps-managed ones, resealed on a pending branch) is
+  no longer needed by any (the branch was merged and applied), a ``relabel`` job
+  (``jobs/relabel_job.due``; the rule is ``domain/relabel_due``: once per such skip, a
+  retry only after a full relist);
 - else, when a reachable cluster drifts from the master key set (a cluster that came
   back, a key Secret deleted by hand, a controller that renewed on its own), a
   ``key_sync`` job, at most once per ``SYNC_SPACING`` so a cluster that keeps failing
   does not flood the journal.
 
-Never while another key job is unfinished: those run one after another anyway, and the
-next tick sees what they changed.  The scheduler only asks the runner, which journals
+Never while another key job is unfinished (nor a relabel while a reseal is: its own
+relabel steps come last): those run one after another anyway, and the next tick sees
+what they changed.  The scheduler only asks the runner, which journals
 and runs the job exactly as if a user had asked (actor ``scheduler``).
 """
 
@@ -26,9 +32,10 @@ import structlog
 from sealfleet.adapters.store import Store
 from sealfleet.adapters.store.records import JobRecord, JsonObject
 from sealfleet.app.config import Settings
+from sealfleet.app.jobs import relabel_job
 from sealfleet.domain.jobs import JobKind
 from sealfleet.domain.keys import most_recent_key
-from sealfleet.errors import FleetError
+from sealfleet.errors import FleetError, RefusedError
 
 log = structlog.get_logger(__name__)
 
@@ -37,7 +44,7 @@ _UNFIXABLE = frozenset({"controller_self_renewal"})   # drift reasons no sync ca
 TICK = 30.0                                  # seconds between looks
 SYNC_SPACING = dt.timedelta(minutes=5)       # at most one scheduled sync this often
 _KEY_JOBS = frozenset({JobKind.KEY_SYNC, JobKind.RENEWAL, JobKind.COMPROMISE,
-                       JobKind.RETIRE, JobKind.ADOPT})
+                       JobKind.RETIRE, JobKind.ADOPT, JobKind.RELABEL})
 
 
 class Submitter(Protocol):
@@ -48,11 +55,13 @@ class Scheduler:
     def __init__(self, runner: Submitter, store: Store, *,
                  settings: Callable[[], Settings],
                  report: Callable[[], Mapping[str, Any] | None],
+                 attribution_backlog: Callable[[], int] = lambda: 0,
                  clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC)) -> None:
         self._runner = runner
         self._store = store
         self._settings = settings
         self._report = report
+        self._backlog = attribution_backlog
         self._clock = clock
         self._last_sync: dt.datetime | None = None
 
@@ -69,7 +78,8 @@ class Scheduler:
         settings = self._settings()
         if not settings.fleet.master:
             return None
-        if any(JobKind(j.kind) in _KEY_JOBS for j in await self._store.jobs.unfinished()):
+        unfinished = {JobKind(j.kind) for j in await self._store.jobs.unfinished()}
+        if unfinished & _KEY_JOBS:
             return None
         now = self._clock()
         records = {r.fingerprint: r for r in await self._store.keys.list_keys()}
@@ -81,12 +91,29 @@ class Scheduler:
             log.info("renewal_due", newest=newest.fingerprint,
                      age_days=(now - newest.not_before).days)
             return await self._runner.submit(JobKind.RENEWAL, {}, actor="scheduler")
+        if settings.fleet.auto_relabel and JobKind.RESEAL not in unfinished:
+            relabel = await self._relabel(settings, now)
+            if relabel is not None:
+                return relabel
         drifting = self._drifting()
         if drifting and (self._last_sync is None or now - self._last_sync >= SYNC_SPACING):
             self._last_sync = now
             log.info("sync_due", clusters=drifting)
             return await self._runner.submit(JobKind.KEY_SYNC, {}, actor="scheduler")
         return None
+
+    async def _relabel(self, settings: Settings, now: dt.datetime) -> JobRecord | None:
+        due = await relabel_job.due(self._store, settings, unattributed=self._backlog(),
+                                    now=now)
+        if not due:
+            return None
+        log.info("relabel_due", fingerprints=due)
+        try:
+            return await self._runner.submit(JobKind.RELABEL, {"fingerprints": [*due]},
+                                             actor="scheduler")
+        except RefusedError as refused:   # the keys went meanwhile: nothing to do
+            log.info("relabel_refused", fingerprints=due, reason=str(refused))
+            return None
 
     def _drifting(self) -> list[str]:
         """Reachable clusters whose drift a sync can fix: a controller's own renewal

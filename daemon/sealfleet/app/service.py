@@ -193,7 +193,8 @@ class Service:
                 jobs = self.jobs = JobRunner(store, [*executors, importer])
                 self._scheduler = Scheduler(
                     jobs, store, settings=lambda: self.settings,
-                    report=lambda: view.snapshot.report if view.snapshot else None)
+                    report=lambda: view.snapshot.report if view.snapshot else None,
+                    attribution_backlog=lambda: fleet.attribution_backlog)
                 deps = ApiDeps(view=view, store=store, readiness=self.readiness,
                                read_token=credentials.read_token,
                                admin_token=credentials.admin_token,

@@ -44,6 +44,7 @@ class JobKind(enum.StrEnum):
     ADOPT = "adopt"              # take a cluster's keys into fleet custody
     KEY_IMPORT = "key_import"    # keys from a backup or a PEM pair into fleet custody
     RESEAL = "reseal"            # re-encrypt stale SealedSecrets with the current key
+    RELABEL = "relabel"          # a compromised key no cluster needs any more, relabelled
 
 
 def outcome(steps: Iterable[StepState]) -> JobState:

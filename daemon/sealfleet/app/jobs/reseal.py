@@ -34,7 +34,13 @@ import structlog
 
 from sealfleet.adapters.store.job_objects import counts_document
 from sealfleet.adapters.store.records import JobItem, JobRecord, JsonObject, JsonValue
-from sealfleet.app.jobs import reseal_cluster, reseal_git, reseal_inventory, reseal_relabel
+from sealfleet.app.jobs import (
+    relabel_job,
+    reseal_cluster,
+    reseal_git,
+    reseal_inventory,
+    reseal_relabel,
+)
 from sealfleet.app.jobs.context import JobContext
 from sealfleet.app.jobs.executor import Executor as JobExecutor
 from sealfleet.app.jobs.executor import Plan, StepOutcome
@@ -353,7 +359,9 @@ def with_auto_reseal(executors: Sequence[JobExecutor], ctx: JobContext,
 
 def build(ctx: JobContext, pool: Executor | None, others: Sequence[JobExecutor],
           submit: Submit) -> tuple[list[JobExecutor], ResealExecutor]:
-    """The daemon's executors: *others* (the key jobs) with auto reseal, and the reseal
-    executor (also returned alone: the API's dry runs)."""
+    """The daemon's executors: *others* (the key jobs) with auto reseal, the reseal
+    executor (also returned alone: the API's dry runs) and the relabel one (a reseal's
+    relabel step alone, once what it waited for is merged and applied)."""
     resealer = ResealExecutor(ctx, pool)
-    return [*with_auto_reseal(others, ctx, submit), resealer], resealer
+    return [*with_auto_reseal(others, ctx, submit), resealer,
+            relabel_job.RelabelExecutor(ctx)], resealer
