@@ -5,7 +5,9 @@ it any more (the controller could not unseal those objects otherwise); only then
 key sync relabel its key Secrets ``compromised`` (``planning/key_sync`` already refuses
 sooner, per cluster).  After a reseal, :func:`still_sealing` says which compromised keys
 are done with (``in_use`` false: a ``key_sync`` relabels them) and which are not, with
-what still uses them, in clusters and in Git.  Reads only; nothing here acts.
+what still uses them, in clusters and in Git; ``relabel_job.due`` reads its cluster
+objects to tell when a relabel a reseal had to skip has become possible.  Reads only;
+nothing here acts.
 """
 
 from __future__ import annotations

@@ -25,7 +25,7 @@ import structlog
 from sealfleet.adapters.store import Store
 from sealfleet.adapters.store.records import JobItem, JobRecord, JsonObject, JsonValue
 from sealfleet.app.config import Settings
-from sealfleet.app.jobs import reseal_relabel
+from sealfleet.app.jobs import compromised_keys, reseal_relabel
 from sealfleet.app.jobs.context import JobContext
 from sealfleet.app.jobs.executor import Plan, StepOutcome
 from sealfleet.domain.jobs import JobKind, StepState
@@ -137,11 +137,10 @@ async def due(store: Store, settings: Settings, *, unattributed: int,
         return []
     configured = {c.name for c in settings.clusters}
     attempts = await last_attempts(store, held)
-    standings = []
-    for fingerprint in held:
-        objects = await store.inventory.sealed_secrets_using_key(fingerprint)
-        standings.append(CompromisedKeyStanding(
-            fingerprint=fingerprint, held_unrelabelled=True,
-            cluster_objects=sum(1 for cluster, _, _ in objects if cluster in configured),
-            unattributed=unattributed, last_attempt=attempts.get(fingerprint)))
+    # Git documents are not counted, as in the step: base branches keep old ciphertexts.
+    standings = [CompromisedKeyStanding(
+        fingerprint=use.fingerprint, held_unrelabelled=True,
+        cluster_objects=sum(1 for cluster, _, _ in use.cluster_objects if cluster in configured),
+        unattributed=unattributed, last_attempt=attempts.get(use.fingerprint))
+        for use in await compromised_keys.still_sealing(store, held)]
     return due_relabels(standings, now=now, retry_after=settings.fleet.resync_interval)

@@ -27,8 +27,8 @@ id).  Every relabel is audited; nothing here touches a SealedSecret.
 A step skipped for in-cluster objects names, in ``waiting_for``, the GitOps-managed ones
 among them with the pending ``sealfleet/reseal-*`` branch that reseals their document:
 the key stays loaded until that branch is merged and applied.  Then the relabel is due
-(``domain/relabel_due``: :func:`due` gathers its inputs) and the scheduler submits a
-``relabel`` job (``relabel_job``), which runs this same step.
+(``domain/relabel_due``; ``relabel_job.due`` gathers its inputs) and the scheduler
+submits a ``relabel`` job (``relabel_job``), which runs this same step.
 """
 
 from __future__ import annotations
