@@ -11,6 +11,7 @@ from sealfleet.domain.relabel_due import (
     CompromisedKeyStanding,
     RelabelAttempt,
     due_relabels,
+    nothing_in_clusters_needs_it,
     relabel_due,
 )
 
@@ -39,6 +40,14 @@ def test_a_reseal_skip_for_cluster_objects_is_due_once_none_needs_the_key() -> N
 ])
 def test_not_due(change: dict[str, object]) -> None:
     assert not due(dataclasses.replace(FREED, **change))  # type: ignore[arg-type]
+
+
+def test_the_inventory_half_of_the_rule_needs_no_journal() -> None:
+    assert nothing_in_clusters_needs_it(dataclasses.replace(FREED, last_attempt=None))
+    assert not nothing_in_clusters_needs_it(dataclasses.replace(FREED, cluster_objects=1))
+    assert not nothing_in_clusters_needs_it(dataclasses.replace(FREED, unattributed=1))
+    assert not nothing_in_clusters_needs_it(
+        dataclasses.replace(FREED, held_unrelabelled=False))
 
 
 def test_a_skip_for_another_reason_or_a_failure_is_left_to_a_human() -> None:

@@ -50,13 +50,20 @@ class CompromisedKeyStanding:
     last_attempt: RelabelAttempt | None
 
 
+def nothing_in_clusters_needs_it(standing: CompromisedKeyStanding) -> bool:
+    """The inventory's half of the rule: the key is still held under another label, and
+    no in-cluster object is (or might be) sealed with it.  Cheap; the journal's half is
+    only worth reading when this holds."""
+    return standing.held_unrelabelled and not standing.cluster_objects \
+        and not standing.unattributed
+
+
 def relabel_due(standing: CompromisedKeyStanding, *, now: dt.datetime,
                 retry_after: dt.timedelta) -> bool:
     """Whether the key's relabel, once skipped for in-cluster objects, can be done now."""
     last = standing.last_attempt
-    if not standing.held_unrelabelled or last is None or not last.waited_for_clusters:
-        return False
-    if standing.cluster_objects or standing.unattributed:
+    if not nothing_in_clusters_needs_it(standing) or last is None \
+            or not last.waited_for_clusters:
         return False
     return not last.automatic or now - last.finished_at >= retry_after
 

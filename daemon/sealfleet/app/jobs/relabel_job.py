@@ -17,6 +17,7 @@ the step relabelled again: the planner must find nothing left to relabel there.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from collections.abc import Collection, Sequence
 
@@ -29,7 +30,12 @@ from sealfleet.app.jobs import compromised_keys, reseal_relabel
 from sealfleet.app.jobs.context import JobContext
 from sealfleet.app.jobs.executor import Plan, StepOutcome
 from sealfleet.domain.jobs import JobKind, StepState
-from sealfleet.domain.relabel_due import CompromisedKeyStanding, RelabelAttempt, due_relabels
+from sealfleet.domain.relabel_due import (
+    CompromisedKeyStanding,
+    RelabelAttempt,
+    due_relabels,
+    nothing_in_clusters_needs_it,
+)
 from sealfleet.errors import FleetError, InputError, PermanentError, RefusedError
 
 log = structlog.get_logger(__name__)
@@ -136,11 +142,17 @@ async def due(store: Store, settings: Settings, *, unattributed: int,
     if not held:
         return []
     configured = {c.name for c in settings.clusters}
-    attempts = await last_attempts(store, held)
     # Git documents are not counted, as in the step: base branches keep old ciphertexts.
     standings = [CompromisedKeyStanding(
         fingerprint=use.fingerprint, held_unrelabelled=True,
         cluster_objects=sum(1 for cluster, _, _ in use.cluster_objects if cluster in configured),
-        unattributed=unattributed, last_attempt=attempts.get(use.fingerprint))
+        unattributed=unattributed, last_attempt=None)
         for use in await compromised_keys.still_sealing(store, held)]
-    return due_relabels(standings, now=now, retry_after=settings.fleet.resync_interval)
+    # While a branch waits to be merged (days, perhaps) the journal is not read at all.
+    free = [s for s in standings if nothing_in_clusters_needs_it(s)]
+    if not free:
+        return []
+    attempts = await last_attempts(store, [s.fingerprint for s in free])
+    return due_relabels([dataclasses.replace(s, last_attempt=attempts.get(s.fingerprint))
+                         for s in free],
+                        now=now, retry_after=settings.fleet.resync_interval)
