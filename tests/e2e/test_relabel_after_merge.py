@@ -71,6 +71,7 @@ async def key_labels(settings: config.Settings, fingerprint: str) -> dict[str, s
     return found
 
 
+@pytest.mark.timeout(180)   # three jobs with restarts, a merge and Flux applying it
 async def test_a_key_only_flux_objects_need_is_relabelled_once_their_branch_is_applied(
         sandbox: Sandbox, executor: ThreadPoolExecutor, tmp_path: Path) -> None:
     assert sandbox.gitops is not None
@@ -142,7 +143,7 @@ async def test_a_key_only_flux_objects_need_is_relabelled_once_their_branch_is_a
         async def submitted() -> Any:
             return await scheduler.tick()
 
-        job = await eventually(submitted, within=60)
+        job = await eventually(submitted, within=30)
         assert (job.kind, job.actor, job.params["fingerprints"]) == (
             "relabel", "scheduler", [victim])
 
