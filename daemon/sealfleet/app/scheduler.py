@@ -12,7 +12,12 @@ Every ``TICK`` seconds, in master mode:
 - else, when a reachable cluster drifts from the master key set (a cluster that came
   back, a key Secret deleted by hand, a controller that renewed on its own), a
   ``key_sync`` job, at most once per ``SYNC_SPACING`` so a cluster that keeps failing
-  does not flood the journal.
+  does not flood the journal.  Drift no sync would change is not synced for: a
+  controller's own renewal setting, and a compromised key the cluster keeps loaded
+  because something it must open is still sealed with it (a sync keeps exactly those:
+  ``cluster_sync``; the reseal and, after a merge, the relabel job deal with them).
+  Without that, a Flux-managed object waiting for its branch to be merged meant a
+  sync that changed nothing every ``SYNC_SPACING``, for as long as the merge took.
 
 Never while another key job is unfinished (nor a relabel while a reseal is: its own
 relabel steps come last): those run one after another anyway, and the next tick sees
@@ -24,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+from collections import defaultdict
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
@@ -32,14 +38,16 @@ import structlog
 from sealfleet.adapters.store import Store
 from sealfleet.adapters.store.records import JobRecord, JsonObject
 from sealfleet.app.config import Settings
-from sealfleet.app.jobs import relabel_job
+from sealfleet.app.jobs import compromised_keys, relabel_job
+from sealfleet.app.jobs.cluster_sync import repo_counts_for
 from sealfleet.domain.jobs import JobKind
 from sealfleet.domain.keys import most_recent_key
+from sealfleet.domain.planning.key_sync import DriftReason
 from sealfleet.errors import FleetError, RefusedError
 
 log = structlog.get_logger(__name__)
 
-_UNFIXABLE = frozenset({"controller_self_renewal"})   # drift reasons no sync can fix
+_UNFIXABLE = frozenset({DriftReason.CONTROLLER_SELF_RENEWAL.value})   # no sync fixes these
 
 TICK = 30.0                                  # seconds between looks
 SYNC_SPACING = dt.timedelta(minutes=5)       # at most one scheduled sync this often
@@ -96,6 +104,8 @@ class Scheduler:
             if relabel is not None:
                 return relabel
         drifting = self._drifting()
+        if drifting:
+            drifting = self._drifting(await self._kept_loaded(settings))
         if drifting and (self._last_sync is None or now - self._last_sync >= SYNC_SPACING):
             self._last_sync = now
             log.info("sync_due", clusters=drifting)
@@ -115,14 +125,37 @@ class Scheduler:
             log.info("relabel_refused", fingerprints=due, reason=str(refused))
             return None
 
-    def _drifting(self) -> list[str]:
+    async def _kept_loaded(self, settings: Settings) -> dict[str, set[str]]:
+        """Per cluster, the compromised keys a sync keeps loaded: an inventoried object
+        of the cluster, or a document of a repository that counts for it, is still
+        sealed with them (read only while something drifts)."""
+        kept: dict[str, set[str]] = defaultdict(set)
+        for use in await compromised_keys.still_sealing(self._store):
+            for cluster, _, _ in use.cluster_objects:
+                kept[cluster].add(use.fingerprint)
+            repos = {repo for repo, _, _ in use.git_documents}
+            for repo in settings.repos:
+                if repo.name in repos:
+                    for cluster_settings in settings.clusters:
+                        if repo_counts_for(repo, cluster_settings.name):
+                            kept[cluster_settings.name].add(use.fingerprint)
+        return kept
+
+    def _drifting(self, kept_loaded: Mapping[str, set[str]] | None = None) -> list[str]:
         """Reachable clusters whose drift a sync can fix: a controller's own renewal
         setting alone is reported, but no sync changes a Deployment's flags (a sync
-        every SYNC_SPACING for it would only fill the journal)."""
+        every SYNC_SPACING for it would only fill the journal); nor does it unload a
+        key of *kept_loaded* (None: not known yet, count them)."""
         report = self._report()
         if report is None:
             return []
+
+        def fixable(cluster: str, reason: Mapping[str, Any]) -> bool:
+            if reason.get("reason") in _UNFIXABLE:
+                return False
+            return kept_loaded is None or reason.get("reason") != DriftReason.EXTRA_ACTIVE_KEY \
+                or reason.get("fingerprint") not in kept_loaded.get(cluster, set())
+
         return sorted(c["name"] for c in report.get("clusters", ())
                       if c.get("drift") and c.get("reachable") and any(
-                          r.get("reason") not in _UNFIXABLE
-                          for r in c.get("drift_reasons") or [{}]))
+                          fixable(c["name"], r) for r in c.get("drift_reasons") or [{}]))

@@ -19,7 +19,7 @@ import structlog
 from sealfleet.adapters.kube import controller, controller_restart, fleet_keys
 from sealfleet.adapters.kube.client import KubeClient
 from sealfleet.adapters.store.records import JobRecord, JsonObject
-from sealfleet.app.config import ClusterSettings
+from sealfleet.app.config import ClusterSettings, RepoSettings
 from sealfleet.app.jobs import key_use
 from sealfleet.app.jobs.context import JobContext
 from sealfleet.app.jobs.executor import StepOutcome
@@ -86,6 +86,13 @@ async def custody_keys(ctx: JobContext, cluster: str,
     return custody
 
 
+def repo_counts_for(repo: RepoSettings, cluster: str) -> bool:
+    """Whether the repository's documents count as the cluster's: it names the cluster
+    in its ``clusters`` or in any rule's (more than the rules may send there, never
+    less)."""
+    return cluster in repo.clusters or any(cluster in rule.clusters for rule in repo.rules)
+
+
 async def _needed(ctx: JobContext, cluster: str) -> tuple[frozenset[str], bool]:
     """Keys the cluster's inventoried SealedSecrets are sealed with, and whether any of
     them opens with no known key (then no key may be unloaded: it might be that one).
@@ -95,7 +102,7 @@ async def _needed(ctx: JobContext, cluster: str) -> tuple[frozenset[str], bool]:
     items = [item for record in await ctx.store.inventory.sealed_secrets_of_cluster(cluster)
              for item in record.items]
     for repo in ctx.settings().repos:
-        if cluster in repo.clusters or any(cluster in rule.clusters for rule in repo.rules):
+        if repo_counts_for(repo, cluster):
             items += [item for document in await ctx.store.git.sealed_secrets_of_repo(repo.name)
                       for item in document.items]
     needed = frozenset(item.fingerprint for item in items if item.fingerprint is not None)
