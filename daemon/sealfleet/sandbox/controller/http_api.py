@@ -187,7 +187,7 @@ class ControllerHttp:
         loop = asyncio.get_running_loop()
         try:
             await loop.run_in_executor(
-                self._executor, unseal_attributed, sealed, self._registry.keys
+                self._executor, unseal_attributed, sealed, self._registry.likeliest_first(None)
             )
         except (DecryptionError, InputError):
             return Reply.text(409, "Conflict\n")
@@ -201,7 +201,11 @@ class ControllerHttp:
                 raise InputError("no key available")
             loop = asyncio.get_running_loop()
             payload = await loop.run_in_executor(
-                self._executor, rotate_document, sealed, self._registry.keys, newest.key
+                self._executor,
+                rotate_document,
+                sealed,
+                self._registry.likeliest_first(None),
+                newest.key,
             )
         except (DecryptionError, InputError) as exc:
             return Reply.text(500, f"Error rotating secret: {exc}\n")

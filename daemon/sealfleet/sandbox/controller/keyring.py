@@ -108,6 +108,17 @@ class KeyRegistry:
     def fingerprints(self) -> frozenset[str]:
         return frozenset(self._keys)
 
+    def likeliest_first(self, hint: str | None) -> list[keys_domain.SealingKey]:
+        """Every key in the order an unseal tries them: *hint* (the key that opened the
+        last SealedSecret) first, then the newest first.  Upstream tries them in Go map
+        order, which is random, so every order is one the real controller may take; this
+        one spares the failing RSA decrypts of trying old keys on freshly sealed items."""
+        ordered = sorted(self._keys.values(), key=lambda r: r.ordering_time, reverse=True)
+        keys = [registered.key for registered in ordered]
+        if hint is not None and hint in self._keys and keys[0].fingerprint != hint:
+            keys.insert(0, keys.pop(next(i for i, k in enumerate(keys) if k.fingerprint == hint)))
+        return keys
+
     @property
     def most_recent(self) -> RegisteredKey | None:
         return self._most_recent

@@ -4,7 +4,9 @@ Store events are *queued* (the ObjectStore listener callback only enqueues a key
 reconciled by a couple of worker tasks per cluster; the RSA work runs on a shared thread
 pool, so twenty controllers unsealing at once never stall the emulated apiservers.
 
-Per SealedSecret: decrypt every item trying every key; build the Secret from
+Per SealedSecret: decrypt every item trying every key (the order is upstream's Go map
+order, i.e. random; here the key that opened the previous item or SealedSecret comes
+first, then the newest: see ``KeyRegistry.likeliest_first``); build the Secret from
 ``spec.template`` (name and namespace forced, owner reference ``controller: true``
 without ``blockOwnerDeletion``); create it, or update one this SealedSecret controls, or
 take over / merge into a pre-existing one annotated ``managed`` / ``patch``; otherwise
@@ -96,24 +98,30 @@ class NotManagedError(Exception):
 
 
 def unseal_attributed(sealed: Mapping[str, Any], keys: Sequence[SealingKey]) -> UnsealResult:
-    """Decrypt every item with any key (synchronous: run it on a thread)."""
+    """Decrypt every item with any key (synchronous: run it on a thread).
+
+    Keys are tried in the order given, except that the key that opened an item is tried
+    first on the next (the items of one SealedSecret are mostly sealed together)."""
     identity = sealing.identity_of(sealed)
     spec = sealed.get("spec") or {}
     encrypted = sealing.encrypted_items(sealed)
-    private_keys = [k.private_key for k in keys]
+    order = list(keys)
     if spec.get("data") or not encrypted:  # legacy v1 blob (or nothing): no attribution
-        return UnsealResult(sealing.unseal(sealed, private_keys), None)
+        return UnsealResult(sealing.unseal(sealed, [k.private_key for k in order]), None)
     values: dict[str, bytes] = {}
     used: set[str] = set()
     failed: list[str] = []
     for item, value in encrypted.items():
         try:
             index, values[item] = hybrid.decrypt_with_index(
-                private_keys, sealing.decode_item(item, value), identity.label
+                [k.private_key for k in order], sealing.decode_item(item, value), identity.label
             )
-            used.add(keys[index].fingerprint)
         except DecryptionError:
             failed.append(item)
+            continue
+        used.add(order[index].fingerprint)
+        if index:
+            order.insert(0, order.pop(index))
     if failed:
         raise DecryptionError("no key could decrypt secret (" + ", ".join(sorted(failed)) + ")")
     return UnsealResult(build_secret(sealed, identity, values), frozenset(used))
@@ -207,6 +215,7 @@ class Unsealer:
         self._processing: set[tuple[str, str]] = set()
         self._dirty: set[tuple[str, str]] = set()
         self._writing_status = False
+        self._last_opener: str | None = None  # the key that opened the last SealedSecret
         self.reconciled = 0  # how many reconciles finished (tests wait on progress)
 
     # ----------------------------------------------------------------- intake
@@ -327,7 +336,10 @@ class Unsealer:
         loop = asyncio.get_running_loop()
         try:
             result = await loop.run_in_executor(
-                self._executor, unseal_attributed, sealed, self._registry.keys
+                self._executor,
+                unseal_attributed,
+                sealed,
+                self._registry.likeliest_first(self._last_opener),
             )
         except (DecryptionError, InputError) as exc:
             self._metrics.unseal_errors.labels(reason="unseal", namespace=namespace).inc()
@@ -353,6 +365,8 @@ class Unsealer:
             return
         if result.fingerprints is not None:
             self._knowledge.remember(uid, generation, result.fingerprints)
+            if len(result.fingerprints) == 1:
+                self._last_opener = next(iter(result.fingerprints))
         self._recorder.record(
             sealed, events.NORMAL, events.REASON_UNSEALED, events.MESSAGE_UNSEALED
         )
