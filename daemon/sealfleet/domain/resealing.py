@@ -159,6 +159,7 @@ def reseal(sealed: Mapping[str, Any], keyring: KeyRing, target: TargetKey, *,
         # is mostly sealed with something else (this saves an RSA decrypt per object).
         order.sort(key=lambda k: k.fingerprint == target.fingerprint)
     label = identity.label
+    public_key: rsa.RSAPublicKey | None = None   # a key's public_key may be built per call
     values: dict[str, str] = {}
     changes: list[ItemChange] = []
     failed: list[str] = []
@@ -189,7 +190,9 @@ def reseal(sealed: Mapping[str, Any], keyring: KeyRing, target: TargetKey, *,
             values[item] = value
             changes.append(ItemChange(item, old_key, old_key, resealed=False))
             continue
-        values[item] = sealed_secrets.seal_value(target.public_key, plaintext, identity)
+        if public_key is None:
+            public_key = target.public_key
+        values[item] = sealed_secrets.seal_value(public_key, plaintext, identity)
         del plaintext
         changes.append(ItemChange(item, old_key, target.fingerprint, resealed=True))
     if failed:

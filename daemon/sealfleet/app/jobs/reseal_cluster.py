@@ -17,8 +17,8 @@ someone else changed it: read it again and decide again (bounded).  Before the w
 the new values are recorded in the attribution cache as sealed with the target (they
 are: we just sealed them), so neither the collect side nor a replay spends RSA on them.
 An object counts as done only once the controller reports ``Synced=True`` for the
-generation written (polled, bounded).  A plaintext exists only inside
-``domain.resealing``, one item at a time.
+generation written (read once, then watched: ``reseal_synced``; bounded).  A plaintext
+exists only inside ``domain.resealing``, one item at a time.
 
 With a per-object journal (:class:`~sealfleet.app.jobs.reseal_journal.ObjectJournal`)
 each object is marked as it goes: ``written`` (with the generation) once the PUT
@@ -46,6 +46,7 @@ from sealfleet.adapters.store.records import JsonObject, JsonValue
 from sealfleet.app.config import ClusterSettings
 from sealfleet.app.jobs.context import JobContext
 from sealfleet.app.jobs.executor import StepOutcome
+from sealfleet.app.jobs.reseal_attributions import AttributionWriter
 from sealfleet.app.jobs.reseal_journal import ObjectJournal
 from sealfleet.app.jobs.reseal_reads import PAUSE_LIMIT as PAUSE_LIMIT
 from sealfleet.app.jobs.reseal_reads import Patience as Patience
@@ -54,20 +55,18 @@ from sealfleet.app.jobs.reseal_reads import list_now as list_now
 from sealfleet.app.jobs.reseal_reads import list_objects as list_objects
 from sealfleet.app.jobs.reseal_reads import object_path as object_path
 from sealfleet.app.jobs.reseal_reads import synced_state as synced_state
+from sealfleet.app.jobs.reseal_synced import SyncWait
 from sealfleet.domain import attribution, hybrid, resealing, sealed_secrets
 from sealfleet.domain.jobs import StepState
 from sealfleet.domain.keys import load_certificate
 from sealfleet.domain.sealed_secrets import ItemsDecryptionError
-from sealfleet.errors import FleetError, PermanentError, TransientError
+from sealfleet.errors import FleetError, PermanentError
 
 log = structlog.get_logger(__name__)
 
 WRITE_CONCURRENCY = 8        # objects read, resealed and written at once per cluster
 MAX_CONFLICTS = 5            # re-reads of one object changed under us before giving up
 SYNC_TIMEOUT = 120.0         # seconds for the controller to report Synced after the writes
-_SYNC_POLL = 0.2            # first pause between Synced polls, growing to _SYNC_POLL_MAX
-_SYNC_POLL_MAX = 2.0
-_SYNC_GETS = 16             # objects left to wait for that are read one by one
 _FAILURES_SHOWN = 50
 _REPLAY_GETS = 64           # a replay reads what is left one by one up to this many
 
@@ -133,6 +132,7 @@ class ClusterResealer:
         self._outcome: dict[str, str] = {}      # ref -> resealed, already_target...
         self._conflicts: dict[str, int] = {}    # ref -> 409s met
         self._patience = Patience(cluster.name)
+        self._attributions = AttributionWriter(ctx.store, lambda: ctx.keystore.epoch)
         self.tally = Tally()
 
     async def _prepare(self, objects: Mapping[str, Mapping[str, Any]]) -> None:
@@ -375,70 +375,21 @@ class ClusterResealer:
                                  + " does not open with the target key")
 
     async def _remember(self, label: bytes, values: Any) -> None:
-        """New values are sealed with the target: so says the attribution cache."""
-        computed = [(attribution.item_hash(v, label), self._target_fp) for v in values]
+        """New values are sealed with the target: so says the attribution cache (once
+        this returns, committed; in group commits with the other objects in flight)."""
+        computed: list[tuple[str, str | None]] = [
+            (attribution.item_hash(v, label), self._target_fp) for v in values]
         for item_hash, fingerprint in computed:
             self._known[item_hash] = fingerprint
-        await self._ctx.store.inventory.put_attributions(
-            computed, known_keys_epoch=self._ctx.keystore.epoch)
+        await self._attributions.put(computed)
 
     # ------------------------------------------------------------ Synced
 
     async def _wait_synced(self, client: KubeClient) -> None:
         """Until the controller reports Synced for every generation written (bounded)."""
-        waiting = dict(self._written)
-        deadline = time.monotonic() + SYNC_TIMEOUT
-        last: dict[str, str] = {}
-        pause = _SYNC_POLL
-        while waiting:
-            listed: dict[str, dict[str, Any]] | None
-            try:
-                listed = await self._read_waiting(client, waiting)
-            except TransientError as error:
-                if time.monotonic() > deadline:
-                    raise
-                log.info("reseal_sync_poll_failed", error=str(error))
-                listed = None    # unknown: nothing is taken as deleted
-            for ref, generation in list(waiting.items()):
-                obj = listed.get(ref) if listed is not None else None
-                if obj is None:
-                    if listed is not None:
-                        waiting.pop(ref)
-                        self._fail(ref, "deleted before the controller synced it")
-                    continue
-                observed, status, message = synced_state(obj)
-                if observed is not None and observed >= generation and status == "True":
-                    waiting.pop(ref)
-                    self._synced(ref)
-                elif observed is not None and observed >= generation and status == "False":
-                    waiting.pop(ref)
-                    self._fail(ref, f"the controller reports Synced=False: {message}")
-                else:
-                    last[ref] = f"observedGeneration {observed}, Synced {status}"
-            if waiting and time.monotonic() > deadline:
-                for ref, generation in waiting.items():
-                    self._fail(ref, f"the controller did not report Synced for generation "
-                                    f"{generation} within {SYNC_TIMEOUT:.0f}s "
-                                    f"({last.get(ref, 'no status')})")
-                return
-            if waiting:
-                await asyncio.sleep(pause)
-                pause = min(pause * 1.5, _SYNC_POLL_MAX)
+        await SyncWait(client, self._written, on_synced=self._synced, on_failed=self._fail,
+                       timeout=SYNC_TIMEOUT).run()
 
     def _fail(self, ref: str, reason: str) -> None:
         self.tally.failures[ref] = reason
         self._mark(ref, "failed", error=reason)
-
-    async def _read_waiting(self, client: KubeClient,
-                            waiting: Mapping[str, int]) -> dict[str, dict[str, Any]]:
-        """The objects still waited for: one GET each when few are left, else a list."""
-        if len(waiting) > _SYNC_GETS:
-            return await list_objects(client)
-        found: dict[str, dict[str, Any]] = {}
-        for ref in waiting:
-            namespace, _, name = ref.partition("/")
-            try:
-                found[ref] = await client.get_json(object_path(namespace, name))
-            except NotFound:
-                continue
-        return found

@@ -46,12 +46,19 @@ def generation_of(obj: Mapping[str, Any]) -> int:
 
 async def list_now(client: KubeClient) -> dict[str, dict[str, Any]]:
     """Every SealedSecret of the cluster by ``namespace/name`` (one paginated list)."""
+    return (await list_now_at(client))[0]
+
+
+async def list_now_at(client: KubeClient) -> tuple[dict[str, dict[str, Any]], str | None]:
+    """:func:`list_now` and the list's resourceVersion (a watch from it misses nothing)."""
     found: dict[str, dict[str, Any]] = {}
+    version: str | None = None
     async for page in client.list_pages(controller.SEALED_SECRETS_PATH):
+        version = version or page.resource_version or None
         for obj in page.items:
             meta = obj.get("metadata") or {}
             found[f"{meta.get('namespace', '')}/{meta.get('name', '')}"] = obj
-    return found
+    return found, version
 
 
 async def list_objects(client: KubeClient) -> dict[str, dict[str, Any]]:
