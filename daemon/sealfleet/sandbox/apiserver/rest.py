@@ -185,6 +185,8 @@ class ResourceHandlers:
             return self.list(request, target)
         if verb == "get":
             entry = self.ctx.store.entry(target.resource, target.namespace, str(target.name))
+            if not tables.wants_table(request.headers.get("Accept", "")):
+                return json_response(entry.raw)  # the stored bytes: nothing to parse
             return self.respond_object(request, target, entry.obj())
         if verb == "create":
             return await self.create(request, target)
@@ -207,14 +209,16 @@ class ResourceHandlers:
         obj: Obj,
         status: int = 200,
         warnings: list[str] | None = None,
+        raw: bytes | None = None,
     ) -> web.Response:
+        """*obj* as the client asked for it (*raw*: its serialized form, when known)."""
         accept = request.headers.get("Accept", "")
         if tables.wants_table(accept):
             include = request.query.get("includeObject", "Metadata")
             body = tables.table(target.resource, [obj], include_object=include)
             response = json_response(body, status, tables.TABLE_CONTENT_TYPE)
         else:
-            response = json_response(obj, status)
+            response = json_response(raw if raw is not None else obj, status)
         for name, value in decoding.warning_headers(warnings or []):
             response.headers.add(name, value)
         return response
@@ -320,15 +324,22 @@ class ResourceHandlers:
         self._read_only(target)
         body = _check_type_meta(target.served, await read_json(request, target.served.rtype.kind))
         warnings = self._check_fields(request, target, body)
-        updated = self.ctx.store.update(
+        store = self.ctx.store
+        dry_run = self._dry_run(request)
+        updated = store.update(
             target.resource,
             target.namespace,
             str(target.name),
             body,
             subresource=target.subresource,
-            dry_run=self._dry_run(request),
+            dry_run=dry_run,
         )
-        return self.respond_object(request, target, updated, warnings=warnings)
+        stored = store.entry(target.resource, target.namespace, str(target.name))
+        if dry_run or str(stored.rv) != updated["metadata"]["resourceVersion"]:
+            stored_raw = None  # not stored, or written again meanwhile by a listener
+        else:
+            stored_raw = stored.raw  # what was just stored: no second serialization
+        return self.respond_object(request, target, updated, warnings=warnings, raw=stored_raw)
 
     async def patch(self, request: web.Request, target: Target) -> web.Response:
         self._read_only(target)

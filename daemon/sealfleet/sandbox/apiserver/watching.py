@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 
 DEFAULT_TIMEOUT_SECONDS = 1800
 INITIAL_EVENTS_END = "k8s.io/initial-events-end"
+_BURST = 256            # queued events written at once at most
 
 
 def _line(event_type: str, raw: bytes) -> bytes:
@@ -42,7 +43,7 @@ class _Writer:
         self.table = tables.wants_table(request.headers.get("Accept", ""))
         self.include = request.query.get("includeObject", "Metadata")
 
-    async def event(self, event_type: str, raw: bytes) -> None:
+    def line(self, event_type: str, raw: bytes) -> bytes:
         if self.table and event_type != "ERROR":
             obj = json.loads(raw)
             if event_type == "BOOKMARK":
@@ -50,7 +51,10 @@ class _Writer:
             else:
                 body = tables.table(self.target.resource, [obj], include_object=self.include)
             raw = dump(body)
-        await self.response.write(_line(event_type, raw))
+        return _line(event_type, raw)
+
+    async def event(self, event_type: str, raw: bytes) -> None:
+        await self.response.write(self.line(event_type, raw))
 
     async def bookmark(self, rv: int, *, initial_end: bool = False) -> None:
         rtype = self.target.served.rtype
@@ -172,11 +176,21 @@ async def serve(ctx: ClusterContext, request: web.Request, target: Target) -> we
                     await writer.bookmark(store.resource_version)
                     next_bookmark = loop.time() + ctx.bookmark_interval
                 continue
-            shown = _as_seen_through(event, selector)
-            if shown is None:
-                continue
-            await writer.event(shown, event.raw)
-            sent += 1
+            # Every event already queued goes out in one write (one chunk, one TLS
+            # record or a few): a burst of writes costs a send per burst, not per event.
+            lines: list[bytes] = []
+            while event is not None:
+                shown = _as_seen_through(event, selector)
+                if shown is not None:
+                    lines.append(writer.line(shown, event.raw))
+                    sent += 1
+                    if cut_after is not None and sent >= cut_after:
+                        break
+                if len(lines) >= _BURST:
+                    break
+                event = stream.get_nowait()
+            if lines:
+                await response.write(b"".join(lines))
             if cut_after is not None and sent >= cut_after:
                 return _cut(request, response)
         if bookmarks:
