@@ -40,15 +40,17 @@ class SyncWait:
 
     def __init__(self, client: KubeClient, waiting: Mapping[str, int], *,
                  on_synced: Callable[[str], None], on_failed: Callable[[str, str], None],
-                 timeout: float) -> None:
+                 timeout: float, gets: int = GETS) -> None:
         self._client = client
         self._waiting = dict(waiting)
         self._on_synced = on_synced
         self._on_failed = on_failed
         self._timeout = timeout
+        self._gets = gets
         self._deadline = time.monotonic() + timeout
         self._last: dict[str, str] = {}     # ref -> what its status said last
-        self.watched = 0                    # watch events looked at (for tests and logs)
+        self.reads = 0                      # lists or rounds of GETs made
+        self.watched = 0                    # watch events of waited objects looked at
 
     async def run(self) -> None:
         """Until every object settled, or the timeout failed those left."""
@@ -103,7 +105,8 @@ class SyncWait:
     async def _read(self) -> tuple[dict[str, dict[str, Any]], str | None]:
         """The objects still waited for: a list (with its resourceVersion) when many
         are left, else one GET each."""
-        if len(self._waiting) > GETS:
+        self.reads += 1
+        if len(self._waiting) > self._gets:
             return await list_now_at(self._client)
         found: dict[str, dict[str, Any]] = {}
         for ref in self._waiting:
