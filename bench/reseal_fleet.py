@@ -17,7 +17,7 @@ pool sized to the CPUs (4096-bit keys, nothing else):
   the job over this;
 - the *system floor*: D + E + D per item.  The sandbox's controllers share these cores,
   and like the real controller they unseal every object written to them, one more
-  private-key operation (D) per item.  Since D is some 25-30 times E, the best any
+  private-key operation (D) per item.  Since D is some 15-20 times E, the best any
   reseal can do here is (D+E)/(2D+E), about 0.5 of the RSA ceiling; the ratio against
   the system floor says how close the whole (daemon + sandbox) comes to what the RSA
   work allows (1.0 = nothing but RSA on these cores).
@@ -25,10 +25,15 @@ pool sized to the CPUs (4096-bit keys, nothing else):
 Also printed: the CPU seconds of the daemon and of the sandbox over each job, and their
 *non-RSA CPU per object*: the daemon's CPU less items x (D+E), the sandbox's less
 items x D (measured CPU of one operation, thread time), over the objects written.
-That is the Python (HTTP, JSON, watches, store, journal) that speeding up can cut.
+That is the Python (HTTP, JSON, watches, store, journal) that speeding up can cut;
+a controller that tries other keys before the one that opens an item shows there too
+(every failed OAEP decrypt costs a whole D).
 
 Usage: ``python bench/reseal_fleet.py [--clusters 4] [--sealed-secrets 150]
-[--rounds 2]``; the issue's figure: ``--clusters 20 --sealed-secrets 1000``.
+[--rounds 2] [--profile DIR]``; the issue's figure: ``--clusters 20 --sealed-secrets
+1000``.  ``--profile`` runs py-spy (``pip install py-spy``) on the daemon and on the
+sandbox over each job, native frames included (RSA shows as OpenSSL's), and keeps the
+collapsed stacks in DIR.
 """
 
 from __future__ import annotations
