@@ -127,6 +127,21 @@ class Floor:
                 self.encrypt_cpu.append(sum(e for _, _, e in parts) / done)
 
 
+class Setup:
+    """Wall and CPU seconds of each step before a job is timed (printed as it ends)."""
+
+    def __init__(self, pid: int) -> None:
+        self._pid = pid
+        self._at = (time.perf_counter(), time.process_time(), proc_cpu(pid))
+
+    def phase(self, name: str) -> None:
+        now = (time.perf_counter(), time.process_time(), proc_cpu(self._pid))
+        wall, cpu, sandbox = (b - a for a, b in zip(self._at, now, strict=True))
+        print(f"  setup: {name}: {wall:6.1f} s wall, CPU daemon {cpu:6.1f} s, sandbox "
+              f"{sandbox:6.1f} s", flush=True)
+        self._at = now
+
+
 @dataclass(frozen=True)
 class Round:
     items: int
@@ -203,8 +218,8 @@ def profiled(directory: Path | None, index: int, pids: dict[str, int]) -> Iterat
         yield
         return
     directory.mkdir(parents=True, exist_ok=True)
-    spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
-    spies = [subprocess.Popen([spy, "record", "--pid", str(pid), "--native", "--rate",
+    binary = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    spies = [subprocess.Popen([binary, "record", "--pid", str(pid), "--native", "--rate",
                                "50", "--format", "raw", "-o",
                                str(directory / f"{name}-{index + 1}.txt")],
                               stdout=subprocess.DEVNULL)
@@ -226,10 +241,14 @@ async def measure(state_dir: Path, pid: int, args: argparse.Namespace,
     rounds: list[Round] = []
     with ThreadPoolExecutor(threads, thread_name_prefix="rsa") as pool:
         floor = Floor(pool, threads)
+        mark = Setup(pid)
         async with daemon(state_dir, pool) as fleet:
+            mark.phase("daemon's first pass (inventory, attribution)")
             for index in range(args.rounds):
                 await fleet.run_job("key_sync" if index == 0 else "renewal", {})
+                mark.phase("key_sync" if index == 0 else "renewal")
                 items = await fleet.wait_planned(objects)
+                mark.phase("until the plan holds every object")
                 await floor.slice(args.slice)
                 with profiled(args.profile, index, {"daemon": os.getpid(), "sandbox": pid}):
                     cpu, sandbox_cpu = time.process_time(), proc_cpu(pid)
@@ -266,7 +285,10 @@ def main() -> None:
                     "--key-bits", str(BITS), "--seed", "1", "--controller-startup-delay", "0"]
     with tempfile.TemporaryDirectory(prefix="sealfleet-bench-reseal-") as tmp:
         state_dir = Path(tmp)
+        started = time.perf_counter()
         with SandboxProcess(state_dir, sandbox_args, timeout=1800) as sandbox:
+            print(f"  setup: sandbox seeded and serving: {time.perf_counter() - started:6.1f} s "
+                  f"wall, CPU sandbox {proc_cpu(sandbox.pid):6.1f} s", flush=True)
             floor, rounds = asyncio.run(measure(state_dir, sandbox.pid, args))
     rates, system = floor.rates, floor.system_rates
     median, system_median = statistics.median(rates), statistics.median(system)
