@@ -25,6 +25,7 @@ from sealfleet.sandbox.controller.flags import (
     parse_go_duration,
 )
 from sealfleet.sandbox.controller.keyring import KeyRegistry, key_secret_selected
+from sealfleet.sandbox.controller.unsealing import unseal_attributed
 
 DAY = dt.timedelta(days=1)
 
@@ -85,6 +86,35 @@ def test_renewal_schedule_is_period_minus_age_of_newest_key(
     stale = KeyRegistry(ControllerFlags(key_renew_period=dt.timedelta(hours=72)))
     stale.register(rsa2048_keys[0], now - 5 * DAY, "old")
     assert stale.first_renewal_delay(now) == dt.timedelta(0)
+
+
+def test_unseal_tries_the_last_opener_then_the_newest_and_opens_mixed_items(
+        rsa2048_keys: list[keys_domain.SealingKey]) -> None:
+    """Upstream tries keys in Go map order (random): any order is faithful.  The
+    emulation's spares failed decrypts; every item still opens, whatever sealed it."""
+    now = dt.datetime.now(dt.UTC)
+    oldest, middle, newest = rsa2048_keys
+    registry = KeyRegistry(ControllerFlags())
+    registry.register(middle, now - 5 * DAY, "middle")
+    registry.register(newest, now - DAY, "newest")
+    registry.register(oldest, now - 9 * DAY, "oldest")
+    fingerprints = [k.fingerprint for k in registry.likeliest_first(None)]
+    assert fingerprints == [newest.fingerprint, middle.fingerprint, oldest.fingerprint]
+    hinted = [k.fingerprint for k in registry.likeliest_first(oldest.fingerprint)]
+    assert hinted == [oldest.fingerprint, newest.fingerprint, middle.fingerprint]
+    assert [k.fingerprint for k in registry.likeliest_first("unknown")] == fingerprints
+    secret = {"apiVersion": "v1", "kind": "Secret",
+              "metadata": {"name": "app", "namespace": "team"},
+              "data": {"a": "YQ==", "b": "Yg==", "c": "Yw=="}}
+    by_old = seal_secret(secret, oldest.public_key)
+    by_new = seal_secret(secret, newest.public_key)
+    mixed = {**by_old, "spec": {**by_old["spec"], "encryptedData": {
+        "a": by_old["spec"]["encryptedData"]["a"], "b": by_new["spec"]["encryptedData"]["b"],
+        "c": by_old["spec"]["encryptedData"]["c"]}}}
+    mixed["metadata"] = {**mixed["metadata"], "uid": "u-1"}
+    result = unseal_attributed(mixed, registry.likeliest_first(middle.fingerprint))
+    assert result.secret["data"] == secret["data"]
+    assert result.fingerprints == {oldest.fingerprint, newest.fingerprint}
 
 
 def test_secret_creation_order_can_override_not_before(
