@@ -175,15 +175,18 @@ async def new_job(ctx: JobContext, job_id: str) -> JobRecord:
     return job
 
 
-def hang_once(tmp_path: Path, subcommand: str, marker: Path) -> str:
+def hang_once(tmp_path: Path, subcommand: str, marker: Path, *, after: int = 0) -> str:
     """A ``git`` on PATH that, the first time sealfleet (its hermetic ``-c`` flags) runs
-    *subcommand* (``push``, ``worktree remove``...), leaves *marker* and hangs until
-    killed: the daemon dying at that point.  Returns the PATH to use."""
+    *subcommand* (``push``, ``worktree remove``...) after *after* such runs, leaves
+    *marker* and hangs until killed: the daemon dying at that point.  Returns the PATH
+    to use."""
     real = subprocess.run(["sh", "-c", "command -v git"], capture_output=True, check=True,
                           text=True).stdout.strip()
     words = subcommand.split()
     shim = tmp_path / "shim" / "git"
     shim.parent.mkdir(exist_ok=True)
+    counter = tmp_path / "shim" / "runs"
+    counter.write_text("")
     second = words[1] if len(words) > 1 else ""
     shim.write_text(f"""#!/bin/sh
 hermetic=0; sub=""; next=""; skip=0
@@ -196,8 +199,11 @@ for arg in "$@"; do
 done
 if [ "$hermetic" = 1 ] && [ "$sub" = "{words[0]}" ] && [ "{second}" = "$next" -o -z "{second}" ] \
    && [ ! -e "{marker}" ]; then
-  : > "{marker}"
-  exec sleep 3600
+  if [ "$(wc -l < "{counter}")" -ge {after} ]; then
+    : > "{marker}"
+    exec sleep 3600
+  fi
+  echo run >> "{counter}"
 fi
 exec "{real}" "$@"
 """)

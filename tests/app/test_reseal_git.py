@@ -182,6 +182,65 @@ async def test_a_replay_after_a_crash_makes_no_second_commit(
     assert verified["verified_items"] == 4
 
 
+async def test_a_crash_mid_step_redoes_only_what_no_checkpoint_holds(
+        tmp_path: Path, repo: Repo, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The daemon dies while the step records its second checkpoint: the first staged
+    batch (apps/api.json) is in a checkpoint and done in the job's journal.  The replay
+    keeps that file as checkpointed (no RSA work for it: it is not resealed twice into
+    another value), reseals the rest, and still makes one commit listing everything."""
+    settings = settings_for(tmp_path, repo)
+    marker = tmp_path / "hung"
+    monkeypatch.setenv("PATH", hang_once(tmp_path, "commit-tree", marker, after=1))
+    entries = [repo.db, repo.crlf, repo.api]
+    refs = ["apps/api.json#0", "apps/crlf.yaml#0", "apps/multi.yaml#1"]
+    async with job_context(settings, [repo.old, repo.new]) as ctx:
+        await ctx.store.jobs.create_job("reseal", {}, ["repo:gitops"], job_id=JOB,
+                                        objects=[("repo:gitops", r) for r in refs])
+        job = await ctx.store.jobs.get_job(JOB)
+        assert job is not None
+        running = asyncio.create_task(GitResealer(ctx).reseal_step(job, "gitops", entries))
+
+        async def hung() -> bool:
+            return marker.exists()
+        await eventually(hung)
+        running.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await running
+        marks = {o.ref: o.state for o in await ctx.store.jobs.step_objects(JOB, "repo:gitops")}
+    assert marks == {"apps/api.json#0": "done", "apps/crlf.yaml#0": "planned",
+                     "apps/multi.yaml#1": "planned"}
+    branch = branch_of(JOB, job.created_at)
+    checkpointed = git("rev-parse", f"refs/sealfleet/checkpoints/{branch}:apps/api.json",
+                       cwd=repo.tree).strip()
+    assert repo.remote_branches() == []
+    async with job_context(settings) as ctx:           # the next start
+        outcome = await GitResealer(ctx).reseal_step(job, "gitops", entries)
+        verified = await GitResealer(ctx).verify(job, "gitops", outcome.detail)
+        marks = {o.ref: o.state for o in await ctx.store.jobs.step_objects(JOB, "repo:gitops")}
+    detail = outcome.detail
+    assert (detail["carried_items"], detail["resealed_items"]) == (1, 3)
+    assert repo.remote_branches() == [branch]
+    assert git("rev-list", "--count", f"main..{branch}", cwd=repo.remote).strip() == "1"
+    assert git("rev-parse", f"{branch}:apps/api.json", cwd=repo.remote).strip() == checkpointed
+    assert detail["files_changed"] == ["apps/api.json", "apps/crlf.yaml", "apps/multi.yaml"]
+    assert sorted((d["path"], d["document"], d["items"]) for d in detail["documents"]) == [
+        ("apps/api.json", 0, ["key"]), ("apps/crlf.yaml", 0, ["token"]),
+        ("apps/multi.yaml", 1, ["password", "user"])]
+    message = git("log", "-1", "--format=%B", branch, cwd=repo.remote)
+    assert "- apps/api.json [0] prod/api: key: " in message
+    assert "Sealfleet-Checkpoint" not in message
+    assert verified["verified_items"] == 4             # the carried file opened by verify
+    assert marks == dict.fromkeys(refs, "done")
+    assert git("for-each-ref", "refs/sealfleet/checkpoints/", cwd=repo.tree) == ""
+    for path in ("apps/api.json", "apps/crlf.yaml", "apps/multi.yaml"):
+        content = repo.show(branch, path)
+        assert _with_old_values(repo, path, content) == repo.files[path], path
+        for doc in documents.parse_documents(content, source=path):
+            if doc.get("kind") == "SealedSecret" and doc["metadata"]["name"] != "blocky":
+                opened = sealed_secrets.decrypt_items(doc, [repo.new.private_key])
+                assert set(opened.values()) <= {PLAINTEXT, b"admin"}
+
+
 async def test_a_later_reseal_adds_to_the_pending_branch_instead_of_a_new_one(
         tmp_path: Path, repo: Repo) -> None:
     settings = settings_for(tmp_path, repo)

@@ -19,6 +19,15 @@ re-run of the job (after a crash, say) finds it, on the remote branch or on the
 private ref ``refs/sealfleet/jobs/<branch>`` it records locally before pushing, and
 makes no second commit.  The commit message names files, objects, items and key
 fingerprints, never a value.
+
+Checkpoints: while a job's files are staged in batches, each staged batch is recorded
+as a *checkpoint* commit under ``refs/sealfleet/checkpoints/<branch>`` (its parent the
+previous checkpoint, the first one's the start commit; a ``Sealfleet-Checkpoint: <id>``
+trailer, never the job trailer, so no listing of jobs or branches ever sees one, and it
+is never pushed).  A re-run of a job that crashed before its commit finds the chain
+(:meth:`RepoWriter.prepare`: only when it still grows from the same start), starts its
+index from the last checkpoint's tree and redoes only the files not in it; the job's
+one commit is still made on the start commit, and the checkpoint ref is deleted then.
 """
 
 from __future__ import annotations
@@ -37,17 +46,26 @@ from pathlib import Path, PurePosixPath
 import structlog
 
 from sealfleet.adapters.git.cli import Git
-from sealfleet.domain.resealing import DocumentChange
+from sealfleet.domain.resealing import DocumentChange, ItemChange
 from sealfleet.errors import InputError
 
 log = structlog.get_logger(__name__)
 
 BRANCH_PREFIX = "sealfleet/reseal-"
 JOB_TRAILER = "Sealfleet-Job"
+CHECKPOINT_TRAILER = "Sealfleet-Checkpoint"
 _PRIVATE = "refs/sealfleet"
 _SHA = re.compile(r"[0-9a-f]{40,64}")
 # No FETCH_HEAD, and no "opportunistic" update of the clone's remote-tracking refs.
 _FETCH_OPTIONS = ("--no-tags", "--no-write-fetch-head", "--refmap=", "--quiet")
+# A push builds a pack of the new blobs: fresh ciphertext never deltifies against
+# anything, so the delta search (most of pack-objects' CPU for thousands of files) is
+# skipped.  Set through the environment: git's -c would precede the subcommand.
+_PUSH_CONFIG = {"GIT_CONFIG_COUNT": "1", "GIT_CONFIG_KEY_0": "pack.window",
+                "GIT_CONFIG_VALUE_0": "0"}
+# "- <path> [<index>] <display>: <items>: <old> -> <new>; ..." (commit_message)
+_MESSAGE_LINE = re.compile(r"^- (?P<path>.+) \[(?P<index>[0-9]+)\] (?P<display>[^ ]+): "
+                           r"(?P<detail>.+)$")
 
 
 @dataclass(frozen=True)
@@ -87,11 +105,13 @@ class FileChange:
     documents: tuple[DocumentChange, ...] = ()
 
 
-def commit_message(job_id: str, changes: Sequence[FileChange]) -> str:
+def commit_message(job_id: str, changes: Sequence[FileChange], *,
+                   trailer: str = JOB_TRAILER) -> str:
     """Subject, one line per resealed object (items, old key -> new key), the trailer."""
     objects = [(change.path, document) for change in changes for document in change.documents]
     new_keys = sorted({c.new_key for _, d in objects for c in d.changes})
-    subject = (f"sealfleet: reseal {len(objects)} SealedSecret(s) in {len(changes)} file(s)"
+    what = "checkpoint" if trailer == CHECKPOINT_TRAILER else "reseal"
+    subject = (f"sealfleet: {what} {len(objects)} SealedSecret(s) in {len(changes)} file(s)"
                + (f" with {new_keys[0]}" if len(new_keys) == 1 else ""))
     lines = [subject, ""]
     for path, document in objects:
@@ -101,7 +121,27 @@ def commit_message(job_id: str, changes: Sequence[FileChange]) -> str:
         detail = "; ".join(f"{', '.join(items)}: {old} -> {new}"
                            for (old, new), items in by_keys.items())
         lines.append(f"- {path} [{document.index}] {document.display}: {detail}")
-    return "\n".join([*lines, "", f"{JOB_TRAILER}: {job_id}", ""])
+    return "\n".join([*lines, "", f"{trailer}: {job_id}", ""])
+
+
+def message_changes(message: str) -> dict[str, list[DocumentChange]]:
+    """What a :func:`commit_message` lists, path -> its documents' changes (the inverse
+    of that function: names and fingerprints only)."""
+    found: dict[str, list[DocumentChange]] = {}
+    for line in message.splitlines():
+        match = _MESSAGE_LINE.match(line)
+        if match is None:
+            continue
+        namespace, _, name = match["display"].rpartition("/")
+        items: list[ItemChange] = []
+        for group in match["detail"].split("; "):
+            names, _, keys = group.rpartition(": ")
+            old, _, new = keys.partition(" -> ")
+            items.extend(ItemChange(item, old, new, resealed=True)
+                         for item in names.split(", "))
+        found.setdefault(match["path"], []).append(
+            DocumentChange(int(match["index"]), namespace, name, tuple(items)))
+    return found
 
 
 @dataclass(frozen=True)
@@ -115,6 +155,10 @@ class Workspace:
     start: str                # commit the worktree is at: the base, or the job's commit
     commit: str | None        # the job's commit, when a previous run already made it
     pushed: bool              # that commit is on the remote branch
+    # Files a crashed run of the job staged and checkpointed (the index starts from the
+    # last checkpoint's tree): repository path -> the documents resealed in it.
+    carried: dict[str, tuple[DocumentChange, ...]] = field(default_factory=dict)
+    checkpoint: str | None = None   # the last checkpoint commit (None: none yet)
 
 
 @dataclass(frozen=True)
@@ -236,15 +280,72 @@ class RepoWriter:
         if onto is not None and commit is None:
             start = await self._onto_tip(remote_ref if listed.stdout.strip() else None,
                                          job_ref, branch)
+        carried: dict[str, tuple[DocumentChange, ...]] = {}
+        checkpoint = None
+        if commit is None:
+            carried, checkpoint = await self._checkpoints(job_id, branch, start)
+        else:
+            await self._drop_checkpoints(branch)
         path = self._worktrees / branch.replace("/", "-")
         self._forget(path)
         await self._remove_worktree(path)
         await asyncio.to_thread(self._worktrees.mkdir, parents=True, exist_ok=True)
         await self._git.run("worktree", "add", "--quiet", "--no-checkout", "--detach",
                             str(path), start, cwd=self._repo)
-        await self._git.run("read-tree", start, cwd=path)  # the index only: no files
-        log.info("git_worktree_added", branch=branch, base=base, resumed=commit is not None)
-        return Workspace(path, branch, base, start, commit, pushed)
+        # The index only (no files): the start commit's tree, or the last checkpoint's.
+        await self._git.run("read-tree", checkpoint or start, cwd=path)
+        log.info("git_worktree_added", branch=branch, base=base, resumed=commit is not None,
+                 carried_files=len(carried))
+        return Workspace(path, branch, base, start, commit, pushed, carried, checkpoint)
+
+    async def _checkpoints(self, job_id: str, branch: str, start: str,
+                           ) -> tuple[dict[str, tuple[DocumentChange, ...]], str | None]:
+        """The checkpoints of a crashed run of *job_id* on *start* (see the module
+        docstring): what they carry, and the last one.  A chain that does not grow from
+        *start* (the base moved since), or holds a commit of something else, is dropped:
+        the job then starts over from *start*."""
+        ref = f"{_PRIVATE}/checkpoints/{branch}"
+        tip = await self._rev(ref)
+        if tip is None:
+            return {}, None
+        if await self.is_ancestor(start, tip):
+            listed = await self._git.run(
+                "log", "--first-parent", "--format=%(trailers:key=" + CHECKPOINT_TRAILER
+                + ",valueonly,separator=%x20)%x00%B%x00", f"{start}..{tip}", cwd=self._repo)
+            fields = listed.stdout.decode("utf-8", "surrogateescape").split("\0")
+            pairs = list(zip(fields[0::2], fields[1::2], strict=False))
+            if pairs and all(jobs.strip() == job_id for jobs, _ in pairs):
+                carried: dict[str, list[DocumentChange]] = {}
+                for _, message in reversed(pairs):        # oldest first
+                    for path, documents in message_changes(message).items():
+                        carried[path] = documents     # a file is checkpointed once
+                return {p: tuple(d) for p, d in carried.items()}, tip
+        log.info("git_checkpoints_dropped", branch=branch, tip=tip, start=start)
+        await self._drop_checkpoints(branch)
+        return {}, None
+
+    async def _drop_checkpoints(self, branch: str) -> None:
+        await self._git.run("update-ref", "-d", f"{_PRIVATE}/checkpoints/{branch}",
+                            cwd=self._repo)
+
+    async def checkpoint(self, workspace: Workspace, job_id: str, parent: str,
+                         changes: Sequence[FileChange]) -> str:
+        """Record what is staged as a checkpoint commit on *parent* (the previous
+        checkpoint, or the start commit) listing *changes* (the files staged since
+        that one); returns the checkpoint's id.  The ref moves only once the commit
+        exists, so a crash leaves the chain at its previous checkpoint."""
+        async with self._stage_lock:      # write-tree takes the index lock too
+            tree = await self._git.run("write-tree", cwd=workspace.path)
+        made = await self._git.run(
+            "commit-tree", tree.stdout.decode().strip(), "-p", parent, "-F", "-",
+            cwd=self._repo, env=self._author.environment(),
+            stdin=commit_message(job_id, changes, trailer=CHECKPOINT_TRAILER).encode())
+        sha = made.stdout.decode().strip()
+        if not _SHA.fullmatch(sha):
+            raise InputError(f"{workspace.branch}: the checkpoint did not land")
+        await self._git.run("update-ref", f"{_PRIVATE}/checkpoints/{workspace.branch}", sha,
+                            cwd=self._repo)
+        return sha
 
     async def _tracked(self, workspace: Workspace) -> dict[str, int]:
         """The regular files of the start commit, path -> file mode (read once)."""
@@ -334,18 +435,19 @@ class RepoWriter:
                     listed[name] = sha
         return {path: listed.get(path) for path in wanted}
 
-    async def stage(self, workspace: Workspace) -> None:
+    async def stage(self, workspace: Workspace) -> list[str]:
         """Stage the files written so far (call it while writing goes on: it hashes only
-        what was written since the last call)."""
+        what was written since the last call); returns the paths it staged."""
         async with self._stage_lock:  # one update-index at a time (the index lock)
-            await self._stage(workspace)
+            return await self._stage(workspace)
 
-    async def _stage(self, workspace: Workspace) -> None:
-        pending = self._unstaged.pop(workspace.path, set())
+    async def _stage(self, workspace: Workspace) -> list[str]:
+        pending = sorted(self._unstaged.pop(workspace.path, set()))
         if pending:
             await self._git.run("update-index", "-z", "--stdin", cwd=workspace.path,
                                 stdin=b"".join(p.encode("utf-8", "surrogateescape") + b"\0"
-                                               for p in sorted(pending)))
+                                               for p in pending))
+        return pending
 
     async def _remove_worktree(self, path: Path) -> None:
         if await asyncio.to_thread(path.exists):
@@ -391,6 +493,7 @@ class RepoWriter:
             raise InputError(f"{workspace.branch}: the commit did not land")
         await self._git.run("update-ref", f"{_PRIVATE}/jobs/{workspace.branch}", sha,
                             cwd=self._repo)
+        await self._drop_checkpoints(workspace.branch)   # the job commit carries it all
         log.info("git_reseal_committed", branch=workspace.branch, commit=sha,
                  files=len(changes))
         return sha
@@ -407,7 +510,8 @@ class RepoWriter:
         if named.returncode == 0 and named.stdout.strip():
             remote = named.stdout.decode().strip()
         await self._git.run("push", "--quiet", remote,
-                            f"{commit}:refs/heads/{workspace.branch}", cwd=self._repo)
+                            f"{commit}:refs/heads/{workspace.branch}", cwd=self._repo,
+                            env=_PUSH_CONFIG)
         log.info("git_reseal_pushed", branch=workspace.branch, commit=commit)
 
     async def branch_tip(self, branch: str, *, on_remote: bool) -> str | None:

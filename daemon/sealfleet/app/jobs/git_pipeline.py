@@ -1,17 +1,19 @@
 """The plumbing of a Git reseal step: RSA work on threads with results in order, the
-changed files written and staged while it goes on, and the seconds each phase took."""
+changed files written, staged and checkpointed while it goes on, and the seconds each
+phase took."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncGenerator, Callable, Iterator, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
 from sealfleet.adapters.git import writing
 from sealfleet.domain import resealing
+from sealfleet.domain.planning.resealing import PlannedReseal
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -37,19 +39,59 @@ class Clock:
             self.seconds[phase] = self.seconds.get(phase, 0.0) + time.perf_counter() - start
 
 
+Durable = Callable[[Sequence[writing.FileChange]], Awaitable[None]]
+DurableEntries = Callable[[Sequence[PlannedReseal]], Awaitable[None]]
+
+
+def entries_of(change: writing.FileChange, entries: Sequence[PlannedReseal],
+               ) -> list[PlannedReseal]:
+    """The planned documents (of *change*'s file) that *change* reseals."""
+    found = []
+    for document in change.documents:
+        found += [e for e in entries if e.document == document.index or (
+            e.document is None and (e.namespace, e.name) == (document.namespace,
+                                                              document.name))]
+    return found
+
+
+def merged(first: Sequence[writing.FileChange], then: Sequence[writing.FileChange],
+           ) -> list[writing.FileChange]:
+    """*first* and *then* as one list per path, in path order (a file carried from a
+    checkpoint and resealed further in this run is one change)."""
+    by_path: dict[str, writing.FileChange] = {}
+    for change in [*first, *then]:
+        known = by_path.get(change.path)
+        by_path[change.path] = change if known is None else writing.FileChange(
+            change.path, change.content, (*known.documents, *change.documents))
+    return [by_path[path] for path in sorted(by_path)]
+
+
+def write_batch(files: int) -> int:
+    """Files per write batch for a step of *files* files: :data:`_WRITE_BATCH` for a
+    large step, fewer for a small one (at least a few checkpoints per step)."""
+    return max(1, min(_WRITE_BATCH, files // 8))
+
+
 class Writes:
     """Changed files written into the worktree and staged in batches while the RSA
-    threads go on (one ``update-index`` at a time, in the background)."""
+    threads go on (one ``update-index`` at a time, in the background); each staged
+    batch is then recorded as a checkpoint (:meth:`writing.RepoWriter.checkpoint`) and
+    handed to *durable* (the step marks its documents done in the job's journal): a
+    replay after a crash redoes only what no checkpoint holds."""
 
     def __init__(self, writer: writing.RepoWriter, workspace: writing.Workspace,
-                 clock: Clock) -> None:
+                 clock: Clock, *, job_id: str, batch: int, durable: Durable) -> None:
         self._writer, self._workspace, self._clock = writer, workspace, clock
+        self._job_id, self._size, self._durable = job_id, batch, durable
         self._batch: list[writing.FileChange] = []
+        self._written: dict[str, writing.FileChange] = {}   # written, not checkpointed
+        self._parent = workspace.checkpoint or workspace.start
         self._staging: asyncio.Task[None] | None = None
+        self.checkpoints = 0
 
     async def add(self, change: writing.FileChange) -> None:
         self._batch.append(change)
-        if len(self._batch) >= _WRITE_BATCH:
+        if len(self._batch) >= self._size:
             await self._flush()
 
     async def _flush(self) -> None:
@@ -57,22 +99,36 @@ class Writes:
         if batch:
             with self._clock("write"):
                 await self._writer.write_files(self._workspace, batch)
+            self._written.update((change.path, change) for change in batch)
         if self._staging is not None and not self._staging.done():
             return            # staging the previous batch: this one goes with the next
         if self._staging is not None:
             await self._staging               # its error, if any
-        self._staging = asyncio.create_task(self._stage(), name="reseal-git:stage")
+        if self._written:
+            self._staging = asyncio.create_task(self._stage(), name="reseal-git:stage")
 
     async def _stage(self) -> None:
         with self._clock("stage"):
-            await self._writer.stage(self._workspace)
+            staged = await self._writer.stage(self._workspace)
+        changes = [self._written.pop(path) for path in staged if path in self._written]
+        if not changes:
+            return
+        with self._clock("checkpoint"):
+            self._parent = await self._writer.checkpoint(self._workspace, self._job_id,
+                                                         self._parent, changes)
+            self.checkpoints += 1
+            await self._durable(changes)
 
     async def finish(self) -> None:
-        """Write what is left and wait for the staging under way (the commit stages
-        whatever was written after it started)."""
+        """Write what is left and wait for the staging under way, then stage and
+        checkpoint what is left (the commit holds the same; a checkpoint of everything
+        makes a crash before the commit redo no RSA work)."""
         await self._flush()
         if self._staging is not None:
             await self._staging
+            self._staging = None
+        if self._written:
+            await self._stage()
 
     async def close(self) -> None:
         if self._staging is not None and not self._staging.done():

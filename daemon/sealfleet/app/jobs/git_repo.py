@@ -11,6 +11,7 @@ repository (the writer's paths carry the prefix).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import datetime as dt
 import re
@@ -27,8 +28,8 @@ from sealfleet.app.jobs import git_files, git_pipeline
 from sealfleet.app.jobs.context import JobContext
 from sealfleet.domain.keys import SealingKey, load_certificate
 from sealfleet.domain.planning.resealing import PlannedReseal
-from sealfleet.domain.resealing import KeyRing, TargetKey
-from sealfleet.errors import InputError, PermanentError
+from sealfleet.domain.resealing import DocumentChange, KeyRing, TargetKey
+from sealfleet.errors import FleetError, InputError, PermanentError
 
 # "- <path> [<index>] <namespace/name>: <items>: <old> -> <new>; ..." (writing.commit_message)
 _MESSAGE_LINE = re.compile(r"^- (?P<path>.+) \[(?P<index>[0-9]+)\] (?P<display>[^ ]+): "
@@ -93,6 +94,9 @@ class StepDetail:
     pending: list[tuple[PlannedReseal, Branch]] = field(default_factory=list)
     verified_items: int = 0
     unverified_items: int = 0
+    resealed_items: int = 0      # resealed by this run (RSA decrypt, encrypt, check)
+    carried_items: int = 0       # kept from the checkpoints of a crashed run of the job
+    checkpoints: int = 0         # checkpoints this run recorded
     # tree path -> blob id of the content the step checked, for files whose every new
     # value it opened with the target key: verify compares the branch with these.
     checked_blobs: dict[str, str] = field(default_factory=dict)
@@ -114,6 +118,8 @@ class StepDetail:
             "documents_resealed": len(self.documents),
             "items": sum(len(d.items) for d in self.documents),
             "verified_items": self.verified_items, "unverified_items": self.unverified_items,
+            "resealed_items": self.resealed_items, "carried_items": self.carried_items,
+            "checkpoints": self.checkpoints,
             "documents": documents, "problems": list(self.problems),
             "skipped": list(self.skipped), "pending": pending,
             "checked_blobs": dict(self.checked_blobs),
@@ -237,7 +243,10 @@ class RepoRun:
     # ------------------------------------------------------------ the step
 
     async def reseal(self, job_id: str, day: dt.date, planned: Sequence[PlannedReseal],
-                     keys: RepoKeys) -> StepDetail:
+                     keys: RepoKeys, durable: git_pipeline.DurableEntries | None = None,
+                     ) -> StepDetail:
+        """The step; *durable* is told, batch by batch, the planned documents that a
+        checkpoint holds (resealed, checked and recorded in the repository)."""
         clock = git_pipeline.Clock()
         with clock("branches"):
             pending, unpushed = await self.branches()
@@ -261,6 +270,7 @@ class RepoRun:
         with clock("prepare"):
             workspace = await self.writer.prepare(job_id, day,
                                                   onto=onto.name if onto is not None else None)
+        removed = False
         try:
             detail.branch, detail.base = workspace.branch, workspace.base
             own = writing.branch_name(job_id, day)
@@ -270,30 +280,72 @@ class RepoRun:
                 detail.commit = workspace.commit
                 detail.files_changed, detail.documents = await self._summary(workspace.commit)
             else:
-                await self._reseal_files(workspace, job_id, todo, keys, detail, clock)
+                await self._reseal_files(workspace, job_id, todo, keys, detail, clock,
+                                         durable)
             detail.pushed = workspace.pushed
             if detail.commit is not None and self._pushes and not workspace.pushed:
-                with clock("push"):
-                    await self.writer.push(workspace, detail.commit)
-                detail.pushed = True
+                await self._push_and_remove(workspace, detail.commit, clock)
+                removed = detail.pushed = True
         finally:
-            with clock("cleanup"):
-                await self.writer.cleanup(workspace)
+            if not removed:
+                with clock("cleanup"):
+                    await self.writer.cleanup(workspace)
         done = {(d.path, d.document) for d in detail.documents}
         detail.pending = [(e, b) for ref, b in covered.items()
                           for e in planned if e.ref == ref and (e.path, e.document) not in done]
         return detail
 
+    async def _push_and_remove(self, workspace: writing.Workspace, commit: str,
+                               clock: git_pipeline.Clock) -> None:
+        """Push *commit* while the worktree is removed (the push reads only the object
+        store): the step's tail is the longer of the two, not their sum."""
+        async def remove() -> None:
+            with clock("cleanup"):
+                await self.writer.cleanup(workspace)
+        removal = asyncio.create_task(remove(), name="reseal-git:cleanup")
+        try:
+            with clock("push"):
+                await self.writer.push(workspace, commit)
+            await removal
+        except BaseException:
+            removal.cancel()
+            with contextlib.suppress(asyncio.CancelledError, FleetError):
+                await removal
+            raise
+
     async def _reseal_files(self, workspace: writing.Workspace, job_id: str,
                             todo: Sequence[PlannedReseal], keys: RepoKeys,
-                            detail: StepDetail, clock: git_pipeline.Clock) -> None:
+                            detail: StepDetail, clock: git_pipeline.Clock,
+                            durable: git_pipeline.DurableEntries | None) -> None:
         by_path: dict[str, list[PlannedReseal]] = {}
         for entry in todo:
             by_path.setdefault(entry.path or "", []).append(entry)
         paths = sorted(by_path)
+        # Files a crashed run checkpointed: their resealed documents are kept as they
+        # are (no RSA again); only their other planned documents are looked at, in the
+        # checkpointed content.
+        carried = {self._in_tree(p): docs for p, docs in workspace.carried.items()}
+        carried_changes = [writing.FileChange(self._in_repo(p), b"", docs)
+                           for p, docs in sorted(carried.items())]
+        for change in carried_changes:
+            documents = git_pipeline.entries_of(change, by_path.get(self._in_tree(change.path), []))
+            by_path[self._in_tree(change.path)] = [
+                e for e in by_path.get(self._in_tree(change.path), []) if e not in documents]
+            detail.carried_items += sum(len(d.changes) for d in change.documents)
+            detail.documents.extend(
+                git_files.ResealedDocument(self._in_tree(change.path), d.index, d.namespace,
+                                           d.name, _target_of(d),
+                                           tuple(c.item for c in d.changes))
+                for d in change.documents)
+            if durable is not None and documents:
+                await durable(documents)
+        paths = sorted(p for p in by_path if by_path[p])
         with clock("read"):
-            contents = await self.writer.read_files(workspace,
-                                                    [self._in_repo(p) for p in paths])
+            contents = await self.writer.read_files(
+                workspace, [self._in_repo(p) for p in paths if p not in carried])
+            if workspace.checkpoint is not None and any(p in carried for p in paths):
+                contents.update(await self.writer.read_files_at(
+                    workspace.checkpoint, [self._in_repo(p) for p in paths if p in carried]))
 
         def one(path: str) -> git_files.FileResult:
             return git_files.reseal_one_file(path, contents.pop(self._in_repo(path)),
@@ -301,7 +353,14 @@ class RepoRun:
                                              keys.held)
         changes: list[writing.FileChange] = []
         checked: dict[str, bytes] = {}
-        writes = git_pipeline.Writes(self.writer, workspace, clock)
+
+        async def written(batch: Sequence[writing.FileChange]) -> None:
+            if durable is not None:
+                await durable([e for change in batch for e in git_pipeline.entries_of(
+                    change, by_path.get(self._in_tree(change.path), []))])
+        writes = git_pipeline.Writes(self.writer, workspace, clock, job_id=job_id,
+                                     batch=git_pipeline.write_batch(len(paths)),
+                                     durable=written)
         try:
             with clock("reseal"):   # the RSA threads; writes and stages overlap it
                 async with contextlib.aclosing(git_pipeline.iter_on_threads(
@@ -320,10 +379,13 @@ class RepoRun:
                         if result.unverified_items == 0:
                             checked[result.path] = result.content
                         detail.documents.extend(_resealed(result))
+                        detail.resealed_items += sum(len(d.items) for d in _resealed(result))
             with clock("write_stage_tail"):   # what is left once the last file is resealed
                 await writes.finish()
         finally:
             await writes.close()
+        detail.checkpoints = writes.checkpoints
+        changes = git_pipeline.merged(carried_changes, changes)
         if not changes:
             return
         with clock("commit"):
@@ -395,6 +457,11 @@ class RepoRun:
                                             document, keys.held.get(document.target_key))
         return await git_pipeline.on_threads(list(documents),
                                              lambda chunk: [check(d) for d in chunk])
+
+
+def _target_of(document: DocumentChange) -> str:
+    keys = {c.new_key for c in document.changes}
+    return keys.pop() if len(keys) == 1 else ""
 
 
 def _resealed(result: git_files.FileResult) -> Iterator[git_files.ResealedDocument]:

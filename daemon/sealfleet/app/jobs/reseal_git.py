@@ -73,6 +73,7 @@ from typing import ClassVar
 import structlog
 
 from sealfleet.adapters.git import cli
+from sealfleet.adapters.store.job_objects import JobObject
 from sealfleet.adapters.store.records import JobRecord, JsonObject, JsonValue
 from sealfleet.app.config import RepoSettings
 from sealfleet.app.jobs import git_files
@@ -80,6 +81,7 @@ from sealfleet.app.jobs.context import JobContext
 from sealfleet.app.jobs.executor import StepOutcome
 from sealfleet.app.jobs.git_pipeline import Clock
 from sealfleet.app.jobs.git_repo import RepoKeys, RepoRun, branch_ahead
+from sealfleet.app.jobs.reseal_journal import document_ref
 from sealfleet.domain.jobs import StepState
 from sealfleet.domain.planning.resealing import PlannedReseal, Source
 from sealfleet.errors import PermanentError
@@ -128,10 +130,18 @@ class GitResealer:
         planned = [e for e in entries
                    if e.source is Source.GIT and e.repo == repo and e.path is not None]
         day = job.created_at.astimezone(dt.UTC).date()
+        step = f"repo:{repo}"
+
+        async def durable(entries: Sequence[PlannedReseal]) -> None:
+            # Checkpointed: a replay keeps these, so the journal counts them done now.
+            if entries:
+                await self._ctx.store.jobs.update_objects(job.id, [
+                    JobObject(step, document_ref(e.path, e.document), "done",
+                              outcome="resealed") for e in entries])
         async with self._lock(repo), cli.Git(credentials=credentials_of(settings)) as git:
             run = await self._run(git, settings)
             keys = await RepoKeys.load(self._ctx, planned)
-            detail = await run.reseal(job.id, day, planned, keys)
+            detail = await run.reseal(job.id, day, planned, keys, durable)
             with Clock(detail.seconds)("record"):
                 await run.record_pending(self._ctx.store, job.id, detail, keys)
         state = StepState.DONE if detail.commit is not None else StepState.SKIPPED
