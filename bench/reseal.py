@@ -21,7 +21,8 @@ GIL).
    the median and the spread are printed, and the figure is given against the raw
    ceiling and against the ceiling with the check the issue mandates (every new value
    opened with the target's private key: one more RSA decrypt per item).  The step's
-   phases come from its detail (``seconds``).  Target >= 0.8.
+   phases come from its detail (``seconds``).  Target >= 0.8 of the ceiling with the
+   check, wall clock (the ratio to the raw ceiling is printed too).
 """
 
 from __future__ import annotations
@@ -345,23 +346,25 @@ def bench_git(old: keys.SealingKey, new: keys.SealingKey, pool: ThreadPoolExecut
     total = step + verify
     print(f"\ngit: {files} files, {items} items; GitResealer.reseal_step + verify, "
           "bare remote on local disk, push = true")
-    print(f"  load average         {load[0]:.2f} before, {os.getloadavg()[0]:.2f} after")
-    print(f"  raw reseal ceiling   {_spread(ceilings.raw)}   (decrypt + encrypt)")
-    print(f"  ceiling with check   {_spread(ceilings.checked)}   (+ a decrypt of the new "
-          "value)")
+    print(f"  load average         {load[0]:.2f} before, {os.getloadavg()[0]:.2f} after "
+          f"(1-minute; the machine's {os.cpu_count()} cores are shared)")
+    print(f"  raw ceiling          {_spread(ceilings.raw)}   (decrypt + encrypt per item)")
+    print(f"  ceiling with check   {_spread(ceilings.checked)}   (decrypt + encrypt + the "
+          "mandated check: a decrypt of the new value)")
     for name, seconds in (("reseal_step", step), ("reseal_step+verify", total)):
         rate = items / seconds
-        ratio = rate / raw
-        print(f"  {name:<20} {rate:8.1f} items/s  ({seconds:6.1f}s)   ratio {ratio:4.2f}"
-              f" (with check {rate / checked:4.2f})   "
-              f"{'ok' if ratio >= 0.8 else 'BELOW TARGET'} (target >= 0.8)")
+        ratio = rate / checked
+        print(f"  {name:<20} {rate:8.1f} items/s  ({seconds:6.1f}s wall)")
+        print(f"    ratio to the raw ceiling         {rate / raw:4.2f}")
+        print(f"    ratio to the ceiling with check  {ratio:4.2f}   "
+              f"{'ok' if ratio >= 0.8 else 'BELOW TARGET'} (target >= 0.8, wall clock)")
     # Per CPU-second: what the other engineers' load does not skew (the wall-clock
     # ratios compare slices that ran at other moments than the step).
     raw_cpu, checked_cpu = (statistics.median(ceilings.raw_cpu),
                             statistics.median(ceilings.checked_cpu))
     print(f"  per CPU-second       step+verify {items / cpu:.1f} items (git's CPU included),"
-          f" ceiling {raw_cpu:.1f}, with check {checked_cpu:.1f}: ratio "
-          f"{items / cpu / raw_cpu:4.2f} (with check {items / cpu / checked_cpu:4.2f}); "
+          f" ceiling {raw_cpu:.1f}, with check {checked_cpu:.1f}: ratio raw "
+          f"{items / cpu / raw_cpu:4.2f}, with check {items / cpu / checked_cpu:4.2f}; "
           f"CPU {cpu:.1f}s, git's {git_cpu:.1f}s of it")
     print(f"  step phases: {_phases(detail)}")
     print(f"  verify: {verify:.2f}s, {_phases(verified)}; "

@@ -21,6 +21,10 @@ _FILES_PER_TASK = 8
 # Changed files are written and staged in batches of this many while the RSA work goes
 # on: git's hashing and the file I/O overlap the crypto instead of following it.
 _WRITE_BATCH = 200
+# A checkpoint (write-tree, commit-tree, update-ref and a journal transaction) after a
+# staged batch at most this often, and one at the end: a crash loses at most this many
+# seconds of RSA work, and thousands of files make a handful of checkpoints.
+CHECKPOINT_SECONDS = 5.0
 
 
 class Clock:
@@ -84,8 +88,10 @@ class Writes:
         self._writer, self._workspace, self._clock = writer, workspace, clock
         self._job_id, self._size, self._durable = job_id, batch, durable
         self._batch: list[writing.FileChange] = []
-        self._written: dict[str, writing.FileChange] = {}   # written, not checkpointed
+        self._written: dict[str, writing.FileChange] = {}   # written, not staged
+        self._staged: list[writing.FileChange] = []          # staged, not checkpointed
         self._parent = workspace.checkpoint or workspace.start
+        self._last: float | None = None        # when the last checkpoint was recorded
         self._staging: asyncio.Task[None] | None = None
         self.checkpoints = 0
 
@@ -107,15 +113,18 @@ class Writes:
         if self._written:
             self._staging = asyncio.create_task(self._stage(), name="reseal-git:stage")
 
-    async def _stage(self) -> None:
+    async def _stage(self, *, last: bool = False) -> None:
         with self._clock("stage"):
             staged = await self._writer.stage(self._workspace)
-        changes = [self._written.pop(path) for path in staged if path in self._written]
-        if not changes:
+        self._staged += [self._written.pop(path) for path in staged if path in self._written]
+        if not self._staged or not (last or self._last is None
+                                    or time.monotonic() - self._last >= CHECKPOINT_SECONDS):
             return
+        changes, self._staged = self._staged, []
         with self._clock("checkpoint"):
             self._parent = await self._writer.checkpoint(self._workspace, self._job_id,
                                                          self._parent, changes)
+            self._last = time.monotonic()
             self.checkpoints += 1
             await self._durable(changes)
 
@@ -127,8 +136,7 @@ class Writes:
         if self._staging is not None:
             await self._staging
             self._staging = None
-        if self._written:
-            await self._stage()
+        await self._stage(last=True)
 
     async def close(self) -> None:
         if self._staging is not None and not self._staging.done():
