@@ -215,6 +215,79 @@ async def test_the_commit_holds_exactly_the_files_written(fleet: Fleet, git_cli:
     await writer.cleanup(workspace)
 
 
+async def test_files_staged_from_memory_are_committed_byte_for_byte(
+        fleet: Fleet, git_cli: cli.Git, tmp_path: Path) -> None:
+    """store_files writes no file into the worktree: the blobs go straight into the
+    object store and the index, exactly as given (CRLF kept, no filter), modes kept."""
+    (fleet.clone / ".gitattributes").write_text("* text=auto eol=lf\n")   # never applied
+    script = fleet.clone / "run.sh"
+    script.write_text("#!/bin/sh\n")
+    script.chmod(0o755)
+    git("add", ".gitattributes", "run.sh", cwd=fleet.clone)
+    git("commit", "-qm", "attributes and a script", cwd=fleet.clone)
+    git("push", "-q", "origin", "main", cwd=fleet.clone)
+    writer = _writer(git_cli, fleet.cache, tmp_path)
+    workspace = await writer.prepare(JOB, DAY)
+    crlf = b"a: 1\r\nb: 2\r\n"
+    changes = [writing.FileChange("apps/crlf.yaml", crlf),
+               writing.FileChange("run.sh", b"#!/bin/sh\necho resealed\n")]
+    assert await writer.store_files(workspace, changes) == ["apps/crlf.yaml", "run.sh"]
+    assert not (workspace.path / "apps").exists()
+    assert not (workspace.path / "run.sh").exists()
+    for path in ("../outside.yaml", ".git/config", "apps/link.yaml", "apps/missing.yaml"):
+        with pytest.raises(InputError):
+            await writer.store_files(workspace, [writing.FileChange(path, b"y: 2\n")])
+    sha = await writer.commit(workspace, JOB, changes)
+    assert sha is not None
+    await writer.cleanup(workspace)
+    assert git_bytes("show", f"{sha}:apps/crlf.yaml", cwd=fleet.cache) == crlf
+    assert git("ls-tree", sha, "run.sh", cwd=fleet.cache).split()[0] == "100755"
+    assert git("diff-tree", "--no-commit-id", "--name-only", "-r", sha,
+               cwd=fleet.cache).split() == ["apps/crlf.yaml", "run.sh"]
+
+
+async def test_a_rerun_starts_from_the_checkpoints_of_the_same_start(
+        fleet: Fleet, git_cli: cli.Git, tmp_path: Path) -> None:
+    writer = _writer(git_cli, fleet.cache, tmp_path)
+    workspace = await writer.prepare(JOB, DAY)
+    item = resealing.ItemChange("password", "SHA256:old", "SHA256:new", resealed=True)
+    first = writing.FileChange("apps/config.yaml", b"kind: ConfigMap\n",
+                               (resealing.DocumentChange(0, "prod", "c", (item,)),))
+    second = writing.FileChange("README.md", b"# resealed\n",
+                                (resealing.DocumentChange(2, "", "r", (item,)),))
+    await writer.store_files(workspace, [first])
+    one = await writer.checkpoint(workspace, JOB, workspace.start, [first])
+    await writer.store_files(workspace, [second])
+    two = await writer.checkpoint(workspace, JOB, one, [second])
+    # The run dies here.  The next one finds both checkpoints and starts from them.
+    again = await writer.prepare(JOB, DAY)
+    assert again.checkpoint == two
+    assert again.carried == {"apps/config.yaml": first.documents,
+                             "README.md": second.documents}
+    assert git("diff", "--cached", "--name-only", cwd=again.path).split() == [
+        "README.md", "apps/config.yaml"]
+    assert "Sealfleet-Job" not in git("log", "--format=%B", f"main..{two}", cwd=fleet.cache)
+    assert await writer.pending_branches() == []          # never listed as a branch
+    # The job's one commit is on the start commit, and the checkpoints are dropped.
+    sha = await writer.commit(again, JOB, [first, second])
+    assert sha is not None
+    assert git("rev-parse", f"{sha}^", cwd=fleet.cache).strip() == again.start
+    assert git("for-each-ref", "refs/sealfleet/checkpoints/", cwd=fleet.cache) == ""
+    await writer.cleanup(again)
+    # Checkpoints of another start (the base moved since) are not used.
+    stale = await writer.prepare("aaaabbbbccccdddd", DAY)
+    await writer.store_files(stale, [first])
+    await writer.checkpoint(stale, "aaaabbbbccccdddd", fleet_head(fleet), [first])
+    rerun = await writer.prepare("aaaabbbbccccdddd", DAY)
+    assert (rerun.checkpoint, rerun.carried) == (None, {})
+    await writer.cleanup(rerun)
+
+
+def fleet_head(fleet: Fleet) -> str:
+    """A commit that is not the base: the checkpoint chain then grows from elsewhere."""
+    return git("commit-tree", "-m", "elsewhere", "main^{tree}", cwd=fleet.cache).strip()
+
+
 async def test_nothing_stale_means_no_commit_and_no_branch(fleet: Fleet, git_cli: cli.Git,
                                                            tmp_path: Path) -> None:
     fleet.old = fleet.new  # every object is sealed with the target already (or current)

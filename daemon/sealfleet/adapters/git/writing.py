@@ -180,6 +180,7 @@ def _safe_relative(path: str) -> PurePosixPath:
 
 
 _REGULAR_MODES = {"100644": 0o644, "100755": 0o755}
+_MODE_NAMES = {mode: name.encode() for name, mode in _REGULAR_MODES.items()}
 _PATHSPECS_PER_CALL = 500   # directories per ls-tree (argv stays far below its limit)
 
 
@@ -473,6 +474,35 @@ class RepoWriter:
         written = await asyncio.to_thread(write_all)
         self._unstaged.setdefault(workspace.path, set()).update(written)
         return written
+
+    async def store_files(self, workspace: Workspace,
+                          changes: Sequence[FileChange]) -> list[str]:
+        """Stage *changes* straight from memory, no file written: their blobs go into
+        the object store in one ``git fast-import`` and into the worktree's index with
+        ``update-index --index-info`` (the blob ids computed here, and ``write-tree``
+        refuses an index naming a blob that is not stored).  Byte for byte, as the files
+        were read (no clean filter), with each file's mode kept; only regular files the
+        start commit tracks.  For thousands of files this saves writing them, hashing
+        them again and deleting them with the worktree.  Returns the paths staged."""
+        tracked = await self._tracked(workspace)
+        paths = [_safe_relative(change.path).as_posix() for change in changes]
+        for path in paths:
+            if path not in tracked:
+                raise InputError(f"{path}: not a regular file of {self._base}")
+        if not changes:
+            return []
+        await self._git.run("fast-import", "--quiet", cwd=self._repo, stdin=b"".join(
+            b"blob\ndata %d\n%s\n" % (len(change.content), change.content)
+            for change in changes))
+        info = b"".join(
+            b"%s %s\t%s\0" % (_MODE_NAMES[tracked[path]], blob_id(change.content,
+                                                                 workspace.start).encode(),
+                              path.encode("utf-8", "surrogateescape"))
+            for path, change in zip(paths, changes, strict=True))
+        async with self._stage_lock:       # the index lock, as update-index --stdin
+            await self._git.run("update-index", "-z", "--index-info", cwd=workspace.path,
+                                stdin=info)
+        return paths
 
     async def commit(self, workspace: Workspace, job_id: str,
                      changes: Sequence[FileChange]) -> str | None:

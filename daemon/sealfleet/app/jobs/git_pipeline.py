@@ -18,8 +18,8 @@ from sealfleet.domain.planning.resealing import PlannedReseal
 T = TypeVar("T")
 R = TypeVar("R")
 _FILES_PER_TASK = 8
-# Changed files are written and staged in batches of this many while the RSA work goes
-# on: git's hashing and the file I/O overlap the crypto instead of following it.
+# Changed files are staged in batches of this many while the RSA work goes on: git's
+# object writes overlap the crypto instead of following it.
 _WRITE_BATCH = 200
 # A checkpoint (write-tree, commit-tree, update-ref and a journal transaction) after a
 # staged batch at most this often, and one at the end: a crash loses at most this many
@@ -77,18 +77,19 @@ def write_batch(files: int) -> int:
 
 
 class Writes:
-    """Changed files written into the worktree and staged in batches while the RSA
-    threads go on (one ``update-index`` at a time, in the background); each staged
-    batch is then recorded as a checkpoint (:meth:`writing.RepoWriter.checkpoint`) and
-    handed to *durable* (the step marks its documents done in the job's journal): a
-    replay after a crash redoes only what no checkpoint holds."""
+    """Changed files staged in batches while the RSA threads go on, straight from
+    memory (:meth:`writing.RepoWriter.store_files`: no file written into the worktree),
+    one batch at a time in the background; staged batches are then recorded as a
+    checkpoint (:meth:`writing.RepoWriter.checkpoint`, at most every
+    :data:`CHECKPOINT_SECONDS` and once at the end) and handed to *durable* (the step
+    marks their documents done in the job's journal): a replay after a crash redoes
+    only what no checkpoint holds."""
 
     def __init__(self, writer: writing.RepoWriter, workspace: writing.Workspace,
                  clock: Clock, *, job_id: str, batch: int, durable: Durable) -> None:
         self._writer, self._workspace, self._clock = writer, workspace, clock
         self._job_id, self._size, self._durable = job_id, batch, durable
         self._batch: list[writing.FileChange] = []
-        self._written: dict[str, writing.FileChange] = {}   # written, not staged
         self._staged: list[writing.FileChange] = []          # staged, not checkpointed
         self._parent = workspace.checkpoint or workspace.start
         self._last: float | None = None        # when the last checkpoint was recorded
@@ -101,22 +102,20 @@ class Writes:
             await self._flush()
 
     async def _flush(self) -> None:
-        batch, self._batch = self._batch, []
-        if batch:
-            with self._clock("write"):
-                await self._writer.write_files(self._workspace, batch)
-            self._written.update((change.path, change) for change in batch)
         if self._staging is not None and not self._staging.done():
             return            # staging the previous batch: this one goes with the next
         if self._staging is not None:
             await self._staging               # its error, if any
-        if self._written:
-            self._staging = asyncio.create_task(self._stage(), name="reseal-git:stage")
+        batch, self._batch = self._batch, []
+        if batch:
+            self._staging = asyncio.create_task(self._stage(batch), name="reseal-git:stage")
 
-    async def _stage(self, *, last: bool = False) -> None:
-        with self._clock("stage"):
-            staged = await self._writer.stage(self._workspace)
-        self._staged += [self._written.pop(path) for path in staged if path in self._written]
+    async def _stage(self, batch: Sequence[writing.FileChange], *, last: bool = False,
+                     ) -> None:
+        if batch:
+            with self._clock("stage"):
+                await self._writer.store_files(self._workspace, batch)
+            self._staged += batch
         if not self._staged or not (last or self._last is None
                                     or time.monotonic() - self._last >= CHECKPOINT_SECONDS):
             return
@@ -129,14 +128,14 @@ class Writes:
             await self._durable(changes)
 
     async def finish(self) -> None:
-        """Write what is left and wait for the staging under way, then stage and
-        checkpoint what is left (the commit holds the same; a checkpoint of everything
-        makes a crash before the commit redo no RSA work)."""
-        await self._flush()
+        """Wait for the staging under way, then stage and checkpoint what is left (the
+        commit holds the same; a checkpoint of everything makes a crash before the
+        commit redo no RSA work)."""
         if self._staging is not None:
             await self._staging
             self._staging = None
-        await self._stage(last=True)
+        batch, self._batch = self._batch, []
+        await self._stage(batch, last=True)
 
     async def close(self) -> None:
         if self._staging is not None and not self._staging.done():

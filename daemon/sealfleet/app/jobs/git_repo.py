@@ -376,8 +376,8 @@ class RepoRun:
                         await writes.add(change)
                         detail.verified_items += result.verified_items
                         detail.unverified_items += result.unverified_items
-                        if result.unverified_items == 0:
-                            checked[result.path] = result.content
+                        if result.unverified_items == 0 and result.path not in carried:
+                            checked[result.path] = result.content  # (carried: verify opens)
                         detail.documents.extend(_resealed(result))
                         detail.resealed_items += sum(len(d.items) for d in _resealed(result))
             with clock("write_stage_tail"):   # what is left once the last file is resealed

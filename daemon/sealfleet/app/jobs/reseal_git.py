@@ -27,6 +27,20 @@ pending one it added to): a re-run after a crash at any point makes no second co
 pushes the found one if it was not pushed, and reports it as the first run would have
 (the detail is read back from the commit: its files and its message).
 
+**Checkpoints and the journal.**  Before the commit, the files are staged in batches
+while the RSA work goes on, and a staged batch is recorded as a checkpoint (at most
+every few seconds, and once at the end: ``writing.RepoWriter.checkpoint``, a private
+ref never pushed, with no ``Sealfleet-Job`` trailer).  Once a checkpoint is recorded,
+its documents are marked ``done`` in the job's per-object journal (``job_objects``), in
+one transaction per checkpoint: the job document's progress moves while the step runs.
+A re-run after a crash before the commit starts from the last checkpoint of the same
+start commit: the files it holds are kept as they are (not resealed again, so no
+document gets a second, different ciphertext) and only the rest is resealed; the detail
+counts ``carried_items`` and ``resealed_items``.  The checkpoint is what a replay trusts
+(a journal mark without one, say a deleted ref, only means that document is redone);
+the job's one commit is made on the start commit as before, and the checkpoint ref is
+deleted with it.
+
 **Pending branches.**  Until someone merges a reseal branch, ``base_branch`` still holds
 the old ciphertexts and the inventory still calls those documents stale.  A branch is
 *pending* while it has commits the base does not (``base..branch`` is not empty):
