@@ -47,29 +47,6 @@ Durable = Callable[[Sequence[writing.FileChange]], Awaitable[None]]
 DurableEntries = Callable[[Sequence[PlannedReseal]], Awaitable[None]]
 
 
-def entries_of(change: writing.FileChange, entries: Sequence[PlannedReseal],
-               ) -> list[PlannedReseal]:
-    """The planned documents (of *change*'s file) that *change* reseals."""
-    found = []
-    for document in change.documents:
-        found += [e for e in entries if e.document == document.index or (
-            e.document is None and (e.namespace, e.name) == (document.namespace,
-                                                              document.name))]
-    return found
-
-
-def merged(first: Sequence[writing.FileChange], then: Sequence[writing.FileChange],
-           ) -> list[writing.FileChange]:
-    """*first* and *then* as one list per path, in path order (a file carried from a
-    checkpoint and resealed further in this run is one change)."""
-    by_path: dict[str, writing.FileChange] = {}
-    for change in [*first, *then]:
-        known = by_path.get(change.path)
-        by_path[change.path] = change if known is None else writing.FileChange(
-            change.path, change.content, (*known.documents, *change.documents))
-    return [by_path[path] for path in sorted(by_path)]
-
-
 def write_batch(files: int) -> int:
     """Files per write batch for a step of *files* files: :data:`_WRITE_BATCH` for a
     large step, fewer for a small one (at least a few checkpoints per step)."""

@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
-import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,16 +23,12 @@ from sealfleet.adapters.store import Store
 from sealfleet.adapters.store.git_pending import PendingReseal
 from sealfleet.adapters.store.records import JsonObject, JsonValue
 from sealfleet.app.config import RepoSettings
-from sealfleet.app.jobs import git_files, git_pipeline
+from sealfleet.app.jobs import git_checkpoints, git_files, git_pipeline
 from sealfleet.app.jobs.context import JobContext
 from sealfleet.domain.keys import SealingKey, load_certificate
 from sealfleet.domain.planning.resealing import PlannedReseal
-from sealfleet.domain.resealing import DocumentChange, KeyRing, TargetKey
+from sealfleet.domain.resealing import KeyRing, TargetKey
 from sealfleet.errors import FleetError, InputError, PermanentError
-
-# "- <path> [<index>] <namespace/name>: <items>: <old> -> <new>; ..." (writing.commit_message)
-_MESSAGE_LINE = re.compile(r"^- (?P<path>.+) \[(?P<index>[0-9]+)\] (?P<display>[^ ]+): "
-                           r"(?P<detail>.+)$")
 
 
 @dataclass(frozen=True)
@@ -133,25 +128,13 @@ async def branch_ahead(writer: writing.RepoWriter, commit: str, tip: str) -> boo
 
 
 def _parse_message(message: str, files: Iterable[str]) -> list[git_files.ResealedDocument]:
-    """The documents a job's commit message lists (see ``writing.commit_message``)."""
-    changed = set(files)
-    found = []
-    for line in message.splitlines():
-        match = _MESSAGE_LINE.match(line)
-        if match is None or match["path"] not in changed:
-            continue
-        namespace, _, name = match["display"].rpartition("/")
-        items: list[str] = []
-        targets: set[str] = set()
-        for group in match["detail"].split("; "):
-            names, _, keys = group.rpartition(": ")
-            targets.add(keys.partition(" -> ")[2])
-            items.extend(names.split(", "))
-        if len(targets) == 1:
-            found.append(git_files.ResealedDocument(match["path"], int(match["index"]),
-                                                    namespace, name, targets.pop(),
-                                                    tuple(items)))
-    return found
+    """The documents a job's commit message lists (``writing.message_changes``), those
+    resealed with one target key."""
+    changed, target = set(files), git_checkpoints.target_of
+    return [git_files.ResealedDocument(path, d.index, d.namespace, d.name, target(d),
+                                       tuple(c.item for c in d.changes))
+            for path, listed in writing.message_changes(message).items() if path in changed
+            for d in listed if target(d)]
 
 
 class RepoRun:
@@ -320,25 +303,12 @@ class RepoRun:
         by_path: dict[str, list[PlannedReseal]] = {}
         for entry in todo:
             by_path.setdefault(entry.path or "", []).append(entry)
-        paths = sorted(by_path)
-        # Files a crashed run checkpointed: their resealed documents are kept as they
-        # are (no RSA again); only their other planned documents are looked at, in the
-        # checkpointed content.
-        carried = {self._in_tree(p): docs for p, docs in workspace.carried.items()}
-        carried_changes = [writing.FileChange(self._in_repo(p), b"", docs)
-                           for p, docs in sorted(carried.items())]
-        for change in carried_changes:
-            documents = git_pipeline.entries_of(change, by_path.get(self._in_tree(change.path), []))
-            by_path[self._in_tree(change.path)] = [
-                e for e in by_path.get(self._in_tree(change.path), []) if e not in documents]
-            detail.carried_items += sum(len(d.changes) for d in change.documents)
-            detail.documents.extend(
-                git_files.ResealedDocument(self._in_tree(change.path), d.index, d.namespace,
-                                           d.name, _target_of(d),
-                                           tuple(c.item for c in d.changes))
-                for d in change.documents)
-            if durable is not None and documents:
-                await durable(documents)
+        carry = git_checkpoints.carry(workspace, by_path, self._in_tree)
+        carried = set(carry.documents)
+        detail.carried_items = carry.items
+        detail.documents.extend(d for docs in carry.documents.values() for d in docs)
+        if durable is not None and carry.entries:
+            await durable(carry.entries)
         paths = sorted(p for p in by_path if by_path[p])
         with clock("read"):
             contents = await self.writer.read_files(
@@ -356,7 +326,7 @@ class RepoRun:
 
         async def written(batch: Sequence[writing.FileChange]) -> None:
             if durable is not None:
-                await durable([e for change in batch for e in git_pipeline.entries_of(
+                await durable([e for change in batch for e in git_checkpoints.entries_of(
                     change, by_path.get(self._in_tree(change.path), []))])
         writes = git_pipeline.Writes(self.writer, workspace, clock, job_id=job_id,
                                      batch=git_pipeline.write_batch(len(paths)),
@@ -385,7 +355,7 @@ class RepoRun:
         finally:
             await writes.close()
         detail.checkpoints = writes.checkpoints
-        changes = git_pipeline.merged(carried_changes, changes)
+        changes = git_checkpoints.merged(carry.changes, changes)
         if not changes:
             return
         with clock("commit"):
@@ -457,11 +427,6 @@ class RepoRun:
                                             document, keys.held.get(document.target_key))
         return await git_pipeline.on_threads(list(documents),
                                              lambda chunk: [check(d) for d in chunk])
-
-
-def _target_of(document: DocumentChange) -> str:
-    keys = {c.new_key for c in document.changes}
-    return keys.pop() if len(keys) == 1 else ""
 
 
 def _resealed(result: git_files.FileResult) -> Iterator[git_files.ResealedDocument]:
