@@ -241,6 +241,26 @@ async def test_a_crash_mid_step_redoes_only_what_no_checkpoint_holds(
                 assert set(opened.values()) <= {PLAINTEXT, b"admin"}
 
 
+async def test_a_checkpoint_that_cannot_be_recorded_does_not_stop_the_step(
+        tmp_path: Path, repo: Repo) -> None:
+    """A killed git left the checkpoint ref's lock behind: no checkpoint can be
+    recorded, so none is, and the step makes its one commit all the same."""
+    settings = settings_for(tmp_path, repo)
+    async with job_context(settings, [repo.old, repo.new]) as ctx:
+        job = await new_job(ctx, JOB)
+        branch = branch_of(JOB, job.created_at)
+        lock = repo.tree / ".git" / "refs" / "sealfleet" / "checkpoints" / f"{branch}.lock"
+        lock.parent.mkdir(parents=True)
+        lock.write_text("")
+        outcome = await GitResealer(ctx).reseal_step(job, "gitops",
+                                                     [repo.db, repo.crlf, repo.api])
+        verified = await GitResealer(ctx).verify(job, "gitops", outcome.detail)
+    assert outcome.state is StepState.DONE
+    assert (outcome.detail["checkpoints"], outcome.detail["resealed_items"]) == (0, 4)
+    assert git("rev-list", "--count", f"main..{branch}", cwd=repo.remote).strip() == "1"
+    assert verified["verified_items"] == 4
+
+
 async def test_a_later_reseal_adds_to_the_pending_branch_instead_of_a_new_one(
         tmp_path: Path, repo: Repo) -> None:
     settings = settings_for(tmp_path, repo)

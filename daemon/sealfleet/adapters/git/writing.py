@@ -7,12 +7,14 @@ and no ``FETCH_HEAD``), and the commit is pushed as ``sealfleet/reseal-<YYYYMMDD
 (``git push <remote> <commit>:refs/heads/<branch>``) without a local branch.
 
 The worktree is sparse in effect: its index holds the whole start commit
-(``read-tree``), but only the files sealfleet rewrites are ever written to it.  Files
-are read from the object store (``cat-file --batch``) and staged by exact path
-(``update-index``: ``git add`` matches every pathspec against every index entry, which
-for thousands of files costs more than the RSA work), so a reseal of 5,000 files writes
-5,000 files once, and a reseal of three writes three.  Only regular files the start
-commit tracks can be written (no symlinks, no submodules, nothing outside).
+(``read-tree``), but no file is checked out.  Files are read from the object store
+(``cat-file --batch``) and the rewritten ones staged by exact path, either from memory
+(:meth:`RepoWriter.store_files`: ``fast-import`` of the blobs, ``update-index
+--index-info``; what the reseal step uses, so 5,000 files are never written, hashed
+again or deleted) or from files written into the worktree (:meth:`RepoWriter.write_files`
+then ``update-index``: ``git add`` matches every pathspec against every index entry,
+which for thousands of files costs more than the RSA work).  Only regular files the
+start commit tracks can be written (no symlinks, no submodules, nothing outside).
 
 Idempotent per job: the commit carries a ``Sealfleet-Job: <id>`` trailer, and a
 re-run of the job (after a crash, say) finds it, on the remote branch or on the
@@ -326,8 +328,13 @@ class RepoWriter:
         return {}, None
 
     async def _drop_checkpoints(self, branch: str) -> None:
-        await self._git.run("update-ref", "-d", f"{_PRIVATE}/checkpoints/{branch}",
-                            cwd=self._repo)
+        # Not fatal (a lock left by a killed git, say): a chain left behind is only
+        # ever used by the same job on the same start commit, and never pushed.
+        dropped = await self._git.run("update-ref", "-d", f"{_PRIVATE}/checkpoints/{branch}",
+                                      cwd=self._repo, check=False)
+        if dropped.returncode:
+            log.warning("git_checkpoints_not_dropped", branch=branch,
+                        error=str(self._git.error("update-ref", dropped)))
 
     async def checkpoint(self, workspace: Workspace, job_id: str, parent: str,
                          changes: Sequence[FileChange]) -> str:

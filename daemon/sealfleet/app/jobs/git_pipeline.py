@@ -11,9 +11,14 @@ from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator, Seque
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
+import structlog
+
 from sealfleet.adapters.git import writing
 from sealfleet.domain import resealing
 from sealfleet.domain.planning.resealing import PlannedReseal
+from sealfleet.errors import FleetError
+
+log = structlog.get_logger(__name__)
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -98,8 +103,17 @@ class Writes:
             return
         changes, self._staged = self._staged, []
         with self._clock("checkpoint"):
-            self._parent = await self._writer.checkpoint(self._workspace, self._job_id,
-                                                         self._parent, changes)
+            try:
+                self._parent = await self._writer.checkpoint(self._workspace, self._job_id,
+                                                             self._parent, changes)
+            except FleetError as error:
+                # Say a lock left by a killed git: the step goes on without this one
+                # (the commit does not need it); the next checkpoint takes these too.
+                log.warning("git_checkpoint_failed", branch=self._workspace.branch,
+                            files=len(changes), error=str(error))
+                self._staged = [*changes, *self._staged]
+                self._last = time.monotonic()
+                return
             self._last = time.monotonic()
             self.checkpoints += 1
             await self._durable(changes)
