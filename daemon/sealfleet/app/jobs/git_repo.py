@@ -2,11 +2,13 @@
 
 :class:`RepoRun` does what :mod:`reseal_git` describes for one ``[[repos]]`` entry with
 one :class:`RepoWriter`; the RSA work runs on a thread pool sized to the CPUs
-(:mod:`git_files`), every file queued at once, and the files it changed are written
-and staged in batches while it goes on (:mod:`git_pipeline`), so that little but the
-commit and the push is left when the last item is resealed.  Paths in plans and
-details are relative to the configured tree, which may be a subdirectory of its
-repository (the writer's paths carry the prefix).
+(:mod:`git_files`), every file queued at once, and the files it changed are staged
+from memory and checkpointed in batches while it goes on (:mod:`git_pipeline`; a
+re-run after a crash keeps what the checkpoints hold, :mod:`git_checkpoints`), so that
+little but the commit and the push (overlapped with the worktree's removal) is left
+when the last item is resealed.  Paths in plans and details are relative to the
+configured tree, which may be a subdirectory of its repository (the writer's paths
+carry the prefix).
 """
 
 from __future__ import annotations
