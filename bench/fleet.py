@@ -16,7 +16,20 @@ measured in the same run:
    (``[fleet] connect_concurrency``), one TLS connect, one paginated list and a JSON
    parse per cluster; and the time per cluster at each N;
 2. the daemon's RSS per cluster: after the pass settles, minus its RSS when the fleet
-   started, over N (and between fleet sizes, the slope);
+   started, over N (and between fleet sizes, the slope); and that figure split into its
+   objects' share and the rest beyond them (the issue's target: under 300 KB), measured
+   in the same run: a second sandbox of the same N clusters with no SealedSecrets (same
+   keys, namespaces and controllers) and a second daemon against it give the RSS per
+   cluster of a fleet without objects, which is what a cluster costs beyond them; the
+   difference is the objects' share.  Beside it, the marginal cost of one more object
+   in the settled daemon: ``OBJECTS_ADDED`` more SealedSecrets are created in every
+   cluster (through the apiserver, as kubeseal's user would; copies under new names of
+   the cluster's own namespace- and cluster-wide ones, valid where they are because
+   their encryption label does not name the object), the daemon takes them in from its
+   watches, and once the report counts them and RSS settles again, the RSS they added
+   over their number.  That one is lower than an object's share of the first pass: new
+   objects fill the holes the first pass's garbage left in the heap (and the copies'
+   items are attributed from the daemon's cache), so it is printed, not subtracted;
 3. ``GET /api/v1/staleness`` latency over the API socket, p50/p99, during the first pass
    and after it; the longest gap between watchdog pings; how many clusters the report
    showed scanned over time (each cluster's result is visible once it is done);
@@ -65,6 +78,7 @@ KEYS = 2
 LIST_PATH = "/apis/bitnami.com/v1alpha1/sealedsecrets"
 PROBE_INTERVAL = 0.1        # seconds between /api/v1/staleness requests
 SETTLE_SECONDS = 15.0       # after READY: idle connections close, RSS settles
+OBJECTS_ADDED = 20          # SealedSecrets added per cluster to measure one object's RSS
 WATCHDOG_USEC = 60_000_000  # WatchdogSec=60, as the shipped unit
 
 
@@ -120,6 +134,49 @@ async def plain_client(kubeconfig: dict[str, Any], concurrency: int) -> tuple[fl
     started = time.perf_counter()
     counts = await asyncio.gather(*(one(c) for c in contexts))
     return time.perf_counter() - started, sum(counts)
+
+
+async def add_objects(kubeconfig: dict[str, Any], per_cluster: int,
+                      concurrency: int) -> int:
+    """Create *per_cluster* SealedSecrets in every cluster, copies (new names, same
+    namespace) of its namespace- and cluster-wide ones; how many were created."""
+    clusters = {c["name"]: c["cluster"] for c in kubeconfig["clusters"]}
+    users = {u["name"]: u["user"] for u in kubeconfig["users"]}
+    contexts = [c["context"] for c in kubeconfig["contexts"]
+                if not c["name"].endswith("-restricted")]
+    ca = base64.b64decode(clusters[contexts[0]["cluster"]]["certificate-authority-data"])
+    context = ssl.create_default_context(cadata=ca.decode())
+    gate = asyncio.Semaphore(concurrency)
+    wide = {"sealedsecrets.bitnami.com/namespace-wide", "sealedsecrets.bitnami.com/cluster-wide"}
+
+    async def one(ctx: dict[str, str]) -> int:
+        server = clusters[ctx["cluster"]]["server"]
+        headers = {"Authorization": f"Bearer {users[ctx['user']]['token']}"}
+        async with gate, aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(ssl=context)) as session:
+            async with session.get(server + LIST_PATH, headers=headers) as response:
+                items = json.loads(await response.read())["items"]
+            sources = [o for o in items
+                       if wide & {k for k, v in (o["metadata"].get("annotations") or {}).items()
+                                  if v == "true"}]
+            created = 0
+            for index in range(per_cluster if sources else 0):
+                source = sources[index % len(sources)]
+                metadata = source["metadata"]
+                body = {"apiVersion": source["apiVersion"], "kind": source["kind"],
+                        "metadata": {"name": f"{metadata['name']}-copy-{index}",
+                                     "namespace": metadata["namespace"],
+                                     "annotations": metadata.get("annotations") or {},
+                                     "labels": metadata.get("labels") or {}},
+                        "spec": source["spec"]}
+                path = (f"/apis/bitnami.com/v1alpha1/namespaces/{metadata['namespace']}"
+                        "/sealedsecrets")
+                async with session.post(server + path, json=body, headers=headers) as response:
+                    await response.read()
+                    created += response.status == 201
+            return created
+
+    return sum(await asyncio.gather(*(one(c) for c in contexts)))
 
 
 # --------------------------------------------------------------------- the daemon
@@ -244,6 +301,14 @@ class Prober:
         scanned = sum(1 for c in clusters if c.get("last_scan_at"))
         self.reports.append((when, scanned, int(report["fleet"]["reachable"])))
 
+    async def sealed_secrets_now(self) -> int:
+        """The report's count of SealedSecrets, fleet-wide, from a fresh request."""
+        connector = aiohttp.UnixConnector(path=str(self._socket))
+        async with aiohttp.ClientSession(connector=connector) as session, \
+                session.get("http://daemon/api/v1/staleness") as response:
+            report = json.loads(await response.read())
+        return int(report["fleet"]["sealed_secrets"]["total"])
+
     async def report_now(self) -> tuple[int, int, int]:
         """(clusters, scanned, reachable) from a fresh request."""
         connector = aiohttp.UnixConnector(path=str(self._socket))
@@ -287,6 +352,8 @@ class Result:
     rss_before_mb: float
     ideal_wall: float
     load: float          # 1-minute load average at the end of the run
+    object_kb: float = float("nan")    # RSS of one more SealedSecret, settled daemon
+    empty_kb: float = float("nan")     # RSS per cluster of the same fleet without objects
 
 
 def latency_line(name: str, values: list[float]) -> str:
@@ -386,7 +453,9 @@ async def observe_daemon(run: DaemonRun, clusters: int, state: Path, control: An
         per_cluster = (rss_after - run.rss_scanning) * 1024 / clusters
         print(f"daemon RSS: {run.rss_scanning:.0f} MB when the fleet started, {rss_after:.0f} "
               f"MB {SETTLE_SECONDS:.0f} s after READY: {per_cluster:.0f} KB per cluster "
-              "(target < 300 KB beyond its 20 SealedSecrets)")
+              "(target < 300 KB beyond its 20 SealedSecrets)", flush=True)
+        object_kb = await objects_share(run, clusters, state, prober, concurrency,
+                                        rss_after)
         print(latency_line("/api/v1/staleness during the first pass", during))
         print(latency_line("/api/v1/staleness after it", after))
         print(f"watchdog (WatchdogSec=60): {len(gaps) - 1} pings during the pass, longest gap "
@@ -398,7 +467,61 @@ async def observe_daemon(run: DaemonRun, clusters: int, state: Path, control: An
     if outage:
         await restart(run, clusters, state, control)
     return Result(clusters, bits, items, wall, cpu, base_wall, base_cpu, per_cluster,
-                  rss_after, run.rss_scanning, ideal_wall, os.getloadavg()[0])
+                  rss_after, run.rss_scanning, ideal_wall, os.getloadavg()[0],
+                  object_kb)
+
+
+async def objects_share(run: DaemonRun, clusters: int, state: Path, prober: Prober,
+                        concurrency: int, rss_before: float) -> float:
+    """RSS of one SealedSecret (KB): OBJECTS_ADDED more per cluster, taken in by the
+    settled daemon's watches, over their number."""
+    before = await prober.sealed_secrets_now()
+    kubeconfig = yaml.load((state / "kubeconfig").read_bytes(), Loader=yaml.CSafeLoader)
+    added = await add_objects(kubeconfig, OBJECTS_ADDED, concurrency)
+    started = time.perf_counter()
+
+    async def counted() -> bool:
+        return await prober.sealed_secrets_now() >= before + added
+
+    await wait_for(counted, every=1.0)
+    await asyncio.sleep(SETTLE_SECONDS)
+    rss_after = proc_rss_mb(run.process.pid)
+    object_kb = (rss_after - rss_before) * 1024 / added if added else float("nan")
+    print(f"objects: {added} SealedSecrets added ({added / clusters:.1f} per cluster), in "
+          f"the report after {time.perf_counter() - started - SETTLE_SECONDS:.1f} s; RSS "
+          f"{rss_before:.0f} -> {rss_after:.0f} MB: the next SealedSecret costs "
+          f"{object_kb:.2f} KB")
+    return object_kb
+
+
+async def empty_fleet(clusters: int, bits: int, state: Path) -> float:
+    """RSS per cluster (KB) of the daemon over the same fleet without SealedSecrets."""
+    sandbox_args = ["--clusters", str(clusters), "--sealed-secrets", "0",
+                    "--keys", str(KEYS), "--key-bits", str(bits), "--namespaces", "10",
+                    "--seed", "1", "--controller-startup-delay", "0"]
+    with SandboxProcess(state, sandbox_args, timeout=3600) as sandbox, \
+            tempfile.TemporaryDirectory(prefix="sf-notify-") as notify_dir, \
+            (state / "daemon.log").open("ab") as log:
+        print(f"sandbox without SealedSecrets: ready in {sandbox.ready_after:.1f} s",
+              flush=True)
+        run, transport = await start_daemon(state, Path(notify_dir) / "notify", log)
+        try:
+            await asyncio.wait_for(run.scanning.wait(), 120)
+            await asyncio.wait_for(run.ready.wait(), 3600)
+            await asyncio.sleep(SETTLE_SECONDS)
+            rss_after = proc_rss_mb(run.process.pid)
+        finally:
+            stop_daemon(run)
+            transport.close()
+    return (rss_after - run.rss_scanning) * 1024 / clusters
+
+
+def split_line(r: Result) -> str:
+    return (f"daemon RSS per cluster: {r.rss_per_cluster_kb:.0f} KB with {SEALED_SECRETS} "
+            f"SealedSecrets each, {r.empty_kb:.0f} KB with none (same N, same run): the "
+            f"objects' share {r.rss_per_cluster_kb - r.empty_kb:.0f} KB, beyond the objects "
+            f"{r.empty_kb:.0f} KB (target < 300 KB); the next SealedSecret "
+            f"{r.object_kb:.2f} KB")
 
 
 async def outage_and_recovery(run: DaemonRun, clusters: int, control: Any, prober: Prober,
@@ -460,15 +583,19 @@ def summary(results: list[Result]) -> None:
     print("\n=== the curve: time per cluster and memory per cluster")
     print(f"{'clusters':>8} {'bits':>5} {'wall ms/cl':>11} {'base':>6} {'ratio':>6} "
           f"{'ideal':>6} {'CPU ms/cl':>10} {'base':>6} {'ratio':>6} {'RSS KB/cl':>10} "
-          f"{'load':>5}")
+          f"{'objects':>8} {'beyond':>7} {'next obj':>9} {'load':>5}")
     for r in results:
         print(f"{r.clusters:>8} {r.bits:>5} {r.wall / r.clusters * 1000:>11.1f} "
               f"{r.base_wall / r.clusters * 1000:>6.1f} {r.wall / r.base_wall:>6.2f} "
               f"{r.wall / r.ideal_wall:>6.2f} "
               f"{r.cpu / r.clusters * 1000:>10.1f} {r.base_cpu / r.clusters * 1000:>6.1f} "
-              f"{r.cpu / r.base_cpu:>6.2f} {r.rss_per_cluster_kb:>10.0f} {r.load:>5.1f}")
+              f"{r.cpu / r.base_cpu:>6.2f} {r.rss_per_cluster_kb:>10.0f} "
+              f"{r.rss_per_cluster_kb - r.empty_kb:>8.0f} {r.empty_kb:>7.0f} "
+              f"{r.object_kb:>9.2f} {r.load:>5.1f}")
     print("(ratio: to the baseline measured in the run; ideal: wall to the RSA floor on idle "
-          "cores plus the plain client)")
+          "cores plus the plain client; RSS per cluster = its objects' share + beyond them, "
+          "the RSS per cluster of the same fleet without SealedSecrets; next obj: KB of one "
+          f"more SealedSecret, {OBJECTS_ADDED} added per cluster to the settled daemon)")
     same = sorted((r for r in results if r.bits == 2048), key=lambda r: r.clusters)
     for small, big in itertools.pairwise(same):
         slope = (big.rss_after_mb - big.rss_before_mb - small.rss_after_mb
@@ -493,6 +620,10 @@ async def main_async(args: argparse.Namespace) -> None:
                     clusters, bits, Path(tmp) / "state", concurrency=args.concurrency,
                     outage=clusters == outage_at and bits == 2048,
                     outage_seconds=args.outage_seconds))
+                if not args.no_empty:
+                    results[-1].empty_kb = await empty_fleet(clusters, bits,
+                                                             Path(tmp) / "empty")
+                    print(split_line(results[-1]), flush=True)
             finally:
                 if args.log_dir is not None:  # the state directory goes, its logs stay
                     args.log_dir.mkdir(parents=True, exist_ok=True)
@@ -514,6 +645,8 @@ def main() -> None:
     parser.add_argument("--outage-at", type=int, default=None,
                         help="fleet size of the outage and restart runs (default the largest)")
     parser.add_argument("--outage-seconds", type=float, default=20.0)
+    parser.add_argument("--no-empty", action="store_true",
+                        help="skip the fleet without SealedSecrets (the RSS split)")
     parser.add_argument("--log-dir", type=Path, default=None,
                         help="copy each run's daemon and sandbox logs here")
     parser.add_argument("--concurrency", type=int,

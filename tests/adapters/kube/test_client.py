@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+from asyncio import sslproto
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from sealfleet.adapters.kube import controller
+from sealfleet.adapters.kube import controller, tls
 from sealfleet.adapters.kube.client import Gone, KubeClient, NotFound
 from sealfleet.errors import PermanentError, TransientError
 
@@ -62,6 +63,25 @@ async def test_watch_streams_changes_and_bookmarks_from_a_resource_version(
                     break
     assert seen[:3] == [("ADDED", "after"), ("MODIFIED", "after"), ("DELETED", "before")]
     assert seen[3][0] == "BOOKMARK"
+
+
+async def test_an_object_near_etcds_size_limit_streams_whole_through_small_tls_reads(
+        cluster: Any) -> None:
+    # The TLS receive buffer is a few KiB (memory per idle watch); a watch event or a
+    # list page far larger than it, up to etcd's 1.5 MiB request limit, still arrives
+    # whole, as one line of the stream.
+    big = {f"key-{index:03d}": f"{index:03d}" * 1600 for index in range(290)}  # ~1.4 MB
+    async with cluster.client() as client:
+        assert sslproto.SSLProtocol.max_size <= tls.RECEIVE_BUFFER < 16 * 1024
+        (page,) = [p async for p in client.list_pages(PATH)]
+        cluster.add_sealed("apps", "big", encryptedData=big)
+        async with contextlib.aclosing(client.watch(
+                PATH, resource_version=page.resource_version, timeout_seconds=5)) as events:
+            event = await anext(events)
+        (listed,) = [p async for p in client.list_pages(PATH)]
+    assert (event.type, event.object["metadata"]["name"]) == ("ADDED", "big")
+    assert event.object["spec"]["encryptedData"] == big
+    assert listed.items[0]["spec"]["encryptedData"] == big
 
 
 async def test_watch_from_a_resource_version_older_than_history_is_gone(

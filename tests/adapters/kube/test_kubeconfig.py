@@ -107,6 +107,25 @@ async def test_one_tls_context_per_distinct_ca_shared_by_every_cluster_using_it(
     assert cache.tls_contexts_built == 2  # the three servers have two CAs between them
 
 
+async def test_fifty_clusters_watching_at_once_hold_two_tls_contexts_between_them(
+        servers: list[ApiServer], tmp_path: Path) -> None:
+    """A fleet's connections are open together for as long as it runs (its watches):
+    the contexts are shared by them all, not built per open connection."""
+    path = write_kubeconfig(tmp_path / "fleet", fleet_contexts(servers, 50))
+    cache = KubeconfigCache()
+    async with contextlib.AsyncExitStack() as stack:
+        clients = [await stack.enter_async_context(
+            KubeClient.connect(str(path), f"ctx-{index:03d}", cache=cache))
+            for index in range(50)]
+        watches = [await stack.enter_async_context(contextlib.aclosing(client.watch(
+            "/api/v1/namespaces", resource_version="0", timeout_seconds=5)))
+            for client in clients]
+        events = [await anext(watch) for watch in watches]  # every watch is streaming
+        assert all(event.type == "ADDED" for event in events)
+        assert cache.tls_contexts_built == 2  # the three servers have two CAs between them
+        assert cache.parses == 1
+
+
 async def test_a_ca_is_not_shared_with_a_cluster_it_did_not_sign(
         servers: list[ApiServer], tmp_path: Path) -> None:
     """The server under the other CA, with the first CA's data: verification fails."""

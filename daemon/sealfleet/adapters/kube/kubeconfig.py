@@ -51,17 +51,41 @@ KubeconfigError = document.KubeconfigError
 
 
 class Credentials:
-    """The Authorization header of one connection; never shows the token in a repr."""
+    """The Authorization header of one connection; never shows the token in a repr.
+
+    Only the header is kept, not the loader's ``Configuration`` (a few KB of settings,
+    loggers and a formatter, per cluster for as long as it is connected): the loader
+    runs the exec plugin, refreshes OIDC or reads the token file when the connection is
+    made, and sets no refresh hook, so the header is fixed for the connection's life
+    (a reconnect loads afresh).  A configuration with a refresh hook is kept and asked
+    on every request.
+    """
 
     def __init__(self, configuration: Configuration) -> None:
-        self._configuration = configuration
+        self._configuration: Configuration | None = None
+        self._header: str | None = None
+        if configuration.refresh_api_key_hook is not None:
+            self._configuration = configuration
+        else:
+            self._header = _bearer(configuration.api_key, configuration.api_key_prefix)
 
     async def authorization(self) -> str | None:
+        if self._configuration is None:
+            return self._header
         value = await self._configuration.get_api_key_with_prefix("BearerToken")
         return str(value) if value else None
 
     def __repr__(self) -> str:
         return "Credentials(<hidden>)"
+
+
+def _bearer(api_key: dict[str, str], prefixes: dict[str, str]) -> str | None:
+    """What ``Configuration.get_api_key_with_prefix("BearerToken")`` answers."""
+    key = api_key.get("BearerToken")
+    if not key:
+        return None
+    prefix = prefixes.get("BearerToken")
+    return f"{prefix} {key}" if prefix else str(key)
 
 
 @dataclasses.dataclass(frozen=True)

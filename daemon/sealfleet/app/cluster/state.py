@@ -79,11 +79,20 @@ class ClusterState:
     proxy: str | None = None              # service proxy name of the controller
     resume: bool = False                  # may the next session resume stored watches?
     first_pass: asyncio.Event = field(default_factory=asyncio.Event)
-    verify_queue: asyncio.Queue[Ref] = field(default_factory=asyncio.Queue)
+    _verify_queue: asyncio.Queue[Ref] | None = field(default=None, repr=False)
 
     @property
     def name(self) -> str:
         return self.cluster.name
+
+    @property
+    def verify_queue(self) -> asyncio.Queue[Ref]:
+        """Least-privilege mode's objects to ask the controller about, made when first
+        used: a Queue is four deques and an Event, some 3 KB per cluster that a fleet
+        reading its key Secrets never needs."""
+        if self._verify_queue is None:
+            self._verify_queue = asyncio.Queue()
+        return self._verify_queue
 
     def key_context(self, keystore: Keystore) -> KeyContext:
         return KeyContext(sealing_key=self.sealing_key, compromised=keystore.compromised)
