@@ -195,7 +195,7 @@ def sealing_key_verdict(key: KeyFacts, policy: StalenessPolicy,
     return bool(reasons), reasons
 
 
-def _counts(states: Mapping[SecretState, int] | Mapping[str, int] | None) -> dict[str, int]:
+def state_counts(states: Mapping[SecretState, int] | Mapping[str, int] | None) -> dict[str, int]:
     out = dict.fromkeys(STATE_KEYS, 0)
     for state, n in (states or {}).items():
         name = state.value if isinstance(state, SecretState) else str(state)
@@ -205,7 +205,7 @@ def _counts(states: Mapping[SecretState, int] | Mapping[str, int] | None) -> dic
     return out
 
 
-def _cluster_report(cluster: ClusterFacts, policy: StalenessPolicy, now: dt.datetime,
+def cluster_report(cluster: ClusterFacts, policy: StalenessPolicy, now: dt.datetime,
                     keys: Mapping[str, KeyFacts], counts: dict[str, int],
                     master: frozenset[str]) -> dict[str, Any]:
     fingerprint, source = resolve_sealing_key(cluster, keys)
@@ -284,19 +284,44 @@ def build_report(policy: StalenessPolicy, now: dt.datetime,
     key_map = {k.fingerprint: k for k in keys}
     master = frozenset(master_keys)
     cluster_reports = [
-        _cluster_report(c, policy, now, key_map, _counts(counts.get(c.name)), master)
+        cluster_report(c, policy, now, key_map, state_counts(counts.get(c.name)), master)
         for c in sorted(clusters, key=lambda c: c.name)]
+    return assemble_report(policy, now, cluster_reports, key_map, master, repos=repos,
+                           git_counts=git_counts, jobs_running=jobs_running)
+
+
+def assemble_report(policy: StalenessPolicy, now: dt.datetime,
+                    cluster_reports: Sequence[Mapping[str, Any]],
+                    keys: Mapping[str, KeyFacts], master: frozenset[str],
+                    repos: Iterable[RepoFacts] = (),
+                    git_counts: Mapping[str, Mapping[SecretState, int] | Mapping[str, int]]
+                    | None = None, jobs_running: Iterable[RunningJob] = ()) -> dict[str, Any]:
+    """The report around *cluster_reports* (each as :func:`cluster_report` makes it, by
+    name): the fleet's totals are sums over them, cheap beside composing them, so an
+    incremental rebuild recomposes only the clusters that changed and calls this."""
     fleet_counts = dict.fromkeys(STATE_KEYS, 0)
+    reachable = stale_sealing = 0
+    drifting: list[str] = []
+    in_sync = 0
     for report in cluster_reports:
         for name, n in report["sealed_secrets"].items():
             fleet_counts[name] += n
-    repo_reports = [_repo_report(r, _counts((git_counts or {}).get(r.name)))
+        if report["reachable"]:
+            reachable += 1
+        sealing = report["sealing_key"]
+        if sealing and sealing["stale"]:
+            stale_sealing += 1
+        if report["drift"]:
+            drifting.append(report["name"])
+        elif report["drift"] is False:
+            in_sync += 1
+    repo_reports = [_repo_report(r, state_counts((git_counts or {}).get(r.name)))
                     for r in sorted(repos, key=lambda r: r.name)]
     git_totals = dict.fromkeys(STATE_KEYS, 0)
     for report in repo_reports:
         for name, n in report["sealed_secrets"].items():
             git_totals[name] += n
-    newest_master = most_recent_key(key_map[f] for f in master if f in key_map)
+    newest_master = most_recent_key(keys[f] for f in master if f in keys)
     return {
         "generated_at": iso(now),
         "policy": {
@@ -306,12 +331,11 @@ def build_report(policy: StalenessPolicy, now: dt.datetime,
         },
         "fleet": {
             "clusters": len(cluster_reports),
-            "reachable": sum(1 for r in cluster_reports if r["reachable"]),
-            "stale_sealing_keys": sum(1 for r in cluster_reports
-                                      if r["sealing_key"] and r["sealing_key"]["stale"]),
-            "drifting": sum(1 for r in cluster_reports if r["drift"]),
-            "in_sync": sum(1 for r in cluster_reports if r["drift"] is False),
-            "drifting_clusters": [r["name"] for r in cluster_reports if r["drift"]],
+            "reachable": reachable,
+            "stale_sealing_keys": stale_sealing,
+            "drifting": len(drifting),
+            "in_sync": in_sync,
+            "drifting_clusters": drifting,
             "master_key": None if newest_master is None else {
                 "fingerprint": newest_master.fingerprint,
                 "not_before": iso(newest_master.not_before),
@@ -323,7 +347,7 @@ def build_report(policy: StalenessPolicy, now: dt.datetime,
             "repos": len(repo_reports),
             "git_sealed_secrets": git_totals,
         },
-        "clusters": cluster_reports,
+        "clusters": list(cluster_reports),
         "repos": repo_reports,
     }
 

@@ -342,8 +342,7 @@ def _html(page: bytes) -> web.Response:
 
 
 async def index(request: web.Request) -> web.Response:
-    snap = await request.app[DEPS].view.current()
-    return _html(snap.status_page or status_page.render(snap.report))
+    return _html(await request.app[DEPS].view.status_page(status_page.render))
 
 
 async def cluster_html(request: web.Request) -> web.Response:
