@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import datetime as dt
 import hmac
 import json
@@ -218,6 +219,23 @@ def _json_body(body: bytes) -> web.Response:
     return web.Response(body=body, content_type=_JSON)
 
 
+# A snapshot's body (1.3 MB for 1,000 clusters) goes out in one send.  With the socket's
+# default buffer (208 KB) it went in some seven pieces, each a loop iteration queued
+# behind every other ready callback: during a first pass that made the request's p99.
+_BIG_BODY = 128 * 1024
+_SEND_BUFFER_MAX = 8 << 20   # the kernel caps it at net.core.wmem_max anyway
+
+
+def _snapshot_body(request: web.Request, body: bytes) -> web.Response:
+    transport = request.transport
+    sock = transport.get_extra_info("socket") if transport is not None else None
+    if sock is not None and len(body) > _BIG_BODY:
+        with contextlib.suppress(OSError):   # a smaller buffer only costs iterations
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF,
+                            min(len(body) + _BIG_BODY, _SEND_BUFFER_MAX))
+    return _json_body(body)
+
+
 async def healthz(_request: web.Request) -> web.Response:
     return _json_body(b'{"status":"ok"}')
 
@@ -238,11 +256,11 @@ async def metrics(request: web.Request) -> web.Response:
 
 
 async def staleness(request: web.Request) -> web.Response:
-    return _json_body((await request.app[DEPS].view.current()).staleness_body)
+    return _snapshot_body(request, (await request.app[DEPS].view.current()).staleness_body)
 
 
 async def clusters(request: web.Request) -> web.Response:
-    return _json_body((await request.app[DEPS].view.current()).clusters_body)
+    return _snapshot_body(request, (await request.app[DEPS].view.current()).clusters_body)
 
 
 async def cluster(request: web.Request) -> web.Response:
@@ -254,7 +272,7 @@ async def cluster(request: web.Request) -> web.Response:
 
 
 async def keys(request: web.Request) -> web.Response:
-    return _json_body((await request.app[DEPS].view.current()).keys_body)
+    return _snapshot_body(request, (await request.app[DEPS].view.current()).keys_body)
 
 
 def sealed_secret_entry(record: SealedSecretRecord,
