@@ -4,7 +4,9 @@
 again only when its inputs change; here a fleet is changed at random, round after round
 (cluster facts, counts, keys, the master set, the policy, the clock), and every body it
 composes is compared with the full composition of the same inventory: ``build_report``
-serialised whole, as the snapshot did before it was incremental.
+serialised whole, as the snapshot did before it was incremental.  And the view over a
+real store (its one read of the report's rows, records reused for unchanged rows) gives
+the bodies that the repositories' own reads, composed whole, give after random writes.
 """
 
 from __future__ import annotations
@@ -12,12 +14,15 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import random
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from sealfleet.adapters.http_api.report_parts import Details, ReportParts, dumps, key_entry
-from sealfleet.adapters.store.records import KeyRecord, KeyUsage
+from sealfleet.adapters.http_api.snapshot import InventoryView
+from sealfleet.adapters.store import Store
+from sealfleet.adapters.store.records import KeyHolding, KeyRecord, KeyUsage, MalformedKeySecret
 from sealfleet.domain.staleness import (
     ClusterFacts,
     RunningJob,
@@ -185,3 +190,80 @@ def test_only_the_changed_cluster_is_composed_again() -> None:
     assert compose() == 2
     fleet.master = [fleet.records[5].fingerprint]   # every cluster's drift is judged anew
     assert compose() == len(fleet.clusters)
+
+
+# ------------------------------------------------------------------ through a real store
+
+
+async def reference_bodies(store: Store, policy: StalenessPolicy,
+                           now: dt.datetime) -> tuple[bytes, bytes, bytes]:
+    """The bodies as the snapshot read and composed them before: each repository's read,
+    every record made anew, the whole report composed and serialised."""
+    inventory, keystore = store.inventory, store.keys
+    clusters = [c for c in await inventory.list_clusters() if not c.removed]
+    records = await keystore.list_keys()
+    usage = await keystore.key_usage()
+    held = await inventory.key_holdings_by_cluster()
+    malformed = await inventory.malformed_key_secrets_by_cluster()
+    adopted = await keystore.adopted_keys()
+    facts = [ClusterFacts(
+        name=c.name, reachable=c.reachable, last_scan_at=c.last_scan_at,
+        last_error=c.last_error, sealing_key=c.sealing_key,
+        sealing_key_source=c.sealing_key_source,
+        active_keys=tuple(h.fingerprint for h in held.get(c.name, [])
+                          if h.label_value in (None, "active")),
+        held_keys=tuple(h.fingerprint for h in held.get(c.name, [])),
+        scan_duration_ms=c.scan_duration_ms, controller_error=c.controller_error,
+        controller_state=c.controller_state,
+        key_renew_seconds=c.controller_key_renew_seconds,
+        adopted_keys=tuple(adopted.get(c.name, ())),
+        malformed_keys=tuple((m.secret_name, m.reason) for m in malformed.get(c.name, ())))
+        for c in clusters]
+    report = build_report(policy, now, facts, records, await inventory.state_counts(),
+                          await keystore.fleet_master())
+    details = {c.name: {"server": c.server, "controller_namespace": c.controller_namespace,
+                        "controller_name": c.controller_name} for c in clusters}
+    out = [{**c, **details[c["name"]]} for c in report["clusters"]]
+    keys = [key_entry(r, usage.get(r.fingerprint)) for r in records]
+    return (dumps(report), dumps({"generated_at": report["generated_at"], "clusters": out}),
+            dumps({"generated_at": report["generated_at"], "keys": keys}))
+
+
+async def test_the_view_over_a_store_says_what_a_full_composition_says(tmp_path: Path,
+                                                                       ) -> None:
+    rng = random.Random(5)
+    policy = StalenessPolicy(dt.timedelta(days=30), dt.timedelta(days=10))
+    clock = [START]
+    fps = [f"{i:02d}" + "cd" * 31 for i in range(6)]
+    async with Store.open(tmp_path / "inventory.db") as store:
+        await store.keys.upsert_keys([KeyRecord(
+            fp, START - dt.timedelta(days=10 * i), START + dt.timedelta(days=90),
+            "cluster", certificate_pem="-----BEGIN CERTIFICATE-----") for i, fp in enumerate(fps)])
+        view = InventoryView(store, policy=policy, clock=lambda: clock[0])
+        names = [f"c{i}" for i in range(8)]
+        for name in names:
+            await store.inventory.upsert_cluster(name, server=f"https://{name}:6443")
+        for _ in range(25):
+            name = rng.choice(names)
+            what = rng.random()
+            if what < 0.4:
+                await store.inventory.record_cluster_status(
+                    name, reachable=rng.random() < 0.8, last_error=rng.choice((None, *ODD_TEXT)),
+                    last_scan_at=clock[0], scan_duration_ms=rng.randint(1, 900),
+                    sealing_key=rng.choice((None, *fps)), sealing_key_source="cert.pem")
+            elif what < 0.7:
+                await store.inventory.replace_cluster_keys(name, [
+                    KeyHolding(fp, f"key-{fp[:4]}", rng.choice((None, "active", "compromised")),
+                               "1", None, clock[0]) for fp in rng.sample(fps, rng.randint(0, 3))],
+                    [MalformedKeySecret("not-a-key", rng.choice(ODD_TEXT), clock[0])]
+                    if rng.random() < 0.3 else [])
+            elif what < 0.8:
+                await store.keys.set_key_state(rng.choice(fps), "retired", actor="test")
+            elif what < 0.9:
+                await store.keys.set_fleet_master(rng.sample(fps, 2))
+            else:
+                await store.inventory.mark_cluster_removed(name)
+            clock[0] += dt.timedelta(seconds=rng.choice((0, 1, 3600)))
+            snap = await view.rebuild()
+            assert (snap.staleness_body, snap.clusters_body, snap.keys_body) == \
+                await reference_bodies(store, policy, clock[0])
