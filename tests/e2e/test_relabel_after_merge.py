@@ -13,8 +13,6 @@ restarted controller no longer loads it.
 from __future__ import annotations
 
 import json
-import subprocess
-import tomllib
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -22,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from gitops_sandbox import flux_sandbox, git, settings_of
 from job_daemon import daemon
 from polling import eventually
 from sandbox_views import opens_with, resealable, sealed_objects, synced_now
@@ -30,32 +29,13 @@ from sealfleet.adapters.kube.client import KubeClient
 from sealfleet.app import config
 from sealfleet.app.scheduler import Scheduler
 from sealfleet.domain.keys import KEY_LABEL_COMPROMISED
-from sealfleet.sandbox import Sandbox, SeedSpec
-from sealfleet.sandbox.gitops import git_env
-
-SPEC = SeedSpec(namespaces=2, sealed_secrets=6, keys=2, seed=11, key_bits=2048,
-                gitops_fraction=0.5)
-
-
-def git(*args: str, cwd: Path) -> str:
-    return subprocess.run(["git", *args], cwd=cwd, env=git_env(), check=True,
-                          capture_output=True).stdout.decode()
+from sealfleet.sandbox import Sandbox
 
 
 @pytest.fixture
 async def sandbox(tmp_path: Path) -> AsyncIterator[Sandbox]:
-    async with Sandbox(tmp_path / "sandbox", clusters=2, seed=SPEC, seed_processes=0,
-                       bookmark_interval=0.3, crash_backoff=(0.1, 0.5), startup_delay=0.2,
-                       flux_interval=0.5, flux_source_interval=0.2) as started:
+    async with flux_sandbox(tmp_path / "sandbox") as started:
         yield started
-
-
-def settings_of(sandbox: Sandbox) -> config.Settings:
-    data = tomllib.loads(sandbox.config.read_text())
-    data["fleet"] = {"master": True, "key_bits": 2048}
-    (repo,) = data["repos"]
-    repo["rescan_interval"] = "1s"
-    return config.settings_from_mapping(data, base_dir=sandbox.config.parent)
 
 
 async def key_labels(settings: config.Settings, fingerprint: str) -> dict[str, set[str | None]]:
