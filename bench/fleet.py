@@ -104,14 +104,23 @@ def proc_rss_mb(pid: int) -> float:
 # --------------------------------------------------------------------- baseline
 
 
-async def plain_client(kubeconfig: dict[str, Any], concurrency: int) -> tuple[float, int]:
-    """Per cluster: one TLS connect, a paginated list, a JSON parse (wall s, objects)."""
+Targets = tuple[dict[str, Any], dict[str, Any], list[dict[str, str]], ssl.SSLContext]
+
+
+def targets(kubeconfig: dict[str, Any]) -> Targets:
+    """The sandbox kubeconfig's clusters, users and full-access contexts by name, and
+    one TLS context for its CA (every sandbox cluster shares it)."""
     clusters = {c["name"]: c["cluster"] for c in kubeconfig["clusters"]}
     users = {u["name"]: u["user"] for u in kubeconfig["users"]}
     contexts = [c["context"] for c in kubeconfig["contexts"]
                 if not c["name"].endswith("-restricted")]
     ca = base64.b64decode(clusters[contexts[0]["cluster"]]["certificate-authority-data"])
-    context = ssl.create_default_context(cadata=ca.decode())
+    return clusters, users, contexts, ssl.create_default_context(cadata=ca.decode())
+
+
+async def plain_client(kubeconfig: dict[str, Any], concurrency: int) -> tuple[float, int]:
+    """Per cluster: one TLS connect, a paginated list, a JSON parse (wall s, objects)."""
+    clusters, users, contexts, context = targets(kubeconfig)
     gate = asyncio.Semaphore(concurrency)
 
     async def one(ctx: dict[str, str]) -> int:
@@ -140,12 +149,7 @@ async def add_objects(kubeconfig: dict[str, Any], per_cluster: int,
                       concurrency: int) -> int:
     """Create *per_cluster* SealedSecrets in every cluster, copies (new names, same
     namespace) of its namespace- and cluster-wide ones; how many were created."""
-    clusters = {c["name"]: c["cluster"] for c in kubeconfig["clusters"]}
-    users = {u["name"]: u["user"] for u in kubeconfig["users"]}
-    contexts = [c["context"] for c in kubeconfig["contexts"]
-                if not c["name"].endswith("-restricted")]
-    ca = base64.b64decode(clusters[contexts[0]["cluster"]]["certificate-authority-data"])
-    context = ssl.create_default_context(cadata=ca.decode())
+    clusters, users, contexts, context = targets(kubeconfig)
     gate = asyncio.Semaphore(concurrency)
     wide = {"sealedsecrets.bitnami.com/namespace-wide", "sealedsecrets.bitnami.com/cluster-wide"}
 

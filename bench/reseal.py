@@ -79,15 +79,21 @@ def make_secrets(old: keys.SealingKey, count: int, rng: random.Random) -> list[d
     return out
 
 
-def raw_ceiling(docs: Sequence[dict[str, Any]], old: keys.SealingKey, new: keys.SealingKey,
-                pool: ThreadPoolExecutor, threads: int) -> Callable[[], int]:
-    """One OAEP decrypt plus one OAEP encrypt per item, padding built once, nothing else."""
+def rsa_pairs(docs: Sequence[dict[str, Any]]) -> list[tuple[bytes, padding.OAEP]]:
+    """Each item's RSA part with the OAEP padding of its document's scope label."""
     pairs = []
     for doc in docs:
         oaep = padding.OAEP(mgf=padding.MGF1(hashes.SHA256()), algorithm=hashes.SHA256(),
                             label=sealed_secrets.identity_of(doc).label or None)
         for value in doc["spec"]["encryptedData"].values():
             pairs.append((hybrid.split(base64.b64decode(value))[0], oaep))
+    return pairs
+
+
+def raw_ceiling(docs: Sequence[dict[str, Any]], old: keys.SealingKey, new: keys.SealingKey,
+                pool: ThreadPoolExecutor, threads: int) -> Callable[[], int]:
+    """One OAEP decrypt plus one OAEP encrypt per item, padding built once, nothing else."""
+    pairs = rsa_pairs(docs)
     private, public = old.private_key, new.public_key
 
     def work(chunk: Sequence[tuple[bytes, padding.OAEP]]) -> int:
@@ -251,13 +257,7 @@ class Ceilings:
     def __init__(self, docs: Sequence[dict[str, Any]], old: keys.SealingKey,
                  new: keys.SealingKey, pool: ThreadPoolExecutor, threads: int,
                  slice_items: int) -> None:
-        pairs = []
-        for doc in docs:
-            oaep = padding.OAEP(mgf=padding.MGF1(hashes.SHA256()), algorithm=hashes.SHA256(),
-                                label=sealed_secrets.identity_of(doc).label or None)
-            for value in doc["spec"]["encryptedData"].values():
-                pairs.append((hybrid.split(base64.b64decode(value))[0], oaep))
-        self._pairs = pairs[:slice_items]
+        self._pairs = rsa_pairs(docs)[:slice_items]
         self._old, self._new, self._pool, self._threads = old, new, pool, threads
         self.raw: list[float] = []
         self.checked: list[float] = []

@@ -9,6 +9,9 @@ import hashlib
 import json
 from typing import Any
 
+from sealfleet.adapters.kube import fleet_keys
+from sealfleet.adapters.kube.client import KubeClient
+from sealfleet.app import config
 from sealfleet.app.jobs import reseal_cluster
 from sealfleet.domain import hybrid, sealed_secrets
 from sealfleet.domain.keys import SealingKey
@@ -72,3 +75,17 @@ def resealable(sandbox: Sandbox) -> set[tuple[str, str, str]]:
     seed = json.loads(sandbox.seed_file.read_text())
     return {(e["cluster"], e["namespace"], e["name"]) for e in seed["sealed_secrets"]
             if all(i["key"] for i in e["items"]) and "broken" not in e["name"]}
+
+
+async def key_labels(settings: config.Settings, fingerprint: str) -> dict[str, set[str | None]]:
+    """Per cluster holding *fingerprint*: the labels of its key Secrets, as the cluster's
+    API shows them (read with the production client)."""
+    found: dict[str, set[str | None]] = {}
+    for cluster in settings.clusters:
+        async with KubeClient.connect(str(cluster.kubeconfig), cluster.context,
+                                      request_timeout=5) as client:
+            held = await fleet_keys.read_key_holdings(client, cluster.controller_namespace)
+        labels = {h.label for h in held.held if h.fingerprint == fingerprint}
+        if labels:
+            found[cluster.name] = labels
+    return found

@@ -23,10 +23,7 @@ import pytest
 from gitops_sandbox import flux_sandbox, git, settings_of
 from job_daemon import daemon
 from polling import eventually
-from sandbox_views import opens_with, resealable, sealed_objects, synced_now
-from sealfleet.adapters.kube import fleet_keys
-from sealfleet.adapters.kube.client import KubeClient
-from sealfleet.app import config
+from sandbox_views import key_labels, opens_with, resealable, sealed_objects, synced_now
 from sealfleet.app.scheduler import Scheduler
 from sealfleet.domain.keys import KEY_LABEL_COMPROMISED
 from sealfleet.sandbox import Sandbox
@@ -36,19 +33,6 @@ from sealfleet.sandbox import Sandbox
 async def sandbox(tmp_path: Path) -> AsyncIterator[Sandbox]:
     async with flux_sandbox(tmp_path / "sandbox") as started:
         yield started
-
-
-async def key_labels(settings: config.Settings, fingerprint: str) -> dict[str, set[str | None]]:
-    """Per cluster holding *fingerprint*: the labels of its key Secrets."""
-    found: dict[str, set[str | None]] = {}
-    for cluster in settings.clusters:
-        async with KubeClient.connect(str(cluster.kubeconfig), cluster.context,
-                                      request_timeout=5) as client:
-            held = await fleet_keys.read_key_holdings(client, cluster.controller_namespace)
-        labels = {h.label for h in held.held if h.fingerprint == fingerprint}
-        if labels:
-            found[cluster.name] = labels
-    return found
 
 
 @pytest.mark.timeout(180)   # three jobs with restarts, a merge and Flux applying it

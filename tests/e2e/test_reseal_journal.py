@@ -13,9 +13,7 @@ from pathlib import Path
 from e2e.test_reseal import sandbox, settings_of
 from job_daemon import daemon
 from polling import eventually
-from sandbox_views import opens_with, resealable, sealed_objects, synced_now, unsealed
-from sealfleet.adapters.kube import fleet_keys
-from sealfleet.adapters.kube.client import KubeClient
+from sandbox_views import key_labels, opens_with, resealable, sealed_objects, synced_now, unsealed
 from sealfleet.adapters.store import KeyEncryptionKey, Store
 from sealfleet.adapters.store.job_objects import JobObject
 from sealfleet.app import config
@@ -23,17 +21,6 @@ from sealfleet.domain.keys import KEY_LABEL_COMPROMISED
 from sealfleet.sandbox import Sandbox
 
 __all__ = ["sandbox"]   # the fixture, shared with test_reseal
-
-
-async def key_labels(settings: config.Settings, fingerprint: str) -> dict[str, set[str | None]]:
-    """Per cluster: the labels of the key Secrets that hold *fingerprint*."""
-    found: dict[str, set[str | None]] = {}
-    for cluster in settings.clusters:
-        async with KubeClient.connect(str(cluster.kubeconfig), cluster.context,
-                                      request_timeout=5) as client:
-            held = await fleet_keys.read_key_holdings(client, cluster.controller_namespace)
-        found[cluster.name] = {h.label for h in held.held if h.fingerprint == fingerprint}
-    return found
 
 
 async def test_a_replay_reads_only_what_the_journal_has_not_marked(

@@ -22,12 +22,12 @@ import asyncio
 import datetime as dt
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import structlog
 
-from sealfleet.adapters.http_api.report_parts import ReportParts, dumps
+from sealfleet.adapters.http_api.report_parts import Composed, ReportParts, dumps
 from sealfleet.adapters.store import Store, report_reads
 from sealfleet.domain.staleness import ClusterFacts, RepoFacts, RunningJob, StalenessPolicy
 
@@ -41,15 +41,10 @@ PACE = 29         # ... and its rebuilds take at most 1/(1 + PACE) of the time (
 
 
 @dataclass(frozen=True)
-class Snapshot:
-    """One consistent view: the report plus the serialised bodies derived from it."""
+class Snapshot(Composed):
+    """One consistent view: the report plus the serialised bodies derived from it, as
+    composed, with when and at which change count."""
 
-    report: dict[str, Any]
-    keys: list[dict[str, Any]]
-    staleness_body: bytes
-    clusters_body: bytes
-    cluster_bodies: dict[str, bytes]
-    keys_body: bytes
     built_at_monotonic: float
     changes: int
     extras: dict[str, Any] = field(default_factory=dict)
@@ -161,16 +156,8 @@ class InventoryView:
             made = self._parts.compose(self.policy, self._clock(), inputs, records, counts,
                                        master, usage, repos=repos, git_counts=git_counts,
                                        jobs_running=running)
-            snap = Snapshot(
-                report=made.report,
-                keys=made.keys,
-                staleness_body=made.staleness_body,
-                clusters_body=made.clusters_body,
-                cluster_bodies=made.cluster_bodies,
-                keys_body=made.keys_body,
-                built_at_monotonic=time.monotonic(),
-                changes=changes,
-            )
+            snap = Snapshot(**{f.name: getattr(made, f.name) for f in fields(Composed)},
+                            built_at_monotonic=time.monotonic(), changes=changes)
             log.debug("snapshot_built", clusters=len(inputs), keys=len(made.keys),
                       recomposed=made.recomposed,
                       duration_ms=round((time.perf_counter() - started) * 1000, 1))
