@@ -11,7 +11,7 @@ import pytest
 
 from sealfleet.adapters.store import KeyEncryptionKey, Store
 from sealfleet.adapters.store.records import KeyRecord
-from sealfleet.app.keystore import Keystore
+from sealfleet.app.keystore import Keystore, keys_epoch
 from sealfleet.domain import key_secrets
 from sealfleet.domain.keys import KEY_LABEL, KeySource, SealingKey, key_secret_manifest
 
@@ -75,6 +75,31 @@ async def test_stored_keys_are_known_at_once_and_loaded_only_when_needed(
     assert keystore.loaded_keys() == []          # known, not parsed yet
     await keystore.materialize()
     assert {k.fingerprint for k in keystore.loaded_keys()} == keystore.fingerprints()
+    assert keystore.epoch == keys_epoch(keystore.fingerprints())   # loading changed no key
+
+
+async def test_the_epoch_kept_key_by_key_names_the_key_set(
+        store: Store, rsa2048_keys: list[SealingKey]) -> None:
+    """The epoch moves with each key learned (in constant time) and always equals the
+    digest of the whole set, however the keys arrived: stored, adopted, observed."""
+    await Keystore(store).adopt(rsa2048_keys[:1], source=KeySource.IMPORTED)
+    keystore = Keystore(store)
+    assert keystore.epoch == keys_epoch(())
+    await keystore.refresh()                     # one key stored, not loaded
+    assert keystore.epoch == keys_epoch([rsa2048_keys[0].fingerprint])
+    seen: list[int] = [keystore.epoch]
+    await keystore.adopt(rsa2048_keys[:2], source=KeySource.IMPORTED)   # one old, one new
+    seen.append(keystore.epoch)
+    secret = key_secrets.read_key_secret(key_secret_manifest(rsa2048_keys[2], name="k"))
+    await keystore.observe_key_secrets([secret])
+    seen.append(keystore.epoch)
+    assert keystore.epoch == keys_epoch(k.fingerprint for k in rsa2048_keys[:3])
+    assert len(set(seen)) == 3                   # each new key changed it
+    assert len(keystore) == 3
+    assert [k.fingerprint for k in keystore.loaded_since(1)] == [
+        k.fingerprint for k in keystore.loaded_keys()[1:]]
+    assert keys_epoch(reversed([k.fingerprint for k in rsa2048_keys])) == keys_epoch(
+        k.fingerprint for k in rsa2048_keys)     # a set: order does not count
 
 
 async def test_the_master_set_is_written_to_the_store_first(

@@ -209,3 +209,22 @@ def test_a_key_whose_modulus_is_not_above_the_ciphertext_costs_no_decrypt(
     found = attribution.attribute_item(sealed, identity.label, [small, large])
     assert found.fingerprint == large.fingerprint
     assert found.rsa_attempts in (1, 2)
+
+
+def test_a_key_that_comes_twice_in_the_order_is_tried_once(
+        dated_keys: list[keys.SealingKey]) -> None:
+    """The attributor puts the cluster's keys first and then the fleet's whole ranking,
+    which names them again: an item no key opens costs one decrypt per key, not two."""
+    lead = [attribution.candidate(k) for k in dated_keys[:2]]
+    ranking = [attribution.candidate(k) for k in dated_keys]
+    sealed_by_none = _items(dated_keys[2], "foreign", 1)[0]
+    order = lead + ranking
+    result = attribution.attribute_sealed_secret(
+        [sealed_by_none], [c for c in order if c.fingerprint != dated_keys[2].fingerprint],
+        local={k.fingerprint for k in dated_keys[:2]})[0]
+    assert result.fingerprint is None
+    assert result.rsa_attempts == 2
+    found = attribution.attribute_sealed_secret(
+        [sealed_by_none], order, local={k.fingerprint for k in dated_keys[:2]})[0]
+    assert found.fingerprint == dated_keys[2].fingerprint
+    assert found.rsa_attempts == 3

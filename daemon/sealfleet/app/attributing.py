@@ -121,45 +121,43 @@ class Attributor:
             self._unknown.pop(raw, None)
             self._usage[fingerprint] += 1
 
-    def candidates(self, preferred: Sequence[str],
-                   likely: Collection[str] = ()) -> list[Candidate]:
-        """The base order: *preferred* in order (the cluster's sealing key), then the
-        *likely* keys (those the cluster holds), then the rest, each group by items
-        sealed so far (then newest first)."""
-        return self._order(preferred, likely)[0]
-
     def _order(self, preferred: Sequence[str],
                likely: Collection[str]) -> tuple[list[Candidate], set[str]]:
-        """:meth:`candidates`, and the fingerprints of its leading (the cluster's) keys.
+        """The base order: *preferred* in order (the cluster's sealing key), then the
+        *likely* keys (those the cluster holds), then every loaded key by items sealed
+        so far (then newest first); and the fingerprints of the leading (the cluster's)
+        keys.
 
-        Costs a copy of the fleet's ranking, not a sort of it: sorting thousands of keys
-        for every page of every cluster grew a first pass quadratically with the fleet.
+        Costs what the cluster holds, not what the fleet holds: the whole ranking follows
+        the lead as it is, not filtered (a copy of references, in C), so the lead's keys
+        come again in it, and each item tries a key once (:mod:`.domain.attribution`).
+        Sorting thousands of keys for every page of every cluster, and later filtering
+        them, grew a first pass quadratically with the fleet.
         """
         ranked, rank = self._ranking()
         head = list(dict.fromkeys(f for f in preferred if f in rank))
         chosen = set(head)
         head += sorted((f for f in likely if f in rank and f not in chosen), key=rank.__getitem__)
         chosen.update(head)
-        lead = [ranked[rank[f]] for f in head]
-        return lead + [c for c in ranked if c.fingerprint not in chosen], chosen
+        return [ranked[rank[f]] for f in head] + ranked, chosen
 
     def _ranking(self) -> tuple[list[Candidate], dict[str, int]]:
         """Every loaded key by items sealed so far, then newest: ranked again at most
         every second (usage only orders the tries); keys loaded in between join at the
-        end (a first pass loads a cluster's keys, cluster after cluster)."""
-        keys = self._keystore.loaded_keys()
+        end (a first pass loads a cluster's keys, cluster after cluster), read from the
+        keystore's load order past those already ranked."""
         now = time.monotonic()
-        if len(keys) < len(self._ranked) or now - self._ranked_at > _RERANK_INTERVAL:
-            ordered = sorted(keys, key=lambda k: (-self._usage[k.fingerprint],
-                                                  -k.not_before.timestamp()))
+        if now - self._ranked_at > _RERANK_INTERVAL:
+            ordered = sorted(self._keystore.loaded_keys(),
+                             key=lambda k: (-self._usage[k.fingerprint],
+                                            -k.not_before.timestamp()))
             self._ranked = [self._candidate(key) for key in ordered]
             self._rank = {c.fingerprint: index for index, c in enumerate(self._ranked)}
             self._ranked_at = now
-        elif len(keys) > len(self._ranked):
-            for key in keys:
-                if key.fingerprint not in self._rank:
-                    self._rank[key.fingerprint] = len(self._ranked)
-                    self._ranked.append(self._candidate(key))
+        else:
+            for key in self._keystore.loaded_since(len(self._ranked)):
+                self._rank[key.fingerprint] = len(self._ranked)
+                self._ranked.append(self._candidate(key))
         return self._ranked, self._rank
 
     def _candidate(self, key: SealingKey) -> Candidate:

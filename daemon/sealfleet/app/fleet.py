@@ -61,6 +61,7 @@ _KEYSTORE_REFRESH = 30.0   # seconds: pick up keys imported or marked compromise
 _PRUNE_INTERVAL = 24 * 3600.0
 _PRUNE_GRACE = dt.timedelta(days=1)
 _LOAD_CONCURRENCY = 2      # stored inventories loaded at once (full records are big)
+_START_BATCH = 32          # workers started per turn of the loop (see _apply)
 
 
 @dataclass
@@ -152,7 +153,7 @@ class FleetManager:
         try:
             async with asyncio.TaskGroup() as group:
                 self._group = group
-                self._apply()
+                await self._apply()
                 group.create_task(self._manage(), name="fleet:manage")
                 group.create_task(self._heartbeat(), name="fleet:heartbeat")
                 group.create_task(self.connect_gate.run(), name="fleet:connect-gate")
@@ -172,14 +173,18 @@ class FleetManager:
                     await self._reconcile.wait()
             if self._reconcile.is_set():
                 self._reconcile.clear()
-                removed = self._apply()
+                removed = await self._apply()
                 for name in removed:
                     await self.store.inventory.mark_cluster_removed(name)
                     self._bump_changes()
             await self.refresh_keys()
 
-    def _apply(self) -> list[str]:
-        """Start, stop and restart workers to match the settings; returns removed names."""
+    async def _apply(self) -> list[str]:
+        """Start, stop and restart workers to match the settings; returns removed names.
+
+        Workers start ``_START_BATCH`` at a time, the loop turning in between: each new
+        task's first step runs in the loop's next turn, and 1,000 of them in one turn
+        (some 0.3 ms each) held every API request and watch event for 300 ms."""
         assert self._group is not None
         wanted = {cluster.name: cluster for cluster in self._settings.clusters}
         removed = []
@@ -193,9 +198,13 @@ class FleetManager:
         deps = Deps(store=self.store, keystore=self.keystore, attributor=self.attributor,
                     options=self._worker_options(), on_change=self._bump_changes,
                     on_progress=self._bump_progress)
+        started = 0
         for name, cluster in wanted.items():
             if name in self._running:
                 continue
+            if started and started % _START_BATCH == 0:
+                await asyncio.sleep(0)
+            started += 1
             worker = ClusterWorker(cluster, deps, load_gate=self._load_gate,
                                    connect_gate=self.connect_gate)
             task = self._group.create_task(self._guard(worker), name=f"cluster:{name}")

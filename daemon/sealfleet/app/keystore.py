@@ -11,7 +11,8 @@ Reads of the store that refresh memory (:meth:`Keystore.refresh`, every 30 s, fo
 imported or marked by another process) hold the same lock as the writes, so a refresh that read
 the store before a write can never land after it and undo that write.
 
-The epoch is a digest of every known private key's fingerprint: attribution answers
+The epoch is a digest of the set of known private keys' fingerprints (kept up to date
+key by key): attribution answers
 ("no known key opens this item") are cached with the epoch they were computed at, and a
 new key changes the epoch so those answers stop counting.
 """
@@ -33,10 +34,20 @@ from sealfleet.errors import InputError
 log = structlog.get_logger(__name__)
 
 
+_EPOCH_MODULUS = 1 << 56   # fits SQLite's signed 64-bit integers
+
+
+def _key_digest(fingerprint: str) -> int:
+    return int.from_bytes(hashlib.sha256(fingerprint.encode()).digest()[:7], "big")
+
+
 def keys_epoch(fingerprints: Iterable[str]) -> int:
-    """A stable number naming a set of keys (fits SQLite's signed 64-bit integers)."""
-    digest = hashlib.sha256("\n".join(sorted(set(fingerprints))).encode()).digest()
-    return int.from_bytes(digest[:7], "big")
+    """A stable number naming a set of keys: the sum of the keys' digests.
+
+    A sum, so that one key more or less changes it in constant time
+    (:meth:`Keystore._keys_changed`): a digest of the sorted set, made again for each of
+    a first pass's 2,000 new keys, grew with the fleet."""
+    return sum(_key_digest(f) for f in set(fingerprints)) % _EPOCH_MODULUS
 
 
 class Keystore:
@@ -45,7 +56,9 @@ class Keystore:
     def __init__(self, store: Store) -> None:
         self._keys = store.keys           # the keystore's part of the database
         self._loaded: dict[str, SealingKey] = {}
+        self._load_order: list[SealingKey] = []  # the same keys, as loaded (never unloaded)
         self._stored: set[str] = set()       # private key in the store, not loaded yet
+        # (the two are disjoint: a key loaded is no longer "stored, not loaded")
         self.epoch = keys_epoch(())
         self.compromised: frozenset[str] = frozenset()
         self.master: frozenset[str] = frozenset()
@@ -95,8 +108,10 @@ class Keystore:
         for event in self._subscribers:
             event.set()
 
-    def _keys_changed(self) -> None:
-        self.epoch = keys_epoch(self.fingerprints())
+    def _keys_changed(self, joined: Iterable[str] = (), left: Iterable[str] = ()) -> None:
+        """Keys *joined* or *left* the set: the epoch follows (:func:`keys_epoch`)."""
+        change = sum(map(_key_digest, joined)) - sum(map(_key_digest, left))
+        self.epoch = (self.epoch + change) % _EPOCH_MODULUS
         self._notify()
         for event in self._want_new_keys:
             event.set()
@@ -112,7 +127,7 @@ class Keystore:
         return fingerprint in self._loaded or fingerprint in self._stored
 
     def __len__(self) -> int:
-        return len(self.fingerprints())
+        return len(self._loaded) + len(self._stored)
 
     def get(self, fingerprint: str) -> SealingKey | None:
         """A loaded key (None when unknown or not loaded yet)."""
@@ -120,7 +135,12 @@ class Keystore:
 
     def loaded_keys(self) -> list[SealingKey]:
         """The loaded keys."""
-        return list(self._loaded.values())
+        return list(self._load_order)
+
+    def loaded_since(self, count: int) -> list[SealingKey]:
+        """The keys loaded after the first *count* (in load order): what a reader that
+        has seen *count* of them is missing, without a copy of them all."""
+        return self._load_order[count:]
 
     # ------------------------------------------------------------ writes
 
@@ -130,10 +150,11 @@ class Keystore:
         async with self._state_lock:
             records = await self._keys.list_keys()
             self.master = frozenset(await self._keys.fleet_master())
-            new = {r.fingerprint for r in records if r.has_private_key} - self.fingerprints()
+            new = {r.fingerprint for r in records
+                   if r.has_private_key and r.fingerprint not in self}
             if new:
                 self._stored |= new
-                self._keys_changed()
+                self._keys_changed(new)
             return self._set_compromised(
                 r.fingerprint for r in records if r.state == KeyState.COMPROMISED)
 
@@ -226,18 +247,22 @@ class Keystore:
             return self._add_loaded(keys)
 
     def _add_loaded(self, keys: Iterable[SealingKey]) -> list[SealingKey]:
-        known = self.fingerprints()
         new = []
         for key in keys:
             if key.fingerprint not in self._loaded:
-                self._loaded[key.fingerprint] = key
-                self._stored.discard(key.fingerprint)
-                if key.fingerprint not in known:
+                if key.fingerprint in self._stored:
+                    self._stored.discard(key.fingerprint)
+                else:
                     new.append(key)
+                self._load(key)
         if new:
-            self._keys_changed()
+            self._keys_changed(k.fingerprint for k in new)
             log.info("keys_learned", fingerprints=[k.fingerprint for k in new])
         return new
+
+    def _load(self, key: SealingKey) -> None:
+        self._loaded[key.fingerprint] = key
+        self._load_order.append(key)
 
     async def record_certificate(self, certificate: Certificate) -> None:
         """A sealing certificate whose private key the fleet does not hold (least
@@ -257,7 +282,8 @@ class Keystore:
             wanted = set(self._stored)
             loaded = await self._keys.load_private_keys(only=sorted(wanted))
             for key in loaded.keys:
-                self._loaded.setdefault(key.fingerprint, key)
+                if key.fingerprint not in self._loaded:
+                    self._load(key)
             for rejected in loaded.rejected:   # one bad row never stops the others
                 log.warning("stored_key_rejected", fingerprint=rejected.fingerprint,
                             reason=rejected.reason)
@@ -265,4 +291,4 @@ class Keystore:
             self._stored.clear()
             if missing:
                 log.warning("stored_keys_missing", fingerprints=sorted(missing))
-                self._keys_changed()
+                self._keys_changed(left=missing)

@@ -47,7 +47,7 @@ from sealfleet.adapters.http_api import (
 from sealfleet.adapters.kube import kubeconfig
 from sealfleet.adapters.store import Store
 from sealfleet.adapters.systemd import Notifier
-from sealfleet.app import backups, preflight
+from sealfleet.app import backups, heap, preflight
 from sealfleet.app.checking import Checker
 from sealfleet.app.config import Settings, load_settings
 from sealfleet.app.fleet import FleetManager
@@ -207,6 +207,10 @@ class Service:
                 if backup_policy is not None:
                     self._backups = backups.BackupKeeper(backup_policy, fleet.keystore, store)
                 budget = settings.service.shutdown_timeout_seconds
+                # The first report is made before the API listens: the first request
+                # used to wait for it (for 1,000 clusters a few hundred ms).
+                await view.rebuild()
+                heap.collect_before_serving()
                 server = ApiServer(
                     build_app(deps), socket_path=settings.api.socket,
                     listen=settings.api.listen_address, shutdown_timeout=budget / 4,

@@ -80,11 +80,15 @@ def _rsa_part(ciphertext_b64: str) -> bytes | None:
 
 def _try(cache_key: str, rsa_part: bytes, label: bytes,
          candidates: Sequence[Candidate]) -> Attribution:
+    """The first of *candidates* that unwraps *rsa_part*; a key that comes twice (the
+    attributor's lead keys come again in the fleet's ranking) is tried once."""
     value = int.from_bytes(rsa_part, "big")
     attempts = 0
+    tried: set[str] = set()
     for option in candidates:
-        if not option.could_have_sealed(rsa_part, value):
+        if option.fingerprint in tried or not option.could_have_sealed(rsa_part, value):
             continue
+        tried.add(option.fingerprint)
         attempts += 1
         if hybrid.unwrap_session_key(option.key.private_key, rsa_part, label) is not None:
             return Attribution(cache_key, option.fingerprint, attempts)
