@@ -1,5 +1,5 @@
-"""The fleet's heap pacing: no automatic full collection during a first pass, the
-long-lived heap frozen after it, and the collector as it was once the fleet stops."""
+"""The fleet's heap pacing: no automatic collection during a first pass, the long-lived
+heap frozen after it, and the collector as it was once the fleet stops."""
 
 from __future__ import annotations
 
@@ -23,21 +23,17 @@ def collectable(thing: object) -> bool:
 
 @pytest.fixture(autouse=True)
 def collector() -> Iterator[None]:
-    thresholds = gc.get_threshold()
     yield
     gc.unfreeze()
-    gc.set_threshold(*thresholds)
+    gc.enable()
 
 
-async def test_full_collections_wait_for_the_first_pass_then_the_heap_is_frozen() -> None:
-    before = gc.get_threshold()
+async def test_collections_wait_for_the_first_pass_then_the_heap_is_frozen() -> None:
     trims: list[None] = []
     pacing = heap.Heap(lambda: 0, trim=lambda: trims.append(None))
-    pacing.hold_full_collections()
+    pacing.hold_collections()
     assert gc.get_freeze_count() > 0         # the startup heap, walked never again
-    young, middle, full = gc.get_threshold()
-    assert (young, middle) == before[:2]
-    assert full > 10**6                      # young generations still collected as usual
+    assert not gc.isenabled()                # no collection stalls the pass
     fleet = Cycle()                          # a first pass's long-lived object
     assert collectable(fleet)
     garbage = Cycle()
@@ -49,7 +45,7 @@ async def test_full_collections_wait_for_the_first_pass_then_the_heap_is_frozen(
     # Frozen with the rest, not collected: a full collection here stopped the loop for
     # 400 ms at 1,000 clusters and found nothing; the next refreeze frees it.
     assert gone() is not None
-    assert gc.get_threshold() == before
+    assert gc.isenabled()
     assert not collectable(fleet)            # it joined the frozen heap
     assert trims == [None]                   # and the freed memory went back
     frozen = gc.get_freeze_count()
@@ -58,15 +54,19 @@ async def test_full_collections_wait_for_the_first_pass_then_the_heap_is_frozen(
     assert trims == [None]
     pacing.release()
     assert gc.get_freeze_count() == 0
-    assert gc.get_threshold() == before
+    assert gc.isenabled()
 
 
 def test_a_fleet_stopped_before_its_first_pass_gives_the_collector_back() -> None:
-    before = gc.get_threshold()
     pacing = heap.Heap(lambda: 0)
-    pacing.hold_full_collections()
+    pacing.hold_collections()
+    assert not gc.isenabled()
+    second = heap.Heap(lambda: 0)            # another fleet in the same process
+    second.hold_collections()
+    second.release()
+    assert not gc.isenabled()                # the first one's pass is still under way
     pacing.release()
-    assert gc.get_threshold() == before
+    assert gc.isenabled()
     assert gc.get_freeze_count() == 0
 
 
@@ -77,7 +77,7 @@ async def test_the_heap_is_frozen_again_once_the_fleet_has_reconnected() -> None
     pacing = heap.Heap(lambda: 0, sessions=lambda: sessions[0], clusters=lambda: 10,
                        connecting=lambda: connecting[0])
     assert not pacing.maybe_refreeze(30.0)       # not settled yet: nothing to refreeze
-    pacing.hold_full_collections()
+    pacing.hold_collections()
     await pacing.settle()
     sessions[0] += 9
     assert not pacing.maybe_refreeze(30.0)       # nine of ten clusters reconnected

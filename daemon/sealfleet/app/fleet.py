@@ -149,7 +149,7 @@ class FleetManager:
         if not self._settings.fleet.master:  # in master mode the jobs keep the set
             await self.keystore.set_master(self._settings.fleet.master_keys)
         await self.refresh_keys()
-        self._heap.hold_full_collections()
+        self._heap.hold_collections()
         try:
             async with asyncio.TaskGroup() as group:
                 self._group = group

@@ -11,16 +11,18 @@ loop stopped meanwhile (API requests, watch events, the watchdog's heartbeat).  
   for an answer yet); when the fleet starts, what the process holds by then (its modules,
   classes and settings: a few hundred thousand objects that never become garbage) is
   frozen, so that no later collection walks it again;
-- while the fleet makes its first pass, the collector's automatic full collections are
-  held back (the young generations are still collected as usual: cheap, and they free
-  almost all the garbage there is, cycles of short-lived objects);
-- at the end of the first pass what the fleet holds, its long-lived objects, is frozen
-  (``gc.freeze``) without a full collection first, and the freed memory handed back:
-  later full collections walk only what was allocated since, a few milliseconds' worth.
-  Measured at 1,000 clusters, that collection found nothing to free among 374,000
-  objects (the young generations had freed the pass's cycles) and stopped the loop,
-  and every API request, for 395 ms; whatever cyclic garbage did reach the old
-  generation waits for the next refreeze;
+- while the fleet makes its first pass, the collector is off altogether.  A pass makes
+  almost no cyclic garbage (with the collector off at 1,000 clusters, 770 objects were
+  left to collect at its end), while the young generations' collections, about 120 of
+  them at 10 to 25 ms each (walking 9,000 young objects, each of their references a
+  cache miss in a heap of 400 MB), were as many stalls of the loop and the API;
+- at the end of the first pass the collector is on again, and what the fleet holds,
+  its long-lived objects, is frozen (``gc.freeze``) without a full collection first,
+  and the freed memory handed back: later full collections walk only what was
+  allocated since, a few milliseconds' worth.  Measured at 1,000 clusters, that
+  collection found nothing to free among 374,000 objects and stopped the loop, and
+  every API request, for 395 ms; what cyclic garbage there is waits for the next
+  refreeze;
 - the freeze is lifted for one full collection, and the survivors frozen again, once as
   many sessions have started since as the fleet has clusters (a fleet-wide reconnect
   leaves the old sessions' cycles among the frozen objects; once no cluster is
@@ -46,10 +48,6 @@ log = structlog.get_logger(__name__)
 
 _TRIM_INTERVAL = 30.0        # seconds between handing freed C-heap memory back
 _REFREEZE = 3600.0           # seconds between full collections of the frozen heap too
-_NO_FULL_COLLECTIONS = 1_000_000_000   # gen-2 threshold: "never, unless asked"
-# The collector's settings before any fleet held them (a second fleet in the same
-# process, as in tests, must not take the held threshold for the normal one).
-_USUAL_THRESHOLDS = gc.get_threshold()
 
 
 def collect_before_serving() -> None:
@@ -81,19 +79,20 @@ class Heap:
         self._sessions = sessions      # cluster sessions started so far
         self._clusters = clusters      # clusters in the fleet now
         self._connecting = connecting  # clusters connecting now (a reconnect wave)
-        current = gc.get_threshold()
-        self._thresholds = current if current[2] < _NO_FULL_COLLECTIONS else _USUAL_THRESHOLDS
         self._settled = False
+        # Whether hold_collections turned the collector off (a second fleet in the
+        # same process, as in tests, finds it off and leaves turning it on to the first).
+        self._was_enabled = False
         self._sessions_at_freeze = 0
         self._since_refreeze = 0.0
 
-    def hold_full_collections(self) -> None:
+    def hold_collections(self) -> None:
         """The process's heap so far frozen (its garbage was collected before the API
-        listened: :func:`collect_before_serving`); until :meth:`settle`, young
-        generations only (a first pass is under way)."""
+        listened: :func:`collect_before_serving`); until :meth:`settle`, no collections
+        at all (a first pass is under way)."""
         gc.freeze()
-        young, middle, _ = self._thresholds
-        gc.set_threshold(young, middle, _NO_FULL_COLLECTIONS)
+        self._was_enabled = gc.isenabled()
+        gc.disable()
 
     async def settle(self) -> None:
         """The long-lived heap is in place: freeze it (no full collection: see the module
@@ -101,9 +100,9 @@ class Heap:
         if self._settled:
             return
         self._settled = True
+        self._enable()
         gc.freeze()
         self._sessions_at_freeze = self._sessions()
-        gc.set_threshold(*self._thresholds)
         if self._trim is not None:
             await asyncio.to_thread(self._trim)
         # No count of the frozen objects here: gc.get_freeze_count() walks the whole
@@ -117,9 +116,14 @@ class Heap:
         self._sessions_at_freeze = self._sessions()
         self._since_refreeze = 0.0
 
+    def _enable(self) -> None:
+        if self._was_enabled:
+            gc.enable()
+        self._was_enabled = False
+
     def release(self) -> None:
         """The fleet stopped: the collector as it was, the frozen objects collectable."""
-        gc.set_threshold(*self._thresholds)
+        self._enable()
         gc.unfreeze()
 
     async def run(self) -> None:
