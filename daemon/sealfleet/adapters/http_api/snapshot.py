@@ -13,7 +13,8 @@ A background refresher rebuilds the snapshot when the fleet's change counter mov
 (at most every ``min_interval`` seconds, coalescing bursts of writes) and at least every
 ``max_age`` seconds (ages and expiry windows move with the clock).  Without the
 refresher (tests, one-shot tools), a request that finds the snapshot outdated rebuilds
-it inline.
+it inline.  While the refresher runs, :meth:`InventoryView.served` hands the snapshot
+out without any asyncio object, to the API's own thread.
 """
 
 from __future__ import annotations
@@ -81,6 +82,13 @@ class InventoryView:
     def snapshot(self) -> Snapshot | None:
         """The latest snapshot without waiting (None before the first build)."""
         return self._snapshot
+
+    def served(self) -> Snapshot | None:
+        """The current snapshot while the refresher keeps it fresh (None without a
+        refresher or before its first build).  It awaits nothing and touches none of the
+        view's asyncio objects, so the API's own thread may call it; a None sends the
+        caller to :meth:`current` on the view's loop."""
+        return self._snapshot if self._refresher_running else None
 
     def set_policy(self, policy: StalenessPolicy) -> None:
         """Apply a reloaded policy; the next rebuild uses it (and re-reads the master key
