@@ -12,6 +12,16 @@ plaintext (keys are described by fingerprint and validity only).
 
 Query parameters are those the OpenAPI document declares for the path, each at most
 once: anything else is a 400 on every endpoint, checked here once rather than per handler.
+
+Two loops serve a request (:mod:`.server`, :mod:`.http_thread`).  aiohttp, the auth and
+query checks run on the API's own thread.  The handlers that read nothing but immutable
+data (``/healthz``, the OpenAPI document, and the snapshot's pre-serialised bodies:
+``/api/v1/staleness``, ``/api/v1/clusters``, ``/api/v1/clusters/{name}``,
+``/api/v1/keys``) answer there too, so a busy main loop does not delay them.  Every
+other handler reads the store, the jobs or live state owned by the main loop, and runs
+there exactly as before: the guard reads the body first (the stream belongs to the
+API's loop; aiohttp keeps the bytes for the handler's own ``read``), runs the handler
+on the main loop and awaits its response.
 """
 
 from __future__ import annotations
@@ -37,6 +47,7 @@ from prometheus_client.registry import CollectorRegistry
 
 from sealfleet.adapters.http_api import (
     gitops,
+    http_thread,
     jobs_api,
     key_transfer_api,
     openapi,
@@ -47,7 +58,7 @@ from sealfleet.adapters.http_api.metrics import InventoryCollector, ScrapeInputs
 from sealfleet.adapters.http_api.pages import cluster as cluster_page
 from sealfleet.adapters.http_api.pages import jobs as jobs_page
 from sealfleet.adapters.http_api.pages import keys as keys_page
-from sealfleet.adapters.http_api.snapshot import InventoryView, dumps
+from sealfleet.adapters.http_api.snapshot import InventoryView, Snapshot, dumps
 from sealfleet.adapters.store import Store
 from sealfleet.adapters.store.records import GitLink, SealedSecretRecord
 from sealfleet.domain import check
@@ -183,16 +194,51 @@ def _check_token(request: web.Request, deps: ApiDeps) -> None:
         raise ApiError(403, "forbidden", "this endpoint requires the admin token")
 
 
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+async def _read_body(request: web.Request) -> None:
+    """The whole body, read on the loop its stream belongs to; aiohttp keeps it, so the
+    handler's ``read()`` (``json()``, ``text()``) gets these bytes wherever it runs."""
+    try:
+        await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        limit = request.client_max_size
+        shown = f"{limit >> 20} MiB" if limit % (1 << 20) == 0 else f"{limit} bytes"
+        raise ApiError(413, "too_large", f"the request body is larger than {shown}") from None
+
+
+async def _on_main_loop(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """*handler*'s response, the handler run on the main loop (the body read here first).
+
+    Only a finished ``web.Response`` may come back: preparing a response writes to the
+    connection, whose transport belongs to the API's loop and is not thread-safe, so a
+    handler that streams (``prepare``/``write``) cannot run on the main loop."""
+    await _read_body(request)
+
+    async def call() -> web.StreamResponse:
+        return await handler(request)
+
+    response = await http_thread.on_loop(request.app.get(http_thread.MAIN_LOOP), call())
+    if response.prepared:
+        raise RuntimeError("a handler run on the main loop prepared its response itself")
+    return response
+
+
 @web.middleware
-async def guard(request: web.Request,
-                handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
-                ) -> web.StreamResponse:
-    """Auth, then the handler; every failure becomes the one JSON error shape."""
+async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Auth, then the handler; every failure becomes the one JSON error shape.
+
+    Auth and the query check run on the API's thread; the handler too when it is one of
+    ``ON_API_THREAD`` (or the router's own 404/405), else on the main loop."""
     try:
         if not _over_unix_socket(request) and request.path not in jobs_api.PUBLIC_PATHS:
             _check_token(request, request.app[DEPS])
         _check_query(request)
-        return await handler(request)
+        match = request.match_info
+        if match.http_exception is not None or match.handler in ON_API_THREAD:
+            return await handler(request)
+        return await _on_main_loop(request, handler)
     except ApiError as exc:
         headers: CIMultiDict[str] | None = None
         if exc.status == 401:
@@ -258,24 +304,36 @@ async def metrics(request: web.Request) -> web.Response:
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
+async def _snapshot(request: web.Request) -> Snapshot:
+    """The snapshot to answer from, on the API's thread.  The one the refresher keeps
+    fresh is read as it is (immutable, replaced atomically); without a refresher (tests,
+    one-shot tools) ``current()`` may rebuild, on the main loop (it locks with the main
+    loop's asyncio objects)."""
+    view = request.app[DEPS].view
+    snap = view.served()
+    if snap is not None:
+        return snap
+    return await http_thread.on_loop(request.app.get(http_thread.MAIN_LOOP), view.current())
+
+
 async def staleness(request: web.Request) -> web.Response:
-    return _snapshot_body(request, (await request.app[DEPS].view.current()).staleness_body)
+    return _snapshot_body(request, (await _snapshot(request)).staleness_body)
 
 
 async def clusters(request: web.Request) -> web.Response:
-    return _snapshot_body(request, (await request.app[DEPS].view.current()).clusters_body)
+    return _snapshot_body(request, (await _snapshot(request)).clusters_body)
 
 
 async def cluster(request: web.Request) -> web.Response:
     name = request.match_info["name"]
-    body = (await request.app[DEPS].view.current()).cluster_bodies.get(name)
+    body = (await _snapshot(request)).cluster_bodies.get(name)
     if body is None:
         raise ApiError(404, "not_found", f"no cluster named {name!r}")
     return _json_body(body)
 
 
 async def keys(request: web.Request) -> web.Response:
-    return _snapshot_body(request, (await request.app[DEPS].view.current()).keys_body)
+    return _snapshot_body(request, (await _snapshot(request)).keys_body)
 
 
 def sealed_secret_entry(record: SealedSecretRecord,
@@ -354,6 +412,14 @@ async def check_documents(request: web.Request) -> web.Response:
 
 async def openapi_json(request: web.Request) -> web.Response:
     return _json_body(request.app[OPENAPI_BODY])
+
+
+# The handlers that answer on the API's own thread: each reads nothing but immutable
+# data (constants, the OpenAPI document, a snapshot's bytes through _snapshot).  A
+# handler added here must touch no asyncio object of the main loop and nothing the main
+# loop mutates; anything else (the store, jobs, readiness, metrics) stays off this list.
+ON_API_THREAD: frozenset[Handler] = frozenset({healthz, openapi_json, staleness, clusters,
+                                               cluster, keys})
 
 
 def _html(page: bytes) -> web.Response:

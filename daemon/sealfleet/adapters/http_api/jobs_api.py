@@ -104,8 +104,8 @@ def _json(body: object, status: int = 200) -> web.Response:
 
 
 async def _body(request: web.Request) -> dict[str, JsonValue]:
-    if not request.can_read_body:
-        return {}
+    # No can_read_body test: the guard has read the body by now (so the stream is at
+    # its end); read() gives its bytes, b"" when there was none.
     try:
         body = json.loads(await request.read() or b"{}")
     except (ValueError, UnicodeDecodeError):

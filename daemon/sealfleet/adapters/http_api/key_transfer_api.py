@@ -68,7 +68,10 @@ def _socket_only(request: web.Request) -> KeyTransferPort:
 
 
 async def _read(request: web.Request) -> bytes:
-    data = await request.content.read(MAX_BODY + 1)
+    # The body as the guard read it (it does so on the API's thread, whose loop the
+    # stream belongs to; aiohttp keeps the bytes): one over the app's client_max_size
+    # (1 MiB too) is already a 413 there, this only holds should the two ever part.
+    data = await request.read()
     if len(data) > MAX_BODY:
         raise InputError("the request body is larger than 1 MiB")
     return data

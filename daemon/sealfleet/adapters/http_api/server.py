@@ -8,10 +8,20 @@ the socket this server bound (same device and inode): a second daemon that found
 first one listening must not delete the first one's socket on its way out.  The socket's
 directory is created only when the caller says it is ours (``create_parent``, the
 default runtime/state directory); a configured path in a missing directory is an error.
+
+aiohttp runs entirely on the API's own thread (:mod:`.http_thread`): the runner's setup,
+the sites, stop_intake and cleanup all execute on that thread's loop, so connections are
+accepted, parsed and answered there even while the main loop is busy with the fleet.
+The public methods are awaited from the main loop as before; ``start`` records that loop
+in the application (``MAIN_LOOP``), where the guard bridges every handler that is not
+known to be thread-safe (:mod:`.app`).  ``close`` waits for requests in flight (bridged
+ones too: the main loop is free while it awaits the thread), then stops and joins the
+thread.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import socket
@@ -22,6 +32,7 @@ from types import TracebackType
 import structlog
 from aiohttp import web
 
+from sealfleet.adapters.http_api.http_thread import MAIN_LOOP, HttpThread
 from sealfleet.adapters.http_api.protocol import ApiRunner
 from sealfleet.errors import PermanentError
 
@@ -87,7 +98,7 @@ def bind_unix_socket(path: Path, mode: int = 0o660, *,
 
 
 class ApiServer:
-    """Owns the runner and its sites.  Use as an async context manager."""
+    """Owns the API's thread, the runner and its sites.  Use as an async context manager."""
 
     def __init__(self, app: web.Application, *, socket_path: Path | None,
                  listen: tuple[str, int] | None, shutdown_timeout: float = 5.0,
@@ -97,6 +108,7 @@ class ApiServer:
         self._create_parent = create_parent
         self._bound: tuple[int, int] | None = None  # (st_dev, st_ino) of the socket we bound
         self._listen = listen
+        self._thread = HttpThread()
         # No access log: it would record request lines (and aiohttp's parser errors go
         # through protocol.ApiRequestHandler, which logs no request data at all).
         self._runner = ApiRunner(app, access_log=None, shutdown_timeout=shutdown_timeout,
@@ -106,6 +118,13 @@ class ApiServer:
         self.tcp_port: int | None = None
 
     async def start(self) -> None:
+        self._app[MAIN_LOOP] = asyncio.get_running_loop()
+        await self._thread.start()
+        await self._thread.run(self._start_sites())
+        log.info("api_listening", addresses=self.addresses)
+
+    async def _start_sites(self) -> None:
+        """On the API's thread: the runner's setup and the sites' start."""
         await self._runner.setup()
         if self._socket_path is not None:
             sock = bind_unix_socket(self._socket_path, create_parent=self._create_parent)
@@ -129,18 +148,30 @@ class ApiServer:
             self.tcp_port = ports[0] if ports else port
             shown = f"[{host}]" if ":" in host else host
             self.addresses.append(f"http://{shown}:{self.tcp_port or port}/")
-        log.info("api_listening", addresses=self.addresses)
 
     async def stop_intake(self) -> None:
         """Stop accepting new connections; requests in flight continue."""
+        if self._thread.running:
+            await self._thread.run(self._stop_sites())
+
+    async def _stop_sites(self) -> None:
         for site in self._sites:
             with contextlib.suppress(Exception):
                 await site.stop()
         self._sites.clear()
 
-    async def close(self) -> None:
-        await self.stop_intake()
+    async def _cleanup(self) -> None:
+        """On the API's thread: no new connections, then requests in flight get
+        ``shutdown_timeout`` to finish."""
+        await self._stop_sites()
         await self._runner.cleanup()
+
+    async def close(self) -> None:
+        if self._thread.running:
+            try:
+                await self._thread.run(self._cleanup())
+            finally:
+                await self._thread.stop()
         if self._socket_path is not None and self._bound is not None:
             with contextlib.suppress(FileNotFoundError):
                 st = self._socket_path.lstat()
