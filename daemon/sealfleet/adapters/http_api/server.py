@@ -155,10 +155,13 @@ class ApiServer:
             await self._thread.run(self._stop_sites())
 
     async def _stop_sites(self) -> None:
+        if not self._sites:
+            return
         for site in self._sites:
             with contextlib.suppress(Exception):
                 await site.stop()
         self._sites.clear()
+        log.info("api_intake_stopped", addresses=self.addresses)
 
     async def _cleanup(self) -> None:
         """On the API's thread: no new connections, then requests in flight get
