@@ -99,13 +99,7 @@ class Api:
         finally:
             writer.close()
             await writer.wait_closed()
-        head, _, body = data.partition(b"\r\n\r\n")
-        status_line, *header_lines = head.decode("latin-1").split("\r\n")
-        headers = {}
-        for line in header_lines:
-            name, _, value = line.partition(":")
-            headers[name.strip().lower()] = value.strip()
-        return RawResponse(int(status_line.split()[1]), headers, body)
+        return RawResponse.parse(data)
 
 
 @dataclass(frozen=True)
@@ -113,6 +107,17 @@ class RawResponse:
     status: int
     headers: dict[str, str]
     body: bytes
+
+    @classmethod
+    def parse(cls, data: bytes) -> RawResponse:
+        """A whole HTTP/1.1 answer as read until the server closed the connection."""
+        head, _, body = data.partition(b"\r\n\r\n")
+        status_line, *header_lines = head.decode("latin-1").split("\r\n")
+        headers = {}
+        for line in header_lines:
+            name, _, value = line.partition(":")
+            headers[name.strip().lower()] = value.strip()
+        return cls(int(status_line.split()[1]), headers, body)
 
     def json(self) -> Any:
         assert self.headers.get("content-type", "").startswith("application/json"), \
