@@ -219,7 +219,7 @@ async def test_bridged_errors_keep_the_one_json_shape(served: Served) -> None:
     assert served.jobs.calls == []   # every one refused before the job was submitted
 
 
-@pytest.mark.parametrize("path", ["/api/v1/check", "/api/v1/keys/import"])
+@pytest.mark.parametrize("path", ["/api/v1/check", "/api/v1/keys/import", "/api/v1/keys/sync"])
 async def test_a_body_over_one_mib_is_a_json_413(served: Served, path: str) -> None:
     status, answered = await served.post(path, b" " * (MIB + 1))
     assert status == 413

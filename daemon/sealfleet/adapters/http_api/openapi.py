@@ -43,6 +43,7 @@ _ERRORS = {
                  "not declared for this path, or given more than once (code bad_request)"),
     "401": _json(_ref("Error"), "Missing or wrong bearer token (TCP listener only)"),
     "404": _json(_ref("Error"), "No such cluster (code not_found)"),
+    "413": _json(_ref("Error"), "The body is larger than 1 MiB (code too_large)"),
     "503": _json(_ref("Error"), "Inventory not available"),
 }
 
@@ -359,6 +360,7 @@ def _key_transfer(summary: str, content: dict[str, Any],
             "403": _json(_ref("Error"), "Over TCP, whatever the token: only on the daemon's "
                                         "unix socket (code forbidden)"),
             "409": _json(_ref("Error"), "Refused (code refused)"),
+            "413": _ERRORS["413"],
             "503": _ERRORS["503"],
         },
     }}
@@ -378,6 +380,7 @@ def _post(summary: str, *, body: dict[str, Any] | None = None,
                                         "(code forbidden)"),
             "409": _json(_ref("Error"), "Refused as asked; nothing was journaled or changed "
                                         "(code refused)"),
+            "413": _ERRORS["413"],
             "503": _ERRORS["503"],
         },
     }
