@@ -124,6 +124,12 @@ def _run(args: argparse.Namespace) -> int:
     settings = load_settings(args.config)
     configure_logging(level=settings.logging.level, fmt=settings.logging.format)
     _raise_open_files_limit()
+    # The GIL changes hands every 1 ms instead of 5: the API answers on its own thread
+    # (adapters/http_api/http_thread), and each time it wakes it waits for the GIL once
+    # or twice, behind the main loop or the report's composition, each up to the switch
+    # interval.  At 1,000 clusters the staleness p99 during a first pass went from 18.5
+    # to 13.1 ms.
+    sys.setswitchinterval(0.001)
     daemon = service.Service(settings, hard_exit=True)
     signals.deliver_to(stop=daemon.request_stop, reload=daemon.request_reload)
     try:
