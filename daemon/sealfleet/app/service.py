@@ -47,7 +47,7 @@ from sealfleet.adapters.http_api import (
 from sealfleet.adapters.kube import kubeconfig
 from sealfleet.adapters.store import Store
 from sealfleet.adapters.systemd import Notifier
-from sealfleet.app import backups, bulk_threads, heap, preflight
+from sealfleet.app import backups, heap, preflight
 from sealfleet.app.checking import Checker
 from sealfleet.app.config import Settings, load_settings
 from sealfleet.app.fleet import FleetManager
@@ -178,7 +178,7 @@ class Service:
                 self._store = store
                 self.migrations_applied = True
                 await _forget_unconfigured(store, settings)
-                executor = bulk_threads.bulk_pool(os.cpu_count() or 1, "rsa")
+                executor = ThreadPoolExecutor(os.cpu_count() or 1, thread_name_prefix="rsa")
                 stack.callback(executor.shutdown, wait=True, cancel_futures=True)
                 fleet = self.fleet = self._fleet_factory(settings, store, executor)
                 view = self.view = InventoryView(

@@ -8,12 +8,12 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
 import structlog
 
 from sealfleet.adapters.git import writing
-from sealfleet.app import bulk_threads
 from sealfleet.domain import resealing
 from sealfleet.domain.planning.resealing import PlannedReseal
 from sealfleet.errors import FleetError
@@ -145,7 +145,8 @@ async def iter_on_threads(values: Sequence[T], work: Callable[[list[T]], list[R]
     loop = asyncio.get_running_loop()
     chunks = [list(values[i:i + _FILES_PER_TASK])
               for i in range(0, len(values), _FILES_PER_TASK)]
-    pool = bulk_threads.bulk_pool(min(resealing.rsa_threads(), len(chunks)), "reseal-git")
+    pool = ThreadPoolExecutor(max_workers=min(resealing.rsa_threads(), len(chunks)),
+                              thread_name_prefix="reseal-git")
     futures = [loop.run_in_executor(pool, work, chunk) for chunk in chunks]
     try:
         for future in futures:

@@ -28,13 +28,12 @@ from __future__ import annotations
 import json
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from concurrent.futures import Executor
+from concurrent.futures import Executor, ThreadPoolExecutor
 
 import structlog
 
 from sealfleet.adapters.store.job_objects import counts_document
 from sealfleet.adapters.store.records import JobItem, JobRecord, JsonObject, JsonValue
-from sealfleet.app import bulk_threads
 from sealfleet.app.jobs import (
     relabel_job,
     reseal_cluster,
@@ -89,7 +88,7 @@ class ResealExecutor:
 
     def __init__(self, ctx: JobContext, pool: Executor | None = None) -> None:
         self._ctx = ctx
-        self._pool = pool or bulk_threads.bulk_pool(rsa_threads(), "reseal")
+        self._pool = pool or ThreadPoolExecutor(rsa_threads(), thread_name_prefix="reseal")
 
     @property
     def concurrency(self) -> int:
