@@ -22,7 +22,7 @@ from typing import Any
 import structlog
 from aiohttp import http_exceptions, web, web_protocol
 
-from sealfleet.adapters.http_api.app import STATUS_CODES, error_response
+from sealfleet.adapters.http_api.guard import STATUS_CODES, error_response
 
 log = structlog.get_logger(__name__)
 
