@@ -31,8 +31,11 @@ measured in the same run:
    objects fill the holes the first pass's garbage left in the heap (and the copies'
    items are attributed from the daemon's cache), so it is printed, not subtracted;
 3. ``GET /api/v1/staleness`` latency over the API socket, p50/p99, during the first pass
-   and after it; the longest gap between watchdog pings; how many clusters the report
-   showed scanned over time (each cluster's result is visible once it is done);
+   and after it, and beside it the same figures of a plain aiohttp server in a process of
+   its own answering a body of the same size, probed alike at the same time (what this
+   machine, busy with the pass, allows any server); the longest gap between watchdog
+   pings; how many clusters the report showed scanned over time (each cluster's result
+   is visible once it is done);
 4. at ``--outage-at`` (default the largest N): every cluster's apiserver down at once
    (listeners closed, connections dropped) for ``--outage-seconds``, then back: the time
    until the report shows every cluster reachable again, the peak number of TLS
@@ -79,6 +82,7 @@ LIST_PATH = "/apis/bitnami.com/v1alpha1/sealedsecrets"
 PROBE_INTERVAL = 0.1        # seconds between /api/v1/staleness requests
 SETTLE_SECONDS = 15.0       # after READY: idle connections close, RSS settles
 OBJECTS_ADDED = 20          # SealedSecrets added per cluster to measure one object's RSS
+REPORT_BYTES_PER_CLUSTER = 1000   # about what /api/v1/staleness answers per cluster
 WATCHDOG_USEC = 60_000_000  # WatchdogSec=60, as the shipped unit
 
 
@@ -258,6 +262,31 @@ def stop_daemon(run: DaemonRun) -> None:
             run.process.wait()
 
 
+# The latency baseline: aiohttp with nothing else to do, in a process of its own, on the
+# same machine at the same time, answering a body of the report's size.
+PLAIN_SERVER = """
+import sys
+from aiohttp import web
+body = b"x" * int(sys.argv[2])
+async def staleness(request):
+    return web.Response(body=body, content_type="application/json")
+app = web.Application()
+app.router.add_get("/api/v1/staleness", staleness)
+web.run_app(app, path=sys.argv[1], print=None, access_log=None)
+"""
+
+
+@contextlib.contextmanager
+def plain_server(socket_path: Path, size: int) -> Any:
+    process = subprocess.Popen([sys.executable, "-c", PLAIN_SERVER, str(socket_path),
+                                str(size)])
+    try:
+        yield process
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
 class Prober:
     """GET /api/v1/staleness over the API socket, every PROBE_INTERVAL: latencies, and
     now and then the report's count of scanned and reachable clusters."""
@@ -268,6 +297,7 @@ class Prober:
         self.reports: list[tuple[float, int, int]] = []     # (when, scanned, reachable)
         self._task: asyncio.Task[None] | None = None
         self.parse_every = 10
+        self.last_size = 0
 
     async def __aenter__(self) -> Prober:
         self._task = asyncio.create_task(self._run())
@@ -294,6 +324,7 @@ class Prober:
                 finished = time.perf_counter()
                 if status == 200:
                     self.latencies.append((started, finished - started))
+                    self.last_size = len(body)
                     count += 1
                     if count % self.parse_every == 0:
                         self._note(finished, body)
@@ -415,61 +446,81 @@ async def observe_daemon(run: DaemonRun, clusters: int, state: Path, control: An
                          bits: int, cores: int, concurrency: int, sampler: RsaSampler,
                          mark: int, base_client_wall: float, base_client_cpu: float,
                          rsa_wall: float, *, outage: bool, outage_seconds: float) -> Result:
-    async with Prober(state / "api.sock") as prober:
-        await asyncio.wait_for(run.scanning.wait(), 120)
-        await asyncio.wait_for(run.ready.wait(), 3600)
-        wall, cpu = run.ready_at - run.scanning_at, run.cpu_ready - run.cpu_scanning
-        floor = sampler.floor(mark)
-        rsa_cpu = items * floor.median
-        base_cpu = rsa_cpu + base_client_cpu
-        ideal_wall = rsa_cpu / cores + base_client_wall
-        base_wall = rsa_wall + base_client_wall
-        print(f"RSA floor: {floor.describe()}: {rsa_cpu:.1f} CPU-s, {rsa_cpu / cores:.1f} s "
-              f"on {cores} idle cores; the {items} decrypts run on {cores} threads here took "
-              f"{rsa_wall:.1f} s")
-        print(f"plain client (TLS connect + paginated list + JSON parse per cluster, "
-              f"{concurrency} at once): {base_client_wall:.2f} s wall, "
-              f"{base_client_cpu:.2f} CPU-s")
-        print(f"baseline = RSA floor (measured) + plain client: {base_wall:.2f} s wall "
-              f"(ideal, RSA on idle cores: {ideal_wall:.2f} s), {base_cpu:.2f} CPU-s")
-        print(f"daemon first full pass: {wall:.2f} s wall (ratio {wall / base_wall:.2f}; "
-              f"{wall / ideal_wall:.2f} to the ideal), "
-              f"{cpu:.2f} CPU-s (ratio {cpu / base_cpu:.2f}; target <= 2 each); per cluster "
-              f"{wall / clusters * 1000:.1f} ms wall, {cpu / clusters * 1000:.1f} CPU-ms "
-              f"(baseline {base_wall / clusters * 1000:.1f} ms, "
-              f"{base_cpu / clusters * 1000:.1f} CPU-ms)", flush=True)
-        visible = [(when - run.scanning_at, scanned) for when, scanned, _ in prober.reports
-                   if when <= run.ready_at]
-        if visible:
-            marks = []
-            for share in (0.1, 0.5, 0.9):
-                first = next((t for t, n in visible if n >= share * clusters), None)
-                if first is not None:
-                    marks.append(f"{share:.0%} after {first:.1f} s")
-            print(f"clusters scanned in the report during the pass: {', '.join(marks)}; "
-                  f"all at READY ({wall:.1f} s)")
-        during = prober.between(run.scanning_at, run.ready_at)
-        gaps = run.notifications.watchdog_gaps(run.scanning_at, run.ready_at)
-        await asyncio.sleep(SETTLE_SECONDS)
-        after_end = time.perf_counter()
-        after = prober.between(run.ready_at + 1.0, after_end)
-        rss_after = proc_rss_mb(run.process.pid)
-        per_cluster = (rss_after - run.rss_scanning) * 1024 / clusters
-        print(f"daemon RSS: {run.rss_scanning:.0f} MB when the fleet started, {rss_after:.0f} "
-              f"MB {SETTLE_SECONDS:.0f} s after READY: {per_cluster:.0f} KB per cluster "
-              "(target < 300 KB beyond its 20 SealedSecrets)", flush=True)
-        object_kb = await objects_share(run, clusters, state, prober, concurrency,
-                                        rss_after)
-        print(latency_line("/api/v1/staleness during the first pass", during))
-        print(latency_line("/api/v1/staleness after it", after))
-        print(f"watchdog (WatchdogSec=60): {len(gaps) - 1} pings during the pass, longest gap "
-              f"{max(gaps, default=0):.1f} s (the daemon pings every 5 s while it progresses)",
-              flush=True)
-        if outage:
-            await outage_and_recovery(run, clusters, control, prober, outage_seconds,
-                                      concurrency)
+    plain_socket = state / "plain.sock"
+    plain_bytes = clusters * REPORT_BYTES_PER_CLUSTER
+    with plain_server(plain_socket, plain_bytes):
+        async with Prober(state / "api.sock") as prober, Prober(plain_socket) as plain:
+            plain.parse_every = 1 << 62   # its body is not a report
+            result = await _observe(run, clusters, state, control, items, bits, cores,
+                                    concurrency, sampler, mark, base_client_wall,
+                                    base_client_cpu, rsa_wall, prober, plain, plain_bytes,
+                                    outage=outage, outage_seconds=outage_seconds)
     if outage:
         await restart(run, clusters, state, control)
+    return result
+
+
+async def _observe(run: DaemonRun, clusters: int, state: Path, control: Any, items: int,
+                   bits: int, cores: int, concurrency: int, sampler: RsaSampler,
+                   mark: int, base_client_wall: float, base_client_cpu: float,
+                   rsa_wall: float, prober: Prober, plain: Prober, plain_bytes: int, *,
+                   outage: bool, outage_seconds: float) -> Result:
+    await asyncio.wait_for(run.scanning.wait(), 120)
+    await asyncio.wait_for(run.ready.wait(), 3600)
+    wall, cpu = run.ready_at - run.scanning_at, run.cpu_ready - run.cpu_scanning
+    floor = sampler.floor(mark)
+    rsa_cpu = items * floor.median
+    base_cpu = rsa_cpu + base_client_cpu
+    ideal_wall = rsa_cpu / cores + base_client_wall
+    base_wall = rsa_wall + base_client_wall
+    print(f"RSA floor: {floor.describe()}: {rsa_cpu:.1f} CPU-s, {rsa_cpu / cores:.1f} s "
+          f"on {cores} idle cores; the {items} decrypts run on {cores} threads here took "
+          f"{rsa_wall:.1f} s")
+    print(f"plain client (TLS connect + paginated list + JSON parse per cluster, "
+          f"{concurrency} at once): {base_client_wall:.2f} s wall, "
+          f"{base_client_cpu:.2f} CPU-s")
+    print(f"baseline = RSA floor (measured) + plain client: {base_wall:.2f} s wall "
+          f"(ideal, RSA on idle cores: {ideal_wall:.2f} s), {base_cpu:.2f} CPU-s")
+    print(f"daemon first full pass: {wall:.2f} s wall (ratio {wall / base_wall:.2f}; "
+          f"{wall / ideal_wall:.2f} to the ideal), "
+          f"{cpu:.2f} CPU-s (ratio {cpu / base_cpu:.2f}; target <= 2 each); per cluster "
+          f"{wall / clusters * 1000:.1f} ms wall, {cpu / clusters * 1000:.1f} CPU-ms "
+          f"(baseline {base_wall / clusters * 1000:.1f} ms, "
+          f"{base_cpu / clusters * 1000:.1f} CPU-ms)", flush=True)
+    visible = [(when - run.scanning_at, scanned) for when, scanned, _ in prober.reports
+               if when <= run.ready_at]
+    if visible:
+        marks = []
+        for share in (0.1, 0.5, 0.9):
+            first = next((t for t, n in visible if n >= share * clusters), None)
+            if first is not None:
+                marks.append(f"{share:.0%} after {first:.1f} s")
+        print(f"clusters scanned in the report during the pass: {', '.join(marks)}; "
+              f"all at READY ({wall:.1f} s)")
+    during = prober.between(run.scanning_at, run.ready_at)
+    gaps = run.notifications.watchdog_gaps(run.scanning_at, run.ready_at)
+    await asyncio.sleep(SETTLE_SECONDS)
+    after_end = time.perf_counter()
+    after = prober.between(run.ready_at + 1.0, after_end)
+    rss_after = proc_rss_mb(run.process.pid)
+    per_cluster = (rss_after - run.rss_scanning) * 1024 / clusters
+    print(f"daemon RSS: {run.rss_scanning:.0f} MB when the fleet started, {rss_after:.0f} "
+          f"MB {SETTLE_SECONDS:.0f} s after READY: {per_cluster:.0f} KB per cluster "
+          "(target < 300 KB beyond its 20 SealedSecrets)", flush=True)
+    object_kb = await objects_share(run, clusters, state, prober, concurrency,
+                                    rss_after)
+    print(latency_line("/api/v1/staleness during the first pass", during))
+    print(latency_line(f"  baseline, a plain aiohttp server in its own process answering "
+                       f"{plain_bytes / 1e6:.2f} MB (the daemon's body: "
+                       f"{prober.last_size / 1e6:.2f} MB), probed alike, same time",
+                       plain.between(run.scanning_at, run.ready_at)))
+    print(latency_line("/api/v1/staleness after it", after))
+    print(f"watchdog (WatchdogSec=60): {len(gaps) - 1} pings during the pass, longest gap "
+          f"{max(gaps, default=0):.1f} s (the daemon pings every 5 s while it progresses)",
+          flush=True)
+    if outage:
+        await outage_and_recovery(run, clusters, control, prober, outage_seconds,
+                                  concurrency)
     return Result(clusters, bits, items, wall, cpu, base_wall, base_cpu, per_cluster,
                   rss_after, run.rss_scanning, ideal_wall, os.getloadavg()[0],
                   object_kb)
