@@ -24,11 +24,13 @@ from reseal_git_fixtures import (
 
 from polling import eventually
 from sealfleet.adapters.http_api import InventoryView, gitops
-from sealfleet.adapters.store.records import GitSealedSecretRecord, ItemFact
+from sealfleet.adapters.store.records import GitSealedSecretRecord, ItemFact, JobRecord
+from sealfleet.app.jobs.context import JobContext
 from sealfleet.app.jobs.reseal_git import GitResealer
 from sealfleet.domain import documents, sealed_secrets, splice
 from sealfleet.domain.jobs import StepState
 from sealfleet.domain.keys import SealingKey
+from sealfleet.domain.planning.resealing import PlannedReseal
 from sealfleet.domain.scopes import Scope
 from sealfleet.domain.staleness import SecretState, StalenessPolicy
 from sealfleet.errors import FleetError
@@ -141,6 +143,20 @@ async def test_without_push_the_commit_stays_under_a_private_ref(
     assert git("status", "--porcelain", cwd=repo.tree) == ""
 
 
+async def killed_when_git_hangs(ctx: JobContext, job: JobRecord, entries: list[PlannedReseal],
+                                marker: Path) -> None:
+    """The repository step, stopped where the daemon would die: once the hung git
+    command (``hang_once``) has left its *marker*."""
+    running = asyncio.create_task(GitResealer(ctx).reseal_step(job, "gitops", entries))
+
+    async def hung() -> bool:
+        return await asyncio.to_thread(marker.exists)
+    await eventually(hung)
+    running.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await running
+
+
 @pytest.mark.parametrize("point", ["cat-file", "commit", "push", "worktree remove"])
 async def test_a_replay_after_a_crash_makes_no_second_commit(
         tmp_path: Path, repo: Repo, point: str, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -153,14 +169,7 @@ async def test_a_replay_after_a_crash_makes_no_second_commit(
     entries = [repo.db, repo.crlf, repo.api]
     async with job_context(settings, [repo.old, repo.new]) as ctx:
         job = await new_job(ctx, JOB)
-        running = asyncio.create_task(GitResealer(ctx).reseal_step(job, "gitops", entries))
-
-        async def hung() -> bool:
-            return marker.exists()
-        await eventually(hung)
-        running.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await running
+        await killed_when_git_hangs(ctx, job, entries, marker)
     async with job_context(settings) as ctx:           # the next start: keys from the store
         resumed = await ctx.store.jobs.get_job(JOB)
         assert resumed is not None
@@ -198,14 +207,7 @@ async def test_a_crash_mid_step_redoes_only_what_no_checkpoint_holds(
                                         objects=[("repo:gitops", r) for r in refs])
         job = await ctx.store.jobs.get_job(JOB)
         assert job is not None
-        running = asyncio.create_task(GitResealer(ctx).reseal_step(job, "gitops", entries))
-
-        async def hung() -> bool:
-            return marker.exists()
-        await eventually(hung)
-        running.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await running
+        await killed_when_git_hangs(ctx, job, entries, marker)
         marks = {o.ref: o.state for o in await ctx.store.jobs.step_objects(JOB, "repo:gitops")}
     assert marks == {"apps/api.json#0": "done", "apps/crlf.yaml#0": "planned",
                      "apps/multi.yaml#1": "planned"}
