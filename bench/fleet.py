@@ -64,7 +64,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -277,7 +277,7 @@ web.run_app(app, path=sys.argv[1], print=None, access_log=None)
 
 
 @contextlib.contextmanager
-def plain_server(socket_path: Path, size: int) -> Any:
+def plain_server(socket_path: Path, size: int) -> Iterator[subprocess.Popen[bytes]]:
     process = subprocess.Popen([sys.executable, "-c", PLAIN_SERVER, str(socket_path),
                                 str(size)])
     try:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import itertools
 from collections.abc import Iterable, Sequence
 
 import structlog
@@ -55,8 +56,7 @@ class Keystore:
 
     def __init__(self, store: Store) -> None:
         self._keys = store.keys           # the keystore's part of the database
-        self._loaded: dict[str, SealingKey] = {}
-        self._load_order: list[SealingKey] = []  # the same keys, as loaded (never unloaded)
+        self._loaded: dict[str, SealingKey] = {}   # in load order (never unloaded)
         self._stored: set[str] = set()       # private key in the store, not loaded yet
         # (the two are disjoint: a key loaded is no longer "stored, not loaded")
         self.epoch = keys_epoch(())
@@ -135,12 +135,12 @@ class Keystore:
 
     def loaded_keys(self) -> list[SealingKey]:
         """The loaded keys."""
-        return list(self._load_order)
+        return list(self._loaded.values())
 
     def loaded_since(self, count: int) -> list[SealingKey]:
         """The keys loaded after the first *count* (in load order): what a reader that
         has seen *count* of them is missing, without a copy of them all."""
-        return self._load_order[count:]
+        return list(itertools.islice(self._loaded.values(), count, None))
 
     # ------------------------------------------------------------ writes
 
@@ -254,15 +254,11 @@ class Keystore:
                     self._stored.discard(key.fingerprint)
                 else:
                     new.append(key)
-                self._load(key)
+                self._loaded[key.fingerprint] = key
         if new:
             self._keys_changed(k.fingerprint for k in new)
             log.info("keys_learned", fingerprints=[k.fingerprint for k in new])
         return new
-
-    def _load(self, key: SealingKey) -> None:
-        self._loaded[key.fingerprint] = key
-        self._load_order.append(key)
 
     async def record_certificate(self, certificate: Certificate) -> None:
         """A sealing certificate whose private key the fleet does not hold (least
@@ -283,7 +279,7 @@ class Keystore:
             loaded = await self._keys.load_private_keys(only=sorted(wanted))
             for key in loaded.keys:
                 if key.fingerprint not in self._loaded:
-                    self._load(key)
+                    self._loaded[key.fingerprint] = key
             for rejected in loaded.rejected:   # one bad row never stops the others
                 log.warning("stored_key_rejected", fingerprint=rejected.fingerprint,
                             reason=rejected.reason)
