@@ -105,6 +105,22 @@ def proc_rss_mb(pid: int) -> float:
     return float("nan")
 
 
+@dataclass(frozen=True)
+class SandboxMeter:
+    """The sandbox's CPU time and the requests its apiservers served, read together: the
+    difference between two readings is what one phase cost the sandbox."""
+    pid: int
+    control: Any
+
+    async def read(self) -> tuple[float, dict[str, int]]:
+        return proc_cpu(self.pid), await asyncio.to_thread(self.control.requests)
+
+
+def requests_between(before: dict[str, int], after: dict[str, int]) -> str:
+    made = {kind: after[kind] - before.get(kind, 0) for kind in sorted(after)}
+    return ", ".join(f"{kind} {count}" for kind, count in made.items() if count) or "none"
+
+
 # --------------------------------------------------------------------- baseline
 
 
@@ -418,10 +434,17 @@ async def measure(clusters: int, bits: int, state: Path, *, concurrency: int, ou
             kubeconfig = yaml.load((state / "kubeconfig").read_bytes(),
                                    Loader=yaml.CSafeLoader)
             mark = sampler.mark()
+            assert sandbox.process is not None
+            meter = SandboxMeter(sandbox.process.pid, control)
+            served_before = await meter.read()
             cpu_before, sampled = time.process_time(), sampler.cpu_so_far
             base_client_wall, listed = await plain_client(kubeconfig, concurrency)
             base_client_cpu = time.process_time() - cpu_before - (sampler.cpu_so_far - sampled)
+            served_after = await meter.read()
             assert listed == clusters * SEALED_SECRETS, listed
+            print(f"sandbox serving the plain client: {served_after[0] - served_before[0]:.1f}"
+                  f" CPU-s; requests: {requests_between(served_before[1], served_after[1])}",
+                  flush=True)
             # ... and the RSA floor's wall time, measured: the items' decrypts on every core.
             rsa_wall = await asyncio.to_thread(sampler.run_floor, items, cores)
             # The daemon.
@@ -429,7 +452,7 @@ async def measure(clusters: int, bits: int, state: Path, *, concurrency: int, ou
                     (state / "daemon.log").open("ab") as log:
                 run, transport = await start_daemon(state, Path(notify_dir) / "notify", log)
                 try:
-                    result = await observe_daemon(run, clusters, state, control, items, bits,
+                    result = await observe_daemon(run, clusters, state, meter, items, bits,
                                                   cores, concurrency, sampler, mark,
                                                   base_client_wall, base_client_cpu, rsa_wall,
                                                   outage=outage, outage_seconds=outage_seconds)
@@ -442,7 +465,8 @@ async def measure(clusters: int, bits: int, state: Path, *, concurrency: int, ou
     return result
 
 
-async def observe_daemon(run: DaemonRun, clusters: int, state: Path, control: Any, items: int,
+async def observe_daemon(run: DaemonRun, clusters: int, state: Path, meter: SandboxMeter,
+                         items: int,
                          bits: int, cores: int, concurrency: int, sampler: RsaSampler,
                          mark: int, base_client_wall: float, base_client_cpu: float,
                          rsa_wall: float, *, outage: bool, outage_seconds: float) -> Result:
@@ -451,22 +475,25 @@ async def observe_daemon(run: DaemonRun, clusters: int, state: Path, control: An
     with plain_server(plain_socket, plain_bytes):
         async with Prober(state / "api.sock") as prober, Prober(plain_socket) as plain:
             plain.parse_every = 1 << 62   # its body is not a report
-            result = await _observe(run, clusters, state, control, items, bits, cores,
+            result = await _observe(run, clusters, state, meter, items, bits, cores,
                                     concurrency, sampler, mark, base_client_wall,
                                     base_client_cpu, rsa_wall, prober, plain, plain_bytes,
                                     outage=outage, outage_seconds=outage_seconds)
     if outage:
-        await restart(run, clusters, state, control)
+        await restart(run, clusters, state, meter.control)
     return result
 
 
-async def _observe(run: DaemonRun, clusters: int, state: Path, control: Any, items: int,
+async def _observe(run: DaemonRun, clusters: int, state: Path, meter: SandboxMeter,
+                   items: int,
                    bits: int, cores: int, concurrency: int, sampler: RsaSampler,
                    mark: int, base_client_wall: float, base_client_cpu: float,
                    rsa_wall: float, prober: Prober, plain: Prober, plain_bytes: int, *,
                    outage: bool, outage_seconds: float) -> Result:
     await asyncio.wait_for(run.scanning.wait(), 120)
+    served_before = await meter.read()
     await asyncio.wait_for(run.ready.wait(), 3600)
+    served_after = await meter.read()
     wall, cpu = run.ready_at - run.scanning_at, run.cpu_ready - run.cpu_scanning
     floor = sampler.floor(mark)
     rsa_cpu = items * floor.median
@@ -487,6 +514,16 @@ async def _observe(run: DaemonRun, clusters: int, state: Path, control: Any, ite
           f"{wall / clusters * 1000:.1f} ms wall, {cpu / clusters * 1000:.1f} CPU-ms "
           f"(baseline {base_wall / clusters * 1000:.1f} ms, "
           f"{base_cpu / clusters * 1000:.1f} CPU-ms)", flush=True)
+    # Where the wall time goes: the sandbox's apiservers serve the pass on the same cores,
+    # so daemon + sandbox CPU over the cores is a floor for the pass's wall time here.
+    sandbox_cpu = served_after[0] - served_before[0]
+    bound = (cpu + sandbox_cpu) / cores
+    print(f"sandbox serving the pass: {sandbox_cpu:.1f} CPU-s; requests: "
+          f"{requests_between(served_before[1], served_after[1])}")
+    print(f"daemon + sandbox: {cpu + sandbox_cpu:.1f} CPU-s, at least {bound:.1f} s on "
+          f"{cores} cores: the pass took {wall / bound:.2f} of that bound; the daemon's "
+          f"CPU alone over {cores} cores is {cpu / cores / base_wall:.2f} of the baseline's "
+          "wall", flush=True)
     visible = [(when - run.scanning_at, scanned) for when, scanned, _ in prober.reports
                if when <= run.ready_at]
     if visible:
@@ -519,7 +556,7 @@ async def _observe(run: DaemonRun, clusters: int, state: Path, control: Any, ite
           f"{max(gaps, default=0):.1f} s (the daemon pings every 5 s while it progresses)",
           flush=True)
     if outage:
-        await outage_and_recovery(run, clusters, control, prober, outage_seconds,
+        await outage_and_recovery(run, clusters, meter.control, prober, outage_seconds,
                                   concurrency)
     return Result(clusters, bits, items, wall, cpu, base_wall, base_cpu, per_cluster,
                   rss_after, run.rss_scanning, ideal_wall, os.getloadavg()[0],
