@@ -115,6 +115,10 @@ class FleetManager:
         return self.attributor.backlog
 
     @property
+    def rsa_decrypts(self) -> int:
+        return self.attributor.rsa_operations
+
+    @property
     def workers(self) -> Mapping[str, ClusterWorker]:
         return {name: running.worker for name, running in self._running.items()}
 

@@ -78,6 +78,9 @@ class Fleet(Protocol):
     def attribution_backlog(self) -> int: ...  # items waiting for RSA right now
 
     @property
+    def rsa_decrypts(self) -> int: ...         # RSA trial decrypts done since start
+
+    @property
     def keystore(self) -> Keystore: ...        # the one owner of key state
 
     @property
@@ -199,6 +202,7 @@ class Service:
                                read_token=credentials.read_token,
                                admin_token=credentials.admin_token,
                                attribution_backlog=lambda: fleet.attribution_backlog,
+                               rsa_decrypts=lambda: fleet.rsa_decrypts,
                                last_backup=metrics.newest_file_timestamp(settings.backup.dir),
                                jobs=jobs, check=fleet.checker, reseal=resealer,
                                key_transfer=key_transfer.KeyTransfer(

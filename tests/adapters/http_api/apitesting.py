@@ -209,7 +209,8 @@ async def api(tmp_path: Path, rsa2048_keys: list[SealingKey]) -> AsyncIterator[A
                                    for n in ("alpha", "beta", "gamma")])
         deps = ApiDeps(view=view, store=store, readiness=lambda: ready,
                        read_token=READ_TOKEN.encode(), admin_token=ADMIN_TOKEN.encode(),
-                       attribution_backlog=lambda: 7, check=checker)
+                       attribution_backlog=lambda: 7, rsa_decrypts=lambda: 11,
+                       check=checker)
         socket_path = tmp_path / "api.sock"
         async with ApiServer(build_app(deps), socket_path=socket_path,
                              listen=("127.0.0.1", 0)) as server:

@@ -217,6 +217,7 @@ async def test_metrics_agree_with_the_report(api: Api) -> None:
     assert samples[("sealfleet_cluster_drift", (("cluster", "beta"),))] == 1
     assert samples[("sealfleet_scan_duration_seconds", (("cluster", "alpha"),))] == 1.5
     assert samples[("sealfleet_attribution_backlog", ())] == 7
+    assert samples[("sealfleet_rsa_decrypts_total", ())] == 11
     assert ("sealfleet_sealing_key_stale", (("cluster", "gamma"),)) not in samples
 
 

@@ -77,6 +77,7 @@ class ApiDeps:
     read_token: bytes | None = field(default=None, repr=False)
     admin_token: bytes | None = field(default=None, repr=False)
     attribution_backlog: Callable[[], int | None] = lambda: None
+    rsa_decrypts: Callable[[], int | None] = lambda: None   # attribution's, since start
     jobs: jobs_api.JobSubmitter | None = None
     certificates: jobs_api.CertificateSource | None = None
     # Unix time of the newest backup (0.0: none yet), e.g. metrics.newest_file_timestamp;
@@ -300,7 +301,8 @@ def build_app(deps: ApiDeps) -> web.Application:
     inputs = app[SCRAPE_INPUTS] = ScrapeInputs(job_tallies=deps.store.jobs.tallies,
                                                last_backup=deps.last_backup)
     app[REGISTRY] = make_registry(InventoryCollector(lambda: deps.view.snapshot,
-                                                     deps.attribution_backlog, inputs))
+                                                     deps.attribution_backlog, inputs,
+                                                     rsa_decrypts=deps.rsa_decrypts))
     document = openapi.document()
     app[OPENAPI_BODY] = json.dumps(document, indent=1).encode()
     # The HTML pages are not in the document (it describes the JSON API), so their

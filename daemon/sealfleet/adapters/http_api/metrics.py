@@ -162,9 +162,11 @@ class InventoryCollector(Collector):
 
     def __init__(self, snapshot: Callable[[], Snapshot | None],
                  attribution_backlog: Callable[[], int | None] = lambda: None,
-                 inputs: ScrapeInputs | None = None) -> None:
+                 inputs: ScrapeInputs | None = None, *,
+                 rsa_decrypts: Callable[[], int | None] = lambda: None) -> None:
         self._snapshot = snapshot
         self._backlog = attribution_backlog
+        self._decrypts = rsa_decrypts
         self._inputs = inputs or ScrapeInputs()
 
     def collect(self) -> Iterator[Metric]:
@@ -179,6 +181,14 @@ class InventoryCollector(Collector):
                                     "Items waiting for key attribution (RSA trial decrypt)")
             fam.add_metric([], backlog)
             yield fam
+        decrypts = self._decrypts()
+        if decrypts is not None:
+            # Beside the items attributed, this says how well the likeliest-key order
+            # works: one decrypt per item is the floor, more means wrong first guesses.
+            tried = CounterMetricFamily("sealfleet_rsa_decrypts",
+                                        "RSA trial decrypts made to attribute items to keys")
+            tried.add_metric([], decrypts)
+            yield tried
         if self._inputs.tallies is not None:
             yield from _job_families(self._inputs.tallies)
         if self._inputs.last_backup is not None:
