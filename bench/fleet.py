@@ -370,6 +370,15 @@ class Prober:
         return (len(clusters), sum(1 for c in clusters if c.get("last_scan_at")),
                 int(report["fleet"]["reachable"]))
 
+    async def rsa_decrypts_now(self) -> int:
+        """The daemon's ``sealfleet_rsa_decrypts_total``, from a fresh scrape."""
+        connector = aiohttp.UnixConnector(path=str(self._socket))
+        async with aiohttp.ClientSession(connector=connector) as session, \
+                session.get("http://daemon/metrics") as response:
+            text = (await response.read()).decode()
+        return next(int(float(line.split()[1])) for line in text.splitlines()
+                    if line.startswith("sealfleet_rsa_decrypts_total "))
+
     def between(self, start: float, end: float) -> list[float]:
         return [latency for when, latency in self.latencies if start <= when <= end]
 
@@ -494,6 +503,7 @@ async def _observe(run: DaemonRun, clusters: int, state: Path, meter: SandboxMet
     served_before = await meter.read()
     await asyncio.wait_for(run.ready.wait(), 3600)
     served_after = await meter.read()
+    decrypts = await prober.rsa_decrypts_now()
     wall, cpu = run.ready_at - run.scanning_at, run.cpu_ready - run.cpu_scanning
     floor = sampler.floor(mark)
     rsa_cpu = items * floor.median
@@ -503,6 +513,8 @@ async def _observe(run: DaemonRun, clusters: int, state: Path, meter: SandboxMet
     print(f"RSA floor: {floor.describe()}: {rsa_cpu:.1f} CPU-s, {rsa_cpu / cores:.1f} s "
           f"on {cores} idle cores; the {items} decrypts run on {cores} threads here took "
           f"{rsa_wall:.1f} s")
+    print(f"daemon's RSA decrypts in the pass: {decrypts} for {items} items "
+          f"({decrypts / items:.2f} per item; the floor counts 1)")
     print(f"plain client (TLS connect + paginated list + JSON parse per cluster, "
           f"{concurrency} at once): {base_client_wall:.2f} s wall, "
           f"{base_client_cpu:.2f} CPU-s")
