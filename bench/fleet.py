@@ -113,7 +113,10 @@ class SandboxMeter:
     control: Any
 
     async def read(self) -> tuple[float, dict[str, int]]:
-        return proc_cpu(self.pid), await asyncio.to_thread(self.control.requests)
+        requests = dict(await asyncio.to_thread(self.control.requests))
+        connections = await asyncio.to_thread(self.control.connections)
+        requests["TLS connections accepted"] = connections["accepted"]
+        return proc_cpu(self.pid), requests
 
 
 def requests_between(before: dict[str, int], after: dict[str, int]) -> str:
