@@ -14,7 +14,11 @@ measured in the same run:
    time counts in the floor too, and beside it the ideal of the CPU floor spread over
    idle cores) plus a plain aiohttp client doing, with the daemon's concurrency
    (``[fleet] connect_concurrency``), one TLS connect, one paginated list and a JSON
-   parse per cluster; and the time per cluster at each N;
+   parse per cluster; and the time per cluster at each N.  Beside them, where the wall
+   time goes: the daemon's RSA decrypts per item (``sealfleet_rsa_decrypts_total``; the
+   floor counts one), and the sandbox's CPU, requests and TLS connections while it serves
+   the plain client and while it serves the pass (the two share these cores, so daemon +
+   sandbox CPU over the cores is a floor for the pass's wall time here);
 2. the daemon's RSS per cluster: after the pass settles, minus its RSS when the fleet
    started, over N (and between fleet sizes, the slope); and that figure split into its
    objects' share and the rest beyond them (the issue's target: under 300 KB), measured
