@@ -65,6 +65,10 @@ class FakeFleet:
     def attribution_backlog(self) -> int:
         return 0
 
+    @property
+    def rsa_decrypts(self) -> int:
+        return 0
+
     async def apply_settings(self, settings: Settings) -> None:
         self.applied.append(settings)
 
