@@ -89,6 +89,10 @@ async def test_a_crash_looping_controller_is_reported_by_its_cause(tmp_path: Pat
             assert metric(text, "sealfleet_controller_crashlooping", "sandbox-1") == 1
             assert metric(text, "sealfleet_controller_crashlooping", "sandbox-2") == 0
             assert metric(text, "sealfleet_controller_error", "sandbox-1") == 1
+            # A fresh daemon (no attribution cache) decrypts each item at least once.
+            decrypts = next(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                            if line.startswith("sealfleet_rsa_decrypts_total "))
+            assert decrypts >= report["fleet"]["sealed_secrets"]["total"] > 0
         finally:
             service.request_stop()
             await asyncio.wait_for(task, 30)
