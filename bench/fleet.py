@@ -110,22 +110,31 @@ def proc_rss_mb(pid: int) -> float:
 
 
 @dataclass(frozen=True)
+class SandboxReading:
+    """The sandbox's CPU time and what its apiservers served (requests by kind, TLS
+    connections accepted), read together."""
+    cpu: float
+    served: dict[str, int]
+
+    def since(self, before: SandboxReading) -> tuple[float, str]:
+        """What the phase between *before* and this reading cost the sandbox: CPU-s, and
+        what it served, as text."""
+        made = {kind: count - before.served.get(kind, 0)
+                for kind, count in sorted(self.served.items())}
+        return self.cpu - before.cpu, ", ".join(
+            f"{kind} {count}" for kind, count in made.items() if count) or "nothing"
+
+
+@dataclass(frozen=True)
 class SandboxMeter:
-    """The sandbox's CPU time and the requests its apiservers served, read together: the
-    difference between two readings is what one phase cost the sandbox."""
     pid: int
     control: Any
 
-    async def read(self) -> tuple[float, dict[str, int]]:
-        requests = dict(await asyncio.to_thread(self.control.requests))
+    async def read(self) -> SandboxReading:
+        served = dict(await asyncio.to_thread(self.control.requests))
         connections = await asyncio.to_thread(self.control.connections)
-        requests["TLS connections accepted"] = connections["accepted"]
-        return proc_cpu(self.pid), requests
-
-
-def requests_between(before: dict[str, int], after: dict[str, int]) -> str:
-    made = {kind: after[kind] - before.get(kind, 0) for kind in sorted(after)}
-    return ", ".join(f"{kind} {count}" for kind, count in made.items() if count) or "none"
+        served["TLS connections accepted"] = connections["accepted"]
+        return SandboxReading(proc_cpu(self.pid), served)
 
 
 # --------------------------------------------------------------------- baseline
@@ -359,30 +368,28 @@ class Prober:
         scanned = sum(1 for c in clusters if c.get("last_scan_at"))
         self.reports.append((when, scanned, int(report["fleet"]["reachable"])))
 
-    async def sealed_secrets_now(self) -> int:
-        """The report's count of SealedSecrets, fleet-wide, from a fresh request."""
+    async def _fetch(self, path: str) -> bytes:
+        """*path*'s body from a fresh request (a connection of its own)."""
         connector = aiohttp.UnixConnector(path=str(self._socket))
         async with aiohttp.ClientSession(connector=connector) as session, \
-                session.get("http://daemon/api/v1/staleness") as response:
-            report = json.loads(await response.read())
+                session.get("http://daemon" + path) as response:
+            return await response.read()
+
+    async def sealed_secrets_now(self) -> int:
+        """The report's count of SealedSecrets, fleet-wide, from a fresh request."""
+        report = json.loads(await self._fetch("/api/v1/staleness"))
         return int(report["fleet"]["sealed_secrets"]["total"])
 
     async def report_now(self) -> tuple[int, int, int]:
         """(clusters, scanned, reachable) from a fresh request."""
-        connector = aiohttp.UnixConnector(path=str(self._socket))
-        async with aiohttp.ClientSession(connector=connector) as session, \
-                session.get("http://daemon/api/v1/staleness") as response:
-            report = json.loads(await response.read())
+        report = json.loads(await self._fetch("/api/v1/staleness"))
         clusters = report.get("clusters") or []
         return (len(clusters), sum(1 for c in clusters if c.get("last_scan_at")),
                 int(report["fleet"]["reachable"]))
 
     async def rsa_decrypts_now(self) -> int:
         """The daemon's ``sealfleet_rsa_decrypts_total``, from a fresh scrape."""
-        connector = aiohttp.UnixConnector(path=str(self._socket))
-        async with aiohttp.ClientSession(connector=connector) as session, \
-                session.get("http://daemon/metrics") as response:
-            text = (await response.read()).decode()
+        text = (await self._fetch("/metrics")).decode()
         return next(int(float(line.split()[1])) for line in text.splitlines()
                     if line.startswith("sealfleet_rsa_decrypts_total "))
 
@@ -456,11 +463,10 @@ async def measure(clusters: int, bits: int, state: Path, *, concurrency: int, ou
             cpu_before, sampled = time.process_time(), sampler.cpu_so_far
             base_client_wall, listed = await plain_client(kubeconfig, concurrency)
             base_client_cpu = time.process_time() - cpu_before - (sampler.cpu_so_far - sampled)
-            served_after = await meter.read()
+            client_cost, client_served = (await meter.read()).since(served_before)
             assert listed == clusters * SEALED_SECRETS, listed
-            print(f"sandbox serving the plain client: {served_after[0] - served_before[0]:.1f}"
-                  f" CPU-s; requests: {requests_between(served_before[1], served_after[1])}",
-                  flush=True)
+            print(f"sandbox serving the plain client: {client_cost:.1f} CPU-s; served: "
+                  f"{client_served}", flush=True)
             # ... and the RSA floor's wall time, measured: the items' decrypts on every core.
             rsa_wall = await asyncio.to_thread(sampler.run_floor, items, cores)
             # The daemon.
@@ -509,7 +515,7 @@ async def _observe(run: DaemonRun, clusters: int, state: Path, meter: SandboxMet
     await asyncio.wait_for(run.scanning.wait(), 120)
     served_before = await meter.read()
     await asyncio.wait_for(run.ready.wait(), 3600)
-    served_after = await meter.read()
+    sandbox_cpu, sandbox_served = (await meter.read()).since(served_before)
     decrypts = await prober.rsa_decrypts_now()
     wall, cpu = run.ready_at - run.scanning_at, run.cpu_ready - run.cpu_scanning
     floor = sampler.floor(mark)
@@ -535,10 +541,8 @@ async def _observe(run: DaemonRun, clusters: int, state: Path, meter: SandboxMet
           f"{base_cpu / clusters * 1000:.1f} CPU-ms)", flush=True)
     # Where the wall time goes: the sandbox's apiservers serve the pass on the same cores,
     # so daemon + sandbox CPU over the cores is a floor for the pass's wall time here.
-    sandbox_cpu = served_after[0] - served_before[0]
     bound = (cpu + sandbox_cpu) / cores
-    print(f"sandbox serving the pass: {sandbox_cpu:.1f} CPU-s; requests: "
-          f"{requests_between(served_before[1], served_after[1])}")
+    print(f"sandbox serving the pass: {sandbox_cpu:.1f} CPU-s; served: {sandbox_served}")
     print(f"daemon + sandbox: {cpu + sandbox_cpu:.1f} CPU-s, at least {bound:.1f} s on "
           f"{cores} cores: the pass took {wall / bound:.2f} of that bound; the daemon's "
           f"CPU alone over {cores} cores is {cpu / cores / base_wall:.2f} of the baseline's "

@@ -36,9 +36,11 @@ async def get(socket_path: Path, path: str) -> tuple[int, str]:
         return response.status, await response.text()
 
 
-def metric(text: str, name: str, cluster: str) -> float | None:
+def metric(text: str, name: str, cluster: str | None = None) -> float | None:
+    """A sample's value: the cluster's, or the one of a metric without labels."""
+    prefix = f'{name}{{cluster="{cluster}"}} ' if cluster is not None else f"{name} "
     for line in text.splitlines():
-        if line.startswith(f'{name}{{cluster="{cluster}"}} '):
+        if line.startswith(prefix):
             return float(line.rsplit(" ", 1)[1])
     return None
 
@@ -90,8 +92,8 @@ async def test_a_crash_looping_controller_is_reported_by_its_cause(tmp_path: Pat
             assert metric(text, "sealfleet_controller_crashlooping", "sandbox-2") == 0
             assert metric(text, "sealfleet_controller_error", "sandbox-1") == 1
             # A fresh daemon (no attribution cache) decrypts each item at least once.
-            decrypts = next(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-                            if line.startswith("sealfleet_rsa_decrypts_total "))
+            decrypts = metric(text, "sealfleet_rsa_decrypts_total")
+            assert decrypts is not None
             assert decrypts >= report["fleet"]["sealed_secrets"]["total"] > 0
         finally:
             service.request_stop()
