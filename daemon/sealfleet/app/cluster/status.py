@@ -31,21 +31,28 @@ async def mark_failed(state: ClusterState, deps: Deps, error: FleetError) -> Non
     if state.reachable is not False:
         log.warning("cluster_unreachable", error=message, error_kind=type(error).__name__)
     state.reachable, state.last_error = False, message
-    state.first_pass.set()
-    # The same failure again (a cluster down for a while, retried with backoff; the
-    # whole fleet during an outage): nothing new for the store or the report.
-    failure = (message, state.sealing_key, state.sealing_key_source,
-               state.controller_problem, state.controller_state, state.key_renew_seconds)
-    if failure == state.recorded_failure:
-        return
-    await deps.store.inventory.record_cluster_status(
-        state.name, reachable=False, last_error=message, last_scan_at=None,
-        scan_duration_ms=None, sealing_key=state.sealing_key,
-        sealing_key_source=state.sealing_key_source, controller_error=state.controller_problem,
-        controller_state=state.controller_state,
-        key_renew_seconds=state.key_renew_seconds)
-    state.recorded_failure = failure
-    deps.on_change()
+    try:
+        # The same failure again (a cluster down for a while, retried with backoff; the
+        # whole fleet during an outage): nothing new for the store or the report.
+        failure = (message, state.sealing_key, state.sealing_key_source,
+                   state.controller_problem, state.controller_state, state.key_renew_seconds)
+        if failure == state.recorded_failure:
+            return
+        await deps.store.inventory.record_cluster_status(
+            state.name, reachable=False, last_error=message, last_scan_at=None,
+            scan_duration_ms=None, sealing_key=state.sealing_key,
+            sealing_key_source=state.sealing_key_source,
+            controller_error=state.controller_problem,
+            controller_state=state.controller_state,
+            key_renew_seconds=state.key_renew_seconds)
+        state.recorded_failure = failure
+        deps.on_change()
+    finally:
+        # Only once the failure is in the store: the first pass is what READY=1 and the
+        # first report wait for, and a report read just then must show the cluster down
+        # (it showed "not scanned yet" when this came before the write).  Set even when
+        # the write fails: an unwritable store must not hold READY back for good.
+        state.first_pass.set()
 
 
 async def mark_scanned(state: ClusterState, deps: Deps, duration_ms: int) -> None:
