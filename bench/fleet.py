@@ -16,9 +16,12 @@ measured in the same run:
    (``[fleet] connect_concurrency``), one TLS connect, one paginated list and a JSON
    parse per cluster; and the time per cluster at each N.  Beside them, where the wall
    time goes: the daemon's RSA decrypts per item (``sealfleet_rsa_decrypts_total``; the
-   floor counts one), and the sandbox's CPU, requests and TLS connections while it serves
-   the plain client and while it serves the pass (the two share these cores, so daemon +
-   sandbox CPU over the cores is a floor for the pass's wall time here);
+   floor counts one), how much of the time its RSA threads held a job they ran
+   (``sealfleet_rsa_cpu_seconds_total`` over ``sealfleet_rsa_busy_seconds_total``; the
+   rest they waited for the GIL or a core, see ``bench/gil.py``), and the sandbox's CPU,
+   requests and TLS connections while it serves the plain client and while it serves the
+   pass (the two share these cores, so daemon + sandbox CPU over the cores is a floor for
+   the pass's wall time here);
 2. the daemon's RSS per cluster: after the pass settles, minus its RSS when the fleet
    started, over N (and between fleet sizes, the slope); and that figure split into its
    objects' share and the rest beyond them (the issue's target: under 300 KB), measured
@@ -76,7 +79,7 @@ from typing import Any
 import aiohttp
 import yaml
 
-from rsa_floor import RsaSampler
+from rsa_floor import FloorRun, RsaSampler
 from sealfleet.app import config
 from sealfleet.sandbox import SandboxProcess
 
@@ -387,11 +390,16 @@ class Prober:
         return (len(clusters), sum(1 for c in clusters if c.get("last_scan_at")),
                 int(report["fleet"]["reachable"]))
 
-    async def rsa_decrypts_now(self) -> int:
-        """The daemon's ``sealfleet_rsa_decrypts_total``, from a fresh scrape."""
+    async def rsa_work_now(self) -> tuple[int, float, float]:
+        """The daemon's RSA decrypts, and its RSA threads' CPU and busy seconds
+        (``sealfleet_rsa_{decrypts,cpu_seconds,busy_seconds}_total``), freshly scraped."""
         text = (await self._fetch("/metrics")).decode()
-        return next(int(float(line.split()[1])) for line in text.splitlines()
-                    if line.startswith("sealfleet_rsa_decrypts_total "))
+        values = {name: float(value) for name, _, value in
+                  (line.partition(" ") for line in text.splitlines())
+                  if name.startswith("sealfleet_rsa_")}
+        return (int(values["sealfleet_rsa_decrypts_total"]),
+                values["sealfleet_rsa_cpu_seconds_total"],
+                values["sealfleet_rsa_busy_seconds_total"])
 
     def between(self, start: float, end: float) -> list[float]:
         return [latency for when, latency in self.latencies if start <= when <= end]
@@ -468,7 +476,7 @@ async def measure(clusters: int, bits: int, state: Path, *, concurrency: int, ou
             print(f"sandbox serving the plain client: {client_cost:.1f} CPU-s; served: "
                   f"{client_served}", flush=True)
             # ... and the RSA floor's wall time, measured: the items' decrypts on every core.
-            rsa_wall = await asyncio.to_thread(sampler.run_floor, items, cores)
+            floor_run = await asyncio.to_thread(sampler.run_floor, items, cores)
             # The daemon.
             with tempfile.TemporaryDirectory(prefix="sf-notify-") as notify_dir, \
                     (state / "daemon.log").open("ab") as log:
@@ -476,7 +484,7 @@ async def measure(clusters: int, bits: int, state: Path, *, concurrency: int, ou
                 try:
                     result = await observe_daemon(run, clusters, state, meter, items, bits,
                                                   cores, concurrency, sampler, mark,
-                                                  base_client_wall, base_client_cpu, rsa_wall,
+                                                  base_client_wall, base_client_cpu, floor_run,
                                                   outage=outage, outage_seconds=outage_seconds)
                 finally:
                     stop_daemon(run)
@@ -491,7 +499,7 @@ async def observe_daemon(run: DaemonRun, clusters: int, state: Path, meter: Sand
                          items: int,
                          bits: int, cores: int, concurrency: int, sampler: RsaSampler,
                          mark: int, base_client_wall: float, base_client_cpu: float,
-                         rsa_wall: float, *, outage: bool, outage_seconds: float) -> Result:
+                         floor_run: FloorRun, *, outage: bool, outage_seconds: float) -> Result:
     plain_socket = state / "plain.sock"
     plain_bytes = clusters * REPORT_BYTES_PER_CLUSTER
     with plain_server(plain_socket, plain_bytes):
@@ -499,7 +507,7 @@ async def observe_daemon(run: DaemonRun, clusters: int, state: Path, meter: Sand
             plain.parse_every = 1 << 62   # its body is not a report
             result = await _observe(run, clusters, state, meter, items, bits, cores,
                                     concurrency, sampler, mark, base_client_wall,
-                                    base_client_cpu, rsa_wall, prober, plain, plain_bytes,
+                                    base_client_cpu, floor_run, prober, plain, plain_bytes,
                                     outage=outage, outage_seconds=outage_seconds)
     if outage:
         await restart(run, clusters, state, meter.control)
@@ -510,14 +518,15 @@ async def _observe(run: DaemonRun, clusters: int, state: Path, meter: SandboxMet
                    items: int,
                    bits: int, cores: int, concurrency: int, sampler: RsaSampler,
                    mark: int, base_client_wall: float, base_client_cpu: float,
-                   rsa_wall: float, prober: Prober, plain: Prober, plain_bytes: int, *,
+                   floor_run: FloorRun, prober: Prober, plain: Prober, plain_bytes: int, *,
                    outage: bool, outage_seconds: float) -> Result:
     await asyncio.wait_for(run.scanning.wait(), 120)
     served_before = await meter.read()
     await asyncio.wait_for(run.ready.wait(), 3600)
     sandbox_cpu, sandbox_served = (await meter.read()).since(served_before)
-    decrypts = await prober.rsa_decrypts_now()
+    decrypts, rsa_thread_cpu, rsa_thread_busy = await prober.rsa_work_now()
     wall, cpu = run.ready_at - run.scanning_at, run.cpu_ready - run.cpu_scanning
+    rsa_wall = floor_run.wall
     floor = sampler.floor(mark)
     rsa_cpu = items * floor.median
     base_cpu = rsa_cpu + base_client_cpu
@@ -528,6 +537,12 @@ async def _observe(run: DaemonRun, clusters: int, state: Path, meter: SandboxMet
           f"{rsa_wall:.1f} s")
     print(f"daemon's RSA decrypts in the pass: {decrypts} for {items} items "
           f"({decrypts / items:.2f} per item; the floor counts 1)")
+    # A thread in an RSA job that does not run waits for the GIL (each decrypt takes
+    # it back when it returns) or for a core; the floor's threads, alone, hardly wait.
+    print(f"daemon's RSA threads in the pass: {rsa_thread_cpu:.1f} CPU-s in "
+          f"{rsa_thread_busy:.1f} s of jobs: they ran {rsa_thread_cpu / rsa_thread_busy:.0%} "
+          f"of the time they held a job (the floor's threads, alone: {floor_run.ran:.0%}); "
+          f"{rsa_thread_busy / max(decrypts, 1) * 1000:.2f} ms per decrypt")
     print(f"plain client (TLS connect + paginated list + JSON parse per cluster, "
           f"{concurrency} at once): {base_client_wall:.2f} s wall, "
           f"{base_client_cpu:.2f} CPU-s")

@@ -37,6 +37,15 @@ class Floor:
                 f"p90 {self.p90 * 1000:.2f})")
 
 
+@dataclass(frozen=True)
+class FloorRun:
+    """A run of the floor's decrypts: its wall seconds, and the share of the threads'
+    time in it they ran (CPU over wall: alone on idle cores, about 1)."""
+
+    wall: float
+    ran: float
+
+
 class RsaSampler:
     """``with RsaSampler(bits) as sampler: ...work...``; then ``sampler.floor()``."""
 
@@ -79,16 +88,20 @@ class RsaSampler:
         return Floor(median=statistics.median(samples), p10=deciles[0], p90=deciles[-1],
                      samples=len(samples), sampler_cpu=self._cpu)
 
-    def run_floor(self, count: int, threads: int) -> float:
+    def run_floor(self, count: int, threads: int) -> FloorRun:
         """Wall seconds of *count* decrypts on *threads* threads, measured now: the floor
         as this machine gives it at the moment (a shared machine's other load
         included), beside the ideal of the samples' CPU cost spread over every core."""
         per_thread = [count // threads + (1 if i < count % threads else 0)
                       for i in range(threads)]
 
+        spent: list[tuple[float, float]] = []   # (CPU, wall) per thread
+
         def work(n: int) -> None:
+            wall, cpu = time.perf_counter(), time.thread_time()
             for _ in range(n):
                 self._key.decrypt(self._ciphertext, self._padding)
+            spent.append((time.thread_time() - cpu, time.perf_counter() - wall))
 
         workers = [threading.Thread(target=work, args=(n,)) for n in per_thread]
         started = time.perf_counter()
@@ -96,7 +109,9 @@ class RsaSampler:
             worker.start()
         for worker in workers:
             worker.join()
-        return time.perf_counter() - started
+        wall = time.perf_counter() - started
+        thread_wall = sum(w for _, w in spent)
+        return FloorRun(wall, sum(c for c, _ in spent) / thread_wall if thread_wall else 1.0)
 
     @property
     def cpu_so_far(self) -> float:

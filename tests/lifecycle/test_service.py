@@ -22,6 +22,7 @@ from sealfleet.adapters.systemd import Notifier
 from sealfleet.app.config import Settings, load_settings
 from sealfleet.app.keystore import Keystore
 from sealfleet.app.service import Service
+from sealfleet.domain.attribution import RsaWork
 from sealfleet.errors import StoreError
 
 CONFIG = """
@@ -66,8 +67,8 @@ class FakeFleet:
         return 0
 
     @property
-    def rsa_decrypts(self) -> int:
-        return 0
+    def rsa_work(self) -> RsaWork:
+        return RsaWork()
 
     async def apply_settings(self, settings: Settings) -> None:
         self.applied.append(settings)

@@ -34,7 +34,12 @@ import structlog
 from sealfleet.adapters.store import Store
 from sealfleet.app.fair_share import FairShare
 from sealfleet.app.keystore import Keystore
-from sealfleet.domain.attribution import Candidate, attribute_sealed_secret, candidate
+from sealfleet.domain.attribution import (
+    Candidate,
+    RsaWork,
+    attribute_sealed_secret,
+    candidate,
+)
 from sealfleet.domain.keys import SealingKey
 
 log = structlog.get_logger(__name__)
@@ -63,9 +68,18 @@ class ItemRequest:
     sealed_at: tuple[dt.datetime, ...] = ()
 
 
+@dataclass(frozen=True)
+class _ChunkResult:
+    answers: list[tuple[str, str | None]]
+    attempts: int        # RSA decrypts tried
+    cpu_seconds: float   # the thread's CPU time in the job
+    busy_seconds: float  # the job's wall time on the thread
+
+
 def _attribute_chunk(groups: Sequence[Sequence[ItemRequest]], candidates: Sequence[Candidate],
-                     local: Collection[str]) -> tuple[list[tuple[str, str | None]], int]:
-    """Executor job: attribute whole SealedSecrets; returns answers and RSA attempts."""
+                     local: Collection[str]) -> _ChunkResult:
+    """Executor job: attribute whole SealedSecrets; returns answers and what it cost."""
+    started, cpu_started = time.perf_counter(), time.thread_time()
     answers: list[tuple[str, str | None]] = []
     attempts = 0
     for group in groups:
@@ -76,7 +90,8 @@ def _attribute_chunk(groups: Sequence[Sequence[ItemRequest]], candidates: Sequen
         for request, result in zip(group, results, strict=True):
             attempts += result.rsa_attempts
             answers.append((request.item_hash, result.fingerprint))
-    return answers, attempts
+    return _ChunkResult(answers, attempts, time.thread_time() - cpu_started,
+                        time.perf_counter() - started)
 
 
 class Attributor:
@@ -86,7 +101,7 @@ class Attributor:
                  threads: int | None = None) -> None:
         self._cache = store.inventory      # the stored attribution cache
         self._keystore = keystore
-        self._rsa: FairShare[tuple[list[tuple[str, str | None]], int]] = FairShare(
+        self._rsa: FairShare[_ChunkResult] = FairShare(
             executor, threads or os.cpu_count() or 1)
         self._known: dict[bytes, str] = {}      # item hash -> fingerprint (never invalid)
         self._unknown: dict[bytes, int] = {}    # item hash -> epoch it was unknown at
@@ -97,6 +112,12 @@ class Attributor:
         self._ranked_at = float("-inf")
         self.backlog = 0                        # items waiting for RSA right now
         self.rsa_operations = 0                 # RSA decrypts done since start
+        self._rsa_cpu = 0.0                     # the RSA threads' CPU seconds in jobs
+        self._rsa_busy = 0.0                    # ... and their wall seconds in jobs
+
+    @property
+    def rsa_work(self) -> RsaWork:
+        return RsaWork(self.rsa_operations, self._rsa_cpu, self._rsa_busy)
 
     def _cached(self, item_hash: str) -> tuple[bool, str | None]:
         raw = bytes.fromhex(item_hash)
@@ -213,9 +234,11 @@ class Attributor:
                                                            local))
                     for chunk in _chunks(groups)]
             answers: list[tuple[str, str | None]] = []
-            for answer, attempts in await asyncio.gather(*jobs):
-                answers.extend(answer)
-                self.rsa_operations += attempts
+            for done in await asyncio.gather(*jobs):
+                answers.extend(done.answers)
+                self.rsa_operations += done.attempts
+                self._rsa_cpu += done.cpu_seconds
+                self._rsa_busy += done.busy_seconds
             return answers
         finally:
             self.backlog -= count

@@ -49,6 +49,7 @@ from sealfleet.app.config import ClusterSettings, Settings
 from sealfleet.app.connect_gate import ConnectGate
 from sealfleet.app.keystore import Keystore
 from sealfleet.app.repos import RepoScanner
+from sealfleet.domain.attribution import RsaWork
 from sealfleet.errors import FleetError
 
 log = structlog.get_logger(__name__)
@@ -115,8 +116,8 @@ class FleetManager:
         return self.attributor.backlog
 
     @property
-    def rsa_decrypts(self) -> int:
-        return self.attributor.rsa_operations
+    def rsa_work(self) -> RsaWork:
+        return self.attributor.rsa_work
 
     @property
     def workers(self) -> Mapping[str, ClusterWorker]:

@@ -57,6 +57,7 @@ from sealfleet.app.jobs.runner import JobRunner
 from sealfleet.app.keystore import Keystore
 from sealfleet.app.logging import configure_logging, redacted_settings
 from sealfleet.app.scheduler import Scheduler
+from sealfleet.domain.attribution import RsaWork
 from sealfleet.domain.staleness import StalenessPolicy
 from sealfleet.errors import ConfigError, FleetError, PermanentError
 
@@ -78,7 +79,7 @@ class Fleet(Protocol):
     def attribution_backlog(self) -> int: ...  # items waiting for RSA right now
 
     @property
-    def rsa_decrypts(self) -> int: ...         # RSA trial decrypts done since start
+    def rsa_work(self) -> RsaWork: ...         # attribution's RSA since start
 
     @property
     def keystore(self) -> Keystore: ...        # the one owner of key state
@@ -202,7 +203,7 @@ class Service:
                                read_token=credentials.read_token,
                                admin_token=credentials.admin_token,
                                attribution_backlog=lambda: fleet.attribution_backlog,
-                               rsa_decrypts=lambda: fleet.rsa_decrypts,
+                               rsa_work=lambda: fleet.rsa_work,
                                last_backup=metrics.newest_file_timestamp(settings.backup.dir),
                                jobs=jobs, check=fleet.checker, reseal=resealer,
                                key_transfer=key_transfer.KeyTransfer(

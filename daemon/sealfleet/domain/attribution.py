@@ -46,6 +46,22 @@ def item_hash(ciphertext_b64: str, label: bytes) -> str:
 
 
 @dataclass(frozen=True)
+class RsaWork:
+    """What attribution's RSA threads have done since the start.
+
+    *busy_seconds* is the wall time the threads spent in attribution jobs, *cpu_seconds*
+    the CPU time they got meanwhile.  Threads that hold a job but do not run (they wait
+    for the GIL, which each decrypt takes back when it returns, or for a core) show as
+    busy seconds well above the CPU seconds: the RSA stage then takes longer than its
+    work, whatever the number of threads.
+    """
+
+    decrypts: int = 0
+    cpu_seconds: float = 0.0
+    busy_seconds: float = 0.0
+
+
+@dataclass(frozen=True)
 class Candidate:
     """A key to try, with what rules it out for free computed once (see :func:`candidate`)."""
 

@@ -27,6 +27,7 @@ from sealfleet.app.attributing import Attributor
 from sealfleet.app.checking import Checker
 from sealfleet.app.config import ClusterSettings
 from sealfleet.app.keystore import Keystore
+from sealfleet.domain.attribution import RsaWork
 from sealfleet.domain.keys import SealingKey
 from sealfleet.domain.scopes import Scope
 from sealfleet.domain.staleness import SecretState, StalenessPolicy
@@ -209,7 +210,7 @@ async def api(tmp_path: Path, rsa2048_keys: list[SealingKey]) -> AsyncIterator[A
                                    for n in ("alpha", "beta", "gamma")])
         deps = ApiDeps(view=view, store=store, readiness=lambda: ready,
                        read_token=READ_TOKEN.encode(), admin_token=ADMIN_TOKEN.encode(),
-                       attribution_backlog=lambda: 7, rsa_decrypts=lambda: 11,
+                       attribution_backlog=lambda: 7, rsa_work=lambda: RsaWork(11, 0.25, 0.75),
                        check=checker)
         socket_path = tmp_path / "api.sock"
         async with ApiServer(build_app(deps), socket_path=socket_path,

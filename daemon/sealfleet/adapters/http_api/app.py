@@ -57,6 +57,7 @@ from sealfleet.adapters.http_api.snapshot import InventoryView, Snapshot, dumps
 from sealfleet.adapters.store import Store
 from sealfleet.adapters.store.records import GitLink, SealedSecretRecord
 from sealfleet.domain import check
+from sealfleet.domain.attribution import RsaWork
 from sealfleet.domain.staleness import SecretState, iso
 
 MAX_PAGE = openapi.MAX_PAGE
@@ -77,7 +78,7 @@ class ApiDeps:
     read_token: bytes | None = field(default=None, repr=False)
     admin_token: bytes | None = field(default=None, repr=False)
     attribution_backlog: Callable[[], int | None] = lambda: None
-    rsa_decrypts: Callable[[], int | None] = lambda: None   # attribution's, since start
+    rsa_work: Callable[[], RsaWork | None] = lambda: None   # attribution's, since start
     jobs: jobs_api.JobSubmitter | None = None
     certificates: jobs_api.CertificateSource | None = None
     # Unix time of the newest backup (0.0: none yet), e.g. metrics.newest_file_timestamp;
@@ -302,7 +303,7 @@ def build_app(deps: ApiDeps) -> web.Application:
                                                last_backup=deps.last_backup)
     app[REGISTRY] = make_registry(InventoryCollector(lambda: deps.view.snapshot,
                                                      deps.attribution_backlog, inputs,
-                                                     rsa_decrypts=deps.rsa_decrypts))
+                                                     rsa_work=deps.rsa_work))
     document = openapi.document()
     app[OPENAPI_BODY] = json.dumps(document, indent=1).encode()
     # The HTML pages are not in the document (it describes the JSON API), so their

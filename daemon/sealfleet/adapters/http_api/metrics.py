@@ -27,6 +27,7 @@ from prometheus_client.registry import Collector, CollectorRegistry
 from sealfleet.adapters.http_api.snapshot import Snapshot
 from sealfleet.adapters.store.records import JobTally
 from sealfleet.domain import controller_state
+from sealfleet.domain.attribution import RsaWork
 from sealfleet.domain.jobs import JobKind, JobState
 from sealfleet.domain.staleness import STATE_KEYS
 from sealfleet.errors import StoreError
@@ -157,16 +158,32 @@ def _key_families(snap: Snapshot) -> Iterator[Metric]:
     yield from (age, not_before)
 
 
+def _rsa_families(work: RsaWork) -> Iterator[Metric]:
+    # Beside the items attributed, the decrypts say how well the likeliest-key order
+    # works: one decrypt per item is the floor, more means wrong first guesses.
+    tried = CounterMetricFamily("sealfleet_rsa_decrypts",
+                                "RSA trial decrypts made to attribute items to keys")
+    tried.add_metric([], work.decrypts)
+    # Busy far above CPU: the RSA threads hold jobs but wait (the GIL, a core).
+    cpu = CounterMetricFamily("sealfleet_rsa_cpu_seconds",
+                              "CPU time the RSA threads spent attributing items")
+    cpu.add_metric([], work.cpu_seconds)
+    busy = CounterMetricFamily("sealfleet_rsa_busy_seconds",
+                               "Wall time the RSA threads spent in attribution jobs")
+    busy.add_metric([], work.busy_seconds)
+    yield from (tried, cpu, busy)
+
+
 class InventoryCollector(Collector):
     """Turns the latest :class:`Snapshot` (and the :class:`ScrapeInputs`) into metrics."""
 
     def __init__(self, snapshot: Callable[[], Snapshot | None],
                  attribution_backlog: Callable[[], int | None] = lambda: None,
                  inputs: ScrapeInputs | None = None, *,
-                 rsa_decrypts: Callable[[], int | None] = lambda: None) -> None:
+                 rsa_work: Callable[[], RsaWork | None] = lambda: None) -> None:
         self._snapshot = snapshot
         self._backlog = attribution_backlog
-        self._decrypts = rsa_decrypts
+        self._rsa_work = rsa_work
         self._inputs = inputs or ScrapeInputs()
 
     def collect(self) -> Iterator[Metric]:
@@ -181,14 +198,9 @@ class InventoryCollector(Collector):
                                     "Items waiting for key attribution (RSA trial decrypt)")
             fam.add_metric([], backlog)
             yield fam
-        decrypts = self._decrypts()
-        if decrypts is not None:
-            # Beside the items attributed, this says how well the likeliest-key order
-            # works: one decrypt per item is the floor, more means wrong first guesses.
-            tried = CounterMetricFamily("sealfleet_rsa_decrypts",
-                                        "RSA trial decrypts made to attribute items to keys")
-            tried.add_metric([], decrypts)
-            yield tried
+        work = self._rsa_work()
+        if work is not None:
+            yield from _rsa_families(work)
         if self._inputs.tallies is not None:
             yield from _job_families(self._inputs.tallies)
         if self._inputs.last_backup is not None:
