@@ -89,9 +89,10 @@ class RsaSampler:
                      samples=len(samples), sampler_cpu=self._cpu)
 
     def run_floor(self, count: int, threads: int) -> FloorRun:
-        """Wall seconds of *count* decrypts on *threads* threads, measured now: the floor
-        as this machine gives it at the moment (a shared machine's other load
-        included), beside the ideal of the samples' CPU cost spread over every core."""
+        """*count* decrypts on *threads* threads, measured now: their wall seconds (the
+        floor as this machine gives it at the moment, a shared machine's other load
+        included, beside the ideal of the samples' CPU cost spread over every core) and
+        the share of their time the threads ran."""
         per_thread = [count // threads + (1 if i < count % threads else 0)
                       for i in range(threads)]
 
