@@ -21,7 +21,7 @@ def executor() -> Iterator[ThreadPoolExecutor]:
 
 async def test_owners_are_served_in_turn_not_first_come_first_served(
         executor: ThreadPoolExecutor) -> None:
-    share: FairShare[str] = FairShare(executor, slots=1)
+    share: FairShare[Callable[[], str], str] = FairShare.on_executor(executor, slots=1)
     ran: list[str] = []
     gate = threading.Event()
 
@@ -48,7 +48,7 @@ async def test_owners_are_served_in_turn_not_first_come_first_served(
 
 async def test_errors_reach_their_caller_and_a_cancelled_waiter_is_skipped(
         executor: ThreadPoolExecutor) -> None:
-    share: FairShare[int] = FairShare(executor, slots=1)
+    share: FairShare[Callable[[], int], int] = FairShare.on_executor(executor, slots=1)
     gate = threading.Event()
     ran: list[int] = []
 

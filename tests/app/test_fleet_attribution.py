@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from sealfleet.adapters.rsa_pool import RsaProcessPool
 from sealfleet.adapters.store import KeyEncryptionKey, Store
 from sealfleet.app.attributing import Attributor, ItemRequest
 from sealfleet.app.keystore import Keystore
@@ -18,6 +19,16 @@ from sealfleet.domain.attribution import item_hash
 from sealfleet.domain.keys import KeySource, SealingKey
 from sealfleet.domain.scopes import Scope
 from sealfleet.domain.sealed_secrets import SealedIdentity, seal_value
+
+
+@pytest.fixture(params=["threads", "processes"])
+async def rsa_pool(request: pytest.FixtureRequest) -> AsyncIterator[RsaProcessPool | None]:
+    """Where the RSA runs: the executor's threads, or the service's worker processes."""
+    if request.param == "threads":
+        yield None
+        return
+    async with RsaProcessPool(2) as pool:
+        yield pool
 
 
 @pytest.fixture
@@ -38,11 +49,12 @@ def sealed_group(key: SealingKey, name: str, count: int,
 
 
 async def test_each_item_is_attributed_to_the_key_that_sealed_it(
-        store: Store, executor: ThreadPoolExecutor, rsa2048_keys: list[SealingKey]) -> None:
+        store: Store, executor: ThreadPoolExecutor, rsa_pool: RsaProcessPool | None,
+        rsa2048_keys: list[SealingKey]) -> None:
     old, new, foreign = rsa2048_keys
     keystore = Keystore(store)
     await keystore.adopt([old, new], source=KeySource.IMPORTED)
-    attributor = Attributor(store, executor, keystore)
+    attributor = Attributor(store, executor, keystore, processes=rsa_pool)
     groups = [sealed_group(old, "a", 2), sealed_group(new, "b", 3), sealed_group(foreign, "c", 1)]
     answers = await attributor.attribute(groups, preferred=[new.fingerprint])
     assert [answers[r.item_hash] for r in groups[0]] == [old.fingerprint] * 2
@@ -56,14 +68,15 @@ async def test_each_item_is_attributed_to_the_key_that_sealed_it(
 
 
 async def test_older_sealed_secrets_cost_one_rsa_per_item_when_their_age_is_known(
-        store: Store, executor: ThreadPoolExecutor, rsa2048_keys: list[SealingKey]) -> None:
+        store: Store, executor: ThreadPoolExecutor, rsa_pool: RsaProcessPool | None,
+        rsa2048_keys: list[SealingKey]) -> None:
     now = dt.datetime.now(dt.UTC)
     old, mid, new = (dataclasses.replace(key, certificate=dataclasses.replace(
         key.certificate, not_before=now - dt.timedelta(days=age)))
         for key, age in zip(rsa2048_keys, (65, 35, 5), strict=True))
     keystore = Keystore(store)
     await keystore.adopt([old, mid, new], source=KeySource.IMPORTED)
-    attributor = Attributor(store, executor, keystore)
+    attributor = Attributor(store, executor, keystore, processes=rsa_pool)
     groups = [sealed_group(key, f"{name}-{i}", 2, (key.not_before + dt.timedelta(days=2),))
               for name, key in (("old", old), ("mid", mid), ("new", new)) for i in range(2)]
     answers = await attributor.attribute(groups, preferred=[new.fingerprint],
@@ -76,29 +89,31 @@ async def test_older_sealed_secrets_cost_one_rsa_per_item_when_their_age_is_know
 
 
 async def test_unchanged_items_cost_no_rsa_again_even_after_a_restart(
-        store: Store, executor: ThreadPoolExecutor, rsa2048_keys: list[SealingKey]) -> None:
+        store: Store, executor: ThreadPoolExecutor, rsa_pool: RsaProcessPool | None,
+        rsa2048_keys: list[SealingKey]) -> None:
     key = rsa2048_keys[0]
     keystore = Keystore(store)
     await keystore.adopt([key], source=KeySource.IMPORTED)
     groups = [sealed_group(key, f"s{i}", 2) for i in range(3)]
-    first = Attributor(store, executor, keystore)
+    first = Attributor(store, executor, keystore, processes=rsa_pool)
     expected = await first.attribute(groups)
     spent = first.rsa_operations
     assert spent == 6
     assert await first.attribute(groups) == expected
     assert first.rsa_operations == spent  # memory cache
-    restarted = Attributor(store, executor, keystore)
+    restarted = Attributor(store, executor, keystore, processes=rsa_pool)
     assert await restarted.attribute(groups) == expected
     assert restarted.rsa_operations == 0  # store cache
 
 
 async def test_unknown_items_are_retried_when_a_new_key_arrives(
-        store: Store, executor: ThreadPoolExecutor, rsa2048_keys: list[SealingKey]) -> None:
+        store: Store, executor: ThreadPoolExecutor, rsa_pool: RsaProcessPool | None,
+        rsa2048_keys: list[SealingKey]) -> None:
     known, late = rsa2048_keys[:2]
     keystore = Keystore(store)
     await keystore.adopt([known], source=KeySource.IMPORTED)
     changed = keystore.subscribe()
-    attributor = Attributor(store, executor, keystore)
+    attributor = Attributor(store, executor, keystore, processes=rsa_pool)
     group = sealed_group(late, "late", 1)
     assert (await attributor.attribute([group]))[group[0].item_hash] is None
     before = attributor.rsa_operations
@@ -110,7 +125,7 @@ async def test_unknown_items_are_retried_when_a_new_key_arrives(
     # And across a restart, the stored "unknown" of the old key set is not trusted.
     fresh_keystore = Keystore(store)
     await fresh_keystore.adopt([known, late], source=KeySource.IMPORTED)
-    restarted = Attributor(store, executor, fresh_keystore)
+    restarted = Attributor(store, executor, fresh_keystore, processes=rsa_pool)
     assert (await restarted.attribute([group]))[group[0].item_hash] == late.fingerprint
     assert restarted.rsa_operations == 0
 
@@ -128,12 +143,13 @@ async def test_compromised_marks_notify_subscribers_once(store: Store,
 
 
 async def test_a_cluster_flooding_the_rsa_threads_does_not_hold_up_another(
-        store: Store, executor: ThreadPoolExecutor, rsa2048_keys: list[SealingKey]) -> None:
+        store: Store, executor: ThreadPoolExecutor, rsa_pool: RsaProcessPool | None,
+        rsa2048_keys: list[SealingKey]) -> None:
     """Two objects' worth of items no key opens (each tried with every key) from one
     cluster; another cluster's change is attributed long before the flood is done."""
     keystore = Keystore(store)
     await keystore.adopt(rsa2048_keys[:2], source=KeySource.IMPORTED)
-    attributor = Attributor(store, executor, keystore, threads=2)
+    attributor = Attributor(store, executor, keystore, threads=2, processes=rsa_pool)
     flood = [sealed_group(rsa2048_keys[2], f"flood-{i}", 64) for i in range(12)]
     flooding = asyncio.create_task(attributor.attribute(flood, owner="noisy"))
     await asyncio.sleep(0.05)       # the flood's chunks are queued and running

@@ -17,6 +17,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from sealfleet.adapters.rsa_pool import RsaProcessPool
 from sealfleet.adapters.store import Store, generate_kek_file
 from sealfleet.adapters.systemd import Notifier
 from sealfleet.app.config import Settings, load_settings
@@ -41,7 +42,8 @@ CLUSTER = '[[clusters]]\nname = "{name}"\nkubeconfig = "kubeconfig"\n'
 class FakeFleet:
     """What the service uses of the fleet manager (its ``Fleet`` protocol), driven by the test."""
 
-    def __init__(self, settings: Settings, store: Store, executor: ThreadPoolExecutor) -> None:
+    def __init__(self, settings: Settings, store: Store, executor: ThreadPoolExecutor,
+                 processes: RsaProcessPool) -> None:
         self.settings = settings
         self.keystore = Keystore(store)
         self.checker = None
@@ -124,8 +126,9 @@ async def running(tmp_path: Path) -> AsyncIterator[Running]:
     notify.setblocking(False)
     fleets: list[FakeFleet] = []
 
-    def factory(settings: Settings, store: Store, executor: ThreadPoolExecutor) -> FakeFleet:
-        fleets.append(FakeFleet(settings, store, executor))
+    def factory(settings: Settings, store: Store, executor: ThreadPoolExecutor,
+                processes: RsaProcessPool) -> FakeFleet:
+        fleets.append(FakeFleet(settings, store, executor, processes))
         return fleets[-1]
 
     environ = {"NOTIFY_SOCKET": str(tmp_path / "notify"), "WATCHDOG_USEC": "200000"}
@@ -217,7 +220,7 @@ async def test_a_crashing_fleet_stops_the_service_with_its_error(tmp_path: Path)
             raise RuntimeError("boom")
 
     service = Service(load_settings(config), install_signal_handlers=False,
-                      fleet_factory=lambda s, st, ex: Crashing(s, st, ex),
+                      fleet_factory=lambda s, st, ex, pr: Crashing(s, st, ex, pr),
                       notifier=Notifier({}))
     with pytest.raises(ExceptionGroup) as info:
         await asyncio.wait_for(service.run(), 10)

@@ -7,9 +7,12 @@ together with the keystore's epoch (a digest of the set of private keys known wh
 answer was computed); when a new key arrives the epoch changes and those answers stop
 counting, so the items are tried again with the new key.
 
-The RSA work itself runs on the executor ``service.run`` hands us (threads = cores),
-in chunks of whole SealedSecrets, so the loop never stalls, with the clusters taking
-turns (:mod:`fair_share`): one cluster's flood never delays the others' next change.
+The RSA work itself runs in the daemon's RSA worker processes
+(:mod:`sealfleet.adapters.rsa_pool`, one per core: a decrypt there waits for no GIL the
+event loop holds), or without them on the threads of an executor (the tests of this
+layer, and tools that attribute a handful of items), in chunks of whole SealedSecrets,
+so the loop never stalls, with the clusters taking turns (:mod:`fair_share`): one
+cluster's flood never delays the others' next change.
 The order keys are tried
 in is the domain's (:func:`attribution.attribute_sealed_secret`): the cluster's keys by
 when the SealedSecret was sealed, the key that opened its first item first for the
@@ -21,23 +24,25 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import functools
 import os
 import time
 from collections import Counter
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Collection, Iterator, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
 
 import structlog
 
+from sealfleet.adapters.rsa_pool import RsaProcessPool
 from sealfleet.adapters.store import Store
 from sealfleet.app.fair_share import FairShare
 from sealfleet.app.keystore import Keystore
 from sealfleet.domain.attribution import (
     Candidate,
+    JobAnswer,
+    ObjectItems,
     RsaWork,
-    attribute_sealed_secret,
+    attribute_objects,
     candidate,
 )
 from sealfleet.domain.keys import SealingKey
@@ -69,40 +74,45 @@ class ItemRequest:
 
 
 @dataclass(frozen=True)
-class _ChunkResult:
-    answers: list[tuple[str, str | None]]
-    attempts: int        # RSA decrypts tried
-    cpu_seconds: float   # the thread's CPU time in the job
-    busy_seconds: float  # the job's wall time on the thread
+class _Job:
+    """One RSA job: whole SealedSecrets, the keys to try, the cluster's own keys."""
+
+    objects: list[ObjectItems]
+    candidates: list[Candidate]
+    local: Collection[str]
 
 
-def _attribute_chunk(groups: Sequence[Sequence[ItemRequest]], candidates: Sequence[Candidate],
-                     local: Collection[str]) -> _ChunkResult:
-    """Executor job: attribute whole SealedSecrets; returns answers and what it cost."""
+def _attribute_on_thread(job: _Job) -> JobAnswer:
+    """Executor job (no worker processes): what a worker process does, on a thread."""
     started, cpu_started = time.perf_counter(), time.thread_time()
-    answers: list[tuple[str, str | None]] = []
-    attempts = 0
-    for group in groups:
-        if not group:
-            continue
-        results = attribute_sealed_secret([(r.ciphertext, r.label) for r in group], candidates,
-                                          sealed_at=group[0].sealed_at, local=local)
-        for request, result in zip(group, results, strict=True):
-            attempts += result.rsa_attempts
-            answers.append((request.item_hash, result.fingerprint))
-    return _ChunkResult(answers, attempts, time.thread_time() - cpu_started,
-                        time.perf_counter() - started)
+    fingerprints, attempts = attribute_objects(job.objects, job.candidates, job.local)
+    return JobAnswer(fingerprints, attempts, time.thread_time() - cpu_started,
+                     time.perf_counter() - started)
+
+
+def _on_threads(executor: Executor) -> Callable[[_Job], Awaitable[JobAnswer]]:
+    def start(job: _Job) -> asyncio.Future[JobAnswer]:
+        return asyncio.get_running_loop().run_in_executor(executor, _attribute_on_thread, job)
+    return start
+
+
+def _on_processes(pool: RsaProcessPool) -> Callable[[_Job], Awaitable[JobAnswer]]:
+    def start(job: _Job) -> Awaitable[JobAnswer]:
+        return pool.attribute(job.objects, job.candidates, job.local)
+    return start
 
 
 class Attributor:
     """Answers "which key sealed this item" from memory, then the store, then RSA."""
 
     def __init__(self, store: Store, executor: Executor, keystore: Keystore, *,
-                 threads: int | None = None) -> None:
+                 threads: int | None = None, processes: RsaProcessPool | None = None,
+                 ) -> None:
         self._cache = store.inventory      # the stored attribution cache
         self._keystore = keystore
-        self._rsa: FairShare[_ChunkResult] = FairShare(
-            executor, threads or os.cpu_count() or 1)
+        self._rsa: FairShare[_Job, JobAnswer] = (
+            FairShare(_on_processes(processes), processes.size) if processes is not None
+            else FairShare(_on_threads(executor), threads or os.cpu_count() or 1))
         self._known: dict[bytes, str] = {}      # item hash -> fingerprint (never invalid)
         self._unknown: dict[bytes, int] = {}    # item hash -> epoch it was unknown at
         self._usage: Counter[str] = Counter()   # fingerprint -> items it sealed so far
@@ -230,12 +240,16 @@ class Attributor:
         count = sum(len(group) for group in groups)
         self.backlog += count
         try:
-            jobs = [self._rsa.run(owner, functools.partial(_attribute_chunk, chunk, candidates,
-                                                           local))
-                    for chunk in _chunks(groups)]
+            chunks = list(_chunks(groups))
+            jobs = [self._rsa.run(owner, _Job([ObjectItems(tuple((r.ciphertext, r.label)
+                                                                for r in group),
+                                                          group[0].sealed_at)
+                                              for group in chunk], candidates, local))
+                    for chunk in chunks]
             answers: list[tuple[str, str | None]] = []
-            for done in await asyncio.gather(*jobs):
-                answers.extend(done.answers)
+            for chunk, done in zip(chunks, await asyncio.gather(*jobs), strict=True):
+                hashes = [r.item_hash for group in chunk for r in group]
+                answers.extend(zip(hashes, done.fingerprints, strict=True))
                 self.rsa_operations += done.attempts
                 self._rsa_cpu += done.cpu_seconds
                 self._rsa_busy += done.busy_seconds

@@ -1,14 +1,15 @@
-"""Fair shares of the RSA threads: round robin between the clusters that are waiting.
+"""Fair shares of the RSA workers: round robin between the clusters that are waiting.
 
 A plain executor queue is first come, first served: a cluster whose users create a few
 SealedSecrets of a thousand random items each would queue seconds of RSA ahead of every
 other cluster's next change.  Here each owner (a cluster) has its own queue, and at most
-as many jobs as there are threads are handed to the executor at once, each taken from
-the waiting owner served least recently.  A job already handed over runs to the end;
-one whose caller went away before its turn is dropped.
+as many jobs as there are workers (processes or threads) are started at once, each
+taken from the waiting owner served least recently.  A job already started runs to the
+end; one whose caller went away before its turn is dropped.
 
 Written by hand because no executor in the standard library or a well-kept package
-schedules by owner; it is a few dozen lines over ``run_in_executor``.
+schedules by owner; it is a few dozen lines over whatever starts a job
+(:meth:`FairShare.on_executor` for an executor's threads).
 """
 
 from __future__ import annotations
@@ -16,44 +17,51 @@ from __future__ import annotations
 import asyncio
 import collections
 import functools
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
+J = TypeVar("J")
 T = TypeVar("T")
 
 
 @dataclass
-class _Job(Generic[T]):
-    fn: Callable[[], T]
+class _Job(Generic[J, T]):
+    work: J
     result: asyncio.Future[T]
 
 
-class FairShare(Generic[T]):
-    """Runs ``fn()`` on *executor*, at most *slots* at a time, owners served in turn."""
+class FairShare(Generic[J, T]):
+    """Runs ``start(job)``, at most *slots* at a time, owners served in turn."""
 
-    def __init__(self, executor: Executor, slots: int) -> None:
-        self._executor = executor
+    def __init__(self, start: Callable[[J], Awaitable[T]], slots: int) -> None:
+        self._start = start
         self._slots = max(1, slots)
-        self._queues: dict[str, collections.deque[_Job[T]]] = {}   # owners with work waiting
+        self._queues: dict[str, collections.deque[_Job[J, T]]] = {}  # owners with work waiting
         self._served: dict[str, int] = {}   # owner -> when it was last served (a counter)
         self._serial = 0
         self._running = 0
+
+    @staticmethod
+    def on_executor(executor: Executor, slots: int) -> FairShare[Callable[[], T], T]:
+        """Jobs that are functions, run on *executor*'s threads."""
+        def start(fn: Callable[[], T]) -> asyncio.Future[T]:
+            return asyncio.get_running_loop().run_in_executor(executor, fn)
+        return FairShare(start, slots)
 
     @property
     def queued(self) -> int:
         return sum(len(queue) for queue in self._queues.values())
 
-    async def run(self, owner: str, fn: Callable[[], T]) -> T:
-        job = _Job(fn, asyncio.get_running_loop().create_future())
+    async def run(self, owner: str, work: J) -> T:
+        job: _Job[J, T] = _Job(work, asyncio.get_running_loop().create_future())
         self._queues.setdefault(owner, collections.deque()).append(job)
         self._dispatch()
         result: T = await job.result
         return result
 
     def _dispatch(self) -> None:
-        loop = asyncio.get_running_loop()
         while self._running < self._slots and self._queues:
             # Few owners wait at once (clusters with changes in flight): a scan is cheap.
             owner = min(self._queues, key=lambda name: self._served.get(name, -1))
@@ -66,14 +74,14 @@ class FairShare(Generic[T]):
             if job.result.done():           # its caller was cancelled while it waited
                 continue
             try:
-                running = loop.run_in_executor(self._executor, job.fn)
+                running = asyncio.ensure_future(self._start(job.work))
             except RuntimeError as error:   # the executor is shut down: we are stopping
                 job.result.set_exception(error)
                 continue
             self._running += 1
             running.add_done_callback(functools.partial(self._finished, job))
 
-    def _finished(self, job: _Job[T], done: asyncio.Future[T]) -> None:
+    def _finished(self, job: _Job[J, T], done: asyncio.Future[T]) -> None:
         self._running -= 1
         if not job.result.done():
             if done.cancelled():

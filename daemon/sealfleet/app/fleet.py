@@ -39,6 +39,7 @@ from dataclasses import dataclass
 import structlog
 
 from sealfleet.adapters import retry
+from sealfleet.adapters.rsa_pool import RsaProcessPool
 from sealfleet.adapters.store import Store
 from sealfleet.app import heap
 from sealfleet.app.attributing import Attributor
@@ -81,13 +82,14 @@ class FleetManager:
     """
 
     def __init__(self, settings: Settings, store: Store, *, executor: Executor,
+                 rsa_processes: RsaProcessPool | None = None,
                  options: WorkerOptions | None = None,
                  connect_concurrency: int | None = None) -> None:
         self._settings = settings
         self.store = store
         self._options = options
         self.keystore = Keystore(store)
-        self.attributor = Attributor(store, executor, self.keystore)
+        self.attributor = Attributor(store, executor, self.keystore, processes=rsa_processes)
         # The GitOps trees ([[repos]]) and the CI check share the keystore and attributor.
         self.first_pass_done = asyncio.Event()
         self.repos = RepoScanner(settings, store, self.keystore, self.attributor,

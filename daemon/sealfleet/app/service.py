@@ -45,6 +45,7 @@ from sealfleet.adapters.http_api import (
     status_page,
 )
 from sealfleet.adapters.kube import kubeconfig
+from sealfleet.adapters.rsa_pool import RsaProcessPool
 from sealfleet.adapters.store import Store
 from sealfleet.adapters.systemd import Notifier
 from sealfleet.app import backups, heap, preflight
@@ -91,12 +92,12 @@ class Fleet(Protocol):
     async def apply_settings(self, settings: Settings) -> None: ...
 
 
-FleetFactory = Callable[[Settings, Store, ThreadPoolExecutor], Fleet]
+FleetFactory = Callable[[Settings, Store, ThreadPoolExecutor, RsaProcessPool], Fleet]
 
 
-def default_fleet_factory(settings: Settings, store: Store,
-                          executor: ThreadPoolExecutor) -> Fleet:
-    return FleetManager(settings, store, executor=executor)
+def default_fleet_factory(settings: Settings, store: Store, executor: ThreadPoolExecutor,
+                          processes: RsaProcessPool) -> Fleet:
+    return FleetManager(settings, store, executor=executor, rsa_processes=processes)
 
 
 def policy_of(settings: Settings) -> StalenessPolicy:
@@ -184,7 +185,10 @@ class Service:
                 await _forget_unconfigured(store, settings)
                 executor = ThreadPoolExecutor(os.cpu_count() or 1, thread_name_prefix="rsa")
                 stack.callback(executor.shutdown, wait=True, cancel_futures=True)
-                fleet = self.fleet = self._fleet_factory(settings, store, executor)
+                # Attribution's RSA, one worker process per core this process may use.
+                processes = await stack.enter_async_context(
+                    RsaProcessPool(len(os.sched_getaffinity(0))))
+                fleet = self.fleet = self._fleet_factory(settings, store, executor, processes)
                 view = self.view = InventoryView(
                     store, policy=policy_of(settings),
                     changes=lambda: fleet.changes, render_status_page=status_page.render)

@@ -62,6 +62,18 @@ class RsaWork:
 
 
 @dataclass(frozen=True)
+class JobAnswer:
+    """An RSA job's answer (:func:`attribute_objects`, on a thread or a worker process):
+    each item's fingerprint (None: no candidate opens it), in order across the objects,
+    the decrypts tried, and the CPU and wall seconds the job took where it ran."""
+
+    fingerprints: list[str | None]
+    attempts: int
+    cpu_seconds: float
+    busy_seconds: float
+
+
+@dataclass(frozen=True)
 class Candidate:
     """A key to try, with what rules it out for free computed once (see :func:`candidate`)."""
 
@@ -120,6 +132,29 @@ def attribute_item(ciphertext_b64: str, label: bytes,
         return Attribution(cache_key, None, 0)
     options = [c if isinstance(c, Candidate) else candidate(c) for c in candidates]
     return _try(cache_key, rsa_part, label, options)
+
+
+@dataclass(frozen=True)
+class ObjectItems:
+    """One SealedSecret's (ciphertext, label) items to attribute, and when it was likely
+    sealed (:func:`likely_keys.sealing_times`): the unit an RSA job is made of."""
+
+    items: tuple[tuple[str, bytes], ...]
+    sealed_at: tuple[dt.datetime, ...] = ()
+
+
+def attribute_objects(objects: Sequence[ObjectItems], candidates: Sequence[Candidate],
+                      local: Collection[str]) -> tuple[list[str | None], int]:
+    """Attribute whole SealedSecrets (one RSA job): each item's fingerprint (None when
+    no candidate opens it), in order across the objects, and the RSA decrypts tried."""
+    fingerprints: list[str | None] = []
+    attempts = 0
+    for sealed in objects:
+        for result in attribute_sealed_secret(sealed.items, candidates,
+                                              sealed_at=sealed.sealed_at, local=local):
+            attempts += result.rsa_attempts
+            fingerprints.append(result.fingerprint)
+    return fingerprints, attempts
 
 
 def attribute_sealed_secret(items: Sequence[tuple[str, bytes]],
