@@ -1,0 +1,172 @@
+"""The RSA worker processes: right answers, keys sent once, workers that die replaced,
+a cancelled caller that leaves the pipe in step, and no worker outliving the daemon."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from sealfleet.adapters.rsa_pool import WORKER_COMMAND, RsaProcessPool, RsaWorkerError
+from sealfleet.domain.attribution import ObjectItems, candidate
+from sealfleet.domain.keys import SealingKey
+from sealfleet.domain.scopes import Scope
+from sealfleet.domain.sealed_secrets import SealedIdentity, seal_value
+
+
+def sealed(key: SealingKey, name: str, count: int) -> ObjectItems:
+    identity = SealedIdentity(namespace="apps", name=name, scope=Scope.STRICT)
+    return ObjectItems(tuple((seal_value(key.public_key, f"v{index}".encode(), identity),
+                              identity.label) for index in range(count)))
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state != "Z"
+
+
+async def test_answers_come_back_in_order_and_keys_named_later_are_sent_then(
+        rsa2048_keys: list[SealingKey]) -> None:
+    first, second, foreign = rsa2048_keys
+    async with RsaProcessPool(1) as pool:
+        one = await pool.attribute([sealed(first, "a", 2)], [candidate(first)], ())
+        assert one.fingerprints == [first.fingerprint] * 2
+        assert one.attempts == 2
+        assert one.busy_seconds >= one.cpu_seconds > 0
+        # The second key is new to the worker; the first it holds already.
+        two = await pool.attribute([sealed(second, "b", 1), sealed(foreign, "c", 1),
+                                    sealed(first, "d", 1)],
+                                   [candidate(second), candidate(first)], ())
+        assert two.fingerprints == [second.fingerprint, None, first.fingerprint]
+        assert pool.deaths == 0
+
+
+async def test_a_worker_killed_between_jobs_is_replaced_and_given_every_key_again(
+        rsa2048_keys: list[SealingKey]) -> None:
+    first, second, _ = rsa2048_keys
+    async with RsaProcessPool(1) as pool:
+        await pool.attribute([sealed(first, "a", 1)], [candidate(first), candidate(second)], ())
+        (pid,) = pool.pids
+        os.kill(pid, signal.SIGKILL)
+        # Names the second key only: the new worker must have been sent the whole list.
+        answer = await pool.attribute([sealed(second, "b", 1)], [candidate(second)], ())
+        assert answer.fingerprints == [second.fingerprint]
+        assert pool.deaths == 1
+        assert pool.pids != [pid]
+
+
+async def test_a_worker_dying_under_a_job_is_replaced_and_the_job_done(
+        tmp_path: Path, rsa2048_keys: list[SealingKey]) -> None:
+    flag = tmp_path / "die-once"
+    flag.touch()
+    # Dies on the first frame it gets while the flag exists (removing it), then
+    # a worker started again is the real one.
+    command = (sys.executable, "-c", textwrap.dedent("""
+        import os, sys
+        if os.path.exists(sys.argv[1]):
+            os.remove(sys.argv[1])
+            sys.stdin.buffer.read(4)
+            os._exit(7)
+        from sealfleet.adapters.rsa_worker import main
+        main()
+        """), str(flag))
+    key = rsa2048_keys[0]
+    async with RsaProcessPool(1, command=command) as pool:
+        answer = await pool.attribute([sealed(key, "a", 2)], [candidate(key)], ())
+        assert answer.fingerprints == [key.fingerprint] * 2
+        assert pool.deaths == 1
+
+
+async def test_a_job_that_kills_its_worker_twice_fails_and_the_next_job_still_runs(
+        rsa2048_keys: list[SealingKey]) -> None:
+    key = rsa2048_keys[0]
+    async with RsaProcessPool(1, command=(sys.executable, "-c", "import os; os._exit(7)")) \
+            as pool:
+        with pytest.raises(RsaWorkerError, match="died twice"):
+            await pool.attribute([sealed(key, "a", 1)], [candidate(key)], ())
+        assert pool.deaths == 2
+        assert pool.pids == []
+        with pytest.raises(RsaWorkerError):   # not stuck: the slot is free again
+            await pool.attribute([sealed(key, "a", 1)], [candidate(key)], ())
+
+
+async def test_a_caller_cancelled_mid_job_leaves_the_worker_in_step(
+        rsa2048_keys: list[SealingKey]) -> None:
+    mine, wrong, foreign = rsa2048_keys
+    async with RsaProcessPool(1) as pool:
+        # Every item tried with two keys that do not open it: a job of a few tenths of a second.
+        slow = asyncio.create_task(pool.attribute([sealed(foreign, f"s{i}", 50) for i in range(6)],
+                                                  [candidate(wrong), candidate(mine)], ()))
+        await asyncio.sleep(0.1)
+        slow.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await slow
+        (pid,) = pool.pids
+        answer = await pool.attribute([sealed(mine, "m", 1)], [candidate(mine)], ())
+        assert answer.fingerprints == [mine.fingerprint]
+        assert pool.pids == [pid]
+        assert pool.deaths == 0
+
+
+async def test_leaving_the_pool_ends_its_workers(rsa2048_keys: list[SealingKey]) -> None:
+    key = rsa2048_keys[0]
+    async with RsaProcessPool(2) as pool:
+        await asyncio.gather(*(pool.attribute([sealed(key, f"a{i}", 1)], [candidate(key)], ())
+                               for i in range(4)))
+        pids = pool.pids
+    assert pids
+    assert not any(alive(pid) for pid in pids)
+
+
+def test_workers_do_not_outlive_a_daemon_killed_with_sigkill() -> None:
+    """kill -9 of the daemon: each worker's stdin closes and it exits by itself."""
+    script = textwrap.dedent("""
+        import asyncio, os, signal
+        from sealfleet.adapters.rsa_pool import RsaProcessPool
+
+        async def main():
+            async with RsaProcessPool(2) as pool:
+                await asyncio.gather(pool.attribute([], [], ()), pool.attribute([], [], ()))
+                print("PIDS", *pool.pids, flush=True)
+                os.kill(os.getpid(), signal.SIGKILL)
+
+        asyncio.run(main())
+        """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=60, check=False)
+    assert done.returncode == -signal.SIGKILL, done.stderr
+    (line,) = [line for line in done.stdout.splitlines() if line.startswith("PIDS ")]
+    pids = [int(pid) for pid in line.split()[1:]]
+    assert len(pids) >= 1
+    deadline = time.monotonic() + 10
+    while any(alive(pid) for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(alive(pid) for pid in pids)
+
+
+def started_from(pid: int) -> tuple[bytes, bytes]:
+    return (Path(f"/proc/{pid}/cmdline").read_bytes(),
+            Path(f"/proc/{pid}/environ").read_bytes())
+
+
+async def test_keys_never_travel_in_a_workers_command_line_or_environment(
+        rsa2048_keys: list[SealingKey]) -> None:
+    assert (sys.executable, "-m", "sealfleet.adapters.rsa_worker") == WORKER_COMMAND
+    key = rsa2048_keys[0]
+    async with RsaProcessPool(1) as pool:
+        await pool.attribute([sealed(key, "a", 1)], [candidate(key)], ())
+        seen = [started_from(pid) for pid in pool.pids]
+    assert seen
+    for cmdline, environ in seen:
+        assert b"PRIVATE KEY" not in cmdline + environ
+        assert cmdline.split(b"\0")[1:3] == [b"-m", b"sealfleet.adapters.rsa_worker"]
