@@ -3,10 +3,10 @@
 See :mod:`sealfleet.adapters.rsa_worker` for why processes and for the protocol.  The
 pool knows each worker's place in one list of keys, shared by all: before a job, a
 worker is sent the keys it has not seen yet, and the job names its candidates by their
-place in the list.  A worker starts on its first job.  One that dies (killed, out of
-memory) is started again and the job given to the new one; a job whose second worker
-dies too fails with :class:`RsaWorkerError` (a transient error: the cluster tries
-again later), so an input that kills workers cannot kill them in a loop.  A job whose
+place in the list.  A worker starts when a job finds no running worker idle.  One that
+dies (killed, out of memory) is started again and the job given to the new one; a job
+whose second worker dies too fails with :class:`RsaWorkerError` (a transient error: the
+cluster tries again later), so an input that kills workers cannot kill them in a loop.  A job whose
 caller goes away still runs to its answer, which keeps the worker's pipe in step.
 
 Written by hand: ``concurrent.futures.ProcessPoolExecutor`` cannot keep state in a
@@ -121,9 +121,8 @@ class RsaProcessPool:
     def __init__(self, workers: int, *, command: Sequence[str] = WORKER_COMMAND) -> None:
         self.size = max(1, workers)
         self._slots = [_Slot(command, number) for number in range(self.size)]
-        self._idle: asyncio.Queue[_Slot] = asyncio.Queue()
-        for slot in self._slots:
-            self._idle.put_nowait(slot)
+        self._idle = list(self._slots)
+        self._free = asyncio.Semaphore(self.size)
         self._keys: list[Candidate] = []        # every key sent to the workers, in order
         self._places: dict[str, int] = {}       # fingerprint -> place in _keys
         self._running: set[asyncio.Task[JobAnswer]] = set()
@@ -164,8 +163,16 @@ class RsaProcessPool:
         # worker's pipe stays in step for the next job.
         return await asyncio.shield(task)
 
+    def _take_idle(self) -> _Slot:
+        """An idle worker, one already running if there is one: a second worker starts
+        only when jobs overlap (a daemon that attributes a few items runs one)."""
+        slot = next((s for s in self._idle if s.process is not None), self._idle[0])
+        self._idle.remove(slot)
+        return slot
+
     async def _run(self, job: bytes) -> JobAnswer:
-        slot = await self._idle.get()
+        await self._free.acquire()
+        slot = self._take_idle()
         try:
             for _ in range(2):
                 try:
@@ -179,4 +186,5 @@ class RsaProcessPool:
             await slot.stop(grace=0)    # cut off mid-exchange: its pipe is out of step
             raise
         finally:
-            self._idle.put_nowait(slot)
+            self._idle.append(slot)
+            self._free.release()
