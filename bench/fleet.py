@@ -16,27 +16,29 @@ measured in the same run:
    (``[fleet] connect_concurrency``), one TLS connect, one paginated list and a JSON
    parse per cluster; and the time per cluster at each N.  Beside them, where the wall
    time goes: the daemon's RSA decrypts per item (``sealfleet_rsa_decrypts_total``; the
-   floor counts one), how much of the time its RSA threads held a job they ran
+   floor counts one), how much of the time its RSA workers held a job they ran
    (``sealfleet_rsa_cpu_seconds_total`` over ``sealfleet_rsa_busy_seconds_total``; the
-   rest they waited for the GIL or a core, see ``bench/gil.py``), and the sandbox's CPU,
-   requests and TLS connections while it serves the plain client and while it serves the
-   pass (the two share these cores, so daemon + sandbox CPU over the cores is a floor for
-   the pass's wall time here);
-2. the daemon's RSS per cluster: after the pass settles, minus its RSS when the fleet
-   started, over N (and between fleet sizes, the slope); and that figure split into its
-   objects' share and the rest beyond them (the issue's target: under 300 KB), measured
-   in the same run: a second sandbox of the same N clusters with no SealedSecrets (same
-   keys, namespaces and controllers) and a second daemon against it give the RSS per
-   cluster of a fleet without objects, which is what a cluster costs beyond them; the
-   difference is the objects' share.  Beside it, the marginal cost of one more object
-   in the settled daemon: ``OBJECTS_ADDED`` more SealedSecrets are created in every
-   cluster (through the apiserver, as kubeseal's user would; copies under new names of
-   the cluster's own namespace- and cluster-wide ones, valid where they are because
+   rest they waited for a core, or on threads for the GIL, see ``bench/gil.py``), and
+   the sandbox's CPU, requests and TLS connections while it serves the plain client and
+   while it serves the pass (the two share these cores, so daemon + sandbox CPU over the
+   cores is a floor for the pass's wall time here).  The daemon's CPU counts its RSA
+   worker processes';
+2. the daemon's RSS per cluster (its RSA workers' proportional set size added: they share
+   the interpreter's and OpenSSL's pages with it): after the pass settles, minus its RSS
+   when the fleet started, over N (and between fleet sizes, the slope); and that figure
+   split into its objects' share and the rest beyond them (the issue's target: under 300
+   KB), measured in the same run: a second sandbox of the same N clusters with no
+   SealedSecrets (same keys, namespaces and controllers) and a second daemon against it
+   give the RSS per cluster of a fleet without objects, which is what a cluster costs
+   beyond them; the difference is the objects' share. Beside it, the marginal cost of one
+   more object in the settled daemon: ``OBJECTS_ADDED`` more SealedSecrets are created in
+   every cluster (through the apiserver, as kubeseal's user would; copies under new names
+   of the cluster's own namespace- and cluster-wide ones, valid where they are because
    their encryption label does not name the object), the daemon takes them in from its
-   watches, and once the report counts them and RSS settles again, the RSS they added
-   over their number.  That one is lower than an object's share of the first pass: new
-   objects fill the holes the first pass's garbage left in the heap (and the copies'
-   items are attributed from the daemon's cache), so it is printed, not subtracted;
+   watches, and once the report counts them and RSS settles again, the RSS they added over
+   their number. That one is lower than an object's share of the first pass: new objects
+   fill the holes the first pass's garbage left in the heap (and the copies' items are
+   attributed from the daemon's cache), so it is printed, not subtracted;
 3. ``GET /api/v1/staleness`` latency over the API socket, p50/p99, during the first pass
    and after it, and beside it the same figures of a plain aiohttp server in a process of
    its own answering a body of the same size, probed alike at the same time (what this
@@ -110,6 +112,52 @@ def proc_rss_mb(pid: int) -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return float("nan")
+
+
+def children(pid: int) -> list[int]:
+    """The live child processes of *pid* (the daemon's RSA workers)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def family_cpu(pid: int) -> float:
+    """CPU seconds of *pid*, its live children and the children it has reaped: the
+    daemon and its RSA worker processes."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    reaped = (int(fields[13]) + int(fields[14])) / os.sysconf("SC_CLK_TCK")
+    live = 0.0
+    for child in children(pid):
+        try:
+            live += proc_cpu(child)
+        except OSError:   # it ended between the listing and the read
+            continue
+    return proc_cpu(pid) + reaped + live
+
+
+def workers_pss_mb(pid: int) -> tuple[int, float]:
+    """How many RSA workers the daemon runs and their proportional set size (MB): the
+    pages they share with the daemon (the interpreter, OpenSSL) counted by share."""
+    total, count = 0.0, 0
+    for child in children(pid):
+        try:
+            lines = Path(f"/proc/{child}/smaps_rollup").read_text().splitlines()
+        except OSError:
+            continue
+        count += 1
+        total += sum(int(line.split()[1]) for line in lines if line.startswith("Pss:")) / 1024
+    return count, total
+
+
+def daemon_memory_mb(pid: int) -> float:
+    """The daemon's RSS plus its RSA workers' PSS."""
+    return proc_rss_mb(pid) + workers_pss_mb(pid)[1]
 
 
 @dataclass(frozen=True)
@@ -265,11 +313,11 @@ async def start_daemon(state: Path, notify_path: Path, log: Any) -> tuple[Daemon
         assert run is not None
         lines = text.splitlines()
         if "STATUS=scanning clusters" in lines and not run.scanning.is_set():
-            run.scanning_at, run.cpu_scanning = time.perf_counter(), proc_cpu(run.process.pid)
-            run.rss_scanning = proc_rss_mb(run.process.pid)
+            run.scanning_at, run.cpu_scanning = time.perf_counter(), family_cpu(run.process.pid)
+            run.rss_scanning = daemon_memory_mb(run.process.pid)
             run.scanning.set()
         if "READY=1" in lines and not run.ready.is_set():
-            run.ready_at, run.cpu_ready = time.perf_counter(), proc_cpu(run.process.pid)
+            run.ready_at, run.cpu_ready = time.perf_counter(), family_cpu(run.process.pid)
             run.ready.set()
 
     loop = asyncio.get_running_loop()
@@ -537,9 +585,10 @@ async def _observe(run: DaemonRun, clusters: int, state: Path, meter: SandboxMet
           f"{rsa_wall:.1f} s")
     print(f"daemon's RSA decrypts in the pass: {decrypts} for {items} items "
           f"({decrypts / items:.2f} per item; the floor counts 1)")
-    # A thread in an RSA job that does not run waits for the GIL (each decrypt takes
-    # it back when it returns) or for a core; the floor's threads, alone, hardly wait.
-    print(f"daemon's RSA threads in the pass: {rsa_thread_cpu:.1f} CPU-s in "
+    # A worker in an RSA job that does not run waits for a core (RSA on threads, as
+    # before worker processes, waited for the GIL as well); the floor's threads, alone,
+    # hardly wait.
+    print(f"daemon's RSA workers in the pass: {rsa_thread_cpu:.1f} CPU-s in "
           f"{rsa_thread_busy:.1f} s of jobs: they ran {rsa_thread_cpu / rsa_thread_busy:.0%} "
           f"of the time they held a job (the floor's threads, alone: {floor_run.ran:.0%}); "
           f"{rsa_thread_busy / max(decrypts, 1) * 1000:.2f} ms per decrypt")
@@ -577,11 +626,13 @@ async def _observe(run: DaemonRun, clusters: int, state: Path, meter: SandboxMet
     await asyncio.sleep(SETTLE_SECONDS)
     after_end = time.perf_counter()
     after = prober.between(run.ready_at + 1.0, after_end)
-    rss_after = proc_rss_mb(run.process.pid)
+    rss_after = daemon_memory_mb(run.process.pid)
     per_cluster = (rss_after - run.rss_scanning) * 1024 / clusters
-    print(f"daemon RSS: {run.rss_scanning:.0f} MB when the fleet started, {rss_after:.0f} "
-          f"MB {SETTLE_SECONDS:.0f} s after READY: {per_cluster:.0f} KB per cluster "
-          "(target < 300 KB beyond its 20 SealedSecrets)", flush=True)
+    workers, workers_mb = workers_pss_mb(run.process.pid)
+    print(f"daemon RSS (with its RSA workers' PSS): {run.rss_scanning:.0f} MB when the fleet "
+          f"started, {rss_after:.0f} MB {SETTLE_SECONDS:.0f} s after READY: "
+          f"{per_cluster:.0f} KB per cluster (target < 300 KB beyond its 20 SealedSecrets); "
+          f"of it {workers} RSA workers {workers_mb:.0f} MB", flush=True)
     object_kb = await objects_share(run, clusters, state, prober, concurrency,
                                     rss_after)
     print(latency_line("/api/v1/staleness during the first pass", during))
@@ -615,7 +666,7 @@ async def objects_share(run: DaemonRun, clusters: int, state: Path, prober: Prob
 
     await wait_for(counted, every=1.0)
     await asyncio.sleep(SETTLE_SECONDS)
-    rss_after = proc_rss_mb(run.process.pid)
+    rss_after = daemon_memory_mb(run.process.pid)
     object_kb = (rss_after - rss_before) * 1024 / added if added else float("nan")
     print(f"objects: {added} SealedSecrets added ({added / clusters:.1f} per cluster), in "
           f"the report after {time.perf_counter() - started - SETTLE_SECONDS:.1f} s; RSS "
@@ -639,7 +690,7 @@ async def empty_fleet(clusters: int, bits: int, state: Path) -> float:
             await asyncio.wait_for(run.scanning.wait(), 120)
             await asyncio.wait_for(run.ready.wait(), 3600)
             await asyncio.sleep(SETTLE_SECONDS)
-            rss_after = proc_rss_mb(run.process.pid)
+            rss_after = daemon_memory_mb(run.process.pid)
         finally:
             stop_daemon(run)
             transport.close()
