@@ -95,12 +95,13 @@ async def test_a_crash_looping_controller_is_reported_by_its_cause(tmp_path: Pat
             decrypts = metric(text, "sealfleet_rsa_decrypts_total")
             assert decrypts is not None
             assert decrypts >= report["fleet"]["sealed_secrets"]["total"] > 0
-            # The threads' time in those jobs: CPU, and at least as much wall time.
+            # The RSA workers' time in those jobs: CPU, and at least as much wall time.
             cpu = metric(text, "sealfleet_rsa_cpu_seconds_total")
             busy = metric(text, "sealfleet_rsa_busy_seconds_total")
             assert cpu is not None
             assert busy is not None
             assert busy >= cpu > 0
+            assert metric(text, "sealfleet_rsa_worker_deaths_total") == 0
         finally:
             service.request_stop()
             await asyncio.wait_for(task, 30)

@@ -110,6 +110,7 @@ class Attributor:
                  ) -> None:
         self._cache = store.inventory      # the stored attribution cache
         self._keystore = keystore
+        self._processes = processes
         self._rsa: FairShare[_Job, JobAnswer] = (
             FairShare(_on_processes(processes), processes.size) if processes is not None
             else FairShare(_on_threads(executor), threads or os.cpu_count() or 1))
@@ -127,7 +128,8 @@ class Attributor:
 
     @property
     def rsa_work(self) -> RsaWork:
-        return RsaWork(self.rsa_operations, self._rsa_cpu, self._rsa_busy)
+        deaths = self._processes.deaths if self._processes is not None else 0
+        return RsaWork(self.rsa_operations, self._rsa_cpu, self._rsa_busy, deaths)
 
     def _cached(self, item_hash: str) -> tuple[bool, str | None]:
         raw = bytes.fromhex(item_hash)

@@ -47,18 +47,19 @@ def item_hash(ciphertext_b64: str, label: bytes) -> str:
 
 @dataclass(frozen=True)
 class RsaWork:
-    """What attribution's RSA threads have done since the start.
+    """What attribution's RSA workers (processes, or threads) have done since the start.
 
-    *busy_seconds* is the wall time the threads spent in attribution jobs, *cpu_seconds*
-    the CPU time they got meanwhile.  Threads that hold a job but do not run (they wait
-    for the GIL, which each decrypt takes back when it returns, or for a core) show as
-    busy seconds well above the CPU seconds: the RSA stage then takes longer than its
-    work, whatever the number of threads.
+    *busy_seconds* is the wall time the workers spent in attribution jobs, *cpu_seconds*
+    the CPU time they got meanwhile.  Workers that hold a job but do not run (they wait
+    for a core; threads also for the GIL, which each decrypt takes back when it returns)
+    show as busy seconds well above the CPU seconds: the RSA stage then takes longer
+    than its work, whatever the number of workers.
     """
 
     decrypts: int = 0
     cpu_seconds: float = 0.0
     busy_seconds: float = 0.0
+    worker_deaths: int = 0     # RSA worker processes that died under a job
 
 
 @dataclass(frozen=True)

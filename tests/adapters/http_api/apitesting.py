@@ -210,7 +210,7 @@ async def api(tmp_path: Path, rsa2048_keys: list[SealingKey]) -> AsyncIterator[A
                                    for n in ("alpha", "beta", "gamma")])
         deps = ApiDeps(view=view, store=store, readiness=lambda: ready,
                        read_token=READ_TOKEN.encode(), admin_token=ADMIN_TOKEN.encode(),
-                       attribution_backlog=lambda: 7, rsa_work=lambda: RsaWork(11, 0.25, 0.75),
+                       attribution_backlog=lambda: 7, rsa_work=lambda: RsaWork(11, 0.25, 0.75, 2),
                        check=checker)
         socket_path = tmp_path / "api.sock"
         async with ApiServer(build_app(deps), socket_path=socket_path,

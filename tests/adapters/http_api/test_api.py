@@ -220,6 +220,7 @@ async def test_metrics_agree_with_the_report(api: Api) -> None:
     assert samples[("sealfleet_rsa_decrypts_total", ())] == 11
     assert samples[("sealfleet_rsa_cpu_seconds_total", ())] == 0.25
     assert samples[("sealfleet_rsa_busy_seconds_total", ())] == 0.75
+    assert samples[("sealfleet_rsa_worker_deaths_total", ())] == 2
     assert ("sealfleet_sealing_key_stale", (("cluster", "gamma"),)) not in samples
 
 

@@ -164,14 +164,18 @@ def _rsa_families(work: RsaWork) -> Iterator[Metric]:
     tried = CounterMetricFamily("sealfleet_rsa_decrypts",
                                 "RSA trial decrypts made to attribute items to keys")
     tried.add_metric([], work.decrypts)
-    # Busy far above CPU: the RSA threads hold jobs but wait (the GIL, a core).
+    # Busy far above CPU: the RSA workers hold jobs but wait (for a core).
     cpu = CounterMetricFamily("sealfleet_rsa_cpu_seconds",
-                              "CPU time the RSA threads spent attributing items")
+                              "CPU time the RSA workers spent attributing items")
     cpu.add_metric([], work.cpu_seconds)
     busy = CounterMetricFamily("sealfleet_rsa_busy_seconds",
-                               "Wall time the RSA threads spent in attribution jobs")
+                               "Wall time the RSA workers spent in attribution jobs")
     busy.add_metric([], work.busy_seconds)
-    yield from (tried, cpu, busy)
+    deaths = CounterMetricFamily("sealfleet_rsa_worker_deaths",
+                                 "RSA worker processes that died under a job (each is "
+                                 "started again)")
+    deaths.add_metric([], work.worker_deaths)
+    yield from (tried, cpu, busy, deaths)
 
 
 class InventoryCollector(Collector):
