@@ -1,5 +1,6 @@
 """What a busy event-loop thread costs the RSA threads: a decrypt's wall time on a thread,
-alone and while another thread runs Python, against its CPU time, in the same run.
+alone and while another thread runs Python, against its CPU time, in the same run; and
+the same decrypt in the daemon's RSA worker process while the main thread is busy.
 
     python bench/gil.py [--decrypts 400] [--bits 2048]
 
@@ -13,18 +14,27 @@ default interval and for 1 ms, the decrypt's wall and CPU time on a worker threa
 the main thread idle (the baseline) and with it busy in Python, and the ratio.  It
 explains ``sealfleet_rsa_busy_seconds_total`` running far above
 ``sealfleet_rsa_cpu_seconds_total`` in a daemon whose loop is busy
-(``bench/fleet.py`` prints both for a first pass).
+(``bench/fleet.py`` prints both for a first pass), and why the daemon's attribution runs
+in worker processes (:mod:`sealfleet.adapters.rsa_pool`): the last line times decrypts
+inside a worker, one job of ``--decrypts`` items, with the main thread busy alike.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import sys
 import threading
 import time
 
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
+
+from sealfleet.adapters.rsa_pool import RsaProcessPool
+from sealfleet.domain.attribution import JobAnswer, ObjectItems, candidate
+from sealfleet.domain.keys import generate_sealing_key
+from sealfleet.domain.scopes import Scope
+from sealfleet.domain.sealed_secrets import SealedIdentity, seal_value
 
 
 def _oaep() -> padding.OAEP:
@@ -56,6 +66,29 @@ def _decrypts_on_a_thread(key: rsa.RSAPrivateKey, ciphertext: bytes, count: int,
     return result[0]
 
 
+def _decrypts_in_a_worker(bits: int, count: int) -> tuple[float, float]:
+    """(wall, CPU) seconds per decrypt inside an RSA worker process, as the worker
+    times its job, while this process's main thread runs pure Python."""
+    key = generate_sealing_key(bits=bits)
+    identity = SealedIdentity(namespace="apps", name="gil", scope=Scope.STRICT)
+    items = tuple((seal_value(key.public_key, b"v", identity), identity.label)
+                  for _ in range(count))
+    result: list[JobAnswer] = []
+
+    async def job() -> None:
+        async with RsaProcessPool(1) as pool:
+            await pool.attribute([ObjectItems(items[:1])], [candidate(key)], ())  # started
+            result.append(await pool.attribute([ObjectItems(items)], [candidate(key)], ()))
+
+    thread = threading.Thread(target=lambda: asyncio.run(job()))
+    thread.start()
+    while thread.is_alive():
+        sum(range(2000))
+    thread.join()
+    answer = result[0]
+    return answer.busy_seconds / answer.attempts, answer.cpu_seconds / answer.attempts
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--decrypts", type=int, default=400)
@@ -78,6 +111,10 @@ def main() -> None:
                   f"CPU: wall ratio {busy_wall / idle_wall:.1f}")
     finally:
         sys.setswitchinterval(default)
+    worker_wall, worker_cpu = _decrypts_in_a_worker(args.bits, args.decrypts)
+    print(f"in an RSA worker process, main thread busy in Python: {worker_wall * 1e6:.0f} us "
+          f"wall, {worker_cpu * 1e6:.0f} us CPU per decrypt: wall ratio "
+          f"{worker_wall / idle_wall:.1f} to the idle-thread baseline above")
 
 
 if __name__ == "__main__":
