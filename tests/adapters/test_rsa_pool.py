@@ -126,6 +126,9 @@ async def test_leaving_the_pool_ends_its_workers(rsa2048_keys: list[SealingKey])
         pids = pool.pids
     assert pids
     assert not any(alive(pid) for pid in pids)
+    with pytest.raises(RsaWorkerError, match="stopped"):   # and starts none again
+        await pool.attribute([sealed(key, "late", 1)], [candidate(key)], ())
+    assert pool.pids == []
 
 
 def test_workers_do_not_outlive_a_daemon_killed_with_sigkill() -> None:

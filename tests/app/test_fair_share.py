@@ -5,12 +5,21 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
 
 import pytest
 
 from sealfleet.app.fair_share import FairShare
+
+T = TypeVar("T")
+
+
+def on_threads(executor: ThreadPoolExecutor) -> Callable[[Callable[[], T]], Awaitable[T]]:
+    def start(fn: Callable[[], T]) -> Awaitable[T]:
+        return asyncio.get_running_loop().run_in_executor(executor, fn)
+    return start
 
 
 @pytest.fixture
@@ -21,7 +30,7 @@ def executor() -> Iterator[ThreadPoolExecutor]:
 
 async def test_owners_are_served_in_turn_not_first_come_first_served(
         executor: ThreadPoolExecutor) -> None:
-    share: FairShare[Callable[[], str], str] = FairShare.on_executor(executor, slots=1)
+    share: FairShare[Callable[[], str], str] = FairShare(on_threads(executor), slots=1)
     ran: list[str] = []
     gate = threading.Event()
 
@@ -48,7 +57,7 @@ async def test_owners_are_served_in_turn_not_first_come_first_served(
 
 async def test_errors_reach_their_caller_and_a_cancelled_waiter_is_skipped(
         executor: ThreadPoolExecutor) -> None:
-    share: FairShare[Callable[[], int], int] = FairShare.on_executor(executor, slots=1)
+    share: FairShare[Callable[[], int], int] = FairShare(on_threads(executor), slots=1)
     gate = threading.Event()
     ran: list[int] = []
 

@@ -127,12 +127,14 @@ class RsaProcessPool:
         self._places: dict[str, int] = {}       # fingerprint -> place in _keys
         self._running: set[asyncio.Task[JobAnswer]] = set()
         self.deaths = 0                         # workers that died under a job
+        self._closed = False
 
     async def __aenter__(self) -> RsaProcessPool:
         return self
 
     async def __aexit__(self, kind: type[BaseException] | None, error: BaseException | None,
                         trace: TracebackType | None) -> None:
+        self._closed = True
         for task in list(self._running):
             task.cancel()
         await asyncio.gather(*self._running, return_exceptions=True)
@@ -154,6 +156,8 @@ class RsaProcessPool:
                         local: Collection[str]) -> JobAnswer:
         """Attribute *objects*, trying *candidates* in order (see
         :func:`attribution.attribute_objects`), on the next idle worker."""
+        if self._closed:    # a late job at a stop must not start a worker again
+            raise RsaWorkerError("the RSA workers are stopped")
         order = encode_order([self._place(option) for option in candidates])
         job = encode_frame(("job", list(objects), order, frozenset(local)))
         task = asyncio.ensure_future(self._run(job))

@@ -243,10 +243,7 @@ class Attributor:
         self.backlog += count
         try:
             chunks = list(_chunks(groups))
-            jobs = [self._rsa.run(owner, _Job([ObjectItems(tuple((r.ciphertext, r.label)
-                                                                for r in group),
-                                                          group[0].sealed_at)
-                                              for group in chunk], candidates, local))
+            jobs = [self._rsa.run(owner, _Job(_objects(chunk), candidates, local))
                     for chunk in chunks]
             answers: list[tuple[str, str | None]] = []
             for chunk, done in zip(chunks, await asyncio.gather(*jobs), strict=True):
@@ -258,6 +255,13 @@ class Attributor:
             return answers
         finally:
             self.backlog -= count
+
+
+def _objects(chunk: list[list[ItemRequest]]) -> list[ObjectItems]:
+    """A chunk's SealedSecrets as the domain's (and the worker pipe's) values: the items
+    without their hashes, which stay here to pair with the answers."""
+    return [ObjectItems(tuple((r.ciphertext, r.label) for r in group), group[0].sealed_at)
+            for group in chunk if group]
 
 
 def _chunks(groups: list[list[ItemRequest]]) -> Iterator[list[list[ItemRequest]]]:

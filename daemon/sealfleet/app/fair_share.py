@@ -8,8 +8,8 @@ taken from the waiting owner served least recently.  A job already started runs 
 end; one whose caller went away before its turn is dropped.
 
 Written by hand because no executor in the standard library or a well-kept package
-schedules by owner; it is a few dozen lines over whatever starts a job
-(:meth:`FairShare.on_executor` for an executor's threads).
+schedules by owner; it is a few dozen lines over whatever starts a job (a worker
+process's exchange, ``run_in_executor``).
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ import asyncio
 import collections
 import functools
 from collections.abc import Awaitable, Callable
-from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
@@ -42,13 +41,6 @@ class FairShare(Generic[J, T]):
         self._served: dict[str, int] = {}   # owner -> when it was last served (a counter)
         self._serial = 0
         self._running = 0
-
-    @staticmethod
-    def on_executor(executor: Executor, slots: int) -> FairShare[Callable[[], T], T]:
-        """Jobs that are functions, run on *executor*'s threads."""
-        def start(fn: Callable[[], T]) -> asyncio.Future[T]:
-            return asyncio.get_running_loop().run_in_executor(executor, fn)
-        return FairShare(start, slots)
 
     @property
     def queued(self) -> int:
@@ -75,7 +67,7 @@ class FairShare(Generic[J, T]):
                 continue
             try:
                 running = asyncio.ensure_future(self._start(job.work))
-            except RuntimeError as error:   # the executor is shut down: we are stopping
+            except RuntimeError as error:   # an executor shut down: we are stopping
                 job.result.set_exception(error)
                 continue
             self._running += 1
