@@ -65,6 +65,24 @@ async def test_a_worker_killed_between_jobs_is_replaced_and_given_every_key_agai
         assert pool.pids != [pid]
 
 
+async def test_sigterm_and_sigint_leave_a_worker_to_the_daemon(
+        rsa2048_keys: list[SealingKey]) -> None:
+    """systemd's stop signals every process of the unit, Ctrl-C the whole process group:
+    the workers stay until the daemon, stopping, closes their pipes."""
+    key = rsa2048_keys[0]
+    async with RsaProcessPool(1) as pool:
+        await pool.attribute([sealed(key, "a", 1)], [candidate(key)], ())
+        (pid,) = pool.pids
+        os.kill(pid, signal.SIGTERM)
+        os.kill(pid, signal.SIGINT)
+        await asyncio.sleep(0.2)
+        answer = await pool.attribute([sealed(key, "b", 1)], [candidate(key)], ())
+        assert answer.fingerprints == [key.fingerprint]
+        assert pool.pids == [pid]
+        assert pool.deaths == 0
+    assert not alive(pid)
+
+
 async def test_a_worker_dying_under_a_job_is_replaced_and_the_job_done(
         tmp_path: Path, rsa2048_keys: list[SealingKey]) -> None:
     flag = tmp_path / "die-once"

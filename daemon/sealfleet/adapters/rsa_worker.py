@@ -29,6 +29,7 @@ import array
 import contextlib
 import datetime as dt
 import pickle
+import signal
 import sys
 import time
 from collections.abc import Sequence
@@ -108,8 +109,9 @@ class _Worker:
                 started, cpu_started = time.perf_counter(), time.thread_time()
                 try:
                     candidates = [self.keys[index] for index in decode_order(order)]
-                    checked = [o for o in objects if isinstance(o, ObjectItems)]
-                    fingerprints, attempts = attribute_objects(checked, candidates, local)
+                    if not all(isinstance(o, ObjectItems) for o in objects):
+                        raise TypeError("a job holds something else than ObjectItems")
+                    fingerprints, attempts = attribute_objects(objects, candidates, local)
                 except Exception as error:  # the class only: a message could quote input
                     return ("failed", type(error).__name__)
                 return ("done", fingerprints, attempts, time.thread_time() - cpu_started,
@@ -119,17 +121,24 @@ class _Worker:
 
 
 def main() -> None:
+    # The daemon decides when a worker ends: systemd's stop sends SIGTERM to every process
+    # of the unit and a terminal's Ctrl-C SIGINT to the whole process group, and a worker
+    # gone first would only be started again while the daemon finishes its jobs.  The
+    # worker ends when its stdin closes (the daemon stopped or died), or at SIGKILL.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     source, sink = sys.stdin.buffer, sys.stdout.buffer
     # stdout carries frames only: anything printed by mistake goes to stderr instead.
     sys.stdout = sys.stderr
     worker = _Worker()
     while (message := _read_frame(source)) is not None:
         answer = worker.handle(message)
+        del message     # a keys message: its DER bytes go now, not at the next frame
         if answer is not None:
             sink.write(encode_frame(answer))
             sink.flush()
 
 
 if __name__ == "__main__":
-    with contextlib.suppress(BrokenPipeError, KeyboardInterrupt):  # the daemon went away
+    with contextlib.suppress(BrokenPipeError):  # the daemon went away mid-answer
         main()
