@@ -33,6 +33,8 @@ def test_unit_speaks_the_notify_protocol_and_loads_credentials() -> None:
     assert " run -c /etc/sealfleet/sealfleet.toml" in unit["ExecStart"][0]
     # The daemon's default shutdown budget (20s) must fit inside TimeoutStopSec.
     assert int(unit["TimeoutStopSec"][0]) > 20
+    # SIGTERM to the daemon only: it ends its RSA workers by closing their pipes.
+    assert unit["KillMode"] == ["mixed"]
 
 
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze absent")
