@@ -13,6 +13,7 @@ import contextlib
 import dataclasses
 import json
 import sqlite3
+import sys
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -25,6 +26,7 @@ from structlog.testing import capture_logs
 from polling import eventually
 from running_fleet import running
 from sealfleet.adapters import retry
+from sealfleet.adapters.rsa_pool import RsaProcessPool
 from sealfleet.adapters.store import KeyEncryptionKey, Store
 from sealfleet.app import config
 from sealfleet.app.cluster.state import WorkerOptions
@@ -411,3 +413,50 @@ async def test_least_privilege_mode_asks_the_controller(harness: Harness) -> Non
 
 async def _is(value: object, expected: object) -> bool:
     return value is expected
+
+
+# An RSA worker that dies on its first frame while the flag file exists.
+_DIES_WHILE_FLAGGED = """
+import os, sys
+if os.path.exists(sys.argv[1]):
+    sys.stdin.buffer.read(4)
+    os._exit(7)
+from sealfleet.adapters.rsa_worker import main
+main()
+"""
+
+
+async def test_rsa_workers_dying_are_not_the_clusters_fault_and_attribution_catches_up(
+        harness: Harness, tmp_path: Path) -> None:
+    flag = tmp_path / "rsa-workers-die"
+    flag.touch()
+    command = (sys.executable, "-c", _DIES_WHILE_FLAGGED, str(flag))
+    with capture_logs() as logs:
+        async with RsaProcessPool(1, command=command) as pool, \
+                Store.open(harness.database, kek=KeyEncryptionKey(b"k" * 32)) as store:
+            manager = FleetManager(harness.settings(), store, executor=harness.executor,
+                                   rsa_processes=pool, options=OPTIONS)
+            task = asyncio.create_task(manager.run())
+            try:
+                async def failed() -> bool:
+                    return any(e["event"] == "attribution_failed" for e in logs)
+
+                await eventually(failed)
+                (cluster,) = await store.inventory.list_clusters()
+                assert cluster.reachable is not False      # the daemon's fault, not c1's
+                assert manager.workers["c1"].reachable is not False
+                assert pool.deaths >= 2
+                flag.unlink()
+                await asyncio.wait_for(manager.first_pass_done.wait(), 30)
+
+                async def attributed() -> bool:
+                    found = states(await inventory(manager))
+                    return (found.get("current") is SecretState.CURRENT
+                            and found.get("stale") is SecretState.STALE)
+
+                await eventually(attributed)
+            finally:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+    assert not any(e["event"] == "cluster_unreachable" for e in logs)

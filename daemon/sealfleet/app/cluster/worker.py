@@ -34,6 +34,7 @@ import structlog
 
 from sealfleet.adapters import retry
 from sealfleet.adapters.kube.client import KubeClient
+from sealfleet.adapters.rsa_pool import RsaWorkerError
 from sealfleet.app.cluster import status
 from sealfleet.app.cluster.controller_probe import ControllerProbe
 from sealfleet.app.cluster.inventory import ClusterInventory
@@ -144,6 +145,10 @@ class ClusterWorker:
                         # stays reachable; try again soon, resuming where the store stands.
                         await self._store_failed(error)
                         continue
+                    except RsaWorkerError as error:
+                        # Ours too: RSA workers died under this cluster's items.
+                        await self._rsa_failed(error)
+                        continue
                     except FleetError as error:
                         await status.mark_failed(self.state, self._deps, error)
                         if self._scanned:  # a failure after a good session: start small
@@ -238,6 +243,11 @@ class ClusterWorker:
             log.warning("store_write_failed", error=str(error))
         self.state.resume = True
         await asyncio.sleep(self._store_backoff.next_delay())
+
+    async def _rsa_failed(self, error: RsaWorkerError) -> None:
+        log.warning("attribution_failed", error=str(error))
+        self.state.resume = True
+        await asyncio.sleep(self._backoff.delay_for(error))
 
     def _store_ok(self) -> None:
         if self._store_backoff.failures:
