@@ -4,6 +4,7 @@ a cancelled caller that leaves the pipe in step, and no worker outliving the dae
 from __future__ import annotations
 
 import asyncio
+import base64
 import os
 import signal
 import subprocess
@@ -13,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives import serialization
 
 from sealfleet.adapters.rsa_pool import WORKER_COMMAND, RsaProcessPool, RsaWorkerError
 from sealfleet.domain.attribution import ObjectItems, candidate
@@ -188,6 +190,10 @@ async def test_keys_never_travel_in_a_workers_command_line_or_environment(
         await pool.attribute([sealed(key, "a", 1)], [candidate(key)], ())
         seen = [started_from(pid) for pid in pool.pids]
     assert seen
+    der = key.private_key.private_bytes(serialization.Encoding.DER,
+                                        serialization.PrivateFormat.PKCS8,
+                                        serialization.NoEncryption())
     for cmdline, environ in seen:
-        assert b"PRIVATE KEY" not in cmdline + environ
+        for form in (der, base64.b64encode(der), key.private_key_pem()):
+            assert form not in cmdline + environ
         assert cmdline.split(b"\0")[1:3] == [b"-m", b"sealfleet.adapters.rsa_worker"]

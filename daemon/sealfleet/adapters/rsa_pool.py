@@ -6,8 +6,9 @@ worker is sent the keys it has not seen yet, and the job names its candidates by
 place in the list.  A worker starts when a job finds no running worker idle.  One that
 dies (killed, out of memory) is started again and the job given to the new one; a job
 whose second worker dies too fails with :class:`RsaWorkerError` (a transient error: the
-cluster tries again later), so an input that kills workers cannot kill them in a loop.  A job whose
-caller goes away still runs to its answer, which keeps the worker's pipe in step.
+cluster tries again later), so an input that kills workers cannot kill them in a loop.
+A job whose caller goes away still runs to its answer, which keeps the worker's pipe in
+step.
 
 Written by hand: ``concurrent.futures.ProcessPoolExecutor`` cannot keep state in a
 given worker (the keys: a fleet's thousands, loaded once per worker, not sent with
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import sys
 from collections.abc import Collection, Sequence
 from types import TracebackType
@@ -43,7 +45,7 @@ class _WorkerGone(Exception):
     """The worker's pipe closed under a job (the process died)."""
 
 
-def _key_entry(option: Candidate) -> tuple[bytes, object, object]:
+def _key_entry(option: Candidate) -> tuple[bytes, dt.datetime, dt.datetime]:
     der = option.key.private_key.private_bytes(serialization.Encoding.DER,
                                                serialization.PrivateFormat.PKCS8,
                                                serialization.NoEncryption())
@@ -87,7 +89,6 @@ class _Slot:
             if self.synced < len(keys):
                 fresh = [_key_entry(option) for option in keys[self.synced:]]
                 process.stdin.write(encode_frame(("keys", fresh)))
-                del fresh
                 self.synced = len(keys)
             process.stdin.write(job)
             await process.stdin.drain()

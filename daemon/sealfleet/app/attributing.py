@@ -34,6 +34,7 @@ from dataclasses import dataclass
 import structlog
 
 from sealfleet.adapters.rsa_pool import RsaProcessPool
+from sealfleet.adapters.rsa_worker import run_job
 from sealfleet.adapters.store import Store
 from sealfleet.app.fair_share import FairShare
 from sealfleet.app.keystore import Keystore
@@ -42,7 +43,6 @@ from sealfleet.domain.attribution import (
     JobAnswer,
     ObjectItems,
     RsaWork,
-    attribute_objects,
     candidate,
 )
 from sealfleet.domain.keys import SealingKey
@@ -84,10 +84,7 @@ class _Job:
 
 def _attribute_on_thread(job: _Job) -> JobAnswer:
     """Executor job (no worker processes): what a worker process does, on a thread."""
-    started, cpu_started = time.perf_counter(), time.thread_time()
-    fingerprints, attempts = attribute_objects(job.objects, job.candidates, job.local)
-    return JobAnswer(fingerprints, attempts, time.thread_time() - cpu_started,
-                     time.perf_counter() - started)
+    return run_job(job.objects, job.candidates, job.local)
 
 
 def _on_threads(executor: Executor) -> Callable[[_Job], Awaitable[JobAnswer]]:
