@@ -543,6 +543,58 @@ async def measure(clusters: int, bits: int, state: Path, *, concurrency: int, ou
     return result
 
 
+PROFILE_DIR: Path | None = None   # --profile
+
+
+@contextlib.contextmanager
+def profiled(run: str, pids: dict[str, int]) -> Iterator[None]:
+    """py-spy (``pip install py-spy``) on the daemon (its RSA workers included) and on
+    the sandbox over the first pass, when asked (``--profile DIR``): collapsed stacks of
+    the threads holding the GIL in DIR/<run>-<name>.txt, and each thread's CPU time over
+    the pass printed (py-spy's idle detection cannot tell a thread blocked in a queue
+    from one that runs)."""
+    if PROFILE_DIR is None:
+        yield
+        return
+    PROFILE_DIR.mkdir(parents=True, exist_ok=True)
+    binary = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    spies = [subprocess.Popen([binary, "record", "--pid", str(pid), "--gil",
+                               "--rate", "100", "--format", "raw", "--threads", "-o",
+                               str(PROFILE_DIR / f"{run}-{name}.txt")],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+             for name, pid in pids.items()]
+    before = {name: thread_cpu(pid) for name, pid in pids.items()}
+    try:
+        yield
+    finally:
+        for name, pid in pids.items():
+            after = thread_cpu(pid)
+            spent = sorted(((cpu - before[name].get(thread, 0.0), thread)
+                            for thread, cpu in after.items()), reverse=True)
+            print(f"{name} threads' CPU over the pass: " + ", ".join(
+                f"{thread} {cpu:.2f}" for cpu, thread in spent if cpu >= 0.05))
+        for spy in spies:
+            spy.send_signal(signal.SIGINT)
+        for spy in spies:
+            spy.wait(120)
+
+
+def thread_cpu(pid: int) -> dict[str, float]:
+    """CPU seconds per thread (name/tid) of *pid* and of its children's processes."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    spent: dict[str, float] = {}
+    for process in [pid, *children(pid)]:
+        with contextlib.suppress(OSError):
+            for task in os.listdir(f"/proc/{process}/task"):
+                with contextlib.suppress(OSError):
+                    stat = Path(f"/proc/{process}/task/{task}/stat").read_text()
+                    name = stat[stat.index("(") + 1:stat.rindex(")")]
+                    fields = stat[stat.rindex(")") + 2:].split()
+                    key = name if process == pid else f"child {name}"
+                    spent[f"{key}/{task}"] = (int(fields[11]) + int(fields[12])) / ticks
+    return spent
+
+
 async def observe_daemon(run: DaemonRun, clusters: int, state: Path, meter: SandboxMeter,
                          items: int,
                          bits: int, cores: int, concurrency: int, sampler: RsaSampler,
@@ -570,7 +622,8 @@ async def _observe(run: DaemonRun, clusters: int, state: Path, meter: SandboxMet
                    outage: bool, outage_seconds: float) -> Result:
     await asyncio.wait_for(run.scanning.wait(), 120)
     served_before = await meter.read()
-    await asyncio.wait_for(run.ready.wait(), 3600)
+    with profiled(f"{clusters}-{bits}", {"daemon": run.process.pid, "sandbox": meter.pid}):
+        await asyncio.wait_for(run.ready.wait(), 3600)
     sandbox_cpu, sandbox_served = (await meter.read()).since(served_before)
     decrypts, rsa_thread_cpu, rsa_thread_busy = await prober.rsa_work_now()
     wall, cpu = run.ready_at - run.scanning_at, run.cpu_ready - run.cpu_scanning
@@ -834,7 +887,12 @@ def main() -> None:
                         default=config.FleetSettings().connect_concurrency,
                         help="the daemon's [fleet] connect_concurrency (its default), for the "
                              "baseline")
+    parser.add_argument("--profile", type=Path, default=None,
+                        help="py-spy the daemon and the sandbox over each first pass into "
+                             "this directory (profiling slows the pass: its figures are off)")
     args = parser.parse_args()
+    global PROFILE_DIR
+    PROFILE_DIR = args.profile
     asyncio.run(main_async(args))
 
 
