@@ -17,6 +17,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 
 from sealfleet.adapters.rsa_pool import WORKER_COMMAND, RsaProcessPool, RsaWorkerError
+from sealfleet.adapters.rsa_worker import NICENESS
 from sealfleet.domain.attribution import ObjectItems, candidate
 from sealfleet.domain.keys import SealingKey
 from sealfleet.domain.scopes import Scope
@@ -197,3 +198,15 @@ async def test_keys_never_travel_in_a_workers_command_line_or_environment(
         for form in (der, base64.b64encode(der), key.private_key_pem()):
             assert form not in cmdline + environ
         assert cmdline.split(b"\0")[1:3] == [b"-m", b"sealfleet.adapters.rsa_worker"]
+
+
+async def test_workers_run_at_a_lower_cpu_priority_than_the_daemon(
+        rsa2048_keys: list[SealingKey]) -> None:
+    """The event loop feeds the workers and answers the API: under load it must win the
+    core, so the worker lowers its own priority (a job done proves it has started)."""
+    key = rsa2048_keys[0]
+    async with RsaProcessPool(1) as pool:
+        await pool.attribute([sealed(key, "a", 1)], [candidate(key)], ())
+        (pid,) = pool.pids
+        mine = os.getpriority(os.PRIO_PROCESS, 0)
+        assert os.getpriority(os.PRIO_PROCESS, pid) == min(mine + NICENESS, 19)
