@@ -6,7 +6,7 @@ each test and writes a kubeconfig with two contexts: ``sandbox-1`` (admin token)
 exactly as to a real cluster: ``kubectl`` through ``sandbox_api.kubectl(...)`` (async, so
 the server keeps serving), kubernetes-asyncio through ``sandbox_api.api_client()``.
 The store keeps only 200 watch events, so tests can reach "410 Gone" cheaply, and the
-server sends watch bookmarks every 0.3 s instead of every 5 s.
+server sends watch bookmarks every 0.3 s instead of once a minute.
 """
 
 from __future__ import annotations

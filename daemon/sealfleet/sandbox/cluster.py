@@ -21,6 +21,7 @@ from multidict import CIMultiDict
 
 from sealfleet.errors import PermanentError
 from sealfleet.sandbox.apiserver import ApiServer, Tokens
+from sealfleet.sandbox.apiserver.context import DEFAULT_BOOKMARK_INTERVAL
 from sealfleet.sandbox.apiserver.listener import ConnectionGauge
 from sealfleet.sandbox.apiserver.proxy import unavailable
 from sealfleet.sandbox.controller import ControllerFlags, ControllerWorkload
@@ -41,7 +42,8 @@ class SandboxCluster:
     def __init__(self, name: str, *, ca: CertificateAuthority, executor: Executor,
                  flags: ControllerFlags | None = None,
                  crash_backoff: tuple[float, float] = (10.0, 300.0),
-                 rng: random.Random | None = None, bookmark_interval: float = 5.0,
+                 rng: random.Random | None = None,
+                 bookmark_interval: float = DEFAULT_BOOKMARK_INTERVAL,
                  startup_delay: float = DEFAULT_STARTUP_DELAY,
                  connections: ConnectionGauge | None = None) -> None:
         self.name = name

@@ -39,6 +39,7 @@ from typing import Any
 
 import structlog
 
+from sealfleet.sandbox.apiserver.context import DEFAULT_BOOKMARK_INTERVAL
 from sealfleet.sandbox.apiserver.listener import ConnectionGauge
 from sealfleet.sandbox.cluster import SandboxCluster
 from sealfleet.sandbox.control import ControlClient, process_memory_mb
@@ -137,7 +138,8 @@ class Sandbox:
                  seed: SeedSpec | None = None, flags: ControllerFlags | None = None,
                  cluster_flags: dict[str, ControllerFlags] | None = None,
                  crash_backoff: tuple[float, float] = (10.0, 300.0),
-                 seed_processes: int | None = None, bookmark_interval: float = 5.0,
+                 seed_processes: int | None = None,
+                 bookmark_interval: float = DEFAULT_BOOKMARK_INTERVAL,
                  startup_delay: float = DEFAULT_STARTUP_DELAY,
                  flux_interval: float = FLUX_INTERVAL,
                  flux_source_interval: float = FLUX_SOURCE_INTERVAL,

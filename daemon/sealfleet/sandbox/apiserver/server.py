@@ -16,7 +16,11 @@ from aiohttp import web
 
 from sealfleet.sandbox.apiserver import discovery, openapi, rest
 from sealfleet.sandbox.apiserver.auth import Tokens, forbid_path
-from sealfleet.sandbox.apiserver.context import ClusterContext, ServiceHandler
+from sealfleet.sandbox.apiserver.context import (
+    DEFAULT_BOOKMARK_INTERVAL,
+    ClusterContext,
+    ServiceHandler,
+)
 from sealfleet.sandbox.apiserver.faults import Faults
 from sealfleet.sandbox.apiserver.listener import ConnectionGauge, Listener
 from sealfleet.sandbox.controller import manifests
@@ -74,7 +78,7 @@ class ApiServer:
         controller_namespace: str = "kube-system",
         host: str = "127.0.0.1",
         port: int = 0,
-        bookmark_interval: float = 5.0,
+        bookmark_interval: float = DEFAULT_BOOKMARK_INTERVAL,
         connections: ConnectionGauge | None = None,
     ) -> None:
         self.ctx = ClusterContext(
