@@ -210,3 +210,23 @@ async def test_workers_run_at_a_lower_cpu_priority_than_the_daemon(
         (pid,) = pool.pids
         mine = os.getpriority(os.PRIO_PROCESS, 0)
         assert os.getpriority(os.PRIO_PROCESS, pid) == min(mine + NICENESS, 19)
+
+
+async def test_a_ranking_that_grows_or_is_replaced_between_jobs_is_followed(
+        rsa2048_keys: list[SealingKey]) -> None:
+    """The pool encodes the fleet's ranking once per list and extends it as the list
+    grows: a key appended later, and a list ranked anew, are tried all the same."""
+    first, second, third = rsa2048_keys
+    ranking = [candidate(first)]
+    async with RsaProcessPool(1) as pool:
+        one = await pool.attribute([sealed(first, "a", 1), sealed(second, "b", 1)], [], (),
+                                   ranking)
+        assert one.fingerprints == [first.fingerprint, None]
+        ranking.append(candidate(second))
+        two = await pool.attribute([sealed(second, "c", 1)], [], (), ranking)
+        assert two.fingerprints == [second.fingerprint]
+        ranked_again = [candidate(third), candidate(second)]
+        three = await pool.attribute([sealed(third, "d", 1), sealed(first, "e", 1)],
+                                     [candidate(first)], (), ranked_again)
+        assert three.fingerprints == [third.fingerprint, first.fingerprint]
+        assert three.attempts == 3   # third: tried first, then third; first: at once

@@ -75,16 +75,18 @@ class ItemRequest:
 
 @dataclass(frozen=True)
 class _Job:
-    """One RSA job: whole SealedSecrets, the keys to try, the cluster's own keys."""
+    """One RSA job: whole SealedSecrets, the keys to try (the cluster's first, then the
+    fleet's ranking, one list shared by every job), the cluster's own keys."""
 
     objects: list[ObjectItems]
     candidates: list[Candidate]
     local: Collection[str]
+    ranking: Sequence[Candidate] = ()
 
 
 def _attribute_on_thread(job: _Job) -> JobAnswer:
     """Executor job (no worker processes): what a worker process does, on a thread."""
-    return run_job(job.objects, job.candidates, job.local)
+    return run_job(job.objects, [*job.candidates, *job.ranking], job.local)
 
 
 def _on_threads(executor: Executor) -> Callable[[_Job], Awaitable[JobAnswer]]:
@@ -95,7 +97,7 @@ def _on_threads(executor: Executor) -> Callable[[_Job], Awaitable[JobAnswer]]:
 
 def _on_processes(pool: RsaProcessPool) -> Callable[[_Job], Awaitable[JobAnswer]]:
     def start(job: _Job) -> Awaitable[JobAnswer]:
-        return pool.attribute(job.objects, job.candidates, job.local)
+        return pool.attribute(job.objects, job.candidates, job.local, job.ranking)
     return start
 
 
@@ -151,25 +153,26 @@ class Attributor:
             self._unknown.pop(raw, None)
             self._usage[fingerprint] += 1
 
-    def _order(self, preferred: Sequence[str],
-               likely: Collection[str]) -> tuple[list[Candidate], set[str]]:
+    def _order(self, preferred: Sequence[str], likely: Collection[str],
+               ) -> tuple[list[Candidate], list[Candidate], set[str]]:
         """The base order: *preferred* in order (the cluster's sealing key), then the
         *likely* keys (those the cluster holds), then every loaded key by items sealed
-        so far (then newest first); and the fingerprints of the leading (the cluster's)
-        keys.
+        so far (then newest first): the lead, the ranking, and the fingerprints of the
+        lead (the cluster's keys).
 
         Costs what the cluster holds, not what the fleet holds: the whole ranking follows
-        the lead as it is, not filtered (a copy of references, in C), so the lead's keys
-        come again in it, and each item tries a key once (:mod:`.domain.attribution`).
-        Sorting thousands of keys for every page of every cluster, and later filtering
-        them, grew a first pass quadratically with the fleet.
+        the lead as it is, not filtered, the same list for every job until the next
+        ranking (the RSA pool encodes it once), so the lead's keys come again in it, and
+        each item tries a key once (:mod:`.domain.attribution`).  Sorting thousands of
+        keys for every page of every cluster, and later filtering them, grew a first
+        pass quadratically with the fleet.
         """
         ranked, rank = self._ranking()
         head = list(dict.fromkeys(f for f in preferred if f in rank))
         chosen = set(head)
         head += sorted((f for f in likely if f in rank and f not in chosen), key=rank.__getitem__)
         chosen.update(head)
-        return [ranked[rank[f]] for f in head] + ranked, chosen
+        return [ranked[rank[f]] for f in head], ranked, chosen
 
     def _ranking(self) -> tuple[list[Candidate], dict[str, int]]:
         """Every loaded key by items sealed so far, then newest: ranked again at most
@@ -222,8 +225,8 @@ class Attributor:
         if not todo:
             return result
         await self._keystore.materialize()
-        ordered, local = self._order(preferred, likely)
-        computed = await self._run_rsa(owner, todo, ordered, local)
+        lead, ranking, local = self._order(preferred, likely)
+        computed = await self._run_rsa(owner, todo, lead, ranking, local)
         # The epoch of the keys actually tried, not whatever it is by now.
         await self._cache.put_attributions(computed, known_keys_epoch=epoch)
         for item_hash, fingerprint in computed:
@@ -232,15 +235,15 @@ class Attributor:
         return result
 
     async def _run_rsa(self, owner: str, groups: list[list[ItemRequest]],
-                       candidates: list[Candidate],
+                       lead: list[Candidate], ranking: Sequence[Candidate],
                        local: Collection[str]) -> list[tuple[str, str | None]]:
-        if not candidates:
+        if not lead and not ranking:
             return [(r.item_hash, None) for group in groups for r in group]
         count = sum(len(group) for group in groups)
         self.backlog += count
         try:
             chunks = list(_chunks(groups))
-            jobs = [self._rsa.run(owner, _Job(_objects(chunk), candidates, local))
+            jobs = [self._rsa.run(owner, _Job(_objects(chunk), lead, local, ranking))
                     for chunk in chunks]
             answers: list[tuple[str, str | None]] = []
             for chunk, done in zip(chunks, await asyncio.gather(*jobs), strict=True):
