@@ -548,21 +548,21 @@ PROFILE_DIR: Path | None = None   # --profile
 
 @contextlib.contextmanager
 def profiled(run: str, pids: dict[str, int]) -> Iterator[None]:
-    """py-spy (``pip install py-spy``) on the daemon (its RSA workers included) and on
-    the sandbox over the first pass, when asked (``--profile DIR``): collapsed stacks of
-    the threads holding the GIL in DIR/<run>-<name>.txt, and each thread's CPU time over
-    the pass printed (py-spy's idle detection cannot tell a thread blocked in a queue
-    from one that runs)."""
-    if PROFILE_DIR is None:
-        yield
-        return
-    PROFILE_DIR.mkdir(parents=True, exist_ok=True)
-    binary = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
-    spies = [subprocess.Popen([binary, "record", "--pid", str(pid), "--gil",
-                               "--rate", "100", "--format", "raw", "--threads", "-o",
-                               str(PROFILE_DIR / f"{run}-{name}.txt")],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-             for name, pid in pids.items()]
+    """Each thread's CPU time over the first pass, printed (the daemon's event loop, its
+    store and executor threads, its RSA workers, the sandbox); and when asked
+    (``--profile DIR``) py-spy (``pip install py-spy``) on the daemon and the sandbox:
+    collapsed stacks of the threads holding the GIL in DIR/<run>-<name>.txt (py-spy's
+    idle detection cannot tell a thread blocked in a queue from one that runs, hence
+    the CPU times)."""
+    spies: list[subprocess.Popen[bytes]] = []
+    if PROFILE_DIR is not None:
+        PROFILE_DIR.mkdir(parents=True, exist_ok=True)
+        binary = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+        spies = [subprocess.Popen([binary, "record", "--pid", str(pid), "--gil",
+                                   "--rate", "100", "--format", "raw", "--threads", "-o",
+                                   str(PROFILE_DIR / f"{run}-{name}.txt")],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                 for name, pid in pids.items()]
     before = {name: thread_cpu(pid) for name, pid in pids.items()}
     try:
         yield
@@ -590,7 +590,8 @@ def thread_cpu(pid: int) -> dict[str, float]:
                     stat = Path(f"/proc/{process}/task/{task}/stat").read_text()
                     name = stat[stat.index("(") + 1:stat.rindex(")")]
                     fields = stat[stat.rindex(")") + 2:].split()
-                    key = name if process == pid else f"child {name}"
+                    key = ("event loop" if task == str(pid) else name) if process == pid \
+                        else f"child {name}"
                     spent[f"{key}/{task}"] = (int(fields[11]) + int(fields[12])) / ticks
     return spent
 

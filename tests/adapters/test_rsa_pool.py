@@ -229,4 +229,6 @@ async def test_a_ranking_that_grows_or_is_replaced_between_jobs_is_followed(
         three = await pool.attribute([sealed(third, "d", 1), sealed(first, "e", 1)],
                                      [candidate(first)], (), ranked_again)
         assert three.fingerprints == [third.fingerprint, first.fingerprint]
-        assert three.attempts == 3   # third: tried first, then third; first: at once
+        # d: first (the lead) then third, unless first's modulus rules it out untried;
+        # e: first, at once.
+        assert three.attempts in (2, 3)

@@ -238,3 +238,14 @@ def test_identities_cover_certificates_keys_and_secrets(
     with pytest.raises(InputError, match="no certificate, private key or key Secret"):
         keyfiles.identities_from_bytes(b"-----BEGIN PUBLIC KEY-----\n-----END PUBLIC KEY-----",
                                        source="pub")
+
+
+def test_a_certificate_read_again_is_parsed_once_and_a_bad_one_fails_every_time(
+        rsa2048_keys: list[keys.SealingKey]) -> None:
+    pem = rsa2048_keys[0].certificate.pem
+    first = keys.load_certificate(bytes(pem))
+    assert keys.load_certificate(bytes(pem)) is first       # equal bytes: the same parse
+    assert first.fingerprint == rsa2048_keys[0].fingerprint
+    for _ in range(2):                                       # failures are not remembered
+        with pytest.raises(InputError, match="no PEM certificate"):
+            keys.load_certificate(b"-----BEGIN CERTIFICATE-----\nnot base64\n")

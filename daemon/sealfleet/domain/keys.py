@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import enum
+import functools
 import hashlib
 import secrets
 from collections.abc import Callable, Iterable, Mapping
@@ -177,6 +178,15 @@ def _certificate_from_x509(cert: x509.Certificate) -> Certificate:
                        pem=cert.public_bytes(serialization.Encoding.PEM))
 
 
+# Certificates parsed, by their PEM: a scan reads each sealing certificate two or three
+# times within seconds (the key Secret's tls.crt, the controller's /v1/cert.pem, the
+# store), and a parse with its fingerprint was ~80 us each, a few percent of the event
+# loop's first pass.  Certificates are immutable, so one may be shared; the bound keeps
+# this to what the clusters scanning at once read, not the fleet.
+_PARSED_CERTIFICATES = 256
+
+
+@functools.lru_cache(maxsize=_PARSED_CERTIFICATES)
 def load_certificate(pem: bytes) -> Certificate:
     """Parse the *first* certificate of a PEM bundle, as kubeseal and the controller do."""
     try:

@@ -334,3 +334,45 @@ async def test_prune_attributions_keeps_live_and_recent_entries(store: Store) ->
     assert await inventory.prune_attributions(older_than=now - dt.timedelta(hours=1)) == 0
     assert await inventory.prune_attributions(older_than=now + dt.timedelta(seconds=1)) == 1
     assert set(await inventory.get_attributions([*live_hashes, "gone"])) == set(live_hashes)
+
+
+async def test_writes_queued_behind_a_busy_writer_share_a_commit_and_a_refusal_stays_alone(
+        store: Store) -> None:
+    """Group commit: writes queued while the writer is busy run in one transaction, each in
+    its savepoint.  None is answered, nor visible to readers, before that commit; one that
+    raises is rolled back alone and its caller gets the error."""
+    inventory = store.inventory
+    busy, free = threading.Event(), threading.Event()
+    last_in, last_free = threading.Event(), threading.Event()
+
+    def blocker(conn: sqlite3.Connection) -> None:
+        busy.set()
+        free.wait(10)
+
+    def first(conn: sqlite3.Connection) -> None:
+        inventory_writes.upsert_sealed_secrets(conn, [sealed("c1", "ns", "first")])
+
+    def refused(conn: sqlite3.Connection) -> None:
+        inventory_writes.upsert_sealed_secrets(conn, [sealed("c1", "ns", "refused")])
+        raise InputError("refused by the write itself")
+
+    def last(conn: sqlite3.Connection) -> None:
+        last_in.set()
+        last_free.wait(10)
+
+    blocking = asyncio.create_task(store.write(blocker))
+    assert await asyncio.to_thread(busy.wait, 10)
+    queued = [asyncio.create_task(store.write(fn)) for fn in (first, refused, last)]
+    await asyncio.sleep(0.05)            # all three are queued behind the blocker
+    free.set()
+    await blocking
+    assert await asyncio.to_thread(last_in.wait, 10)
+    # "first" has run, but its group has not committed: no answer, nothing to read yet.
+    assert not queued[0].done()
+    assert await inventory.sealed_secrets_of_cluster("c1") == []
+    last_free.set()
+    answers = await asyncio.gather(*queued, return_exceptions=True)
+    assert answers[0] is None and answers[2] is None
+    assert isinstance(answers[1], InputError)
+    assert [r.name for r in await inventory.sealed_secrets_of_cluster("c1")] == ["first"]
+    assert store.health.ok

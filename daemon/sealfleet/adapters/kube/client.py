@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import functools
 import json
 import ssl
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping
@@ -41,10 +42,11 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode
+from urllib.request import proxy_bypass
 
 import aiohttp
 import yarl
-from aiohttp.helpers import get_env_proxy_for_url
+from aiohttp.helpers import ProxyInfo, proxies_from_env
 
 from sealfleet.adapters.kube import kubeconfig as kubeconfig_files
 from sealfleet.adapters.kube import tls, writing
@@ -189,17 +191,25 @@ def _translate(exc: BaseException, what: str) -> TransientError | PermanentError
     return PermanentError(f"{what}: {type(exc).__name__}")
 
 
+@functools.cache
+def _env_proxies() -> dict[str, ProxyInfo]:
+    """HTTPS_PROXY / HTTP_PROXY (with ~/.netrc credentials), read once per process: the
+    environment of a running daemon does not change, and reading them (and the netrc
+    file) for every cluster connection was a measurable part of a fleet's first pass."""
+    return proxies_from_env()
+
+
 def _proxy_for(access: kubeconfig_files.ClusterAccess,
                ) -> tuple[str | None, aiohttp.BasicAuth | None]:
     """The kubeconfig's ``proxy-url``, else HTTPS_PROXY / HTTP_PROXY unless NO_PROXY
     names the server (what trust_env did per request, once)."""
     if access.proxy:
         return access.proxy, None
-    try:
-        proxy, auth = get_env_proxy_for_url(yarl.URL(access.server))
-    except LookupError:
+    url = yarl.URL(access.server)
+    info = _env_proxies().get(url.scheme)
+    if info is None or (url.host is not None and proxy_bypass(url.host)):
         return None, None
-    return str(proxy), auth
+    return str(info.proxy), info.proxy_auth
 
 
 class KubeClient:

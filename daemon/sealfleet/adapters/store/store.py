@@ -7,7 +7,8 @@ that several times, and aiosqlite offers no public way to run a whole function o
 thread.  Here a whole transaction is one plain function (see ``inventory_writes.py``)
 submitted once to a single-thread executor that owns the writer connection: one hop
 per transaction, whatever its size, and the executor's queue serialises writers for
-free.  No await can ever land between BEGIN and COMMIT, so a cancelled caller cannot
+free (writes queued meanwhile share one transaction, each in its savepoint:
+group_commit.py).  No await can ever land between BEGIN and COMMIT, so a cancelled caller cannot
 leave a transaction open.  Reads go to a small pool of threads, each with its own
 ``query_only`` connection, so API queries run beside a long write (WAL) and never
 queue behind it, which one aiosqlite connection could not do.
@@ -43,7 +44,7 @@ import threading
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Concatenate, ParamSpec, TypeVar
+from typing import Concatenate, ParamSpec, TypeVar, cast
 
 import structlog
 
@@ -57,6 +58,7 @@ from sealfleet.adapters.store import (
 from sealfleet.adapters.store.audit import AuditLog
 from sealfleet.adapters.store.git_inventory import GitInventory
 from sealfleet.adapters.store.git_pending import GitPendingReseals
+from sealfleet.adapters.store.group_commit import GroupCommitter
 from sealfleet.adapters.store.inventory import Inventory
 from sealfleet.adapters.store.jobs import JobJournal
 from sealfleet.adapters.store.kek import KeyEncryptionKey
@@ -82,6 +84,7 @@ class Store:
         self._busy_timeout = busy_timeout
         self._migrations = migrations.discover(migrations_dir)
         self._writer_pool = ThreadPoolExecutor(1, thread_name_prefix="store-writer")
+        self._commits = GroupCommitter(self._writer_pool, self._writer_connection)
         self._reader_pool = ThreadPoolExecutor(readers, thread_name_prefix="store-reader",
                                                initializer=self._open_reader)
         self._writer: sqlite3.Connection | None = None
@@ -189,6 +192,11 @@ class Store:
         except sqlite3.Error as exc:
             raise connection.translate(exc, self.path) from exc
 
+    def _writer_connection(self) -> sqlite3.Connection:
+        if self._writer is None:
+            raise StoreError(f"{self.path}: store is not open")
+        return self._writer
+
     def _transaction(self, fn: Callable[Concatenate[sqlite3.Connection, P], T], /,
                      *args: P.args, **kwargs: P.kwargs) -> T:
         """Run *fn(writer, ...)* as one IMMEDIATE transaction on the writer thread."""
@@ -222,18 +230,22 @@ class Store:
 
     async def write(self, fn: Callable[Concatenate[sqlite3.Connection, P], T], /,
                     *args: P.args, **kwargs: P.kwargs) -> T:
-        """Run ``fn(conn, *args)`` as one write transaction (for store modules' own use).
+        """Run ``fn(conn, *args)`` atomically, in a transaction it may share with the
+        writes queued beside it (:mod:`group_commit`; for store modules' own use).
 
         A failure of the database itself (not a refusal by *fn*) is remembered in
         :attr:`health` until the next write succeeds.
         """
-        call = functools.partial(self._transaction, fn, *args, **kwargs)
         try:
-            result = await self._submit(self._writer_pool, call)
-        except StoreError as exc:
-            if isinstance(exc.__cause__, sqlite3.Error):
-                self._note_failure(exc)
-            raise
+            future = self._commits.submit(lambda conn: fn(conn, *args, **kwargs))
+        except RuntimeError as exc:  # the writer was shut down
+            raise StoreError(f"{self.path}: store is closed") from exc
+        try:
+            result = cast(T, await future)
+        except sqlite3.Error as exc:
+            error = connection.translate(exc, self.path)
+            self._note_failure(error)
+            raise error from exc
         if not self.health.ok:
             log.info("store_write_recovered", database=str(self.path),
                      failures=self.health.consecutive_failures)
