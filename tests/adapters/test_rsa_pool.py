@@ -232,3 +232,16 @@ async def test_a_ranking_that_grows_or_is_replaced_between_jobs_is_followed(
         # d: first (the lead) then third, unless first's modulus rules it out untried;
         # e: first, at once.
         assert three.attempts in (2, 3)
+
+
+async def test_one_worker_starts_with_the_pool_and_a_second_only_when_jobs_overlap(
+        rsa2048_keys: list[SealingKey]) -> None:
+    key = rsa2048_keys[0]
+    async with RsaProcessPool(2) as pool:
+        (booted,) = pool.pids                     # before any job
+        assert alive(booted)
+        await pool.attribute([sealed(key, "a", 1)], [candidate(key)], ())
+        assert pool.pids == [booted]              # one job at a time: the same worker
+        await asyncio.gather(*(pool.attribute([sealed(key, name, 3)], [candidate(key)], ())
+                               for name in ("b", "c")))
+        assert len(pool.pids) == 2

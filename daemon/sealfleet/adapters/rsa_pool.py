@@ -65,8 +65,8 @@ def _answer(message: object) -> JobAnswer:
 
 
 class _Slot:
-    """One worker process (started on first use, again after it died) and how many of
-    the pool's keys it holds."""
+    """One worker process (started with the pool or on first use, again after it died)
+    and how many of the pool's keys it holds."""
 
     def __init__(self, command: Sequence[str], number: int) -> None:
         self._command = command
@@ -74,7 +74,7 @@ class _Slot:
         self.process: asyncio.subprocess.Process | None = None
         self.synced = 0
 
-    async def _started(self) -> asyncio.subprocess.Process:
+    async def started(self) -> asyncio.subprocess.Process:
         if self.process is None:
             self.process = await asyncio.create_subprocess_exec(
                 *self._command, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
@@ -83,7 +83,7 @@ class _Slot:
         return self.process
 
     async def run(self, keys: Sequence[Candidate], job: bytes) -> JobAnswer:
-        process = await self._started()
+        process = await self.started()
         if process.stdin is None or process.stdout is None:  # never: both are pipes
             raise RsaWorkerError("an RSA worker has no pipes")
         try:
@@ -135,6 +135,11 @@ class RsaProcessPool:
         self._closed = False
 
     async def __aenter__(self) -> RsaProcessPool:
+        # One worker starts with the pool: it boots (an interpreter and cryptography,
+        # about 0.2 s) while the daemon opens its store and its API, instead of in the
+        # first pass, where for a small fleet it was a third of the pass.  The others
+        # start on the first job that finds no worker idle.
+        await self._slots[0].started()
         return self
 
     async def __aexit__(self, kind: type[BaseException] | None, error: BaseException | None,

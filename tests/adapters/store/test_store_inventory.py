@@ -372,7 +372,8 @@ async def test_writes_queued_behind_a_busy_writer_share_a_commit_and_a_refusal_s
     assert await inventory.sealed_secrets_of_cluster("c1") == []
     last_free.set()
     answers = await asyncio.gather(*queued, return_exceptions=True)
-    assert answers[0] is None and answers[2] is None
+    assert answers[0] is None
+    assert answers[2] is None
     assert isinstance(answers[1], InputError)
     assert [r.name for r in await inventory.sealed_secrets_of_cluster("c1")] == ["first"]
     assert store.health.ok
