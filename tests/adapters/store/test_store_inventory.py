@@ -377,3 +377,22 @@ async def test_writes_queued_behind_a_busy_writer_share_a_commit_and_a_refusal_s
     assert isinstance(answers[1], InputError)
     assert [r.name for r in await inventory.sealed_secrets_of_cluster("c1")] == ["first"]
     assert store.health.ok
+
+
+async def test_a_clusters_changes_and_its_watch_position_land_together(store: Store) -> None:
+    """The write-behind's flush: upserts, deletes, states and watch positions in one
+    transaction; a refused one stores none of them, position included."""
+    inventory = store.inventory
+    await inventory.upsert_sealed_secrets([sealed("c1", "ns", "a"), sealed("c1", "ns", "b")])
+    await inventory.apply_cluster_changes(
+        "c1", upserts=[sealed("c1", "ns", "c", state=S.STALE)], deletes=[("ns", "a")],
+        states=[("ns", "b", S.COMPROMISED)], resource_versions={"sealedsecrets": "42"})
+    stored = {r.name: r.state for r in await inventory.sealed_secrets_of_cluster("c1")}
+    assert stored == {"b": S.COMPROMISED, "c": S.STALE}
+    assert await inventory.get_watch_resource_version("c1", "sealedsecrets") == "42"
+    with pytest.raises(StoreError, match="naive datetime"):
+        await inventory.apply_cluster_changes(
+            "c1", upserts=[sealed("c1", "ns", "d", observed_at=dt.datetime(2026, 1, 1))],
+            resource_versions={"sealedsecrets": "43"})
+    assert await inventory.get_watch_resource_version("c1", "sealedsecrets") == "42"
+    assert {r.name for r in await inventory.sealed_secrets_of_cluster("c1")} == {"b", "c"}

@@ -9,8 +9,8 @@ apart from the keystore, the audit log and the job journal.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 from sealfleet.adapters.store import codec, inventory_reads, inventory_writes
 from sealfleet.adapters.store.records import (
@@ -97,16 +97,36 @@ class Inventory:
         """
         if not records:
             return
+        await self._store.write(inventory_writes.upsert_sealed_secret_rows,
+                                {r.cluster for r in records}, await self._rows_of(records))
+
+    async def _rows_of(self, records: Sequence[SealedSecretRecord]) -> list[tuple[Any, ...]]:
         try:
-            rows = codec.sealed_secret_rows(records, self._key_refs)
+            return codec.sealed_secret_rows(records, self._key_refs)
         except KeyError:
             # A key no row has named before (rare: keys are few and long-lived): give it
             # a reference first, in its own transaction; references are never undone.
             self._key_refs.update(await self._store.write(inventory_writes.ensure_key_refs,
                                                           codec.fingerprints_of(records)))
-            rows = codec.sealed_secret_rows(records, self._key_refs)
-        await self._store.write(inventory_writes.upsert_sealed_secret_rows,
-                                {r.cluster for r in records}, rows)
+            return codec.sealed_secret_rows(records, self._key_refs)
+
+    async def apply_cluster_changes(self, cluster: str, *,
+                                    upserts: Sequence[SealedSecretRecord] = (),
+                                    deletes: Sequence[tuple[str, str]] = (),
+                                    states: Sequence[tuple[str, str, SecretState]] = (),
+                                    resource_versions: Mapping[str, str] | None = None,
+                                    ) -> None:
+        """One cluster's queued changes in one transaction (a write-behind flush): its
+        SealedSecrets upserted, deleted by (namespace, name) and re-stated, then its
+        watch positions, so that a stored position never runs ahead of the data it
+        covers, and a flush is one write, not four or five."""
+        positions = dict(resource_versions or {})
+        if not (upserts or deletes or states or positions):
+            return
+        rows = await self._rows_of(upserts) if upserts else []
+        await self._store.write(inventory_writes.apply_cluster_changes, cluster,
+                                {r.cluster for r in upserts}, rows, list(deletes),
+                                list(states), positions)
 
     async def delete_sealed_secrets(self, cluster: str,
                                     refs: Sequence[tuple[str, str]]) -> None:

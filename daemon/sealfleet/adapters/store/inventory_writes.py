@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 import sqlite3
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from sealfleet.adapters.store import codec, inventory_reads
@@ -212,3 +212,18 @@ def set_watch_resource_version(conn: sqlite3.Connection, cluster: str, resource:
         "resource_version = excluded.resource_version, updated_at = excluded.updated_at",
         (cluster, resource, resource_version, codec.now()))
 
+
+
+def apply_cluster_changes(conn: sqlite3.Connection, cluster: str, clusters: Iterable[str],
+                          rows: Sequence[tuple[Any, ...]], deletes: Sequence[tuple[str, str]],
+                          states: Sequence[tuple[str, str, SecretState]],
+                          resource_versions: Mapping[str, str]) -> None:
+    """See Inventory.apply_cluster_changes (*rows* encoded as for upserts)."""
+    if rows:
+        upsert_sealed_secret_rows(conn, clusters, rows)
+    if deletes:
+        delete_sealed_secrets(conn, cluster, deletes)
+    if states:
+        update_states(conn, cluster, states)
+    for resource, resource_version in resource_versions.items():
+        set_watch_resource_version(conn, cluster, resource, resource_version)

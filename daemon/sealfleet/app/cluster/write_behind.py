@@ -1,11 +1,12 @@
 """Write-behind for one cluster: what the observers queue in the inventory goes to the
-store in a few batched transactions, a fraction of a second after the first change or
-once enough is pending, and the watch resourceVersions only after the data they cover
-(so a resumed watch never skips an event).  A cluster where nothing changes costs
-nothing: the writer sleeps until a change is queued (a timer per cluster five times a
-second was a fleet of 1,000 clusters' largest idle cost).  A watch position alone (a
-bookmark) waits up to a minute for company: it only saves replaying a few events after
-a restart, and 1,000 clusters' bookmarks were hundreds of transactions a second."""
+store in one transaction per flush, a fraction of a second after the first change or
+once enough is pending, with the watch resourceVersions after the data they cover in
+that same transaction (so a resumed watch never skips an event).  A cluster where
+nothing changes costs nothing: the writer sleeps until a change is queued (a timer per
+cluster five times a second was a fleet of 1,000 clusters' largest idle cost).  A watch
+position alone (a bookmark) waits up to a minute for company: it only saves replaying a
+few events after a restart, and 1,000 clusters' bookmarks were hundreds of transactions
+a second."""
 
 from __future__ import annotations
 
@@ -62,14 +63,9 @@ class WriteBehind:
             pending = inventory.take_pending()
             resource_versions, self._pending_rv = self._pending_rv, {}
             try:
-                if pending.upserts:
-                    await store.upsert_sealed_secrets(pending.upserts)
-                if pending.deletes:
-                    await store.delete_sealed_secrets(name, pending.deletes)
-                if pending.states:
-                    await store.update_states(name, pending.states)
-                for resource, resource_version in resource_versions.items():
-                    await store.set_watch_resource_version(name, resource, resource_version)
+                await store.apply_cluster_changes(
+                    name, upserts=pending.upserts, deletes=pending.deletes,
+                    states=pending.states, resource_versions=resource_versions)
             except BaseException:
                 # Nothing is lost: what did not reach the store waits for the next flush
                 # (writes are idempotent upserts), newer changes queued since first.
