@@ -252,6 +252,11 @@ class Store:
             self.health = StoreHealth()
         return result
 
+    @property
+    def write_groups(self) -> tuple[int, int]:
+        """Writes run so far, and the transactions they took (group commit)."""
+        return self._commits.writes, self._commits.transactions
+
     async def read(self, fn: Callable[Concatenate[sqlite3.Connection, P], T], /,
                    *args: P.args, **kwargs: P.kwargs) -> T:
         """Run ``fn(conn, *args)`` on a reader connection in one read transaction."""
