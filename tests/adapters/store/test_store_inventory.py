@@ -396,3 +396,20 @@ async def test_a_clusters_changes_and_its_watch_position_land_together(store: St
             resource_versions={"sealedsecrets": "43"})
     assert await inventory.get_watch_resource_version("c1", "sealedsecrets") == "42"
     assert {r.name for r in await inventory.sealed_secrets_of_cluster("c1")} == {"b", "c"}
+
+
+class _Abort(BaseException):
+    """Not an Exception: what a write might raise that ordinary handlers let through."""
+
+
+async def test_a_write_that_raises_a_base_exception_leaves_the_writer_working(
+        store: Store) -> None:
+    def aborting(conn: sqlite3.Connection) -> None:
+        inventory_writes.upsert_sealed_secrets(conn, [sealed("c1", "ns", "aborted")])
+        raise _Abort
+
+    with pytest.raises(_Abort):
+        await asyncio.wait_for(store.write(aborting), 10)
+    await asyncio.wait_for(store.inventory.upsert_sealed_secrets([sealed("c1", "ns", "next")]),
+                           10)
+    assert [r.name for r in await store.inventory.sealed_secrets_of_cluster("c1")] == ["next"]

@@ -46,7 +46,7 @@ class _Write:
     loop: asyncio.AbstractEventLoop
 
 
-_Outcome = tuple[_Write, object, Exception | None]    # the write, its result, its error
+_Outcome = tuple[_Write, object, BaseException | None]    # the write, its result, its error
 
 
 class GroupCommitter:
@@ -118,7 +118,7 @@ class GroupCommitter:
                 conn.execute("SAVEPOINT write")
                 try:
                     value = write.call(conn)
-                except Exception as error:
+                except BaseException as error:  # its caller gets it, as from an executor
                     if not conn.in_transaction:
                         raise   # SQLite rolled the whole transaction back (a full disk)
                     conn.execute("ROLLBACK TO write")
@@ -128,9 +128,10 @@ class GroupCommitter:
                     conn.execute("RELEASE write")
                     outcomes.append((write, value, None))
             conn.execute("COMMIT")
-        except Exception as error:
+        except BaseException as error:
             # Also after a failed COMMIT: never leave the single writer connection
-            # inside a transaction, or every later write would fail.
+            # inside a transaction, or every later write would fail.  Nothing escapes
+            # the drain, which would leave every later write waiting for good.
             if conn is not None and conn.in_transaction:
                 with contextlib.suppress(sqlite3.Error):
                     conn.execute("ROLLBACK")
