@@ -396,6 +396,9 @@ async def test_a_clusters_changes_and_its_watch_position_land_together(store: St
             resource_versions={"sealedsecrets": "43"})
     assert await inventory.get_watch_resource_version("c1", "sealedsecrets") == "42"
     assert {r.name for r in await inventory.sealed_secrets_of_cluster("c1")} == {"b", "c"}
+    with pytest.raises(InputError, match="another's SealedSecret"):
+        await inventory.apply_cluster_changes("c1", upserts=[sealed("c2", "ns", "e")])
+    assert await inventory.sealed_secrets_of_cluster("c2") == []
 
 
 class _Abort(BaseException):

@@ -8,7 +8,10 @@ its own copy of the pages it touched to the WAL (16 KiB pages, the same few hot 
 again and again), and every write paid an executor round trip, a thread wake-up each
 way; at 1,000 clusters the writer thread spent about 5 CPU-ms per cluster.  Grouped, a
 hot page goes to the WAL once per group, and one wake-up carries the whole group there
-and its answers back.  ``bench/store.py`` measures both ways in one run.
+and its answers back.  How much is grouped depends on how busy the writer is: 32
+clusters writing flat out share ~31 writes a transaction (``bench/store.py`` measures
+that against one at a time), a daemon's first pass, whose writer idles between writes,
+far fewer.
 
 What each caller sees is unchanged:
 

@@ -123,10 +123,11 @@ class Inventory:
         positions = dict(resource_versions or {})
         if not (upserts or deletes or states or positions):
             return
+        if any(record.cluster != cluster for record in upserts):
+            raise InputError(f"changes of cluster {cluster!r} upsert another's SealedSecret")
         rows = await self._rows_of(upserts) if upserts else []
-        await self._store.write(inventory_writes.apply_cluster_changes, cluster,
-                                {r.cluster for r in upserts}, rows, list(deletes),
-                                list(states), positions)
+        await self._store.write(inventory_writes.apply_cluster_changes, cluster, rows,
+                                list(deletes), list(states), positions)
 
     async def delete_sealed_secrets(self, cluster: str,
                                     refs: Sequence[tuple[str, str]]) -> None:

@@ -213,14 +213,13 @@ def set_watch_resource_version(conn: sqlite3.Connection, cluster: str, resource:
         (cluster, resource, resource_version, codec.now()))
 
 
-
-def apply_cluster_changes(conn: sqlite3.Connection, cluster: str, clusters: Iterable[str],
+def apply_cluster_changes(conn: sqlite3.Connection, cluster: str,
                           rows: Sequence[tuple[Any, ...]], deletes: Sequence[tuple[str, str]],
                           states: Sequence[tuple[str, str, SecretState]],
                           resource_versions: Mapping[str, str]) -> None:
     """See Inventory.apply_cluster_changes (*rows* encoded as for upserts)."""
     if rows:
-        upsert_sealed_secret_rows(conn, clusters, rows)
+        upsert_sealed_secret_rows(conn, (cluster,), rows)
     if deletes:
         delete_sealed_secrets(conn, cluster, deletes)
     if states:

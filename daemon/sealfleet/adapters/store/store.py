@@ -9,9 +9,9 @@ submitted once to a single-thread executor that owns the writer connection: one 
 per transaction, whatever its size, and the executor's queue serialises writers for
 free (writes queued meanwhile share one transaction, each in its savepoint:
 group_commit.py).  No await can ever land between BEGIN and COMMIT, so a cancelled
-caller cannot leave a transaction open.  Reads go to a small pool of threads, each with its own
-``query_only`` connection, so API queries run beside a long write (WAL) and never
-queue behind it, which one aiosqlite connection could not do.
+caller cannot leave a transaction open.  Reads go to a small pool of threads, each with
+its own ``query_only`` connection, so API queries run beside a long write (WAL) and
+never queue behind it, which one aiosqlite connection could not do.
 
 What is stored falls into two kinds, and the opened store exposes one repository per
 concern over the same writer and readers:
