@@ -438,16 +438,14 @@ class Prober:
         return (len(clusters), sum(1 for c in clusters if c.get("last_scan_at")),
                 int(report["fleet"]["reachable"]))
 
-    async def rsa_work_now(self) -> tuple[int, float, float]:
-        """The daemon's RSA decrypts, and its RSA threads' CPU and busy seconds
-        (``sealfleet_rsa_{decrypts,cpu_seconds,busy_seconds}_total``), freshly scraped."""
+    async def counters_now(self) -> dict[str, float]:
+        """The daemon's counters (``sealfleet_*_total``), freshly scraped: its RSA
+        decrypts and its RSA threads' CPU and busy seconds, its store writes and the
+        transactions they took."""
         text = (await self._fetch("/metrics")).decode()
-        values = {name: float(value) for name, _, value in
-                  (line.partition(" ") for line in text.splitlines())
-                  if name.startswith("sealfleet_rsa_")}
-        return (int(values["sealfleet_rsa_decrypts_total"]),
-                values["sealfleet_rsa_cpu_seconds_total"],
-                values["sealfleet_rsa_busy_seconds_total"])
+        return {name: float(value) for name, _, value in
+                (line.partition(" ") for line in text.splitlines())
+                if name.startswith("sealfleet_") and name.endswith("_total")}
 
     def between(self, start: float, end: float) -> list[float]:
         return [latency for when, latency in self.latencies if start <= when <= end]
@@ -626,7 +624,12 @@ async def _observe(run: DaemonRun, clusters: int, state: Path, meter: SandboxMet
     with profiled(f"{clusters}-{bits}", {"daemon": run.process.pid, "sandbox": meter.pid}):
         await asyncio.wait_for(run.ready.wait(), 3600)
     sandbox_cpu, sandbox_served = (await meter.read()).since(served_before)
-    decrypts, rsa_thread_cpu, rsa_thread_busy = await prober.rsa_work_now()
+    counters = await prober.counters_now()
+    decrypts = int(counters["sealfleet_rsa_decrypts_total"])
+    rsa_thread_cpu = counters["sealfleet_rsa_cpu_seconds_total"]
+    rsa_thread_busy = counters["sealfleet_rsa_busy_seconds_total"]
+    writes = counters["sealfleet_store_writes_total"]
+    transactions = counters["sealfleet_store_write_transactions_total"]
     wall, cpu = run.ready_at - run.scanning_at, run.cpu_ready - run.cpu_scanning
     rsa_wall = floor_run.wall
     floor = sampler.floor(mark)
@@ -646,6 +649,9 @@ async def _observe(run: DaemonRun, clusters: int, state: Path, meter: SandboxMet
           f"{rsa_thread_busy:.1f} s of jobs: they ran {rsa_thread_cpu / rsa_thread_busy:.0%} "
           f"of the time they held a job (the floor's threads, alone: {floor_run.ran:.0%}); "
           f"{rsa_thread_busy / max(decrypts, 1) * 1000:.2f} ms per decrypt")
+    print(f"daemon's store until READY: {writes:.0f} writes "
+          f"({writes / clusters:.1f} per cluster) in {transactions:.0f} transactions "
+          f"({writes / max(transactions, 1):.2f} writes per transaction)")
     print(f"plain client (TLS connect + paginated list + JSON parse per cluster, "
           f"{concurrency} at once): {base_client_wall:.2f} s wall, "
           f"{base_client_cpu:.2f} CPU-s")

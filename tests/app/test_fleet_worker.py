@@ -154,6 +154,9 @@ async def test_first_pass_attributes_every_item_and_classifies(harness: Harness)
     assert {i.item: i.fingerprint for i in broken.items} == {"bad": None, "good": new}
     assert broken.malformed_reason == "item 'bad': not a sealed value (too short)"
     assert clusters["c1"].reachable is True
+    # Where it is reached, written with the scan's status.
+    assert (clusters["c1"].server, clusters["c1"].controller_namespace,
+            clusters["c1"].controller_name) == (harness.server.url, NS, CONTROLLER)
     assert clusters["c1"].sealing_key == new
     assert clusters["c1"].sealing_key_source == "cert.pem"
     assert {h.fingerprint for h in holdings} == {old, new}
@@ -204,6 +207,25 @@ async def test_a_key_secret_relabelled_compromised_counts_at_once(harness: Harne
             return states(await inventory(manager))["stale"] is SecretState.COMPROMISED
 
         await eventually(compromised)
+
+
+async def test_a_cluster_that_never_answers_is_recorded_with_where_it_is_reached(
+        harness: Harness, tmp_path: Path) -> None:
+    """A first session that fails still writes the server and controller it tried."""
+    kubeconfig = write_kubeconfig(tmp_path / "down-kubeconfig", [KubeconfigContext(
+        "down", "https://127.0.0.1:1", harness.server.ca_pem, "token")], current="down")
+    settings = config.settings_from_mapping({"clusters": [{
+        "name": "down", "kubeconfig": str(kubeconfig), "controller_name": "sealer"}]},
+        base_dir=tmp_path)
+    async with harness.fleet(settings) as manager:
+        async def recorded() -> Any:
+            clusters = await manager.store.inventory.list_clusters()
+            return clusters and clusters[0].reachable is False and clusters[0]
+
+        down = await eventually(recorded)
+    assert (down.name, down.server, down.controller_namespace, down.controller_name) == (
+        "down", "https://127.0.0.1:1", NS, "sealer")
+    assert "Connect call failed" in down.last_error
 
 
 async def test_a_key_secret_with_another_keys_certificate_is_recorded_never_stored(

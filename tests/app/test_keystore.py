@@ -64,6 +64,26 @@ async def test_a_compromised_label_in_a_cluster_counts_fleet_wide_and_survives_r
     assert key.fingerprint in keystore.fingerprints()
 
 
+async def test_a_clusters_key_secrets_are_recorded_and_stored_in_one_write(
+        store: Store, rsa2048_keys: list[SealingKey]) -> None:
+    """Facts and encrypted private keys of a cluster's new keys: one write; the keys
+    load again from the store after it."""
+    keystore = Keystore(store)
+    seen = [key_secrets.read_key_secret(key_secret_manifest(key, name=f"k{i}"))
+            for i, key in enumerate(rsa2048_keys[:2])]
+    writes, _ = store.write_groups
+    new = await keystore.observe_key_secrets(seen)
+    assert store.write_groups[0] == writes + 1
+    assert {k.fingerprint for k in new} == {k.fingerprint for k in rsa2048_keys[:2]}
+    stored = {r.fingerprint: r for r in await store.keys.list_keys()}
+    assert all(stored[k.fingerprint].has_private_key for k in rsa2048_keys[:2])
+    loaded = await store.keys.load_private_keys()
+    assert {k.fingerprint for k in loaded.keys} == {k.fingerprint for k in rsa2048_keys[:2]}
+    # Seen again (every relist): nothing new to load or store, the facts again.
+    assert await keystore.observe_key_secrets(seen) == []
+    assert store.write_groups[0] == writes + 2
+
+
 async def test_stored_keys_are_known_at_once_and_loaded_only_when_needed(
         store: Store, rsa2048_keys: list[SealingKey]) -> None:
     await Keystore(store).adopt(rsa2048_keys[:2], source=KeySource.IMPORTED)

@@ -26,7 +26,7 @@ import asyncio
 import datetime as dt
 import os
 import time
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Awaitable, Callable, Collection, Iterator, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
@@ -113,8 +113,11 @@ class Attributor:
         self._rsa: FairShare[_Job, JobAnswer] = (
             FairShare(_on_processes(processes), processes.size) if processes is not None
             else FairShare(_on_threads(executor), threads or os.cpu_count() or 1))
-        self._known: dict[bytes, str] = {}      # item hash -> fingerprint (never invalid)
-        self._unknown: dict[bytes, int] = {}    # item hash -> epoch it was unknown at
+        # Oldest first, evicted in O(1): deleting a plain dict's first entry over and
+        # over leaves a run of dead slots that every next(iter()) walks again (10 us
+        # against 1.4 us per eviction at 32k entries; 4 % of a first pass's loop).
+        self._known: OrderedDict[bytes, str] = OrderedDict()  # hash -> fingerprint
+        self._unknown: OrderedDict[bytes, int] = OrderedDict()  # hash -> epoch unknown at
         self._usage: Counter[str] = Counter()   # fingerprint -> items it sealed so far
         self._candidates: dict[str, Candidate] = {}  # fingerprint -> key with its modulus
         self._ranked: list[Candidate] = []      # every loaded key, most used first (cached)
@@ -141,9 +144,10 @@ class Attributor:
 
     def _remember(self, item_hash: str, fingerprint: str | None, epoch: int) -> None:
         raw = bytes.fromhex(item_hash)
-        for cache in (self._known, self._unknown):
-            if len(cache) >= MEMORY_CACHE_ITEMS:  # oldest first: dicts keep insertion order
-                del cache[next(iter(cache))]
+        if len(self._known) >= MEMORY_CACHE_ITEMS:
+            self._known.popitem(last=False)
+        if len(self._unknown) >= MEMORY_CACHE_ITEMS:
+            self._unknown.popitem(last=False)
         if fingerprint is None:
             self._unknown[raw] = epoch
         else:
@@ -181,11 +185,16 @@ class Attributor:
         keystore's load order past those already ranked."""
         now = time.monotonic()
         if now - self._ranked_at > _RERANK_INTERVAL:
-            ordered = sorted(self._keystore.loaded_keys(),
-                             key=lambda k: (-self._usage[k.fingerprint],
-                                            -k.not_before.timestamp()))
-            self._ranked = [self._candidate(key) for key in ordered]
-            self._rank = {c.fingerprint: index for index, c in enumerate(self._ranked)}
+            # Sorted by the candidates' own fields (read once per key): 2,000 keys'
+            # properties and timestamps read again every second were most of a
+            # ranking's cost.  Newest first among equals: a stable sort of the keys
+            # newest first, then by usage.
+            usage = self._usage
+            candidates = [self._candidate(key) for key in self._keystore.loaded_keys()]
+            candidates.sort(key=_not_before, reverse=True)
+            candidates.sort(key=lambda c: usage.get(c.fingerprint, 0), reverse=True)
+            self._ranked = candidates
+            self._rank = {c.fingerprint: index for index, c in enumerate(candidates)}
             self._ranked_at = now
         else:
             for key in self._keystore.loaded_since(len(self._ranked)):
@@ -255,6 +264,10 @@ class Attributor:
             return answers
         finally:
             self.backlog -= count
+
+
+def _not_before(candidate: Candidate) -> dt.datetime:
+    return candidate.not_before
 
 
 def _objects(chunk: list[list[ItemRequest]]) -> list[ObjectItems]:

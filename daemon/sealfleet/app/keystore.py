@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import itertools
 from collections.abc import Iterable, Sequence
 
 import structlog
@@ -56,7 +55,11 @@ class Keystore:
 
     def __init__(self, store: Store) -> None:
         self._keys = store.keys           # the keystore's part of the database
-        self._loaded: dict[str, SealingKey] = {}   # in load order (never unloaded)
+        self._loaded: dict[str, SealingKey] = {}   # never unloaded
+        # The same keys in load order: a reader asking for those after its first n
+        # gets a slice, not a walk past the n (a dict's values cannot be indexed, and
+        # the attributor asks for every page of every cluster).
+        self._load_order: list[SealingKey] = []
         self._stored: set[str] = set()       # private key in the store, not loaded yet
         # (the two are disjoint: a key loaded is no longer "stored, not loaded")
         self.epoch = keys_epoch(())
@@ -135,12 +138,12 @@ class Keystore:
 
     def loaded_keys(self) -> list[SealingKey]:
         """The loaded keys."""
-        return list(self._loaded.values())
+        return list(self._load_order)
 
     def loaded_since(self, count: int) -> list[SealingKey]:
         """The keys loaded after the first *count* (in load order): what a reader that
         has seen *count* of them is missing, without a copy of them all."""
-        return list(itertools.islice(self._loaded.values(), count, None))
+        return self._load_order[count:]
 
     # ------------------------------------------------------------ writes
 
@@ -213,28 +216,37 @@ class Keystore:
     async def observe_key_secrets(self, secrets: Sequence[KeySecret]) -> list[SealingKey]:
         """Key Secrets seen in a cluster: their public facts recorded (a ``compromised``
         label counts fleet-wide at once), private keys new to the fleet loaded off the
-        loop and stored encrypted.  Returns the keys new to the fleet."""
+        loop and stored encrypted, in the same write as the facts.  Returns the keys new
+        to the fleet.
+
+        One thread hop loads them all and one write stores everything: a fleet's first
+        pass does this once per cluster, and a write and a hop per key added up."""
         if not secrets:
             return []
-        async with self._state_lock:
-            await self._keys.upsert_keys([KeyRecord(
-                fingerprint=s.fingerprint, not_before=s.not_before, not_after=s.not_after,
-                source=KeySource.CLUSTER,
-                state=KeyState.COMPROMISED if s.compromised else KeyState.ACTIVE,
-                has_private_key=True,
-                certificate_pem=s.certificate.pem.decode() if s.certificate else None)
-                for s in secrets])
+        records = [KeyRecord(
+            fingerprint=s.fingerprint, not_before=s.not_before, not_after=s.not_after,
+            source=KeySource.CLUSTER,
+            state=KeyState.COMPROMISED if s.compromised else KeyState.ACTIVE,
+            has_private_key=True,
+            certificate_pem=s.certificate.pem.decode() if s.certificate else None)
+            for s in secrets]
+        fresh = [s for s in secrets if s.fingerprint not in self._loaded]
+        loaded: list[SealingKey] = []
+        if fresh:
+            for secret, outcome in zip(fresh, await asyncio.to_thread(_load_all, fresh),
+                                       strict=True):
+                if isinstance(outcome, InputError):
+                    log.warning("key_secret_unreadable", secret=secret.name,
+                                error=str(outcome))
+                else:
+                    loaded.append(outcome)
+        async with self._state_lock, self._load_lock:
+            new_to_store = [k for k in loaded if k.fingerprint not in self]
+            await self._keys.record_keys(records, [
+                KeyMaterial(key=k, source=KeySource.CLUSTER) for k in new_to_store])
             self._set_compromised(self.compromised
                                   | {s.fingerprint for s in secrets if s.compromised})
-        loaded: list[SealingKey] = []
-        for secret in secrets:
-            if secret.fingerprint in self._loaded:
-                continue
-            try:
-                loaded.append(await asyncio.to_thread(secret.load))  # milliseconds
-            except InputError as error:
-                log.warning("key_secret_unreadable", secret=secret.name, error=str(error))
-        return await self.adopt(loaded, source=KeySource.CLUSTER)
+            return self._add_loaded(loaded)
 
     async def adopt(self, keys: Sequence[SealingKey], *, source: KeySource) -> list[SealingKey]:
         """Take private keys into fleet custody: stored encrypted (those new to the
@@ -246,6 +258,10 @@ class Keystore:
                     [KeyMaterial(key=k, source=source) for k in new_to_store])
             return self._add_loaded(keys)
 
+    def _load(self, key: SealingKey) -> None:
+        self._loaded[key.fingerprint] = key
+        self._load_order.append(key)
+
     def _add_loaded(self, keys: Iterable[SealingKey]) -> list[SealingKey]:
         new = []
         for key in keys:
@@ -254,7 +270,7 @@ class Keystore:
                     self._stored.discard(key.fingerprint)
                 else:
                     new.append(key)
-                self._loaded[key.fingerprint] = key
+                self._load(key)
         if new:
             self._keys_changed(k.fingerprint for k in new)
             log.info("keys_learned", fingerprints=[k.fingerprint for k in new])
@@ -279,7 +295,7 @@ class Keystore:
             loaded = await self._keys.load_private_keys(only=sorted(wanted))
             for key in loaded.keys:
                 if key.fingerprint not in self._loaded:
-                    self._loaded[key.fingerprint] = key
+                    self._load(key)
             for rejected in loaded.rejected:   # one bad row never stops the others
                 log.warning("stored_key_rejected", fingerprint=rejected.fingerprint,
                             reason=rejected.reason)
@@ -288,3 +304,14 @@ class Keystore:
             if missing:
                 log.warning("stored_keys_missing", fingerprints=sorted(missing))
                 self._keys_changed(left=missing)
+
+
+def _load_all(secrets: Sequence[KeySecret]) -> list[SealingKey | InputError]:
+    """Each Secret's private key (milliseconds each), or why it cannot be read."""
+    outcomes: list[SealingKey | InputError] = []
+    for secret in secrets:
+        try:
+            outcomes.append(secret.load())
+        except InputError as error:
+            outcomes.append(error)
+    return outcomes

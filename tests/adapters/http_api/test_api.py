@@ -221,6 +221,10 @@ async def test_metrics_agree_with_the_report(api: Api) -> None:
     assert samples[("sealfleet_rsa_cpu_seconds_total", ())] == 0.25
     assert samples[("sealfleet_rsa_busy_seconds_total", ())] == 0.75
     assert samples[("sealfleet_rsa_worker_deaths_total", ())] == 2
+    # The fixture's writes, as the store counted them when the scrape was made.
+    writes, transactions = api.store.write_groups
+    assert samples[("sealfleet_store_writes_total", ())] == writes > 0
+    assert 0 < samples[("sealfleet_store_write_transactions_total", ())] == transactions
     assert ("sealfleet_sealing_key_stale", (("cluster", "gamma"),)) not in samples
 
 

@@ -6,13 +6,20 @@ import asyncio
 import datetime as dt
 import sqlite3
 import threading
+import time
 from pathlib import Path
 
 import pytest
 from store_builders import T0, sealed
 
 from sealfleet.adapters.store import Store, inventory_writes
-from sealfleet.adapters.store.records import AuditEntry, ItemFact, KeyHolding, KeyUsage
+from sealfleet.adapters.store.records import (
+    AuditEntry,
+    ClusterRegistration,
+    ItemFact,
+    KeyHolding,
+    KeyUsage,
+)
 from sealfleet.domain.staleness import SecretState
 from sealfleet.errors import InputError, StoreError
 
@@ -379,6 +386,28 @@ async def test_writes_queued_behind_a_busy_writer_share_a_commit_and_a_refusal_s
     assert store.health.ok
 
 
+async def test_the_writes_of_one_loop_turn_share_one_transaction(store: Store) -> None:
+    """Five clusters' writes submitted in one turn of the loop share one COMMIT, even when
+    something in that turn lets the writer thread run (here a blocking sleep; in a
+    daemon, every socket call of the turn releases the GIL)."""
+    inventory = store.inventory
+    writes, transactions = store.write_groups
+
+    async def blocking() -> None:
+        time.sleep(0.1)  # noqa: ASYNC251 (the point: a turn that lets the writer run)
+
+    tasks = [asyncio.create_task(store.write(inventory_writes.upsert_sealed_secrets,
+                                             [sealed("c0", "ns", "a")])),
+             asyncio.create_task(blocking())]
+    tasks += [asyncio.create_task(store.write(inventory_writes.upsert_sealed_secrets,
+                                              [sealed(f"c{i}", "ns", "a")]))
+              for i in range(1, 5)]
+    await asyncio.gather(*tasks)
+    assert store.write_groups == (writes + 5, transactions + 1)
+    counts = await inventory.state_counts()
+    assert {f"c{i}" for i in range(5)} <= set(counts)
+
+
 async def test_a_clusters_changes_and_its_watch_position_land_together(store: Store) -> None:
     """The write-behind's flush: upserts, deletes, states and watch positions in one
     transaction; a refused one stores none of them, position included."""
@@ -399,6 +428,37 @@ async def test_a_clusters_changes_and_its_watch_position_land_together(store: St
     with pytest.raises(InputError, match="another's SealedSecret"):
         await inventory.apply_cluster_changes("c1", upserts=[sealed("c2", "ns", "e")])
     assert await inventory.sealed_secrets_of_cluster("c2") == []
+
+
+async def test_a_flush_naming_keys_never_seen_is_still_one_write(store: Store) -> None:
+    """A first pass's flush names the cluster's own keys before any row did: they get
+    their references in the flush's own transaction, and later flushes reuse them."""
+    inventory = store.inventory
+    writes, transactions = store.write_groups
+    await inventory.apply_cluster_changes(
+        "c1", upserts=[sealed("c1", "ns", "a", keys=("K-new", None)),
+                       sealed("c1", "ns", "b", keys=("K-other",))],
+        resource_versions={"sealedsecrets": "7"})
+    await inventory.apply_cluster_changes(
+        "c1", upserts=[sealed("c1", "ns", "c", keys=("K-new", "K-other"))])
+    assert store.write_groups == (writes + 2, transactions + 2)
+    stored = {r.name: [i.fingerprint for i in r.items]
+              for r in await inventory.sealed_secrets_of_cluster("c1")}
+    assert stored == {"a": ["K-new", None], "b": ["K-other"], "c": ["K-new", "K-other"]}
+    assert await inventory.get_watch_resource_version("c1", "sealedsecrets") == "7"
+
+
+async def test_a_status_write_can_register_the_cluster_again(store: Store) -> None:
+    """The scan's status with where the cluster is reached: added, updated, un-removed."""
+    inventory = store.inventory
+    await inventory.upsert_cluster("c1", server="https://old:6443")
+    await inventory.mark_cluster_removed("c1")
+    await inventory.record_cluster_status("c1", reachable=True, registration=(
+        ClusterRegistration("https://new:6443", "sealing", "sealer")))
+    (cluster,) = await inventory.list_clusters()
+    assert (cluster.server, cluster.controller_namespace, cluster.controller_name,
+            cluster.removed, cluster.reachable) == (
+        "https://new:6443", "sealing", "sealer", False, True)
 
 
 class _Abort(BaseException):

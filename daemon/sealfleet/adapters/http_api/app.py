@@ -303,7 +303,8 @@ def build_app(deps: ApiDeps) -> web.Application:
                                                last_backup=deps.last_backup)
     app[REGISTRY] = make_registry(InventoryCollector(lambda: deps.view.snapshot,
                                                      deps.attribution_backlog, inputs,
-                                                     rsa_work=deps.rsa_work))
+                                                     rsa_work=deps.rsa_work,
+                                                     store_writes=lambda: deps.store.write_groups))
     document = openapi.document()
     app[OPENAPI_BODY] = json.dumps(document, indent=1).encode()
     # The HTML pages are not in the document (it describes the JSON API), so their

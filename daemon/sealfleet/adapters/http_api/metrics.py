@@ -178,16 +178,31 @@ def _rsa_families(work: RsaWork) -> Iterator[Metric]:
     yield from (tried, cpu, busy, deaths)
 
 
+def _store_families(writes: int, transactions: int) -> Iterator[Metric]:
+    # Their ratio is how much group commit shares: near 1, every write paid its own
+    # COMMIT (a writer thread idle between writes).
+    written = CounterMetricFamily("sealfleet_store_writes",
+                                  "Write calls the store ran (each atomic on its own)")
+    written.add_metric([], writes)
+    committed = CounterMetricFamily("sealfleet_store_write_transactions",
+                                    "SQLite transactions those writes took (group commit)")
+    committed.add_metric([], transactions)
+    yield from (written, committed)
+
+
 class InventoryCollector(Collector):
     """Turns the latest :class:`Snapshot` (and the :class:`ScrapeInputs`) into metrics."""
 
     def __init__(self, snapshot: Callable[[], Snapshot | None],
                  attribution_backlog: Callable[[], int | None] = lambda: None,
                  inputs: ScrapeInputs | None = None, *,
-                 rsa_work: Callable[[], RsaWork | None] = lambda: None) -> None:
+                 rsa_work: Callable[[], RsaWork | None] = lambda: None,
+                 store_writes: Callable[[], tuple[int, int] | None] = lambda: None,
+                 ) -> None:
         self._snapshot = snapshot
         self._backlog = attribution_backlog
         self._rsa_work = rsa_work
+        self._store_writes = store_writes
         self._inputs = inputs or ScrapeInputs()
 
     def collect(self) -> Iterator[Metric]:
@@ -205,6 +220,9 @@ class InventoryCollector(Collector):
         work = self._rsa_work()
         if work is not None:
             yield from _rsa_families(work)
+        writes = self._store_writes()
+        if writes is not None:
+            yield from _store_families(*writes)
         if self._inputs.tallies is not None:
             yield from _job_families(self._inputs.tallies)
         if self._inputs.last_backup is not None:

@@ -49,6 +49,10 @@ class _Write:
     loop: asyncio.AbstractEventLoop
 
 
+class WriterClosed(RuntimeError):
+    """The store is closed (or closing): the write was not run."""
+
+
 _Outcome = tuple[_Write, object, BaseException | None]    # the write, its result, its error
 
 
@@ -62,30 +66,46 @@ class GroupCommitter:
         self._connection = connection
         self._lock = threading.Lock()       # the queue is shared by the loop and the thread
         self._queue: list[_Write] = []
-        self._draining = False              # a drain job is on the executor
+        self._draining = False              # a drain job is on the executor (or due)
+        self._closed = False
         self.writes = 0                     # writes run, and transactions they took
         self.transactions = 0               # (bench/store.py prints the ratio)
 
     def submit(self, call: Callable[[sqlite3.Connection], object]) -> asyncio.Future[object]:
         """Queue *call(conn)*; its future settles after the COMMIT of its group.
 
-        Raises RuntimeError when the executor was shut down (the store is closed).
+        The writer thread is started at the end of the loop's current turn, not at
+        once, so that the writes this turn's callbacks submit (a fleet's clusters
+        finishing their steps together) share a transaction.  A write submitted once
+        the store is closing fails with :class:`WriterClosed`: at once, or from its
+        future when the close came within the turn.
         """
         loop = asyncio.get_running_loop()
+        if self._closed:
+            raise WriterClosed("the writer is shut down")
         write = _Write(call, loop.create_future(), loop)
         with self._lock:
             self._queue.append(write)
             start = not self._draining
             self._draining = True
         if start:
-            try:
-                self._executor.submit(self._drain)
-            except RuntimeError:
-                with self._lock:   # no drain runs, so no other write is queued
-                    self._queue.remove(write)
-                    self._draining = False
-                raise
+            loop.call_soon(self._start)
         return write.future
+
+    def close(self) -> None:
+        """No write is taken from now on (the writer thread is about to shut down)."""
+        self._closed = True
+
+    def _start(self) -> None:
+        try:
+            self._executor.submit(self._drain)
+        except RuntimeError:
+            with self._lock:   # no drain runs: nothing else takes these writes
+                failed, self._queue = self._queue, []
+                self._draining = False
+            for write in failed:
+                if not write.future.done():
+                    write.future.set_exception(WriterClosed("the writer is shut down"))
 
     # ------------------------------------------------------------ on the writer thread
 

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from sealfleet.adapters.store import codec, inventory_reads, inventory_writes
 from sealfleet.adapters.store.records import (
     ClusterRecord,
+    ClusterRegistration,
     KeyHolding,
     MalformedKeySecret,
     SealedSecretRecord,
@@ -55,15 +56,21 @@ class Inventory:
                                     sealing_key_source: str | None = None,
                                     controller_error: str | None = None,
                                     controller_state: str | None = None,
-                                    key_renew_seconds: int | None = None) -> None:
-        """The outcome of a scan; None keeps what was recorded (except the errors)."""
+                                    key_renew_seconds: int | None = None,
+                                    registration: ClusterRegistration | None = None,
+                                    ) -> None:
+        """The outcome of a scan; None keeps what was recorded (except the errors).
+
+        With *registration*, the cluster is added or updated (and un-removed) first,
+        as by :meth:`upsert_cluster`, in the same write."""
         await self._store.write(inventory_writes.record_cluster_status, name,
                                 reachable=reachable, last_error=last_error,
                                 last_scan_at=last_scan_at, scan_duration_ms=scan_duration_ms,
                                 sealing_key=sealing_key, sealing_key_source=sealing_key_source,
                                 controller_error=controller_error,
                                 controller_state=controller_state,
-                                key_renew_seconds=key_renew_seconds)
+                                key_renew_seconds=key_renew_seconds,
+                                registration=registration)
 
     async def list_clusters(self) -> list[ClusterRecord]:
         """Every cluster ever recorded, removed ones included, by name."""
@@ -125,9 +132,15 @@ class Inventory:
             return
         if any(record.cluster != cluster for record in upserts):
             raise InputError(f"changes of cluster {cluster!r} upsert another's SealedSecret")
-        rows = await self._rows_of(upserts) if upserts else []
-        await self._store.write(inventory_writes.apply_cluster_changes, cluster, rows,
-                                list(deletes), list(states), positions)
+        try:
+            rows, unencoded = codec.sealed_secret_rows(upserts, self._key_refs), []
+        except KeyError:
+            # A key no row has named before (a first pass: each cluster's own keys):
+            # the records are encoded in the write, which gives it a reference first.
+            rows, unencoded = [], list(upserts)
+        self._key_refs.update(await self._store.write(
+            inventory_writes.apply_cluster_changes, cluster, rows, list(deletes),
+            list(states), positions, unencoded))
 
     async def delete_sealed_secrets(self, cluster: str,
                                     refs: Sequence[tuple[str, str]]) -> None:

@@ -16,7 +16,12 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from sealfleet.adapters.store import codec, inventory_reads
-from sealfleet.adapters.store.records import KeyHolding, MalformedKeySecret, SealedSecretRecord
+from sealfleet.adapters.store.records import (
+    ClusterRegistration,
+    KeyHolding,
+    MalformedKeySecret,
+    SealedSecretRecord,
+)
 from sealfleet.domain.staleness import SecretState
 
 # ---------------------------------------------------------------- clusters
@@ -53,8 +58,13 @@ def record_cluster_status(conn: sqlite3.Connection, name: str, *, reachable: boo
                           scan_duration_ms: int | None, sealing_key: str | None,
                           sealing_key_source: str | None, controller_error: str | None,
                           controller_state: str | None,
-                          key_renew_seconds: int | None) -> None:
-    ensure_clusters(conn, [name])
+                          key_renew_seconds: int | None,
+                          registration: ClusterRegistration | None = None) -> None:
+    if registration is not None:
+        upsert_cluster(conn, name, registration.server, registration.controller_namespace,
+                       registration.controller_name)
+    else:
+        ensure_clusters(conn, [name])
     conn.execute(
         "UPDATE clusters SET reachable = ?, last_error = ?, controller_error = ?, "
         "controller_state = coalesce(?, controller_state), "
@@ -216,8 +226,15 @@ def set_watch_resource_version(conn: sqlite3.Connection, cluster: str, resource:
 def apply_cluster_changes(conn: sqlite3.Connection, cluster: str,
                           rows: Sequence[tuple[Any, ...]], deletes: Sequence[tuple[str, str]],
                           states: Sequence[tuple[str, str, SecretState]],
-                          resource_versions: Mapping[str, str]) -> None:
-    """See Inventory.apply_cluster_changes (*rows* encoded as for upserts)."""
+                          resource_versions: Mapping[str, str],
+                          unencoded: Sequence[SealedSecretRecord] = ()) -> dict[str, str]:
+    """See Inventory.apply_cluster_changes (*rows* encoded as for upserts; *unencoded*
+    records name keys without a reference yet: given one here, in the same transaction).
+    Returns the references given."""
+    refs: dict[str, str] = {}
+    if unencoded:
+        refs = ensure_key_refs(conn, codec.fingerprints_of(unencoded))
+        rows = [*rows, *codec.sealed_secret_rows(unencoded, refs)]
     if rows:
         upsert_sealed_secret_rows(conn, (cluster,), rows)
     if deletes:
@@ -226,3 +243,4 @@ def apply_cluster_changes(conn: sqlite3.Connection, cluster: str,
         update_states(conn, cluster, states)
     for resource, resource_version in resource_versions.items():
         set_watch_resource_version(conn, cluster, resource, resource_version)
+    return refs

@@ -45,6 +45,20 @@ class KeyRecords:
         if records:
             await self._store.write(keys_sql.upsert_keys, list(records))
 
+    async def record_keys(self, records: Sequence[KeyRecord],
+                          materials: Sequence[KeyMaterial]) -> tuple[RejectedKey, ...]:
+        """Public facts and private keys (under the KEK) in one write: what
+        :meth:`upsert_keys` then :meth:`store_key_material` do, in one transaction.
+
+        Without a KEK the facts are still recorded before the private keys are refused.
+        """
+        if not materials or self._kek is None:
+            await self.upsert_keys(records)
+            return await self.store_key_material(materials)
+        sealed, refused = await self.seal(materials)
+        await self._store.write(keys_sql.upsert_keys_and_material, list(records), sealed)
+        return refused
+
     async def store_key_material(self, materials: Sequence[KeyMaterial],
                                  ) -> tuple[RejectedKey, ...]:
         """Store private keys under the KEK; returns (and logs) those refused.

@@ -76,6 +76,15 @@ def store_encrypted_keys(conn: sqlite3.Connection, sealed: Sequence[EncryptedKey
                      [(k.ciphertext, k.kek_id, now, k.fingerprint) for k in sealed])
 
 
+def upsert_keys_and_material(conn: sqlite3.Connection, records: Sequence[KeyRecord],
+                             sealed: Sequence[EncryptedKey]) -> None:
+    """Public facts, then private keys, as :func:`upsert_keys` and
+    :func:`store_encrypted_keys` one after the other, in one transaction."""
+    upsert_keys(conn, records)
+    if sealed:
+        store_encrypted_keys(conn, sealed)
+
+
 def set_key_state(conn: sqlite3.Connection, fingerprint: str, state: str, *, actor: str,
                   reason: str | None) -> None:
     if state not in KEY_STATES:

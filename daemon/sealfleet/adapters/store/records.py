@@ -166,6 +166,15 @@ class GitLink:
 
 
 @dataclass(frozen=True)
+class ClusterRegistration:
+    """Where a configured cluster is reached, as its row records it."""
+
+    server: str | None
+    controller_namespace: str = "kube-system"
+    controller_name: str = "sealed-secrets-controller"
+
+
+@dataclass(frozen=True)
 class ClusterRecord:
     """A cluster as configured, with the outcome of its last scan."""
 

@@ -58,7 +58,7 @@ from sealfleet.adapters.store import (
 from sealfleet.adapters.store.audit import AuditLog
 from sealfleet.adapters.store.git_inventory import GitInventory
 from sealfleet.adapters.store.git_pending import GitPendingReseals
-from sealfleet.adapters.store.group_commit import GroupCommitter
+from sealfleet.adapters.store.group_commit import GroupCommitter, WriterClosed
 from sealfleet.adapters.store.inventory import Inventory
 from sealfleet.adapters.store.jobs import JobJournal
 from sealfleet.adapters.store.kek import KeyEncryptionKey
@@ -166,6 +166,7 @@ class Store:
 
     def _close(self) -> None:
         # Waiting for the writer thread lets in-flight transactions commit or roll back.
+        self._commits.close()
         self._writer_pool.shutdown(wait=True)
         self._reader_pool.shutdown(wait=True)
         with self._readers_lock:
@@ -237,11 +238,10 @@ class Store:
         :attr:`health` until the next write succeeds.
         """
         try:
-            future = self._commits.submit(lambda conn: fn(conn, *args, **kwargs))
-        except RuntimeError as exc:  # the writer was shut down
+            result = cast(T, await self._commits.submit(
+                lambda conn: fn(conn, *args, **kwargs)))
+        except WriterClosed as exc:
             raise StoreError(f"{self.path}: store is closed") from exc
-        try:
-            result = cast(T, await future)
         except sqlite3.Error as exc:
             error = connection.translate(exc, self.path)
             self._note_failure(error)

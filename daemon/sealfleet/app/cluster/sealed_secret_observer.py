@@ -86,7 +86,10 @@ class SealedSecretObserver:
         return await self._relist(client)
 
     async def _relist(self, client: KubeClient) -> str:
-        """A full paginated list; restarts from scratch when the continue token expires."""
+        """A full paginated list; restarts from scratch when the continue token expires.
+
+        The caller flushes the write-behind after it (the last page's records, the
+        deletes and the list's position are queued, not written)."""
         inventory = self._state.inventory
         for _ in range(_RELIST_ATTEMPTS):
             seen: set[observed.Ref] = set()
@@ -97,10 +100,15 @@ class SealedSecretObserver:
                     seen.update(observed.ref_of(obj) for obj in page.items)
                     resource_version = page.resource_version
                     parsed = self._parse_changed(page.items, relist=True)
+                    last = page.last
                     del page  # only the parsed essentials wait for RSA
                     await self._attribute_and_store(parsed)
                     del parsed
-                    await self._writer.flush()  # page by page: bounded memory, visible progress
+                    if not last:
+                        # Page by page: bounded memory, visible progress.  The last page
+                        # goes with the deletes and the list's position, in the caller's
+                        # flush: one write for a cluster that fits a page, not two.
+                        await self._writer.flush()
             except Gone:
                 log.info("list_expired", resource=RESOURCE)
                 continue

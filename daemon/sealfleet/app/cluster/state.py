@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 from sealfleet.adapters import retry
 from sealfleet.adapters.store import Store
+from sealfleet.adapters.store.records import ClusterRegistration
 from sealfleet.app.attributing import Attributor
 from sealfleet.app.cluster.inventory import ClusterInventory
 from sealfleet.app.config import ClusterSettings, FleetSettings
@@ -77,6 +78,10 @@ class ClusterState:
     key_problems: dict[str, str] = field(default_factory=dict)  # Secret name -> why not a key
     holdings: dict[str, KeySecret] = field(default_factory=dict)  # key Secrets, by name
     proxy: str | None = None              # service proxy name of the controller
+    # Where the cluster is reached (set when a session connects), and what the store
+    # last got of it: the next status write carries it only when the two differ.
+    registration: ClusterRegistration | None = None
+    registered: ClusterRegistration | None = None
     resume: bool = False                  # may the next session resume stored watches?
     first_pass: asyncio.Event = field(default_factory=asyncio.Event)
     _verify_queue: asyncio.Queue[Ref] | None = field(default=None, repr=False)

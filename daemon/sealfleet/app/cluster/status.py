@@ -7,6 +7,7 @@ import datetime as dt
 
 import structlog
 
+from sealfleet.adapters.store.records import ClusterRegistration
 from sealfleet.app.cluster.state import ClusterState, Deps
 from sealfleet.errors import FleetError
 
@@ -15,15 +16,23 @@ log = structlog.get_logger(__name__)
 
 async def record(state: ClusterState, deps: Deps, *,
                  scan_duration_ms: int | None = None) -> None:
-    """Write the cluster's status row (a scan time only when a scan just finished)."""
+    """Write the cluster's status row (a scan time only when a scan just finished), with
+    where the cluster is reached when that changed since the last write."""
     state.recorded_failure = None  # the row changes: the next failure is written again
+    registration = _unregistered(state)
     await deps.store.inventory.record_cluster_status(
         state.name, reachable=state.reachable is not False, last_error=state.last_error,
         last_scan_at=dt.datetime.now(dt.UTC) if scan_duration_ms is not None else None,
         scan_duration_ms=scan_duration_ms, sealing_key=state.sealing_key,
         sealing_key_source=state.sealing_key_source, controller_error=state.controller_problem,
         controller_state=state.controller_state,
-        key_renew_seconds=state.key_renew_seconds)
+        key_renew_seconds=state.key_renew_seconds, registration=registration)
+    state.registered = state.registration
+
+
+def _unregistered(state: ClusterState) -> ClusterRegistration | None:
+    """The registration to write, if the store does not have it yet (None if it has)."""
+    return state.registration if state.registration != state.registered else None
 
 
 async def mark_failed(state: ClusterState, deps: Deps, error: FleetError) -> None:
@@ -36,7 +45,8 @@ async def mark_failed(state: ClusterState, deps: Deps, error: FleetError) -> Non
         # whole fleet during an outage): nothing new for the store or the report.
         failure = (message, state.sealing_key, state.sealing_key_source,
                    state.controller_problem, state.controller_state, state.key_renew_seconds)
-        if failure == state.recorded_failure:
+        registration = _unregistered(state)
+        if failure == state.recorded_failure and registration is None:
             return
         await deps.store.inventory.record_cluster_status(
             state.name, reachable=False, last_error=message, last_scan_at=None,
@@ -44,7 +54,8 @@ async def mark_failed(state: ClusterState, deps: Deps, error: FleetError) -> Non
             sealing_key_source=state.sealing_key_source,
             controller_error=state.controller_problem,
             controller_state=state.controller_state,
-            key_renew_seconds=state.key_renew_seconds)
+            key_renew_seconds=state.key_renew_seconds, registration=registration)
+        state.registered = state.registration
         state.recorded_failure = failure
         deps.on_change()
     finally:

@@ -35,6 +35,7 @@ import structlog
 from sealfleet.adapters import retry
 from sealfleet.adapters.kube.client import KubeClient
 from sealfleet.adapters.rsa_pool import RsaWorkerError
+from sealfleet.adapters.store.records import ClusterRegistration
 from sealfleet.app.cluster import status
 from sealfleet.app.cluster.controller_probe import ControllerProbe
 from sealfleet.app.cluster.inventory import ClusterInventory
@@ -198,10 +199,9 @@ class ClusterWorker:
                 str(cluster.kubeconfig), cluster.context,
                 request_timeout=deps.options.request_timeout) as client:
             started = time.monotonic()
-            await deps.store.inventory.upsert_cluster(
-                self.name, server=client.server,
-                controller_namespace=cluster.controller_namespace,
-                controller_name=cluster.controller_name)
+            # Written with the scan's status (or a failure's): one write, not two.
+            self.state.registration = ClusterRegistration(
+                client.server, cluster.controller_namespace, cluster.controller_name)
             keys_rv = await self._keys.list(client) if cluster.read_key_secrets else None
             await self._controller.probe(client)
             sealed_rv = await self._sealed.scan(client)
