@@ -408,6 +408,30 @@ async def test_the_writes_of_one_loop_turn_share_one_transaction(store: Store) -
     assert {f"c{i}" for i in range(5)} <= set(counts)
 
 
+async def test_a_write_from_another_loop_never_waits_for_a_start_due_on_this_one(
+        store: Store) -> None:
+    """A start is due at the end of this loop's turn, but this loop is blocked: a write
+    from a second loop (another thread) still completes, and then this loop's does."""
+    first = asyncio.ensure_future(store.write(inventory_writes.upsert_sealed_secrets,
+                                              [sealed("c1", "ns", "here")]))
+    await asyncio.sleep(0)   # the task submits; the start is due on this loop's next turn
+
+    done: list[str] = []
+
+    def elsewhere() -> None:
+        asyncio.run(asyncio.wait_for(store.write(
+            inventory_writes.upsert_sealed_secrets, [sealed("c2", "ns", "there")]), 5))
+        done.append("there")
+
+    thread = threading.Thread(target=elsewhere)
+    thread.start()
+    thread.join(10)          # this loop is blocked meanwhile: its start cannot run
+    assert done == ["there"]
+    await asyncio.wait_for(first, 10)
+    counts = await store.inventory.state_counts()
+    assert {"c1", "c2"} <= set(counts)
+
+
 async def test_a_clusters_changes_and_its_watch_position_land_together(store: Store) -> None:
     """The write-behind's flush: upserts, deletes, states and watch positions in one
     transaction; a refused one stores none of them, position included."""

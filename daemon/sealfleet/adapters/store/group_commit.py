@@ -1,5 +1,6 @@
-"""Group commit: the writes queued while the writer thread is busy reach SQLite as one
-transaction, each write in a savepoint of its own.
+"""Group commit: the writes submitted in one turn of the event loop, and those queued
+while the writer thread is busy, reach SQLite as one transaction, each write in a
+savepoint of its own.
 
 Why: a fleet's first pass makes about nine small writes per cluster (its row, its key
 holdings and key records, its SealedSecrets, their attributions, two watch positions,
@@ -68,6 +69,7 @@ class GroupCommitter:
         self._queue: list[_Write] = []
         self._draining = False              # a drain job is on the executor (or due)
         self._closed = False
+        self._due_on: asyncio.AbstractEventLoop | None = None  # the loop a start is due on
         self.writes = 0                     # writes run, and transactions they took
         self.transactions = 0               # (bench/store.py prints the ratio)
 
@@ -88,8 +90,16 @@ class GroupCommitter:
             self._queue.append(write)
             start = not self._draining
             self._draining = True
+            # A start due on another loop may never run there (that loop may be
+            # stopping): this loop starts a drain of its own (drains run one after the
+            # other on the single writer thread, and one finding nothing does nothing).
+            elsewhere = not start and self._due_on not in (None, loop)
+            if start:
+                self._due_on = loop
         if start:
             loop.call_soon(self._start)
+        elif elsewhere:
+            self._start()
         return write.future
 
     def close(self) -> None:
@@ -97,6 +107,8 @@ class GroupCommitter:
         self._closed = True
 
     def _start(self) -> None:
+        with self._lock:
+            self._due_on = None
         try:
             self._executor.submit(self._drain)
         except RuntimeError:
