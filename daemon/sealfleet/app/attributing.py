@@ -236,8 +236,10 @@ class Attributor:
         await self._keystore.materialize()
         lead, ranking, local = self._order(preferred, likely)
         computed = await self._run_rsa(owner, todo, lead, ranking, local)
-        # The epoch of the keys actually tried, not whatever it is by now.
-        await self._cache.put_attributions(computed, known_keys_epoch=epoch)
+        # The epoch of the keys actually tried, not whatever it is by now.  Written with
+        # other clusters' a moment later (nothing waits for it: the records carry their
+        # items' keys), read back meanwhile from the queue.
+        self._cache.queue_attributions(computed, known_keys_epoch=epoch)
         for item_hash, fingerprint in computed:
             result[item_hash] = fingerprint
             self._remember(item_hash, fingerprint, epoch)

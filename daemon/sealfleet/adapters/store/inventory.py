@@ -12,7 +12,7 @@ import datetime as dt
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from sealfleet.adapters.store import codec, inventory_reads, inventory_writes
+from sealfleet.adapters.store import attribution_behind, codec, inventory_reads, inventory_writes
 from sealfleet.adapters.store.records import (
     ClusterRecord,
     ClusterRegistration,
@@ -35,6 +35,7 @@ class Inventory:
         # fingerprint -> key reference, for encoding rows on the caller's thread; only
         # the event loop touches it, and references never change once given.
         self._key_refs: dict[str, str] = {}
+        self._behind = attribution_behind.AttributionBehind(self._write_queued_attributions)
 
     # ------------------------------------------------------------ clusters
 
@@ -202,14 +203,31 @@ class Inventory:
             await self._store.write(inventory_writes.put_attributions, list(attributions),
                                     known_keys_epoch)
 
+    def queue_attributions(self, attributions: Sequence[tuple[str, str | None]], *,
+                           known_keys_epoch: int) -> None:
+        """As :meth:`put_attributions`, written a moment later with others' (see
+        :mod:`.attribution_behind`); :meth:`get_attributions` sees them at once."""
+        self._behind.queue(attributions, known_keys_epoch)
+
+    async def flush_attributions(self) -> None:
+        """Write the queued attributions now (the store does when it closes)."""
+        await self._behind.flush()
+
+    async def _write_queued_attributions(self, pending: attribution_behind.Pending) -> None:
+        await self._store.write(inventory_writes.put_attribution_rows, [
+            (item_hash, fingerprint, epoch)
+            for item_hash, (fingerprint, epoch) in pending.items()])
+
     async def get_attributions(self, item_hashes: Sequence[str], *,
                                known_keys_epoch: int | None = None) -> dict[str, str | None]:
-        """Cached attributions.  With *known_keys_epoch*, cached "unknown" (None) answers
-        from another epoch are left out, so the caller retries them with the new keys."""
+        """Cached attributions (queued ones included).  With *known_keys_epoch*, cached
+        "unknown" (None) answers from another epoch are left out, so the caller retries
+        them with the new keys."""
         if not item_hashes:
             return {}
-        return await self._store.read(inventory_reads.get_attributions, list(item_hashes),
-                                      known_keys_epoch)
+        stored = await self._store.read(inventory_reads.get_attributions, list(item_hashes),
+                                        known_keys_epoch)
+        return self._behind.overlay(stored, item_hashes, known_keys_epoch)
 
     async def prune_attributions(self, *, older_than: dt.datetime) -> int:
         """Drop cache entries older than *older_than* that no stored item refers to.

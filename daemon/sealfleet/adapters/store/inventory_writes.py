@@ -177,14 +177,20 @@ def update_states(conn: sqlite3.Connection, cluster: str,
 def put_attributions(conn: sqlite3.Connection,
                      attributions: Sequence[tuple[str, str | None]],
                      known_keys_epoch: int) -> None:
+    put_attribution_rows(conn, [(item_hash, fingerprint, known_keys_epoch)
+                                for item_hash, fingerprint in attributions])
+
+
+def put_attribution_rows(conn: sqlite3.Connection,
+                         rows: Sequence[tuple[str, str | None, int]]) -> None:
+    """(item hash, fingerprint or None, keys epoch) per item, each epoch its own."""
     now = codec.now()
     conn.executemany(
         "INSERT INTO attributions (item_hash, fingerprint, known_keys_epoch, attributed_at) "
         "VALUES (?, ?, ?, ?) ON CONFLICT (item_hash) DO UPDATE SET "
         "fingerprint = excluded.fingerprint, known_keys_epoch = excluded.known_keys_epoch, "
         "attributed_at = excluded.attributed_at",
-        [(item_hash, fingerprint, known_keys_epoch, now)
-         for item_hash, fingerprint in attributions])
+        [(item_hash, fingerprint, epoch, now) for item_hash, fingerprint, epoch in rows])
 
 
 def prune_attributions(conn: sqlite3.Connection, older_than: dt.datetime) -> int:

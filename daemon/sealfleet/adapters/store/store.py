@@ -124,7 +124,13 @@ class Store:
                                 functools.partial(store._start, migrate, exclusive))
             yield store
         finally:
-            await asyncio.to_thread(store._close)
+            try:
+                if store._writer is not None:
+                    # A cache's rows: a store that cannot take them loses only those.
+                    with contextlib.suppress(StoreError):
+                        await store.inventory.flush_attributions()
+            finally:
+                await asyncio.to_thread(store._close)
 
     def _start(self, migrate: bool, exclusive: bool) -> None:
         if exclusive:
