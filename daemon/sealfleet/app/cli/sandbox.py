@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime as dt
+import gc
 import signal
 import sys
 from pathlib import Path
@@ -128,6 +129,11 @@ def run_sandbox(args: argparse.Namespace) -> int:
                           flux_source_interval=flux_source_interval)
         # The control socket first: it is there by the time DIR/ready is.
         async with ControlServer(sandbox, state_dir), sandbox:
+            # What seeding made lives as long as the sandbox (the objects, their
+            # indexes, the keys): out of the collector's sight, as the daemon's heap is
+            # (app/heap.py).  Each full collection walked all of it again: a bench/fleet.py
+            # run at 300 clusters made 4 of them, 0.8 s of CPU; 0.4 s with this.
+            gc.freeze()
             stats = sandbox.stats()
             print(f"sandbox ready: {len(sandbox.clusters)} cluster(s) in "
                   f"{sandbox.timings['start_seconds']:.1f}s, {stats['rss_mb']:.0f} MB resident; "
