@@ -16,6 +16,7 @@ from sealfleet.adapters.store import Store, inventory_writes
 from sealfleet.adapters.store.records import (
     AuditEntry,
     ClusterRegistration,
+    ClusterStatus,
     ItemFact,
     KeyHolding,
     KeyUsage,
@@ -446,8 +447,20 @@ async def test_a_clusters_changes_and_its_watch_position_land_together(store: St
     with pytest.raises(StoreError, match="naive datetime"):
         await inventory.apply_cluster_changes(
             "c1", upserts=[sealed("c1", "ns", "d", observed_at=dt.datetime(2026, 1, 1))],
-            resource_versions={"sealedsecrets": "43"})
+            resource_versions={"sealedsecrets": "43"},
+            status=ClusterStatus(reachable=True, scan_duration_ms=5))
     assert await inventory.get_watch_resource_version("c1", "sealedsecrets") == "42"
+    (cluster,) = await inventory.list_clusters()
+    assert cluster.scan_duration_ms is None      # the refused flush's status neither
+    # The end of a scan: its last changes and its status row together.
+    scanned_at = dt.datetime(2026, 12, 3, 12, 0, tzinfo=dt.UTC)
+    await inventory.apply_cluster_changes("c1", status=ClusterStatus(
+        reachable=True, last_scan_at=scanned_at, scan_duration_ms=7, sealing_key="K1",
+        registration=ClusterRegistration("https://c1:6443")))
+    (cluster,) = await inventory.list_clusters()
+    assert (cluster.reachable, cluster.last_scan_at, cluster.scan_duration_ms,
+            cluster.sealing_key, cluster.server) == (
+        True, scanned_at, 7, "K1", "https://c1:6443")
     assert {r.name for r in await inventory.sealed_secrets_of_cluster("c1")} == {"b", "c"}
     with pytest.raises(InputError, match="another's SealedSecret"):
         await inventory.apply_cluster_changes("c1", upserts=[sealed("c2", "ns", "e")])

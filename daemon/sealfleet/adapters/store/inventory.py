@@ -16,6 +16,7 @@ from sealfleet.adapters.store import attribution_behind, codec, inventory_reads,
 from sealfleet.adapters.store.records import (
     ClusterRecord,
     ClusterRegistration,
+    ClusterStatus,
     KeyHolding,
     MalformedKeySecret,
     SealedSecretRecord,
@@ -73,6 +74,11 @@ class Inventory:
                                 key_renew_seconds=key_renew_seconds,
                                 registration=registration)
 
+    async def record_status(self, name: str, status: ClusterStatus) -> None:
+        """:meth:`record_cluster_status` with the row as one value."""
+        await self._store.write(inventory_writes.record_cluster_status, name,
+                                **inventory_writes.status_fields(status))
+
     async def list_clusters(self) -> list[ClusterRecord]:
         """Every cluster ever recorded, removed ones included, by name."""
         return await self._store.read(inventory_reads.list_clusters)
@@ -123,13 +129,15 @@ class Inventory:
                                     deletes: Sequence[tuple[str, str]] = (),
                                     states: Sequence[tuple[str, str, SecretState]] = (),
                                     resource_versions: Mapping[str, str] | None = None,
-                                    ) -> None:
+                                    status: ClusterStatus | None = None) -> None:
         """One cluster's queued changes in one transaction (a write-behind flush): its
         SealedSecrets upserted, deleted by (namespace, name) and re-stated, then its
         watch positions, so that a stored position never runs ahead of the data it
-        covers, and a flush is one write, not four or five."""
+        covers, and a flush is one write, not four or five.  With *status*, the
+        cluster's status row last (the end of a scan: the row says "scanned" only once
+        what the scan found is in)."""
         positions = dict(resource_versions or {})
-        if not (upserts or deletes or states or positions):
+        if not (upserts or deletes or states or positions or status):
             return
         if any(record.cluster != cluster for record in upserts):
             raise InputError(f"changes of cluster {cluster!r} upsert another's SealedSecret")
@@ -141,7 +149,7 @@ class Inventory:
             rows, unencoded = [], list(upserts)
         self._key_refs.update(await self._store.write(
             inventory_writes.apply_cluster_changes, cluster, rows, list(deletes),
-            list(states), positions, unencoded))
+            list(states), positions, unencoded, status))
 
     async def delete_sealed_secrets(self, cluster: str,
                                     refs: Sequence[tuple[str, str]]) -> None:

@@ -10,6 +10,7 @@ statement, never one round trip per row.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import sqlite3
 from collections.abc import Iterable, Mapping, Sequence
@@ -18,6 +19,7 @@ from typing import Any
 from sealfleet.adapters.store import codec, inventory_reads
 from sealfleet.adapters.store.records import (
     ClusterRegistration,
+    ClusterStatus,
     KeyHolding,
     MalformedKeySecret,
     SealedSecretRecord,
@@ -233,7 +235,8 @@ def apply_cluster_changes(conn: sqlite3.Connection, cluster: str,
                           rows: Sequence[tuple[Any, ...]], deletes: Sequence[tuple[str, str]],
                           states: Sequence[tuple[str, str, SecretState]],
                           resource_versions: Mapping[str, str],
-                          unencoded: Sequence[SealedSecretRecord] = ()) -> dict[str, str]:
+                          unencoded: Sequence[SealedSecretRecord] = (),
+                          status: ClusterStatus | None = None) -> dict[str, str]:
     """See Inventory.apply_cluster_changes (*rows* encoded as for upserts; *unencoded*
     records name keys without a reference yet: given one here, in the same transaction).
     Returns the references given."""
@@ -249,4 +252,11 @@ def apply_cluster_changes(conn: sqlite3.Connection, cluster: str,
         update_states(conn, cluster, states)
     for resource, resource_version in resource_versions.items():
         set_watch_resource_version(conn, cluster, resource, resource_version)
+    if status is not None:
+        record_cluster_status(conn, cluster, **status_fields(status))
     return refs
+
+
+def status_fields(status: ClusterStatus) -> dict[str, Any]:
+    """*status* as :func:`record_cluster_status`'s keyword arguments."""
+    return {field.name: getattr(status, field.name) for field in dataclasses.fields(status)}

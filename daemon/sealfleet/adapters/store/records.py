@@ -175,6 +175,23 @@ class ClusterRegistration:
 
 
 @dataclass(frozen=True)
+class ClusterStatus:
+    """A cluster's status row as a scan (or a failure) leaves it; None keeps what was
+    recorded, except for the errors (see :meth:`Inventory.record_cluster_status`)."""
+
+    reachable: bool
+    last_error: str | None = None
+    last_scan_at: dt.datetime | None = None
+    scan_duration_ms: int | None = None
+    sealing_key: str | None = None
+    sealing_key_source: str | None = None
+    controller_error: str | None = None
+    controller_state: str | None = None
+    key_renew_seconds: int | None = None
+    registration: ClusterRegistration | None = None
+
+
+@dataclass(frozen=True)
 class ClusterRecord:
     """A cluster as configured, with the outcome of its last scan."""
 

@@ -4,35 +4,39 @@ the store, logged on change only (once on failure, once on recovery)."""
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Awaitable, Callable
 
 import structlog
 
-from sealfleet.adapters.store.records import ClusterRegistration
+from sealfleet.adapters.store.records import ClusterRegistration, ClusterStatus
 from sealfleet.app.cluster.state import ClusterState, Deps
 from sealfleet.errors import FleetError
 
 log = structlog.get_logger(__name__)
 
 
-async def record(state: ClusterState, deps: Deps, *,
-                 scan_duration_ms: int | None = None) -> None:
-    """Write the cluster's status row (a scan time only when a scan just finished), with
-    where the cluster is reached when that changed since the last write."""
-    state.recorded_failure = None  # the row changes: the next failure is written again
-    registration = _unregistered(state)
-    await deps.store.inventory.record_cluster_status(
-        state.name, reachable=state.reachable is not False, last_error=state.last_error,
+def _status(state: ClusterState, *, scan_duration_ms: int | None = None) -> ClusterStatus:
+    """The row as *state* has it (a scan time only when a scan just finished), with where
+    the cluster is reached when that changed since the last write."""
+    return ClusterStatus(
+        reachable=state.reachable is not False, last_error=state.last_error,
         last_scan_at=dt.datetime.now(dt.UTC) if scan_duration_ms is not None else None,
         scan_duration_ms=scan_duration_ms, sealing_key=state.sealing_key,
         sealing_key_source=state.sealing_key_source, controller_error=state.controller_problem,
-        controller_state=state.controller_state,
-        key_renew_seconds=state.key_renew_seconds, registration=registration)
-    state.registered = state.registration
+        controller_state=state.controller_state, key_renew_seconds=state.key_renew_seconds,
+        registration=_unregistered(state))
 
 
 def _unregistered(state: ClusterState) -> ClusterRegistration | None:
     """The registration to write, if the store does not have it yet (None if it has)."""
     return state.registration if state.registration != state.registered else None
+
+
+async def record(state: ClusterState, deps: Deps) -> None:
+    """Write the cluster's status row (its controller changed)."""
+    state.recorded_failure = None  # the row changes: the next failure is written again
+    await deps.store.inventory.record_status(state.name, _status(state))
+    state.registered = state.registration
 
 
 async def mark_failed(state: ClusterState, deps: Deps, error: FleetError) -> None:
@@ -45,16 +49,9 @@ async def mark_failed(state: ClusterState, deps: Deps, error: FleetError) -> Non
         # whole fleet during an outage): nothing new for the store or the report.
         failure = (message, state.sealing_key, state.sealing_key_source,
                    state.controller_problem, state.controller_state, state.key_renew_seconds)
-        registration = _unregistered(state)
-        if failure == state.recorded_failure and registration is None:
+        if failure == state.recorded_failure and _unregistered(state) is None:
             return
-        await deps.store.inventory.record_cluster_status(
-            state.name, reachable=False, last_error=message, last_scan_at=None,
-            scan_duration_ms=None, sealing_key=state.sealing_key,
-            sealing_key_source=state.sealing_key_source,
-            controller_error=state.controller_problem,
-            controller_state=state.controller_state,
-            key_renew_seconds=state.key_renew_seconds, registration=registration)
+        await deps.store.inventory.record_status(state.name, _status(state))
         state.registered = state.registration
         state.recorded_failure = failure
         deps.on_change()
@@ -66,12 +63,17 @@ async def mark_failed(state: ClusterState, deps: Deps, error: FleetError) -> Non
         state.first_pass.set()
 
 
-async def mark_scanned(state: ClusterState, deps: Deps, duration_ms: int) -> None:
+async def mark_scanned(state: ClusterState, deps: Deps, duration_ms: int, *,
+                       write: Callable[[ClusterStatus], Awaitable[None]]) -> None:
+    """The scan is done: its status goes to the store by *write*, the write-behind's last
+    flush of the scan (one transaction with the scan's last records and positions)."""
     if state.reachable is False:
         log.info("cluster_recovered", previous_error=state.last_error)
     log.info("cluster_scanned", duration_ms=duration_ms, sealed_secrets=len(state.inventory),
              sealing_key=state.sealing_key, sealing_key_source=state.sealing_key_source)
     state.reachable, state.last_error = True, None
-    await record(state, deps, scan_duration_ms=duration_ms)
+    state.recorded_failure = None
+    await write(_status(state, scan_duration_ms=duration_ms))
+    state.registered = state.registration
     state.first_pass.set()
     deps.on_change()

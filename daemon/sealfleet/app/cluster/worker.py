@@ -205,10 +205,11 @@ class ClusterWorker:
             keys_rv = await self._keys.list(client) if cluster.read_key_secrets else None
             await self._controller.probe(client)
             sealed_rv = await self._sealed.scan(client)
-            await self._writer.flush()
-            self._store_ok()
+            # The scan's last records, its watch positions and its status: one write.
             await status.mark_scanned(self.state, deps,
-                                      int((time.monotonic() - started) * 1000))
+                                      int((time.monotonic() - started) * 1000),
+                                      write=self._writer.flush)
+            self._store_ok()
             self._scanned = True
             if self._backoff.failures:
                 self._connect_gate.note_recovered()  # back after failing: others may be too

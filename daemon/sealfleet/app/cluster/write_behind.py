@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
+from sealfleet.adapters.store.records import ClusterStatus
 from sealfleet.app.cluster.state import ClusterState, Deps
 
 FLUSH_INTERVAL = 0.2      # seconds: watch events are written in batches this often
@@ -56,7 +57,8 @@ class WriteBehind:
             self._deps.on_progress()
             await self.flush()
 
-    async def flush(self) -> None:
+    async def flush(self, status: ClusterStatus | None = None) -> None:
+        """Write what is queued (and *status*, the cluster's row, last) in one write."""
         store, name = self._deps.store.inventory, self._state.name
         async with self._lock:
             inventory = self._state.inventory
@@ -65,7 +67,8 @@ class WriteBehind:
             try:
                 await store.apply_cluster_changes(
                     name, upserts=pending.upserts, deletes=pending.deletes,
-                    states=pending.states, resource_versions=resource_versions)
+                    states=pending.states, resource_versions=resource_versions,
+                    status=status)
             except BaseException:
                 # Nothing is lost: what did not reach the store waits for the next flush
                 # (writes are idempotent upserts), newer changes queued since first.
