@@ -65,17 +65,16 @@ class Inventory:
 
         With *registration*, the cluster is added or updated (and un-removed) first,
         as by :meth:`upsert_cluster`, in the same write."""
-        await self._store.write(inventory_writes.record_cluster_status, name,
-                                reachable=reachable, last_error=last_error,
-                                last_scan_at=last_scan_at, scan_duration_ms=scan_duration_ms,
-                                sealing_key=sealing_key, sealing_key_source=sealing_key_source,
-                                controller_error=controller_error,
-                                controller_state=controller_state,
-                                key_renew_seconds=key_renew_seconds,
-                                registration=registration)
+        await self.record_status(name, ClusterStatus(
+            reachable=reachable, last_error=last_error, last_scan_at=last_scan_at,
+            scan_duration_ms=scan_duration_ms, sealing_key=sealing_key,
+            sealing_key_source=sealing_key_source, controller_error=controller_error,
+            controller_state=controller_state, key_renew_seconds=key_renew_seconds,
+            registration=registration))
 
     async def record_status(self, name: str, status: ClusterStatus) -> None:
-        """:meth:`record_cluster_status` with the row as one value."""
+        """:meth:`record_cluster_status` with the row as one value (the cluster
+        workers', which also hand it to :meth:`apply_cluster_changes`)."""
         await self._store.write(inventory_writes.record_cluster_status, name,
                                 **inventory_writes.status_fields(status))
 
