@@ -19,7 +19,9 @@ from sealfleet.adapters.store.records import (
     ClusterStatus,
     ItemFact,
     KeyHolding,
+    KeyHoldings,
     KeyUsage,
+    MalformedKeySecret,
 )
 from sealfleet.domain.staleness import SecretState
 from sealfleet.errors import InputError, StoreError
@@ -452,15 +454,21 @@ async def test_a_clusters_changes_and_its_watch_position_land_together(store: St
     assert await inventory.get_watch_resource_version("c1", "sealedsecrets") == "42"
     (cluster,) = await inventory.list_clusters()
     assert cluster.scan_duration_ms is None      # the refused flush's status neither
-    # The end of a scan: its last changes and its status row together.
+    # The end of a scan: its last changes, its key holdings and its status row together.
     scanned_at = dt.datetime(2026, 12, 3, 12, 0, tzinfo=dt.UTC)
-    await inventory.apply_cluster_changes("c1", status=ClusterStatus(
+    await inventory.apply_cluster_changes("c1", holdings=KeyHoldings(
+        (KeyHolding("K1", "sealed-secrets-keyabc", "active", "9", None, T0),),
+        (MalformedKeySecret("broken", "no tls.key", T0),)), status=ClusterStatus(
         reachable=True, last_scan_at=scanned_at, scan_duration_ms=7, sealing_key="K1",
         registration=ClusterRegistration("https://c1:6443")))
     (cluster,) = await inventory.list_clusters()
     assert (cluster.reachable, cluster.last_scan_at, cluster.scan_duration_ms,
             cluster.sealing_key, cluster.server) == (
         True, scanned_at, 7, "K1", "https://c1:6443")
+    assert [h.secret_name for h in await inventory.cluster_key_holdings("c1")] == [
+        "sealed-secrets-keyabc"]
+    malformed = (await inventory.malformed_key_secrets_by_cluster())["c1"]
+    assert [(m.secret_name, m.reason) for m in malformed] == [("broken", "no tls.key")]
     assert {r.name for r in await inventory.sealed_secrets_of_cluster("c1")} == {"b", "c"}
     with pytest.raises(InputError, match="another's SealedSecret"):
         await inventory.apply_cluster_changes("c1", upserts=[sealed("c2", "ns", "e")])

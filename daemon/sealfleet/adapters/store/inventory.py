@@ -18,6 +18,7 @@ from sealfleet.adapters.store.records import (
     ClusterRegistration,
     ClusterStatus,
     KeyHolding,
+    KeyHoldings,
     MalformedKeySecret,
     SealedSecretRecord,
 )
@@ -128,15 +129,17 @@ class Inventory:
                                     deletes: Sequence[tuple[str, str]] = (),
                                     states: Sequence[tuple[str, str, SecretState]] = (),
                                     resource_versions: Mapping[str, str] | None = None,
+                                    holdings: KeyHoldings | None = None,
                                     status: ClusterStatus | None = None) -> None:
         """One cluster's queued changes in one transaction (a write-behind flush): its
         SealedSecrets upserted, deleted by (namespace, name) and re-stated, then its
         watch positions, so that a stored position never runs ahead of the data it
         covers, and a flush is one write, not four or five.  With *status*, the
         cluster's status row last (the end of a scan: the row says "scanned" only once
-        what the scan found is in)."""
+        what the scan found is in).  With *holdings*, the cluster's key holdings are
+        replaced too, as by :meth:`replace_cluster_keys`."""
         positions = dict(resource_versions or {})
-        if not (upserts or deletes or states or positions or status):
+        if not (upserts or deletes or states or positions or holdings or status):
             return
         if any(record.cluster != cluster for record in upserts):
             raise InputError(f"changes of cluster {cluster!r} upsert another's SealedSecret")
@@ -148,7 +151,7 @@ class Inventory:
             rows, unencoded = [], list(upserts)
         self._key_refs.update(await self._store.write(
             inventory_writes.apply_cluster_changes, cluster, rows, list(deletes),
-            list(states), positions, unencoded, status))
+            list(states), positions, unencoded, holdings, status))
 
     async def delete_sealed_secrets(self, cluster: str,
                                     refs: Sequence[tuple[str, str]]) -> None:

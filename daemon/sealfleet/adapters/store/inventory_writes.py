@@ -21,6 +21,7 @@ from sealfleet.adapters.store.records import (
     ClusterRegistration,
     ClusterStatus,
     KeyHolding,
+    KeyHoldings,
     MalformedKeySecret,
     SealedSecretRecord,
 )
@@ -236,6 +237,7 @@ def apply_cluster_changes(conn: sqlite3.Connection, cluster: str,
                           states: Sequence[tuple[str, str, SecretState]],
                           resource_versions: Mapping[str, str],
                           unencoded: Sequence[SealedSecretRecord] = (),
+                          holdings: KeyHoldings | None = None,
                           status: ClusterStatus | None = None) -> dict[str, str]:
     """See Inventory.apply_cluster_changes (*rows* encoded as for upserts; *unencoded*
     records name keys without a reference yet: given one here, in the same transaction).
@@ -252,6 +254,8 @@ def apply_cluster_changes(conn: sqlite3.Connection, cluster: str,
         update_states(conn, cluster, states)
     for resource, resource_version in resource_versions.items():
         set_watch_resource_version(conn, cluster, resource, resource_version)
+    if holdings is not None:
+        replace_cluster_keys(conn, cluster, holdings.holdings, holdings.malformed)
     if status is not None:
         record_cluster_status(conn, cluster, **status_fields(status))
     return refs

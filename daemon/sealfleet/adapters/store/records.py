@@ -224,6 +224,15 @@ class MalformedKeySecret:
     observed_at: dt.datetime
 
 
+@dataclass(frozen=True)
+class KeyHoldings:
+    """The key Secrets one cluster holds, whole (what replaces the stored ones), and
+    those that look like keys but are not."""
+
+    holdings: tuple[KeyHolding, ...]
+    malformed: tuple[MalformedKeySecret, ...] = ()
+
+
 # ---------------------------------------------------------------- keys
 
 

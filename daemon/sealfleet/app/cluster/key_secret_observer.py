@@ -21,8 +21,9 @@ import structlog
 
 from sealfleet.adapters.kube import controller
 from sealfleet.adapters.kube.client import Gone, KubeClient, NotFound
-from sealfleet.adapters.store.records import KeyHolding, MalformedKeySecret
+from sealfleet.adapters.store.records import KeyHolding, KeyHoldings, MalformedKeySecret
 from sealfleet.app.cluster.state import ClusterState, Deps
+from sealfleet.app.cluster.write_behind import WriteBehind
 from sealfleet.domain import key_secrets
 from sealfleet.domain import keys as domain_keys
 from sealfleet.errors import InputError
@@ -33,10 +34,11 @@ RESOURCE = "secrets"
 
 
 class KeySecretObserver:
-    def __init__(self, state: ClusterState, deps: Deps, *,
+    def __init__(self, state: ClusterState, deps: Deps, writer: WriteBehind, *,
                  after_change: Callable[[KubeClient], Awaitable[None]]) -> None:
         self._state = state
         self._deps = deps
+        self._writer = writer
         self._after_change = after_change
 
     def _path(self) -> str:
@@ -112,14 +114,14 @@ class KeySecretObserver:
             state.holdings[name] = dataclasses.replace(found, secret={})
         await self._deps.keystore.observe_key_secrets(observed)
         now = dt.datetime.now(dt.UTC)
-        await self._deps.store.inventory.replace_cluster_keys(state.name, [KeyHolding(
+        # With the write-behind's next flush (a session's first: with the scan's own):
+        # its write says the cluster changed once the holdings are in.
+        self._writer.note_holdings(KeyHoldings(tuple(KeyHolding(
             fingerprint=k.fingerprint, secret_name=k.name, label_value=k.label,
             resource_version=k.resource_version, creation_timestamp=k.creation_timestamp,
-            observed_at=now) for k in state.holdings.values()], [
+            observed_at=now) for k in state.holdings.values()), tuple(
             MalformedKeySecret(secret_name=name, reason=reason, observed_at=now)
-            for name, reason in sorted(state.key_problems.items())])
-        self._deps.on_change()
-
+            for name, reason in sorted(state.key_problems.items()))))
 
 def _name(obj: Mapping[str, Any]) -> str:
     metadata = obj.get("metadata")

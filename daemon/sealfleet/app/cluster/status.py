@@ -10,7 +10,7 @@ import structlog
 
 from sealfleet.adapters.store.records import ClusterRegistration, ClusterStatus
 from sealfleet.app.cluster.state import ClusterState, Deps
-from sealfleet.errors import FleetError
+from sealfleet.errors import FleetError, StoreError
 
 log = structlog.get_logger(__name__)
 
@@ -30,6 +30,22 @@ def _status(state: ClusterState, *, scan_duration_ms: int | None = None) -> Clus
 def _unregistered(state: ClusterState) -> ClusterRegistration | None:
     """The registration to write, if the store does not have it yet (None if it has)."""
     return state.registration if state.registration != state.registered else None
+
+
+async def register(state: ClusterState, deps: Deps) -> None:
+    """Make the cluster known to the store without a status (a session that failed for
+    the daemon's reasons, not the cluster's): the report lists it as not scanned yet."""
+    registration = _unregistered(state)
+    if registration is None:
+        return
+    try:
+        await deps.store.inventory.upsert_cluster(
+            state.name, server=registration.server,
+            controller_namespace=registration.controller_namespace,
+            controller_name=registration.controller_name)
+    except StoreError:
+        return   # best effort: the next status write carries it
+    state.registered = registration
 
 
 async def record(state: ClusterState, deps: Deps) -> None:

@@ -97,7 +97,8 @@ class ClusterWorker:
         self._sealed = SealedSecretObserver(self.state, deps, self._writer)
         self._controller = ControllerProbe(self.state, deps,
                                            on_sealing_key_changed=self._sealed.reclassify_all)
-        self._keys = KeySecretObserver(self.state, deps, after_change=self._controller.probe)
+        self._keys = KeySecretObserver(self.state, deps, self._writer,
+                                       after_change=self._controller.probe)
         self._verifier = Verifier(self.state, deps)
         self._store_backoff = retry.Backoff(_STORE_BACKOFF)
         self._backoff = retry.Backoff(deps.options.backoff)   # the cluster's failures
@@ -247,6 +248,7 @@ class ClusterWorker:
 
     async def _rsa_failed(self, error: RsaWorkerError) -> None:
         log.warning("attribution_failed", error=str(error))
+        await status.register(self.state, self._deps)
         self.state.resume = True
         await asyncio.sleep(self._backoff.delay_for(error))
 
