@@ -114,14 +114,15 @@ class KeySecretObserver:
             state.holdings[name] = dataclasses.replace(found, secret={})
         await self._deps.keystore.observe_key_secrets(observed)
         now = dt.datetime.now(dt.UTC)
-        # With the write-behind's next flush (a session's first: with the scan's own):
-        # its write says the cluster changed once the holdings are in.
+        # Written by the write-behind's next flush (a session's first one: the scan's
+        # last), which also tells the report, once they are in.
         self._writer.note_holdings(KeyHoldings(tuple(KeyHolding(
             fingerprint=k.fingerprint, secret_name=k.name, label_value=k.label,
             resource_version=k.resource_version, creation_timestamp=k.creation_timestamp,
             observed_at=now) for k in state.holdings.values()), tuple(
             MalformedKeySecret(secret_name=name, reason=reason, observed_at=now)
             for name, reason in sorted(state.key_problems.items()))))
+
 
 def _name(obj: Mapping[str, Any]) -> str:
     metadata = obj.get("metadata")
