@@ -40,10 +40,6 @@ class AttributionBehind:
         self._pending: Pending = {}
         self._timer: asyncio.TimerHandle | None = None
         self._flushing: asyncio.Task[None] | None = None
-        self.flushes = 0
-
-    def __len__(self) -> int:
-        return len(self._pending)
 
     def queue(self, attributions: Iterable[tuple[str, str | None]], epoch: int) -> None:
         """Write these answers soon (newer answers for an item replace older ones)."""
@@ -99,7 +95,6 @@ class AttributionBehind:
             # Kept for the next attempt; answers that came meanwhile are newer and win.
             self._pending = {**batch, **self._pending}
             raise
-        self.flushes += 1
 
     async def flush(self) -> None:
         """Write everything pending now (the store is closing, or a caller needs it)."""

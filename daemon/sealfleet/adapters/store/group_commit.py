@@ -2,17 +2,17 @@
 while the writer thread is busy, reach SQLite as one transaction, each write in a
 savepoint of its own.
 
-Why: a fleet's first pass makes about nine small writes per cluster (its row, its key
+Why: a fleet's first pass made about nine small writes per cluster (its row, its key
 holdings and key records, its SealedSecrets, their attributions, two watch positions,
-its status), from many clusters at once.  As one transaction each, every commit appended
-its own copy of the pages it touched to the WAL (16 KiB pages, the same few hot ones
-again and again), and every write paid an executor round trip, a thread wake-up each
-way; at 1,000 clusters the writer thread spent about 5 CPU-ms per cluster.  Grouped, a
-hot page goes to the WAL once per group, and one wake-up carries the whole group there
-and its answers back.  How much is grouped depends on how busy the writer is: 32
-clusters writing flat out share ~31 writes a transaction (``bench/store.py`` measures
-that against one at a time), a daemon's first pass, whose writer idles between writes,
-far fewer.
+its status; two now, see inventory.py), from many clusters at once.  As one
+transaction each, every commit appended its own copy of the pages it touched to the
+WAL (16 KiB pages, the same few hot ones again and again), and every write paid an
+executor round trip, a thread wake-up each way; at 1,000 clusters the writer thread
+spent about 5 CPU-ms per cluster.  Grouped, a hot page goes to the WAL once per group,
+and one wake-up carries the whole group there and its answers back.  How much is
+grouped depends on how busy the writer is: 32 clusters writing flat out share ~31
+writes a transaction (``bench/store.py`` measures that against one at a time), a
+daemon's first pass, whose writer idles between writes, far fewer (1.15 to 1.5).
 
 What each caller sees is unchanged:
 

@@ -111,18 +111,19 @@ class Inventory:
         """
         if not records:
             return
-        await self._store.write(inventory_writes.upsert_sealed_secret_rows,
-                                {r.cluster for r in records}, await self._rows_of(records))
+        rows, unencoded = self._encoded(records)
+        self._key_refs.update(await self._store.write(
+            inventory_writes.upsert_encoded, {r.cluster for r in records}, rows, unencoded))
 
-    async def _rows_of(self, records: Sequence[SealedSecretRecord]) -> list[tuple[Any, ...]]:
+    def _encoded(self, records: Sequence[SealedSecretRecord],
+                 ) -> tuple[list[tuple[Any, ...]], list[SealedSecretRecord]]:
+        """(rows, []) encoded here, or ([], records) when one names a key no row has
+        named before (a first pass: each cluster's own keys): those are encoded in the
+        write, which gives the key its reference in the same transaction."""
         try:
-            return codec.sealed_secret_rows(records, self._key_refs)
+            return codec.sealed_secret_rows(records, self._key_refs), []
         except KeyError:
-            # A key no row has named before (rare: keys are few and long-lived): give it
-            # a reference first, in its own transaction; references are never undone.
-            self._key_refs.update(await self._store.write(inventory_writes.ensure_key_refs,
-                                                          codec.fingerprints_of(records)))
-            return codec.sealed_secret_rows(records, self._key_refs)
+            return [], list(records)
 
     async def apply_cluster_changes(self, cluster: str, *,
                                     upserts: Sequence[SealedSecretRecord] = (),
@@ -143,12 +144,7 @@ class Inventory:
             return
         if any(record.cluster != cluster for record in upserts):
             raise InputError(f"changes of cluster {cluster!r} upsert another's SealedSecret")
-        try:
-            rows, unencoded = codec.sealed_secret_rows(upserts, self._key_refs), []
-        except KeyError:
-            # A key no row has named before (a first pass: each cluster's own keys):
-            # the records are encoded in the write, which gives it a reference first.
-            rows, unencoded = [], list(upserts)
+        rows, unencoded = self._encoded(upserts)
         self._key_refs.update(await self._store.write(
             inventory_writes.apply_cluster_changes, cluster, rows, list(deletes),
             list(states), positions, unencoded, holdings, status))

@@ -140,9 +140,22 @@ def ensure_key_refs(conn: sqlite3.Connection, fingerprints: Iterable[str]) -> di
 
 def upsert_sealed_secrets(conn: sqlite3.Connection,
                           records: Sequence[SealedSecretRecord]) -> None:
-    refs = ensure_key_refs(conn, codec.fingerprints_of(records))
-    upsert_sealed_secret_rows(conn, {r.cluster for r in records},
-                              codec.sealed_secret_rows(records, refs))
+    upsert_encoded(conn, {r.cluster for r in records}, [], records)
+
+
+def upsert_encoded(conn: sqlite3.Connection, clusters: Iterable[str],
+                   rows: Sequence[tuple[Any, ...]],
+                   unencoded: Sequence[SealedSecretRecord]) -> dict[str, str]:
+    """*rows* encoded by the caller, and *unencoded* records, which name keys without a
+    reference yet: given one here, in the same transaction.  Returns the references
+    given (for the caller's cache)."""
+    refs: dict[str, str] = {}
+    if unencoded:
+        refs = ensure_key_refs(conn, codec.fingerprints_of(unencoded))
+        rows = [*rows, *codec.sealed_secret_rows(unencoded, refs)]
+    if rows:
+        upsert_sealed_secret_rows(conn, clusters, rows)
+    return refs
 
 
 def upsert_sealed_secret_rows(conn: sqlite3.Connection, clusters: Iterable[str],
@@ -242,12 +255,7 @@ def apply_cluster_changes(conn: sqlite3.Connection, cluster: str,
     """See Inventory.apply_cluster_changes (*rows* encoded as for upserts; *unencoded*
     records name keys without a reference yet: given one here, in the same transaction).
     Returns the references given."""
-    refs: dict[str, str] = {}
-    if unencoded:
-        refs = ensure_key_refs(conn, codec.fingerprints_of(unencoded))
-        rows = [*rows, *codec.sealed_secret_rows(unencoded, refs)]
-    if rows:
-        upsert_sealed_secret_rows(conn, (cluster,), rows)
+    refs = upsert_encoded(conn, (cluster,), rows, unencoded)
     if deletes:
         delete_sealed_secrets(conn, cluster, deletes)
     if states:
