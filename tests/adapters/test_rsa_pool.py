@@ -245,3 +245,51 @@ async def test_one_worker_starts_with_the_pool_and_a_second_only_when_jobs_overl
         await asyncio.gather(*(pool.attribute([sealed(key, name, 3)], [candidate(key)], ())
                                for name in ("b", "c")))
         assert len(pool.pids) == 2
+
+
+# A worker that dies on a job holding a SealedSecret named "kill", and is real otherwise.
+KILLER_ON_CUE = (sys.executable, "-c", textwrap.dedent("""
+    import os
+    from sealfleet.adapters import rsa_worker
+    real = rsa_worker.run_job
+    def run_job(objects, candidates, local):
+        if any(b"/kill" in label for o in objects for _, label in o.items):
+            os._exit(7)
+        return real(objects, candidates, local)
+    rsa_worker.run_job = run_job
+    rsa_worker.main()
+    """))
+
+
+async def test_jobs_beyond_the_workers_wait_in_their_pipes_and_come_back_in_order(
+        rsa2048_keys: list[SealingKey]) -> None:
+    """One worker, four jobs at once: two are written to it (one runs, one waits in the
+    pipe so the worker never waits for the event loop), each gets its own answer."""
+    first, second, _ = rsa2048_keys
+    async with RsaProcessPool(1) as pool:
+        assert pool.depth == 2
+        keys = [first, second, first, second]
+        answers = await asyncio.gather(*(
+            pool.attribute([sealed(key, f"o{i}", i + 1)], [candidate(key)], ())
+            for i, key in enumerate(keys)))
+        assert [a.fingerprints for a in answers] == [[key.fingerprint] * (i + 1)
+                                                     for i, key in enumerate(keys)]
+        assert len(pool.pids) == 1
+        assert pool.deaths == 0
+
+
+async def test_a_worker_dying_under_one_job_fails_that_job_and_the_one_behind_it_is_done(
+        rsa2048_keys: list[SealingKey]) -> None:
+    key = rsa2048_keys[0]
+    async with RsaProcessPool(1, command=KILLER_ON_CUE) as pool:
+        killer = asyncio.create_task(pool.attribute([sealed(key, "kill", 1)],
+                                                    [candidate(key)], ()))
+        behind = asyncio.create_task(pool.attribute([sealed(key, "fine", 2)],
+                                                    [candidate(key)], ()))
+        with pytest.raises(RsaWorkerError, match="died twice"):
+            await killer
+        assert (await behind).fingerprints == [key.fingerprint] * 2
+        # The killer's two workers died; the job behind it cost none of its own.
+        assert pool.deaths == 2
+        answer = await pool.attribute([sealed(key, "after", 1)], [candidate(key)], ())
+        assert answer.fingerprints == [key.fingerprint]

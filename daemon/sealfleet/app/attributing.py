@@ -111,7 +111,7 @@ class Attributor:
         self._keystore = keystore
         self._processes = processes
         self._rsa: FairShare[_Job, JobAnswer] = (
-            FairShare(_on_processes(processes), processes.size) if processes is not None
+            FairShare(_on_processes(processes), processes.depth) if processes is not None
             else FairShare(_on_threads(executor), threads or os.cpu_count() or 1))
         # Oldest first, evicted in O(1): deleting a plain dict's first entry over and
         # over leaves a run of dead slots that every next(iter()) walks again (10 us
