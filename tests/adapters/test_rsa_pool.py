@@ -293,3 +293,16 @@ async def test_a_worker_dying_under_one_job_fails_that_job_and_the_one_behind_it
         assert pool.deaths == 2
         answer = await pool.attribute([sealed(key, "after", 1)], [candidate(key)], ())
         assert answer.fingerprints == [key.fingerprint]
+
+
+async def test_the_workers_asked_for_start_with_the_pool(
+        rsa2048_keys: list[SealingKey]) -> None:
+    """The daemon boots as many workers as its first pass keeps busy before it starts,
+    so no worker's boot lands in the pass; more than it has are never started."""
+    key = rsa2048_keys[0]
+    async with RsaProcessPool(2, start=5) as pool:
+        booted = pool.pids
+        assert len(booted) == 2 and all(alive(pid) for pid in booted)
+        await asyncio.gather(*(pool.attribute([sealed(key, name, 2)], [candidate(key)], ())
+                               for name in ("a", "b", "c")))
+        assert sorted(pool.pids) == sorted(booted)

@@ -182,11 +182,14 @@ async def _end(process: asyncio.subprocess.Process, *, grace: float) -> int:
 class RsaProcessPool:
     """*workers* RSA worker processes; :meth:`attribute` runs a job on the least busy one.
 
-    An async context manager: leaving it ends every worker.  *command* starts a worker
-    (tests start one that dies on cue)."""
+    An async context manager: *start* workers start on entering it (the daemon starts
+    as many as its first pass can keep busy), leaving it ends every worker.  *command*
+    starts a worker (tests start one that dies on cue)."""
 
-    def __init__(self, workers: int, *, command: Sequence[str] = WORKER_COMMAND) -> None:
+    def __init__(self, workers: int, *, start: int = 1,
+                 command: Sequence[str] = WORKER_COMMAND) -> None:
         self.size = max(1, workers)
+        self._start = min(max(1, start), self.size)
         self._slots = [_Slot(command, number) for number in range(self.size)]
         self.depth = PIPELINE_DEPTH * self.size  # jobs in flight at most (FairShare's slots)
         self._free = asyncio.Semaphore(self.depth)
@@ -199,11 +202,12 @@ class RsaProcessPool:
         self._closed = False
 
     async def __aenter__(self) -> RsaProcessPool:
-        # One worker starts with the pool: it boots (an interpreter and cryptography,
-        # about 0.2 s) while the daemon opens its store and its API, instead of in the
-        # first pass, where for a small fleet it was a third of the pass.  The others
-        # start on the first job that finds no worker idle.
-        await self._slots[0].started()
+        # *start* workers start with the pool: each boots (an interpreter and
+        # cryptography, about 0.2 s of a core) while the daemon opens its store and its
+        # API, instead of in the first pass, where for a small fleet a worker's boot was
+        # a third of the pass.  The others start on the first job that finds no worker
+        # idle.
+        await asyncio.gather(*(slot.started() for slot in self._slots[:self._start]))
         return self
 
     async def __aexit__(self, kind: type[BaseException] | None, error: BaseException | None,

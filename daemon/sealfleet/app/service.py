@@ -185,9 +185,11 @@ class Service:
                 await _forget_unconfigured(store, settings)
                 executor = ThreadPoolExecutor(os.cpu_count() or 1, thread_name_prefix="rsa")
                 stack.callback(executor.shutdown, wait=True, cancel_futures=True)
-                # Attribution's RSA, one worker process per core this process may use.
+                # Attribution's RSA, one worker process per core this process may use;
+                # those the first pass keeps busy (its clusters scan at once) boot now.
+                cores = len(os.sched_getaffinity(0))
                 processes = await stack.enter_async_context(
-                    RsaProcessPool(len(os.sched_getaffinity(0))))
+                    RsaProcessPool(cores, start=min(cores, len(settings.clusters))))
                 fleet = self.fleet = self._fleet_factory(settings, store, executor, processes)
                 view = self.view = InventoryView(
                     store, policy=policy_of(settings),
