@@ -302,7 +302,8 @@ async def test_the_workers_asked_for_start_with_the_pool(
     key = rsa2048_keys[0]
     async with RsaProcessPool(2, start=5) as pool:
         booted = pool.pids
-        assert len(booted) == 2 and all(alive(pid) for pid in booted)
+        assert len(booted) == 2
+        assert all(alive(pid) for pid in booted)
         await asyncio.gather(*(pool.attribute([sealed(key, name, 2)], [candidate(key)], ())
                                for name in ("a", "b", "c")))
         assert sorted(pool.pids) == sorted(booted)
