@@ -78,9 +78,11 @@ class SealedSecretObserver:
 
     async def scan(self, client: KubeClient) -> str:
         """Resume from the stored resourceVersion when there is one, else list."""
+        if not self._state.resume:  # nothing stored (a first start), or a resync
+            return await self._relist(client)
         stored = await self._deps.store.inventory.get_watch_resource_version(
             self._state.name, RESOURCE)
-        if stored and self._state.resume:
+        if stored:
             log.info("watch_resuming", resource=RESOURCE, resource_version=stored)
             return stored
         return await self._relist(client)
