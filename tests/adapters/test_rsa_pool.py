@@ -307,3 +307,19 @@ async def test_the_workers_asked_for_start_with_the_pool(
         await asyncio.gather(*(pool.attribute([sealed(key, name, 2)], [candidate(key)], ())
                                for name in ("a", "b", "c")))
         assert sorted(pool.pids) == sorted(booted)
+
+
+async def test_leaving_the_pool_with_jobs_in_every_pipe_ends_them_and_its_workers(
+        rsa2048_keys: list[SealingKey]) -> None:
+    mine, wrong, foreign = rsa2048_keys
+    async with RsaProcessPool(1) as pool:
+        jobs = [asyncio.create_task(pool.attribute(
+            [sealed(foreign, f"s{i}-{n}", 30) for n in range(4)],
+            [candidate(wrong), candidate(mine)], ())) for i in range(3)]
+        await asyncio.sleep(0.1)
+        (pid,) = pool.pids
+    outcomes = await asyncio.gather(*jobs, return_exceptions=True)
+    assert all(isinstance(o, asyncio.CancelledError | RsaWorkerError) for o in outcomes)
+    assert not alive(pid)
+    assert pool.pids == []
+    assert pool.deaths == 0

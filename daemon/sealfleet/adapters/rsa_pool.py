@@ -120,7 +120,9 @@ class _Slot:
                 self.synced = len(keys)
             process.stdin.write(job)
         except ConnectionError as error:    # died before this job reached it
-            raise _WorkerGone(under_job=not self._owed) from error
+            under_job = not self._owed
+            self._retire(process)
+            raise _WorkerGone(under_job=under_job) from error
         self._owed.append(answer)       # in the order written: the reader's order
         with contextlib.suppress(ConnectionError):  # a death is the reader's to report
             await process.stdin.drain()
@@ -138,30 +140,41 @@ class _Slot:
                 payload = await process.stdout.readexactly(size)
                 if self._owed:
                     owed = self._owed.popleft()
+                    if owed.done():     # its job was cancelled: the pool is stopping
+                        continue
                     try:
                         owed.set_result(_answer(decode_payload(payload)))
                     except RsaWorkerError as error:
                         owed.set_exception(error)
         except (asyncio.IncompleteReadError, ConnectionError):
             pass
-        if self.process is not process:     # stopped by us
-            return
+        if self._retire(process):
+            code = await _end(process, grace=0)
+            log.warning("rsa_worker_died", worker=self.number, returncode=code)
+
+    def _retire(self, process: asyncio.subprocess.Process) -> bool:
+        """*process* died: counted once, the slot free for a new one, every job it owed
+        failed (the oldest, which it was doing, as the job it died under).  False when it
+        was already retired, or stopped by us."""
+        if self.process is not process:
+            return False
         self.process = None
         self.deaths += 1
+        self._fail_owed(first_under_job=True)
+        return True
+
+    def _fail_owed(self, *, first_under_job: bool) -> None:
         owed_now, self._owed = list(self._owed), collections.deque()
         for place, owed in enumerate(owed_now):
-            owed.set_exception(_WorkerGone(under_job=place == 0))
-        code = await _end(process, grace=0)
-        log.warning("rsa_worker_died", worker=self.number, returncode=code)
+            if not owed.done():
+                owed.set_exception(_WorkerGone(under_job=first_under_job and place == 0))
 
     async def stop(self, *, grace: float = _STOP_GRACE) -> int | None:
         """End the worker: stdin closed (it exits), killed after *grace* seconds; the
         jobs it still owes fail (we stop only at the pool's end, or when a job was cut
         off and the pipe is out of step)."""
         process, self.process = self.process, None
-        owed_now, self._owed = list(self._owed), collections.deque()
-        for owed in owed_now:
-            owed.set_exception(_WorkerGone(under_job=False))
+        self._fail_owed(first_under_job=False)
         code = None if process is None else await _end(process, grace=grace)
         # Readers end at their pipe's end: this one's, or a dead worker's being reaped.
         await asyncio.gather(*self._readers, return_exceptions=True)
@@ -283,6 +296,8 @@ class RsaProcessPool:
     async def _run_on(self, slot: _Slot, job: bytes) -> JobAnswer:
         under, behind = 0, 0
         while True:
+            if self._closed:    # a job sent again at a stop must not start a worker
+                raise RsaWorkerError("the RSA workers are stopped")
             try:
                 return await slot.run(self._keys, job)
             except _WorkerGone as gone:
