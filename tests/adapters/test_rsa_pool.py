@@ -323,3 +323,32 @@ async def test_leaving_the_pool_with_jobs_in_every_pipe_ends_them_and_its_worker
     assert not alive(pid)
     assert pool.pids == []
     assert pool.deaths == 0
+
+
+async def test_a_garbled_answer_fails_its_job_and_the_next_job_is_answered(
+        rsa2048_keys: list[SealingKey]) -> None:
+    """A frame that is not a pickle (framing still in step) fails the job it answers;
+    the worker's next answer goes to the next job."""
+    key = rsa2048_keys[0]
+    command = (sys.executable, "-c", textwrap.dedent("""
+        import sys
+        from sealfleet.adapters import rsa_worker
+        real = rsa_worker._Worker.handle
+        garbled = [True]
+        def handle(self, message):
+            answer = real(self, message)
+            if answer is not None and garbled:
+                garbled.pop()
+                sys.__stdout__.buffer.write((5).to_bytes(4, "big") + b"junk!")
+                sys.__stdout__.buffer.flush()
+                return None
+            return answer
+        rsa_worker._Worker.handle = handle
+        rsa_worker.main()
+        """))
+    async with RsaProcessPool(1, command=command) as pool:
+        with pytest.raises(RsaWorkerError, match="cannot be read"):
+            await pool.attribute([sealed(key, "a", 1)], [candidate(key)], ())
+        answer = await pool.attribute([sealed(key, "b", 1)], [candidate(key)], ())
+        assert answer.fingerprints == [key.fingerprint]
+        assert pool.deaths == 0

@@ -143,7 +143,13 @@ class _Slot:
                     if owed.done():     # its job was cancelled: the pool is stopping
                         continue
                     try:
-                        owed.set_result(_answer(decode_payload(payload)))
+                        message = decode_payload(payload)
+                    except Exception:   # a garbled answer fails its job only
+                        owed.set_exception(RsaWorkerError(
+                            "an RSA worker sent an answer that cannot be read"))
+                        continue
+                    try:
+                        owed.set_result(_answer(message))
                     except RsaWorkerError as error:
                         owed.set_exception(error)
         except (asyncio.IncompleteReadError, ConnectionError):
