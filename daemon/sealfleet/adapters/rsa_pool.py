@@ -47,9 +47,9 @@ class RsaWorkerError(TransientError):
 
 class _WorkerGone(Exception):
     """The worker's pipe closed with a job owed (the process died).  *under_job*: the
-    job was the one it was doing (or it died before this job reached it), which counts
-    against the job; a job behind it in the pipe had not started and is simply sent
-    again."""
+    job was the oldest owed, the one it was doing (or the first to reach a worker already
+    dead), which counts against the job; a job behind it in the pipe had not started and
+    is simply sent again."""
 
     def __init__(self, *, under_job: bool) -> None:
         super().__init__("an RSA worker died")
@@ -113,16 +113,13 @@ class _Slot:
         if process.stdin is None:       # never: it is a pipe
             raise RsaWorkerError("an RSA worker has no pipes")
         answer: asyncio.Future[JobAnswer] = asyncio.get_running_loop().create_future()
-        try:
-            if self.synced < len(keys):
-                fresh = [_key_entry(option) for option in keys[self.synced:]]
-                process.stdin.write(encode_frame(("keys", fresh)))
-                self.synced = len(keys)
-            process.stdin.write(job)
-        except ConnectionError as error:    # died before this job reached it
-            under_job = not self._owed
-            self._retire(process)
-            raise _WorkerGone(under_job=under_job) from error
+        # A pipe whose worker died takes these writes silently: the reader finds the
+        # death at its end of the pipes, and fails this job with the others owed.
+        if self.synced < len(keys):
+            fresh = [_key_entry(option) for option in keys[self.synced:]]
+            process.stdin.write(encode_frame(("keys", fresh)))
+            self.synced = len(keys)
+        process.stdin.write(job)
         self._owed.append(answer)       # in the order written: the reader's order
         with contextlib.suppress(ConnectionError):  # a death is the reader's to report
             await process.stdin.drain()
@@ -154,20 +151,13 @@ class _Slot:
                         owed.set_exception(error)
         except (asyncio.IncompleteReadError, ConnectionError):
             pass
-        if self._retire(process):
-            code = await _end(process, grace=0)
-            log.warning("rsa_worker_died", worker=self.number, returncode=code)
-
-    def _retire(self, process: asyncio.subprocess.Process) -> bool:
-        """*process* died: counted once, the slot free for a new one, every job it owed
-        failed (the oldest, which it was doing, as the job it died under).  False when it
-        was already retired, or stopped by us."""
-        if self.process is not process:
-            return False
+        if self.process is not process:     # stopped by us
+            return
         self.process = None
         self.deaths += 1
         self._fail_owed(first_under_job=True)
-        return True
+        code = await _end(process, grace=0)
+        log.warning("rsa_worker_died", worker=self.number, returncode=code)
 
     def _fail_owed(self, *, first_under_job: bool) -> None:
         owed_now, self._owed = list(self._owed), collections.deque()

@@ -32,6 +32,14 @@ def _unregistered(state: ClusterState) -> ClusterRegistration | None:
     return state.registration if state.registration != state.registered else None
 
 
+async def _write(state: ClusterState, status: ClusterStatus,
+                 write: Callable[[ClusterStatus], Awaitable[None]]) -> None:
+    """*status* written by *write*; the store has the registration it carried from then."""
+    await write(status)
+    if status.registration is not None:
+        state.registered = status.registration
+
+
 async def register(state: ClusterState, deps: Deps) -> None:
     """Make the cluster known to the store without a status (a session that failed for
     the daemon's reasons, not the cluster's): the report lists it as not scanned yet."""
@@ -51,8 +59,8 @@ async def register(state: ClusterState, deps: Deps) -> None:
 async def record(state: ClusterState, deps: Deps) -> None:
     """Write the cluster's status row (its controller changed)."""
     state.recorded_failure = None  # the row changes: the next failure is written again
-    await deps.store.inventory.record_status(state.name, _status(state))
-    state.registered = state.registration
+    await _write(state, _status(state),
+                 lambda status: deps.store.inventory.record_status(state.name, status))
 
 
 async def mark_failed(state: ClusterState, deps: Deps, error: FleetError) -> None:
@@ -67,8 +75,8 @@ async def mark_failed(state: ClusterState, deps: Deps, error: FleetError) -> Non
                    state.controller_problem, state.controller_state, state.key_renew_seconds)
         if failure == state.recorded_failure and _unregistered(state) is None:
             return
-        await deps.store.inventory.record_status(state.name, _status(state))
-        state.registered = state.registration
+        await _write(state, _status(state),
+                     lambda status: deps.store.inventory.record_status(state.name, status))
         state.recorded_failure = failure
         deps.on_change()
     finally:
@@ -89,7 +97,6 @@ async def mark_scanned(state: ClusterState, deps: Deps, duration_ms: int, *,
              sealing_key=state.sealing_key, sealing_key_source=state.sealing_key_source)
     state.reachable, state.last_error = True, None
     state.recorded_failure = None
-    await write(_status(state, scan_duration_ms=duration_ms))
-    state.registered = state.registration
+    await _write(state, _status(state, scan_duration_ms=duration_ms), write)
     state.first_pass.set()
     deps.on_change()
