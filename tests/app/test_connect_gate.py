@@ -1,5 +1,6 @@
 """The connect gate: turns up to its limit, first come first served, fewer after a late
-wakeup of the loop and one more after each prompt one; no turn is lost to a cancel."""
+wakeup of the loop and one more after each prompt one; no turn is lost to a cancel;
+background turns go to those waiting behind the others, or past their patience."""
 
 from __future__ import annotations
 
@@ -133,3 +134,75 @@ async def test_idle_while_nobody_holds_or_waits_for_a_turn() -> None:
     assert not gate.idle
     gate.release()
     assert gate.idle
+
+
+async def test_a_background_turn_comes_at_once_when_nobody_waits() -> None:
+    gate = ConnectGate(2)
+    await gate.acquire()
+    await asyncio.wait_for(gate.acquire(background=True), 1)
+    assert gate.taken == 2
+
+
+async def test_background_turns_wait_until_nobody_waits_for_an_ordinary_one() -> None:
+    gate = ConnectGate(1)
+    await gate.acquire()
+    order: list[str] = []
+
+    async def wait(name: str, *, background: bool) -> None:
+        await gate.acquire(background=background)
+        order.append(name)
+
+    tasks = [asyncio.create_task(wait("keys-a", background=True))]
+    await settle()
+    tasks += [asyncio.create_task(wait(name, background=False)) for name in ("b", "c")]
+    await settle()
+    for _ in range(3):
+        gate.release()
+        await settle()
+    # Queued first, served last: the clusters waiting to scan went ahead.
+    assert order == ["b", "c", "keys-a"]
+    await asyncio.gather(*tasks)
+    assert not gate.idle
+    gate.release()
+    assert gate.idle
+
+
+async def test_a_background_waiter_past_its_patience_queues_with_the_others() -> None:
+    gate = ConnectGate(1, background_patience=0.05)
+    await gate.acquire()
+    order: list[str] = []
+
+    async def wait(name: str, *, background: bool) -> None:
+        await gate.acquire(background=background)
+        order.append(name)
+
+    tasks = [asyncio.create_task(wait("keys", background=True))]
+    await settle()
+    await asyncio.sleep(0.1)              # past its patience
+    tasks += [asyncio.create_task(wait(name, background=False)) for name in ("b", "c")]
+    await settle()
+    gate.release()                        # "keys" joins the queue behind b and c, ...
+    await settle()
+    tasks.append(asyncio.create_task(wait("d", background=False)))
+    await settle()
+    for _ in range(3):
+        gate.release()
+        await settle()
+    assert order == ["b", "c", "keys", "d"]   # ... but ahead of those who came later
+    await asyncio.gather(*tasks)
+
+
+async def test_a_cancelled_background_waiter_loses_no_turn() -> None:
+    gate = ConnectGate(1)
+    await gate.acquire()
+    ordinary = asyncio.create_task(gate.acquire())
+    background = asyncio.create_task(gate.acquire(background=True))
+    await settle()
+    background.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await background
+    assert not gate.idle
+    gate.release()
+    await asyncio.wait_for(ordinary, 1)
+    gate.release()
+    assert gate.idle and gate.taken == 0

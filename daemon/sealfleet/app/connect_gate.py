@@ -11,6 +11,15 @@ watches the loop's lag (how late a short sleep wakes up) and halves the turns it
 out when the loop is late, and adds one back for each prompt wakeup (additive increase,
 multiplicative decrease, as TCP paces a link).  Turns already taken are never revoked.
 
+A cluster's second connection, its key Secrets' watch, takes a *background* turn: one
+handed out only when no cluster waits for a turn to connect and scan (or after
+``BACKGROUND_PATIENCE``, when it queues with them).  That watch adds nothing to the
+report the list before it made (it resumes from the list's resourceVersion, so no
+change is missed meanwhile), while its connection costs as much CPU as a scan's
+(a TLS handshake on each side, a watch the apiserver sets up: about 2 CPU-ms in all),
+so a first pass or a recovery puts every cluster in the report first, then opens the
+key watches: 6% sooner at 1,000 clusters (``bench/fleet.py``).
+
 The gate also carries the fleet's recovery hint.  After a fleet-wide outage every
 cluster waits out its own jittered, exponential backoff, and the longer the outage,
 the longer the last of those waits: a 20-second outage left a 100-cluster fleet whole
@@ -33,6 +42,10 @@ from collections.abc import Callable
 LAG_TARGET = 0.003
 _PROBE = 0.02            # seconds between lag measurements
 HINT_INTERVAL = 5.0      # seconds: recovery hints at most this often
+# Seconds a background turn waits behind the clusters waiting to connect, at most: a
+# first pass of thousands of clusters opens its first key watches within this, not at
+# its end.
+BACKGROUND_PATIENCE = 30.0
 
 
 class ConnectGate:
@@ -43,6 +56,7 @@ class ConnectGate:
     """
 
     def __init__(self, limit: int, *, lag_target: float = LAG_TARGET,
+                 background_patience: float = BACKGROUND_PATIENCE,
                  rng: Callable[[], float] = random.random) -> None:
         if limit < 1:
             raise ValueError("a gate needs at least one turn")
@@ -51,7 +65,11 @@ class ConnectGate:
         self.taken = 0
         self.granted = 0              # turns handed out since the start, in all
         self._lag_target = lag_target
+        self._background_patience = background_patience
         self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+        # Background waiters, each with the loop time it queued at (see the docstring).
+        self._background: collections.deque[tuple[float, asyncio.Future[None]]] = (
+            collections.deque())
         self._rng = rng
         self._recovered = asyncio.Event()   # replaced by a fresh one at every hint
         self._hinted_at = float("-inf")
@@ -60,22 +78,30 @@ class ConnectGate:
     @property
     def idle(self) -> bool:
         """No cluster connecting or waiting to (no first pass or reconnect under way)."""
-        return self.taken == 0 and not self._waiters
+        return self.taken == 0 and not self._waiters and not self._background
 
-    async def acquire(self) -> None:
-        if self.taken < self.allowed and not self._waiters:
+    async def acquire(self, *, background: bool = False) -> None:
+        """A turn; a *background* one only once nobody waits for an ordinary turn."""
+        if self.taken < self.allowed and not self._waiters and not self._background:
             self.taken += 1
             self.granted += 1
             return
-        waiter = asyncio.get_running_loop().create_future()
-        self._waiters.append(waiter)
+        loop = asyncio.get_running_loop()
+        waiter = loop.create_future()
+        entry = (loop.time(), waiter)
+        if background:
+            self._background.append(entry)
+        else:
+            self._waiters.append(waiter)
         try:
             await waiter
         except asyncio.CancelledError:
             if waiter.done() and not waiter.cancelled():
                 self.release()  # handed a turn just as we were cancelled: give it on
-            else:
+            elif waiter in self._waiters:
                 self._waiters.remove(waiter)
+            else:
+                self._background.remove(entry)
             raise
 
     def release(self) -> None:
@@ -83,8 +109,14 @@ class ConnectGate:
         self._hand_out()
 
     def _hand_out(self) -> None:
-        while self._waiters and self.taken < self.allowed:
-            waiter = self._waiters.popleft()
+        if self._background and self._waiters:
+            # Background waiters past their patience queue with the others.
+            patience_ends = asyncio.get_running_loop().time() - self._background_patience
+            while self._background and self._background[0][0] <= patience_ends:
+                self._waiters.append(self._background.popleft()[1])
+        while self.taken < self.allowed and (self._waiters or self._background):
+            waiter = (self._waiters.popleft() if self._waiters
+                      else self._background.popleft()[1])
             if not waiter.done():
                 self.taken += 1
                 self.granted += 1

@@ -37,7 +37,7 @@ import enum
 import functools
 import json
 import ssl
-from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -221,8 +221,6 @@ class KubeClient:
         self._access = access
         self.request_timeout = request_timeout
         self._proxy, self._proxy_auth = _proxy_for(access)
-        self.watches_opened = 0              # watch streams that have started, so far
-        self._watch_waiter: tuple[int, asyncio.Future[None]] | None = None
 
     @classmethod
     @asynccontextmanager
@@ -416,12 +414,15 @@ class KubeClient:
 
     async def watch(self, path: str, *, resource_version: str,
                     label_selector: str | None = None,
-                    timeout_seconds: int = 300) -> AsyncGenerator[WatchEvent, None]:
+                    timeout_seconds: int = 300,
+                    on_open: Callable[[], None] | None = None,
+                    ) -> AsyncGenerator[WatchEvent, None]:
         """Stream watch events from *resource_version* until the server ends the watch.
 
         Bookmarks are requested (they carry only a fresh resourceVersion).  A 410,
-        as a status or as an ERROR event, raises :class:`Gone`.  Use with
-        ``contextlib.aclosing`` so the connection is released when the caller stops.
+        as a status or as an ERROR event, raises :class:`Gone`.  *on_open* is called
+        once the server answered 200: the watch streams (a connection of its own).  Use
+        with ``contextlib.aclosing`` so the connection is released when the caller stops.
         """
         what = f"WATCH {path}"
         query = {"watch": "true", "allowWatchBookmarks": "true",
@@ -441,33 +442,14 @@ class KubeClient:
                     raise _translate(exc, what) from exc
                 raise error_for_status(response.status, what, status_message(text),
                                        _retry_after(response.headers))
-            self._note_watch_opened()
+            if on_open is not None:
+                on_open()
             async for line in _lines(response, what):
                 event = _parse_event(line, what)
                 if event is not None:
                     yield event
         finally:
             response.release()
-
-
-    async def wait_for_watches(self, count: int) -> None:
-        """Until *count* watches of this client have started streaming (ever, in all).
-        One waiter at a time."""
-        if self.watches_opened >= count:
-            return
-        waiter = asyncio.get_running_loop().create_future()
-        self._watch_waiter = (count, waiter)
-        try:
-            await waiter
-        finally:
-            self._watch_waiter = None
-
-    def _note_watch_opened(self) -> None:
-        self.watches_opened += 1
-        if self._watch_waiter is not None:
-            count, waiter = self._watch_waiter
-            if self.watches_opened >= count and not waiter.done():
-                waiter.set_result(None)
 
 
 async def _lines(response: aiohttp.ClientResponse, what: str) -> AsyncIterator[bytes]:

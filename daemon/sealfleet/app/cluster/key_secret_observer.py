@@ -64,13 +64,16 @@ class KeySecretObserver:
         await self._observe(secrets)
         return resource_version
 
-    async def follow(self, client: KubeClient, resource_version: str) -> None:
+    async def follow(self, client: KubeClient, resource_version: str, *,
+                     on_open: Callable[[], None] | None = None) -> None:
+        """Watch from *resource_version* on; *on_open* each time the watch streams."""
         while True:
             try:
                 async with contextlib.aclosing(client.watch(
                         self._path(), resource_version=resource_version,
                         label_selector=domain_keys.KEY_LABEL,
-                        timeout_seconds=self._deps.options.watch_timeout)) as events:
+                        timeout_seconds=self._deps.options.watch_timeout,
+                        on_open=on_open)) as events:
                     async for event in events:
                         self._deps.on_progress()
                         resource_version = event.resource_version or resource_version

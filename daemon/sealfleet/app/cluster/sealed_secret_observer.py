@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import time
+from collections.abc import Callable
 from typing import Any
 
 import structlog
@@ -120,14 +121,17 @@ class SealedSecretObserver:
             return resource_version
         raise TransientError("list of sealedsecrets: continue token kept expiring")
 
-    async def follow(self, client: KubeClient, resource_version: str) -> None:
+    async def follow(self, client: KubeClient, resource_version: str, *,
+                     on_open: Callable[[], None] | None = None) -> None:
+        """Watch from *resource_version* on; *on_open* each time the watch streams."""
         inventory = self._state.inventory
         while True:
             started = time.monotonic()
             try:
                 async with contextlib.aclosing(client.watch(
                         controller.SEALED_SECRETS_PATH, resource_version=resource_version,
-                        timeout_seconds=self._deps.options.watch_timeout)) as events:
+                        timeout_seconds=self._deps.options.watch_timeout,
+                        on_open=on_open)) as events:
                     async for event in events:
                         self._deps.on_progress()
                         resource_version = event.resource_version or resource_version

@@ -15,9 +15,12 @@ exponential backoff, and starts a new session.  A malformed object is recorded w
 reason; it never ends anything.
 
 A session holds a turn at the fleet's connect gate from its first connection attempt
-until its watches stream (the scan in between), so the fleet bounds how many clusters
-connect and scan at once; a session that fails gives its turn back at once.  Once the
-watches stream, the cluster's upkeep (events, the controller poll) needs no turn.  The
+until its SealedSecrets watch streams (the scan in between), so the fleet bounds how
+many clusters connect and scan at once; a session that fails gives its turn back at
+once.  The key Secrets' watch, a second connection, then waits for a background turn
+(:mod:`sealfleet.app.connect_gate`): the clusters still waiting to scan go first.  It
+resumes from the key list's resourceVersion, so it misses nothing while it waits.  Once
+the watches stream, the cluster's upkeep (events, the controller poll) needs no turn.  The
 backoff starts small again after a session that scanned, and a transient failure's wait
 ends early when another cluster comes back (the gate's recovery hint: after a
 fleet-wide outage the fleet is whole again soon, not after the longest backoff).
@@ -62,12 +65,13 @@ class _ResyncDue(Exception):
 class _Turn:
     """One turn at a gate, given back exactly once: early, or when the block ends."""
 
-    def __init__(self, gate: ConnectGate) -> None:
+    def __init__(self, gate: ConnectGate, *, background: bool = False) -> None:
         self._gate = gate
+        self._background = background
         self._held = False
 
     async def __aenter__(self) -> _Turn:
-        await self._gate.acquire()
+        await self._gate.acquire(background=self._background)
         self._held = True
         return self
 
@@ -219,16 +223,18 @@ class ClusterWorker:
                     def spawn(task: str, coro: Coroutine[Any, Any, None]) -> None:
                         group.create_task(coro, name=f"{self.name}:{task}")
 
-                    spawn("watch-sealedsecrets", self._sealed.follow(client, sealed_rv))
+                    watching = asyncio.Event()
+                    spawn("watch-sealedsecrets", self._sealed.follow(
+                        client, sealed_rv, on_open=watching.set))
                     if keys_rv is not None:
-                        spawn("watch-keys", self._keys.follow(client, keys_rv))
+                        spawn("watch-keys", self._follow_keys(client, keys_rv))
                     spawn("controller", self._controller.poll(client))
                     spawn("flush", self._writer.run())
                     spawn("keystore", self._sealed.follow_keystore(client))
                     if not cluster.read_key_secrets:
                         spawn("verify", self._verifier.run(client))
                     spawn("resync", self._resync_timer())
-                    await client.wait_for_watches(1 if keys_rv is None else 2)
+                    await watching.wait()
                     turn.release()  # connected and following: the next cluster's turn
                     # Only the tasks end a session.  The body waits for that, so that a
                     # failing task cancels it: a task failing after the body returned
@@ -239,6 +245,11 @@ class ClusterWorker:
                 raise first_error(group_error, prefer=(FleetError, _ResyncDue)) from None
             finally:
                 await asyncio.shield(self._writer.flush())
+
+    async def _follow_keys(self, client: KubeClient, resource_version: str) -> None:
+        """The key Secrets' watch, opened on a background turn (see the docstring)."""
+        async with _Turn(self._connect_gate, background=True) as turn:
+            await self._keys.follow(client, resource_version, on_open=turn.release)
 
     async def _store_failed(self, error: StoreError) -> None:
         if self._store_backoff.failures == 0:
