@@ -36,8 +36,9 @@ GATE = 1
 OPTIONS = WorkerOptions(backoff=retry.BackoffPolicy(initial=0.05, cap=0.5),
                         resync_interval=600, request_timeout=3, watch_timeout=300)
 SPEC = SeedSpec(namespaces=1, sealed_secrets=2, keys=1, seed=5, key_bits=2048)
-# A session opens one connection at a time, except its two watches, which start together.
-HANDSHAKES_PER_TURN = 2
+# A turn opens one connection: a session's (its SealedSecrets watch reuses it), or a
+# key Secrets' watch's (on a background turn of its own).
+HANDSHAKES_PER_TURN = 1
 
 
 @pytest.fixture
@@ -75,6 +76,10 @@ async def reconnected(store: Store, gauge: ConnectionGauge, accepted_before: int
             and gauge.accepted - accepted_before >= 2 * CLUSTERS)
 
 
+async def watches_opened(sandbox: Sandbox, expected: int) -> bool:
+    return sandbox.requests()[("watch", "secrets")] == expected
+
+
 async def retried(manager: FleetManager, attempts: int) -> bool:
     return manager.connect_gate.granted >= attempts
 
@@ -109,6 +114,21 @@ async def test_a_fleet_wide_outage_recovers_with_bounded_concurrent_connects(
     assert 1 <= recovery_peak <= GATE * HANDSHAKES_PER_TURN
     # Recovery resumed every watch from its stored position: nothing was listed again.
     assert sandbox.requests()[("list", "sealedsecrets")] == CLUSTERS
+
+
+async def test_key_watches_open_once_no_cluster_waits_to_scan(
+        sandbox: Sandbox, executor: ThreadPoolExecutor) -> None:
+    """A key Secrets' watch waits for a background turn: with one turn and twelve
+    clusters, none opens before the last cluster is in the report; then all do."""
+    async with store_of(sandbox) as (settings, store):
+        manager = FleetManager(settings, store, executor=executor, options=OPTIONS,
+                               connect_concurrency=GATE)
+        async with running(manager):
+            await manager.first_pass_done.wait()
+            at_first_pass = sandbox.requests()[("watch", "secrets")]
+            await eventually(lambda: watches_opened(sandbox, CLUSTERS))
+    assert at_first_pass == 0
+    assert sandbox.requests()[("watch", "sealedsecrets")] == CLUSTERS
 
 
 async def test_without_a_gate_the_same_fleet_connects_all_at_once(
