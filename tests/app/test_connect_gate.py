@@ -205,4 +205,22 @@ async def test_a_cancelled_background_waiter_loses_no_turn() -> None:
     gate.release()
     await asyncio.wait_for(ordinary, 1)
     gate.release()
-    assert gate.idle and gate.taken == 0
+    assert gate.idle
+    assert gate.taken == 0
+
+
+@pytest.mark.parametrize("background", [False, True])
+async def test_a_waiter_dropped_by_a_hand_out_before_its_cancel_ran_loses_nothing(
+        background: bool) -> None:
+    """A stop cancels every waiter at once; a turn given back before their cancellations
+    run finds their cancelled futures first and drops them: each still just stops."""
+    gate = ConnectGate(1)
+    await gate.acquire()
+    waiter = asyncio.create_task(gate.acquire(background=background))
+    await settle()
+    waiter.cancel()                        # its future is cancelled now, its handler later
+    gate.release()                         # the hand-out drops that future
+    with pytest.raises(asyncio.CancelledError):
+        await waiter
+    assert gate.taken == 0
+    assert gate.idle

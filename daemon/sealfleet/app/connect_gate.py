@@ -98,9 +98,11 @@ class ConnectGate:
         except asyncio.CancelledError:
             if waiter.done() and not waiter.cancelled():
                 self.release()  # handed a turn just as we were cancelled: give it on
+            # Else it may still be queued, or already dropped by a hand-out that ran
+            # between the cancel and this handler (a stop cancels hundreds at once).
             elif waiter in self._waiters:
                 self._waiters.remove(waiter)
-            else:
+            elif entry in self._background:
                 self._background.remove(entry)
             raise
 

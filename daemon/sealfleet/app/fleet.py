@@ -227,6 +227,11 @@ class FleetManager:
                 log.error("cluster_worker_returned", cluster=worker.name)
             except Exception:
                 log.exception("cluster_worker_crashed", cluster=worker.name)
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    # It crashed while being stopped: the stop wins (restarting it
+                    # would swallow the cancellation and hold the shutdown up).
+                    raise asyncio.CancelledError from None
             worker.first_pass.set()  # a crashed worker must not hold readiness hostage
             await asyncio.sleep(backoff.next_delay())
 
