@@ -352,3 +352,28 @@ async def test_a_garbled_answer_fails_its_job_and_the_next_job_is_answered(
         answer = await pool.attribute([sealed(key, "b", 1)], [candidate(key)], ())
         assert answer.fingerprints == [key.fingerprint]
         assert pool.deaths == 0
+
+
+async def test_the_pool_says_when_its_workers_have_booted() -> None:
+    """Each worker's first frame says it is ready; ``booted`` waits for every worker
+    started, and a worker that dies before it is ready does not leave it waiting."""
+    async with RsaProcessPool(2, start=2) as pool:
+        await asyncio.wait_for(pool.booted(), 60)   # a guard against a hang, no measure
+        assert len(pool.pids) == 2
+    silent = (sys.executable, "-c", "import time; time.sleep(60)")
+    async with RsaProcessPool(1, command=silent) as pool:
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(pool.booted(), 0.5)
+    dying = (sys.executable, "-c", "raise SystemExit(3)")
+    async with RsaProcessPool(1, command=dying) as pool:
+        await asyncio.wait_for(pool.booted(), 60)
+        assert pool.deaths == 1
+
+
+async def test_a_booted_worker_answers_its_first_job(rsa2048_keys: list[SealingKey]) -> None:
+    """The ready frame is not taken for the first job's answer."""
+    key = rsa2048_keys[0]
+    async with RsaProcessPool(1) as pool:
+        await pool.booted()
+        answer = await pool.attribute([sealed(key, "first", 2)], [candidate(key)], ())
+    assert answer.fingerprints == [key.fingerprint, key.fingerprint]

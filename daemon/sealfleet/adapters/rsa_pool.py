@@ -30,7 +30,12 @@ from types import TracebackType
 import structlog
 from cryptography.hazmat.primitives import serialization
 
-from sealfleet.adapters.rsa_worker import decode_payload, encode_frame, encode_order
+from sealfleet.adapters.rsa_worker import (
+    READY_FRAME,
+    decode_payload,
+    encode_frame,
+    encode_order,
+)
 from sealfleet.domain.attribution import Candidate, JobAnswer, ObjectItems
 from sealfleet.errors import TransientError
 
@@ -93,6 +98,7 @@ class _Slot:
         self.deaths = 0                 # its workers that died (not stopped by us)
         self._owed: collections.deque[asyncio.Future[JobAnswer]] = collections.deque()
         self._starting = asyncio.Lock()  # two jobs on a stopped slot start one worker
+        self.booted = asyncio.Event()    # its worker said it is ready (or died first)
         self._readers: set[asyncio.Task[None]] = set()
 
     async def started(self) -> asyncio.subprocess.Process:
@@ -102,7 +108,8 @@ class _Slot:
                     *self._command, stdin=asyncio.subprocess.PIPE,
                     stdout=asyncio.subprocess.PIPE)
                 self.process, self.synced = process, 0
-                reader = asyncio.ensure_future(self._read_answers(process))
+                self.booted = booted = asyncio.Event()
+                reader = asyncio.ensure_future(self._read_answers(process, booted))
                 self._readers.add(reader)
                 reader.add_done_callback(self._readers.discard)
                 log.info("rsa_worker_started", worker=self.number, pid=process.pid)
@@ -125,16 +132,22 @@ class _Slot:
             await process.stdin.drain()
         return await answer
 
-    async def _read_answers(self, process: asyncio.subprocess.Process) -> None:
-        """The answers of *process*, to the jobs owed in order, until its pipe closes:
-        we stopped it (quiet), or it died (every job owed fails: the oldest, which it
-        was doing, as the job it died under; the others go to the next worker)."""
+    async def _read_answers(self, process: asyncio.subprocess.Process,
+                            booted: asyncio.Event) -> None:
+        """*booted* at its first frame (``ready``), then the answers of *process*, to
+        the jobs owed in order, until its pipe closes: we stopped it (quiet), or it died
+        (every job owed fails: the oldest, which it was doing, as the job it died under;
+        the others go to the next worker)."""
         if process.stdout is None:      # never: it is a pipe
             return
         try:
             while True:
                 size = int.from_bytes(await process.stdout.readexactly(4), "big")
                 payload = await process.stdout.readexactly(size)
+                if not booted.is_set():
+                    booted.set()
+                    if payload == READY_FRAME[4:]:   # the frame less its length
+                        continue
                 if self._owed:
                     owed = self._owed.popleft()
                     if owed.done():     # its job was cancelled: the pool is stopping
@@ -151,6 +164,8 @@ class _Slot:
                         owed.set_exception(error)
         except (asyncio.IncompleteReadError, ConnectionError):
             pass
+        finally:
+            booted.set()                    # dead before it booted: nobody waits on
         if self.process is not process:     # stopped by us
             return
         self.process = None
@@ -226,6 +241,11 @@ class RsaProcessPool:
             task.cancel()
         await asyncio.gather(*self._running, return_exceptions=True)
         await asyncio.gather(*(slot.stop() for slot in self._slots))
+
+    async def booted(self) -> None:
+        """Until every worker started so far has booted (or died trying)."""
+        await asyncio.gather(*(slot.booted.wait() for slot in self._slots
+                               if slot.process is not None))
 
     @property
     def deaths(self) -> int:

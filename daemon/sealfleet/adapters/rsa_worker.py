@@ -18,9 +18,11 @@ frames of a 4-byte big-endian length and a pickle, both ends this module (see
   cluster's own keys (:func:`attribution.attribute_objects`);
 
 and the worker answers each job with ``("done", fingerprints, attempts, cpu_s, wall_s)``
-or ``("failed", exception class name)``.  Keys travel over the pipe only: never argv,
-the environment or a file.  The worker ends when its stdin closes (the daemon stopped,
-or died: a worker never outlives it for long) or when a frame cannot be read.
+or ``("failed", exception class name)``, after a first frame of its own, ``("ready",)``,
+once it has booted (its imports done: the daemon starts its first pass then).  Keys
+travel over the pipe only: never argv, the environment or a file.  The worker ends when
+its stdin closes (the daemon stopped, or died: a worker never outlives it for long) or
+when a frame cannot be read.
 """
 
 from __future__ import annotations
@@ -67,8 +69,15 @@ def encode_frame(message: object) -> bytes:
     return len(payload).to_bytes(_HEADER, "big") + payload
 
 
+# A worker's first frame: it has booted.
+READY = ("ready",)
+
+
 def decode_payload(payload: bytes) -> object:
     return pickle.loads(payload)  # noqa: S301 - our own pipe, see encode_frame
+
+
+READY_FRAME = encode_frame(READY)
 
 
 def encode_order(indices: Sequence[int]) -> bytes:
@@ -157,6 +166,8 @@ def main() -> None:
     # stdout carries frames only: anything printed by mistake goes to stderr instead.
     sys.stdout = sys.stderr
     worker = _Worker()
+    sink.write(READY_FRAME)
+    sink.flush()
     while (message := _read_frame(source)) is not None:
         answer = worker.handle(message)
         del message     # a keys message: its DER bytes go now, not at the next frame

@@ -66,6 +66,7 @@ log = structlog.get_logger(__name__)
 
 _STATUS_INTERVAL = 5.0      # seconds between STATUS= refreshes (sent only when changed)
 _HARD_EXIT_GRACE = 5.0      # seconds past the shutdown budget before os._exit
+_RSA_BOOT_WAIT = 10.0       # seconds the first pass waits for the RSA workers to boot, at most
 _SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 
@@ -232,6 +233,14 @@ class Service:
                     self.api = await stack.enter_async_context(server)
                 except PermanentError as exc:  # the address is in use, or not ours to bind
                     raise preflight.bind_failure(settings, exc) from exc
+                # The RSA workers booted with the pool meanwhile (an interpreter and
+                # cryptography each: about 0.2 s of a core); the first pass starts once
+                # they have, instead of sharing the cores with their boots (for a small
+                # fleet, half the pass).  A worker that does not boot is the pool's to
+                # replace at its first job: the scan never waits long for it.
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(_RSA_BOOT_WAIT):
+                        await processes.booted()
                 notify.status("scanning clusters")
                 await self._run_tasks()
         finally:
