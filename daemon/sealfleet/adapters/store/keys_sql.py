@@ -59,6 +59,8 @@ def _key_row(record: KeyRecord, now: str) -> tuple[Any, ...]:
 
 
 def upsert_keys(conn: sqlite3.Connection, records: Sequence[KeyRecord]) -> None:
+    if not records:
+        return
     now = codec.now()
     conn.executemany(_UPSERT_KEY, [_key_row(r, now) for r in records])
     conn.executemany("INSERT OR IGNORE INTO fleet_master_keys (fingerprint) VALUES (?)",
@@ -67,22 +69,35 @@ def upsert_keys(conn: sqlite3.Connection, records: Sequence[KeyRecord]) -> None:
 
 def store_encrypted_keys(conn: sqlite3.Connection, sealed: Sequence[EncryptedKey]) -> None:
     """The keys' public facts, then their ciphertext, in one transaction."""
-    upsert_keys(conn, [KeyRecord(fingerprint=k.fingerprint, not_before=k.not_before,
-                                 not_after=k.not_after, source=k.source,
-                                 certificate_pem=k.certificate_pem) for k in sealed])
-    now = codec.now()
-    conn.executemany("UPDATE sealing_keys SET private_key_ciphertext = ?, kek_id = ?, "
-                     "updated_at = ? WHERE fingerprint = ?",
-                     [(k.ciphertext, k.kek_id, now, k.fingerprint) for k in sealed])
+    upsert_keys(conn, _facts_of(sealed))
+    _write_ciphertexts(conn, sealed)
 
 
 def upsert_keys_and_material(conn: sqlite3.Connection, records: Sequence[KeyRecord],
                              sealed: Sequence[EncryptedKey]) -> None:
     """Public facts, then private keys, as :func:`upsert_keys` and
-    :func:`store_encrypted_keys` one after the other, in one transaction."""
+    :func:`store_encrypted_keys` one after the other, in one transaction.
+
+    A sealed key's facts that *records* already wrote as they are are not written
+    again: the same row upserted twice, as a first pass did for every new key."""
     upsert_keys(conn, records)
     if sealed:
-        store_encrypted_keys(conn, sealed)
+        written = {_key_row(r, "") for r in records}
+        upsert_keys(conn, [f for f in _facts_of(sealed) if _key_row(f, "") not in written])
+        _write_ciphertexts(conn, sealed)
+
+
+def _facts_of(sealed: Sequence[EncryptedKey]) -> list[KeyRecord]:
+    return [KeyRecord(fingerprint=k.fingerprint, not_before=k.not_before,
+                      not_after=k.not_after, source=k.source,
+                      certificate_pem=k.certificate_pem) for k in sealed]
+
+
+def _write_ciphertexts(conn: sqlite3.Connection, sealed: Sequence[EncryptedKey]) -> None:
+    now = codec.now()
+    conn.executemany("UPDATE sealing_keys SET private_key_ciphertext = ?, kek_id = ?, "
+                     "updated_at = ? WHERE fingerprint = ?",
+                     [(k.ciphertext, k.kek_id, now, k.fingerprint) for k in sealed])
 
 
 def set_key_state(conn: sqlite3.Connection, fingerprint: str, state: str, *, actor: str,
