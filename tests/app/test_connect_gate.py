@@ -5,6 +5,7 @@ background turns go to those waiting behind the others, or past their patience."
 from __future__ import annotations
 
 import asyncio
+import functools
 
 import pytest
 
@@ -136,6 +137,12 @@ async def test_idle_while_nobody_holds_or_waits_for_a_turn() -> None:
     assert gate.idle
 
 
+async def take_turn(gate: ConnectGate, order: list[str], name: str, *,
+                    background: bool) -> None:
+    await gate.acquire(background=background)
+    order.append(name)
+
+
 async def test_a_background_turn_comes_at_once_when_nobody_waits() -> None:
     gate = ConnectGate(2)
     await gate.acquire()
@@ -147,11 +154,7 @@ async def test_background_turns_wait_until_nobody_waits_for_an_ordinary_one() ->
     gate = ConnectGate(1)
     await gate.acquire()
     order: list[str] = []
-
-    async def wait(name: str, *, background: bool) -> None:
-        await gate.acquire(background=background)
-        order.append(name)
-
+    wait = functools.partial(take_turn, gate, order)
     tasks = [asyncio.create_task(wait("keys-a", background=True))]
     await settle()
     tasks += [asyncio.create_task(wait(name, background=False)) for name in ("b", "c")]
@@ -171,11 +174,7 @@ async def test_a_background_waiter_past_its_patience_queues_with_the_others() ->
     gate = ConnectGate(1, background_patience=0.05)
     await gate.acquire()
     order: list[str] = []
-
-    async def wait(name: str, *, background: bool) -> None:
-        await gate.acquire(background=background)
-        order.append(name)
-
+    wait = functools.partial(take_turn, gate, order)
     tasks = [asyncio.create_task(wait("keys", background=True))]
     await settle()
     await asyncio.sleep(0.1)              # past its patience
