@@ -235,9 +235,10 @@ class Service:
                     raise preflight.bind_failure(settings, exc) from exc
                 # The RSA workers booted with the pool meanwhile (an interpreter and
                 # cryptography each: about 0.2 s of a core); the first pass starts once
-                # they have, instead of sharing the cores with their boots (for a small
-                # fleet, half the pass).  A worker that does not boot is the pool's to
-                # replace at its first job: the scan never waits long for it.
+                # they have, instead of sharing the cores with their boots (whose end
+                # the API and store setup before this point usually hides).  A worker
+                # that does not boot is the pool's to replace at its first job: the
+                # scan never waits long for it.
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(_RSA_BOOT_WAIT):
                         await processes.booted()
