@@ -31,7 +31,7 @@ import structlog
 from cryptography.hazmat.primitives import serialization
 
 from sealfleet.adapters.rsa_worker import (
-    READY_FRAME,
+    READY_PAYLOAD,
     decode_payload,
     encode_frame,
     encode_order,
@@ -146,7 +146,7 @@ class _Slot:
                 payload = await process.stdout.readexactly(size)
                 if not booted.is_set():
                     booted.set()
-                    if payload == READY_FRAME[4:]:   # the frame less its length
+                    if payload == READY_PAYLOAD:
                         continue
                 if self._owed:
                     owed = self._owed.popleft()

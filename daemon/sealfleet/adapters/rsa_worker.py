@@ -69,15 +69,13 @@ def encode_frame(message: object) -> bytes:
     return len(payload).to_bytes(_HEADER, "big") + payload
 
 
-# A worker's first frame: it has booted.
-READY = ("ready",)
+# A worker's first frame, once it has booted; the reader knows it by its payload.
+READY_FRAME = encode_frame(("ready",))
+READY_PAYLOAD = READY_FRAME[_HEADER:]
 
 
 def decode_payload(payload: bytes) -> object:
     return pickle.loads(payload)  # noqa: S301 - our own pipe, see encode_frame
-
-
-READY_FRAME = encode_frame(READY)
 
 
 def encode_order(indices: Sequence[int]) -> bytes:
