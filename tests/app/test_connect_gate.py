@@ -1,6 +1,7 @@
 """The connect gate: turns up to its limit, first come first served, fewer after a late
 wakeup of the loop and one more after each prompt one; no turn is lost to a cancel;
-background turns go to those waiting behind the others, or past their patience."""
+background turns go to those waiting while no cluster holds or waits for an ordinary
+one, or past their patience."""
 
 from __future__ import annotations
 
@@ -143,15 +144,53 @@ async def take_turn(gate: ConnectGate, order: list[str], name: str, *,
     order.append(name)
 
 
-async def test_a_background_turn_comes_at_once_when_nobody_waits() -> None:
+async def test_a_background_turn_comes_at_once_when_nobody_holds_or_waits() -> None:
+    gate = ConnectGate(2)
+    await asyncio.wait_for(gate.acquire(background=True), 1)
+    await asyncio.wait_for(gate.acquire(background=True), 1)   # one is no scan
+    assert gate.taken == 2
+
+
+async def test_a_background_turn_waits_while_a_cluster_scans_even_with_room() -> None:
     gate = ConnectGate(2)
     await gate.acquire()
-    await asyncio.wait_for(gate.acquire(background=True), 1)
+    background = asyncio.create_task(gate.acquire(background=True))
+    await settle()
+    assert not background.done()
+    assert gate.taken == 1
+    await asyncio.wait_for(gate.acquire(), 1)       # an ordinary one takes the room
+    gate.release()
+    await settle()
+    assert not background.done()
+    gate.release()                                  # the last scan's turn back
+    await asyncio.wait_for(background, 1)
+    gate.release(background=True)
+    assert gate.idle
+    assert gate.taken == 0
+
+
+async def test_background_turns_wait_for_a_quiet_moment_after_the_last_scan() -> None:
+    """The end of a pass (its report, READY) comes before the key watches' handshakes;
+    a scan starting meanwhile puts them off again."""
+    gate = ConnectGate(4, background_quiet=0.05)
+    await gate.acquire()
+    background = asyncio.create_task(gate.acquire(background=True))
+    gate.release()
+    await asyncio.sleep(0.03)
+    assert not background.done()
+    await gate.acquire()                  # another scan within the quiet moment
+    await asyncio.sleep(0.05)
+    assert not background.done()
+    gate.release()
+    await asyncio.sleep(0.03)
+    assert not background.done()          # the quiet moment counts from this scan's end
+    await asyncio.wait_for(background, 1)
+    await asyncio.wait_for(gate.acquire(background=True), 0.01)   # quiet by now: at once
     assert gate.taken == 2
 
 
 async def test_background_turns_wait_until_nobody_waits_for_an_ordinary_one() -> None:
-    gate = ConnectGate(1)
+    gate = ConnectGate(1, background_quiet=0)
     await gate.acquire()
     order: list[str] = []
     wait = functools.partial(take_turn, gate, order)
@@ -166,7 +205,7 @@ async def test_background_turns_wait_until_nobody_waits_for_an_ordinary_one() ->
     assert order == ["b", "c", "keys-a"]
     await asyncio.gather(*tasks)
     assert not gate.idle
-    gate.release()
+    gate.release(background=True)
     assert gate.idle
 
 
@@ -177,18 +216,28 @@ async def test_a_background_waiter_past_its_patience_queues_with_the_others() ->
     wait = functools.partial(take_turn, gate, order)
     tasks = [asyncio.create_task(wait("keys", background=True))]
     await settle()
-    await asyncio.sleep(0.1)              # past its patience
-    tasks += [asyncio.create_task(wait(name, background=False)) for name in ("b", "c")]
+    tasks.append(asyncio.create_task(wait("b", background=False)))
+    await asyncio.sleep(0.1)              # past its patience: "keys" queues behind b ...
+    tasks.append(asyncio.create_task(wait("c", background=False)))
     await settle()
-    gate.release()                        # "keys" joins the queue behind b and c, ...
-    await settle()
-    tasks.append(asyncio.create_task(wait("d", background=False)))
-    await settle()
-    for _ in range(3):
-        gate.release()
+    for background in (False, False, True):   # the first holder's, b's, keys'
+        gate.release(background=background)
         await settle()
-    assert order == ["b", "c", "keys", "d"]   # ... but ahead of those who came later
+    assert order == ["b", "keys", "c"]    # ... and ahead of those who came later
     await asyncio.gather(*tasks)
+
+
+async def test_a_background_waiter_gets_a_free_turn_when_its_patience_ends() -> None:
+    """A scan that holds its turn for long (a slow apiserver) delays the key watches
+    by the patience at most, with no turn given back meanwhile."""
+    gate = ConnectGate(2, background_patience=0.05)
+    await gate.acquire()
+    background = asyncio.create_task(gate.acquire(background=True))
+    await asyncio.wait_for(background, 1)
+    assert gate.taken == 2
+    gate.release(background=True)
+    gate.release()
+    assert gate.idle
 
 
 async def test_a_cancelled_background_waiter_loses_no_turn() -> None:
@@ -205,6 +254,9 @@ async def test_a_cancelled_background_waiter_loses_no_turn() -> None:
     await asyncio.wait_for(ordinary, 1)
     gate.release()
     assert gate.idle
+    assert gate.taken == 0
+    # Its patience timer went with it: nothing is handed to it later.
+    await asyncio.sleep(0)
     assert gate.taken == 0
 
 

@@ -12,13 +12,16 @@ out when the loop is late, and adds one back for each prompt wakeup (additive in
 multiplicative decrease, as TCP paces a link).  Turns already taken are never revoked.
 
 A cluster's second connection, its key Secrets' watch, takes a *background* turn: one
-handed out only when no cluster waits for a turn to connect and scan (or after
-``BACKGROUND_PATIENCE``, when it queues with them).  That watch adds nothing to the
-report the list before it made (it resumes from the list's resourceVersion, so no
-change is missed meanwhile), while its connection costs as much CPU as a scan's
-(a TLS handshake on each side, a watch the apiserver sets up: about 2 CPU-ms in all),
-so a first pass or a recovery puts every cluster in the report first, then opens the
-key watches: 6% sooner at 1,000 clusters (``bench/fleet.py``).
+handed out only once no cluster has been connecting or scanning (no ordinary turn held,
+none waited for) for ``BACKGROUND_QUIET``, or after ``BACKGROUND_PATIENCE``, when it
+queues with the others.  That
+watch adds nothing to the report the list before it made (it resumes from the list's
+resourceVersion, so no change is missed meanwhile), while its connection costs as much
+CPU as a scan's (a TLS handshake on each side, a watch the apiserver sets up: about
+2 CPU-ms in all), so a first pass or a recovery puts every cluster in the report first
+(the quiet moment lets the report of a pass that just ended be built and announced
+before them), then opens the key watches: 6% sooner at 1,000 clusters, about 7% at 10
+(``bench/fleet.py``).
 
 The gate also carries the fleet's recovery hint.  After a fleet-wide outage every
 cluster waits out its own jittered, exponential backoff, and the longer the outage,
@@ -34,6 +37,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import dataclasses
 import random
 from collections.abc import Callable
 
@@ -46,17 +50,30 @@ HINT_INTERVAL = 5.0      # seconds: recovery hints at most this often
 # first pass of thousands of clusters opens its first key watches within this, not at
 # its end.
 BACKGROUND_PATIENCE = 30.0
+# Seconds from the last scan's end to the first background turn: the end of a pass
+# (its report built, READY) goes first.
+BACKGROUND_QUIET = 0.1
+
+
+@dataclasses.dataclass(eq=False, slots=True)
+class _Waiter:
+    future: asyncio.Future[None]
+    background: bool
+    queued_at: float
+    patience: asyncio.TimerHandle | None = None   # a background waiter's: see _hand_out
 
 
 class ConnectGate:
     """Up to *limit* turns, fewer while the loop lags (see the module docstring).
 
-    ``acquire``/``release`` as for a semaphore; :meth:`run` (a task of the fleet) adapts
-    the number of turns.  Without it running, the gate is a plain semaphore of *limit*.
+    ``acquire``/``release`` as for a semaphore (a background turn is given back as
+    one); :meth:`run` (a task of the fleet) adapts the number of turns.  Without it
+    running, the gate is a plain semaphore of *limit*.
     """
 
     def __init__(self, limit: int, *, lag_target: float = LAG_TARGET,
                  background_patience: float = BACKGROUND_PATIENCE,
+                 background_quiet: float = BACKGROUND_QUIET,
                  rng: Callable[[], float] = random.random) -> None:
         if limit < 1:
             raise ValueError("a gate needs at least one turn")
@@ -64,12 +81,15 @@ class ConnectGate:
         self.allowed = limit          # turns handed out at most, right now
         self.taken = 0
         self.granted = 0              # turns handed out since the start, in all
+        self._background_taken = 0    # of the turns taken
         self._lag_target = lag_target
         self._background_patience = background_patience
-        self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
-        # Background waiters, each with the loop time it queued at (see the docstring).
-        self._background: collections.deque[tuple[float, asyncio.Future[None]]] = (
-            collections.deque())
+        self._background_quiet = background_quiet
+        self._scans_ended_at = float("-inf")     # loop time the last scan gave back
+        self._quiet_timer: asyncio.TimerHandle | None = None
+        # In turn order: ordinary waiters, and background ones past their patience.
+        self._waiters: collections.deque[_Waiter] = collections.deque()
+        self._background: collections.deque[_Waiter] = collections.deque()  # by age
         self._rng = rng
         self._recovered = asyncio.Event()   # replaced by a fresh one at every hint
         self._hinted_at = float("-inf")
@@ -80,49 +100,89 @@ class ConnectGate:
         """No cluster connecting or waiting to (no first pass or reconnect under way)."""
         return self.taken == 0 and not self._waiters and not self._background
 
+    @property
+    def _scanning(self) -> bool:
+        """A cluster holds or awaits an ordinary turn: background ones wait."""
+        return self.taken > self._background_taken or bool(self._waiters)
+
     async def acquire(self, *, background: bool = False) -> None:
-        """A turn; a *background* one only once nobody waits for an ordinary turn."""
-        if self.taken < self.allowed and not self._waiters and not self._background:
-            self.taken += 1
-            self.granted += 1
-            return
+        """A turn; a *background* one only once no cluster connects or scans."""
         loop = asyncio.get_running_loop()
-        waiter = loop.create_future()
-        entry = (loop.time(), waiter)
+        if self.taken < self.allowed and not self._waiters and not (
+                background and (self._background or not self._quiet(loop.time()))):
+            self._take(background)
+            return
+        waiter = _Waiter(loop.create_future(), background, loop.time())
         if background:
-            self._background.append(entry)
+            waiter.patience = loop.call_at(waiter.queued_at + self._background_patience,
+                                           self._hand_out)
+            self._background.append(waiter)
+            self._hand_out()   # arms the quiet moment's timer if that is what it waits for
         else:
             self._waiters.append(waiter)
         try:
-            await waiter
+            await waiter.future
         except asyncio.CancelledError:
-            if waiter.done() and not waiter.cancelled():
-                self.release()  # handed a turn just as we were cancelled: give it on
+            if waiter.patience is not None:
+                waiter.patience.cancel()
+            if waiter.future.done() and not waiter.future.cancelled():
+                # Handed a turn just as we were cancelled: give it on.
+                self.release(background=background)
             # Else it may still be queued, or already dropped by a hand-out that ran
             # between the cancel and this handler (a stop cancels hundreds at once).
             elif waiter in self._waiters:
                 self._waiters.remove(waiter)
-            elif entry in self._background:
-                self._background.remove(entry)
+            elif waiter in self._background:
+                self._background.remove(waiter)
             raise
 
-    def release(self) -> None:
+    def release(self, *, background: bool = False) -> None:
         self.taken -= 1
+        if background:
+            self._background_taken -= 1
+        elif not self._scanning:
+            self._scans_ended_at = asyncio.get_running_loop().time()
         self._hand_out()
 
+    def _quiet(self, now: float) -> bool:
+        """No scan now, nor for the quiet moment before *now*."""
+        return not self._scanning and now >= self._scans_ended_at + self._background_quiet
+
+    def _take(self, background: bool) -> None:
+        self.taken += 1
+        self.granted += 1
+        if background:
+            self._background_taken += 1
+
     def _hand_out(self) -> None:
-        if self._background and self._waiters:
-            # Background waiters past their patience queue with the others.
-            patience_ends = asyncio.get_running_loop().time() - self._background_patience
-            while self._background and self._background[0][0] <= patience_ends:
-                self._waiters.append(self._background.popleft()[1])
-        while self.taken < self.allowed and (self._waiters or self._background):
-            waiter = (self._waiters.popleft() if self._waiters
-                      else self._background.popleft()[1])
-            if not waiter.done():
-                self.taken += 1
-                self.granted += 1
-                waiter.set_result(None)
+        now = asyncio.get_running_loop().time()
+        # Background waiters past their patience queue with the others (a timer of
+        # theirs calls this at that moment, should nothing else).
+        patience_ends = now - self._background_patience
+        while self._background and self._background[0].queued_at <= patience_ends:
+            self._waiters.append(self._background.popleft())
+        while self.taken < self.allowed and self._waiters:
+            self._grant(self._waiters.popleft())
+        if not self._background or self._scanning:
+            return
+        if not self._quiet(now):
+            if self._quiet_timer is None:
+                self._quiet_timer = asyncio.get_running_loop().call_at(
+                    self._scans_ended_at + self._background_quiet, self._quiet_over)
+            return
+        while self.taken < self.allowed and self._background:
+            self._grant(self._background.popleft())
+
+    def _quiet_over(self) -> None:
+        self._quiet_timer = None
+        self._hand_out()
+
+    def _grant(self, waiter: _Waiter) -> None:
+        if waiter.patience is not None:
+            waiter.patience.cancel()
+        if not waiter.future.done():
+            self._take(waiter.background)
+            waiter.future.set_result(None)
 
     def note_recovered(self) -> None:
         """A cluster connected after failing: wake those waiting out a transient failure

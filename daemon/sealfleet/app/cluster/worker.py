@@ -81,7 +81,7 @@ class _Turn:
     def release(self) -> None:
         if self._held:
             self._held = False
-            self._gate.release()
+            self._gate.release(background=self._background)
 
 
 class ClusterWorker:
