@@ -80,7 +80,9 @@ class ConnectGate:
         self.limit = limit
         self.allowed = limit          # turns handed out at most, right now
         self.taken = 0
-        self.granted = 0              # turns handed out since the start, in all
+        # Ordinary turns handed out since the start: the sessions begun (the heap's
+        # refreeze counts them; a background turn is no session).
+        self.sessions = 0
         self._background_taken = 0    # of the turns taken
         self._lag_target = lag_target
         self._background_patience = background_patience
@@ -150,9 +152,10 @@ class ConnectGate:
 
     def _take(self, background: bool) -> None:
         self.taken += 1
-        self.granted += 1
         if background:
             self._background_taken += 1
+        else:
+            self.sessions += 1
 
     def _hand_out(self) -> None:
         now = asyncio.get_running_loop().time()

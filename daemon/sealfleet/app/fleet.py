@@ -107,7 +107,7 @@ class FleetManager:
         self.connect_gate = ConnectGate(connect_concurrency
                                         or settings.fleet.connect_concurrency)
         self._heap = heap.Heap(lambda: self.progress, trim=heap.malloc_trim(),
-                               sessions=lambda: self.connect_gate.granted,
+                               sessions=lambda: self.connect_gate.sessions,
                                clusters=lambda: len(self._running),
                                connecting=lambda: not self.connect_gate.idle)
 
