@@ -106,6 +106,67 @@ async def test_unchanged_items_cost_no_rsa_again_even_after_a_restart(
     assert restarted.rsa_operations == 0  # store cache
 
 
+@pytest.fixture
+async def own_store(tmp_path: Path) -> AsyncIterator[Store]:
+    """The store as the daemon opens it: for this process alone."""
+    async with Store.open(tmp_path / "own.db", kek=KeyEncryptionKey(b"k" * 32),
+                          exclusive=True) as opened:
+        yield opened
+
+
+async def test_a_store_that_held_no_attributions_is_asked_only_once_one_is_put_there(
+        own_store: Store, executor: ThreadPoolExecutor,
+        rsa2048_keys: list[SealingKey]) -> None:
+    """A first pass asks the store nothing: it holds only what memory does.  Once a
+    reseal puts answers there directly, the store is asked again (and answers)."""
+    key = rsa2048_keys[0]
+    keystore = Keystore(own_store)
+    await keystore.adopt([key], source=KeySource.IMPORTED)
+    attributor = Attributor(own_store, executor, keystore)
+    groups = [sealed_group(key, f"s{i}", 2) for i in range(3)]
+    reads = own_store.reads
+    answers = await attributor.attribute(groups)
+    assert set(answers.values()) == {key.fingerprint}
+    assert own_store.reads == reads
+    resealed = sealed_group(key, "resealed", 1)[0]
+    await own_store.inventory.put_attributions([(resealed.item_hash, key.fingerprint)],
+                                               known_keys_epoch=keystore.epoch)
+    spent = attributor.rsa_operations
+    assert (await attributor.attribute([[resealed]])) == {resealed.item_hash: key.fingerprint}
+    assert own_store.reads == reads + 1
+    assert attributor.rsa_operations == spent
+
+
+async def test_answers_memory_forgot_come_from_the_store(
+        own_store: Store, executor: ThreadPoolExecutor,
+        rsa2048_keys: list[SealingKey]) -> None:
+    key = rsa2048_keys[0]
+    keystore = Keystore(own_store)
+    await keystore.adopt([key], source=KeySource.IMPORTED)
+    attributor = Attributor(own_store, executor, keystore, memory_items=2)
+    groups = [sealed_group(key, "s", 3)]
+    expected = await attributor.attribute(groups)       # the first answer is forgotten
+    spent, reads = attributor.rsa_operations, own_store.reads
+    assert await attributor.attribute(groups) == expected
+    assert attributor.rsa_operations == spent
+    assert own_store.reads == reads + 1
+
+
+async def test_a_store_holding_attributions_at_open_is_asked(
+        tmp_path: Path, executor: ThreadPoolExecutor,
+        rsa2048_keys: list[SealingKey]) -> None:
+    key = rsa2048_keys[0]
+    groups = [sealed_group(key, f"s{i}", 2) for i in range(2)]
+    path, kek = tmp_path / "own.db", KeyEncryptionKey(b"k" * 32)
+    for _ in range(2):
+        async with Store.open(path, kek=kek, exclusive=True) as store:
+            keystore = Keystore(store)
+            await keystore.adopt([key], source=KeySource.IMPORTED)
+            attributor = Attributor(store, executor, keystore)
+            assert set((await attributor.attribute(groups)).values()) == {key.fingerprint}
+    assert attributor.rsa_operations == 0   # the restart's answers: the store's
+
+
 async def test_unknown_items_are_retried_when_a_new_key_arrives(
         store: Store, executor: ThreadPoolExecutor, rsa_pool: RsaProcessPool | None,
         rsa2048_keys: list[SealingKey]) -> None:

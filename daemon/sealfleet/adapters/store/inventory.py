@@ -38,6 +38,23 @@ class Inventory:
         # the event loop touches it, and references never change once given.
         self._key_refs: dict[str, str] = {}
         self._behind = attribution_behind.AttributionBehind(self._write_queued_attributions)
+        self._all_queued = False   # see attributions_all_queued
+
+    def note_opened(self, *, attributions_held: bool) -> None:
+        """The store was opened for this process alone, holding attributions or not."""
+        self._all_queued = not attributions_held
+
+    @property
+    def attributions_all_queued(self) -> bool:
+        """Every attribution stored was queued here since the store opened: it held none
+        then, it was open for this process alone, and none was put directly since.
+
+        The attributor (a process has one: the only caller of :meth:`queue_attributions`)
+        remembers what it queued until its memory evicts some; until then a store read
+        could only tell it what it knows.  That read was a reader's 0.4 ms per cluster in a
+        first pass (63 misses), plus its thread hop, about 1.5 % of the pass.
+        """
+        return self._all_queued
 
     # ------------------------------------------------------------ clusters
 
@@ -206,6 +223,7 @@ class Inventory:
                                known_keys_epoch: int) -> None:
         """(item hash, fingerprint or None = no known key opens it) per item."""
         if attributions:
+            self._all_queued = False
             await self._store.write(inventory_writes.put_attributions, list(attributions),
                                     known_keys_epoch)
 

@@ -38,6 +38,10 @@ def key_refs(conn: sqlite3.Connection) -> dict[str, str]:
             for ref, fingerprint in conn.execute("SELECT id, fingerprint FROM key_refs")}
 
 
+def holds_attributions(conn: sqlite3.Connection) -> bool:
+    return conn.execute("SELECT 1 FROM attributions LIMIT 1").fetchone() is not None
+
+
 def get_attributions(conn: sqlite3.Connection, item_hashes: Sequence[str],
                      known_keys_epoch: int | None) -> dict[str, str | None]:
     result: dict[str, str | None] = {}

@@ -50,6 +50,7 @@ import structlog
 
 from sealfleet.adapters.store import (
     connection,
+    inventory_reads,
     keys_sql,
     keystore_checks,
     locking,
@@ -93,6 +94,7 @@ class Store:
         self._readers_lock = threading.Lock()
         self._instance_lock: locking.InstanceLock | None = None
         self.applied_at_open: list[str] = []
+        self.reads = 0          # read transactions run so far
         self.health = StoreHealth()
         self.inventory = Inventory(self)
         self.keys = KeyRecords(self, kek)
@@ -145,6 +147,9 @@ class Store:
                                  "run `sealfleet db migrate`")
         if self._kek is not None and keystore_checks.schema_ready(self._writer):
             self._check_keystore(self._kek)
+        if exclusive:  # no other process writes while it is held
+            self.inventory.note_opened(
+                attributions_held=inventory_reads.holds_attributions(self._writer))
 
     def _check_keystore(self, kek: KeyEncryptionKey) -> None:
         """On the writer thread at open: the KEK is ours; no stored key contradicts its row."""
@@ -266,6 +271,7 @@ class Store:
     async def read(self, fn: Callable[Concatenate[sqlite3.Connection, P], T], /,
                    *args: P.args, **kwargs: P.kwargs) -> T:
         """Run ``fn(conn, *args)`` on a reader connection in one read transaction."""
+        self.reads += 1
         return await self._submit(self._reader_pool,
                                   functools.partial(self._query, fn, *args, **kwargs))
 
