@@ -80,8 +80,8 @@ class ConnectGate:
         self.limit = limit
         self.allowed = limit          # turns handed out at most, right now
         self.taken = 0
-        # Ordinary turns handed out since the start: the sessions begun (the heap's
-        # refreeze counts them; a background turn is no session).
+        # Ordinary turns handed out since the start: sessions attempted (a background
+        # turn is none).
         self.sessions = 0
         self._background_taken = 0    # of the turns taken
         self._lag_target = lag_target

@@ -57,6 +57,7 @@ class Deps:
     options: WorkerOptions
     on_change: Callable[[], None]      # the inventory changed: the API rebuilds its report
     on_progress: Callable[[], None]    # a loop turned: the systemd watchdog is fed
+    on_scanned: Callable[[], None]     # a session scanned its cluster (the heap counts them)
 
 
 @dataclass

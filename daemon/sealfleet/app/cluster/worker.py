@@ -216,6 +216,7 @@ class ClusterWorker:
                                       write=self._writer.flush)
             self._store_ok()
             self._scanned = True
+            deps.on_scanned()
             if self._backoff.failures:
                 self._connect_gate.note_recovered()  # back after failing: others may be too
             try:
