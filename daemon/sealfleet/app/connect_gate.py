@@ -14,14 +14,13 @@ multiplicative decrease, as TCP paces a link).  Turns already taken are never re
 A cluster's second connection, its key Secrets' watch, takes a *background* turn: one
 handed out only once no cluster has been connecting or scanning (no ordinary turn held,
 none waited for) for ``BACKGROUND_QUIET``, or after ``BACKGROUND_PATIENCE``, when it
-queues with the others.  That
-watch adds nothing to the report the list before it made (it resumes from the list's
-resourceVersion, so no change is missed meanwhile), while its connection costs as much
-CPU as a scan's (a TLS handshake on each side, a watch the apiserver sets up: about
-2 CPU-ms in all), so a first pass or a recovery puts every cluster in the report first
-(the quiet moment lets the report of a pass that just ended be built and announced
-before them), then opens the key watches: 6% sooner at 1,000 clusters, about 7% at 10
-(``bench/fleet.py``).
+queues with the others.  That watch adds nothing to the report the list before it made
+(it resumes from the list's resourceVersion, so no change is missed meanwhile), while
+its connection costs as much CPU as a scan's (a TLS handshake on each side, a watch the
+apiserver sets up: about 2 CPU-ms in all), so a first pass or a recovery puts every
+cluster in the report first (the quiet moment lets the report of a pass that just ended
+be built and announced before them), then opens the key watches: 6% sooner at 1,000
+clusters, about 8% at 10 (``bench/fleet.py``).
 
 The gate also carries the fleet's recovery hint.  After a fleet-wide outage every
 cluster waits out its own jittered, exponential backoff, and the longer the outage,
