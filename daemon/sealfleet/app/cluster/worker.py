@@ -49,7 +49,13 @@ from sealfleet.app.cluster.verifier import Verifier
 from sealfleet.app.cluster.write_behind import WriteBehind
 from sealfleet.app.config import ClusterSettings
 from sealfleet.app.connect_gate import ConnectGate
-from sealfleet.errors import FleetError, StoreError, TransientError, first_error
+from sealfleet.errors import (
+    FleetError,
+    StoreError,
+    TransientError,
+    drop_frames,
+    first_error,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -142,20 +148,24 @@ class ClusterWorker:
                     self._scanned = False
                     try:
                         await self._session()
-                    except _ResyncDue:
+                    except _ResyncDue as resync:
+                        drop_frames(resync)
                         backoff.reset()
                         self.state.resume = False  # the point of a resync is a fresh list
                         continue
                     except StoreError as error:
                         # Ours, not the cluster's (a locked or full database): the cluster
                         # stays reachable; try again soon, resuming where the store stands.
+                        drop_frames(error)
                         await self._store_failed(error)
                         continue
                     except RsaWorkerError as error:
                         # Ours too: RSA workers died under this cluster's items.
+                        drop_frames(error)
                         await self._rsa_failed(error)
                         continue
                     except FleetError as error:
+                        drop_frames(error)  # a session's error is retried, never kept
                         await status.mark_failed(self.state, self._deps, error)
                         if self._scanned:  # a failure after a good session: start small
                             backoff.reset()
