@@ -7,8 +7,6 @@ never contain plaintext secret values, private keys or tokens.
 
 from __future__ import annotations
 
-import traceback
-
 
 class FleetError(Exception):
     """Base of every error sealfleet raises on purpose."""
@@ -73,17 +71,19 @@ def first_error(group: BaseExceptionGroup[BaseException], *,
     return leaves[0] if leaves else group
 
 
-def drop_frames(error: BaseException) -> None:
-    """Clear the locals of the finished frames *error*'s tracebacks hold (and those of
-    its causes, contexts and group members): a handled error that is retried, not kept.
+def drop_tracebacks(error: BaseException) -> None:
+    """Forget the tracebacks of *error* (and of its causes, contexts and group members):
+    a handled error that is retried, not kept.
 
     A failed connection's exceptions and frames refer to each other (aiohttp's and
     aiohappyeyeballs' error lists are locals of frames in those exceptions' tracebacks),
     so only the cyclic collector freed them: about 100 objects per failed attempt, and
     in a fleet-wide outage of 1,000 clusters generation-2 collections of 60-175 ms every
-    second or two, each a stop of the event loop and of the API.  With the frames
-    cleared, reference counting frees them at once.  The frame handling the error is
-    still running and is left alone (``traceback.clear_frames`` skips it).
+    second or two, each a stop of the event loop and of the API.  Without the exception
+    -> traceback link, reference counting frees them at once.  The frames themselves are
+    left alone: ``traceback.clear_frames`` would also finalize a coroutine still
+    suspended in a shared exception's traceback (one set on a future by another task),
+    and it did, stopping a reseal's Git watcher.
     """
     seen: set[int] = set()
     pending = [error]
@@ -92,7 +92,7 @@ def drop_frames(error: BaseException) -> None:
         if id(current) in seen:
             continue
         seen.add(id(current))
-        traceback.clear_frames(current.__traceback__)
+        current.__traceback__ = None
         pending.extend(e for e in (current.__cause__, current.__context__) if e is not None)
         if isinstance(current, BaseExceptionGroup):
             pending.extend(current.exceptions)

@@ -128,7 +128,7 @@ async def test_failed_attempts_leave_nothing_for_the_cyclic_collector(
         sandbox: Sandbox, executor: ThreadPoolExecutor) -> None:
     """A failed connection's exceptions and frames refer to each other (aiohttp's error
     lists are locals of frames in their tracebacks): about 100 objects per attempt were
-    left to the cyclic collector.  The worker clears the frames of an error it retries."""
+    left to the cyclic collector.  The worker drops the tracebacks of an error it retries."""
     async with store_of(sandbox) as (settings, store):
         manager = FleetManager(settings, store, executor=executor, options=OPTIONS,
                                connect_concurrency=GATE)

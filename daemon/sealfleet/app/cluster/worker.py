@@ -53,7 +53,7 @@ from sealfleet.errors import (
     FleetError,
     StoreError,
     TransientError,
-    drop_frames,
+    drop_tracebacks,
     first_error,
 )
 
@@ -149,23 +149,23 @@ class ClusterWorker:
                     try:
                         await self._session()
                     except _ResyncDue as resync:
-                        drop_frames(resync)
+                        drop_tracebacks(resync)
                         backoff.reset()
                         self.state.resume = False  # the point of a resync is a fresh list
                         continue
                     except StoreError as error:
                         # Ours, not the cluster's (a locked or full database): the cluster
                         # stays reachable; try again soon, resuming where the store stands.
-                        drop_frames(error)
+                        drop_tracebacks(error)
                         await self._store_failed(error)
                         continue
                     except RsaWorkerError as error:
                         # Ours too: RSA workers died under this cluster's items.
-                        drop_frames(error)
+                        drop_tracebacks(error)
                         await self._rsa_failed(error)
                         continue
                     except FleetError as error:
-                        drop_frames(error)  # a session's error is retried, never kept
+                        drop_tracebacks(error)  # a session's error is retried, never kept
                         await status.mark_failed(self.state, self._deps, error)
                         if self._scanned:  # a failure after a good session: start small
                             backoff.reset()
