@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+from collections.abc import Awaitable, Callable
 
 import pytest
 
@@ -144,6 +145,19 @@ async def take_turn(gate: ConnectGate, order: list[str], name: str, *,
     order.append(name)
 
 
+async def a_background_waiter_behind_the_turn(
+        gate: ConnectGate, name: str,
+) -> tuple[list[str], Callable[..., Awaitable[None]], list[asyncio.Task[None]]]:
+    """*gate*'s only turn taken, and background waiter *name* queued behind it: the
+    order turns are taken in, a waiter to start more with, the tasks waiting."""
+    await gate.acquire()
+    order: list[str] = []
+    wait = functools.partial(take_turn, gate, order)
+    tasks = [asyncio.create_task(wait(name, background=True))]
+    await settle()
+    return order, wait, tasks
+
+
 async def test_a_background_turn_comes_at_once_when_nobody_holds_or_waits() -> None:
     gate = ConnectGate(2)
     await asyncio.wait_for(gate.acquire(background=True), 1)
@@ -191,11 +205,7 @@ async def test_background_turns_wait_for_a_quiet_moment_after_the_last_scan() ->
 
 async def test_background_turns_wait_until_nobody_waits_for_an_ordinary_one() -> None:
     gate = ConnectGate(1, background_quiet=0)
-    await gate.acquire()
-    order: list[str] = []
-    wait = functools.partial(take_turn, gate, order)
-    tasks = [asyncio.create_task(wait("keys-a", background=True))]
-    await settle()
+    order, wait, tasks = await a_background_waiter_behind_the_turn(gate, "keys-a")
     tasks += [asyncio.create_task(wait(name, background=False)) for name in ("b", "c")]
     await settle()
     for _ in range(3):
@@ -211,11 +221,7 @@ async def test_background_turns_wait_until_nobody_waits_for_an_ordinary_one() ->
 
 async def test_a_background_waiter_past_its_patience_queues_with_the_others() -> None:
     gate = ConnectGate(1, background_patience=0.05)
-    await gate.acquire()
-    order: list[str] = []
-    wait = functools.partial(take_turn, gate, order)
-    tasks = [asyncio.create_task(wait("keys", background=True))]
-    await settle()
+    order, wait, tasks = await a_background_waiter_behind_the_turn(gate, "keys")
     tasks.append(asyncio.create_task(wait("b", background=False)))
     await asyncio.sleep(0.1)              # past its patience: "keys" queues behind b ...
     tasks.append(asyncio.create_task(wait("c", background=False)))
